@@ -1,0 +1,98 @@
+"""LLM: a loaded model with its tokenizer; the Python entry point (`hymoe.load`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from hymoe.config import ModelConfig, load_hf_config
+from hymoe.engine.generate import Completion, Timings, generate
+from hymoe.engine.runner import Runner
+from hymoe.engine.sampler import SamplingParams
+from hymoe.errors import HymoeError
+from hymoe.loader.safetensors_dir import SafetensorsDir
+from hymoe.loader.weights import load_weights
+from hymoe.models import build_model
+from hymoe.tokenizer import Tokenizer, generation_defaults
+
+DEFAULT_MAX_CONTEXT = 4096
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    if name not in _DTYPES:
+        raise HymoeError(f"unknown dtype {name!r} (use one of {', '.join(_DTYPES)})")
+    return _DTYPES[name]
+
+
+def _checkpoint_dtype(model_dir: Path) -> torch.dtype:
+    d = json.loads((model_dir / "config.json").read_text())
+    name = d.get("dtype") or d.get("torch_dtype") or "float32"
+    # Half-precision checkpoints compute in bfloat16: float16 overflows in large MoE activations.
+    return torch.float32 if name == "float32" else torch.bfloat16
+
+
+class LLM:
+    def __init__(self, path: str | Path, dtype: str | torch.dtype | None = None, device: str | None = None,
+                 max_context: int | None = None, progress: bool = True):
+        model_dir = Path(path)
+        if not model_dir.exists():
+            raise HymoeError(f"{model_dir}: no such file or directory")
+        if not model_dir.is_dir():
+            raise HymoeError(f"{model_dir}: expected a Hugging Face model directory")
+        self.config: ModelConfig = load_hf_config(model_dir)
+        self.dtype = parse_dtype(dtype) or _checkpoint_dtype(model_dir)
+        self.device = torch.device(device or "cpu")
+        with torch.device("meta"):
+            model = build_model(self.config)
+        self.model = load_weights(model, SafetensorsDir(model_dir), self.dtype, self.device, progress)
+        self.tokenizer = Tokenizer.from_dir(model_dir)
+        self.generation_defaults = generation_defaults(model_dir)
+        self.max_context = min(max_context or DEFAULT_MAX_CONTEXT, self.config.max_position_embeddings)
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        eos = self.generation_defaults.get("eos_token_id")
+        ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        ids |= set(self.config.eos_token_ids)
+        if self.tokenizer is not None:
+            ids |= set(self.tokenizer.eos_ids)
+        return tuple(sorted(ids))
+
+    def check_prompt(self, ids: list[int]) -> None:
+        if not ids:
+            raise HymoeError("the prompt is empty")
+        if len(ids) >= self.max_context:
+            raise HymoeError(f"the prompt has {len(ids)} tokens; the context holds {self.max_context}")
+        bad = [i for i in ids if not 0 <= i < self.config.vocab_size]
+        if bad:
+            raise HymoeError(f"token id {bad[0]} is outside the vocabulary of {self.config.vocab_size}")
+
+    def runner(self, num_slots: int, max_len: int) -> Runner:
+        return Runner(self.model, num_slots, max_len, self.dtype, self.device)
+
+    def logits(self, token_ids: list[int]) -> torch.Tensor:
+        """One prefill: float32 CPU logits [T, V] for every position."""
+        self.check_prompt(list(token_ids))
+        return self.runner(1, len(token_ids)).forward([0], [list(token_ids)], [0], is_all_logits=True)[0]
+
+    def generate_batch(self, prompts: list[list[int]], params: SamplingParams,
+                       on_token=None) -> tuple[list[Completion], Timings]:
+        for p in prompts:
+            self.check_prompt(p)
+        max_len = min(self.max_context, max(len(p) for p in prompts) + params.max_new_tokens)
+        return generate(self.runner(len(prompts), max_len), prompts, params, self.eos_ids, self.tokenizer,
+                        on_token=on_token)
+
+    def generate(self, token_ids: list[int], max_new_tokens: int = 64, temperature: float = 0.0,
+                 **sampling) -> list[int]:
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, **sampling)
+        return self.generate_batch([list(token_ids)], params)[0][0].token_ids
+
+
+def load(path: str | Path, dtype: str | torch.dtype | None = None, device: str | None = None, **kw) -> LLM:
+    return LLM(path, dtype=dtype, device=device, **kw)

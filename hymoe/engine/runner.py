@@ -1,0 +1,42 @@
+"""Runner: turns lists of token ids into one batched forward pass over the model and its KV cache.
+
+It makes no policy (what to run next is the caller's); it only packs, runs and picks logits.
+"""
+from __future__ import annotations
+
+import torch
+
+from hymoe.kv.cache import KVCache, Step
+from hymoe.models.decoder import Decoder
+
+
+class Runner:
+    def __init__(self, model: Decoder, num_slots: int, max_len: int, dtype: torch.dtype,
+                 device: torch.device | str = "cpu"):
+        self.model, self.max_len, self.device = model, max_len, torch.device(device)
+        self.cache = KVCache(model.cache_entries(), num_slots, max_len, dtype, self.device)
+
+    @torch.inference_mode()
+    def forward(self, rows: list[int], tokens: list[list[int]], starts: list[int],
+                is_all_logits: bool = False) -> torch.Tensor:
+        """Append tokens[b] to cache slot rows[b] from position starts[b].
+
+        Returns float32 CPU logits: [B, V] at each row's last token, or [B, T, V] with is_all_logits.
+        """
+        lens = [len(t) for t in tokens]
+        num_rows, width = len(tokens), max(lens)
+        assert all(s + n <= self.max_len for s, n in zip(starts, lens)), "caller checks the context"
+        ids = torch.zeros(num_rows, width, dtype=torch.long)
+        positions = torch.full((num_rows, width), self.max_len, dtype=torch.long)  # pads -> scratch column
+        for b, (toks, start) in enumerate(zip(tokens, starts)):
+            ids[b, : len(toks)] = torch.tensor(toks, dtype=torch.long)
+            positions[b, : len(toks)] = torch.arange(start, start + len(toks))
+        kv_len = max(s + n for s, n in zip(starts, lens))
+        is_in_order = rows == list(range(num_rows))
+        row_t = None if is_in_order else torch.tensor(rows, dtype=torch.long, device=self.device)
+        step = Step.build(positions.to(self.device), kv_len, row_t, self.model.cfg.sliding_window)
+        hidden = self.model(ids.to(self.device), step, self.cache)  # [B, T, H]
+        if is_all_logits:
+            return self.model.head(hidden).cpu()
+        last = hidden[torch.arange(num_rows), torch.tensor(lens) - 1]  # [B, H]
+        return self.model.head(last).cpu()

@@ -1,0 +1,68 @@
+"""Multi-head latent attention (DeepSeek-V2/V3) with the compressed cache and absorbed projections.
+
+The cache holds only [latent R | rotary key Dr] per position. Instead of expanding keys and values
+for every cached position, the key up-projection is folded into the query and the value
+up-projection applied after attention, so each step costs O(S * R) per head.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hymoe.config import ModelConfig
+from hymoe.kv.cache import KVCache, Step
+from hymoe.layers.norm import RMSNorm
+from hymoe.layers.rope import Rope, yarn_mscale
+
+
+class MLAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, rope: Rope):
+        super().__init__()
+        h, n = cfg.hidden_size, cfg.num_heads
+        self.num_heads, self.rank = n, cfg.kv_lora_rank
+        self.nope_dim, self.rope_dim, self.v_dim = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+        qk_dim = self.nope_dim + self.rope_dim
+        if cfg.q_lora_rank:
+            self.q_a_proj = nn.Linear(h, cfg.q_lora_rank, bias=cfg.is_o_bias)
+            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, cfg.rms_norm_eps)
+            self.q_b_proj = nn.Linear(cfg.q_lora_rank, n * qk_dim, bias=False)
+        else:
+            self.q_proj = nn.Linear(h, n * qk_dim, bias=False)
+        self.is_q_lora = bool(cfg.q_lora_rank)
+        self.kv_a_proj_with_mqa = nn.Linear(h, self.rank + self.rope_dim, bias=cfg.is_o_bias)
+        self.kv_a_layernorm = RMSNorm(self.rank, cfg.rms_norm_eps)
+        self.kv_b_proj = nn.Linear(self.rank, n * (self.nope_dim + self.v_dim), bias=False)
+        self.o_proj = nn.Linear(n * self.v_dim, h, bias=cfg.is_o_bias)
+        self.scale = qk_dim ** -0.5
+        rc = cfg.rope
+        if rc.kind == "yarn" and rc.mscale_all_dim:
+            self.scale *= yarn_mscale(rc.factor, rc.mscale_all_dim) ** 2
+        self.rope = rope
+
+    def cache_entries(self) -> dict[str, tuple[int, ...]]:
+        return {"latent": (self.rank + self.rope_dim,)}
+
+    def forward(self, x: torch.Tensor, step: Step, cache: dict[str, torch.Tensor],
+                cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        b, t, _ = x.shape
+        n, r = self.num_heads, self.rank
+        q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x))) if self.is_q_lora else self.q_proj(x)
+        q = q.view(b, t, n, self.nope_dim + self.rope_dim)
+        q_nope, q_rot = q.split([self.nope_dim, self.rope_dim], dim=-1)  # [B, T, N, Dn], [B, T, N, Dr]
+        latent, k_rot = self.kv_a_proj_with_mqa(x).split([r, self.rope_dim], dim=-1)
+        latent = self.kv_a_layernorm(latent)  # [B, T, R]
+        q_rot = self.rope.apply(q_rot, *cos_sin)
+        k_rot = self.rope.apply(k_rot[:, :, None], *cos_sin)[:, :, 0]  # [B, T, Dr]
+        cached = KVCache.write_read(cache["latent"], torch.cat((latent, k_rot), -1), step)  # [B, S, R+Dr]
+        cached = cached.to(q.dtype)[:, None]  # one shared "head": [B, 1, S, R+Dr]
+
+        w = self.kv_b_proj.weight.view(n, self.nope_dim + self.v_dim, r)
+        w_uk, w_uv = w[:, : self.nope_dim], w[:, self.nope_dim:]  # [N, Dn, R], [N, Dv, R]
+        q_latent = torch.einsum("btnd,ndr->bntr", q_nope, w_uk)  # [B, N, T, R]
+        query = torch.cat((q_latent, q_rot.transpose(1, 2)), dim=-1)  # [B, N, T, R+Dr]
+        out = F.scaled_dot_product_attention(
+            query, cached, cached[..., :r], attn_mask=step.mask, scale=self.scale, enable_gqa=True,
+        )  # [B, N, T, R]
+        out = torch.einsum("bntr,nvr->btnv", out, w_uv)  # [B, T, N, Dv]
+        return self.o_proj(out.reshape(b, t, n * self.v_dim))

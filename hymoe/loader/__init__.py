@@ -1,0 +1,1 @@
+"""Checkpoint readers: a directory or file -> named tensors, memory-mapped."""

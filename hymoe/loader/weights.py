@@ -1,0 +1,79 @@
+"""Fill a model built on the meta device with checkpoint tensors, by the family's rename table.
+
+Dense weights become parameters (a view of the mmap when the dtype already matches); each MoE
+layer's experts are stacked into [E, ...] tensors and handed to an ExpertBackend.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from hymoe.errors import HymoeError
+from hymoe.experts.torch_backend import TorchExperts
+from hymoe.layers.moe import MoE
+from hymoe.models.decoder import Decoder
+
+FLOAT32_PARAMS = (".mlp.gate.weight", ".e_score_correction_bias")  # routing stays float32, as in the reference
+
+
+class TensorSource(Protocol):
+    def __contains__(self, name: str) -> bool: ...
+    def get(self, name: str) -> torch.Tensor: ...
+
+
+def _checked(source: TensorSource, name: str, shape: torch.Size) -> torch.Tensor:
+    t = source.get(name)
+    if tuple(t.shape) != tuple(shape):
+        raise HymoeError(f"tensor {name} has shape {list(t.shape)}, expected {list(shape)}")
+    return t
+
+
+def _set_param(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    owner, _, leaf = name.rpartition(".")
+    module = model.get_submodule(owner)
+    module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
+
+
+def _stack_experts(model: Decoder, source: TensorSource, prefix: str, dtype: torch.dtype,
+                   device: torch.device) -> TorchExperts:
+    cfg = model.cfg
+    e, i, h = cfg.num_experts, cfg.moe_intermediate_size, cfg.hidden_size
+    shapes = ((i, h), (i, h), (h, i))
+    fused = model.checkpoint_name(f"{prefix}.experts.gate_up_proj")
+    if fused in source:  # transformers >= 5 may save experts already stacked
+        gate_up = _checked(source, fused, torch.Size((e, 2 * i, h))).to(device, dtype)
+        down = _checked(source, model.checkpoint_name(f"{prefix}.experts.down_proj"), torch.Size((e, h, i)))
+        return TorchExperts(gate_up[:, :i], gate_up[:, i:], down.to(device, dtype))
+    stacks = []
+    for proj, shape in zip(model.expert_names, shapes):
+        out = torch.empty((e, *shape), dtype=dtype, device=device)  # one copy, filled expert by expert
+        for j in range(e):
+            out[j] = _checked(source, model.checkpoint_name(f"{prefix}.experts.{j}.{proj}.weight"), torch.Size(shape))
+        stacks.append(out)
+    return TorchExperts(*stacks)
+
+
+def load_weights(model: Decoder, source: TensorSource, dtype: torch.dtype, device: torch.device | str = "cpu",
+                 progress: bool = True) -> Decoder:
+    device = torch.device(device)
+    params = [n for n, _ in model.named_parameters()]
+    moe_prefixes = [n for n, m in model.named_modules() if isinstance(m, MoE)]
+    tied = model.cfg.is_tied_embeddings
+    for name in tqdm(params + moe_prefixes, desc="loading", unit="tensor", disable=not progress, leave=False):
+        if name in moe_prefixes:
+            model.get_submodule(name).experts = _stack_experts(model, source, name, dtype, device)
+            continue
+        if name == "lm_head.weight" and (tied or "lm_head.weight" not in source):
+            if not tied:
+                raise HymoeError("missing tensor lm_head.weight in the checkpoint")
+            continue
+        expected = model.get_parameter(name).shape
+        t = _checked(source, model.checkpoint_name(name), expected)
+        target = torch.float32 if name.endswith(FLOAT32_PARAMS) else dtype
+        _set_param(model, name, t.to(device, target))
+    if tied:
+        model.lm_head.weight = model.embed_tokens.weight
+    return model.eval()

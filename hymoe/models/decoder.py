@@ -1,0 +1,65 @@
+"""The decoder skeleton every family shares: embed -> N x (attention, feed-forward) -> norm -> head.
+
+A family file supplies only how to build one layer's attention and feed-forward, and the table
+that renames hymoe's parameter names to the checkpoint's.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from hymoe.config import ModelConfig
+from hymoe.kv.cache import KVCache, Step
+from hymoe.layers.norm import RMSNorm
+from hymoe.layers.rope import Rope
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, self_attn: nn.Module, mlp: nn.Module):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = self_attn
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = mlp
+
+    def forward(self, x, step, cache, cos_sin):
+        x = x + self.self_attn(self.input_layernorm(x), step, cache, cos_sin)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    # hymoe name fragment -> checkpoint name fragment, applied in order (family files extend it)
+    renames: tuple[tuple[str, str], ...] = ()
+    # checkpoint names of one expert's (gate, up, down) projections
+    expert_names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
+
+    def __init__(self, cfg: ModelConfig, build_layer: Callable[[ModelConfig, int, Rope], DecoderLayer]):
+        super().__init__()
+        self.cfg = cfg
+        self.rope = Rope(cfg.rope, cfg.head_dim)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(build_layer(cfg, i, self.rope) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def cache_entries(self) -> list[dict[str, tuple[int, ...]]]:
+        return [layer.self_attn.cache_entries() for layer in self.layers]
+
+    def forward(self, token_ids: torch.Tensor, step: Step, cache: KVCache) -> torch.Tensor:
+        """token_ids [B, T] -> final hidden states [B, T, H] (after the last norm)."""
+        x = self.embed_tokens(token_ids)
+        cos_sin = self.rope.cos_sin(step.positions, x.dtype)
+        for layer, layer_cache in zip(self.layers, cache.layers):
+            x = layer(x, step, layer_cache, cos_sin)
+        return self.norm(x)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden).float()
+
+    def checkpoint_name(self, name: str) -> str:
+        """hymoe parameter name -> the checkpoint's tensor name."""
+        for ours, theirs in self.renames:
+            name = name.replace(ours, theirs)
+        return name if name.startswith("lm_head.") else "model." + name

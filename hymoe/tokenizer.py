@@ -1,0 +1,58 @@
+"""Tokenizer, chat template and stop tokens of a Hugging Face model directory."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from hymoe.errors import HymoeError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+class Tokenizer:
+    def __init__(self, hf_tokenizer):
+        self.hf = hf_tokenizer
+
+    @staticmethod
+    def from_dir(model_dir: Path) -> "Tokenizer | None":
+        if not any((Path(model_dir) / f).is_file() for f in TOKENIZER_FILES):
+            return None
+        from transformers import AutoTokenizer
+
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        try:
+            return Tokenizer(AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True))
+        except (OSError, ValueError) as e:
+            raise HymoeError(f"{model_dir}: cannot load the tokenizer ({e})") from None
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.hf.decode(ids, skip_special_tokens=True)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.hf, "chat_template", None))
+
+    def apply_chat_template(self, messages: list[dict]) -> list[int]:
+        if not self.has_chat_template:
+            raise HymoeError("this model's tokenizer has no chat template")
+        out = self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        eos = self.hf.eos_token_id
+        return () if eos is None else (eos,)
+
+
+def generation_defaults(model_dir: Path) -> dict:
+    path = Path(model_dir) / "generation_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise HymoeError(f"{path}: not valid JSON") from None
