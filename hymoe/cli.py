@@ -1,0 +1,149 @@
+"""`hymoe generate|chat`: the command line. User errors print one line and exit 1 (--debug: traceback)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from hymoe.errors import HymoeError
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="model directory (default: the bundled demo model)")
+    p.add_argument("--dtype", help="compute dtype: float32, bfloat16, float16 (default: the checkpoint's)")
+    p.add_argument("--device", help="device for the dense part, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--max-context", type=int, help="KV cache length in tokens (default: 4096)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, max_new: int) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=max_new)
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: generation_config)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hymoe", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="complete a prompt")
+    _add_model_args(g)
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="prompt text")
+    src.add_argument("--prompt-ids", help="comma-separated token ids")
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    g.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    _add_sampling_args(g, 64)
+    c = sub.add_parser("chat", help="interactive chat (/reset, /exit)")
+    _add_model_args(c)
+    c.add_argument("--system", help="system prompt")
+    _add_sampling_args(c, 256)
+    return parser
+
+
+def _load(args):
+    from hymoe.default_model import ensure_default_model
+    from hymoe.engine.llm import LLM
+
+    path = args.model or ensure_default_model()
+    return LLM(path, dtype=args.dtype, device=args.device, max_context=args.max_context,
+               progress=sys.stderr.isatty())
+
+
+def _sampling(args, llm):
+    from hymoe.engine.sampler import SamplingParams
+
+    if args.max_new_tokens < 1:
+        raise HymoeError("--max-new-tokens must be at least 1")
+    d = llm.generation_defaults
+    is_sampled = d.get("do_sample", False)
+    temperature = args.temperature if args.temperature is not None else (d.get("temperature", 1.0) if is_sampled else 0.0)
+    if temperature < 0:
+        raise HymoeError("--temperature must be >= 0")
+    return SamplingParams(
+        max_new_tokens=args.max_new_tokens, temperature=temperature,
+        top_k=args.top_k if args.top_k is not None else (d.get("top_k", 0) or 0 if is_sampled else 0),
+        top_p=args.top_p if args.top_p is not None else (d.get("top_p", 1.0) or 1.0 if is_sampled else 1.0),
+        repetition_penalty=args.repetition_penalty, seed=args.seed, stop=tuple(args.stop),
+        is_eos_ignored=args.ignore_eos)
+
+
+def _prompt_ids(args, llm) -> list[int]:
+    if args.prompt_ids is not None:
+        try:
+            return [int(x) for x in args.prompt_ids.split(",") if x.strip()]
+        except ValueError:
+            raise HymoeError(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}") from None
+    if llm.tokenizer is None:
+        raise HymoeError("this model has no tokenizer; pass --prompt-ids")
+    if args.chat:
+        return llm.tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}])
+    return llm.tokenizer.encode(args.prompt)
+
+
+def cmd_generate(args) -> None:
+    llm = _load(args)
+    params = _sampling(args, llm)
+    ids = _prompt_ids(args, llm)
+    out, timings = llm.generate_batch([ids], params)
+    c = out[0]
+    if not args.json:
+        print(c.text if llm.tokenizer is not None else " ".join(map(str, c.token_ids)))
+        return
+    print(json.dumps({
+        "text": c.text, "token_ids": c.token_ids, "prompt_tokens": len(ids),
+        "finish_reason": c.finish_reason,
+        "prefill_tokens_per_s": round(timings.prefill_tokens_per_s, 2),
+        "decode_tokens_per_s": round(timings.decode_tokens_per_s, 2),
+    }))
+
+
+def cmd_chat(args) -> None:
+    from hymoe.engine.chat import ChatSession
+
+    llm = _load(args)
+    session = ChatSession(llm, _sampling(args, llm), system=args.system)
+    print("hymoe chat: /reset clears the conversation, /exit quits", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            break
+        if line.strip() == "/exit":
+            break
+        if line.strip() == "/reset":
+            session.reset()
+            print("(conversation cleared)")
+            continue
+        if not line.strip():
+            continue
+        try:
+            session.reply(line, on_text=lambda s: print(s, end="", flush=True))
+        except HymoeError as e:
+            print(f"\nhymoe: {e}", file=sys.stderr)
+        print()
+
+
+COMMANDS = {"generate": cmd_generate, "chat": cmd_chat}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except HymoeError as e:
+        if args.debug:
+            raise
+        print(f"hymoe: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""The command line as a user runs it: a subprocess, its exit code, its last line."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def hymoe(*args, stdin=None, env=None):
+    return subprocess.run([sys.executable, "-m", "hymoe.cli", *map(str, args)], capture_output=True,
+                          text=True, input=stdin, timeout=300, env=env)
+
+
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory):
+    import os
+
+    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("cache"))}
+
+
+def test_generate_json_on_default_model(cache_env):
+    r = hymoe("generate", "--prompt", "The experts", "--max-new-tokens", 8, "--ignore-eos", "--json", env=cache_env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(out) >= {"text", "token_ids", "prompt_tokens", "prefill_tokens_per_s", "decode_tokens_per_s"}
+    assert len(out["token_ids"]) == 8 and out["prompt_tokens"] > 0 and out["decode_tokens_per_s"] > 0
+
+
+def test_generate_greedy_is_deterministic_and_seeded_sampling_repeats(tiny_model):
+    d = tiny_model("qwen3_moe")[0]
+    runs = [json.loads(hymoe("generate", d, "--prompt-ids", "5,6,7", "--max-new-tokens", 6, "--json",
+                             "--ignore-eos", *extra).stdout.splitlines()[-1])["token_ids"]
+            for extra in ([], [], ["--temperature", "1", "--seed", "3"], ["--temperature", "1", "--seed", "3"])]
+    assert runs[0] == runs[1] and runs[2] == runs[3]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "/no/such/dir", "--prompt", "hi"], "no such file or directory"),
+    (["generate", "{tiny}", "--prompt", "hi"], "no tokenizer"),
+    (["generate", "{tiny}", "--prompt-ids", "1,x"], "comma-separated integers"),
+    (["generate", "{tiny}", "--prompt-ids", "1,2,3", "--max-context", "2"], "context holds 2"),
+    (["generate", "{tiny}", "--prompt-ids", "1,99999"], "outside the vocabulary"),
+    (["generate", "{tiny}", "--prompt-ids", "1", "--dtype", "int3"], "unknown dtype"),
+])
+def test_bad_input_is_one_line_and_nonzero(tiny_model, args, message):
+    d = tiny_model("mixtral")[0]
+    r = hymoe(*[a.replace("{tiny}", str(d)) for a in args])
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr
+
+
+def test_debug_shows_the_traceback():
+    r = hymoe("generate", "/no/such/dir", "--prompt", "hi", "--debug")
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_chat_streams_keeps_history_and_resets(cache_env):
+    r = hymoe("chat", "--max-new-tokens", 4, stdin="hello\nagain\n/reset\nonce more\n/exit\n", env=cache_env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("> ") >= 4 and "(conversation cleared)" in r.stdout
