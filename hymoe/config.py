@@ -50,6 +50,7 @@ class ModelConfig:
     is_tied_embeddings: bool = False
     rope: RopeConfig = field(default_factory=RopeConfig)
     sliding_window: int | None = None
+    sliding_layers: tuple[bool, ...] = ()  # which layers use sliding_window
     # GQA attention
     is_qkv_bias: bool = False
     is_o_bias: bool = False
@@ -120,6 +121,8 @@ def from_hf_dict(d: dict) -> ModelConfig:
         raise HymoeError(
             f"unsupported architecture {model_type!r}; supported model_type: {', '.join(FAMILIES)}"
         )
+    if d.get("hidden_act", "silu") != "silu":
+        raise HymoeError(f"unsupported hidden_act {d['hidden_act']!r}: hymoe's experts compute SwiGLU (silu)")
     try:
         return _FROM_HF[model_type](d)
     except KeyError as e:
@@ -192,6 +195,14 @@ def _qwen_moe(d: dict) -> ModelConfig:
     num_experts = _num_experts(d, "num_experts")
     is_qwen2 = d["model_type"] == "qwen2_moe"
     window = d.get("sliding_window") if d.get("use_sliding_window") else None
+    if not window:
+        sliding = ()
+    elif d.get("layer_types"):
+        sliding = tuple(t == "sliding_attention" for t in d["layer_types"])
+    elif is_qwen2:  # transformers' default layer_types for Qwen2-MoE
+        sliding = tuple(i % 2 == 0 and i < d.get("max_window_layers", 28) for i in range(n))
+    else:
+        sliding = (True,) * n
     return ModelConfig(
         **_common(d, "qwen_moe"),
         moe_intermediate_size=d["moe_intermediate_size"],
@@ -205,6 +216,7 @@ def _qwen_moe(d: dict) -> ModelConfig:
         is_o_bias=False if is_qwen2 else bool(d.get("attention_bias", False)),
         is_qk_norm=not is_qwen2,
         sliding_window=window or None,
+        sliding_layers=sliding,
     )
 
 
@@ -217,6 +229,7 @@ def _mixtral(d: dict) -> ModelConfig:
         moe_layers=(True,) * d["num_hidden_layers"],
         is_norm_topk_prob=True,
         sliding_window=d.get("sliding_window") or None,
+        sliding_layers=(True,) * d["num_hidden_layers"] if d.get("sliding_window") else (),
     )
 
 

@@ -51,6 +51,13 @@ CONFIGS = {
     "mixtral": dict(
         cls="Mixtral", num_hidden_layers=2, intermediate_size=48, num_key_value_heads=2,
         num_local_experts=4, num_experts_per_tok=2),
+    "mixtral_sliding_window": dict(
+        cls="Mixtral", num_hidden_layers=2, intermediate_size=48, num_key_value_heads=4,
+        num_local_experts=8, num_experts_per_tok=2, sliding_window=7),
+    "qwen2_moe_sliding_layers": dict(
+        cls="Qwen2Moe", num_hidden_layers=3, intermediate_size=96, moe_intermediate_size=32,
+        num_key_value_heads=4, num_experts=8, num_experts_per_tok=4, shared_expert_intermediate_size=48,
+        norm_topk_prob=True, use_sliding_window=True, sliding_window=6, max_window_layers=2),
 }
 
 

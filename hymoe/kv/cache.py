@@ -18,16 +18,19 @@ class Step:
     rows: torch.Tensor | None  # [B] cache slot of each batch row; None = slots 0..B-1 in order
     kv_len: int  # S: positions 0..S-1 are attended
     mask: torch.Tensor  # [B, 1, T, S] bool, True = may attend
+    window_mask: torch.Tensor | None = None  # the same, limited to a sliding window (layers that use one)
 
     @staticmethod
     def build(positions: torch.Tensor, kv_len: int, rows: torch.Tensor | None = None,
               window: int | None = None) -> "Step":
         keys = torch.arange(kv_len, device=positions.device)
         mask = keys <= positions[..., None]  # [B, T, S] causal over absolute positions
+        window_mask = None
         if window:
-            mask &= keys > positions[..., None] - window
-            mask |= (positions >= kv_len)[..., None]  # padding rows: anything, so no row is empty
-        return Step(positions, rows, kv_len, mask[:, None])
+            window_mask = mask & (keys > positions[..., None] - window)
+            window_mask |= (positions >= kv_len)[..., None]  # padding rows: anything, so no row is empty
+            window_mask = window_mask[:, None]
+        return Step(positions, rows, kv_len, mask[:, None], window_mask)
 
 
 class KVCache:

@@ -8,7 +8,7 @@ from hymoe.models.decoder import Decoder, DecoderLayer
 
 
 def build_layer(cfg: ModelConfig, i: int, rope: Rope) -> DecoderLayer:
-    return DecoderLayer(cfg, GQAttention(cfg, rope), MoE(Router(cfg)))
+    return DecoderLayer(cfg, GQAttention(cfg, rope, is_sliding=bool(cfg.sliding_layers) and cfg.sliding_layers[i]), MoE(Router(cfg)))
 
 
 class MixtralModel(Decoder):

@@ -19,7 +19,7 @@ def build_layer(cfg: ModelConfig, i: int, rope: Rope) -> DecoderLayer:
         mlp: nn.Module = MoE(Router(cfg), shared, gate)
     else:
         mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
-    return DecoderLayer(cfg, GQAttention(cfg, rope), mlp)
+    return DecoderLayer(cfg, GQAttention(cfg, rope, is_sliding=bool(cfg.sliding_layers) and cfg.sliding_layers[i]), mlp)
 
 
 class QwenMoeModel(Decoder):
