@@ -12,7 +12,7 @@ from hymoe.layers.rope import Rope
 
 
 class GQAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, rope: Rope):
+    def __init__(self, cfg: ModelConfig, rope: Rope, is_sliding: bool = False):
         super().__init__()
         n, g, d, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
         self.num_heads, self.num_kv_heads, self.head_dim = n, g, d
@@ -24,6 +24,7 @@ class GQAttention(nn.Module):
             self.q_norm, self.k_norm = RMSNorm(d, cfg.rms_norm_eps), RMSNorm(d, cfg.rms_norm_eps)
         self.is_qk_norm = cfg.is_qk_norm
         self.rope = rope
+        self.is_sliding = is_sliding
 
     def cache_entries(self) -> dict[str, tuple[int, ...]]:
         return {"k": (self.num_kv_heads, self.head_dim), "v": (self.num_kv_heads, self.head_dim)}
@@ -41,6 +42,6 @@ class GQAttention(nn.Module):
         values = KVCache.write_read(cache["v"], v, step)
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), keys.transpose(1, 2).to(q.dtype), values.transpose(1, 2).to(q.dtype),
-            attn_mask=step.mask, scale=self.head_dim ** -0.5, enable_gqa=True,
+            attn_mask=step.window_mask if self.is_sliding else step.mask, scale=self.head_dim ** -0.5, enable_gqa=True,
         )  # [B, N, T, D]
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
