@@ -1,0 +1,96 @@
+// Shared definitions of the native expert kernels: GGUF block layouts, activation layout, kernel table.
+// No STL here: this header is included by the ISA-specific translation units, which must not
+// instantiate inline library code (it could be merged with a generic copy and run on the wrong CPU).
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+// GGUF tensor type ids (ggml_type), the on-disk format of each expert matrix.
+enum Fmt : int {
+    F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14,
+    IQ1_S = 19, BF16 = 30, TQ1_0 = 34, TQ2_0 = 35,
+};
+
+// Block layouts, byte for byte as in GGUF (fp16 scales stored as raw uint16).
+#pragma pack(push, 1)
+struct BlockQ8_0 { uint16_t d; int8_t qs[32]; };                                  // 34 B / 32
+struct BlockQ4_0 { uint16_t d; uint8_t qs[16]; };                                 // 18 B / 32
+struct BlockQ4_K { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[128]; };      // 144 B / 256
+struct BlockQ5_K { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[32]; uint8_t qs[128]; };  // 176 B
+struct BlockQ6_K { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d; };        // 210 B
+struct BlockIQ1_S { uint16_t d; uint8_t qs[32]; uint16_t qh[8]; };                // 50 B / 256
+struct BlockTQ2_0 { uint8_t qs[64]; uint16_t d; };                                // 66 B / 256
+struct BlockTQ1_0 { uint8_t qs[48]; uint8_t qh[4]; uint16_t d; };                 // 54 B / 256
+#pragma pack(pop)
+
+static inline float fp16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else {  // subnormal: renormalise
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) { man <<= 1; exp--; }
+            bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000 | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+// Q4_K / Q5_K: 8 six-bit scales and mins packed in 12 bytes.
+static inline void k_scale_min(const uint8_t* s, int j, uint8_t* sc, uint8_t* m) {
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *m = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+        *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+// An activation row quantised for the integer kernels: int8 in blocks of 32 with one float
+// scale per block and the sum of each 16 values (for formats with an offset or a min).
+//   [qs: n int8][d: n/32 float][sum16: n/16 int32]
+static inline size_t act_bytes(int n) { return (size_t)n + (size_t)(n / 32) * 4 + (size_t)(n / 16) * 4; }
+struct ActView {
+    const int8_t* qs;
+    const float* d;
+    const int32_t* sum16;
+};
+static inline ActView act_view(const void* base, int n) {
+    const uint8_t* p = (const uint8_t*)base;
+    return ActView{(const int8_t*)p, (const float*)(p + n), (const int32_t*)(p + n + (n / 32) * 4)};
+}
+
+// out[t * out_stride + r] = dot(row r0 + r of W, activation t) for r < nrows, t < ntok.
+// acts[t] points at a float row (F32/F16/BF16 weights) or at a quantised activation (others).
+typedef void (*RowsFn)(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok,
+                       int n, float* out, size_t out_stride);
+typedef void (*QuantizeFn)(const float* x, int n, void* act);
+
+enum { FMT_SLOTS = 40 };
+struct KernelTable {
+    RowsFn rows[FMT_SLOTS];
+    QuantizeFn quantize;
+    const char* name;
+};
+
+static inline bool fmt_is_float(int f) { return f == F32 || f == F16 || f == BF16; }
+
+void fill_generic(KernelTable* t);
+void fill_avx2(KernelTable* t);    // overrides what it speeds up; needs AVX2+FMA+F16C
+void fill_avx512(KernelTable* t);  // needs AVX512F/BW/VL/VNNI

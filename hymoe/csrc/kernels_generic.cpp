@@ -1,0 +1,231 @@
+// Portable kernels: plain C++ for any CPU (ARM, LoongArch, x86 without AVX2). Also the reference
+// that the SIMD paths are tested against.
+#include <math.h>
+
+#include "common.h"
+#include "iq1s_grid.h"
+
+namespace {
+
+// ---- activations ----------------------------------------------------------------------------
+void quantize_generic(const float* x, int n, void* out) {
+    uint8_t* p = (uint8_t*)out;
+    int8_t* qs = (int8_t*)p;
+    float* d = (float*)(p + n);
+    int32_t* s16 = (int32_t*)(p + n + (n / 32) * 4);
+    for (int b = 0; b < n / 32; b++) {
+        float amax = 0.f;
+        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[b * 32 + i]));
+        float scale = amax / 127.f, inv = amax > 0 ? 127.f / amax : 0.f;
+        d[b] = scale;
+        for (int h = 0; h < 2; h++) {
+            int32_t sum = 0;
+            for (int i = 0; i < 16; i++) {
+                int v = (int)lrintf(x[b * 32 + h * 16 + i] * inv);
+                qs[b * 32 + h * 16 + i] = (int8_t)v;
+                sum += v;
+            }
+            s16[b * 2 + h] = sum;
+        }
+    }
+}
+
+// ---- one row against one activation -----------------------------------------------------------
+float dot_f32(const uint8_t* w, const void* a, int n) {
+    const float* x = (const float*)a;
+    const float* r = (const float*)w;
+    float s = 0;
+    for (int i = 0; i < n; i++) s += r[i] * x[i];
+    return s;
+}
+float dot_f16(const uint8_t* w, const void* a, int n) {
+    const float* x = (const float*)a;
+    const uint16_t* r = (const uint16_t*)w;
+    float s = 0;
+    for (int i = 0; i < n; i++) s += fp16_to_f32(r[i]) * x[i];
+    return s;
+}
+float dot_bf16(const uint8_t* w, const void* a, int n) {
+    const float* x = (const float*)a;
+    const uint16_t* r = (const uint16_t*)w;
+    float s = 0;
+    for (int i = 0; i < n; i++) s += bf16_to_f32(r[i]) * x[i];
+    return s;
+}
+
+float dot_q8_0(const uint8_t* w, const void* a, int n) {
+    ActView av = act_view(a, n);
+    const BlockQ8_0* b = (const BlockQ8_0*)w;
+    float s = 0;
+    for (int i = 0; i < n / 32; i++) {
+        int32_t acc = 0;
+        for (int j = 0; j < 32; j++) acc += b[i].qs[j] * av.qs[i * 32 + j];
+        s += fp16_to_f32(b[i].d) * av.d[i] * (float)acc;
+    }
+    return s;
+}
+
+float dot_q4_0(const uint8_t* w, const void* a, int n) {
+    ActView av = act_view(a, n);
+    const BlockQ4_0* b = (const BlockQ4_0*)w;
+    float s = 0;
+    for (int i = 0; i < n / 32; i++) {
+        const int8_t* q = av.qs + i * 32;
+        int32_t acc = 0;
+        for (int j = 0; j < 16; j++) acc += (b[i].qs[j] & 0xF) * q[j] + (b[i].qs[j] >> 4) * q[j + 16];
+        acc -= 8 * (av.sum16[2 * i] + av.sum16[2 * i + 1]);
+        s += fp16_to_f32(b[i].d) * av.d[i] * (float)acc;
+    }
+    return s;
+}
+
+// Q4_K and Q5_K: sub-block j of 32 weights = d*sc_j*q - dmin*m_j.
+template <bool kFive>
+float dot_qk45(const uint8_t* w, const void* a, int n) {
+    ActView av = act_view(a, n);
+    const size_t block_bytes = kFive ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
+    float s = 0;
+    for (int i = 0; i < n / 256; i++) {
+        const uint8_t* blk = w + i * block_bytes;
+        uint16_t dh, dminh;
+        memcpy(&dh, blk, 2);
+        memcpy(&dminh, blk + 2, 2);
+        const uint8_t* scales = blk + 4;
+        const uint8_t* qh = kFive ? blk + 16 : nullptr;
+        const uint8_t* qs = kFive ? blk + 48 : blk + 16;
+        float d = fp16_to_f32(dh), dmin = fp16_to_f32(dminh);
+        for (int j = 0; j < 8; j++) {
+            uint8_t sc, m;
+            k_scale_min(scales, j, &sc, &m);
+            const int8_t* q = av.qs + i * 256 + j * 32;
+            int32_t acc = 0;
+            for (int l = 0; l < 32; l++) {
+                int v = (qs[(j / 2) * 32 + l] >> (4 * (j & 1))) & 0xF;
+                if (kFive) v |= ((qh[l] >> j) & 1) << 4;
+                acc += v * q[l];
+            }
+            int blk32 = i * 8 + j;
+            int32_t sum = av.sum16[2 * blk32] + av.sum16[2 * blk32 + 1];
+            s += av.d[blk32] * (d * sc * (float)acc - dmin * m * (float)sum);
+        }
+    }
+    return s;
+}
+
+float dot_q6_k(const uint8_t* w, const void* a, int n) {
+    ActView av = act_view(a, n);
+    const BlockQ6_K* b = (const BlockQ6_K*)w;
+    float s = 0;
+    for (int i = 0; i < n / 256; i++) {
+        float d = fp16_to_f32(b[i].d);
+        for (int g = 0; g < 16; g++) {  // 16 groups of 16 weights, one int8 scale each
+            int32_t acc = 0;
+            for (int l = 0; l < 16; l++) {
+                int k = g * 16 + l, h = k / 128, r = k % 128, s4 = r / 32, j = r % 32;
+                int lo = (b[i].ql[h * 64 + (s4 & 1) * 32 + j] >> (4 * (s4 >> 1))) & 0xF;
+                int hi = (b[i].qh[h * 32 + j] >> (2 * s4)) & 3;
+                acc += ((lo | (hi << 4)) - 32) * av.qs[i * 256 + k];
+            }
+            s += av.d[i * 8 + g / 2] * d * b[i].scales[g] * (float)acc;
+        }
+    }
+    return s;
+}
+
+float dot_iq1_s(const uint8_t* w, const void* a, int n) {
+    ActView av = act_view(a, n);
+    const BlockIQ1_S* b = (const BlockIQ1_S*)w;
+    float s = 0;
+    for (int i = 0; i < n / 256; i++) {
+        float d = fp16_to_f32(b[i].d);
+        for (int ib = 0; ib < 8; ib++) {
+            uint16_t qh = b[i].qh[ib];
+            float dl = d * (2 * ((qh >> 12) & 7) + 1);
+            float delta = (qh & 0x8000) ? -0.125f : 0.125f;
+            const int8_t* q = av.qs + i * 256 + ib * 32;
+            int32_t acc = 0;
+            for (int l = 0; l < 4; l++) {
+                uint64_t g = kIq1sGrid[b[i].qs[ib * 4 + l] | (((qh >> (3 * l)) & 7) << 8)];
+                for (int j = 0; j < 8; j++) acc += (int8_t)(g >> (8 * j)) * q[l * 8 + j];
+            }
+            int blk32 = i * 8 + ib;
+            int32_t sum = av.sum16[2 * blk32] + av.sum16[2 * blk32 + 1];
+            s += av.d[blk32] * dl * ((float)acc + delta * (float)sum);
+        }
+    }
+    return s;
+}
+
+float dot_tq2_0(const uint8_t* w, const void* a, int n) {
+    ActView av = act_view(a, n);
+    const BlockTQ2_0* b = (const BlockTQ2_0*)w;
+    float s = 0;
+    for (int i = 0; i < n / 256; i++) {
+        float d = fp16_to_f32(b[i].d), blk = 0;
+        for (int c = 0; c < 8; c++) {  // act block c = weights 32c..32c+31: half c/4, shift c%4
+            int32_t acc = 0;
+            for (int j = 0; j < 32; j++) acc += ((b[i].qs[(c / 4) * 32 + j] >> (2 * (c % 4))) & 3) * av.qs[i * 256 + c * 32 + j];
+            int32_t sum = av.sum16[(i * 8 + c) * 2] + av.sum16[(i * 8 + c) * 2 + 1];
+            blk += av.d[i * 8 + c] * (float)(acc - sum);
+        }
+        s += d * blk;
+    }
+    return s;
+}
+
+static inline int tq1_digit(uint8_t q, int k) {  // k-th base-3 digit, stored as a fixed-point fraction
+    static const uint8_t pow3[5] = {1, 3, 9, 27, 81};
+    uint8_t v = (uint8_t)(q * pow3[k]);
+    return ((uint16_t)v * 3) >> 8;
+}
+
+float dot_tq1_0(const uint8_t* w, const void* a, int n) {
+    ActView av = act_view(a, n);
+    const BlockTQ1_0* b = (const BlockTQ1_0*)w;
+    float s = 0;
+    for (int i = 0; i < n / 256; i++) {
+        const int8_t* q = av.qs + i * 256;
+        int8_t v[256];
+        for (int k = 0; k < 5; k++)
+            for (int j = 0; j < 32; j++) v[k * 32 + j] = tq1_digit(b[i].qs[j], k);
+        for (int k = 0; k < 5; k++)
+            for (int j = 0; j < 16; j++) v[160 + k * 16 + j] = tq1_digit(b[i].qs[32 + j], k);
+        for (int k = 0; k < 4; k++)
+            for (int j = 0; j < 4; j++) v[240 + k * 4 + j] = tq1_digit(b[i].qh[j], k);
+        float blk = 0;
+        for (int c = 0; c < 8; c++) {
+            int32_t acc = 0;
+            for (int j = 0; j < 32; j++) acc += v[c * 32 + j] * q[c * 32 + j];
+            int32_t sum = av.sum16[(i * 8 + c) * 2] + av.sum16[(i * 8 + c) * 2 + 1];
+            blk += av.d[i * 8 + c] * (float)(acc - sum);
+        }
+        s += fp16_to_f32(b[i].d) * blk;
+    }
+    return s;
+}
+
+template <float (*Dot)(const uint8_t*, const void*, int)>
+void rows(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n,
+          float* out, size_t out_stride) {
+    for (int r = 0; r < nrows; r++)
+        for (int t = 0; t < ntok; t++) out[t * out_stride + r] = Dot(w + r * row_bytes, acts[t], n);
+}
+
+}  // namespace
+
+void fill_generic(KernelTable* t) {
+    memset(t, 0, sizeof(*t));
+    t->name = "generic";
+    t->quantize = quantize_generic;
+    t->rows[F32] = rows<dot_f32>;
+    t->rows[F16] = rows<dot_f16>;
+    t->rows[BF16] = rows<dot_bf16>;
+    t->rows[Q8_0] = rows<dot_q8_0>;
+    t->rows[Q4_0] = rows<dot_q4_0>;
+    t->rows[Q4_K] = rows<dot_qk45<false>>;
+    t->rows[Q5_K] = rows<dot_qk45<true>>;
+    t->rows[Q6_K] = rows<dot_q6_k>;
+    t->rows[IQ1_S] = rows<dot_iq1_s>;
+    t->rows[TQ2_0] = rows<dot_tq2_0>;
+    t->rows[TQ1_0] = rows<dot_tq1_0>;
+}

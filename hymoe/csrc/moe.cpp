@@ -1,0 +1,274 @@
+// The fused MoE forward behind hymoe's native ExpertBackend, and its C API (called through ctypes,
+// which releases the GIL). One call computes, for all tokens,
+//   out[t] = sum_k w[t,k] * down_e(silu(gate_e x_t) * up_e x_t),  e = ids[t,k]
+// in four phases on the pool: quantise x; gate/up rows per (expert, row chunk); silu*up and
+// quantise; down rows per row chunk of H across all experts (each chunk owns its slice of out,
+// so there are no races and the sum order is fixed whatever the thread count).
+#include <math.h>
+
+#include <algorithm>
+#include <memory>
+#include <vector>
+
+#include "common.h"
+#include "pool.h"
+
+int detect_isa();
+
+namespace {
+
+struct Tables {
+    KernelTable generic, active;
+    int isa = 0;
+    Tables() { select(-1); }
+    void select(int forced) {
+        fill_generic(&generic);
+        active = generic;
+        int hw = detect_isa();
+        isa = forced >= 0 && forced < hw ? forced : hw;
+        if (isa >= 1) fill_avx2(&active);
+        if (isa >= 2) fill_avx512(&active);
+    }
+};
+Tables& tables() {
+    static Tables t;
+    return t;
+}
+
+size_t row_bytes(int fmt, int n) {
+    switch (fmt) {
+        case F32: return (size_t)n * 4;
+        case F16: case BF16: return (size_t)n * 2;
+        case Q8_0: return (size_t)n / 32 * sizeof(BlockQ8_0);
+        case Q4_0: return (size_t)n / 32 * sizeof(BlockQ4_0);
+        case Q4_K: return (size_t)n / 256 * sizeof(BlockQ4_K);
+        case Q5_K: return (size_t)n / 256 * sizeof(BlockQ5_K);
+        case Q6_K: return (size_t)n / 256 * sizeof(BlockQ6_K);
+        case IQ1_S: return (size_t)n / 256 * sizeof(BlockIQ1_S);
+        case TQ2_0: return (size_t)n / 256 * sizeof(BlockTQ2_0);
+        case TQ1_0: return (size_t)n / 256 * sizeof(BlockTQ1_0);
+        default: return 0;
+    }
+}
+int block_size(int fmt) {
+    switch (fmt) {
+        case F32: case F16: case BF16: return 1;
+        case Q8_0: case Q4_0: return 32;
+        default: return 256;
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+// Mirrored by hymoe/experts/native.py (ctypes.Structure): keep the field order.
+struct MoeArgs {
+    int32_t num_tokens, hidden, inter, topk, num_experts;
+    int32_t fmt_gate, fmt_up, fmt_down;
+    const float* x;         // [T, H]
+    const int64_t* ids;     // [T, K]
+    const float* weights;   // [T, K]
+    float* out;             // [T, H]
+    const uint8_t* gate;    // [E] x [I rows of H]
+    const uint8_t* up;      // [E] x [I rows of H]
+    const uint8_t* down;    // [E] x [H rows of I]
+    int64_t gate_stride, up_stride, down_stride;  // bytes per expert
+};
+
+}  // extern "C"
+
+namespace {
+
+const int kTokenBlock = 64;  // tokens per kernel call: their activations stay in L2 while rows stream
+
+struct Job {
+    MoeArgs a;
+    const KernelTable* kt;
+    // routing, grouped by expert
+    std::vector<int> experts, pair_start, pair_token;  // pair p belongs to token pair_token[p]
+    std::vector<float> pair_weight;
+    // activations
+    std::vector<uint8_t> xq, hq;              // quantised x per token, quantised h per pair
+    std::vector<const void*> x_ptr, h_ptr;    // per pair: what the kernels read
+    std::vector<float> g, u;                  // [pairs, I]
+    std::vector<std::vector<float>> scratch;  // per thread
+
+    int rows_per_unit(int rows, int parts, int threads) const {
+        int r = rows / std::max(1, 16 * threads / std::max(1, parts));
+        r = std::max(4, std::min(64, r));
+        return (r + 3) / 4 * 4;
+    }
+
+    void run(Pool& pool) {
+        const int T = a.num_tokens, H = a.hidden, I = a.inter, K = a.topk;
+        const int P = T * K;
+        const bool x_float = fmt_is_float(a.fmt_gate) && fmt_is_float(a.fmt_up);
+        const bool x_quant = !fmt_is_float(a.fmt_gate) || !fmt_is_float(a.fmt_up);
+        const bool h_float = fmt_is_float(a.fmt_down);
+        const size_t xb = act_bytes(H), hb = act_bytes(I);
+        if (x_quant) xq.resize((size_t)T * xb);
+        if (!h_float) hq.resize((size_t)P * hb);
+        g.resize((size_t)P * I);
+        u.resize((size_t)P * I);
+        scratch.resize(pool.size());
+
+        // phase 0: zero out, quantise each token once (shared by all its experts)
+        pool.parallel_for(T, [&](int t, int) {
+            memset(a.out + (size_t)t * H, 0, (size_t)H * 4);
+            if (x_quant) kt->quantize(a.x + (size_t)t * H, H, xq.data() + t * xb);
+        });
+        // per pair: float x for float formats, the quantised row otherwise
+        std::vector<const void*> xf_ptr(P), xq_ptr(P);
+        for (int p = 0; p < P; p++) {
+            int t = pair_token[p];
+            xf_ptr[p] = a.x + (size_t)t * H;
+            xq_ptr[p] = x_quant ? (const void*)(xq.data() + t * xb) : nullptr;
+        }
+        (void)x_float;
+
+        // phase 1: gate and up rows, unit = (active expert, chunk of I rows)
+        const int ne = (int)experts.size();
+        const int r1 = rows_per_unit(I, ne, pool.size());
+        const int chunks1 = (I + r1 - 1) / r1;
+        const size_t gate_rb = row_bytes(a.fmt_gate, H), up_rb = row_bytes(a.fmt_up, H);
+        pool.parallel_for(ne * chunks1, [&](int unit, int) {
+            int ei = unit / chunks1, r0 = (unit % chunks1) * r1, nr = std::min(r1, I - r0);
+            int e = experts[ei], p0 = pair_start[ei], np = pair_start[ei + 1] - p0;
+            const uint8_t* gw = a.gate + e * a.gate_stride + r0 * gate_rb;
+            const uint8_t* uw = a.up + e * a.up_stride + r0 * up_rb;
+            const void* const* gx = fmt_is_float(a.fmt_gate) ? &xf_ptr[p0] : &xq_ptr[p0];
+            const void* const* ux = fmt_is_float(a.fmt_up) ? &xf_ptr[p0] : &xq_ptr[p0];
+            for (int tb = 0; tb < np; tb += kTokenBlock) {
+                int nt = std::min(kTokenBlock, np - tb);
+                kt->rows[a.fmt_gate](gw, gate_rb, nr, gx + tb, nt, H, g.data() + (size_t)(p0 + tb) * I + r0, I);
+                kt->rows[a.fmt_up](uw, up_rb, nr, ux + tb, nt, H, u.data() + (size_t)(p0 + tb) * I + r0, I);
+            }
+        });
+
+        // phase 2: h = silu(g) * u, quantised for the down projection
+        h_ptr.resize(P);
+        pool.parallel_for(P, [&](int p, int) {
+            float* gp = g.data() + (size_t)p * I;
+            const float* up = u.data() + (size_t)p * I;
+            for (int i = 0; i < I; i++) gp[i] = gp[i] / (1.f + expf(-gp[i])) * up[i];
+            if (h_float) {
+                h_ptr[p] = gp;
+            } else {
+                kt->quantize(gp, I, hq.data() + p * hb);
+                h_ptr[p] = hq.data() + p * hb;
+            }
+        });
+
+        // phase 3: down rows, unit = chunk of H rows across all experts; weighted sum into out
+        const int r3 = rows_per_unit(H, 1, pool.size());
+        const int chunks3 = (H + r3 - 1) / r3;
+        const size_t down_rb = row_bytes(a.fmt_down, I);
+        pool.parallel_for(chunks3, [&](int unit, int thread) {
+            int r0 = unit * r3, nr = std::min(r3, H - r0);
+            std::vector<float>& tmp = scratch[thread];
+            tmp.resize((size_t)kTokenBlock * r3);
+            for (int ei = 0; ei < ne; ei++) {
+                int e = experts[ei], p0 = pair_start[ei], np = pair_start[ei + 1] - p0;
+                const uint8_t* dw = a.down + e * a.down_stride + r0 * down_rb;
+                for (int tb = 0; tb < np; tb += kTokenBlock) {
+                    int nt = std::min(kTokenBlock, np - tb);
+                    kt->rows[a.fmt_down](dw, down_rb, nr, &h_ptr[p0 + tb], nt, I, tmp.data(), r3);
+                    for (int j = 0; j < nt; j++) {
+                        int p = p0 + tb + j;
+                        float w = pair_weight[p];
+                        float* o = a.out + (size_t)pair_token[p] * H + r0;
+                        const float* s = tmp.data() + (size_t)j * r3;
+                        for (int r = 0; r < nr; r++) o[r] += w * s[r];
+                    }
+                }
+            }
+        });
+    }
+};
+
+struct Engine {
+    Pool pool;
+    Job job;
+    explicit Engine(int threads) : pool(threads) {}
+};
+
+}  // namespace
+
+extern "C" {
+
+__attribute__((visibility("default"))) int hymoe_isa() { return tables().isa; }
+__attribute__((visibility("default"))) const char* hymoe_isa_name() { return tables().active.name; }
+__attribute__((visibility("default"))) void hymoe_force_isa(int isa) { tables().select(isa); }
+__attribute__((visibility("default"))) int hymoe_has_format(int fmt) {
+    return fmt >= 0 && fmt < FMT_SLOTS && tables().active.rows[fmt] != nullptr;
+}
+__attribute__((visibility("default"))) int64_t hymoe_row_bytes(int fmt, int n) {
+    return n % block_size(fmt) ? -1 : (int64_t)row_bytes(fmt, n);
+}
+
+__attribute__((visibility("default"))) void* hymoe_engine_create(int threads) { return new Engine(threads); }
+__attribute__((visibility("default"))) void hymoe_engine_destroy(void* e) { delete (Engine*)e; }
+__attribute__((visibility("default"))) int hymoe_engine_threads(void* e) { return ((Engine*)e)->pool.size(); }
+
+// Validates, groups tokens by expert, and starts the job; returns at once. 0 = started.
+__attribute__((visibility("default"))) int hymoe_moe_submit(void* engine, const MoeArgs* args) {
+    Engine* eng = (Engine*)engine;
+    eng->pool.sync();  // the previous job owns the buffers until it is done
+    const MoeArgs& a = *args;
+    for (int f : {a.fmt_gate, a.fmt_up, a.fmt_down})
+        if (!hymoe_has_format(f)) return -1;
+    if (a.hidden % block_size(a.fmt_gate) || a.hidden % block_size(a.fmt_up) || a.inter % block_size(a.fmt_down))
+        return -2;
+    if (a.hidden % 32 || a.inter % 32) return -2;  // activation blocks
+    const int P = a.num_tokens * a.topk;
+    for (int p = 0; p < P; p++)
+        if (a.ids[p] < 0 || a.ids[p] >= a.num_experts) return -3;
+    Job& job = eng->job;
+    job.a = a;
+    job.kt = &tables().active;
+    // counting sort of (token, k) pairs by expert; experts in ascending order
+    std::vector<int> count(a.num_experts + 1, 0);
+    for (int p = 0; p < P; p++) count[a.ids[p] + 1]++;
+    job.experts.clear();
+    job.pair_start.assign(1, 0);
+    for (int e = 0; e < a.num_experts; e++) {
+        if (count[e + 1]) {
+            job.experts.push_back(e);
+            job.pair_start.push_back(job.pair_start.back() + count[e + 1]);
+        }
+        count[e + 1] += count[e];
+    }
+    job.pair_token.resize(P);
+    job.pair_weight.resize(P);
+    for (int p = 0; p < P; p++) {
+        int slot = count[a.ids[p]]++;
+        job.pair_token[slot] = p / a.topk;
+        job.pair_weight[slot] = a.weights[p];
+    }
+    eng->pool.submit([eng] { eng->job.run(eng->pool); });
+    return 0;
+}
+
+__attribute__((visibility("default"))) void hymoe_moe_sync(void* engine) { ((Engine*)engine)->pool.sync(); }
+
+// The kernels themselves, for tests: out[t, r] for rows of one matrix against activations x[t].
+__attribute__((visibility("default"))) int hymoe_rows(int fmt, const uint8_t* w, int nrows, int n, const float* x,
+                                                      int ntok, float* out) {
+    if (!hymoe_has_format(fmt) || n % block_size(fmt) || n % 32) return -1;
+    const KernelTable& kt = tables().active;
+    std::vector<uint8_t> q(fmt_is_float(fmt) ? 0 : ntok * act_bytes(n));
+    std::vector<const void*> ptr(ntok);
+    for (int t = 0; t < ntok; t++) {
+        if (fmt_is_float(fmt)) {
+            ptr[t] = x + (size_t)t * n;
+        } else {
+            kt.quantize(x + (size_t)t * n, n, q.data() + t * act_bytes(n));
+            ptr[t] = q.data() + t * act_bytes(n);
+        }
+    }
+    kt.rows[fmt](w, row_bytes(fmt, n), nrows, ptr.data(), ntok, n, out, nrows);
+    return 0;
+}
+
+}  // extern "C"

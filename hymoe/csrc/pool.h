@@ -1,0 +1,43 @@
+// A persistent thread pool that runs one MoE job at a time in the background.
+// submit() hands the job to the driver thread and returns; sync() waits for it. Inside a job,
+// parallel_for() splits a phase into units taken from an atomic counter by every pool thread.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+class Pool {
+  public:
+    using UnitFn = std::function<void(int unit, int thread)>;
+
+    explicit Pool(int num_threads);
+    ~Pool();
+    int size() const { return num_threads_; }
+
+    void submit(std::function<void()> job);  // returns at once; the driver thread runs the job
+    void sync();                              // waits until the submitted job has finished
+    void parallel_for(int num_units, const UnitFn& fn);  // only from inside a job
+
+  private:
+    void driver_loop();
+    void helper_loop(int thread);
+    void work(int thread);
+
+    int num_threads_;
+    std::vector<std::thread> threads_;
+    // the job handed from submit() to the driver
+    std::mutex job_mutex_;
+    std::condition_variable job_cv_;
+    std::function<void()> job_;
+    bool has_job_ = false, is_job_done_ = true, is_stopping_ = false;
+    // the phase currently split across threads
+    std::mutex phase_mutex_;
+    std::condition_variable phase_cv_;
+    std::atomic<uint64_t> generation_{0};
+    std::atomic<int> next_unit_{0}, pending_helpers_{0};
+    int num_units_ = 0;
+    const UnitFn* fn_ = nullptr;
+};

@@ -1,0 +1,150 @@
+"""The native CPU expert backend: GGUF-format expert weights computed in place by hymoe/csrc.
+
+The library is called through ctypes, which releases the GIL: submit() starts the job on the
+native thread pool and returns, so the calling thread can drive the GPU until sync().
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from hymoe.errors import HymoeError
+from hymoe.experts.base import ExpertBackend
+from hymoe.quant.formats import qtype, row_bytes
+
+log = logging.getLogger("hymoe")
+ISAS = {"generic": 0, "avx2": 1, "avx512": 2}
+
+
+class _MoeArgs(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int32) for n in ("num_tokens", "hidden", "inter", "topk", "num_experts",
+                                              "fmt_gate", "fmt_up", "fmt_down")] + \
+               [(n, ctypes.c_void_p) for n in ("x", "ids", "weights", "out", "gate", "up", "down")] + \
+               [(n, ctypes.c_int64) for n in ("gate_stride", "up_stride", "down_stride")]
+
+
+_lib: ctypes.CDLL | None = None
+_lib_tried = False
+
+
+def library() -> ctypes.CDLL | None:
+    """The kernels library, or None (said once) when the install could not build it."""
+    global _lib, _lib_tried
+    if _lib_tried:
+        return _lib
+    _lib_tried = True
+    found = sorted(Path(__file__).resolve().parents[1].glob("_kernels*.so"))
+    if not found:
+        log.warning("hymoe: native CPU kernels are not built; routed experts use the slower torch backend")
+        return None
+    lib = ctypes.CDLL(str(found[0]))
+    lib.hymoe_isa_name.restype = ctypes.c_char_p
+    lib.hymoe_engine_create.restype = ctypes.c_void_p
+    lib.hymoe_engine_destroy.argtypes = [ctypes.c_void_p]
+    lib.hymoe_engine_threads.argtypes = [ctypes.c_void_p]
+    lib.hymoe_moe_submit.argtypes = [ctypes.c_void_p, ctypes.POINTER(_MoeArgs)]
+    lib.hymoe_moe_sync.argtypes = [ctypes.c_void_p]
+    lib.hymoe_row_bytes.restype = ctypes.c_int64
+    lib.hymoe_rows.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                               ctypes.c_int, ctypes.c_void_p]
+    forced = os.environ.get("HYMOE_ISA")  # lets CI run the whole suite on the portable path
+    if forced:
+        set_isa(forced, lib)
+    _lib = lib
+    return lib
+
+
+def set_isa(name: str, lib: ctypes.CDLL | None = None) -> str:
+    """Force a kernel path no wider than the CPU has ('generic', 'avx2', 'avx512'); returns the one in use."""
+    lib = lib or library()
+    if name not in ISAS:
+        raise HymoeError(f"unknown ISA {name!r} (use one of {', '.join(ISAS)})")
+    lib.hymoe_force_isa(ISAS[name])
+    return lib.hymoe_isa_name().decode()
+
+
+def isa_name() -> str:
+    lib = library()
+    return lib.hymoe_isa_name().decode() if lib else "none"
+
+
+def rows(fmt: str, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The bare kernel, for tests: weight [R, row_bytes] uint8 in fmt, x [T, n] float32 -> [T, R]."""
+    lib = library()
+    x = x.float().contiguous()
+    out = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
+    rc = lib.hymoe_rows(int(qtype(fmt)), weight.data_ptr(), weight.shape[0], x.shape[1], x.data_ptr(),
+                        x.shape[0], out.data_ptr())
+    if rc:
+        raise HymoeError(f"the native kernels cannot compute {fmt} rows of {x.shape[1]}")
+    return out
+
+
+class NativeEngine:
+    """One thread pool, shared by every MoE layer of a model (their jobs run one after another)."""
+
+    def __init__(self, threads: int | None = None):
+        lib = library()
+        if lib is None:
+            raise HymoeError("the native CPU kernels are not built")
+        self.lib = lib
+        self.handle = lib.hymoe_engine_create(threads or os.cpu_count() or 1)
+
+    @property
+    def threads(self) -> int:
+        return self.lib.hymoe_engine_threads(self.handle)
+
+    def __del__(self):
+        if getattr(self, "handle", None):
+            self.lib.hymoe_engine_destroy(self.handle)
+            self.handle = None
+
+
+class NativeExperts(ExpertBackend):
+    """One layer's experts: gate/up [E, I, H] and down [E, H, I], each raw bytes in a GGUF format."""
+
+    def __init__(self, engine: NativeEngine, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
+                 formats: tuple[str, str, str], hidden: int, inter: int):
+        self.engine, self.formats, self.hidden, self.inter = engine, formats, hidden, inter
+        self.num_experts = gate.shape[0]
+        for t, f, rows_, n in ((gate, formats[0], inter, hidden), (up, formats[1], inter, hidden),
+                               (down, formats[2], hidden, inter)):
+            expected = rows_ * row_bytes(f, n)
+            got = t[0].numel() * t.element_size()
+            if got != expected or not t.is_contiguous():
+                raise HymoeError(f"{f} expert tensor holds {got} bytes per expert, expected {expected}")
+            if engine.lib.hymoe_has_format(int(qtype(f))) == 0:
+                raise HymoeError(f"the native kernels have no {f} path")
+        self.gate, self.up, self.down = gate, up, down
+        self._pending = None
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.gate, self.up, self.down))
+
+    def submit(self, hidden, topk_ids, topk_weights) -> None:
+        x = hidden.detach().to("cpu", torch.float32).contiguous()
+        ids = topk_ids.to("cpu", torch.int64).contiguous()
+        w = topk_weights.to("cpu", torch.float32).contiguous()
+        out = torch.empty_like(x)
+        args = _MoeArgs(x.shape[0], self.hidden, self.inter, ids.shape[1], self.num_experts,
+                        *(int(qtype(f)) for f in self.formats),
+                        x.data_ptr(), ids.data_ptr(), w.data_ptr(), out.data_ptr(),
+                        self.gate.data_ptr(), self.up.data_ptr(), self.down.data_ptr(),
+                        self.gate[0].numel() * self.gate.element_size(),
+                        self.up[0].numel() * self.up.element_size(),
+                        self.down[0].numel() * self.down.element_size())
+        rc = self.engine.lib.hymoe_moe_submit(self.engine.handle, ctypes.byref(args))
+        if rc:
+            raise HymoeError({-1: "unsupported expert format", -2: "expert rows do not split into blocks",
+                              -3: "an expert id is out of range"}.get(rc, f"native MoE failed ({rc})"))
+        self._pending = (x, ids, w, out, hidden.device)  # keep the buffers alive until sync
+
+    def sync(self) -> torch.Tensor:
+        self.engine.lib.hymoe_moe_sync(self.engine.handle)
+        x, ids, w, out, device = self._pending
+        self._pending = None
+        return out.to(device)

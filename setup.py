@@ -1,0 +1,44 @@
+"""Builds hymoe's native CPU expert kernels (C++17, no libtorch) as one shared library.
+
+Each ISA's kernels are compiled with their own flags and chosen at run time, so one build runs
+on every x86-64 (and the portable path on ARM, LoongArch and the rest). If the compiler fails,
+the install still succeeds with a warning and hymoe uses its torch expert backend.
+"""
+import platform
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+BASE = ["-std=c++17", "-O3", "-fPIC", "-fvisibility=hidden", "-pthread", "-Wall", "-Wno-unused-function"]
+ISA_FLAGS = {
+    "kernels_avx2.cpp": ["-mavx2", "-mfma", "-mf16c"],
+    "kernels_avx512.cpp": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
+                           "-mavx512vnni", "-mavx512dq"],
+}
+SOURCES = ["moe.cpp", "pool.cpp", "cpu.cpp", "kernels_generic.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp"]
+
+
+class BuildKernels(build_ext):
+    def build_extension(self, ext):
+        try:
+            objects = []
+            for src in ext.sources:
+                flags = ISA_FLAGS.get(src.rsplit("/", 1)[-1], []) if IS_X86 else []
+                objects += self.compiler.compile([src], output_dir=self.build_temp, extra_postargs=BASE + flags,
+                                                 depends=ext.depends)
+            self.compiler.link_shared_object(objects, self.get_ext_fullpath(ext.name), extra_postargs=["-pthread"],
+                                             target_lang="c++")
+        except Exception as e:  # a missing or old compiler must not break the install
+            msg = (f"WARNING: hymoe's native CPU kernels failed to build ({e}); "
+                   "hymoe will compute routed experts with its slower torch backend.")
+            print(msg, file=sys.stderr)
+            self.warn(msg)
+
+
+setup(
+    ext_modules=[Extension("hymoe._kernels", [f"hymoe/csrc/{s}" for s in SOURCES],
+                           depends=["hymoe/csrc/common.h", "hymoe/csrc/pool.h", "hymoe/csrc/iq1s_grid.h"])],
+    cmdclass={"build_ext": BuildKernels},
+)

@@ -1,0 +1,55 @@
+"""Random GGUF-format weights for kernel tests, decoded independently by gguf-py."""
+import numpy as np
+import torch
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import dequantize
+
+# byte offsets of the fp16 scale fields in one block; every other byte may take any value
+FP16_FIELDS = {"Q8_0": (0,), "Q4_0": (0,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
+               "IQ1_S": (0,), "TQ2_0": (64,), "TQ1_0": (52,)}
+
+
+def pack_k_scales(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Q4_K/Q5_K: eight 6-bit scales and mins [nblocks, 8] -> the 12 packed bytes [nblocks, 12]."""
+    s = np.zeros((sc.shape[0], 12), dtype=np.uint8)
+    for j in range(4):
+        s[:, j] = (sc[:, j] & 63) | ((sc[:, j + 4] >> 4) << 6)
+        s[:, j + 4] = (m[:, j] & 63) | ((m[:, j + 4] >> 4) << 6)
+        s[:, j + 8] = (sc[:, j + 4] & 0xF) | ((m[:, j + 4] & 0xF) << 4)
+    return s
+
+
+def random_weights(fmt: str, rows: int, n: int, seed: int = 0, experts: int | None = None,
+                   is_centered: bool = False) -> torch.Tensor:
+    """uint8 [(experts,) rows, row_bytes]: random blocks with sane scales.
+
+    is_centered: K-quant mins chosen to cancel the mean of q, as a quantizer would for zero-mean
+    weights (random mins give biased weights whose products cancel badly).
+    """
+    rng = np.random.default_rng(seed)
+    lead = (experts, rows) if experts else (rows,)
+    if fmt in ("F32", "F16", "BF16"):
+        w = torch.from_numpy(rng.standard_normal((*lead, n), dtype=np.float32) * 0.05)
+        w = w.to({"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[fmt])
+        return w.contiguous().view(torch.uint8).reshape(*lead, -1)
+    block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType[fmt]]
+    nblocks = int(np.prod(lead)) * n // block
+    raw = rng.integers(0, 256, size=(nblocks, nbytes), dtype=np.uint8)
+    for off in FP16_FIELDS[fmt]:
+        scale = (rng.uniform(0.2, 1.0, nblocks) * 0.01).astype(np.float16)
+        raw[:, off:off + 2] = scale.view(np.uint8).reshape(nblocks, 2)
+    if is_centered and fmt in ("Q4_K", "Q5_K"):
+        raw[:, 2:4] = raw[:, 0:2]  # dmin = d
+        sc = rng.integers(1, 4, size=(nblocks, 8)).astype(np.uint8)
+        mean_q = 7.5 if fmt == "Q4_K" else 15.5
+        raw[:, 4:16] = pack_k_scales(sc, np.round(sc * mean_q).astype(np.uint8))
+    return torch.from_numpy(raw.reshape(*lead, -1))
+
+
+def dequant(fmt: str, w: torch.Tensor, n: int) -> torch.Tensor:
+    """float32 [..., rows, n] from gguf-py's own decoder."""
+    if fmt in ("F32", "F16", "BF16"):
+        dt = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[fmt]
+        return w.contiguous().view(dt).float().reshape(*w.shape[:-1], n)
+    out = dequantize(w.numpy(), GGMLQuantizationType[fmt])
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).reshape(*w.shape[:-1], n)

@@ -1,0 +1,64 @@
+"""Native expert kernels against gguf-py's own dequantization, on every path the CPU has."""
+import pytest
+import torch
+
+from hymoe.experts import native
+from quant_utils import dequant, random_weights
+
+pytestmark = pytest.mark.skipif(native.library() is None, reason="native kernels not built")
+
+FORMATS = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "IQ1_S", "TQ2_0", "TQ1_0"]
+IS_FLOAT = {"F32", "F16", "BF16"}
+
+
+def available_isas():
+    have = []
+    for isa in ("generic", "avx2", "avx512"):
+        native.set_isa(isa)
+        name = native.isa_name()
+        if name not in [n for _, n in have]:
+            have.append((isa, name))
+    native.set_isa("avx512")  # the widest the CPU allows
+    return [isa for isa, _ in have]
+
+
+ISAS = available_isas()
+
+
+def quantized_activations(x: torch.Tensor) -> torch.Tensor:
+    """What the kernels do to activations: int8 per block of 32, scale = amax / 127."""
+    blocks = x.reshape(x.shape[0], -1, 32)
+    d = blocks.abs().amax(-1, keepdim=True) / 127
+    q = torch.where(d > 0, torch.round(blocks / d.clamp_min(1e-30)), torch.zeros_like(blocks))
+    return (q * d).reshape_as(x)
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    native.set_isa(request.param)
+    yield request.param
+    native.set_isa("avx512")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("tokens", [1, 3, 9])
+def test_rows_equal_gguf_dequantized_matmul(fmt, tokens, isa):
+    n, rows = 768, 12
+    w = random_weights(fmt, rows, n, seed=tokens)
+    x = torch.randn(tokens, n, generator=torch.Generator().manual_seed(tokens))
+    xq = x if fmt in IS_FLOAT else quantized_activations(x)
+    ref = xq.double() @ dequant(fmt, w, n).double().T  # the exact sum over gguf-py's weights
+    got = native.rows(fmt, w, x).double()
+    # only float rounding separates the two: relative to the size of the terms summed
+    scale = (xq.double().abs() @ dequant(fmt, w, n).double().abs().T)
+    assert ((got - ref).abs() / scale).max().item() < 2e-5
+
+
+@pytest.mark.parametrize("fmt", sorted(set(FORMATS) - IS_FLOAT))
+def test_activation_quantization_error_is_bounded(fmt):
+    n = 1024
+    w = random_weights(fmt, 16, n, seed=5)
+    x = torch.randn(4, n, generator=torch.Generator().manual_seed(5))
+    ref = x @ dequant(fmt, w, n).T
+    got = native.rows(fmt, w, x)
+    assert ((got - ref).abs().max() / ref.abs().max()).item() < 0.02  # int8 activations: ~0.5% typical
