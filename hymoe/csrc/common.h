@@ -83,14 +83,18 @@ typedef void (*RowsFn)(const uint8_t* w, size_t row_bytes, int nrows, const void
 typedef void (*QuantizeFn)(const float* x, int n, void* act);
 
 enum { FMT_SLOTS = 40 };
+// Each table's quantize() writes its own activation layout, act_bytes(n) long; it always starts
+// with the portable layout above, so a table may hand any row shape to the portable kernels.
 struct KernelTable {
     RowsFn rows[FMT_SLOTS];
     QuantizeFn quantize;
+    size_t (*act_bytes)(int n);
     const char* name;
 };
 
 static inline bool fmt_is_float(int f) { return f == F32 || f == F16 || f == BF16; }
 
+void quantize_portable(const float* x, int n, void* act);  // the portable activation layout
 void fill_generic(KernelTable* t);
 void fill_avx2(KernelTable* t);    // overrides what it speeds up; needs AVX2+FMA+F16C
 void fill_avx512(KernelTable* t);  // needs AVX512F/BW/VL/VNNI

@@ -1,4 +1,362 @@
-// AVX512 F/BW/VL + VNNI kernels (compiled with those flags only; chosen at run time).
-#include "common.h"
+// AVX512 F/BW/VL + VNNI kernels, compiled with those flags only and chosen at run time.
+//
+// Every quantised format is turned, 64 weights at a time, into unsigned byte codes `wq` and a
+// per-lane float scale `ws`, so one inner loop serves them all:
+//   int32 lanes  p = dpbusd(-c * sum4(a), wq, a)      (c: the code offset, e.g. 8 for Q4_0)
+//   float acc   += cvt(p) * ws * d_a
+// Weights are unpacked once per row and reused for up to kTile tokens (batches, prefill).
+// Lanes 0-7 cover the first 32 weights of a chunk and lanes 8-15 the next 32, which is also how
+// the activation scales are laid out. This file must not use the C++ library (see common.h).
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
 
-void fill_avx512(KernelTable* t) { t->name = "avx512-vnni"; }
+#include "common.h"
+#include "iq1s_grid.h"
+
+namespace {
+
+RowsFn g_portable[FMT_SLOTS];  // the portable kernels, for row lengths that are not a multiple of 64
+const int kTile = 4;
+const int kPrefetch = 8192;  // bytes ahead of the block being read
+
+// ---- activations: the portable layout, then per 64 values: 16 lane scales, 16 lane sums ------
+//   [portable: n + n/32*4 + n/16*4][pad to 64][dexp: n/64 x 16 f32][ns4: n/4 i32][dsum: n/32 f32]
+size_t portable_bytes(int n) { return (size_t)n + (size_t)(n / 32) * 4 + (size_t)(n / 16) * 4; }
+size_t extras_at(int n) { return (portable_bytes(n) + 63) & ~(size_t)63; }
+size_t act_bytes_avx512(int n) { return extras_at(n) + (size_t)n + (size_t)n + (size_t)(n / 32) * 4; }
+
+struct Act {
+    const int8_t* qs;
+    const float* dexp;    // per 64 values, 16 floats: lane l holds the scale of block (l / 8)
+    const int32_t* ns4;   // per 4 values: minus their sum (seeds the code-offset correction)
+    const float* dsum;    // per block of 32: scale * sum (for mins and deltas)
+};
+inline Act act_of(const void* p, int n) {
+    const uint8_t* b = (const uint8_t*)p;
+    const uint8_t* e = b + extras_at(n);
+    return Act{(const int8_t*)b, (const float*)e, (const int32_t*)(e + n), (const float*)(e + 2 * (size_t)n)};
+}
+
+void quantize_avx512(const float* x, int n, void* out) {
+    quantize_portable(x, n, out);
+    uint8_t* b = (uint8_t*)out;
+    const int8_t* qs = (const int8_t*)b;
+    const float* d = (const float*)(b + n);
+    const int32_t* s16 = (const int32_t*)(b + n + (n / 32) * 4);
+    uint8_t* e = b + extras_at(n);
+    float* dexp = (float*)e;
+    int32_t* ns4 = (int32_t*)(e + n);
+    float* dsum = (float*)(e + 2 * (size_t)n);
+    for (int c = 0; c < n / 64; c++)
+        for (int l = 0; l < 16; l++) dexp[c * 16 + l] = d[2 * c + l / 8];
+    for (int i = 0; i < n / 4; i++) ns4[i] = -(qs[4 * i] + qs[4 * i + 1] + qs[4 * i + 2] + qs[4 * i + 3]);
+    for (int blk = 0; blk < n / 32; blk++) dsum[blk] = d[blk] * (float)(s16[2 * blk] + s16[2 * blk + 1]);
+}
+
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+inline __m512 two_scales(float lo, float hi) {  // lanes 0-7 = lo, 8-15 = hi
+    return _mm512_insertf32x8(_mm512_set1_ps(lo), _mm256_set1_ps(hi), 1);
+}
+inline __m512i nibbles_of_32_bytes(const uint8_t* q) {  // lanes [low nibbles | high nibbles]
+    const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+    __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)q));
+    return _mm512_and_si512(_mm512_srlv_epi16(v, shift), _mm512_set1_epi8(0x0F));
+}
+inline __m512i bits_of_32_bytes(const uint8_t* q, int shift_lo, int shift_hi, int mask) {
+    __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)q));
+    __m512i s = _mm512_inserti64x4(_mm512_set1_epi16((short)shift_lo), _mm256_set1_epi16((short)shift_hi), 1);
+    return _mm512_and_si512(_mm512_srlv_epi16(v, s), _mm512_set1_epi8((char)mask));
+}
+inline __m512 lanes_from(__m512 table, int i0, int i1) {  // [table[i0] x8 | table[i1] x8]
+    __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(i0), _mm256_set1_epi32(i1), 1);
+    return _mm512_permutexvar_ps(idx, table);
+}
+
+// ---- formats: a super unit of kSU weights, split in chunks of 64 ------------------------------
+// kShift: code offset c = 1 << kShift (-1: codes are the values). kMins: a per-32 term * dsum.
+struct FQ8_0 {
+    static const int kSU = 64, kBytes = 68, kShift = 7;
+    static const bool kMins = false;
+    const BlockQ8_0* b;
+    __m512 ws;
+    void prep(const uint8_t* p) {
+        b = (const BlockQ8_0*)p;
+        ws = two_scales(h2f(b[0].d), h2f(b[1].d));
+    }
+    __m512i chunk(int, __m512& s) const {
+        s = ws;
+        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)b[0].qs)),
+                                       _mm256_loadu_si256((const __m256i*)b[1].qs), 1);
+        return _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));  // signed -> unsigned: code = q + 128
+    }
+    __m256 mins() const { return _mm256_setzero_ps(); }
+};
+
+struct FQ4_0 {
+    static const int kSU = 64, kBytes = 36, kShift = 3;
+    static const bool kMins = false;
+    const BlockQ4_0* b;
+    __m512 ws;
+    void prep(const uint8_t* p) {
+        b = (const BlockQ4_0*)p;
+        ws = two_scales(h2f(b[0].d), h2f(b[1].d));
+    }
+    __m512i chunk(int, __m512& s) const {
+        s = ws;
+        const __m512i shift = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);  // 128-bit lanes [lo0 hi0 lo1 hi1]
+        __m512i v = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)b[0].qs))),
+            _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)b[1].qs)), 1);
+        return _mm512_and_si512(_mm512_srlv_epi64(v, shift), _mm512_set1_epi8(0x0F));
+    }
+    __m256 mins() const { return _mm256_setzero_ps(); }
+};
+
+template <bool kFive>
+struct FQK45 {
+    static const int kSU = 256, kBytes = kFive ? 176 : 144, kShift = -1;
+    static const bool kMins = true;
+    const uint8_t *qs, *qh;
+    __m512 ws;  // lanes 0-7: d * sc_j
+    __m256 m;   // dmin * m_j
+    void prep(const uint8_t* p) {
+        uint16_t dh, dmh;
+        memcpy(&dh, p, 2);
+        memcpy(&dmh, p + 2, 2);
+        // 12 packed bytes -> 8 scale bytes then 8 min bytes (the same unpacking as k_scale_min)
+        uint32_t u[4];
+        memcpy(u, p + 4, 12);
+        const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
+        u[3] = ((u[2] >> 4) & m4) | (((u[1] >> 6) & m2) << 4);
+        const uint32_t mins_lo = u[1] & m6;
+        u[1] = (u[2] & m4) | (((u[0] >> 6) & m2) << 4);
+        u[2] = mins_lo;
+        u[0] &= m6;
+        __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)u)));
+        v = _mm512_mul_ps(v, two_scales(h2f(dh), h2f(dmh)));
+        ws = v;
+        m = _mm512_extractf32x8_ps(v, 1);
+        qh = kFive ? p + 16 : nullptr;
+        qs = kFive ? p + 48 : p + 16;
+    }
+    __m512i chunk(int c, __m512& s) const {
+        s = lanes_from(ws, 2 * c, 2 * c + 1);
+        __m512i v = nibbles_of_32_bytes(qs + 32 * c);
+        if (kFive) v = _mm512_or_si512(v, _mm512_slli_epi16(bits_of_32_bytes(qh, 2 * c, 2 * c + 1, 1), 4));
+        return v;
+    }
+    __m256 mins() const { return m; }
+};
+
+struct FQ6_K {
+    static const int kSU = 256, kBytes = 210, kShift = 5;
+    static const bool kMins = false;
+    const BlockQ6_K* b;
+    __m512 sc16;  // d * scale of each group of 16
+    void prep(const uint8_t* p) {
+        b = (const BlockQ6_K*)p;
+        __m512i s = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)b->scales));
+        sc16 = _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(h2f(b->d)));
+    }
+    __m512i chunk(int c, __m512& s) const {  // c: half h = c/2, low/high nibble sh = c%2
+        int h = c / 2, sh = c % 2;
+        const __m512i group = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+        s = _mm512_permutexvar_ps(_mm512_add_epi32(group, _mm512_set1_epi32(4 * c)), sc16);
+        __m512i lo = _mm512_loadu_si512((const void*)(b->ql + 64 * h));
+        lo = _mm512_and_si512(_mm512_srli_epi16(lo, 4 * sh), _mm512_set1_epi8(0x0F));
+        __m512i hi = bits_of_32_bytes(b->qh + 32 * h, 4 * sh, 4 * sh + 2, 3);
+        return _mm512_or_si512(lo, _mm512_slli_epi16(hi, 4));
+    }
+    __m256 mins() const { return _mm256_setzero_ps(); }
+};
+
+struct FIQ1_S {
+    static const int kSU = 256, kBytes = 50, kShift = 0;
+    static const bool kMins = true;
+    const BlockIQ1_S* b;
+    __m512 dl;  // lanes 0-7: scale of each sub-block of 32
+    __m256 m;   // minus scale * delta: value = dl * (grid + delta)
+    void prep(const uint8_t* p) {
+        b = (const BlockIQ1_S*)p;
+        float d = h2f(b->d);
+        alignas(32) float s[8], mm[8];
+        for (int ib = 0; ib < 8; ib++) {
+            uint16_t qh = b->qh[ib];
+            s[ib] = d * (2 * ((qh >> 12) & 7) + 1);
+            mm[ib] = -s[ib] * ((qh & 0x8000) ? -0.125f : 0.125f);
+        }
+        dl = _mm512_castps256_ps512(_mm256_load_ps(s));
+        m = _mm256_load_ps(mm);
+    }
+    __m512i chunk(int c, __m512& s) const {
+        s = lanes_from(dl, 2 * c, 2 * c + 1);
+        // 8 lookups of 8 weights: index = qs byte | 3 bits of qh << 8
+        __m512i lo = _mm512_cvtepu8_epi64(_mm_loadl_epi64((const __m128i*)(b->qs + 8 * c)));
+        __m512i qh = _mm512_inserti64x4(_mm512_set1_epi64(b->qh[2 * c]), _mm256_set1_epi64x(b->qh[2 * c + 1]), 1);
+        const __m512i shift = _mm512_set_epi64(9, 6, 3, 0, 9, 6, 3, 0);
+        __m512i hi = _mm512_slli_epi64(_mm512_and_si512(_mm512_srlv_epi64(qh, shift), _mm512_set1_epi64(7)), 8);
+        __m512i v = _mm512_i64gather_epi64(_mm512_or_si512(lo, hi), (const long long*)kIq1sGrid, 8);
+        return _mm512_add_epi8(v, _mm512_set1_epi8(1));  // {-1,0,1} -> {0,1,2}
+    }
+    __m256 mins() const { return m; }
+};
+
+struct FTQ2_0 {
+    static const int kSU = 256, kBytes = 66, kShift = 0;
+    static const bool kMins = false;
+    const BlockTQ2_0* b;
+    __m512 d;
+    void prep(const uint8_t* p) {
+        b = (const BlockTQ2_0*)p;
+        d = _mm512_set1_ps(h2f(b->d));
+    }
+    __m512i chunk(int c, __m512& s) const {  // weights 64c.. : half c/2, 2-bit fields 2(c%2), 2(c%2)+1
+        s = d;
+        int h = c / 2, f = 2 * (c % 2);
+        return bits_of_32_bytes(b->qs + 32 * h, 2 * f, 2 * f + 2, 3);
+    }
+    __m256 mins() const { return _mm256_setzero_ps(); }
+};
+
+inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+// NR rows x NT tokens per pass: each row's weights are unpacked once for NT tokens, and each
+// token's activations are loaded once for NR rows.
+template <class F, int NR, int NT>
+void rows_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n, float* out,
+               size_t out_stride) {
+    Act a[NT];
+    for (int t = 0; t < NT; t++) a[t] = act_of(acts[t], n);
+    const int units = n / F::kSU;
+    for (int r = 0; r + NR <= nrows; r += NR) {
+        const uint8_t* row = w + r * row_bytes;
+        __m512 acc[NR][NT];
+        __m256 macc[NR][NT];
+        for (int i = 0; i < NR; i++)
+            for (int t = 0; t < NT; t++) {
+                acc[i][t] = _mm512_setzero_ps();
+                macc[i][t] = _mm256_setzero_ps();
+            }
+        for (int u = 0; u < units; u++) {
+            F f[NR];
+            for (int i = 0; i < NR; i++) {
+                const uint8_t* blk = row + i * row_bytes + u * F::kBytes;
+                // the rows of a unit are contiguous: fetch well ahead (into the next rows at the end)
+                for (int l = 0; l < F::kBytes; l += 64) _mm_prefetch((const char*)blk + kPrefetch + l, _MM_HINT_T1);
+                f[i].prep(blk);
+            }
+            for (int c = 0; c < F::kSU / 64; c++) {
+                __m512 ws[NR];
+                __m512i wq[NR];
+                for (int i = 0; i < NR; i++) wq[i] = f[i].chunk(c, ws[i]);
+                const int at = u * F::kSU + c * 64;
+                for (int t = 0; t < NT; t++) {
+                    __m512i seed = _mm512_setzero_si512();
+                    if (F::kShift >= 0)
+                        seed = _mm512_slli_epi32(_mm512_loadu_si512((const void*)(a[t].ns4 + at / 4)),
+                                                 F::kShift < 0 ? 0 : F::kShift);
+                    const __m512i aq = _mm512_loadu_si512((const void*)(a[t].qs + at));
+                    const __m512 da = _mm512_loadu_ps(a[t].dexp + at / 4);
+                    for (int i = 0; i < NR; i++) {
+                        __m512i p = _mm512_dpbusd_epi32(seed, wq[i], aq);
+                        acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(ws[i], da), acc[i][t]);
+                    }
+                }
+            }
+            if (F::kMins)
+                for (int t = 0; t < NT; t++) {
+                    const __m256 ds = _mm256_loadu_ps(a[t].dsum + u * 8);
+                    for (int i = 0; i < NR; i++) macc[i][t] = _mm256_fmadd_ps(f[i].mins(), ds, macc[i][t]);
+                }
+        }
+        for (int i = 0; i < NR; i++)
+            for (int t = 0; t < NT; t++)
+                out[t * out_stride + r + i] = hsum(acc[i][t]) - (F::kMins ? hsum(macc[i][t]) : 0.f);
+    }
+}
+
+template <class F, int NR, int NT>
+void rows_any(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n, float* out,
+              size_t out_stride) {
+    const int main = nrows / NR * NR;
+    rows_tile<F, NR, NT>(w, row_bytes, main, acts, n, out, out_stride);
+    if (main < nrows)
+        rows_tile<F, 1, NT>(w + main * row_bytes, row_bytes, nrows - main, acts, n, out + main, out_stride);
+}
+
+template <class F, int FMT>
+void rows_q(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
+            size_t out_stride) {
+    if (n % 64) return g_portable[FMT](w, row_bytes, nrows, acts, ntok, n, out, out_stride);
+    int t = 0;
+    for (; t + kTile <= ntok; t += kTile) rows_any<F, 2, kTile>(w, row_bytes, nrows, acts + t, n, out + t * out_stride, out_stride);
+    float* o = out + t * out_stride;
+    switch (ntok - t) {
+        case 3: rows_any<F, 2, 3>(w, row_bytes, nrows, acts + t, n, o, out_stride); break;
+        case 2: rows_any<F, 2, 2>(w, row_bytes, nrows, acts + t, n, o, out_stride); break;
+        case 1: rows_any<F, 4, 1>(w, row_bytes, nrows, acts + t, n, o, out_stride); break;
+        default: break;
+    }
+}
+
+// ---- float weights: bandwidth-light formats, plain FMA against float activations ---------------
+template <int FMT>
+inline __m512 load16(const uint8_t* row, int i) {
+    if (FMT == F32) return _mm512_loadu_ps((const float*)row + i);
+    __m256i h = _mm256_loadu_si256((const __m256i*)((const uint16_t*)row + i));
+    if (FMT == F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));  // BF16
+}
+
+template <int FMT, int NT>
+void rows_float_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n, float* out,
+                     size_t out_stride) {
+    for (int r = 0; r < nrows; r++) {
+        const uint8_t* row = w + r * row_bytes;
+        __m512 acc[NT];
+        for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
+        for (int i = 0; i < n; i += 16) {
+            __m512 wv = load16<FMT>(row, i);
+            for (int t = 0; t < NT; t++) acc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps((const float*)acts[t] + i), acc[t]);
+        }
+        for (int t = 0; t < NT; t++) out[t * out_stride + r] = hsum(acc[t]);
+    }
+}
+
+template <int FMT>
+void rows_float(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n,
+                float* out, size_t out_stride) {
+    if (n % 16) return g_portable[FMT](w, row_bytes, nrows, acts, ntok, n, out, out_stride);
+    int t = 0;
+    for (; t + kTile <= ntok; t += kTile)
+        rows_float_tile<FMT, kTile>(w, row_bytes, nrows, acts + t, n, out + t * out_stride, out_stride);
+    for (; t < ntok; t++) rows_float_tile<FMT, 1>(w, row_bytes, nrows, acts + t, n, out + t * out_stride, out_stride);
+}
+
+}  // namespace
+
+void fill_avx512(KernelTable* t) {
+    for (int f = 0; f < FMT_SLOTS; f++) g_portable[f] = t->rows[f];
+    t->name = "avx512-vnni";
+    t->quantize = quantize_avx512;
+    t->act_bytes = act_bytes_avx512;
+    t->rows[F32] = rows_float<F32>;
+    t->rows[F16] = rows_float<F16>;
+    t->rows[BF16] = rows_float<BF16>;
+    t->rows[Q8_0] = rows_q<FQ8_0, Q8_0>;
+    t->rows[Q4_0] = rows_q<FQ4_0, Q4_0>;
+    t->rows[Q4_K] = rows_q<FQK45<false>, Q4_K>;
+    t->rows[Q5_K] = rows_q<FQK45<true>, Q5_K>;
+    t->rows[Q6_K] = rows_q<FQ6_K, Q6_K>;
+    t->rows[IQ1_S] = rows_q<FIQ1_S, IQ1_S>;
+    t->rows[TQ2_0] = rows_q<FTQ2_0, TQ2_0>;
+}
+#else
+#include "common.h"
+void fill_avx512(KernelTable*) {}
+#endif

@@ -8,7 +8,10 @@
 namespace {
 
 // ---- activations ----------------------------------------------------------------------------
-void quantize_generic(const float* x, int n, void* out) {
+}  // namespace
+
+// Shared by every table so that all paths see the same int8 activations.
+void quantize_portable(const float* x, int n, void* out) {
     uint8_t* p = (uint8_t*)out;
     int8_t* qs = (int8_t*)p;
     float* d = (float*)(p + n);
@@ -29,6 +32,10 @@ void quantize_generic(const float* x, int n, void* out) {
         }
     }
 }
+
+namespace {
+
+void quantize_generic(const float* x, int n, void* out) { quantize_portable(x, n, out); }
 
 // ---- one row against one activation -----------------------------------------------------------
 float dot_f32(const uint8_t* w, const void* a, int n) {
@@ -217,6 +224,7 @@ void fill_generic(KernelTable* t) {
     memset(t, 0, sizeof(*t));
     t->name = "generic";
     t->quantize = quantize_generic;
+    t->act_bytes = act_bytes;
     t->rows[F32] = rows<dot_f32>;
     t->rows[F16] = rows<dot_f16>;
     t->rows[BF16] = rows<dot_bf16>;

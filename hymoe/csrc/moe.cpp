@@ -7,6 +7,7 @@
 #include <math.h>
 
 #include <algorithm>
+#include <chrono>
 #include <memory>
 #include <vector>
 
@@ -106,7 +107,7 @@ struct Job {
         const bool x_float = fmt_is_float(a.fmt_gate) && fmt_is_float(a.fmt_up);
         const bool x_quant = !fmt_is_float(a.fmt_gate) || !fmt_is_float(a.fmt_up);
         const bool h_float = fmt_is_float(a.fmt_down);
-        const size_t xb = act_bytes(H), hb = act_bytes(I);
+        const size_t xb = kt->act_bytes(H), hb = kt->act_bytes(I);
         if (x_quant) xq.resize((size_t)T * xb);
         if (!h_float) hq.resize((size_t)P * hb);
         g.resize((size_t)P * I);
@@ -252,19 +253,48 @@ __attribute__((visibility("default"))) int hymoe_moe_submit(void* engine, const 
 
 __attribute__((visibility("default"))) void hymoe_moe_sync(void* engine) { ((Engine*)engine)->pool.sync(); }
 
+// Streaming read of buf on every pool thread: the machine's read bandwidth in GB/s, the bound that
+// decode speed is measured against.
+__attribute__((visibility("default"))) double hymoe_read_gbps(void* engine, const uint8_t* buf, int64_t bytes,
+                                                              int reps) {
+    Engine* eng = (Engine*)engine;
+    const int64_t chunk = 1 << 20, num_chunks = bytes / chunk;
+    std::vector<uint64_t> sink(eng->pool.size() * 8, 0);
+    double seconds = 0;
+    eng->pool.submit([&] {
+        auto t0 = std::chrono::steady_clock::now();
+        for (int r = 0; r < reps; r++) {
+            eng->pool.parallel_for((int)num_chunks, [&](int c, int thread) {
+                const uint64_t* p = (const uint64_t*)(buf + (int64_t)c * chunk);
+                uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+                for (int64_t i = 0; i < chunk / 8; i += 4) {
+                    a0 ^= p[i]; a1 ^= p[i + 1]; a2 ^= p[i + 2]; a3 ^= p[i + 3];
+                }
+                sink[thread * 8] ^= a0 ^ a1 ^ a2 ^ a3;
+            });
+        }
+        seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    });
+    eng->pool.sync();
+    volatile uint64_t keep = 0;
+    for (uint64_t v : sink) keep ^= v;
+    (void)keep;
+    return (double)num_chunks * chunk * reps / seconds / 1e9;
+}
+
 // The kernels themselves, for tests: out[t, r] for rows of one matrix against activations x[t].
 __attribute__((visibility("default"))) int hymoe_rows(int fmt, const uint8_t* w, int nrows, int n, const float* x,
                                                       int ntok, float* out) {
     if (!hymoe_has_format(fmt) || n % block_size(fmt) || n % 32) return -1;
     const KernelTable& kt = tables().active;
-    std::vector<uint8_t> q(fmt_is_float(fmt) ? 0 : ntok * act_bytes(n));
+    std::vector<uint8_t> q(fmt_is_float(fmt) ? 0 : ntok * kt.act_bytes(n));
     std::vector<const void*> ptr(ntok);
     for (int t = 0; t < ntok; t++) {
         if (fmt_is_float(fmt)) {
             ptr[t] = x + (size_t)t * n;
         } else {
-            kt.quantize(x + (size_t)t * n, n, q.data() + t * act_bytes(n));
-            ptr[t] = q.data() + t * act_bytes(n);
+            kt.quantize(x + (size_t)t * n, n, q.data() + t * kt.act_bytes(n));
+            ptr[t] = q.data() + t * kt.act_bytes(n);
         }
     }
     kt.rows[fmt](w, row_bytes(fmt, n), nrows, ptr.data(), ntok, n, out, nrows);

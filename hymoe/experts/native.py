@@ -49,6 +49,8 @@ def library() -> ctypes.CDLL | None:
     lib.hymoe_moe_submit.argtypes = [ctypes.c_void_p, ctypes.POINTER(_MoeArgs)]
     lib.hymoe_moe_sync.argtypes = [ctypes.c_void_p]
     lib.hymoe_row_bytes.restype = ctypes.c_int64
+    lib.hymoe_read_gbps.restype = ctypes.c_double
+    lib.hymoe_read_gbps.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
     lib.hymoe_rows.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
                                ctypes.c_int, ctypes.c_void_p]
     forced = os.environ.get("HYMOE_ISA")  # lets CI run the whole suite on the portable path
@@ -97,6 +99,10 @@ class NativeEngine:
     @property
     def threads(self) -> int:
         return self.lib.hymoe_engine_threads(self.handle)
+
+    def read_gbps(self, buf: torch.Tensor, reps: int = 3) -> float:
+        """Streaming-read bandwidth over buf (make it far larger than the last-level cache)."""
+        return self.lib.hymoe_read_gbps(self.handle, buf.data_ptr(), buf.numel() * buf.element_size(), reps)
 
     def __del__(self):
         if getattr(self, "handle", None):

@@ -1,0 +1,102 @@
+"""`hymoe bench experts`: one MoE layer of a real model's shape on random weights, timed.
+
+Weights are larger than the cache and each call routes to fresh random experts, so every call
+streams its experts from DRAM as a real decode step does.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import torch
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from hymoe.bench.machine import bf16_gemm_gflops, read_gbps
+from hymoe.errors import HymoeError
+from hymoe.experts import native
+from hymoe.experts.torch_backend import TorchExperts
+from hymoe.quant.formats import row_bytes
+
+SHAPES = {  # hidden, expert intermediate, routed experts, experts per token
+    "deepseek-v3": (7168, 2048, 256, 8),
+    "qwen3-30b-a3b": (2048, 768, 128, 8),
+    "mixtral-8x7b": (4096, 14336, 8, 2),
+}
+# byte offsets of fp16 scales inside one block: random bytes elsewhere are valid data
+_SCALES = {"Q8_0": (0,), "Q4_0": (0,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "IQ1_S": (0,),
+           "TQ2_0": (64,), "TQ1_0": (52,)}
+_FLOAT = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def random_experts(fmt: str, experts: int, rows: int, n: int, seed: int) -> torch.Tensor:
+    """uint8 [experts, rows * row_bytes]: a random 16 MiB tile with sane scales, repeated."""
+    total = experts * rows * row_bytes(fmt, n)
+    rng = np.random.default_rng(seed)
+    if fmt in _FLOAT:
+        tile = torch.from_numpy(rng.standard_normal(1 << 22, dtype=np.float32) * 0.02).to(_FLOAT[fmt])
+        tile = tile.view(torch.uint8).numpy()
+    else:
+        block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType[fmt]]
+        tile = rng.integers(0, 256, size=((16 << 20) // nbytes, nbytes), dtype=np.uint8)
+        for off in _SCALES[fmt]:
+            tile[:, off:off + 2] = (rng.uniform(1e-3, 1e-2, len(tile)).astype(np.float16)
+                                    .view(np.uint8).reshape(-1, 2))
+        tile = tile.reshape(-1)
+    out = np.resize(tile, total)  # repeats the tile: distinct addresses, so no cache reuse
+    return torch.from_numpy(out).view(experts, -1)
+
+
+def _routing(batch: int, k: int, experts: int, gen: torch.Generator):
+    scores = torch.rand(batch, experts, generator=gen)
+    ids = scores.topk(k, dim=-1).indices
+    return ids, torch.rand(batch, k, generator=gen)
+
+
+def bench_experts(shape: str, fmt: str, batch: int, threads: int | None = None, backend: str = "native",
+                  max_gb: float = 8.0, iters: int = 0, seed: int = 0) -> dict:
+    if shape not in SHAPES:
+        raise HymoeError(f"unknown shape {shape!r} (use one of {', '.join(SHAPES)})")
+    hidden, inter, num_experts, k = SHAPES[shape]
+    if backend == "torch":
+        fmt = "BF16"  # the torch backend computes dense bf16 weights
+    per_expert = 2 * inter * row_bytes(fmt, hidden) + hidden * row_bytes(fmt, inter)
+    allocated = max(k, min(num_experts, int(max_gb * 2**30 // per_expert)))
+    engine = native.NativeEngine(threads)
+    threads = engine.threads
+    torch.set_num_threads(threads)
+    bandwidth = read_gbps(engine)
+    gemm = bf16_gemm_gflops()
+
+    gate = random_experts(fmt, allocated, inter, hidden, seed)
+    up = random_experts(fmt, allocated, inter, hidden, seed + 1)
+    down = random_experts(fmt, allocated, hidden, inter, seed + 2)
+    if backend == "torch":
+        experts = TorchExperts(gate.view(torch.bfloat16).view(allocated, inter, hidden),
+                               up.view(torch.bfloat16).view(allocated, inter, hidden),
+                               down.view(torch.bfloat16).view(allocated, hidden, inter))
+    else:
+        experts = native.NativeExperts(engine, gate, up, down, (fmt, fmt, fmt), hidden, inter)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, hidden, generator=gen)
+    iters = iters or max(3, min(50, int(2e4 / batch)))
+    times, bytes_read = [], []
+    for it in range(iters + 2):
+        ids, w = _routing(batch, k, allocated, gen)
+        t0 = time.perf_counter()
+        experts.submit(x, ids, w)
+        experts.sync()
+        if it >= 2:  # two warm-up calls
+            times.append(time.perf_counter() - t0)
+            bytes_read.append(len(torch.unique(ids)) * per_expert)
+    layer_s = statistics.median(times)
+    weight_gbps = statistics.median(b / t for b, t in zip(bytes_read, times)) / 1e9
+    gflops = 2 * batch * k * 3 * hidden * inter / layer_s / 1e9
+    return {
+        "shape": shape, "format": fmt, "batch": batch, "threads": threads, "backend": backend,
+        "isa": native.isa_name() if backend == "native" else "torch",
+        "experts_allocated": allocated, "layer_ms": round(layer_s * 1e3, 3),
+        "weight_gbps": round(weight_gbps, 2), "bandwidth_gbps": round(bandwidth, 2),
+        "fraction": round(weight_gbps / bandwidth, 3), "tokens_per_s": round(batch / layer_s, 1),
+        "gflops": round(gflops, 1), "gemm_gflops": round(gemm, 1), "gemm_fraction": round(gflops / gemm, 3),
+    }
