@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from hymoe.bench.machine import bf16_gemm_gflops, read_gbps
+from hymoe.bench.machine import bf16_gemm_gflops, cold_bytes, read_gbps
 from hymoe.errors import HymoeError
 from hymoe.experts import native
 from hymoe.experts.torch_backend import TorchExperts
@@ -68,21 +68,25 @@ def bench_experts(shape: str, fmt: str, batch: int, threads: int | None = None, 
     bandwidth = read_gbps(engine)
     gemm = bf16_gemm_gflops()
 
-    gate = random_experts(fmt, allocated, inter, hidden, seed)
-    up = random_experts(fmt, allocated, inter, hidden, seed + 1)
-    down = random_experts(fmt, allocated, hidden, inter, seed + 2)
-    if backend == "torch":
-        experts = TorchExperts(gate.view(torch.bfloat16).view(allocated, inter, hidden),
-                               up.view(torch.bfloat16).view(allocated, inter, hidden),
-                               down.view(torch.bfloat16).view(allocated, hidden, inter))
-    else:
-        experts = native.NativeExperts(engine, gate, up, down, (fmt, fmt, fmt), hidden, inter)
+    # as many layers as make the working set larger than the cache; calls rotate through them
+    num_layers = max(1, -(-cold_bytes() // (allocated * per_expert)))
+    layers = []
+    for j in range(num_layers):
+        gate, up, down = (random_experts(fmt, allocated, rows, n, seed + 3 * j + i)
+                          for i, (rows, n) in enumerate(((inter, hidden), (inter, hidden), (hidden, inter))))
+        if backend == "torch":
+            layers.append(TorchExperts(gate.view(torch.bfloat16).view(allocated, inter, hidden),
+                                       up.view(torch.bfloat16).view(allocated, inter, hidden),
+                                       down.view(torch.bfloat16).view(allocated, hidden, inter)))
+        else:
+            layers.append(native.NativeExperts(engine, gate, up, down, (fmt, fmt, fmt), hidden, inter))
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, hidden, generator=gen)
     iters = iters or max(3, min(50, int(2e4 / batch)))
     times, bytes_read = [], []
     for it in range(iters + 2):
         ids, w = _routing(batch, k, allocated, gen)
+        experts = layers[it % num_layers]
         t0 = time.perf_counter()
         experts.submit(x, ids, w)
         experts.sync()
@@ -95,7 +99,7 @@ def bench_experts(shape: str, fmt: str, batch: int, threads: int | None = None, 
     return {
         "shape": shape, "format": fmt, "batch": batch, "threads": threads, "backend": backend,
         "isa": native.isa_name() if backend == "native" else "torch",
-        "experts_allocated": allocated, "layer_ms": round(layer_s * 1e3, 3),
+        "experts_allocated": allocated, "layers_allocated": num_layers, "layer_ms": round(layer_s * 1e3, 3),
         "weight_gbps": round(weight_gbps, 2), "bandwidth_gbps": round(bandwidth, 2),
         "fraction": round(weight_gbps / bandwidth, 3), "tokens_per_s": round(batch / layer_s, 1),
         "gflops": round(gflops, 1), "gemm_gflops": round(gemm, 1), "gemm_fraction": round(gflops / gemm, 3),

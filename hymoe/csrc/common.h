@@ -88,6 +88,8 @@ enum { FMT_SLOTS = 40 };
 struct KernelTable {
     RowsFn rows[FMT_SLOTS];
     QuantizeFn quantize;
+    void (*silu_mul)(float* g, const float* u, int n);  // g = silu(g) * u
+    uint64_t (*read)(const uint8_t* p, int64_t bytes);  // streams bytes (bandwidth probe)
     size_t (*act_bytes)(int n);
     const char* name;
 };

@@ -9,6 +9,7 @@
 // the activation scales are laid out. This file must not use the C++ library (see common.h).
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
+#include <math.h>
 
 #include "common.h"
 #include "iq1s_grid.h"
@@ -38,19 +39,77 @@ inline Act act_of(const void* p, int n) {
 }
 
 void quantize_avx512(const float* x, int n, void* out) {
-    quantize_portable(x, n, out);
+    if (n % 64) return quantize_portable(x, n, out);
     uint8_t* b = (uint8_t*)out;
-    const int8_t* qs = (const int8_t*)b;
-    const float* d = (const float*)(b + n);
-    const int32_t* s16 = (const int32_t*)(b + n + (n / 32) * 4);
+    int8_t* qs = (int8_t*)b;
+    float* d = (float*)(b + n);
+    int32_t* s16 = (int32_t*)(b + n + (n / 32) * 4);
     uint8_t* e = b + extras_at(n);
     float* dexp = (float*)e;
     int32_t* ns4 = (int32_t*)(e + n);
     float* dsum = (float*)(e + 2 * (size_t)n);
-    for (int c = 0; c < n / 64; c++)
-        for (int l = 0; l < 16; l++) dexp[c * 16 + l] = d[2 * c + l / 8];
-    for (int i = 0; i < n / 4; i++) ns4[i] = -(qs[4 * i] + qs[4 * i + 1] + qs[4 * i + 2] + qs[4 * i + 3]);
-    for (int blk = 0; blk < n / 32; blk++) dsum[blk] = d[blk] * (float)(s16[2 * blk] + s16[2 * blk + 1]);
+    const __m512 sign_off = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    for (int blk = 0; blk < n / 32; blk++) {
+        __m512 v0 = _mm512_loadu_ps(x + 32 * blk), v1 = _mm512_loadu_ps(x + 32 * blk + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(v0, sign_off), _mm512_and_ps(v1, sign_off)));
+        float scale = amax / 127.f, inv = amax > 0 ? 127.f / amax : 0.f;
+        // same rounding as lrintf in the portable path (round half to even), so all paths agree
+        __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(inv)));
+        __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(inv)));
+        _mm_storeu_si128((__m128i*)(qs + 32 * blk), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128((__m128i*)(qs + 32 * blk + 16), _mm512_cvtepi32_epi8(q1));
+        d[blk] = scale;
+        int32_t sum0 = _mm512_reduce_add_epi32(q0), sum1 = _mm512_reduce_add_epi32(q1);
+        s16[2 * blk] = sum0;
+        s16[2 * blk + 1] = sum1;
+        dsum[blk] = scale * (float)(sum0 + sum1);
+        // minus the sum of each 4 values: lane l of a 16-lane group sums q[4l..4l+3]
+        const __m512i idx = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+        for (int h = 0; h < 2; h++) {
+            __m512i q = _mm512_permutexvar_epi32(idx, h ? q1 : q0);  // [q0 q4 q8 q12 | q1 q5 .. | ..]
+            __m128i s4 = _mm_add_epi32(_mm_add_epi32(_mm512_castsi512_si128(q), _mm512_extracti32x4_epi32(q, 1)),
+                                       _mm_add_epi32(_mm512_extracti32x4_epi32(q, 2), _mm512_extracti32x4_epi32(q, 3)));
+            _mm_storeu_si128((__m128i*)(ns4 + 8 * blk + 4 * h), _mm_sub_epi32(_mm_setzero_si128(), s4));
+        }
+        _mm256_storeu_ps(dexp + 8 * blk, _mm256_set1_ps(scale));
+    }
+}
+
+// exp on [-88, 88] by 2^n * p(r): degree-6 Taylor on |r| <= ln2/2, relative error ~1e-7
+inline __m512 exp_ps(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.f)), _mm512_set1_ps(88.f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+    __m512 p = _mm512_set1_ps(1.f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(p, n);
+}
+
+uint64_t read_avx512(const uint8_t* p, int64_t bytes) {
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t i = 0; i + 256 <= bytes; i += 256) {
+        a0 = _mm512_xor_si512(a0, _mm512_loadu_si512((const void*)(p + i)));
+        a1 = _mm512_xor_si512(a1, _mm512_loadu_si512((const void*)(p + i + 64)));
+        a2 = _mm512_xor_si512(a2, _mm512_loadu_si512((const void*)(p + i + 128)));
+        a3 = _mm512_xor_si512(a3, _mm512_loadu_si512((const void*)(p + i + 192)));
+    }
+    return (uint64_t)_mm512_reduce_add_epi64(_mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3)));
+}
+
+void silu_mul_avx512(float* g, const float* u, int n) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_loadu_ps(g + i);
+        __m512 s = _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.f), exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), v))));
+        _mm512_storeu_ps(g + i, _mm512_mul_ps(s, _mm512_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) g[i] = g[i] / (1.f + expf(-g[i])) * u[i];
 }
 
 inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
@@ -67,6 +126,11 @@ inline __m512i bits_of_32_bytes(const uint8_t* q, int shift_lo, int shift_hi, in
     __m512i s = _mm512_inserti64x4(_mm512_set1_epi16((short)shift_lo), _mm256_set1_epi16((short)shift_hi), 1);
     return _mm512_and_si512(_mm512_srlv_epi16(v, s), _mm512_set1_epi8((char)mask));
 }
+inline __m512i bits_of_two_32_bytes(const uint8_t* q, int k_lo, int k_hi) {  // (q >> k) & 1, both halves
+    __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)q));
+    __m512i s = _mm512_inserti64x4(_mm512_set1_epi16((short)k_lo), _mm256_set1_epi16((short)k_hi), 1);
+    return _mm512_and_si512(_mm512_srlv_epi16(v, s), _mm512_set1_epi8(1));
+}
 inline __m512 lanes_from(__m512 table, int i0, int i1) {  // [table[i0] x8 | table[i1] x8]
     __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(i0), _mm256_set1_epi32(i1), 1);
     return _mm512_permutexvar_ps(idx, table);
@@ -75,6 +139,8 @@ inline __m512 lanes_from(__m512 table, int i0, int i1) {  // [table[i0] x8 | tab
 // ---- formats: a super unit of kSU weights, split in chunks of 64 ------------------------------
 // kShift: code offset c = 1 << kShift (-1: codes are the values). kMins: a per-32 term * dsum.
 struct FQ8_0 {
+    static constexpr int blk_lo(int c) { return 2 * c; }
+    static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 64, kBytes = 68, kShift = 7;
     static const bool kMins = false;
     const BlockQ8_0* b;
@@ -93,6 +159,8 @@ struct FQ8_0 {
 };
 
 struct FQ4_0 {
+    static constexpr int blk_lo(int c) { return 2 * c; }
+    static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 64, kBytes = 36, kShift = 3;
     static const bool kMins = false;
     const BlockQ4_0* b;
@@ -139,16 +207,27 @@ struct FQK45 {
         qh = kFive ? p + 16 : nullptr;
         qs = kFive ? p + 48 : p + 16;
     }
+    // One 64-byte load holds 128 weights: low nibbles are sub-blocks 4h and 4h+2, high nibbles
+    // 4h+1 and 4h+3. Chunk c = 2h + (high?) pairs with activation blocks (lo, hi) below.
+    static constexpr int blk_lo(int c) { return 4 * (c / 2) + c % 2; }
+    static constexpr int blk_hi(int c) { return blk_lo(c) + 2; }
     __m512i chunk(int c, __m512& s) const {
-        s = lanes_from(ws, 2 * c, 2 * c + 1);
-        __m512i v = nibbles_of_32_bytes(qs + 32 * c);
-        if (kFive) v = _mm512_or_si512(v, _mm512_slli_epi16(bits_of_32_bytes(qh, 2 * c, 2 * c + 1, 1), 4));
+        s = lanes_from(ws, blk_lo(c), blk_hi(c));
+        __m512i v = _mm512_loadu_si512((const void*)(qs + 64 * (c / 2)));
+        if (c % 2) v = _mm512_srli_epi16(v, 4);
+        v = _mm512_and_si512(v, _mm512_set1_epi8(0x0F));
+        if (kFive) {
+            __m512i h = bits_of_two_32_bytes(qh, blk_lo(c), blk_hi(c));
+            v = _mm512_or_si512(v, _mm512_slli_epi16(h, 4));
+        }
         return v;
     }
     __m256 mins() const { return m; }
 };
 
 struct FQ6_K {
+    static constexpr int blk_lo(int c) { return 2 * c; }
+    static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 256, kBytes = 210, kShift = 5;
     static const bool kMins = false;
     const BlockQ6_K* b;
@@ -171,6 +250,8 @@ struct FQ6_K {
 };
 
 struct FIQ1_S {
+    static constexpr int blk_lo(int c) { return 2 * c; }
+    static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 256, kBytes = 50, kShift = 0;
     static const bool kMins = true;
     const BlockIQ1_S* b;
@@ -202,6 +283,8 @@ struct FIQ1_S {
 };
 
 struct FTQ2_0 {
+    static constexpr int blk_lo(int c) { return 2 * c; }
+    static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 256, kBytes = 66, kShift = 0;
     static const bool kMins = false;
     const BlockTQ2_0* b;
@@ -217,6 +300,13 @@ struct FTQ2_0 {
     }
     __m256 mins() const { return _mm256_setzero_ps(); }
 };
+
+// 32 bytes from lo into the low half and 32 from hi into the high half (one load when adjacent)
+inline __m512i load_pair(const void* lo, const void* hi, bool is_natural) {
+    if (is_natural) return _mm512_loadu_si512(lo);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)lo)),
+                              _mm256_loadu_si256((const __m256i*)hi), 1);
+}
 
 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 inline float hsum(__m256 v) {
@@ -254,14 +344,15 @@ void rows_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const*
                 __m512 ws[NR];
                 __m512i wq[NR];
                 for (int i = 0; i < NR; i++) wq[i] = f[i].chunk(c, ws[i]);
-                const int at = u * F::kSU + c * 64;
+                const int lo = u * F::kSU + 32 * F::blk_lo(c), hi = u * F::kSU + 32 * F::blk_hi(c);
+                const bool is_natural = hi == lo + 32;
                 for (int t = 0; t < NT; t++) {
                     __m512i seed = _mm512_setzero_si512();
                     if (F::kShift >= 0)
-                        seed = _mm512_slli_epi32(_mm512_loadu_si512((const void*)(a[t].ns4 + at / 4)),
+                        seed = _mm512_slli_epi32(load_pair(a[t].ns4 + lo / 4, a[t].ns4 + hi / 4, is_natural),
                                                  F::kShift < 0 ? 0 : F::kShift);
-                    const __m512i aq = _mm512_loadu_si512((const void*)(a[t].qs + at));
-                    const __m512 da = _mm512_loadu_ps(a[t].dexp + at / 4);
+                    const __m512i aq = load_pair(a[t].qs + lo, a[t].qs + hi, is_natural);
+                    const __m512 da = _mm512_castsi512_ps(load_pair(a[t].dexp + lo / 4, a[t].dexp + hi / 4, is_natural));
                     for (int i = 0; i < NR; i++) {
                         __m512i p = _mm512_dpbusd_epi32(seed, wq[i], aq);
                         acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(ws[i], da), acc[i][t]);
@@ -321,6 +412,8 @@ void rows_float_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* 
         __m512 acc[NT];
         for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
         for (int i = 0; i < n; i += 16) {
+            if ((i * (FMT == F32 ? 4 : 2)) % 64 == 0)
+                _mm_prefetch((const char*)row + i * (FMT == F32 ? 4 : 2) + kPrefetch, _MM_HINT_T1);
             __m512 wv = load16<FMT>(row, i);
             for (int t = 0; t < NT; t++) acc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps((const float*)acts[t] + i), acc[t]);
         }
@@ -345,6 +438,8 @@ void fill_avx512(KernelTable* t) {
     t->name = "avx512-vnni";
     t->quantize = quantize_avx512;
     t->act_bytes = act_bytes_avx512;
+    t->silu_mul = silu_mul_avx512;
+    t->read = read_avx512;
     t->rows[F32] = rows_float<F32>;
     t->rows[F16] = rows_float<F16>;
     t->rows[BF16] = rows_float<BF16>;

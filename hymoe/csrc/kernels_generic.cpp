@@ -37,6 +37,19 @@ namespace {
 
 void quantize_generic(const float* x, int n, void* out) { quantize_portable(x, n, out); }
 
+uint64_t read_generic(const uint8_t* buf, int64_t bytes) {
+    const uint64_t* p = (const uint64_t*)buf;
+    uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    for (int64_t i = 0; i + 4 <= bytes / 8; i += 4) {
+        a0 ^= p[i]; a1 ^= p[i + 1]; a2 ^= p[i + 2]; a3 ^= p[i + 3];
+    }
+    return a0 ^ a1 ^ a2 ^ a3;
+}
+
+void silu_mul_generic(float* g, const float* u, int n) {
+    for (int i = 0; i < n; i++) g[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+}
+
 // ---- one row against one activation -----------------------------------------------------------
 float dot_f32(const uint8_t* w, const void* a, int n) {
     const float* x = (const float*)a;
@@ -225,6 +238,8 @@ void fill_generic(KernelTable* t) {
     t->name = "generic";
     t->quantize = quantize_generic;
     t->act_bytes = act_bytes;
+    t->silu_mul = silu_mul_generic;
+    t->read = read_generic;
     t->rows[F32] = rows<dot_f32>;
     t->rows[F16] = rows<dot_f16>;
     t->rows[BF16] = rows<dot_bf16>;

@@ -86,6 +86,12 @@ def rows(fmt: str, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _as_cpu(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous():
+        return t
+    return t.detach().to("cpu", dtype).contiguous()
+
+
 class NativeEngine:
     """One thread pool, shared by every MoE layer of a model (their jobs run one after another)."""
 
@@ -127,23 +133,27 @@ class NativeExperts(ExpertBackend):
                 raise HymoeError(f"the native kernels have no {f} path")
         self.gate, self.up, self.down = gate, up, down
         self._pending = None
+        self._out: torch.Tensor | None = None
+        # the per-layer part of the arguments, set once
+        self._args = _MoeArgs(0, hidden, inter, 0, self.num_experts, *(int(qtype(f)) for f in formats),
+                              0, 0, 0, 0, gate.data_ptr(), up.data_ptr(), down.data_ptr(),
+                              gate[0].numel() * gate.element_size(), up[0].numel() * up.element_size(),
+                              down[0].numel() * down.element_size())
+        self._args_ref = ctypes.byref(self._args)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.gate, self.up, self.down))
 
     def submit(self, hidden, topk_ids, topk_weights) -> None:
-        x = hidden.detach().to("cpu", torch.float32).contiguous()
-        ids = topk_ids.to("cpu", torch.int64).contiguous()
-        w = topk_weights.to("cpu", torch.float32).contiguous()
-        out = torch.empty_like(x)
-        args = _MoeArgs(x.shape[0], self.hidden, self.inter, ids.shape[1], self.num_experts,
-                        *(int(qtype(f)) for f in self.formats),
-                        x.data_ptr(), ids.data_ptr(), w.data_ptr(), out.data_ptr(),
-                        self.gate.data_ptr(), self.up.data_ptr(), self.down.data_ptr(),
-                        self.gate[0].numel() * self.gate.element_size(),
-                        self.up[0].numel() * self.up.element_size(),
-                        self.down[0].numel() * self.down.element_size())
-        rc = self.engine.lib.hymoe_moe_submit(self.engine.handle, ctypes.byref(args))
+        x = _as_cpu(hidden, torch.float32)
+        ids = _as_cpu(topk_ids, torch.int64)
+        w = _as_cpu(topk_weights, torch.float32)
+        out = self._out if self._out is not None and self._out.shape == x.shape else torch.empty_like(x)
+        self._out = out  # reused by the next call of this layer: the caller consumes it before then
+        a = self._args
+        a.num_tokens, a.topk = x.shape[0], ids.shape[1]
+        a.x, a.ids, a.weights, a.out = x.data_ptr(), ids.data_ptr(), w.data_ptr(), out.data_ptr()
+        rc = self.engine.lib.hymoe_moe_submit(self.engine.handle, self._args_ref)
         if rc:
             raise HymoeError({-1: "unsupported expert format", -2: "expert rows do not split into blocks",
                               -3: "an expert id is out of range"}.get(rc, f"native MoE failed ({rc})"))
@@ -153,4 +163,4 @@ class NativeExperts(ExpertBackend):
         self.engine.lib.hymoe_moe_sync(self.engine.handle)
         x, ids, w, out, device = self._pending
         self._pending = None
-        return out.to(device)
+        return out if device.type == "cpu" else out.to(device)
