@@ -100,3 +100,4 @@ void quantize_portable(const float* x, int n, void* act);  // the portable activ
 void fill_generic(KernelTable* t);
 void fill_avx2(KernelTable* t);    // overrides what it speeds up; needs AVX2+FMA+F16C
 void fill_avx512(KernelTable* t);  // needs AVX512F/BW/VL/VNNI
+void tune_avx512(int key, int value);  // benchmarking knobs: 0 = prefetch distance, 1 = rows per pass

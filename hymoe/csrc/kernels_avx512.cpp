@@ -18,7 +18,10 @@ namespace {
 
 RowsFn g_portable[FMT_SLOTS];  // the portable kernels, for row lengths that are not a multiple of 64
 const int kTile = 4;
-const int kPrefetch = 8192;  // bytes ahead of the block being read
+int kPrefetch = 8192;  // bytes ahead of the block being read (tunable: hymoe_tune)
+int kRowsDecode = 4;
+int kHint = 1;
+int kHead = 1;  // rows per pass for a single token (tunable: hymoe_tune)
 
 // ---- activations: the portable layout, then per 64 values: 16 lane scales, 16 lane sums ------
 //   [portable: n + n/32*4 + n/16*4][pad to 64][dexp: n/64 x 16 f32][ns4: n/4 i32][dsum: n/32 f32]
@@ -323,6 +326,9 @@ void rows_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const*
     Act a[NT];
     for (int t = 0; t < NT; t++) a[t] = act_of(acts[t], n);
     const int units = n / F::kSU;
+    // the loop below fetches kPrefetch bytes ahead of itself; fetch the region's start now
+    const size_t head = kHead ? (size_t)kPrefetch < nrows * row_bytes ? (size_t)kPrefetch : nrows * row_bytes : 0;
+    for (size_t l = 0; l < head; l += 64) _mm_prefetch((const char*)w + l, _MM_HINT_T1);
     for (int r = 0; r + NR <= nrows; r += NR) {
         const uint8_t* row = w + r * row_bytes;
         __m512 acc[NR][NT];
@@ -337,7 +343,12 @@ void rows_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const*
             for (int i = 0; i < NR; i++) {
                 const uint8_t* blk = row + i * row_bytes + u * F::kBytes;
                 // the rows of a unit are contiguous: fetch well ahead (into the next rows at the end)
-                for (int l = 0; l < F::kBytes; l += 64) _mm_prefetch((const char*)blk + kPrefetch + l, _MM_HINT_T1);
+                for (int l = 0; l < F::kBytes; l += 64) {
+                    if (kHint == 0) _mm_prefetch((const char*)blk + kPrefetch + l, _MM_HINT_T0);
+                    else if (kHint == 1) _mm_prefetch((const char*)blk + kPrefetch + l, _MM_HINT_T1);
+                    else if (kHint == 2) _mm_prefetch((const char*)blk + kPrefetch + l, _MM_HINT_T2);
+                    else _mm_prefetch((const char*)blk + kPrefetch + l, _MM_HINT_NTA);
+                }
                 f[i].prep(blk);
             }
             for (int c = 0; c < F::kSU / 64; c++) {
@@ -390,7 +401,11 @@ void rows_q(const uint8_t* w, size_t row_bytes, int nrows, const void* const* ac
     switch (ntok - t) {
         case 3: rows_any<F, 2, 3>(w, row_bytes, nrows, acts + t, n, o, out_stride); break;
         case 2: rows_any<F, 2, 2>(w, row_bytes, nrows, acts + t, n, o, out_stride); break;
-        case 1: rows_any<F, 4, 1>(w, row_bytes, nrows, acts + t, n, o, out_stride); break;
+        case 1:
+            if (kRowsDecode == 1) rows_any<F, 1, 1>(w, row_bytes, nrows, acts + t, n, o, out_stride);
+            else if (kRowsDecode == 2) rows_any<F, 2, 1>(w, row_bytes, nrows, acts + t, n, o, out_stride);
+            else rows_any<F, 4, 1>(w, row_bytes, nrows, acts + t, n, o, out_stride);
+            break;
         default: break;
     }
 }
@@ -433,6 +448,13 @@ void rows_float(const uint8_t* w, size_t row_bytes, int nrows, const void* const
 
 }  // namespace
 
+void tune_avx512(int key, int value) {
+    if (key == 0) kPrefetch = value;
+    if (key == 1) kRowsDecode = value;
+    if (key == 2) kHint = value;
+    if (key == 3) kHead = value;
+}
+
 void fill_avx512(KernelTable* t) {
     for (int f = 0; f < FMT_SLOTS; f++) g_portable[f] = t->rows[f];
     t->name = "avx512-vnni";
@@ -454,4 +476,5 @@ void fill_avx512(KernelTable* t) {
 #else
 #include "common.h"
 void fill_avx512(KernelTable*) {}
+void tune_avx512(int, int) {}
 #endif

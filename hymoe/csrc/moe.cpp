@@ -198,6 +198,8 @@ struct Engine {
 
 extern "C" {
 
+// Internal tuning knobs for benchmarking kernel variants in one process (0: prefetch bytes, 1: rows).
+__attribute__((visibility("default"))) void hymoe_tune(int key, int value) { tune_avx512(key, value); }
 __attribute__((visibility("default"))) int hymoe_isa() { return tables().isa; }
 __attribute__((visibility("default"))) const char* hymoe_isa_name() { return tables().active.name; }
 __attribute__((visibility("default"))) void hymoe_force_isa(int isa) { tables().select(isa); }
