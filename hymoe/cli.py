@@ -13,6 +13,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", help="compute dtype: float32, bfloat16, float16 (default: the checkpoint's)")
     p.add_argument("--device", help="device for the dense part, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--max-context", type=int, help="KV cache length in tokens (default: 4096)")
+    p.add_argument("--experts", default="auto", choices=["auto", "native", "torch"],
+                   help="routed-expert backend (default: native CPU kernels when built)")
+    p.add_argument("--experts-format", help="quantize experts at load: Q8_0, Q4_0, TQ2_0, TQ1_0 (default: as loaded)")
+    p.add_argument("--threads", type=int, help="CPU threads for the native experts (default: all cores)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -42,6 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(c)
     c.add_argument("--system", help="system prompt")
     _add_sampling_args(c, 256)
+    b = sub.add_parser("bench", help="benchmarks (JSON with --json)")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    be = bsub.add_parser("experts", help="one MoE layer of a real model's shape on random weights")
+    be.add_argument("--shape", default="qwen3-30b-a3b", help="deepseek-v3, qwen3-30b-a3b or mixtral-8x7b")
+    be.add_argument("--format", default="Q4_K", help="expert weight format (GGUF type name)")
+    be.add_argument("--batch", default="1", help="tokens per call; a comma list runs several")
+    be.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    be.add_argument("--backend", default="native", choices=["native", "torch"])
+    be.add_argument("--isa", choices=["generic", "avx2", "avx512"], help="force a kernel path")
+    be.add_argument("--max-gb", type=float, default=8.0, help="memory for one layer's experts")
+    be.add_argument("--json", action="store_true", help="print one JSON object (a list for several batches)")
+    be.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
 
@@ -51,7 +67,8 @@ def _load(args):
 
     path = args.model or ensure_default_model()
     return LLM(path, dtype=args.dtype, device=args.device, max_context=args.max_context,
-               progress=sys.stderr.isatty())
+               progress=sys.stderr.isatty(), experts=args.experts, experts_format=args.experts_format,
+               threads=args.threads)
 
 
 def _sampling(args, llm):
@@ -128,7 +145,31 @@ def cmd_chat(args) -> None:
         print()
 
 
-COMMANDS = {"generate": cmd_generate, "chat": cmd_chat}
+def cmd_bench(args) -> None:
+    from hymoe.bench.experts import bench_experts
+    from hymoe.experts import native
+
+    if args.isa:
+        native.set_isa(args.isa)
+    try:
+        batches = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        raise HymoeError(f"--batch must be integers, got {args.batch!r}") from None
+    if any(b < 1 for b in batches):
+        raise HymoeError("--batch must be at least 1")
+    results = []
+    for batch in batches:
+        r = bench_experts(args.shape, args.format.upper(), batch, args.threads, args.backend, args.max_gb)
+        results.append(r)
+        print(f"{r['shape']} {r['format']} batch {batch:>4} ({r['backend']}, {r['isa']}, {r['threads']} threads): "
+              f"{r['layer_ms']:.3f} ms/layer, weights {r['weight_gbps']:.1f} GB/s of {r['bandwidth_gbps']:.1f} "
+              f"({r['fraction']:.0%}), {r['tokens_per_s']:.0f} tok/s, {r['gflops']:.0f} GFLOP/s "
+              f"({r['gemm_fraction']:.0%} of bf16 GEMM {r['gemm_gflops']:.0f})", file=sys.stderr)
+    if args.json:
+        print(json.dumps(results[0] if len(results) == 1 else results))
+
+
+COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ import torch
 
 import hymoe
 from hymoe.engine.sampler import SamplingParams
+from hymoe.experts import native
 from tiny_models import CONFIGS
 
 NAMES = list(CONFIGS)
@@ -13,10 +14,16 @@ def _ids(n: int, seed: int) -> list[int]:
     return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-@pytest.fixture(params=NAMES)
+@pytest.fixture(params=[(n, b) for n in NAMES for b in ("torch", "native")], ids=lambda p: f"{p[0]}-{p[1]}")
 def pair(request, tiny_model):
-    model_dir, hf = tiny_model(request.param)
-    return hymoe.load(model_dir, dtype="float32", progress=False), hf
+    """hymoe with each experts backend (the native one computes the float32 weights in place) and HF."""
+    name, backend = request.param
+    if backend == "native" and native.library() is None:
+        pytest.skip("native kernels not built")
+    model_dir, hf = tiny_model(name)
+    llm = hymoe.load(model_dir, dtype="float32", progress=False, experts=backend)
+    assert llm.experts_backend == backend
+    return llm, hf
 
 
 def test_prefill_logits_match_transformers(pair):
@@ -81,3 +88,15 @@ def test_bfloat16_stays_close_to_float32(tiny_model):
     bf16 = hymoe.load(model_dir, dtype="bfloat16", progress=False).logits(ids)
     assert bf16.dtype == torch.float32
     assert (bf16.argmax(-1) == f32.argmax(-1)).float().mean().item() >= 0.9
+
+
+def test_quantized_native_experts_stay_close(tiny_model):
+    """Q8_0 experts (int8 weights and activations) keep the top-1 of the float model almost everywhere."""
+    if native.library() is None:
+        pytest.skip("native kernels not built")
+    model_dir, _ = tiny_model("qwen3_moe")
+    ids = _ids(64, 9)
+    ref = hymoe.load(model_dir, dtype="float32", progress=False, experts="torch").logits(ids)
+    got = hymoe.load(model_dir, dtype="float32", progress=False, experts_format="Q8_0").logits(ids)
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean().item() >= 0.9
+    assert (got - ref).abs().max().item() < 0.05 * ref.abs().max().item()

@@ -1,4 +1,6 @@
 """The fused native MoE forward against the torch reference backend on gguf-py-dequantized weights."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -81,3 +83,34 @@ def test_submit_returns_before_sync_and_bad_ids_are_refused(engine):
         backend.submit(torch.randn(4, H), ids + E, w)
     backend.submit(torch.randn(4, H), ids, w)
     assert backend.sync().shape == (4, H)
+
+
+def test_environment_forces_the_portable_path(tmp_path):
+    """HYMOE_ISA=generic (how CI runs everything on the portable path) takes effect and agrees."""
+    import os
+    import subprocess
+    import sys
+
+    script = f"""
+import sys, torch
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from hymoe.experts import native
+from quant_utils import random_weights
+raw = [random_weights("Q4_K", r, n, seed=j, experts=4, is_centered=True)
+       for j, (r, n) in enumerate(((256, 512), (256, 512), (512, 256)))]
+b = native.NativeExperts(native.NativeEngine(2), *raw, ("Q4_K",) * 3, 512, 256)
+x = torch.randn(5, 512, generator=torch.Generator().manual_seed(0))
+b.submit(x, torch.tensor([[0, 1], [1, 2], [2, 3], [3, 0], [0, 2]]), torch.full((5, 2), 0.5))
+torch.save(b.sync(), sys.argv[1])
+print(native.isa_name())
+"""
+    outs = {}
+    for isa in ("generic", ""):
+        env = {**os.environ, "HYMOE_ISA": isa}
+        r = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"{isa or 'best'}.pt")],
+                           capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        outs[isa or "best"] = (r.stdout.strip(), torch.load(tmp_path / f"{isa or 'best'}.pt"))
+    assert outs["generic"][0] == "generic"
+    generic, best = outs["generic"][1], outs["best"][1]
+    assert ((generic - best).abs().max() / generic.abs().max()).item() < 1e-5

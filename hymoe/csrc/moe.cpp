@@ -223,7 +223,10 @@ __attribute__((visibility("default"))) int hymoe_moe_submit(void* engine, const 
         if (!hymoe_has_format(f)) return -1;
     if (a.hidden % block_size(a.fmt_gate) || a.hidden % block_size(a.fmt_up) || a.inter % block_size(a.fmt_down))
         return -2;
-    if (a.hidden % 32 || a.inter % 32) return -2;  // activation blocks
+    // activations are quantized in blocks of 32 for the quantized formats
+    if ((a.hidden % 32 && !(fmt_is_float(a.fmt_gate) && fmt_is_float(a.fmt_up))) ||
+        (a.inter % 32 && !fmt_is_float(a.fmt_down)))
+        return -2;
     const int P = a.num_tokens * a.topk;
     for (int p = 0; p < P; p++)
         if (a.ids[p] < 0 || a.ids[p] >= a.num_experts) return -3;

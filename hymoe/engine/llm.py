@@ -14,6 +14,7 @@ from hymoe.errors import HymoeError
 from hymoe.loader.safetensors_dir import SafetensorsDir
 from hymoe.loader.weights import load_weights
 from hymoe.models import build_model
+from hymoe.placement import place_experts
 from hymoe.tokenizer import Tokenizer, generation_defaults
 
 DEFAULT_MAX_CONTEXT = 4096
@@ -38,7 +39,8 @@ def _checkpoint_dtype(model_dir: Path) -> torch.dtype:
 
 class LLM:
     def __init__(self, path: str | Path, dtype: str | torch.dtype | None = None, device: str | None = None,
-                 max_context: int | None = None, progress: bool = True):
+                 max_context: int | None = None, progress: bool = True, experts: str = "auto",
+                 experts_format: str | None = None, threads: int | None = None):
         model_dir = Path(path)
         if not model_dir.exists():
             raise HymoeError(f"{model_dir}: no such file or directory")
@@ -50,6 +52,7 @@ class LLM:
         with torch.device("meta"):
             model = build_model(self.config)
         self.model = load_weights(model, SafetensorsDir(model_dir), self.dtype, self.device, progress)
+        self.experts_backend = place_experts(self.model, experts, experts_format, threads)
         self.tokenizer = Tokenizer.from_dir(model_dir)
         self.generation_defaults = generation_defaults(model_dir)
         self.max_context = min(max_context or DEFAULT_MAX_CONTEXT, self.config.max_position_embeddings)

@@ -1,0 +1,65 @@
+"""Where each part of a loaded model computes: a transform applied to a plain model.
+
+For now this places the routed experts: the portable torch backend, or the native CPU engine in
+a chosen GGUF format (the checkpoint's float dtype in place, or quantized at load time).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from hymoe.errors import HymoeError
+from hymoe.experts import native
+from hymoe.experts.torch_backend import TorchExperts
+from hymoe.layers.moe import MoE
+from hymoe.quant.formats import NATIVE_FORMATS, qtype
+
+log = logging.getLogger("hymoe")
+_FLOAT_FORMATS = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+# formats gguf-py can write from float weights (the K-quants need hymoe's own quantizers)
+_GGUF_PY_QUANTIZERS = ("Q8_0", "Q4_0", "TQ2_0", "TQ1_0")
+
+
+def _as_format(w: torch.Tensor, fmt: str) -> torch.Tensor:
+    """[E, rows, n] float -> uint8 [E, rows * row_bytes] in fmt (zero-copy for the float formats)."""
+    if fmt in ("F32", "BF16", "F16"):
+        dtype = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}[fmt]
+        w = w.to(dtype).contiguous()
+        return w.view(torch.uint8).reshape(w.shape[0], -1)
+    if fmt not in _GGUF_PY_QUANTIZERS:
+        raise HymoeError(f"quantizing experts to {fmt} at load time is not supported yet "
+                         f"(use one of {', '.join(_GGUF_PY_QUANTIZERS)}, or a GGUF file)")
+    from gguf.quants import quantize
+
+    e, rows, n = w.shape
+    q = quantize(w.float().reshape(e * rows, n).numpy(), qtype(fmt))
+    return torch.from_numpy(np.ascontiguousarray(q)).reshape(e, -1)
+
+
+def place_experts(model, backend: str = "auto", fmt: str | None = None, threads: int | None = None) -> str:
+    """Move every MoE layer's experts to `backend` ('auto', 'native', 'torch'); returns the one used."""
+    if backend not in ("auto", "native", "torch"):
+        raise HymoeError(f"unknown experts backend {backend!r} (use auto, native or torch)")
+    if backend == "auto":
+        backend = "native" if native.library() is not None else "torch"
+    if backend == "torch":
+        if fmt is not None:
+            raise HymoeError("--experts-format needs the native experts backend")
+        return backend
+    if native.library() is None:
+        raise HymoeError("the native CPU kernels are not built; use --experts torch")
+    if fmt is not None and fmt.upper() not in NATIVE_FORMATS:
+        raise HymoeError(f"the native experts backend has no format {fmt!r} (use one of {', '.join(NATIVE_FORMATS)})")
+    engine = native.NativeEngine(threads)
+    cfg = model.cfg
+    for module in model.modules():
+        if not isinstance(module, MoE) or not isinstance(module.experts, TorchExperts):
+            continue
+        t = module.experts
+        layer_fmt = (fmt or _FLOAT_FORMATS.get(t.gate.dtype, "F32")).upper()
+        packed = [_as_format(w.cpu(), layer_fmt) for w in (t.gate, t.up, t.down)]
+        module.experts = native.NativeExperts(engine, *packed, (layer_fmt,) * 3, cfg.hidden_size,
+                                              cfg.moe_intermediate_size)
+    return backend
