@@ -157,10 +157,9 @@ def cmd_bench(args) -> None:
         raise HymoeError(f"--batch must be integers, got {args.batch!r}") from None
     if any(b < 1 for b in batches):
         raise HymoeError("--batch must be at least 1")
-    results = []
-    for batch in batches:
-        r = bench_experts(args.shape, args.format.upper(), batch, args.threads, args.backend, args.max_gb)
-        results.append(r)
+    results = bench_experts(args.shape, args.format.upper(), batches, args.threads, args.backend, args.max_gb)
+    for r in results:
+        batch = r["batch"]
         print(f"{r['shape']} {r['format']} batch {batch:>4} ({r['backend']}, {r['isa']}, {r['threads']} threads): "
               f"{r['layer_ms']:.3f} ms/layer, weights {r['weight_gbps']:.1f} GB/s of {r['bandwidth_gbps']:.1f} "
               f"({r['fraction']:.0%}), {r['tokens_per_s']:.0f} tok/s, {r['gflops']:.0f} GFLOP/s "

@@ -25,9 +25,12 @@ def available_isas():
 ISAS = available_isas()
 
 
-def quantized_activations(x: torch.Tensor) -> torch.Tensor:
-    """What the kernels do to activations: int8 per block of 32, scale = amax / 127."""
-    blocks = x.reshape(x.shape[0], -1, 32)
+K_QUANTS = {"Q4_K", "Q5_K", "Q6_K"}
+
+
+def quantized_activations(x: torch.Tensor, block: int = 32) -> torch.Tensor:
+    """What the kernels do to activations: int8 per block (256 for the K-quants, else 32), scale = amax / 127."""
+    blocks = x.reshape(x.shape[0], -1, block)
     d = blocks.abs().amax(-1, keepdim=True) / 127
     q = torch.where(d > 0, torch.round(blocks / d.clamp_min(1e-30)), torch.zeros_like(blocks))
     return (q * d).reshape_as(x)
@@ -46,7 +49,7 @@ def test_rows_equal_gguf_dequantized_matmul(fmt, tokens, isa):
     n, rows = 768, 12
     w = random_weights(fmt, rows, n, seed=tokens)
     x = torch.randn(tokens, n, generator=torch.Generator().manual_seed(tokens))
-    xq = x if fmt in IS_FLOAT else quantized_activations(x)
+    xq = x if fmt in IS_FLOAT else quantized_activations(x, 256 if fmt in K_QUANTS else 32)
     ref = xq.double() @ dequant(fmt, w, n).double().T  # the exact sum over gguf-py's weights
     got = native.rows(fmt, w, x).double()
     # only float rounding separates the two: relative to the size of the terms summed

@@ -53,8 +53,9 @@ def _routing(batch: int, k: int, experts: int, gen: torch.Generator):
     return ids, torch.rand(batch, k, generator=gen)
 
 
-def bench_experts(shape: str, fmt: str, batch: int, threads: int | None = None, backend: str = "native",
-                  max_gb: float = 8.0, iters: int = 0, seed: int = 0) -> dict:
+def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None = None, backend: str = "native",
+                  max_gb: float = 8.0, iters: int = 0, seed: int = 0) -> list[dict]:
+    """One row per batch size; the weights and the machine figures are shared by all of them."""
     if shape not in SHAPES:
         raise HymoeError(f"unknown shape {shape!r} (use one of {', '.join(SHAPES)})")
     hidden, inter, num_experts, k = SHAPES[shape]
@@ -81,26 +82,30 @@ def bench_experts(shape: str, fmt: str, batch: int, threads: int | None = None, 
         else:
             layers.append(native.NativeExperts(engine, gate, up, down, (fmt, fmt, fmt), hidden, inter))
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, hidden, generator=gen)
-    iters = iters or max(3, min(50, int(2e4 / batch)))
-    times, bytes_read = [], []
-    for it in range(iters + 2):
-        ids, w = _routing(batch, k, allocated, gen)
-        experts = layers[it % num_layers]
-        t0 = time.perf_counter()
-        experts.submit(x, ids, w)
-        experts.sync()
-        if it >= 2:  # two warm-up calls
-            times.append(time.perf_counter() - t0)
-            bytes_read.append(len(torch.unique(ids)) * per_expert)
-    layer_s = statistics.median(times)
-    weight_gbps = statistics.median(b / t for b, t in zip(bytes_read, times)) / 1e9
-    gflops = 2 * batch * k * 3 * hidden * inter / layer_s / 1e9
-    return {
-        "shape": shape, "format": fmt, "batch": batch, "threads": threads, "backend": backend,
-        "isa": native.isa_name() if backend == "native" else "torch",
-        "experts_allocated": allocated, "layers_allocated": num_layers, "layer_ms": round(layer_s * 1e3, 3),
-        "weight_gbps": round(weight_gbps, 2), "bandwidth_gbps": round(bandwidth, 2),
-        "fraction": round(weight_gbps / bandwidth, 3), "tokens_per_s": round(batch / layer_s, 1),
-        "gflops": round(gflops, 1), "gemm_gflops": round(gemm, 1), "gemm_fraction": round(gflops / gemm, 3),
-    }
+    rows = []
+    for batch in batches:
+        x = torch.randn(batch, hidden, generator=gen)
+        n_iter = iters or max(3, min(40, int(2e4 / batch)))
+        times, bytes_read = [], []
+        for it in range(n_iter + 2):
+            ids, w = _routing(batch, k, allocated, gen)
+            experts = layers[it % num_layers]
+            t0 = time.perf_counter()
+            experts.submit(x, ids, w)
+            experts.sync()
+            if it >= 2:  # two warm-up calls
+                times.append(time.perf_counter() - t0)
+                bytes_read.append(len(torch.unique(ids)) * per_expert)
+        layer_s = statistics.median(times)
+        weight_gbps = statistics.median(b / t for b, t in zip(bytes_read, times)) / 1e9
+        gflops = 2 * batch * k * 3 * hidden * inter / layer_s / 1e9
+        rows.append({
+            "shape": shape, "format": fmt, "batch": batch, "threads": threads, "backend": backend,
+            "isa": native.isa_name() if backend == "native" else "torch",
+            "experts_allocated": allocated, "layers_allocated": num_layers, "layer_ms": round(layer_s * 1e3, 3),
+            "weight_gbps": round(weight_gbps, 2), "bandwidth_gbps": round(bandwidth, 2),
+            "fraction": round(weight_gbps / bandwidth, 3), "tokens_per_s": round(batch / layer_s, 1),
+            "gflops": round(gflops, 1), "gemm_gflops": round(gemm, 1),
+            "gemm_fraction": round(gflops / gemm, 3),
+        })
+    return rows

@@ -62,18 +62,36 @@ static inline void k_scale_min(const uint8_t* s, int j, uint8_t* sc, uint8_t* m)
     }
 }
 
-// An activation row quantised for the integer kernels: int8 in blocks of 32 with one float
-// scale per block and the sum of each 16 values (for formats with an offset or a min).
-//   [qs: n int8][d: n/32 float][sum16: n/16 int32]
-static inline size_t act_bytes(int n) { return (size_t)n + (size_t)(n / 32) * 4 + (size_t)(n / 16) * 4; }
+// An activation row quantised for the integer kernels. Two quantisations of the same row:
+//  - blocks of 32, one float scale each, with the sum of each 16 values (Q8_0, Q4_0, IQ1_S, TQ*);
+//  - blocks of 256 for the K-quants (one scale per super-block lets their sub-block scales be
+//    applied in integer arithmetic), with int16 sums per 16 and per 32 for offsets and mins.
+//   [qs: n int8][d: n/32 f32][sum16: n/16 i32][qk: n int8][dk: n/256 f32][bk16: n/16 i16][bk32: n/32 i16]
+static inline size_t act_bytes(int n) {
+    return (size_t)n + (size_t)(n / 32) * 4 + (size_t)(n / 16) * 4 +
+           (size_t)n + (size_t)(n / 256) * 4 + (size_t)(n / 16) * 2 + (size_t)(n / 32) * 2;
+}
 struct ActView {
     const int8_t* qs;
     const float* d;
     const int32_t* sum16;
+    const int8_t* qk;
+    const float* dk;
+    const int16_t* bk16;
+    const int16_t* bk32;
 };
 static inline ActView act_view(const void* base, int n) {
     const uint8_t* p = (const uint8_t*)base;
-    return ActView{(const int8_t*)p, (const float*)(p + n), (const int32_t*)(p + n + (n / 32) * 4)};
+    ActView v;
+    v.qs = (const int8_t*)p;
+    v.d = (const float*)(p + n);
+    v.sum16 = (const int32_t*)(p + n + (n / 32) * 4);
+    const uint8_t* k = p + n + (n / 32) * 4 + (n / 16) * 4;
+    v.qk = (const int8_t*)k;
+    v.dk = (const float*)(k + n);
+    v.bk16 = (const int16_t*)(k + n + (n / 256) * 4);
+    v.bk32 = (const int16_t*)(k + n + (n / 256) * 4 + (n / 16) * 2);
+    return v;
 }
 
 // out[t * out_stride + r] = dot(row r0 + r of W, activation t) for r < nrows, t < ntok.
@@ -97,6 +115,7 @@ struct KernelTable {
 static inline bool fmt_is_float(int f) { return f == F32 || f == F16 || f == BF16; }
 
 void quantize_portable(const float* x, int n, void* act);  // the portable activation layout
+void quantize_k_portable(const float* x, int n, void* act);  // only its per-256 part
 void fill_generic(KernelTable* t);
 void fill_avx2(KernelTable* t);    // overrides what it speeds up; needs AVX2+FMA+F16C
 void fill_avx512(KernelTable* t);  // needs AVX512F/BW/VL/VNNI

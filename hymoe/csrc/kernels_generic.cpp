@@ -31,6 +31,32 @@ void quantize_portable(const float* x, int n, void* out) {
             s16[b * 2 + h] = sum;
         }
     }
+    quantize_k_portable(x, n, out);
+}
+
+void quantize_k_portable(const float* x, int n, void* out) {
+    if (n % 256) return;
+    ActView v = act_view(out, n);
+    int8_t* qk = (int8_t*)v.qk;
+    float* dk = (float*)v.dk;
+    int16_t* b16 = (int16_t*)v.bk16;
+    int16_t* b32 = (int16_t*)v.bk32;
+    for (int b = 0; b < n / 256; b++) {
+        float amax = 0.f;
+        for (int i = 0; i < 256; i++) amax = fmaxf(amax, fabsf(x[b * 256 + i]));
+        float inv = amax > 0 ? 127.f / amax : 0.f;
+        dk[b] = amax / 127.f;
+        for (int g = 0; g < 16; g++) {
+            int sum = 0;
+            for (int i = 0; i < 16; i++) {
+                int q = (int)lrintf(x[b * 256 + g * 16 + i] * inv);
+                qk[b * 256 + g * 16 + i] = (int8_t)q;
+                sum += q;
+            }
+            b16[b * 16 + g] = (int16_t)sum;
+        }
+        for (int g = 0; g < 8; g++) b32[b * 8 + g] = (int16_t)(b16[b * 16 + 2 * g] + b16[b * 16 + 2 * g + 1]);
+    }
 }
 
 namespace {
@@ -99,7 +125,7 @@ float dot_q4_0(const uint8_t* w, const void* a, int n) {
     return s;
 }
 
-// Q4_K and Q5_K: sub-block j of 32 weights = d*sc_j*q - dmin*m_j.
+// Q4_K and Q5_K: sub-block j of 32 weights = d*sc_j*q - dmin*m_j (against per-256 activations).
 template <bool kFive>
 float dot_qk45(const uint8_t* w, const void* a, int n) {
     ActView av = act_view(a, n);
@@ -113,21 +139,21 @@ float dot_qk45(const uint8_t* w, const void* a, int n) {
         const uint8_t* scales = blk + 4;
         const uint8_t* qh = kFive ? blk + 16 : nullptr;
         const uint8_t* qs = kFive ? blk + 48 : blk + 16;
-        float d = fp16_to_f32(dh), dmin = fp16_to_f32(dminh);
+        int32_t dot = 0, mins = 0;
         for (int j = 0; j < 8; j++) {
             uint8_t sc, m;
             k_scale_min(scales, j, &sc, &m);
-            const int8_t* q = av.qs + i * 256 + j * 32;
+            const int8_t* q = av.qk + i * 256 + j * 32;
             int32_t acc = 0;
             for (int l = 0; l < 32; l++) {
                 int v = (qs[(j / 2) * 32 + l] >> (4 * (j & 1))) & 0xF;
                 if (kFive) v |= ((qh[l] >> j) & 1) << 4;
                 acc += v * q[l];
             }
-            int blk32 = i * 8 + j;
-            int32_t sum = av.sum16[2 * blk32] + av.sum16[2 * blk32 + 1];
-            s += av.d[blk32] * (d * sc * (float)acc - dmin * m * (float)sum);
+            dot += sc * acc;
+            mins += m * av.bk32[i * 8 + j];
         }
+        s += av.dk[i] * (fp16_to_f32(dh) * (float)dot - fp16_to_f32(dminh) * (float)mins);
     }
     return s;
 }
@@ -137,17 +163,18 @@ float dot_q6_k(const uint8_t* w, const void* a, int n) {
     const BlockQ6_K* b = (const BlockQ6_K*)w;
     float s = 0;
     for (int i = 0; i < n / 256; i++) {
-        float d = fp16_to_f32(b[i].d);
+        int32_t dot = 0;
         for (int g = 0; g < 16; g++) {  // 16 groups of 16 weights, one int8 scale each
             int32_t acc = 0;
             for (int l = 0; l < 16; l++) {
                 int k = g * 16 + l, h = k / 128, r = k % 128, s4 = r / 32, j = r % 32;
                 int lo = (b[i].ql[h * 64 + (s4 & 1) * 32 + j] >> (4 * (s4 >> 1))) & 0xF;
                 int hi = (b[i].qh[h * 32 + j] >> (2 * s4)) & 3;
-                acc += ((lo | (hi << 4)) - 32) * av.qs[i * 256 + k];
+                acc += (lo | (hi << 4)) * av.qk[i * 256 + k];
             }
-            s += av.d[i * 8 + g / 2] * d * b[i].scales[g] * (float)acc;
+            dot += b[i].scales[g] * (acc - 32 * av.bk16[i * 16 + g]);
         }
+        s += av.dk[i] * fp16_to_f32(b[i].d) * (float)dot;
     }
     return s;
 }
