@@ -1,4 +1,170 @@
-// AVX2 + FMA + F16C kernels (compiled with those flags only; chosen at run time).
+// AVX2 + FMA + F16C kernels, compiled with those flags only and chosen at run time (x86-64 CPUs
+// without AVX512, such as AMD Zen 2/3). 32 weights per step; one row against one token at a time.
+// Formats not listed in fill_avx2 keep the portable kernels. No C++ library here (see common.h).
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
 #include "common.h"
 
-void fill_avx2(KernelTable* t) { t->name = "avx2"; }
+namespace {
+
+const int kPrefetch = 4096;
+
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+// unsigned codes x signed activations -> 8 int32 lanes (pairs via maddubs, then pairs of pairs)
+inline __m256i dot_u8s8(__m256i codes, __m256i a) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(codes, a), _mm256_set1_epi16(1));
+}
+inline __m256i nibbles(const uint8_t* q16) {  // 16 bytes -> [low nibbles | high nibbles]
+    __m128i v = _mm_loadu_si128((const __m128i*)q16);
+    __m256i b = _mm256_set_m128i(_mm_srli_epi16(v, 4), v);
+    return _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
+}
+
+float dot_q8_0(const uint8_t* w, const void* act, int n) {
+    ActView a = act_view(act, n);
+    const BlockQ8_0* b = (const BlockQ8_0*)w;
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < n / 32; i++) {
+        _mm_prefetch((const char*)(b + i) + kPrefetch, _MM_HINT_T0);
+        __m256i q = _mm256_loadu_si256((const __m256i*)b[i].qs);
+        __m256i x = _mm256_loadu_si256((const __m256i*)(a.qs + 32 * i));
+        // |q| * (x with q's sign): maddubs needs one unsigned operand
+        __m256i p = dot_u8s8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(h2f(b[i].d) * a.d[i]), acc);
+    }
+    return hsum(acc);
+}
+
+float dot_q4_0(const uint8_t* w, const void* act, int n) {
+    ActView a = act_view(act, n);
+    const BlockQ4_0* b = (const BlockQ4_0*)w;
+    __m256 acc = _mm256_setzero_ps();
+    float offset = 0;
+    for (int i = 0; i < n / 32; i++) {
+        _mm_prefetch((const char*)(b + i) + kPrefetch, _MM_HINT_T0);
+        __m256i p = dot_u8s8(nibbles(b[i].qs), _mm256_loadu_si256((const __m256i*)(a.qs + 32 * i)));
+        float s = h2f(b[i].d) * a.d[i];
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc);
+        offset += s * (float)(a.sum16[2 * i] + a.sum16[2 * i + 1]);
+    }
+    return hsum(acc) - 8.f * offset;
+}
+
+template <bool kFive>
+float dot_qk45(const uint8_t* w, const void* act, int n) {
+    ActView a = act_view(act, n);
+    const int bytes = kFive ? 176 : 144;
+    float s = 0;
+    for (int i = 0; i < n / 256; i++) {
+        const uint8_t* blk = w + i * bytes;
+        _mm_prefetch((const char*)blk + kPrefetch, _MM_HINT_T0);
+        _mm_prefetch((const char*)blk + kPrefetch + 64, _MM_HINT_T0);
+        _mm_prefetch((const char*)blk + kPrefetch + 128, _MM_HINT_T0);
+        uint16_t dh, dmh;
+        memcpy(&dh, blk, 2);
+        memcpy(&dmh, blk + 2, 2);
+        const uint8_t* qh = kFive ? blk + 16 : nullptr;
+        const uint8_t* qs = kFive ? blk + 48 : blk + 16;
+        __m256i acc = _mm256_setzero_si256();
+        int32_t mins = 0;
+        for (int j = 0; j < 8; j++) {
+            uint8_t sc, m;
+            k_scale_min(blk + 4, j, &sc, &m);
+            __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 32 * (j / 2)));
+            if (j & 1) v = _mm256_srli_epi16(v, 4);
+            v = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+            if (kFive) {
+                __m256i h = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i*)qh), j),
+                                             _mm256_set1_epi8(1));
+                v = _mm256_or_si256(v, _mm256_slli_epi16(h, 4));
+            }
+            __m256i p = _mm256_maddubs_epi16(v, _mm256_loadu_si256((const __m256i*)(a.qk + 256 * i + 32 * j)));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(sc)));
+            mins += m * a.bk32[8 * i + j];
+        }
+        s += a.dk[i] * (h2f(dh) * hsum(_mm256_cvtepi32_ps(acc)) - h2f(dmh) * (float)mins);
+    }
+    return s;
+}
+
+float dot_q6_k(const uint8_t* w, const void* act, int n) {
+    ActView a = act_view(act, n);
+    const BlockQ6_K* b = (const BlockQ6_K*)w;
+    float s = 0;
+    for (int i = 0; i < n / 256; i++) {
+        for (int l = 0; l < 256; l += 64) _mm_prefetch((const char*)(b + i) + kPrefetch + l, _MM_HINT_T0);
+        __m256i acc = _mm256_setzero_si256();
+        int32_t offset = 0;
+        for (int c = 0; c < 8; c++) {  // 32 weights: half h, nibble half (c%4)/2, 2-bit field c%4
+            int h = c / 4, s4 = c % 4;
+            __m256i lo = _mm256_loadu_si256((const __m256i*)(b[i].ql + 64 * h + 32 * (s4 & 1)));
+            lo = _mm256_and_si256(_mm256_srli_epi16(lo, 4 * (s4 >> 1)), _mm256_set1_epi8(0x0F));
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i*)(b[i].qh + 32 * h)), 2 * s4),
+                                          _mm256_set1_epi8(3));
+            __m256i codes = _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+            __m256i p = _mm256_maddubs_epi16(codes, _mm256_loadu_si256((const __m256i*)(a.qk + 256 * i + 32 * c)));
+            int g = 2 * c;  // groups of 16: g and g + 1
+            __m256i sc = _mm256_set_m128i(_mm_set1_epi16(b[i].scales[g + 1]), _mm_set1_epi16(b[i].scales[g]));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, sc));
+            offset += b[i].scales[g] * a.bk16[16 * i + g] + b[i].scales[g + 1] * a.bk16[16 * i + g + 1];
+        }
+        s += a.dk[i] * h2f(b[i].d) * (hsum(_mm256_cvtepi32_ps(acc)) - 32.f * (float)offset);
+    }
+    return s;
+}
+
+template <int FMT>
+float dot_float(const uint8_t* w, const void* act, int n) {
+    const float* x = (const float*)act;
+    __m256 acc = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v;
+        if (FMT == F32) {
+            v = _mm256_loadu_ps((const float*)w + i);
+        } else {
+            __m128i h = _mm_loadu_si128((const __m128i*)((const uint16_t*)w + i));
+            v = FMT == F16 ? _mm256_cvtph_ps(h) : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+        }
+        acc = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + i), acc);
+    }
+    float s = hsum(acc);
+    for (; i < n; i++) {
+        uint16_t h = ((const uint16_t*)w)[i];
+        float v = FMT == F32 ? ((const float*)w)[i] : FMT == F16 ? h2f(h) : bf16_to_f32(h);
+        s += v * x[i];
+    }
+    return s;
+}
+
+template <float (*Dot)(const uint8_t*, const void*, int), int kBlock>
+void rows(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
+          size_t out_stride) {
+    (void)kBlock;
+    for (int r = 0; r < nrows; r++)
+        for (int t = 0; t < ntok; t++) out[t * out_stride + r] = Dot(w + r * row_bytes, acts[t], n);
+}
+
+}  // namespace
+
+void fill_avx2(KernelTable* t) {
+    t->name = "avx2";
+    t->rows[F32] = rows<dot_float<F32>, 1>;
+    t->rows[F16] = rows<dot_float<F16>, 1>;
+    t->rows[BF16] = rows<dot_float<BF16>, 1>;
+    t->rows[Q8_0] = rows<dot_q8_0, 32>;
+    t->rows[Q4_0] = rows<dot_q4_0, 32>;
+    t->rows[Q4_K] = rows<dot_qk45<false>, 256>;
+    t->rows[Q5_K] = rows<dot_qk45<true>, 256>;
+    t->rows[Q6_K] = rows<dot_q6_k, 256>;
+}
+#else
+#include "common.h"
+void fill_avx2(KernelTable*) {}
+#endif
