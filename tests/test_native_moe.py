@@ -156,3 +156,35 @@ print(native.isa_name())
     assert outs["generic"][0] == "generic"
     generic, best = outs["generic"][1], outs["best"][1]
     assert ((generic - best).abs().max() / generic.abs().max()).item() < 1e-5
+
+
+def test_formats_without_a_kernel_take_the_dequantizing_path(caplog):
+    """Q5_0 / Q2_K experts: computed correctly from their blocks, and hymoe says so once."""
+    import logging
+
+    import numpy as np
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    from hymoe.experts.dequant_backend import DequantExperts
+
+    formats = ("Q5_0", "Q2_K", "Q5_0")
+    rng = np.random.default_rng(0)
+    raw = []
+    for f, rows, n in zip(formats, (I, I, H), (H, H, I)):
+        block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType[f]]
+        b = rng.integers(0, 256, size=(E * rows * n // block, nbytes), dtype=np.uint8)
+        b[:, :2] = (rng.uniform(1e-3, 1e-2, len(b)).astype(np.float16).view(np.uint8).reshape(-1, 2))
+        if f == "Q2_K":  # d and dmin sit at the end of a Q2_K block
+            b[:, -4:] = (rng.uniform(1e-3, 1e-2, (len(b), 2)).astype(np.float16).view(np.uint8).reshape(-1, 4))
+        raw.append(torch.from_numpy(b.reshape(E, -1)))
+    ref = TorchExperts(*[dequant(f, w_.reshape(E, rows, -1), n) for f, w_, rows, n in
+                         zip(formats, raw, (I, I, H), (H, H, I))])
+    with caplog.at_level(logging.WARNING, logger="hymoe"):
+        backend = DequantExperts(*raw, formats, H, I)
+        DequantExperts(*raw, formats, H, I)
+    said = [r for r in caplog.records if "dequantizing one expert at a time" in r.getMessage()]
+    assert len(said) == 2  # once for Q5_0, once for Q2_K, not again for the second layer
+    x = torch.randn(7, H)
+    ids, w = routing(7, 3, 5)
+    want = run(ref, x, ids, w)
+    assert ((run(backend, x, ids, w) - want).abs().max() / want.abs().max()).item() < 1e-5

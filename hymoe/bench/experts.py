@@ -66,8 +66,6 @@ def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None 
     engine = native.NativeEngine(threads)
     threads = engine.threads
     torch.set_num_threads(threads)
-    bandwidth = read_gbps(engine)
-    gemm = bf16_gemm_gflops()
 
     # as many layers as make the working set larger than the cache; calls rotate through them
     num_layers = max(1, -(-cold_bytes() // (allocated * per_expert)))
@@ -81,13 +79,23 @@ def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None 
                                        down.view(torch.bfloat16).view(allocated, hidden, inter)))
         else:
             layers.append(native.NativeExperts(engine, gate, up, down, (fmt, fmt, fmt), hidden, inter))
+    # read every weight once (the pages settle: faults, huge-page collapsing), then measure the
+    # machine, so bandwidth and GEMM figures come from the same moment as the timings
+    for layer in layers:
+        for t in (layer.gate, layer.up, layer.down):
+            engine.read_gbps(t.view(torch.uint8), 1)
+    bandwidth = read_gbps(engine)
+    gemm = bf16_gemm_gflops()
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for batch in batches:
         x = torch.randn(batch, hidden, generator=gen)
-        n_iter = iters or max(3, min(40, int(2e4 / batch)))
+        n_iter = iters or 40
         times, bytes_read = [], []
+        t_start = time.perf_counter()
         for it in range(n_iter + 2):
+            if not iters and len(times) >= 3 and time.perf_counter() - t_start > 3.0:
+                break  # enough for a median: big batches take seconds per call
             ids, w = _routing(batch, k, allocated, gen)
             experts = layers[it % num_layers]
             t0 = time.perf_counter()

@@ -1,6 +1,7 @@
 """What the machine can do, measured in the same run as what it bounds."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -21,14 +22,16 @@ def llc_bytes() -> int:
 
 
 def cold_bytes() -> int:
-    """A working set that cannot stay in the cache: eight times the last-level cache (random expert
-    picks from it then hit the cache about 1 time in 8), at least 1 GiB."""
-    return max(1 << 30, 8 * llc_bytes())
+    """A working set that random expert picks rarely find in the cache: sixteen times the last-level
+    cache, at least 1 GiB, at most a third of the machine's memory."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return min(max(1 << 30, 16 * llc_bytes()), ram // 3)
 
 
 def read_gbps(engine) -> float:
-    """Streaming read of a buffer far larger than the last-level cache, on the engine's threads."""
-    buf = torch.ones(cold_bytes(), dtype=torch.uint8)
+    """Streaming read of a buffer four times the last-level cache (a sequential scan that large
+    gets no cache hits), on the engine's threads."""
+    buf = torch.ones(max(1 << 30, 4 * llc_bytes()), dtype=torch.uint8)
     engine.read_gbps(buf, 1)  # touch every page first
     return max(engine.read_gbps(buf, 3) for _ in range(3))
 

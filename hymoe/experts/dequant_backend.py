@@ -1,0 +1,57 @@
+"""The correct slower path for GGUF expert formats the native kernels do not compute.
+
+Weights stay in their GGUF blocks; each call dequantizes only the experts its tokens use, one
+expert at a time (gguf-py's decoder), and computes them with torch. hymoe says once that it took it.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gguf.quants import dequantize
+
+from hymoe.experts.base import ExpertBackend
+from hymoe.quant.formats import qtype
+
+log = logging.getLogger("hymoe")
+_warned: set[str] = set()
+
+
+def _tile(raw: torch.Tensor, fmt: str, rows: int, n: int) -> torch.Tensor:
+    """One expert's uint8 blocks -> float32 [rows, n]."""
+    return torch.from_numpy(np.ascontiguousarray(dequantize(raw.numpy(), qtype(fmt)), dtype=np.float32)).view(rows, n)
+
+
+class DequantExperts(ExpertBackend):
+    def __init__(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, formats: tuple[str, str, str],
+                 hidden: int, inter: int):
+        self.gate, self.up, self.down = gate, up, down  # uint8 [E, rows * row_bytes]
+        self.formats, self.hidden, self.inter = formats, hidden, inter
+        self._out: torch.Tensor | None = None
+        for f in formats:
+            if f not in _warned:
+                _warned.add(f)
+                log.warning("hymoe: no native kernel for %s experts; dequantizing one expert at a time (slow)", f)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() for t in (self.gate, self.up, self.down))
+
+    def submit(self, hidden, topk_ids, topk_weights) -> None:
+        x = hidden.float().cpu()
+        ids, w = topk_ids.cpu(), topk_weights.float().cpu()
+        out = torch.zeros_like(x)
+        h, i = self.hidden, self.inter
+        for e in torch.unique(ids).tolist():  # a loop over the experts in use, never over tokens
+            rows, slots = (ids == e).nonzero(as_tuple=True)
+            xs = x[rows]  # [n_e, H]
+            g = xs @ _tile(self.gate[e], self.formats[0], i, h).T
+            u = xs @ _tile(self.up[e], self.formats[1], i, h).T
+            y = (F.silu(g) * u) @ _tile(self.down[e], self.formats[2], h, i).T
+            out.index_add_(0, rows, y * w[rows, slots, None])
+        self._out = out.to(hidden.device)
+
+    def sync(self) -> torch.Tensor:
+        out, self._out = self._out, None
+        return out
