@@ -116,15 +116,16 @@ inline __m512 exp_ps(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
+// Four interleaved streams per thread, like the kernels' row streams: DRAM serves several
+// concurrent streams faster than one, and the probe must not understate what the kernels can get.
 uint64_t read_avx512(const uint8_t* p, int64_t bytes) {
-    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-    for (int64_t i = 0; i + 256 <= bytes; i += 256) {
-        a0 = _mm512_xor_si512(a0, _mm512_loadu_si512((const void*)(p + i)));
-        a1 = _mm512_xor_si512(a1, _mm512_loadu_si512((const void*)(p + i + 64)));
-        a2 = _mm512_xor_si512(a2, _mm512_loadu_si512((const void*)(p + i + 128)));
-        a3 = _mm512_xor_si512(a3, _mm512_loadu_si512((const void*)(p + i + 192)));
-    }
-    return (uint64_t)_mm512_reduce_add_epi64(_mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3)));
+    const int64_t q = bytes / 8 / 64 * 64;
+    __m512i a[8];
+    for (int k = 0; k < 8; k++) a[k] = _mm512_setzero_si512();
+    for (int64_t i = 0; i < q; i += 64)
+        for (int k = 0; k < 8; k++) a[k] = _mm512_xor_si512(a[k], _mm512_loadu_si512((const void*)(p + k * q + i)));
+    for (int k = 1; k < 8; k++) a[0] = _mm512_xor_si512(a[0], a[k]);
+    return (uint64_t)_mm512_reduce_add_epi64(a[0]);
 }
 
 void silu_mul_avx512(float* g, const float* u, int n) {
