@@ -11,13 +11,16 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
-BASE = ["-std=c++17", "-O3", "-fPIC", "-fvisibility=hidden", "-pthread", "-Wall", "-Wno-unused-function"]
+BASE = ["-std=c++17", "-O3", "-fPIC", "-fvisibility=hidden", "-pthread", "-Wall", "-Wno-unused-function",
+        "-Wno-maybe-uninitialized", "-Wno-uninitialized"]  # GCC 12 misreports its own AVX512 headers
 ISA_FLAGS = {
     "kernels_avx2.cpp": ["-mavx2", "-mfma", "-mf16c"],
     "kernels_avx512.cpp": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
                            "-mavx512vnni", "-mavx512dq"],
 }
-SOURCES = ["moe.cpp", "pool.cpp", "cpu.cpp", "kernels_generic.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp"]
+ISA_FLAGS["kernels_avx512_k.cpp"] = ISA_FLAGS["kernels_avx512.cpp"]
+SOURCES = ["moe.cpp", "pool.cpp", "cpu.cpp", "kernels_generic.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp",
+           "kernels_avx512_k.cpp"]
 
 
 class BuildKernels(build_ext):
@@ -39,6 +42,7 @@ class BuildKernels(build_ext):
 
 setup(
     ext_modules=[Extension("hymoe._kernels", [f"hymoe/csrc/{s}" for s in SOURCES],
-                           depends=["hymoe/csrc/common.h", "hymoe/csrc/pool.h", "hymoe/csrc/iq1s_grid.h"])],
+                           depends=["hymoe/csrc/common.h", "hymoe/csrc/pool.h", "hymoe/csrc/iq1s_grid.h",
+                                    "hymoe/csrc/simd_avx512.h"])],
     cmdclass={"build_ext": BuildKernels},
 )

@@ -8,20 +8,18 @@
 // Lanes 0-7 cover the first 32 weights of a chunk and lanes 8-15 the next 32, which is also how
 // the activation scales are laid out. This file must not use the C++ library (see common.h).
 #if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
 #include <math.h>
 
-#include "common.h"
 #include "iq1s_grid.h"
+#include "simd_avx512.h"
+
+namespace hymoe_avx512 {
+int kPrefetch = 8192, kRowsDecode = 4, kHint = 1, kHead = 1;
+}  // namespace hymoe_avx512
 
 namespace {
 
 RowsFn g_portable[FMT_SLOTS];  // the portable kernels, for row lengths that are not a multiple of 64
-const int kTile = 4;
-int kPrefetch = 8192;  // bytes ahead of the block being read (tunable: hymoe_tune)
-int kRowsDecode = 4;
-int kHint = 1;
-int kHead = 1;  // rows per pass for a single token (tunable: hymoe_tune)
 
 // ---- activations: the portable layout, then per 64 values: 16 lane scales, 16 lane sums ------
 //   [portable: n + n/32*4 + n/16*4][pad to 64][dexp: n/64 x 16 f32][ns4: n/4 i32][dsum: n/32 f32]
@@ -138,30 +136,6 @@ void silu_mul_avx512(float* g, const float* u, int n) {
     for (; i < n; i++) g[i] = g[i] / (1.f + expf(-g[i])) * u[i];
 }
 
-inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
-inline __m512 two_scales(float lo, float hi) {  // lanes 0-7 = lo, 8-15 = hi
-    return _mm512_insertf32x8(_mm512_set1_ps(lo), _mm256_set1_ps(hi), 1);
-}
-inline __m512i nibbles_of_32_bytes(const uint8_t* q) {  // lanes [low nibbles | high nibbles]
-    const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
-    __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)q));
-    return _mm512_and_si512(_mm512_srlv_epi16(v, shift), _mm512_set1_epi8(0x0F));
-}
-inline __m512i bits_of_32_bytes(const uint8_t* q, int shift_lo, int shift_hi, int mask) {
-    __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)q));
-    __m512i s = _mm512_inserti64x4(_mm512_set1_epi16((short)shift_lo), _mm256_set1_epi16((short)shift_hi), 1);
-    return _mm512_and_si512(_mm512_srlv_epi16(v, s), _mm512_set1_epi8((char)mask));
-}
-inline __m512i bits_of_two_32_bytes(const uint8_t* q, int k_lo, int k_hi) {  // (q >> k) & 1, both halves
-    __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)q));
-    __m512i s = _mm512_inserti64x4(_mm512_set1_epi16((short)k_lo), _mm256_set1_epi16((short)k_hi), 1);
-    return _mm512_and_si512(_mm512_srlv_epi16(v, s), _mm512_set1_epi8(1));
-}
-inline __m512 lanes_from(__m512 table, int i0, int i1) {  // [table[i0] x8 | table[i1] x8]
-    __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(i0), _mm256_set1_epi32(i1), 1);
-    return _mm512_permutexvar_ps(idx, table);
-}
-
 // ---- formats: a super unit of kSU weights, split in chunks of 64 ------------------------------
 // kShift: code offset c = 1 << kShift (-1: codes are the values). kMins: a per-32 term * dsum.
 struct FQ8_0 {
@@ -258,22 +232,6 @@ struct FTQ2_0 {
     __m256 mins() const { return _mm256_setzero_ps(); }
 };
 
-// 32 bytes from lo into the low half and 32 from hi into the high half (one load when adjacent)
-inline __m512i load_pair(const void* lo, const void* hi, bool is_natural) {
-    if (is_natural) return _mm512_loadu_si512(lo);
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)lo)),
-                              _mm256_loadu_si256((const __m256i*)hi), 1);
-}
-
-inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
-inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
-
-// NR rows x NT tokens per pass: each row's weights are unpacked once for NT tokens, and each
-// token's activations are loaded once for NR rows.
 template <class F, int NR, int NT>
 void rows_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n, float* out,
                size_t out_stride) {
@@ -365,178 +323,6 @@ void rows_q(const uint8_t* w, size_t row_bytes, int nrows, const void* const* ac
 }
 
 
-// ---- K-quants against per-256 activations: sub-block scales applied in integer ---------------
-//   p16 = maddubs(codes, a) (pairs of products), acc32 += dpwssd(p16, scale16); per super-block
-//   acc += float(acc32) * d * d_a. Codes stay below 64, so the 16-bit pair sums cannot saturate.
-struct KQ45Scales {  // Q4_K / Q5_K: eight 6-bit scales and mins as int16
-    __m128i sc, mn;
-    float d, dmin;
-    void load(const uint8_t* p) {
-        uint16_t dh, dmh;
-        memcpy(&dh, p, 2);
-        memcpy(&dmh, p + 2, 2);
-        uint32_t u[4];
-        memcpy(u, p + 4, 12);
-        const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
-        u[3] = ((u[2] >> 4) & m4) | (((u[1] >> 6) & m2) << 4);
-        const uint32_t mins_lo = u[1] & m6;
-        u[1] = (u[2] & m4) | (((u[0] >> 6) & m2) << 4);
-        u[2] = mins_lo;
-        u[0] &= m6;
-        __m128i b = _mm_loadu_si128((const __m128i*)u);
-        sc = _mm_cvtepu8_epi16(b);
-        mn = _mm_cvtepu8_epi16(_mm_srli_si128(b, 8));
-        d = h2f(dh);
-        dmin = h2f(dmh);
-    }
-};
-
-template <bool kFive>
-struct KQ45 {
-    static const int kBytes = kFive ? 176 : 144;
-    static const bool kOffset = false;  // Q6_K: codes carry +32
-    static constexpr int blk_lo(int c) { return 4 * (c / 2) + c % 2; }
-    static constexpr int blk_hi(int c) { return blk_lo(c) + 2; }
-    const uint8_t *qs, *qh;
-    KQ45Scales s;
-    void prep(const uint8_t* p) {
-        s.load(p);
-        qh = kFive ? p + 16 : nullptr;
-        qs = kFive ? p + 48 : p + 16;
-    }
-    __m512i scales16(int c) const {  // int16 lanes 0-15: sub-block lo, 16-31: sub-block hi
-        const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi16((short)blk_lo(c)), _mm256_set1_epi16((short)blk_hi(c)), 1);
-        return _mm512_permutexvar_epi16(idx, _mm512_castsi128_si512(s.sc));
-    }
-    __m512i chunk(int c) const {
-        __m512i v = _mm512_loadu_si512((const void*)(qs + 64 * (c / 2)));
-        if (c % 2) v = _mm512_srli_epi16(v, 4);
-        v = _mm512_and_si512(v, _mm512_set1_epi8(0x0F));
-        if (kFive) v = _mm512_or_si512(v, _mm512_slli_epi16(bits_of_two_32_bytes(qh, blk_lo(c), blk_hi(c)), 4));
-        return v;
-    }
-    float d() const { return s.d; }
-    float corr_scale() const { return 1.f; }  // correction() already carries -dmin
-    // the per-super-block correction: sum_j m_j * bsum32_j, scaled by -dmin
-    __m256 correction(const int16_t* bk16, const int16_t* bk32) const {
-        (void)bk16;
-        __m128i m = _mm_madd_epi16(s.mn, _mm_loadu_si128((const __m128i*)bk32));  // 4 x int32
-        return _mm256_insertf128_ps(_mm256_setzero_ps(), _mm_mul_ps(_mm_cvtepi32_ps(m), _mm_set1_ps(-s.dmin)), 0);
-    }
-};
-
-struct KQ6 {
-    static const int kBytes = 210;
-    static constexpr int blk_lo(int c) { return 2 * c; }
-    static constexpr int blk_hi(int c) { return 2 * c + 1; }
-    const BlockQ6_K* b;
-    __m512i sc;  // int16 x16 in the low half
-    float dd;
-    void prep(const uint8_t* p) {
-        b = (const BlockQ6_K*)p;
-        sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)b->scales)));
-        dd = h2f(b->d);
-    }
-    __m512i scales16(int c) const {  // four groups of 16 weights: 8 int16 lanes each
-        const __m512i g = _mm512_set_epi64(0x0003000300030003LL, 0x0003000300030003LL, 0x0002000200020002LL,
-                                           0x0002000200020002LL, 0x0001000100010001LL, 0x0001000100010001LL, 0, 0);
-        return _mm512_permutexvar_epi16(_mm512_add_epi16(g, _mm512_set1_epi16((short)(4 * c))), sc);
-    }
-    __m512i chunk(int c) const {
-        int h = c / 2, sh = c % 2;
-        __m512i lo = _mm512_loadu_si512((const void*)(b->ql + 64 * h));
-        lo = _mm512_and_si512(_mm512_srli_epi16(lo, 4 * sh), _mm512_set1_epi8(0x0F));
-        __m512i hi = bits_of_32_bytes(b->qh + 32 * h, 4 * sh, 4 * sh + 2, 3);
-        return _mm512_or_si512(lo, _mm512_slli_epi16(hi, 4));
-    }
-    float d() const { return dd; }
-    float corr_scale() const { return dd; }
-    // codes are q + 32: subtract 32 * sum_g scale_g * bsum16_g
-    __m256 correction(const int16_t* bk16, const int16_t*) const {
-        __m256i m = _mm256_madd_epi16(_mm512_castsi512_si256(sc), _mm256_loadu_si256((const __m256i*)bk16));
-        return _mm256_mul_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(-32.f));
-    }
-};
-
-template <class F, int NR, int NT>
-void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n, float* out,
-                 size_t out_stride) {
-    ActView a[NT];
-    for (int t = 0; t < NT; t++) a[t] = act_view(acts[t], n);
-    const int units = n / 256;
-    const size_t head = kHead ? (size_t)kPrefetch < nrows * row_bytes ? (size_t)kPrefetch : nrows * row_bytes : 0;
-    for (size_t l = 0; l < head; l += 64) _mm_prefetch((const char*)w + l, _MM_HINT_T1);
-    for (int r = 0; r + NR <= nrows; r += NR) {
-        const uint8_t* row = w + r * row_bytes;
-        __m512 acc[NR][NT];
-        __m256 corr[NR][NT];
-        for (int i = 0; i < NR; i++)
-            for (int t = 0; t < NT; t++) {
-                acc[i][t] = _mm512_setzero_ps();
-                corr[i][t] = _mm256_setzero_ps();
-            }
-        for (int u = 0; u < units; u++) {
-            F f[NR];
-            for (int i = 0; i < NR; i++) {
-                const uint8_t* blk = row + i * row_bytes + u * F::kBytes;
-                for (int l = 0; l < F::kBytes; l += 64) _mm_prefetch((const char*)blk + kPrefetch + l, _MM_HINT_T1);
-                f[i].prep(blk);
-            }
-            __m512i dot[NR][NT];
-            for (int i = 0; i < NR; i++)
-                for (int t = 0; t < NT; t++) dot[i][t] = _mm512_setzero_si512();
-            for (int c = 0; c < 4; c++) {
-                __m512i wq[NR], sc[NR];
-                for (int i = 0; i < NR; i++) {
-                    wq[i] = f[i].chunk(c);
-                    sc[i] = f[i].scales16(c);
-                }
-                const int lo = u * 256 + 32 * F::blk_lo(c), hi = u * 256 + 32 * F::blk_hi(c);
-                for (int t = 0; t < NT; t++) {
-                    const __m512i aq = load_pair(a[t].qk + lo, a[t].qk + hi, hi == lo + 32);
-                    for (int i = 0; i < NR; i++)
-                        dot[i][t] = _mm512_dpwssd_epi32(dot[i][t], _mm512_maddubs_epi16(wq[i], aq), sc[i]);
-                }
-            }
-            for (int t = 0; t < NT; t++) {
-                const float da = a[t].dk[u];
-                for (int i = 0; i < NR; i++) {
-                    acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][t]), _mm512_set1_ps(f[i].d() * da), acc[i][t]);
-                    corr[i][t] = _mm256_fmadd_ps(f[i].correction(a[t].bk16 + 16 * u, a[t].bk32 + 8 * u),
-                                                 _mm256_set1_ps(da * f[i].corr_scale()),
-                                                 corr[i][t]);
-                }
-            }
-        }
-        for (int i = 0; i < NR; i++)
-            for (int t = 0; t < NT; t++) out[t * out_stride + r + i] = hsum(acc[i][t]) + hsum(corr[i][t]);
-    }
-}
-
-template <class F, int NR, int NT>
-void rows_k_any(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n, float* out,
-                size_t out_stride) {
-    const int main = nrows / NR * NR;
-    rows_k_tile<F, NR, NT>(w, row_bytes, main, acts, n, out, out_stride);
-    if (main < nrows)
-        rows_k_tile<F, 1, NT>(w + main * row_bytes, row_bytes, nrows - main, acts, n, out + main, out_stride);
-}
-
-template <class F, int FMT>
-void rows_k(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
-            size_t out_stride) {
-    int t = 0;
-    for (; t + kTile <= ntok; t += kTile)
-        rows_k_any<F, 2, kTile>(w, row_bytes, nrows, acts + t, n, out + t * out_stride, out_stride);
-    float* o = out + t * out_stride;
-    switch (ntok - t) {
-        case 3: rows_k_any<F, 2, 3>(w, row_bytes, nrows, acts + t, n, o, out_stride); break;
-        case 2: rows_k_any<F, 2, 2>(w, row_bytes, nrows, acts + t, n, o, out_stride); break;
-        case 1: rows_k_any<F, 4, 1>(w, row_bytes, nrows, acts + t, n, o, out_stride); break;
-        default: break;
-    }
-}
-
 // ---- float weights: bandwidth-light formats, plain FMA against float activations ---------------
 template <int FMT>
 inline __m512 load16(const uint8_t* row, int i) {
@@ -594,9 +380,7 @@ void fill_avx512(KernelTable* t) {
     t->rows[BF16] = rows_float<BF16>;
     t->rows[Q8_0] = rows_q<FQ8_0, Q8_0>;
     t->rows[Q4_0] = rows_q<FQ4_0, Q4_0>;
-    t->rows[Q4_K] = rows_k<KQ45<false>, Q4_K>;
-    t->rows[Q5_K] = rows_k<KQ45<true>, Q5_K>;
-    t->rows[Q6_K] = rows_k<KQ6, Q6_K>;
+    fill_avx512_k(t);
     t->rows[IQ1_S] = rows_q<FIQ1_S, IQ1_S>;
     t->rows[TQ2_0] = rows_q<FTQ2_0, TQ2_0>;
 }

@@ -1,0 +1,59 @@
+// Inline helpers shared by the AVX512 kernel files. Include only from files compiled with the
+// AVX512 flags (see setup.py); everything here has internal linkage.
+#pragma once
+#include <immintrin.h>
+
+#include "common.h"
+
+namespace hymoe_avx512 {
+extern int kPrefetch;   // bytes ahead of the block being read (tunable: hymoe_tune)
+extern int kRowsDecode; // rows per pass for a single token
+extern int kHint;       // prefetch hint: 0 T0, 1 T1, 2 T2, 3 NTA
+extern int kHead;       // prefetch the head of each row range
+const int kTile = 4;    // tokens per pass
+}  // namespace hymoe_avx512
+
+namespace {
+using namespace hymoe_avx512;
+
+static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+static inline __m512 two_scales(float lo, float hi) {  // lanes 0-7 = lo, 8-15 = hi
+    return _mm512_insertf32x8(_mm512_set1_ps(lo), _mm256_set1_ps(hi), 1);
+}
+static inline __m512i nibbles_of_32_bytes(const uint8_t* q) {  // lanes [low nibbles | high nibbles]
+    const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+    __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)q));
+    return _mm512_and_si512(_mm512_srlv_epi16(v, shift), _mm512_set1_epi8(0x0F));
+}
+static inline __m512i bits_of_32_bytes(const uint8_t* q, int shift_lo, int shift_hi, int mask) {
+    __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)q));
+    __m512i s = _mm512_inserti64x4(_mm512_set1_epi16((short)shift_lo), _mm256_set1_epi16((short)shift_hi), 1);
+    return _mm512_and_si512(_mm512_srlv_epi16(v, s), _mm512_set1_epi8((char)mask));
+}
+static inline __m512i bits_of_two_32_bytes(const uint8_t* q, int k_lo, int k_hi) {  // (q >> k) & 1, both halves
+    __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)q));
+    __m512i s = _mm512_inserti64x4(_mm512_set1_epi16((short)k_lo), _mm256_set1_epi16((short)k_hi), 1);
+    return _mm512_and_si512(_mm512_srlv_epi16(v, s), _mm512_set1_epi8(1));
+}
+static inline __m512 lanes_from(__m512 table, int i0, int i1) {  // [table[i0] x8 | table[i1] x8]
+    __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(i0), _mm256_set1_epi32(i1), 1);
+    return _mm512_permutexvar_ps(idx, table);
+}
+
+// 32 bytes from lo into the low half and 32 from hi into the high half (one load when adjacent)
+static inline __m512i load_pair(const void* lo, const void* hi, bool is_natural) {
+    if (is_natural) return _mm512_loadu_si512(lo);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)lo)),
+                              _mm256_loadu_si256((const __m256i*)hi), 1);
+}
+
+static inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+// NR rows x NT tokens per pass: each row's weights are unpacked once for NT tokens, and each
+// token's activations are loaded once for NR rows.
+}  // namespace
