@@ -38,7 +38,8 @@ def _as_format(w: torch.Tensor, fmt: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(q)).reshape(e, -1)
 
 
-def place_experts(model, backend: str = "auto", fmt: str | None = None, threads: int | None = None) -> str:
+def place_experts(model, backend: str = "auto", fmt: str | None = None, threads: int | None = None,
+                  is_async: bool = False) -> str:
     """Move every MoE layer's experts to `backend` ('auto', 'native', 'torch'); returns the one used."""
     if backend not in ("auto", "native", "torch"):
         raise HymoeError(f"unknown experts backend {backend!r} (use auto, native or torch)")
@@ -52,7 +53,7 @@ def place_experts(model, backend: str = "auto", fmt: str | None = None, threads:
         raise HymoeError("the native CPU kernels are not built; use --experts torch")
     if fmt is not None and fmt.upper() not in NATIVE_FORMATS:
         raise HymoeError(f"the native experts backend has no format {fmt!r} (use one of {', '.join(NATIVE_FORMATS)})")
-    engine = native.NativeEngine(threads)
+    engine = native.NativeEngine(threads, is_async)
     cfg = model.cfg
     for module in model.modules():
         if not isinstance(module, MoE) or not isinstance(module.experts, TorchExperts):

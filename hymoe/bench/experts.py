@@ -63,7 +63,7 @@ def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None 
         fmt = "BF16"  # the torch backend computes dense bf16 weights
     per_expert = 2 * inter * row_bytes(fmt, hidden) + hidden * row_bytes(fmt, inter)
     allocated = max(k, min(num_experts, int(max_gb * 2**30 // per_expert)))
-    engine = native.NativeEngine(threads)
+    engine = native.NativeEngine(threads, is_async=False)  # CPU-only: the calling thread works too
     threads = engine.threads
     torch.set_num_threads(threads)
 

@@ -214,8 +214,10 @@ __attribute__((visibility("default"))) void* hymoe_engine_create(int threads) { 
 __attribute__((visibility("default"))) void hymoe_engine_destroy(void* e) { delete (Engine*)e; }
 __attribute__((visibility("default"))) int hymoe_engine_threads(void* e) { return ((Engine*)e)->pool.size(); }
 
-// Validates, groups tokens by expert, and starts the job; returns at once. 0 = started.
-__attribute__((visibility("default"))) int hymoe_moe_submit(void* engine, const MoeArgs* args) {
+// Validates, groups tokens by expert, and starts the job: on the pool's driver thread, returning at
+// once (is_async: the caller drives a GPU meanwhile), or in the calling thread, which then works
+// as the pool's first thread and saves two thread wake-ups per layer (CPU-only). 0 = started.
+__attribute__((visibility("default"))) int hymoe_moe_submit(void* engine, const MoeArgs* args, int is_async) {
     Engine* eng = (Engine*)engine;
     eng->pool.sync();  // the previous job owns the buffers until it is done
     const MoeArgs& a = *args;
@@ -252,7 +254,10 @@ __attribute__((visibility("default"))) int hymoe_moe_submit(void* engine, const 
         job.pair_token[slot] = p / a.topk;
         job.pair_weight[slot] = a.weights[p];
     }
-    eng->pool.submit([eng] { eng->job.run(eng->pool); });
+    if (is_async)
+        eng->pool.submit([eng] { eng->job.run(eng->pool); });
+    else
+        eng->pool.run([eng] { eng->job.run(eng->pool); });
     return 0;
 }
 

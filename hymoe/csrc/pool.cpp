@@ -7,9 +7,10 @@ static inline void cpu_relax() { _mm_pause(); }
 static inline void cpu_relax() { std::this_thread::yield(); }
 #endif
 
-// Helpers spin this many checks before sleeping: phases of one job follow each other within
-// microseconds, while the gap between layers (attention on the GPU or in torch) is longer.
-static const int kSpins = 20000;
+// Within a job, helpers spin between phases (they follow each other within microseconds); between
+// jobs they sleep at once, so they never compete with torch's own threads for the cores while
+// the dense part of the layer runs.
+static const int kSpins = 100000;
 
 Pool::Pool(int num_threads) : num_threads_(num_threads < 1 ? 1 : num_threads) {
     threads_.emplace_back([this] { driver_loop(); });
@@ -24,7 +25,7 @@ Pool::~Pool() {
     job_cv_.notify_all();
     {
         std::lock_guard<std::mutex> lock(phase_mutex_);
-        generation_++;
+        state_ += 1ull << 32;
     }
     phase_cv_.notify_all();
     for (auto& th : threads_) th.join();
@@ -44,6 +45,13 @@ void Pool::sync() {
     job_cv_.wait(lock, [this] { return is_job_done_; });
 }
 
+void Pool::run(const std::function<void()>& job) {
+    sync();
+    in_job_ = true;
+    job();
+    in_job_ = false;
+}
+
 void Pool::driver_loop() {
     for (;;) {
         std::function<void()> job;
@@ -54,7 +62,9 @@ void Pool::driver_loop() {
             job = std::move(job_);
             has_job_ = false;
         }
+        in_job_ = true;
         job();
+        in_job_ = false;
         {
             std::lock_guard<std::mutex> lock(job_mutex_);
             is_job_done_ = true;
@@ -63,46 +73,51 @@ void Pool::driver_loop() {
     }
 }
 
-void Pool::work(int thread) {
-    for (int u; (u = next_unit_.fetch_add(1)) < num_units_;) (*fn_)(u, thread);
+void Pool::work(int thread, uint32_t generation) {
+    for (;;) {
+        uint64_t s = state_.load();
+        if ((uint32_t)(s >> 32) != generation || (uint32_t)s >= (uint32_t)num_units_) return;
+        if (!state_.compare_exchange_weak(s, s + 1)) continue;
+        (*fn_)((int)(uint32_t)s, thread);
+        units_done_++;
+    }
 }
 
 void Pool::parallel_for(int num_units, const UnitFn& fn) {
     if (num_units <= 0) return;
+    // Close the previous phase under a generation of its own (no units), so that no helper can pair
+    // the old generation with the new function or unit count; then open the new one.
+    uint32_t generation = (uint32_t)(state_.load() >> 32) + 2;
+    state_ = ((uint64_t)(generation - 1) << 32) | 0xffffffffu;
     fn_ = &fn;
     num_units_ = num_units;
-    next_unit_ = 0;
-    int helpers = num_threads_ - 1;
-    if (helpers > 0) {
-        pending_helpers_ = helpers;
-        {
-            std::lock_guard<std::mutex> lock(phase_mutex_);
-            generation_++;
-        }
-        phase_cv_.notify_all();
+    units_done_ = 0;
+    {
+        std::lock_guard<std::mutex> lock(phase_mutex_);
+        state_ = (uint64_t)generation << 32;  // unit 0 of the new phase
     }
-    work(0);
-    while (pending_helpers_.load() > 0) cpu_relax();
+    if (num_threads_ > 1) phase_cv_.notify_all();
+    work(0, generation);
+    while (units_done_.load() < num_units) cpu_relax();
 }
 
 void Pool::helper_loop(int thread) {
-    uint64_t seen = 0;
+    uint32_t seen = 0;
     for (;;) {
         int spins = 0;
-        while (generation_.load() == seen && spins < kSpins) {
+        while ((uint32_t)(state_.load() >> 32) == seen && in_job_.load() && spins < kSpins) {
             cpu_relax();
             spins++;
         }
-        if (generation_.load() == seen) {
+        if ((uint32_t)(state_.load() >> 32) == seen) {
             std::unique_lock<std::mutex> lock(phase_mutex_);
-            phase_cv_.wait(lock, [&] { return generation_.load() != seen; });
+            phase_cv_.wait(lock, [&] { return (uint32_t)(state_.load() >> 32) != seen; });
         }
-        seen = generation_.load();
         {
             std::lock_guard<std::mutex> lock(job_mutex_);
             if (is_stopping_) return;
         }
-        work(thread);
-        pending_helpers_--;
+        seen = (uint32_t)(state_.load() >> 32);
+        work(thread, seen);
     }
 }

@@ -19,12 +19,13 @@ class Pool {
 
     void submit(std::function<void()> job);  // returns at once; the driver thread runs the job
     void sync();                              // waits until the submitted job has finished
+    void run(const std::function<void()>& job);  // runs a job in the calling thread, helpers joining
     void parallel_for(int num_units, const UnitFn& fn);  // only from inside a job
 
   private:
     void driver_loop();
     void helper_loop(int thread);
-    void work(int thread);
+    void work(int thread, uint32_t generation);
 
     int num_threads_;
     std::vector<std::thread> threads_;
@@ -33,11 +34,14 @@ class Pool {
     std::condition_variable job_cv_;
     std::function<void()> job_;
     bool has_job_ = false, is_job_done_ = true, is_stopping_ = false;
-    // the phase currently split across threads
+    // The phase currently split across threads. `state_` packs (phase generation << 32 | next unit),
+    // so a helper that wakes late can never take a unit of a later phase with a stale function; the
+    // driver waits for units done, not for helpers, so a sleeping helper never delays a phase.
     std::mutex phase_mutex_;
     std::condition_variable phase_cv_;
-    std::atomic<uint64_t> generation_{0};
-    std::atomic<int> next_unit_{0}, pending_helpers_{0};
+    std::atomic<uint64_t> state_{0};
+    std::atomic<int> units_done_{0};
+    std::atomic<bool> in_job_{false};
     int num_units_ = 0;
     const UnitFn* fn_ = nullptr;
 };

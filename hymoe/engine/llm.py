@@ -52,7 +52,9 @@ class LLM:
         with torch.device("meta"):
             model = build_model(self.config)
         self.model = load_weights(model, SafetensorsDir(model_dir), self.dtype, self.device, progress)
-        self.experts_backend = place_experts(self.model, experts, experts_format, threads)
+        # with the dense part on the CPU there is nothing to overlap: experts run in the calling thread
+        self.experts_backend = place_experts(self.model, experts, experts_format, threads,
+                                             is_async=self.device.type != "cpu")
         self.tokenizer = Tokenizer.from_dir(model_dir)
         self.generation_defaults = generation_defaults(model_dir)
         self.max_context = min(max_context or DEFAULT_MAX_CONTEXT, self.config.max_position_embeddings)

@@ -46,7 +46,7 @@ def library() -> ctypes.CDLL | None:
     lib.hymoe_engine_create.restype = ctypes.c_void_p
     lib.hymoe_engine_destroy.argtypes = [ctypes.c_void_p]
     lib.hymoe_engine_threads.argtypes = [ctypes.c_void_p]
-    lib.hymoe_moe_submit.argtypes = [ctypes.c_void_p, ctypes.POINTER(_MoeArgs)]
+    lib.hymoe_moe_submit.argtypes = [ctypes.c_void_p, ctypes.POINTER(_MoeArgs), ctypes.c_int]
     lib.hymoe_moe_sync.argtypes = [ctypes.c_void_p]
     lib.hymoe_row_bytes.restype = ctypes.c_int64
     lib.hymoe_read_gbps.restype = ctypes.c_double
@@ -93,13 +93,18 @@ def _as_cpu(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 class NativeEngine:
-    """One thread pool, shared by every MoE layer of a model (their jobs run one after another)."""
+    """One thread pool, shared by every MoE layer of a model (their jobs run one after another).
 
-    def __init__(self, threads: int | None = None):
+    is_async: submit() returns at once and the pool computes meanwhile (the caller drives a GPU);
+    otherwise submit() computes in the calling thread with the pool's help (CPU-only: nothing to
+    overlap, and it saves two thread wake-ups per layer).
+    """
+
+    def __init__(self, threads: int | None = None, is_async: bool = True):
         lib = library()
         if lib is None:
             raise HymoeError("the native CPU kernels are not built")
-        self.lib = lib
+        self.lib, self.is_async = lib, is_async
         self.handle = lib.hymoe_engine_create(threads or os.cpu_count() or 1)
 
     @property
@@ -153,7 +158,7 @@ class NativeExperts(ExpertBackend):
         a = self._args
         a.num_tokens, a.topk = x.shape[0], ids.shape[1]
         a.x, a.ids, a.weights, a.out = x.data_ptr(), ids.data_ptr(), w.data_ptr(), out.data_ptr()
-        rc = self.engine.lib.hymoe_moe_submit(self.engine.handle, self._args_ref)
+        rc = self.engine.lib.hymoe_moe_submit(self.engine.handle, self._args_ref, int(self.engine.is_async))
         if rc:
             raise HymoeError({-1: "unsupported expert format", -2: "expert rows do not split into blocks",
                               -3: "an expert id is out of range"}.get(rc, f"native MoE failed ({rc})"))
