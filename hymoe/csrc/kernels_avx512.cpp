@@ -14,7 +14,7 @@
 #include "simd_avx512.h"
 
 namespace hymoe_avx512 {
-int kPrefetch = 8192, kRowsDecode = 4, kHint = 1, kHead = 1;
+int kPrefetch = 8192, kRowsDecode = 4, kHead = 1;
 }  // namespace hymoe_avx512
 
 namespace {
@@ -238,9 +238,7 @@ void rows_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const*
     Act a[NT];
     for (int t = 0; t < NT; t++) a[t] = act_of(acts[t], n);
     const int units = n / F::kSU;
-    // the loop below fetches kPrefetch bytes ahead of itself; fetch the region's start now
-    const size_t head = kHead ? (size_t)kPrefetch < nrows * row_bytes ? (size_t)kPrefetch : nrows * row_bytes : 0;
-    for (size_t l = 0; l < head; l += 64) _mm_prefetch((const char*)w + l, _MM_HINT_T1);
+    prefetch_head(w, nrows * row_bytes);
     for (int r = 0; r + NR <= nrows; r += NR) {
         const uint8_t* row = w + r * row_bytes;
         __m512 acc[NR][NT];
@@ -254,13 +252,7 @@ void rows_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const*
             F f[NR];
             for (int i = 0; i < NR; i++) {
                 const uint8_t* blk = row + i * row_bytes + u * F::kBytes;
-                // the rows of a unit are contiguous: fetch well ahead (into the next rows at the end)
-                for (int l = 0; l < F::kBytes; l += 64) {
-                    if (kHint == 0) _mm_prefetch((const char*)blk + kPrefetch + l, _MM_HINT_T0);
-                    else if (kHint == 1) _mm_prefetch((const char*)blk + kPrefetch + l, _MM_HINT_T1);
-                    else if (kHint == 2) _mm_prefetch((const char*)blk + kPrefetch + l, _MM_HINT_T2);
-                    else _mm_prefetch((const char*)blk + kPrefetch + l, _MM_HINT_NTA);
-                }
+                prefetch_ahead(blk, F::kBytes);
                 f[i].prep(blk);
             }
             for (int c = 0; c < F::kSU / 64; c++) {
@@ -364,8 +356,7 @@ void rows_float(const uint8_t* w, size_t row_bytes, int nrows, const void* const
 void tune_avx512(int key, int value) {
     if (key == 0) kPrefetch = value;
     if (key == 1) kRowsDecode = value;
-    if (key == 2) kHint = value;
-    if (key == 3) kHead = value;
+    if (key == 2) kHead = value;
 }
 
 void fill_avx512(KernelTable* t) {

@@ -103,8 +103,7 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
     ActView a[NT];
     for (int t = 0; t < NT; t++) a[t] = act_view(acts[t], n);
     const int units = n / 256;
-    const size_t head = kHead ? (size_t)kPrefetch < nrows * row_bytes ? (size_t)kPrefetch : nrows * row_bytes : 0;
-    for (size_t l = 0; l < head; l += 64) _mm_prefetch((const char*)w + l, _MM_HINT_T1);
+    prefetch_head(w, nrows * row_bytes);
     for (int r = 0; r + NR <= nrows; r += NR) {
         const uint8_t* row = w + r * row_bytes;
         __m512 acc[NR][NT];
@@ -118,7 +117,7 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
             F f[NR];
             for (int i = 0; i < NR; i++) {
                 const uint8_t* blk = row + i * row_bytes + u * F::kBytes;
-                for (int l = 0; l < F::kBytes; l += 64) _mm_prefetch((const char*)blk + kPrefetch + l, _MM_HINT_T1);
+                prefetch_ahead(blk, F::kBytes);
                 f[i].prep(blk);
             }
             __m512i dot[NR][NT];

@@ -198,7 +198,7 @@ struct Engine {
 
 extern "C" {
 
-// Internal tuning knobs for benchmarking kernel variants in one process (0: prefetch bytes, 1: rows).
+// Internal knobs for A/B runs of kernel variants in one process (see tune_avx512).
 __attribute__((visibility("default"))) void hymoe_tune(int key, int value) { tune_avx512(key, value); }
 __attribute__((visibility("default"))) int hymoe_isa() { return tables().isa; }
 __attribute__((visibility("default"))) const char* hymoe_isa_name() { return tables().active.name; }

@@ -8,7 +8,6 @@
 namespace hymoe_avx512 {
 extern int kPrefetch;   // bytes ahead of the block being read (tunable: hymoe_tune)
 extern int kRowsDecode; // rows per pass for a single token
-extern int kHint;       // prefetch hint: 0 T0, 1 T1, 2 T2, 3 NTA
 extern int kHead;       // prefetch the head of each row range
 const int kTile = 4;    // tokens per pass
 }  // namespace hymoe_avx512
@@ -56,4 +55,14 @@ static inline float hsum(__m256 v) {
 
 // NR rows x NT tokens per pass: each row's weights are unpacked once for NT tokens, and each
 // token's activations are loaded once for NR rows.
+// Kernels read rows in contiguous ranges and fetch (into L2) kPrefetch bytes ahead of the block
+// they read; near a range's end that runs into the next rows. A range's head is fetched up front.
+static inline void prefetch_head(const uint8_t* w, size_t bytes) {
+    if (!kHead) return;
+    const size_t head = (size_t)kPrefetch < bytes ? (size_t)kPrefetch : bytes;
+    for (size_t l = 0; l < head; l += 64) _mm_prefetch((const char*)w + l, _MM_HINT_T1);
+}
+static inline void prefetch_ahead(const uint8_t* blk, int bytes) {
+    for (int l = 0; l < bytes; l += 64) _mm_prefetch((const char*)blk + kPrefetch + l, _MM_HINT_T1);
+}
 }  // namespace
