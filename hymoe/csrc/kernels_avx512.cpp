@@ -190,15 +190,16 @@ struct FIQ1_S {
     __m256 m;   // minus scale * delta: value = dl * (grid + delta)
     void prep(const uint8_t* p) {
         b = (const BlockIQ1_S*)p;
-        float d = h2f(b->d);
-        alignas(32) float s[8], mm[8];
-        for (int ib = 0; ib < 8; ib++) {
-            uint16_t qh = b->qh[ib];
-            s[ib] = d * (2 * ((qh >> 12) & 7) + 1);
-            mm[ib] = -s[ib] * ((qh & 0x8000) ? -0.125f : 0.125f);
-        }
-        dl = _mm512_castps256_ps512(_mm256_load_ps(s));
-        m = _mm256_load_ps(mm);
+        // per sub-block: scale d * (2 * qh[12..14] + 1), delta -1/8 if qh bit 15 else +1/8
+        const __m256i qh = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)b->qh));
+        const __m256i odd = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(qh, 11), _mm256_set1_epi32(14)),
+                                            _mm256_set1_epi32(1));
+        const __m256 scale = _mm256_mul_ps(_mm256_cvtepi32_ps(odd), _mm256_set1_ps(h2f(b->d)));
+        const __m256 delta = _mm256_castsi256_ps(_mm256_or_si256(  // sign bit 15 -> float sign bit 31
+            _mm256_slli_epi32(_mm256_and_si256(qh, _mm256_set1_epi32(0x8000)), 16),
+            _mm256_castps_si256(_mm256_set1_ps(0.125f))));
+        dl = _mm512_castps256_ps512(scale);
+        m = _mm256_mul_ps(scale, _mm256_sub_ps(_mm256_setzero_ps(), delta));
     }
     __m512i chunk(int c, __m512& s) const {
         s = lanes_from(dl, 2 * c, 2 * c + 1);
