@@ -30,6 +30,12 @@ CONFIGS = {
         num_key_value_heads=4, n_routed_experts=32, n_shared_experts=1, num_experts_per_tok=8,
         n_group=8, topk_group=4, q_lora_rank=32, kv_lora_rank=32, qk_rope_head_dim=8,
         qk_nope_head_dim=8, v_head_dim=8, first_k_dense_replace=0),
+    "deepseek_v3_no_groups_half_rope_bias": dict(
+        cls="DeepseekV3", num_hidden_layers=2, intermediate_size=96, moe_intermediate_size=32,
+        num_key_value_heads=4, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=3,
+        n_group=1, topk_group=1, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=8,
+        qk_nope_head_dim=16, v_head_dim=8, first_k_dense_replace=0, rope_interleave=False,
+        attention_bias=True, tie_word_embeddings=True),
     "deepseek_v2": dict(
         cls="DeepseekV2", num_hidden_layers=2, intermediate_size=96, moe_intermediate_size=32,
         num_key_value_heads=4, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
@@ -51,6 +57,9 @@ CONFIGS = {
     "mixtral": dict(
         cls="Mixtral", num_hidden_layers=2, intermediate_size=48, num_key_value_heads=2,
         num_local_experts=4, num_experts_per_tok=2),
+    "mixtral_head_dim": dict(
+        cls="Mixtral", num_hidden_layers=2, intermediate_size=64, num_key_value_heads=1, head_dim=24,
+        num_local_experts=6, num_experts_per_tok=3),
     "mixtral_sliding_window": dict(
         cls="Mixtral", num_hidden_layers=2, intermediate_size=48, num_key_value_heads=4,
         num_local_experts=8, num_experts_per_tok=2, sliding_window=7),
