@@ -95,6 +95,8 @@ struct Job {
     std::vector<float> g, u;                  // [pairs, I]
     std::vector<std::vector<float>> scratch;  // per thread
 
+    // Rows per work unit: about 16 units per thread over `parts` independent matrices, 4 to 64 rows
+    // (a multiple of 4, the kernels' rows per pass).
     int rows_per_unit(int rows, int parts, int threads) const {
         int r = rows / std::max(1, 16 * threads / std::max(1, parts));
         r = std::max(4, std::min(64, r));
@@ -104,7 +106,6 @@ struct Job {
     void run(Pool& pool) {
         const int T = a.num_tokens, H = a.hidden, I = a.inter, K = a.topk;
         const int P = T * K;
-        const bool x_float = fmt_is_float(a.fmt_gate) && fmt_is_float(a.fmt_up);
         const bool x_quant = !fmt_is_float(a.fmt_gate) || !fmt_is_float(a.fmt_up);
         const bool h_float = fmt_is_float(a.fmt_down);
         const size_t xb = kt->act_bytes(H), hb = kt->act_bytes(I);
@@ -126,7 +127,6 @@ struct Job {
             xf_ptr[p] = a.x + (size_t)t * H;
             xq_ptr[p] = x_quant ? (const void*)(xq.data() + t * xb) : nullptr;
         }
-        (void)x_float;
 
         // phase 1: gate and up rows, unit = (active expert, chunk of I rows)
         const int ne = (int)experts.size();
