@@ -188,3 +188,22 @@ def test_formats_without_a_kernel_take_the_dequantizing_path(caplog):
     ids, w = routing(7, 3, 5)
     want = run(ref, x, ids, w)
     assert ((run(backend, x, ids, w) - want).abs().max() / want.abs().max()).item() < 1e-5
+
+
+def test_async_submit_returns_while_the_pool_works():
+    """The GPU-side contract: submit() returns before the job is done, the GIL is free meanwhile."""
+    engine = native.NativeEngine(2, is_async=True)
+    e, h, i = 4, 2048, 2048
+    raw = [random_weights("F32", r, n, seed=j, experts=e) for j, (r, n) in enumerate(((i, h), (i, h), (h, i)))]
+    backend = native.NativeExperts(engine, *raw, ("F32",) * 3, h, i)
+    x = torch.randn(256, h)
+    ids = torch.arange(256 * 2).remainder(e).view(256, 2)
+    w = torch.full((256, 2), 0.5)
+    backend.submit(x, ids, w)  # ~200 MB of float32 weights x 256 tokens: far longer than returning
+    assert not backend.is_done()
+    python_work = sum(range(200_000))  # runs on this thread while the pool computes (GIL released)
+    out = backend.sync()
+    assert backend.is_done() and python_work > 0
+    ref = TorchExperts(*[r.view(torch.float32).view(e, rows, -1) for r, rows in zip(raw, (i, i, h))])
+    want = run(ref, x, ids, w)
+    assert ((out - want).abs().max() / want.abs().max()).item() < 1e-5

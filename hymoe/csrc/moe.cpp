@@ -262,6 +262,7 @@ __attribute__((visibility("default"))) int hymoe_moe_submit(void* engine, const 
 }
 
 __attribute__((visibility("default"))) void hymoe_moe_sync(void* engine) { ((Engine*)engine)->pool.sync(); }
+__attribute__((visibility("default"))) int hymoe_moe_is_done(void* engine) { return ((Engine*)engine)->pool.is_done(); }
 
 // Streaming read of buf on every pool thread: the machine's read bandwidth in GB/s, the bound that
 // decode speed is measured against.

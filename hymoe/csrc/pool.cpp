@@ -45,6 +45,11 @@ void Pool::sync() {
     job_cv_.wait(lock, [this] { return is_job_done_; });
 }
 
+bool Pool::is_done() {
+    std::lock_guard<std::mutex> lock(job_mutex_);
+    return is_job_done_;
+}
+
 void Pool::run(const std::function<void()>& job) {
     sync();
     in_job_ = true;

@@ -19,6 +19,7 @@ class Pool {
 
     void submit(std::function<void()> job);  // returns at once; the driver thread runs the job
     void sync();                              // waits until the submitted job has finished
+    bool is_done();                           // whether the submitted job has finished (no wait)
     void run(const std::function<void()>& job);  // runs a job in the calling thread, helpers joining
     void parallel_for(int num_units, const UnitFn& fn);  // only from inside a job
 

@@ -48,6 +48,7 @@ def library() -> ctypes.CDLL | None:
     lib.hymoe_engine_threads.argtypes = [ctypes.c_void_p]
     lib.hymoe_moe_submit.argtypes = [ctypes.c_void_p, ctypes.POINTER(_MoeArgs), ctypes.c_int]
     lib.hymoe_moe_sync.argtypes = [ctypes.c_void_p]
+    lib.hymoe_moe_is_done.argtypes = [ctypes.c_void_p]
     lib.hymoe_row_bytes.restype = ctypes.c_int64
     lib.hymoe_read_gbps.restype = ctypes.c_double
     lib.hymoe_read_gbps.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
@@ -163,6 +164,10 @@ class NativeExperts(ExpertBackend):
             raise HymoeError({-1: "unsupported expert format", -2: "expert rows do not split into blocks",
                               -3: "an expert id is out of range"}.get(rc, f"native MoE failed ({rc})"))
         self._pending = (x, ids, w, out, hidden.device)  # keep the buffers alive until sync
+
+    def is_done(self) -> bool:
+        """Whether the submitted job has finished (never waits)."""
+        return bool(self.engine.lib.hymoe_moe_is_done(self.engine.handle))
 
     def sync(self) -> torch.Tensor:
         self.engine.lib.hymoe_moe_sync(self.engine.handle)
