@@ -2,7 +2,8 @@
 
     python scripts/kernel_ab.py Q8_0 qwen3-30b-a3b 8192:4:1,4096:4:1
 
-Each variant is prefetch_bytes:rows_per_pass:head_prefetch (the AVX512 knobs of hymoe_tune).
+Each variant is prefetch_bytes:rows_per_pass:head_prefetch[:down_rows[:gate_rows]], the knobs of
+hymoe_tune (the first three in the AVX512 kernels, the last two in the MoE job's work units).
 Prints each variant's median fraction of the streaming-read bandwidth at batch 1, cold weights.
 """
 import statistics

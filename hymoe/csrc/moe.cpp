@@ -82,6 +82,11 @@ struct MoeArgs {
 namespace {
 
 const int kTokenBlock = 64;  // tokens per kernel call: their activations stay in L2 while rows stream
+// Rows per work unit at most: large units stream long contiguous ranges (A/B at batch 1: Q8_0 0.71
+// -> 0.77 of bandwidth at the Qwen3 shape from 64 to 512 rows); when an expert has several token
+// blocks, small units keep their rows in L2 between blocks.
+int g_down_rows = 512, g_gate_rows = 512;
+const int kRowsSmall = 64;
 
 struct Job {
     MoeArgs a;
@@ -95,8 +100,8 @@ struct Job {
     std::vector<float> g, u;                  // [pairs, I]
     std::vector<std::vector<float>> scratch;  // per thread
 
-    // Rows per work unit: about 16 units per thread over `parts` independent matrices, 4 to 64 rows
-    // (a multiple of 4, the kernels' rows per pass).
+    // Rows per work unit for enough units to share: about 16 per thread over `parts` independent
+    // matrices, 4 to 64 rows (a multiple of 4, the kernels' rows per pass). Callers may go larger.
     int rows_per_unit(int rows, int parts, int threads) const {
         int r = rows / std::max(1, 16 * threads / std::max(1, parts));
         r = std::max(4, std::min(64, r));
@@ -130,7 +135,11 @@ struct Job {
 
         // phase 1: gate and up rows, unit = (active expert, chunk of I rows)
         const int ne = (int)experts.size();
-        const int r1 = rows_per_unit(I, ne, pool.size());
+        int max_np = 0;
+        for (int ei = 0; ei < ne; ei++) max_np = std::max(max_np, pair_start[ei + 1] - pair_start[ei]);
+        const bool is_blocked = max_np > kTokenBlock;
+        const int r1 = std::max(rows_per_unit(I, ne, pool.size()),
+                                std::min(is_blocked ? kRowsSmall : g_gate_rows, I * ne / (4 * pool.size()) / 4 * 4));
         const int chunks1 = (I + r1 - 1) / r1;
         const size_t gate_rb = row_bytes(a.fmt_gate, H), up_rb = row_bytes(a.fmt_up, H);
         pool.parallel_for(ne * chunks1, [&](int unit, int) {
@@ -162,7 +171,8 @@ struct Job {
         });
 
         // phase 3: down rows, unit = chunk of H rows across all experts; weighted sum into out
-        const int r3 = rows_per_unit(H, 1, pool.size());
+        const int r3 = std::max(rows_per_unit(H, 1, pool.size()),
+                                std::min(is_blocked ? kRowsSmall : g_down_rows, H / (4 * pool.size()) / 4 * 4));
         const int chunks3 = (H + r3 - 1) / r3;
         const size_t down_rb = row_bytes(a.fmt_down, I);
         pool.parallel_for(chunks3, [&](int unit, int thread) {
@@ -198,8 +208,13 @@ struct Engine {
 
 extern "C" {
 
-// Internal knobs for A/B runs of kernel variants in one process (see tune_avx512).
-__attribute__((visibility("default"))) void hymoe_tune(int key, int value) { tune_avx512(key, value); }
+// Internal knobs for A/B runs of variants in one process: 0-2 see tune_avx512; 3, 4 the most rows
+// per work unit of the down and gate/up phases (scripts/kernel_ab.py).
+__attribute__((visibility("default"))) void hymoe_tune(int key, int value) {
+    if (key == 3) g_down_rows = value;
+    else if (key == 4) g_gate_rows = value;
+    else tune_avx512(key, value);
+}
 __attribute__((visibility("default"))) int hymoe_isa() { return tables().isa; }
 __attribute__((visibility("default"))) const char* hymoe_isa_name() { return tables().active.name; }
 __attribute__((visibility("default"))) void hymoe_force_isa(int isa) { tables().select(isa); }
