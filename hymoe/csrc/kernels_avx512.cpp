@@ -288,33 +288,19 @@ void rows_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const*
 }
 
 template <class F, int NR, int NT>
-void rows_any(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n, float* out,
-              size_t out_stride) {
-    const int main = nrows / NR * NR;
-    rows_tile<F, NR, NT>(w, row_bytes, main, acts, n, out, out_stride);
-    if (main < nrows)
-        rows_tile<F, 1, NT>(w + main * row_bytes, row_bytes, nrows - main, acts, n, out + main, out_stride);
-}
+struct QTile {
+    static void run(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n, float* out,
+                    size_t out_stride) {
+        rows_tile<F, NR, NT>(w, row_bytes, nrows, acts, n, out, out_stride);
+    }
+};
 
 template <class F, int FMT>
 void rows_q(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
             size_t out_stride) {
     if (n % 64) return g_portable[FMT](w, row_bytes, nrows, acts, ntok, n, out, out_stride);
-    int t = 0;
-    for (; t + kTile <= ntok; t += kTile) rows_any<F, 2, kTile>(w, row_bytes, nrows, acts + t, n, out + t * out_stride, out_stride);
-    float* o = out + t * out_stride;
-    switch (ntok - t) {
-        case 3: rows_any<F, 2, 3>(w, row_bytes, nrows, acts + t, n, o, out_stride); break;
-        case 2: rows_any<F, 2, 2>(w, row_bytes, nrows, acts + t, n, o, out_stride); break;
-        case 1:
-            if (kRowsDecode == 1) rows_any<F, 1, 1>(w, row_bytes, nrows, acts + t, n, o, out_stride);
-            else if (kRowsDecode == 2) rows_any<F, 2, 1>(w, row_bytes, nrows, acts + t, n, o, out_stride);
-            else rows_any<F, 4, 1>(w, row_bytes, nrows, acts + t, n, o, out_stride);
-            break;
-        default: break;
-    }
+    rows_tiled<QTile, F>(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
 }
-
 
 // ---- float weights: bandwidth-light formats, plain FMA against float activations ---------------
 template <int FMT>

@@ -152,27 +152,17 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
 }
 
 template <class F, int NR, int NT>
-void rows_k_any(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n, float* out,
-                size_t out_stride) {
-    const int main = nrows / NR * NR;
-    rows_k_tile<F, NR, NT>(w, row_bytes, main, acts, n, out, out_stride);
-    if (main < nrows)
-        rows_k_tile<F, 1, NT>(w + main * row_bytes, row_bytes, nrows - main, acts, n, out + main, out_stride);
-}
+struct KTile {
+    static void run(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n, float* out,
+                    size_t out_stride) {
+        rows_k_tile<F, NR, NT>(w, row_bytes, nrows, acts, n, out, out_stride);
+    }
+};
 
 template <class F, int FMT>
 void rows_k(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
             size_t out_stride) {
-    int t = 0;
-    for (; t + kTile <= ntok; t += kTile)
-        rows_k_any<F, 2, kTile>(w, row_bytes, nrows, acts + t, n, out + t * out_stride, out_stride);
-    float* o = out + t * out_stride;
-    switch (ntok - t) {
-        case 3: rows_k_any<F, 2, 3>(w, row_bytes, nrows, acts + t, n, o, out_stride); break;
-        case 2: rows_k_any<F, 2, 2>(w, row_bytes, nrows, acts + t, n, o, out_stride); break;
-        case 1: rows_k_any<F, 4, 1>(w, row_bytes, nrows, acts + t, n, o, out_stride); break;
-        default: break;
-    }
+    rows_tiled<KTile, F>(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
 }
 
 }  // namespace

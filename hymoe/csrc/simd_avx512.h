@@ -65,4 +65,34 @@ static inline void prefetch_head(const uint8_t* w, size_t bytes) {
 static inline void prefetch_ahead(const uint8_t* blk, int bytes) {
     for (int l = 0; l < bytes; l += 64) _mm_prefetch((const char*)blk + kPrefetch + l, _MM_HINT_T1);
 }
+
+// Shared by every quantized format: a pass kernel Tile<F, NR, NT>::run handles NR rows x NT tokens;
+// rows go in passes of NR (the remainder one at a time), tokens in tiles of kTile, and a single
+// token (decode) in passes of kRowsDecode rows.
+template <template <class, int, int> class Tile, class F, int NR, int NT>
+static inline void rows_split(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n,
+                              float* out, size_t out_stride) {
+    const int main = nrows / NR * NR;
+    Tile<F, NR, NT>::run(w, row_bytes, main, acts, n, out, out_stride);
+    if (main < nrows) Tile<F, 1, NT>::run(w + main * row_bytes, row_bytes, nrows - main, acts, n, out + main, out_stride);
+}
+
+template <template <class, int, int> class Tile, class F>
+static inline void rows_tiled(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok,
+                              int n, float* out, size_t out_stride) {
+    int t = 0;
+    for (; t + kTile <= ntok; t += kTile)
+        rows_split<Tile, F, 2, kTile>(w, row_bytes, nrows, acts + t, n, out + t * out_stride, out_stride);
+    float* o = out + t * out_stride;
+    switch (ntok - t) {
+        case 3: rows_split<Tile, F, 2, 3>(w, row_bytes, nrows, acts + t, n, o, out_stride); break;
+        case 2: rows_split<Tile, F, 2, 2>(w, row_bytes, nrows, acts + t, n, o, out_stride); break;
+        case 1:
+            if (kRowsDecode == 1) rows_split<Tile, F, 1, 1>(w, row_bytes, nrows, acts + t, n, o, out_stride);
+            else if (kRowsDecode == 2) rows_split<Tile, F, 2, 1>(w, row_bytes, nrows, acts + t, n, o, out_stride);
+            else rows_split<Tile, F, 4, 1>(w, row_bytes, nrows, acts + t, n, o, out_stride);
+            break;
+        default: break;
+    }
+}
 }  // namespace
