@@ -12,21 +12,16 @@ import time
 
 import torch
 
-from hymoe.bench.experts import SHAPES, _routing, random_experts
-from hymoe.bench.machine import cold_bytes, read_gbps
+from hymoe.bench.experts import SHAPES, _routing, cold_layers
+from hymoe.bench.machine import read_gbps
 from hymoe.experts import native
-from hymoe.quant.formats import row_bytes
 
 
 def main(fmt: str, shape: str, variants: str, rounds: int = 6, calls: int = 40) -> None:
-    hidden, inter, num_experts, k = SHAPES[shape]
+    hidden, _, _, k = SHAPES[shape]
     engine = native.NativeEngine(2, is_async=False)
-    per_expert = 2 * inter * row_bytes(fmt, hidden) + hidden * row_bytes(fmt, inter)
-    experts = min(num_experts, int(4e9 // per_expert))
-    num_layers = max(1, -(-cold_bytes() // (experts * per_expert)))
-    layers = [native.NativeExperts(engine, *(random_experts(fmt, experts, r, n, 3 * j + i) for i, (r, n) in
-                                             enumerate(((inter, hidden), (inter, hidden), (hidden, inter)))),
-                                   (fmt,) * 3, hidden, inter) for j in range(num_layers)]
+    layers, experts, per_expert = cold_layers(engine, shape, fmt, max_gb=4.0)
+    num_layers = len(layers)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, hidden)
     knobs = [tuple(map(int, v.split(":"))) for v in variants.split(",")]

@@ -4,9 +4,8 @@ import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize
 
-# byte offsets of the fp16 scale fields in one block; every other byte may take any value
-FP16_FIELDS = {"Q8_0": (0,), "Q4_0": (0,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
-               "IQ1_S": (0,), "TQ2_0": (64,), "TQ1_0": (52,)}
+from hymoe.quant.formats import FP16_SCALE_OFFSETS
+
 
 
 def pack_k_scales(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -35,7 +34,7 @@ def random_weights(fmt: str, rows: int, n: int, seed: int = 0, experts: int | No
     block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType[fmt]]
     nblocks = int(np.prod(lead)) * n // block
     raw = rng.integers(0, 256, size=(nblocks, nbytes), dtype=np.uint8)
-    for off in FP16_FIELDS[fmt]:
+    for off in FP16_SCALE_OFFSETS[fmt]:
         scale = (rng.uniform(0.2, 1.0, nblocks) * 0.01).astype(np.float16)
         raw[:, off:off + 2] = scale.view(np.uint8).reshape(nblocks, 2)
     if is_centered and fmt in ("Q4_K", "Q5_K"):

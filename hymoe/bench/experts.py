@@ -16,16 +16,13 @@ from hymoe.bench.machine import bf16_gemm_gflops, cold_bytes, read_gbps
 from hymoe.errors import HymoeError
 from hymoe.experts import native
 from hymoe.experts.torch_backend import TorchExperts
-from hymoe.quant.formats import row_bytes
+from hymoe.quant.formats import FP16_SCALE_OFFSETS, row_bytes
 
 SHAPES = {  # hidden, expert intermediate, routed experts, experts per token
     "deepseek-v3": (7168, 2048, 256, 8),
     "qwen3-30b-a3b": (2048, 768, 128, 8),
     "mixtral-8x7b": (4096, 14336, 8, 2),
 }
-# byte offsets of fp16 scales inside one block: random bytes elsewhere are valid data
-_SCALES = {"Q8_0": (0,), "Q4_0": (0,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "IQ1_S": (0,),
-           "TQ2_0": (64,), "TQ1_0": (52,)}
 _FLOAT = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
@@ -39,7 +36,7 @@ def random_experts(fmt: str, experts: int, rows: int, n: int, seed: int) -> torc
     else:
         block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType[fmt]]
         tile = rng.integers(0, 256, size=((16 << 20) // nbytes, nbytes), dtype=np.uint8)
-        for off in _SCALES[fmt]:
+        for off in FP16_SCALE_OFFSETS[fmt]:
             tile[:, off:off + 2] = (rng.uniform(1e-3, 1e-2, len(tile)).astype(np.float16)
                                     .view(np.uint8).reshape(-1, 2))
         tile = tile.reshape(-1)
@@ -53,24 +50,18 @@ def _routing(batch: int, k: int, experts: int, gen: torch.Generator):
     return ids, torch.rand(batch, k, generator=gen)
 
 
-def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None = None, backend: str = "native",
-                  max_gb: float = 8.0, iters: int = 0, seed: int = 0) -> list[dict]:
-    """One row per batch size; the weights and the machine figures are shared by all of them."""
-    if shape not in SHAPES:
-        raise HymoeError(f"unknown shape {shape!r} (use one of {', '.join(SHAPES)})")
+def cold_layers(engine, shape: str, fmt: str, backend: str = "native", max_gb: float = 8.0,
+                seed: int = 0) -> tuple[list, int, int]:
+    """Random layers of a model shape: as many as make the working set larger than the cache
+    (calls rotate through them), each with as many experts as max_gb allows.
+
+    Returns the layers (ExpertBackends), the experts per layer and the bytes per expert.
+    """
     hidden, inter, num_experts, k = SHAPES[shape]
-    if backend == "torch":
-        fmt = "BF16"  # the torch backend computes dense bf16 weights
     per_expert = 2 * inter * row_bytes(fmt, hidden) + hidden * row_bytes(fmt, inter)
     allocated = max(k, min(num_experts, int(max_gb * 2**30 // per_expert)))
-    engine = native.NativeEngine(threads, is_async=False)  # CPU-only: the calling thread works too
-    threads = engine.threads
-    torch.set_num_threads(threads)
-
-    # as many layers as make the working set larger than the cache; calls rotate through them
-    num_layers = max(1, -(-cold_bytes() // (allocated * per_expert)))
     layers = []
-    for j in range(num_layers):
+    for j in range(max(1, -(-cold_bytes() // (allocated * per_expert)))):
         gate, up, down = (random_experts(fmt, allocated, rows, n, seed + 3 * j + i)
                           for i, (rows, n) in enumerate(((inter, hidden), (inter, hidden), (hidden, inter))))
         if backend == "torch":
@@ -79,6 +70,22 @@ def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None 
                                        down.view(torch.bfloat16).view(allocated, hidden, inter)))
         else:
             layers.append(native.NativeExperts(engine, gate, up, down, (fmt, fmt, fmt), hidden, inter))
+    return layers, allocated, per_expert
+
+
+def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None = None, backend: str = "native",
+                  max_gb: float = 8.0, iters: int = 0, seed: int = 0) -> list[dict]:
+    """One row per batch size; the weights and the machine figures are shared by all of them."""
+    if shape not in SHAPES:
+        raise HymoeError(f"unknown shape {shape!r} (use one of {', '.join(SHAPES)})")
+    hidden, inter, num_experts, k = SHAPES[shape]
+    if backend == "torch":
+        fmt = "BF16"  # the torch backend computes dense bf16 weights
+    engine = native.NativeEngine(threads, is_async=False)  # CPU-only: the calling thread works too
+    threads = engine.threads
+    torch.set_num_threads(threads)
+    layers, allocated, per_expert = cold_layers(engine, shape, fmt, backend, max_gb, seed)
+    num_layers = len(layers)
     # read every weight once (the pages settle: faults, huge-page collapsing), then measure the
     # machine, so bandwidth and GEMM figures come from the same moment as the timings
     for layer in layers:

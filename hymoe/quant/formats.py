@@ -21,3 +21,8 @@ def row_bytes(name: str, n: int) -> int:
     if n % block:
         raise HymoeError(f"a row of {n} values does not split into {name} blocks of {block}")
     return n // block * nbytes
+
+# byte offsets of the fp16 scale fields in one block; every other byte of a block is valid data
+# in any value, which is how benchmarks and tests make random weights
+FP16_SCALE_OFFSETS = {"Q8_0": (0,), "Q4_0": (0,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
+                      "IQ1_S": (0,), "TQ2_0": (64,), "TQ1_0": (52,)}
