@@ -14,19 +14,18 @@ from hymoe.errors import HymoeError
 from hymoe.experts import native
 from hymoe.experts.torch_backend import TorchExperts
 from hymoe.layers.moe import MoE
-from hymoe.quant.formats import NATIVE_FORMATS, qtype
+from hymoe.quant.formats import FLOAT_DTYPES, NATIVE_FORMATS, qtype
 
 log = logging.getLogger("hymoe")
-_FLOAT_FORMATS = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+_FLOAT_FORMATS = {dtype: name for name, dtype in FLOAT_DTYPES.items()}
 # formats gguf-py can write from float weights (the K-quants need hymoe's own quantizers)
 _GGUF_PY_QUANTIZERS = ("Q8_0", "Q4_0", "TQ2_0", "TQ1_0")
 
 
 def _as_format(w: torch.Tensor, fmt: str) -> torch.Tensor:
     """[E, rows, n] float -> uint8 [E, rows * row_bytes] in fmt (zero-copy for the float formats)."""
-    if fmt in ("F32", "BF16", "F16"):
-        dtype = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}[fmt]
-        w = w.to(dtype).contiguous()
+    if fmt in FLOAT_DTYPES:
+        w = w.to(FLOAT_DTYPES[fmt]).contiguous()
         return w.view(torch.uint8).reshape(w.shape[0], -1)
     if fmt not in _GGUF_PY_QUANTIZERS:
         raise HymoeError(f"quantizing experts to {fmt} at load time is not supported yet "

@@ -4,7 +4,7 @@ import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize
 
-from hymoe.quant.formats import FP16_SCALE_OFFSETS
+from hymoe.quant.formats import FLOAT_DTYPES, FP16_SCALE_OFFSETS
 
 
 
@@ -29,7 +29,7 @@ def random_weights(fmt: str, rows: int, n: int, seed: int = 0, experts: int | No
     lead = (experts, rows) if experts else (rows,)
     if fmt in ("F32", "F16", "BF16"):
         w = torch.from_numpy(rng.standard_normal((*lead, n), dtype=np.float32) * 0.05)
-        w = w.to({"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[fmt])
+        w = w.to(FLOAT_DTYPES[fmt])
         return w.contiguous().view(torch.uint8).reshape(*lead, -1)
     block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType[fmt]]
     nblocks = int(np.prod(lead)) * n // block
@@ -48,7 +48,7 @@ def random_weights(fmt: str, rows: int, n: int, seed: int = 0, experts: int | No
 def dequant(fmt: str, w: torch.Tensor, n: int) -> torch.Tensor:
     """float32 [..., rows, n] from gguf-py's own decoder."""
     if fmt in ("F32", "F16", "BF16"):
-        dt = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[fmt]
+        dt = FLOAT_DTYPES[fmt]
         return w.contiguous().view(dt).float().reshape(*w.shape[:-1], n)
     out = dequantize(w.numpy(), GGMLQuantizationType[fmt])
     return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).reshape(*w.shape[:-1], n)

@@ -16,22 +16,21 @@ from hymoe.bench.machine import bf16_gemm_gflops, cold_bytes, read_gbps
 from hymoe.errors import HymoeError
 from hymoe.experts import native
 from hymoe.experts.torch_backend import TorchExperts
-from hymoe.quant.formats import FP16_SCALE_OFFSETS, row_bytes
+from hymoe.quant.formats import FLOAT_DTYPES, FP16_SCALE_OFFSETS, row_bytes
 
 SHAPES = {  # hidden, expert intermediate, routed experts, experts per token
     "deepseek-v3": (7168, 2048, 256, 8),
     "qwen3-30b-a3b": (2048, 768, 128, 8),
     "mixtral-8x7b": (4096, 14336, 8, 2),
 }
-_FLOAT = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 def random_experts(fmt: str, experts: int, rows: int, n: int, seed: int) -> torch.Tensor:
     """uint8 [experts, rows * row_bytes]: a random 16 MiB tile with sane scales, repeated."""
     total = experts * rows * row_bytes(fmt, n)
     rng = np.random.default_rng(seed)
-    if fmt in _FLOAT:
-        tile = torch.from_numpy(rng.standard_normal(1 << 22, dtype=np.float32) * 0.02).to(_FLOAT[fmt])
+    if fmt in FLOAT_DTYPES:
+        tile = torch.from_numpy(rng.standard_normal(1 << 22, dtype=np.float32) * 0.02).to(FLOAT_DTYPES[fmt])
         tile = tile.view(torch.uint8).numpy()
     else:
         block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType[fmt]]

@@ -1,11 +1,14 @@
 """GGUF block formats by name: block size and bytes per block, as gguf-py defines them."""
 from __future__ import annotations
 
+import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from hymoe.errors import HymoeError
 
 # formats the native expert kernels compute in place; any other GGUF type is dequantized per expert
+# the float formats and their torch dtypes
+FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 NATIVE_FORMATS = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "IQ1_S", "TQ2_0", "TQ1_0")
 
 
