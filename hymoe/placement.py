@@ -12,6 +12,7 @@ import torch
 
 from hymoe.errors import HymoeError
 from hymoe.experts import native
+from hymoe.experts.dequant_backend import DequantExperts
 from hymoe.experts.torch_backend import TorchExperts
 from hymoe.layers.moe import MoE
 from hymoe.quant.formats import FLOAT_DTYPES, NATIVE_FORMATS, qtype
@@ -39,27 +40,40 @@ def _as_format(w: torch.Tensor, fmt: str) -> torch.Tensor:
 
 def place_experts(model, backend: str = "auto", fmt: str | None = None, threads: int | None = None,
                   is_async: bool = False) -> str:
-    """Move every MoE layer's experts to `backend` ('auto', 'native', 'torch'); returns the one used."""
+    """Move every MoE layer's experts to `backend` ('auto', 'native', 'torch'); returns the one used.
+
+    A layer arrives as TorchExperts (float weights) or DequantExperts (GGUF blocks in place).
+    """
     if backend not in ("auto", "native", "torch"):
         raise HymoeError(f"unknown experts backend {backend!r} (use auto, native or torch)")
     if backend == "auto":
         backend = "native" if native.library() is not None else "torch"
-    if backend == "torch":
-        if fmt is not None:
-            raise HymoeError("--experts-format needs the native experts backend")
-        return backend
-    if native.library() is None:
+    if backend == "torch" and fmt is not None:
+        raise HymoeError("--experts-format needs the native experts backend")
+    if backend == "native" and native.library() is None:
         raise HymoeError("the native CPU kernels are not built; use --experts torch")
     if fmt is not None and fmt.upper() not in NATIVE_FORMATS:
         raise HymoeError(f"the native experts backend has no format {fmt!r} (use one of {', '.join(NATIVE_FORMATS)})")
-    engine = native.NativeEngine(threads, is_async)
-    cfg = model.cfg
+    engine = native.NativeEngine(threads, is_async) if backend == "native" else None
+    dtype = next(model.parameters()).dtype
     for module in model.modules():
-        if not isinstance(module, MoE) or not isinstance(module.experts, TorchExperts):
-            continue
-        t = module.experts
-        layer_fmt = (fmt or _FLOAT_FORMATS.get(t.gate.dtype, "F32")).upper()
-        packed = [_as_format(w.cpu(), layer_fmt) for w in (t.gate, t.up, t.down)]
-        module.experts = native.NativeExperts(engine, *packed, (layer_fmt,) * 3, cfg.hidden_size,
-                                              cfg.moe_intermediate_size)
+        if isinstance(module, MoE):
+            module.experts = _place(module.experts, engine, fmt and fmt.upper(), dtype, model.cfg)
     return backend
+
+
+def _place(experts, engine, fmt: str | None, dtype: torch.dtype, cfg):
+    if isinstance(experts, DequantExperts):
+        if engine is None:
+            return experts.to_torch(dtype)
+        if fmt is None:
+            if all(engine.lib.hymoe_has_format(int(qtype(f))) for f in experts.formats):
+                return native.NativeExperts(engine, experts.gate, experts.up, experts.down, experts.formats,
+                                            cfg.hidden_size, cfg.moe_intermediate_size)
+            return experts  # the slow, correct path; it says so when it first runs
+        experts = experts.to_torch(torch.float32)  # re-quantize a GGUF file's experts to another format
+    if engine is None or not isinstance(experts, TorchExperts):
+        return experts
+    layer_fmt = fmt or _FLOAT_FORMATS.get(experts.gate.dtype, "F32")
+    packed = [_as_format(w.cpu(), layer_fmt) for w in (experts.gate, experts.up, experts.down)]
+    return native.NativeExperts(engine, *packed, (layer_fmt,) * 3, cfg.hidden_size, cfg.moe_intermediate_size)

@@ -77,6 +77,14 @@ def make_model(name: str, out_dir, seed: int = 0, router_scale: float = 8.0):
     cfg = getattr(transformers, f"{cls}Config")(**{**COMMON, **spec})
     torch.manual_seed(seed)
     model = getattr(transformers, f"{cls}ForCausalLM")(cfg).float().eval()
+    perturb(model, router_scale)
+    model.config._attn_implementation = "eager"
+    model.save_pretrained(out_dir)
+    return model
+
+
+def perturb(model, router_scale: float = 8.0, weight_scale: float = 4.0) -> None:
+    """Move a random init away from its easy cases, in place."""
     with torch.no_grad():
         for pname, p in model.named_parameters():
             if pname.endswith("norm.weight"):
@@ -84,10 +92,7 @@ def make_model(name: str, out_dir, seed: int = 0, router_scale: float = 8.0):
             elif pname.endswith("mlp.gate.weight"):
                 p.mul_(router_scale)
             elif "experts" in pname or "proj" in pname:
-                p.mul_(4.0)  # random init is tiny; bigger weights make layers matter
+                p.mul_(weight_scale)  # random init is tiny; bigger weights make layers matter
         for mname, buf in model.named_buffers():
             if mname.endswith("e_score_correction_bias"):
                 buf.copy_(torch.randn_like(buf) * 0.1)
-    model.config._attn_implementation = "eager"
-    model.save_pretrained(out_dir)
-    return model

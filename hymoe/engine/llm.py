@@ -1,21 +1,19 @@
 """LLM: a loaded model with its tokenizer; the Python entry point (`hymoe.load`)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from hymoe.config import ModelConfig, load_hf_config
+from hymoe.config import ModelConfig
 from hymoe.engine.generate import Completion, Timings, generate
 from hymoe.engine.runner import Runner
 from hymoe.engine.sampler import SamplingParams
 from hymoe.errors import HymoeError
-from hymoe.loader.safetensors_dir import SafetensorsDir
+from hymoe.loader.open import open_model
 from hymoe.loader.weights import load_weights
 from hymoe.models import build_model
 from hymoe.placement import place_experts
-from hymoe.tokenizer import Tokenizer, generation_defaults
 
 DEFAULT_MAX_CONTEXT = 4096
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -30,33 +28,22 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     return _DTYPES[name]
 
 
-def _checkpoint_dtype(model_dir: Path) -> torch.dtype:
-    d = json.loads((model_dir / "config.json").read_text())
-    name = d.get("dtype") or d.get("torch_dtype") or "float32"
-    # Half-precision checkpoints compute in bfloat16: float16 overflows in large MoE activations.
-    return torch.float32 if name == "float32" else torch.bfloat16
-
-
 class LLM:
     def __init__(self, path: str | Path, dtype: str | torch.dtype | None = None, device: str | None = None,
                  max_context: int | None = None, progress: bool = True, experts: str = "auto",
                  experts_format: str | None = None, threads: int | None = None):
-        model_dir = Path(path)
-        if not model_dir.exists():
-            raise HymoeError(f"{model_dir}: no such file or directory")
-        if not model_dir.is_dir():
-            raise HymoeError(f"{model_dir}: expected a Hugging Face model directory")
-        self.config: ModelConfig = load_hf_config(model_dir)
-        self.dtype = parse_dtype(dtype) or _checkpoint_dtype(model_dir)
+        files = open_model(path)
+        self.config: ModelConfig = files.config
+        self.dtype = parse_dtype(dtype) or files.dtype
         self.device = torch.device(device or "cpu")
         with torch.device("meta"):
             model = build_model(self.config)
-        self.model = load_weights(model, SafetensorsDir(model_dir), self.dtype, self.device, progress)
+        self.model = load_weights(model, files.source, self.dtype, self.device, progress)
         # with the dense part on the CPU there is nothing to overlap: experts run in the calling thread
         self.experts_backend = place_experts(self.model, experts, experts_format, threads,
                                              is_async=self.device.type != "cpu")
-        self.tokenizer = Tokenizer.from_dir(model_dir)
-        self.generation_defaults = generation_defaults(model_dir)
+        self.tokenizer = files.tokenizer
+        self.generation_defaults = files.generation_defaults
         self.max_context = min(max_context or DEFAULT_MAX_CONTEXT, self.config.max_position_embeddings)
 
     @property

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from gguf.quants import dequantize
 
 from hymoe.experts.base import ExpertBackend
+from hymoe.experts.torch_backend import TorchExperts
 from hymoe.quant.formats import qtype
 
 log = logging.getLogger("hymoe")
@@ -30,15 +31,22 @@ class DequantExperts(ExpertBackend):
         self.gate, self.up, self.down = gate, up, down  # uint8 [E, rows * row_bytes]
         self.formats, self.hidden, self.inter = formats, hidden, inter
         self._out: torch.Tensor | None = None
-        for f in formats:
-            if f not in _warned:
-                _warned.add(f)
-                log.warning("hymoe: no native kernel for %s experts; dequantizing one expert at a time (slow)", f)
+
+    def to_torch(self, dtype: torch.dtype) -> TorchExperts:
+        """All experts dequantized: the portable torch backend (needs the float weights' memory)."""
+        e, h, i = self.gate.shape[0], self.hidden, self.inter
+        stacks = [torch.stack([_tile(t[j], f, r, n) for j in range(e)]).to(dtype)
+                  for t, f, (r, n) in zip((self.gate, self.up, self.down), self.formats, ((i, h), (i, h), (h, i)))]
+        return TorchExperts(*stacks)
 
     def nbytes(self) -> int:
         return sum(t.numel() for t in (self.gate, self.up, self.down))
 
     def submit(self, hidden, topk_ids, topk_weights) -> None:
+        for f in self.formats:
+            if f not in _warned:  # said once, when the slow path first runs
+                _warned.add(f)
+                log.warning("hymoe: no native kernel for %s experts; dequantizing one expert at a time (slow)", f)
         x = hidden.float().cpu()
         ids, w = topk_ids.cpu(), topk_weights.float().cpu()
         out = torch.zeros_like(x)

@@ -12,6 +12,8 @@ from torch import nn
 from tqdm import tqdm
 
 from hymoe.errors import HymoeError
+from hymoe.experts.base import ExpertBackend
+from hymoe.experts.dequant_backend import DequantExperts
 from hymoe.experts.torch_backend import TorchExperts
 from hymoe.layers.moe import MoE
 from hymoe.models.decoder import Decoder
@@ -38,9 +40,12 @@ def _set_param(model: nn.Module, name: str, value: torch.Tensor) -> None:
 
 
 def _stack_experts(model: Decoder, source: TensorSource, prefix: str, dtype: torch.dtype,
-                   device: torch.device) -> TorchExperts:
+                   device: torch.device) -> ExpertBackend:
     cfg = model.cfg
     e, i, h = cfg.num_experts, cfg.moe_intermediate_size, cfg.hidden_size
+    if hasattr(source, "packed_experts"):  # GGUF: the file's blocks, left in place for placement
+        raw, formats = source.packed_experts(model.stacked_expert_names(prefix))
+        return DequantExperts(*raw, formats, h, i)
     shapes = ((i, h), (i, h), (h, i))
     fused = model.checkpoint_name(f"{prefix}.experts.gate_up_proj")
     if fused in source:  # transformers >= 5 may save experts already stacked

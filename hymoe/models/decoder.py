@@ -58,6 +58,10 @@ class Decoder(nn.Module):
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
 
+    def stacked_expert_names(self, moe_prefix: str) -> list[str]:
+        """Checkpoint names of one MoE layer's stacked (gate, up, down) experts, as GGUF stores them."""
+        return [self.checkpoint_name(f"{moe_prefix}.experts.{p}.weight") for p in self.expert_names]
+
     def checkpoint_name(self, name: str) -> str:
         """hymoe parameter name -> the checkpoint's tensor name."""
         for ours, theirs in self.renames:

@@ -1,0 +1,193 @@
+"""GGUF metadata <-> ModelConfig, for the llama.cpp architectures hymoe runs.
+
+Reading builds the same config.json dict a Hugging Face checkpoint has and hands it to
+`config.from_hf_dict`, so a GGUF file and its HF directory give one ModelConfig. Writing is the
+inverse, with the keys and conventions llama.cpp's own converter uses (so llama.cpp loads it).
+"""
+from __future__ import annotations
+
+import gguf
+
+from hymoe.config import ModelConfig, from_hf_dict
+from hymoe.errors import HymoeError
+
+# hymoe model_type -> llama.cpp architecture name
+GGUF_ARCH = {"deepseek_v3": "deepseek2", "deepseek_v2": "deepseek2", "qwen3_moe": "qwen3moe",
+             "qwen2_moe": "qwen2moe", "mixtral": "llama"}
+_SIGMOID, _SOFTMAX = int(gguf.ExpertGatingFuncType.SIGMOID), int(gguf.ExpertGatingFuncType.SOFTMAX)
+
+
+class _Meta:
+    def __init__(self, meta: dict, path):
+        self.meta, self.path = meta, path
+        self.arch = meta.get("general.architecture")
+        if self.arch not in set(GGUF_ARCH.values()):
+            raise HymoeError(f"{path}: unsupported GGUF architecture {self.arch!r} "
+                             f"(supported: {', '.join(sorted(set(GGUF_ARCH.values())))})")
+
+    def get(self, key: str, default=None):
+        v = self.meta.get(f"{self.arch}.{key}", default)
+        if isinstance(v, list):  # per-layer arrays: hymoe needs one value for every layer
+            if len(set(v)) != 1:
+                raise HymoeError(f"{self.path}: {self.arch}.{key} differs between layers ({v[:4]}...)")
+            v = v[0]
+        return v
+
+    def req(self, key: str):
+        v = self.get(key)
+        if v is None:
+            raise HymoeError(f"{self.path}: GGUF metadata has no key {self.arch}.{key!r}")
+        return v
+
+
+def _rope(m: _Meta) -> dict:
+    kind = m.get("rope.scaling.type", "none")
+    params = {"rope_theta": float(m.get("rope.freq_base", 10000.0))}
+    if kind in ("yarn", "linear"):
+        params.update(rope_type=kind, factor=float(m.req("rope.scaling.factor")))
+    if kind == "yarn":
+        params.update(original_max_position_embeddings=int(m.req("rope.scaling.original_context_length")),
+                      beta_fast=m.get("rope.scaling.yarn_beta_fast", 32.0),
+                      beta_slow=m.get("rope.scaling.yarn_beta_slow", 1.0))
+        log_mul = m.get("rope.scaling.yarn_log_multiplier")
+        if log_mul is not None:  # llama.cpp's converter stores 0.1 * mscale_all_dim for deepseek2
+            params.update(mscale=log_mul / 0.1, mscale_all_dim=log_mul / 0.1)
+    elif kind not in ("none", "yarn", "linear"):
+        raise HymoeError(f"{m.path}: unsupported rope scaling {kind!r}")
+    return params
+
+
+def hf_dict_from_gguf(meta: dict, tensor_names, path) -> dict:
+    """GGUF metadata -> a config.json-style dict for `from_hf_dict`."""
+    m = _Meta(meta, path)
+    tokens = meta.get("tokenizer.ggml.tokens")
+    heads = int(m.req("attention.head_count"))
+    d = dict(
+        vocab_size=int(m.get("vocab_size") or (len(tokens) if tokens else 0) or m.req("vocab_size")),
+        hidden_size=int(m.req("embedding_length")), num_hidden_layers=int(m.req("block_count")),
+        num_attention_heads=heads, num_key_value_heads=int(m.get("attention.head_count_kv", heads)),
+        rms_norm_eps=float(m.req("attention.layer_norm_rms_epsilon")),
+        max_position_embeddings=int(m.get("context_length", 4096)),
+        intermediate_size=int(m.get("feed_forward_length", 0)),
+        tie_word_embeddings="output.weight" not in tensor_names,
+        rope_parameters=_rope(m), hidden_act="silu",
+        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"), eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
+    )
+    n_experts, used = int(m.get("expert_count", 0)), int(m.get("expert_used_count", 0))
+    if not n_experts or not used:
+        raise HymoeError(f"{path}: a {m.arch} model without routed experts is not a MoE; hymoe runs MoE models only")
+    if m.arch == "deepseek2":
+        is_v3 = m.get("expert_gating_func", _SOFTMAX) == _SIGMOID
+        rope_dim = int(m.req("rope.dimension_count"))
+        # files from before the MLA split store per-head sizes in key_length/value_length
+        k_len = m.get("attention.key_length_mla") or m.req("attention.key_length")
+        v_len = m.get("attention.value_length_mla") or m.req("attention.value_length")
+        groups = int(m.get("expert_group_count", 1) or 1)
+        d.update(model_type="deepseek_v3" if is_v3 else "deepseek_v2",
+                 q_lora_rank=m.get("attention.q_lora_rank") or None, kv_lora_rank=int(m.req("attention.kv_lora_rank")),
+                 qk_rope_head_dim=rope_dim, qk_nope_head_dim=int(k_len) - rope_dim, v_head_dim=int(v_len),
+                 moe_intermediate_size=int(m.req("expert_feed_forward_length")), n_routed_experts=n_experts,
+                 num_experts_per_tok=used, n_shared_experts=int(m.get("expert_shared_count", 0)),
+                 first_k_dense_replace=int(m.get("leading_dense_block_count", 0)),
+                 routed_scaling_factor=float(m.get("expert_weights_scale", 1.0) or 1.0),
+                 norm_topk_prob=bool(m.get("expert_weights_norm", False)), n_group=groups,
+                 topk_group=int(m.get("expert_group_used_count", groups) or groups),
+                 topk_method="noaux_tc" if is_v3 else ("group_limited_greedy" if groups > 1 else "greedy"),
+                 scoring_func="sigmoid" if is_v3 else "softmax", rope_interleave=True,
+                 attention_bias="blk.0.attn_output.bias" in tensor_names, num_key_value_heads=heads)
+    elif m.arch in ("qwen3moe", "qwen2moe"):
+        is_qwen3 = m.arch == "qwen3moe"
+        d.update(model_type="qwen3_moe" if is_qwen3 else "qwen2_moe",
+                 head_dim=int(m.get("attention.key_length") or d["hidden_size"] // heads),
+                 moe_intermediate_size=int(m.req("expert_feed_forward_length")), num_experts=n_experts,
+                 num_experts_per_tok=used, norm_topk_prob=is_qwen3,  # llama.cpp: fixed per architecture
+                 attention_bias="blk.0.attn_q.bias" in tensor_names, qkv_bias="blk.0.attn_q.bias" in tensor_names,
+                 shared_expert_intermediate_size=int(m.get("expert_shared_feed_forward_length", 0)),
+                 use_sliding_window=False)
+    else:  # llama with experts: Mixtral
+        d.update(model_type="mixtral", num_local_experts=n_experts, num_experts_per_tok=used,
+                 head_dim=int(m.get("attention.key_length") or m.get("rope.dimension_count") or d["hidden_size"] // heads),
+                 intermediate_size=int(m.get("expert_feed_forward_length") or m.req("feed_forward_length")),
+                 sliding_window=None)
+    return d
+
+
+def config_from_gguf(meta: dict, tensor_names, path) -> ModelConfig:
+    return from_hf_dict(hf_dict_from_gguf(meta, tensor_names, path))
+
+
+def write_metadata(w: gguf.GGUFWriter, cfg: ModelConfig) -> None:
+    """ModelConfig -> the architecture keys llama.cpp reads (writer created with GGUF_ARCH[...])."""
+    if cfg.sliding_window and any(cfg.sliding_layers):
+        raise HymoeError("this model uses sliding-window attention, which the GGUF architecture "
+                         f"{GGUF_ARCH[cfg.model_type]} cannot express")
+    r = cfg.rope
+    w.add_block_count(cfg.num_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_head_count(cfg.num_heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(r.theta)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_expert_count(cfg.num_experts)
+    w.add_expert_used_count(cfg.num_experts_per_tok)
+    if r.kind in ("yarn", "linear"):
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN if r.kind == "yarn" else gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(r.factor)
+    if r.kind == "yarn":
+        w.add_rope_scaling_orig_ctx_len(r.original_max_position)
+        w.add_rope_scaling_yarn_beta_fast(r.beta_fast)
+        w.add_rope_scaling_yarn_beta_slow(r.beta_slow)
+    if cfg.family == "deepseek":
+        _write_deepseek(w, cfg)
+    elif cfg.family == "qwen_moe":
+        if not all(cfg.moe_layers):
+            raise HymoeError(f"GGUF {GGUF_ARCH[cfg.model_type]} needs every layer to be MoE (mlp_only_layers "
+                             "and decoder_sparse_step are not expressible)")
+        if cfg.is_norm_topk_prob != (cfg.model_type == "qwen3_moe"):
+            raise HymoeError(f"llama.cpp's {GGUF_ARCH[cfg.model_type]} fixes norm_topk_prob to "
+                             f"{cfg.model_type == 'qwen3_moe'}; this model has {cfg.is_norm_topk_prob}")
+        w.add_head_count_kv(cfg.num_kv_heads)
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
+        w.add_feed_forward_length(cfg.intermediate_size or cfg.moe_intermediate_size)
+        w.add_expert_feed_forward_length(cfg.moe_intermediate_size)
+        if cfg.shared_intermediate_size:
+            w.add_expert_shared_feed_forward_length(cfg.shared_intermediate_size)
+    else:
+        w.add_head_count_kv(cfg.num_kv_heads)
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
+        w.add_rope_dimension_count(cfg.head_dim)
+        w.add_feed_forward_length(cfg.moe_intermediate_size)
+
+
+def _write_deepseek(w: gguf.GGUFWriter, cfg: ModelConfig) -> None:
+    dense = cfg.moe_layers.index(True) if True in cfg.moe_layers else cfg.num_layers
+    if not all(cfg.moe_layers[dense:]):
+        raise HymoeError("GGUF deepseek2 expresses only leading dense layers (moe_layer_freq must be 1)")
+    if not cfg.rope.is_interleaved:
+        raise HymoeError("GGUF deepseek2 rotates interleaved pairs; this model has rope_interleave=False")
+    if cfg.topk_method == "group_limited_greedy":
+        raise HymoeError("llama.cpp's deepseek2 has no DeepSeek-V2 group_limited_greedy routing")
+    w.add_head_count_kv(1)  # MLA runs as MQA over the latent, as llama.cpp's converter writes it
+    w.add_leading_dense_block_count(dense)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    if cfg.q_lora_rank:
+        w.add_q_lora_rank(cfg.q_lora_rank)
+    w.add_kv_lora_rank(cfg.kv_lora_rank)
+    w.add_key_length(cfg.kv_lora_rank + cfg.qk_rope_head_dim)
+    w.add_value_length(cfg.kv_lora_rank)
+    w.add_key_length_mla(cfg.qk_nope_head_dim + cfg.qk_rope_head_dim)
+    w.add_value_length_mla(cfg.v_head_dim)
+    w.add_rope_dimension_count(cfg.qk_rope_head_dim)
+    w.add_expert_feed_forward_length(cfg.moe_intermediate_size)
+    w.add_expert_shared_count(cfg.shared_intermediate_size // cfg.moe_intermediate_size)
+    w.add_expert_weights_scale(cfg.routed_scaling_factor)
+    w.add_expert_weights_norm(cfg.is_norm_topk_prob)
+    w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID if cfg.scoring == "sigmoid"
+                             else gguf.ExpertGatingFuncType.SOFTMAX)
+    w.add_expert_group_count(cfg.num_groups)
+    w.add_expert_group_used_count(cfg.topk_groups)
+    if cfg.rope.kind == "yarn" and cfg.rope.mscale_all_dim:
+        w.add_rope_scaling_yarn_log_mul(0.1 * cfg.rope.mscale_all_dim)

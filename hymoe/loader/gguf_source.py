@@ -1,0 +1,68 @@
+"""A GGUF model as a TensorSource: dense tensors by their HF names, experts as raw GGUF blocks.
+
+Dense (non-expert) tensors are dequantized with gguf-py on request (the loader then casts them to
+the compute dtype of their device). Routed experts stay in the file's blocks, zero copy, for the
+CPU expert engine.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from gguf.quants import dequantize
+
+from hymoe.config import ModelConfig
+from hymoe.errors import HymoeError
+from hymoe.loader.gguf_file import GGUFModelFile, TensorInfo
+from hymoe.loader.gguf_names import GGUFNames, merge_kv_b, permute_rows
+from hymoe.quant.formats import FLOAT_DTYPES, row_bytes
+
+
+def dequantize_tensor(t: TensorInfo) -> torch.Tensor:
+    """Any GGUF tensor -> float32 (float formats are viewed, not decoded)."""
+    if t.format in FLOAT_DTYPES:
+        return t.data.view(FLOAT_DTYPES[t.format]).reshape(t.shape).float()
+    values = dequantize(t.data.numpy(), t.type)
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(t.shape)
+
+
+class GGUFSource:
+    def __init__(self, gfile: GGUFModelFile, cfg: ModelConfig):
+        self.file, self.cfg, self.names = gfile, cfg, GGUFNames(cfg)
+
+    def _tensor(self, name: str) -> TensorInfo:
+        t = self.file.tensors.get(name)
+        if t is None:
+            raise HymoeError(f"{self.file.path}: missing tensor {name}")
+        return t
+
+    def __contains__(self, hf_name: str) -> bool:
+        try:
+            return self.names.gguf(hf_name) in self.file.tensors
+        except HymoeError:
+            return False
+
+    def get(self, hf_name: str) -> torch.Tensor:
+        name = self.names.gguf(hf_name)
+        if name.endswith("attn_kv_b.weight") and name not in self.file.tensors:
+            k_b = dequantize_tensor(self._tensor(name.replace("attn_kv_b", "attn_k_b")))
+            v_b = dequantize_tensor(self._tensor(name.replace("attn_kv_b", "attn_v_b")))
+            return merge_kv_b(k_b, v_b, self.cfg)
+        w = dequantize_tensor(self._tensor(name))
+        if hf_name.endswith("shared_expert_gate.weight"):
+            w = w.reshape(1, -1)  # llama.cpp stores the Qwen2-MoE shared gate as a vector
+        heads = self.names.is_permuted(hf_name)
+        return permute_rows(w, heads, to_gguf=False) if heads else w
+
+    def packed_experts(self, hf_names: list[str]):
+        """One layer's stacked (gate, up, down), by HF name, as uint8 [E, rows * row_bytes] views + formats."""
+        cfg = self.cfg
+        e, i, h = cfg.num_experts, cfg.moe_intermediate_size, cfg.hidden_size
+        out, formats = [], []
+        for name, shape in zip(map(self.names.gguf, hf_names), ((e, i, h), (e, i, h), (e, h, i))):
+            t = self._tensor(name)
+            if t.shape != shape:
+                raise HymoeError(f"{self.file.path}: tensor {name} has shape {list(t.shape)}, "
+                                 f"the metadata says {list(shape)}")
+            out.append(t.data.view(e, shape[1] * row_bytes(t.format, shape[2])))
+            formats.append(t.format)
+        return out, tuple(formats)

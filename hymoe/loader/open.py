@@ -1,0 +1,54 @@
+"""Open a model path, a Hugging Face directory or a GGUF file, into what the engine needs."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from hymoe.config import ModelConfig, load_hf_config
+from hymoe.errors import HymoeError
+from hymoe.tokenizer import Tokenizer, generation_defaults
+
+
+@dataclass
+class ModelFiles:
+    config: ModelConfig
+    source: object  # a TensorSource
+    tokenizer: Tokenizer | None
+    dtype: torch.dtype  # the compute dtype the checkpoint calls for
+    generation_defaults: dict = field(default_factory=dict)
+    gguf: object = None  # the GGUFModelFile, for GGUF models
+
+
+def _hf_dtype(model_dir: Path) -> torch.dtype:
+    d = json.loads((model_dir / "config.json").read_text())
+    name = d.get("dtype") or d.get("torch_dtype") or "float32"
+    # Half-precision checkpoints compute in bfloat16: float16 overflows in large MoE activations.
+    return torch.float32 if name == "float32" else torch.bfloat16
+
+
+def open_model(path: str | Path) -> ModelFiles:
+    path = Path(path)
+    if not path.exists():
+        raise HymoeError(f"{path}: no such file or directory")
+    if path.is_dir():
+        from hymoe.loader.safetensors_dir import SafetensorsDir
+
+        cfg = load_hf_config(path)
+        return ModelFiles(cfg, SafetensorsDir(path), Tokenizer.from_dir(path), _hf_dtype(path),
+                          generation_defaults(path))
+    if path.suffix != ".gguf":
+        raise HymoeError(f"{path}: expected a Hugging Face model directory or a .gguf file")
+    from hymoe.loader.gguf_file import GGUFModelFile
+    from hymoe.loader.gguf_meta import config_from_gguf
+    from hymoe.loader.gguf_source import GGUFSource
+    from hymoe.loader.gguf_tokenizer import tokenizer_from_gguf
+
+    g = GGUFModelFile(path)
+    cfg = config_from_gguf(g.metadata, g.tensors.keys(), path)
+    hf_tok = tokenizer_from_gguf(g.metadata, path)
+    embed = g.tensors.get("token_embd.weight")
+    dtype = torch.float32 if embed is not None and embed.format == "F32" else torch.bfloat16
+    return ModelFiles(cfg, GGUFSource(g, cfg), Tokenizer(hf_tok) if hf_tok else None, dtype, gguf=g)

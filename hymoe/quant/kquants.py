@@ -1,0 +1,104 @@
+"""Quantizers for the K-quant formats gguf-py can only read: Q4_K, Q5_K, Q6_K (numpy, vectorized).
+
+Block layouts are GGUF's (checked by dequantizing with gguf-py in the tests). The method is our
+own: per sub-block, quantize, then refit scale and offset by least squares to the chosen levels
+(a few rounds), then quantize the sub-block scales against the super-block's fp16 scale.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+QK = 256  # values per super-block
+
+
+def _fit_affine(x: np.ndarray, nmax: int, rounds: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """x [B, n] -> scale [B], offset [B] <= 0 with x ~ scale * q + offset, q in 0..nmax."""
+    lo, hi = np.minimum(x.min(1), 0.0), x.max(1)
+    scale = np.maximum(hi - lo, 1e-30) / nmax
+    offset = lo
+    for _ in range(rounds):
+        q = np.clip(np.rint((x - offset[:, None]) / scale[:, None]), 0, nmax)
+        qm, xm = q.mean(1), x.mean(1)
+        var = ((q - qm[:, None]) ** 2).mean(1)
+        cov = ((q - qm[:, None]) * (x - xm[:, None])).mean(1)
+        ok = var > 0
+        new_scale = np.where(ok, cov / np.where(ok, var, 1), scale)
+        new_scale = np.where(new_scale > 0, new_scale, scale)
+        new_offset = np.minimum(xm - new_scale * qm, 0.0)
+        scale, offset = new_scale, new_offset
+    return scale, offset
+
+
+def _super_scale(v: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Non-negative v [B, 8] -> fp16 d [B] and integer codes [B, 8] in 0..levels with v ~ d * code."""
+    d = (v.max(1) / levels).astype(np.float16)
+    df = d.astype(np.float32)
+    codes = np.clip(np.rint(v / np.where(df > 0, df, 1)[:, None]), 0, levels).astype(np.uint8)
+    return d, codes
+
+
+def _pack_scales(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """6-bit scales and mins [B, 8] -> GGUF's 12-byte packing [B, 12]."""
+    out = np.zeros((sc.shape[0], 12), np.uint8)
+    out[:, 0:4] = (sc[:, 0:4] & 63) | ((sc[:, 4:8] >> 4) << 6)
+    out[:, 4:8] = (m[:, 0:4] & 63) | ((m[:, 4:8] >> 4) << 6)
+    out[:, 8:12] = (sc[:, 4:8] & 15) | ((m[:, 4:8] & 15) << 4)
+    return out
+
+
+def _q45k(x: np.ndarray, nmax: int):
+    """Shared Q4_K/Q5_K quantization: rows [N, n] -> (d, dmin, packed scales, q [B, 256])."""
+    blocks = x.reshape(-1, QK).astype(np.float32)  # [B, 256]
+    sub = blocks.reshape(-1, 32)  # [B*8, 32]
+    scale, offset = _fit_affine(sub, nmax)
+    d, sc = _super_scale(scale.reshape(-1, 8), 63)
+    dmin, m = _super_scale(-offset.reshape(-1, 8), 63)
+    eff_scale = (d.astype(np.float32)[:, None] * sc).reshape(-1, 1)  # [B*8, 1]
+    eff_min = (dmin.astype(np.float32)[:, None] * m).reshape(-1, 1)
+    q = np.clip(np.rint((sub + eff_min) / np.where(eff_scale > 0, eff_scale, 1)), 0, nmax)
+    q = np.where(eff_scale > 0, q, 0).astype(np.uint8).reshape(-1, QK)
+    return d, dmin, _pack_scales(sc, m), q
+
+
+def _nibbles(q: np.ndarray) -> np.ndarray:
+    """q [B, 256] of 4-bit values -> [B, 128]: per 64-value chunk, sub-block 2c low, 2c+1 high."""
+    c = (q & 15).reshape(-1, 4, 2, 32)
+    return (c[:, :, 0] | (c[:, :, 1] << 4)).reshape(-1, 128)
+
+
+def quantize_q4_k(x: np.ndarray) -> np.ndarray:
+    d, dmin, scales, q = _q45k(x, 15)
+    head = np.stack([d, dmin], 1).view(np.uint8)  # [B, 4]
+    return np.concatenate([head, scales, _nibbles(q)], 1).reshape(*x.shape[:-1], -1)
+
+
+def quantize_q5_k(x: np.ndarray) -> np.ndarray:
+    d, dmin, scales, q = _q45k(x, 31)
+    high = (q >> 4).reshape(-1, 8, 32)  # [B, sub-block, l]: bit j of qh[l] is sub-block j's fifth bit
+    qh = np.zeros((q.shape[0], 32), np.uint8)
+    for j in range(8):
+        qh |= high[:, j] << j
+    head = np.stack([d, dmin], 1).view(np.uint8)
+    return np.concatenate([head, scales, qh, _nibbles(q)], 1).reshape(*x.shape[:-1], -1)
+
+
+def quantize_q6_k(x: np.ndarray) -> np.ndarray:
+    blocks = x.reshape(-1, QK).astype(np.float32)
+    sub = blocks.reshape(-1, 16)  # [B*16, 16]
+    # the value of largest magnitude maps to -32, so the full signed range is used
+    idx = np.abs(sub).argmax(1)
+    extreme = sub[np.arange(sub.shape[0]), idx]
+    scale = -extreme / 32
+    d = (np.abs(scale).reshape(-1, 16).max(1) / 127).astype(np.float16)  # [B]
+    df = d.astype(np.float32)
+    sc = np.clip(np.rint(scale.reshape(-1, 16) / np.where(df > 0, df, 1)[:, None]), -128, 127).astype(np.int8)
+    eff = (df[:, None] * sc).reshape(-1, 1)
+    q = np.clip(np.rint(sub / np.where(eff != 0, eff, 1)) + 32, 0, 63)
+    q = np.where(eff != 0, q, 32).astype(np.uint8).reshape(-1, 2, 4, 32)  # [B, half, quarter, l]
+    ql = np.concatenate([q[:, :, 0] & 15 | (q[:, :, 2] & 15) << 4,
+                         q[:, :, 1] & 15 | (q[:, :, 3] & 15) << 4], 2).reshape(-1, 128)
+    qh = (q[:, :, 0] >> 4 | (q[:, :, 1] >> 4) << 2 | (q[:, :, 2] >> 4) << 4 | (q[:, :, 3] >> 4) << 6).reshape(-1, 64)
+    return np.concatenate([ql, qh, sc.view(np.uint8), d[:, None].view(np.uint8)], 1).reshape(*x.shape[:-1], -1)
+
+
+QUANTIZERS = {"Q4_K": quantize_q4_k, "Q5_K": quantize_q5_k, "Q6_K": quantize_q6_k}

@@ -1,0 +1,67 @@
+"""Tiny HF models with a real byte-level BPE tokenizer, sized for every GGUF block type.
+
+Rows of 256 values let Q4_K/Q5_K/Q6_K apply to experts and most attention tensors; built with
+transformers' own classes and saved with save_pretrained, like tiny_models. Weights stay near
+HF's init scale: a random MoE amplifies rounding noise through its routing decisions, and
+comparisons between two engines (each rounding activations its own way) need a model whose
+routing is not on a knife edge. Sigmoid routers (DeepSeek) saturate if scaled up, so they get less.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+
+from tiny_models import perturb
+
+TEXT = (Path(__file__).resolve().parents[1] / "README.md").read_text() * 2
+SAMPLE = ("The quick brown fox jumps over the lazy dog. Experts stream from memory: 42 tokens/s, "
+          "isn't it? Mixture-of-Experts models route each token to a few of them.")
+COMMON = dict(hidden_size=256, num_attention_heads=4, max_position_embeddings=512, tie_word_embeddings=False,
+              rms_norm_eps=1e-6)
+CONFIGS = {
+    "deepseek_v3": dict(
+        cls="DeepseekV3", num_hidden_layers=3, intermediate_size=512, moe_intermediate_size=256,
+        num_key_value_heads=4, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, n_group=2,
+        topk_group=1, q_lora_rank=64, kv_lora_rank=64, qk_rope_head_dim=32, qk_nope_head_dim=32,
+        v_head_dim=32, first_k_dense_replace=1, routed_scaling_factor=2.5, scales=(0.5, 4.0)),
+    "qwen3_moe": dict(
+        cls="Qwen3Moe", num_hidden_layers=2, intermediate_size=512, moe_intermediate_size=256,
+        num_key_value_heads=2, head_dim=64, num_experts=8, num_experts_per_tok=2, norm_topk_prob=True),
+    "qwen2_moe": dict(
+        cls="Qwen2Moe", num_hidden_layers=2, intermediate_size=512, moe_intermediate_size=256,
+        num_key_value_heads=2, num_experts=8, num_experts_per_tok=2, shared_expert_intermediate_size=256),
+    "mixtral": dict(
+        cls="Mixtral", num_hidden_layers=2, intermediate_size=256, num_key_value_heads=2,
+        num_local_experts=4, num_experts_per_tok=2),
+}
+
+
+def make_tokenizer(vocab_size: int = 384):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    specials = ["<|end|>", "<|user|>", "<|assistant|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+                "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|end|>", chat_template=template)
+
+
+def make_gguf_model(name: str, out_dir, seed: int = 0):
+    tok = make_tokenizer()
+    spec = dict(CONFIGS[name])
+    cls = spec.pop("cls")
+    weight_scale, router_scale = spec.pop("scales", (1.0, 8.0))
+    cfg = getattr(transformers, f"{cls}Config")(**{**COMMON, **spec}, vocab_size=len(tok),
+                                                eos_token_id=tok.eos_token_id, bos_token_id=None)
+    torch.manual_seed(seed)
+    model = getattr(transformers, f"{cls}ForCausalLM")(cfg).float().eval()
+    perturb(model, router_scale, weight_scale)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return model

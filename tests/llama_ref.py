@@ -1,0 +1,33 @@
+"""llama.cpp itself (through llama-cpp-python) as the reference for GGUF files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (a test dependency) is not installed")
+
+
+def _params_without_extra_buffers():
+    # llama.cpp's AMX matmul crashes on these tiny shapes on AMX CPUs (a llama.cpp bug, seen with
+    # its own quantizer's files too); its standard CPU kernels compute the same model.
+    p = _default_params()
+    p.use_extra_bufts = False
+    return p
+
+
+_default_params = llama_cpp.llama_cpp.llama_model_default_params
+
+
+def load(path, n_ctx: int = 512):
+    llama_cpp.llama_cpp.llama_model_default_params = _params_without_extra_buffers
+    try:
+        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=2)
+    finally:
+        llama_cpp.llama_cpp.llama_model_default_params = _default_params
+
+
+def logits(model, ids: list[int]) -> np.ndarray:
+    """Teacher-forced logits [T, V] of one sequence."""
+    model.reset()
+    model.eval(ids)
+    return np.array(model.scores[: len(ids)])
