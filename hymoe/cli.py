@@ -1,4 +1,4 @@
-"""`hymoe generate|chat`: the command line. User errors print one line and exit 1 (--debug: traceback)."""
+"""`hymoe generate|chat|convert|inspect|bench`: the command line. User errors print one line and exit 1 (--debug: traceback)."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ from hymoe.errors import HymoeError
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", help="model directory (default: the bundled demo model)")
+    p.add_argument("model", nargs="?", help="HF model directory or .gguf file (default: the bundled demo model)")
     p.add_argument("--dtype", help="compute dtype: float32, bfloat16, float16 (default: the checkpoint's)")
     p.add_argument("--device", help="device for the dense part, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--max-context", type=int, help="KV cache length in tokens (default: 4096)")
@@ -46,6 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(c)
     c.add_argument("--system", help="system prompt")
     _add_sampling_args(c, 256)
+    cv = sub.add_parser("convert", help="convert a Hugging Face model directory to GGUF")
+    cv.add_argument("hf_dir")
+    cv.add_argument("out", help="output .gguf file")
+    cv.add_argument("--type", default="Q8_0", help="weight type: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, TQ2_0")
+    cv.add_argument("--experts-type", help="type for the routed experts (default: --type)")
+    cv.add_argument("--attn-type", help="type for attention weights (default: --type)")
+    cv.add_argument("--debug", action="store_true", help="show tracebacks")
+    ins = sub.add_parser("inspect", help="architecture, parameters, formats and memory of a model")
+    ins.add_argument("model", nargs="?", help="HF model directory or .gguf file (default: the bundled demo model)")
+    ins.add_argument("--placement", default="cpu", help="cpu or hybrid (dense on the GPU, experts on the CPU)")
+    ins.add_argument("--dtype", help="compute dtype of the non-expert weights (default: the checkpoint's)")
+    ins.add_argument("--max-context", type=int, help="KV cache length in tokens (default: 4096)")
+    ins.add_argument("--json", action="store_true", help="print one JSON object")
+    ins.add_argument("--debug", action="store_true", help="show tracebacks")
     b = sub.add_parser("bench", help="benchmarks (JSON with --json)")
     bsub = b.add_subparsers(dest="bench", required=True)
     be = bsub.add_parser("experts", help="one MoE layer of a real model's shape on random weights")
@@ -168,7 +182,23 @@ def cmd_bench(args) -> None:
         print(json.dumps(results[0] if len(results) == 1 else results))
 
 
-COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "bench": cmd_bench}
+def cmd_convert(args) -> None:
+    from hymoe.convert import convert
+
+    out = convert(args.hf_dir, args.out, args.type, args.experts_type, args.attn_type, progress=True)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+
+
+def cmd_inspect(args) -> None:
+    from hymoe.default_model import ensure_default_model
+    from hymoe.inspect import inspect_model, report
+
+    d = inspect_model(args.model or ensure_default_model(), args.placement, args.dtype, args.max_context)
+    print(json.dumps(d) if args.json else report(d))
+
+
+COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "bench": cmd_bench, "convert": cmd_convert,
+            "inspect": cmd_inspect}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,6 +94,10 @@ class SafetensorsDir:
     def keys(self):
         return self._where.keys()
 
+    def describe(self, name: str) -> tuple[torch.dtype, list[int]]:
+        dtype, shape, _, _ = self._where[name].entries[name]
+        return dtype, shape
+
     def get(self, name: str) -> torch.Tensor:
         shard = self._where.get(name)
         if shard is None:

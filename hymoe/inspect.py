@@ -1,0 +1,116 @@
+"""`hymoe inspect MODEL`: what a model is and what running it costs, without loading its weights.
+
+Reads only headers (GGUF tensor infos or safetensors headers): architecture, parameter counts
+(total and active per token), formats per tensor group, and the memory each device needs under a
+placement, including the price of dequantizing the non-expert weights to the compute dtype.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from hymoe.errors import HymoeError
+from hymoe.loader.open import open_model
+from hymoe.models import build_model
+
+# first match wins; the patterns cover both HF and GGUF tensor names
+_GROUPS = (("routed experts", r"_exps\.|\.experts\."), ("shared experts", r"_shexp|shared_expert"),
+           ("router", r"ffn_gate_inp|exp_probs_b|mlp\.gate\.|block_sparse_moe\.gate\."),
+           ("embedding", r"token_embd|embed_tokens"), ("output", r"^output\.|lm_head"), ("norms", r"norm"),
+           ("attention", r"attn_|self_attn"), ("dense ffn", r"ffn_|mlp\."))
+PLACEMENTS = ("cpu", "hybrid")
+
+
+def _group(name: str) -> str:
+    return next((g for g, pat in _GROUPS if re.search(pat, name)), "other")
+
+
+def _stored(files) -> list[tuple[str, str, int, int]]:
+    """(name, format, numel, bytes) of every stored tensor."""
+    if files.gguf is not None:
+        return [(t.name, t.format, t.numel, t.data.numel()) for t in files.gguf.tensors.values()]
+    out = []
+    for name in files.source.keys():
+        dtype, shape = files.source.describe(name)
+        numel = int(torch.Size(shape).numel())
+        out.append((name, str(dtype).removeprefix("torch."), numel, numel * dtype.itemsize))
+    return out
+
+
+def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = None,
+                  context: int | None = None) -> dict:
+    from hymoe.engine.llm import DEFAULT_MAX_CONTEXT, parse_dtype
+
+    if placement not in PLACEMENTS:
+        raise HymoeError(f"unknown placement {placement!r} (use one of {', '.join(PLACEMENTS)})")
+    files = open_model(path)
+    cfg = files.config
+    compute = parse_dtype(dtype) or files.dtype
+    groups: dict[str, dict] = defaultdict(lambda: {"tensors": 0, "params": 0, "bytes": 0, "formats": defaultdict(int)})
+    for name, fmt, numel, nbytes in _stored(files):
+        g = groups[_group(name)]
+        g["tensors"] += 1
+        g["params"] += numel
+        g["bytes"] += nbytes
+        g["formats"][fmt] += 1
+    routed = groups.get("routed experts", {"params": 0, "bytes": 0})
+    total = sum(g["params"] for g in groups.values())
+    total_note = "embedding and output tied" if cfg.is_tied_embeddings else ""
+    n_moe = sum(cfg.moe_layers)
+    per_expert = 3 * cfg.hidden_size * cfg.moe_intermediate_size
+    dense_params = total - routed["params"]
+    active = dense_params + n_moe * cfg.num_experts_per_tok * per_expert
+    dense_stored = sum(g["bytes"] for k, g in groups.items() if k != "routed experts")
+    dense_compute = dense_params * compute.itemsize
+    ctx = min(context or DEFAULT_MAX_CONTEXT, cfg.max_position_embeddings)
+    with torch.device("meta"):
+        entries = build_model(cfg).cache_entries()
+    kv = ctx * sum(int(torch.Size(s).numel()) for layer in entries for s in layer.values()) * compute.itemsize
+    devices = ({"cpu": dense_compute + routed["bytes"] + kv} if placement == "cpu"
+               else {"gpu": dense_compute + kv, "cpu": routed["bytes"]})
+    return {
+        "path": str(path), "model_type": cfg.model_type, "layers": cfg.num_layers, "moe_layers": n_moe,
+        "hidden_size": cfg.hidden_size, "experts": cfg.num_experts, "experts_per_token": cfg.num_experts_per_tok,
+        "shared_intermediate_size": cfg.shared_intermediate_size, "context_length": cfg.max_position_embeddings,
+        "params_total": total, "params_active_per_token": active, "note": total_note,
+        "groups": {k: {**v, "formats": dict(v["formats"])} for k, v in sorted(groups.items())},
+        "placement": placement, "compute_dtype": str(compute).removeprefix("torch."), "kv_context": ctx,
+        "dense_bytes_stored": dense_stored, "dense_bytes_compute": dense_compute,
+        "experts_bytes": routed["bytes"], "kv_bytes": kv, "devices": devices,
+    }
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return ""
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
+
+
+def report(d: dict) -> str:
+    lines = [f"model        {d['path']}",
+             f"architecture {d['model_type']}: {d['layers']} layers ({d['moe_layers']} MoE), hidden {d['hidden_size']}, "
+             f"{d['experts']} routed experts (top {d['experts_per_token']})"
+             + (f" + shared {d['shared_intermediate_size']}" if d["shared_intermediate_size"] else ""),
+             f"context      {d['context_length']} tokens",
+             f"parameters   {_count(d['params_total'])} total, {_count(d['params_active_per_token'])} active per token"
+             + (f" ({d['note']})" if d["note"] else ""),
+             "", f"{'tensor group':<16}{'tensors':>8}  {'params':>10}  {'stored':>10}  formats"]
+    for name, g in d["groups"].items():
+        fmts = ", ".join(f"{f} x{n}" for f, n in sorted(g["formats"].items()))
+        lines.append(f"{name:<16}{g['tensors']:>8}  {_count(g['params']):>10}  {_size(g['bytes']):>10}  {fmts}")
+    lines += ["", f"placement {d['placement']} (compute dtype {d['compute_dtype']}, KV cache for {d['kv_context']} tokens):",
+              f"  non-expert weights: {_size(d['dense_bytes_stored'])} stored -> {_size(d['dense_bytes_compute'])} "
+              f"in {d['compute_dtype']} after dequantizing at load",
+              f"  routed experts: {_size(d['experts_bytes'])} (kept in their stored format, CPU memory)",
+              f"  KV cache: {_size(d['kv_bytes'])}"]
+    lines += [f"  {dev}: {_size(b)}" for dev, b in d["devices"].items()]
+    return "\n".join(lines)
