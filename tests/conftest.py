@@ -32,3 +32,25 @@ def tiny_model(tmp_path_factory):
         return built[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def gguf_model(tmp_path_factory):
+    """gguf_model(name, type) -> (hf_dir, gguf path): a briefly trained tiny model and its conversion."""
+    from gguf_models import make_gguf_model
+
+    from hymoe.convert import convert
+
+    built = {}
+
+    def get(name: str, typ: str):
+        if name not in built:
+            d = tmp_path_factory.mktemp(f"gguf-{name}")
+            make_gguf_model(name, d / "hf", steps=100)
+            built[name] = (d / "hf", {})
+        hf_dir, files = built[name]
+        if typ not in files:
+            files[typ] = convert(hf_dir, hf_dir.parent / f"{typ}.gguf", type=typ, progress=False)
+        return hf_dir, files[typ]
+
+    return get

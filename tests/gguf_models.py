@@ -1,10 +1,10 @@
 """Tiny HF models with a real byte-level BPE tokenizer, sized for every GGUF block type.
 
 Rows of 256 values let Q4_K/Q5_K/Q6_K apply to experts and most attention tensors; built with
-transformers' own classes and saved with save_pretrained, like tiny_models. Weights stay near
-HF's init scale: a random MoE amplifies rounding noise through its routing decisions, and
-comparisons between two engines (each rounding activations its own way) need a model whose
-routing is not on a knife edge. Sigmoid routers (DeepSeek) saturate if scaled up, so they get less.
+transformers' own classes and saved with save_pretrained, like tiny_models. A random model's
+next-token choice sits on a knife edge (its logits are nearly flat), so any rounding flips it;
+comparisons of quantized files are therefore made on models trained for a few steps on TEXT,
+whose predictions are confident the way real models' are.
 """
 from __future__ import annotations
 
@@ -52,7 +52,24 @@ def make_tokenizer(vocab_size: int = 384):
     return transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|end|>", chat_template=template)
 
 
-def make_gguf_model(name: str, out_dir, seed: int = 0):
+def train(model, tok, steps: int, seq: int = 64, batch: int = 8, lr: float = 3e-3) -> float:
+    """A few steps of next-token training on TEXT, so predictions are confident as in real models."""
+    ids = torch.tensor(tok.encode(TEXT))
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - seq - 1, (batch,), generator=g)
+        x = torch.stack([ids[s:s + seq] for s in starts.tolist()])
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return loss.item()
+
+
+def make_gguf_model(name: str, out_dir, seed: int = 0, steps: int = 0):
     tok = make_tokenizer()
     spec = dict(CONFIGS[name])
     cls = spec.pop("cls")
@@ -62,6 +79,8 @@ def make_gguf_model(name: str, out_dir, seed: int = 0):
     torch.manual_seed(seed)
     model = getattr(transformers, f"{cls}ForCausalLM")(cfg).float().eval()
     perturb(model, router_scale, weight_scale)
+    if steps:
+        train(model, tok, steps)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return model

@@ -39,81 +39,113 @@ class _Meta:
             raise HymoeError(f"{self.path}: GGUF metadata has no key {self.arch}.{key!r}")
         return v
 
+    def int(self, key: str, default: int | None = None, minimum: int = 1) -> int:
+        """A count or size: an integer in a sane range, or a clear error."""
+        v = self.req(key) if default is None else self.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or not minimum <= v < 1 << 31:
+            raise HymoeError(f"{self.path}: GGUF metadata {self.arch}.{key} = {v!r} is not a valid size")
+        return v
+
+    def float(self, key: str, default: float | None = None) -> float:
+        v = self.req(key) if default is None else self.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+            raise HymoeError(f"{self.path}: GGUF metadata {self.arch}.{key} = {v!r} is not a number")
+        return float(v)
+
 
 def _rope(m: _Meta) -> dict:
     kind = m.get("rope.scaling.type", "none")
-    params = {"rope_theta": float(m.get("rope.freq_base", 10000.0))}
+    params = {"rope_theta": m.float("rope.freq_base", 10000.0)}
     if kind in ("yarn", "linear"):
-        params.update(rope_type=kind, factor=float(m.req("rope.scaling.factor")))
+        params.update(rope_type=kind, factor=m.float("rope.scaling.factor"))
     if kind == "yarn":
-        params.update(original_max_position_embeddings=int(m.req("rope.scaling.original_context_length")),
-                      beta_fast=m.get("rope.scaling.yarn_beta_fast", 32.0),
-                      beta_slow=m.get("rope.scaling.yarn_beta_slow", 1.0))
-        log_mul = m.get("rope.scaling.yarn_log_multiplier")
-        if log_mul is not None:  # llama.cpp's converter stores 0.1 * mscale_all_dim for deepseek2
-            params.update(mscale=log_mul / 0.1, mscale_all_dim=log_mul / 0.1)
+        params.update(original_max_position_embeddings=m.int("rope.scaling.original_context_length"),
+                      beta_fast=m.float("rope.scaling.yarn_beta_fast", 32.0),
+                      beta_slow=m.float("rope.scaling.yarn_beta_slow", 1.0))
+        if m.get("rope.scaling.yarn_log_multiplier") is not None:
+            # llama.cpp's converter stores 0.1 * mscale_all_dim for deepseek2
+            mscale = m.float("rope.scaling.yarn_log_multiplier") / 0.1
+            params.update(mscale=mscale, mscale_all_dim=mscale)
     elif kind not in ("none", "yarn", "linear"):
         raise HymoeError(f"{m.path}: unsupported rope scaling {kind!r}")
     return params
 
 
-def hf_dict_from_gguf(meta: dict, tensor_names, path) -> dict:
+def _check_shapes(d: dict, tensors: dict, path) -> None:
+    """The sizes the metadata claims must be the ones the tensors have (before anything is built)."""
+    embed = tensors.get("token_embd.weight")
+    if embed is None:
+        raise HymoeError(f"{path}: missing tensor token_embd.weight")
+    if tuple(embed.shape) != (d["vocab_size"], d["hidden_size"]):
+        raise HymoeError(f"{path}: token_embd.weight has shape {list(embed.shape)}, the metadata says "
+                         f"vocabulary {d['vocab_size']} x hidden {d['hidden_size']}")
+    n = d["num_hidden_layers"]
+    if f"blk.{n - 1}.attn_norm.weight" not in tensors or f"blk.{n}.attn_norm.weight" in tensors:
+        raise HymoeError(f"{path}: the metadata says {n} layers; the tensors disagree")
+
+
+def hf_dict_from_gguf(meta: dict, tensors: dict, path) -> dict:
     """GGUF metadata -> a config.json-style dict for `from_hf_dict`."""
     m = _Meta(meta, path)
     tokens = meta.get("tokenizer.ggml.tokens")
-    heads = int(m.req("attention.head_count"))
+    heads = m.int("attention.head_count")
+    vocab = m.int("vocab_size") if m.get("vocab_size") is not None else len(tokens) if tokens else m.int("vocab_size")
     d = dict(
-        vocab_size=int(m.get("vocab_size") or (len(tokens) if tokens else 0) or m.req("vocab_size")),
-        hidden_size=int(m.req("embedding_length")), num_hidden_layers=int(m.req("block_count")),
-        num_attention_heads=heads, num_key_value_heads=int(m.get("attention.head_count_kv", heads)),
-        rms_norm_eps=float(m.req("attention.layer_norm_rms_epsilon")),
-        max_position_embeddings=int(m.get("context_length", 4096)),
-        intermediate_size=int(m.get("feed_forward_length", 0)),
-        tie_word_embeddings="output.weight" not in tensor_names,
-        rope_parameters=_rope(m), hidden_act="silu",
+        vocab_size=vocab, hidden_size=m.int("embedding_length"), num_hidden_layers=m.int("block_count"),
+        num_attention_heads=heads, num_key_value_heads=m.int("attention.head_count_kv", heads),
+        rms_norm_eps=m.float("attention.layer_norm_rms_epsilon"),
+        max_position_embeddings=m.int("context_length", 4096), intermediate_size=m.int("feed_forward_length", 0, 0),
+        tie_word_embeddings="output.weight" not in tensors, rope_parameters=_rope(m), hidden_act="silu",
         bos_token_id=meta.get("tokenizer.ggml.bos_token_id"), eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
     )
-    n_experts, used = int(m.get("expert_count", 0)), int(m.get("expert_used_count", 0))
-    if not n_experts or not used:
-        raise HymoeError(f"{path}: a {m.arch} model without routed experts is not a MoE; hymoe runs MoE models only")
+    _check_shapes(d, tensors, path)
+    n_experts, used = m.int("expert_count", 0, 0), m.int("expert_used_count", 0, 0)
+    if not n_experts or not used or used > n_experts:
+        raise HymoeError(f"{path}: {m.arch} with {n_experts} experts, {used} per token: hymoe runs MoE models only")
     if m.arch == "deepseek2":
         is_v3 = m.get("expert_gating_func", _SOFTMAX) == _SIGMOID
-        rope_dim = int(m.req("rope.dimension_count"))
+        rope_dim = m.int("rope.dimension_count")
         # files from before the MLA split store per-head sizes in key_length/value_length
-        k_len = m.get("attention.key_length_mla") or m.req("attention.key_length")
-        v_len = m.get("attention.value_length_mla") or m.req("attention.value_length")
-        groups = int(m.get("expert_group_count", 1) or 1)
+        k_len = m.int("attention.key_length_mla") if m.get("attention.key_length_mla") else m.int("attention.key_length")
+        v_len = m.int("attention.value_length_mla") if m.get("attention.value_length_mla") else m.int("attention.value_length")
+        if k_len <= rope_dim:
+            raise HymoeError(f"{path}: key length {k_len} leaves no room beside the rotary {rope_dim}")
+        groups = m.int("expert_group_count", 1)
         d.update(model_type="deepseek_v3" if is_v3 else "deepseek_v2",
-                 q_lora_rank=m.get("attention.q_lora_rank") or None, kv_lora_rank=int(m.req("attention.kv_lora_rank")),
-                 qk_rope_head_dim=rope_dim, qk_nope_head_dim=int(k_len) - rope_dim, v_head_dim=int(v_len),
-                 moe_intermediate_size=int(m.req("expert_feed_forward_length")), n_routed_experts=n_experts,
-                 num_experts_per_tok=used, n_shared_experts=int(m.get("expert_shared_count", 0)),
-                 first_k_dense_replace=int(m.get("leading_dense_block_count", 0)),
-                 routed_scaling_factor=float(m.get("expert_weights_scale", 1.0) or 1.0),
+                 q_lora_rank=m.int("attention.q_lora_rank", 0, 0) or None, kv_lora_rank=m.int("attention.kv_lora_rank"),
+                 qk_rope_head_dim=rope_dim, qk_nope_head_dim=k_len - rope_dim, v_head_dim=v_len,
+                 moe_intermediate_size=m.int("expert_feed_forward_length"), n_routed_experts=n_experts,
+                 num_experts_per_tok=used, n_shared_experts=m.int("expert_shared_count", 0, 0),
+                 first_k_dense_replace=m.int("leading_dense_block_count", 0, 0),
+                 routed_scaling_factor=m.float("expert_weights_scale", 1.0) or 1.0,
                  norm_topk_prob=bool(m.get("expert_weights_norm", False)), n_group=groups,
-                 topk_group=int(m.get("expert_group_used_count", groups) or groups),
+                 topk_group=m.int("expert_group_used_count", groups),
                  topk_method="noaux_tc" if is_v3 else ("group_limited_greedy" if groups > 1 else "greedy"),
                  scoring_func="sigmoid" if is_v3 else "softmax", rope_interleave=True,
-                 attention_bias="blk.0.attn_output.bias" in tensor_names, num_key_value_heads=heads)
+                 attention_bias="blk.0.attn_output.bias" in tensors, num_key_value_heads=heads)
+        if n_experts % groups or d["topk_group"] > groups:
+            raise HymoeError(f"{path}: {n_experts} experts do not split into {groups} groups (using {d['topk_group']})")
     elif m.arch in ("qwen3moe", "qwen2moe"):
         is_qwen3 = m.arch == "qwen3moe"
         d.update(model_type="qwen3_moe" if is_qwen3 else "qwen2_moe",
-                 head_dim=int(m.get("attention.key_length") or d["hidden_size"] // heads),
-                 moe_intermediate_size=int(m.req("expert_feed_forward_length")), num_experts=n_experts,
+                 head_dim=m.int("attention.key_length", d["hidden_size"] // heads or 1),
+                 moe_intermediate_size=m.int("expert_feed_forward_length"), num_experts=n_experts,
                  num_experts_per_tok=used, norm_topk_prob=is_qwen3,  # llama.cpp: fixed per architecture
-                 attention_bias="blk.0.attn_q.bias" in tensor_names, qkv_bias="blk.0.attn_q.bias" in tensor_names,
-                 shared_expert_intermediate_size=int(m.get("expert_shared_feed_forward_length", 0)),
+                 attention_bias="blk.0.attn_q.bias" in tensors, qkv_bias="blk.0.attn_q.bias" in tensors,
+                 shared_expert_intermediate_size=m.int("expert_shared_feed_forward_length", 0, 0),
                  use_sliding_window=False)
     else:  # llama with experts: Mixtral
-        d.update(model_type="mixtral", num_local_experts=n_experts, num_experts_per_tok=used,
-                 head_dim=int(m.get("attention.key_length") or m.get("rope.dimension_count") or d["hidden_size"] // heads),
-                 intermediate_size=int(m.get("expert_feed_forward_length") or m.req("feed_forward_length")),
+        head_dim = m.int("attention.key_length", m.int("rope.dimension_count", d["hidden_size"] // heads or 1))
+        d.update(model_type="mixtral", num_local_experts=n_experts, num_experts_per_tok=used, head_dim=head_dim,
+                 intermediate_size=m.int("expert_feed_forward_length", m.int("feed_forward_length")),
                  sliding_window=None)
+    if d["num_attention_heads"] % d["num_key_value_heads"]:
+        raise HymoeError(f"{path}: {heads} attention heads do not split into {d['num_key_value_heads']} KV heads")
     return d
 
 
-def config_from_gguf(meta: dict, tensor_names, path) -> ModelConfig:
-    return from_hf_dict(hf_dict_from_gguf(meta, tensor_names, path))
+def config_from_gguf(meta: dict, tensors: dict, path) -> ModelConfig:
+    return from_hf_dict(hf_dict_from_gguf(meta, tensors, path))
 
 
 def write_metadata(w: gguf.GGUFWriter, cfg: ModelConfig) -> None:

@@ -82,6 +82,20 @@ def tokenizer_from_gguf(meta: dict, path):
     tokens = meta.get("tokenizer.ggml.tokens")
     if kind is None or not tokens:
         return None
+    lists = {k: meta.get(f"tokenizer.ggml.{k}") or [] for k in ("tokens", "merges", "token_type", "scores")}
+    kinds = {"tokens": str, "merges": str, "token_type": int, "scores": (int, float)}
+    for k, v in lists.items():
+        if not isinstance(v, list) or not all(isinstance(x, kinds[k]) for x in v):
+            raise HymoeError(f"{path}: GGUF tokenizer.ggml.{k} is not a list of {k}")
+    try:
+        return _build(meta, tokens, kind, path)
+    except HymoeError:
+        raise
+    except Exception as e:  # the tokenizers library rejects inconsistent vocabularies in its own words
+        raise HymoeError(f"{path}: the GGUF tokenizer is inconsistent ({str(e).splitlines()[0][:200]})") from None
+
+
+def _build(meta: dict, tokens: list[str], kind: str, path):
     if kind == "gpt2":
         raw = _bpe_from_gguf(meta, tokens)
     elif kind == "llama":

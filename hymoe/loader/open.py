@@ -47,7 +47,7 @@ def open_model(path: str | Path) -> ModelFiles:
     from hymoe.loader.gguf_tokenizer import tokenizer_from_gguf
 
     g = GGUFModelFile(path)
-    cfg = config_from_gguf(g.metadata, g.tensors.keys(), path)
+    cfg = config_from_gguf(g.metadata, g.tensors, path)
     hf_tok = tokenizer_from_gguf(g.metadata, path)
     embed = g.tensors.get("token_embd.weight")
     dtype = torch.float32 if embed is not None and embed.format == "F32" else torch.bfloat16

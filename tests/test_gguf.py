@@ -1,0 +1,155 @@
+"""GGUF end to end inside hymoe: convert a HF model, load the file, compare with the HF directory."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import dequantize
+
+import hymoe
+from hymoe.convert import convert
+from hymoe.errors import HymoeError
+from hymoe.quant.kquants import QUANTIZERS
+
+EXPRESSIBLE = ["deepseek_v3", "deepseek_v3_qlora_yarn", "deepseek_v3_groups8", "qwen2_moe", "mixtral",
+               "mixtral_head_dim"]
+# what GGUF's llama.cpp architectures cannot say; convert must refuse, naming the reason
+INEXPRESSIBLE = {"deepseek_v3_no_groups_half_rope_bias": "rope_interleave", "deepseek_v2": "group_limited_greedy",
+                 "qwen3_moe": "every layer", "mixtral_sliding_window": "sliding-window",
+                 "qwen2_moe_sliding_layers": "sliding-window"}
+PROMPT = list(range(3, 60))
+
+
+@pytest.mark.parametrize("name", EXPRESSIBLE)
+def test_f32_gguf_equals_the_hf_directory(tiny_model, tmp_path, name):
+    hf_dir, _ = tiny_model(name)
+    path = convert(hf_dir, tmp_path / "m.gguf", type="F32", progress=False)
+    want = hymoe.load(hf_dir, dtype="float32", progress=False).logits(PROMPT)
+    for backend in ("native", "torch"):
+        got = hymoe.load(path, dtype="float32", progress=False, experts=backend).logits(PROMPT)
+        assert (got - want).abs().max().item() <= 1e-4, backend
+
+
+@pytest.mark.parametrize("name", list(INEXPRESSIBLE))
+def test_convert_refuses_what_gguf_cannot_express(tiny_model, tmp_path, name):
+    hf_dir, _ = tiny_model(name)
+    with pytest.raises(HymoeError, match=INEXPRESSIBLE[name]):
+        convert(hf_dir, tmp_path / "m.gguf", type="F32", progress=False)
+    assert not list(tmp_path.iterdir())  # nothing half-written is left behind
+
+
+@pytest.mark.parametrize("name", ["deepseek_v3", "qwen3_moe", "qwen2_moe", "mixtral"])
+def test_q8_0_gguf_agrees_with_the_hf_directory(gguf_model, name):
+    from gguf_models import TEXT
+
+    hf_dir, path = gguf_model(name, "Q8_0")
+    ref = hymoe.load(hf_dir, dtype="float32", progress=False)
+    ids = ref.tokenizer.encode(TEXT[5000:9000])[:300]
+    want = ref.logits(ids).argmax(-1)
+    got = hymoe.load(path, dtype="float32", progress=False).logits(ids).argmax(-1)
+    assert (got == want).float().mean().item() >= 0.98
+
+
+def test_tokenizer_and_chat_template_come_from_the_file(gguf_model):
+    from gguf_models import SAMPLE
+
+    hf_dir, path = gguf_model("qwen2_moe", "Q8_0")
+    hf, ours = hymoe.load(hf_dir, progress=False), hymoe.load(path, progress=False)
+    assert ours.tokenizer.encode(SAMPLE) == hf.tokenizer.encode(SAMPLE)
+    assert ours.tokenizer.decode(ours.tokenizer.encode(SAMPLE)) == SAMPLE
+    chat = [{"role": "user", "content": "Hi there"}]
+    assert ours.tokenizer.apply_chat_template(chat) == hf.tokenizer.apply_chat_template(chat)
+    assert ours.eos_ids == hf.eos_ids
+
+
+def test_mixed_types_and_fallbacks_are_recorded_per_tensor(gguf_model, tmp_path):
+    from hymoe.loader.gguf_file import GGUFModelFile
+
+    hf_dir, _ = gguf_model("deepseek_v3", "F32")
+    path = convert(hf_dir, tmp_path / "mix.gguf", type="Q8_0", experts_type="Q4_K", attn_type="Q6_K", progress=False)
+    t = GGUFModelFile(path).tensors
+    assert t["blk.1.ffn_gate_exps.weight"].format == "Q4_K"
+    assert t["blk.1.attn_kv_a_mqa.weight"].format == "Q6_K"
+    assert t["blk.1.attn_k_b.weight"].format == "Q8_0"  # rows of 32: no Q6_K block fits, Q8_0 does
+    assert t["blk.1.ffn_up_shexp.weight"].format == "Q8_0"
+    assert t["blk.1.attn_norm.weight"].format == t["blk.1.ffn_gate_inp.weight"].format == "F32"
+    assert hymoe.load(path, progress=False).logits(PROMPT).isfinite().all()
+
+
+def test_split_files_load_as_one_model(gguf_model, tmp_path):
+    from gguf_edit import rewrite
+
+    hf_dir, path = gguf_model("mixtral", "Q8_0")
+    rewrite(path, tmp_path / "m.gguf", split_max_tensors=10)
+    parts = sorted(tmp_path.glob("m-*-of-*.gguf"))
+    assert len(parts) >= 3
+    want = hymoe.load(path, dtype="float32", progress=False).logits(PROMPT)
+    got = hymoe.load(parts[0], dtype="float32", progress=False).logits(PROMPT)
+    assert torch.equal(got, want)
+    with pytest.raises(HymoeError, match="first part"):
+        hymoe.load(parts[1], progress=False)
+    parts[-1].unlink()
+    with pytest.raises(HymoeError, match="missing part"):
+        hymoe.load(parts[0], progress=False)
+
+
+def test_legacy_unsplit_kv_b_loads(gguf_model, tmp_path):
+    """Older deepseek2 files store attn_kv_b whole; hymoe reads both layouts to the same model."""
+    from gguf_edit import rewrite
+    from hymoe.loader.gguf_file import GGUFModelFile
+    from hymoe.loader.gguf_meta import config_from_gguf
+    from hymoe.loader.gguf_names import merge_kv_b
+    from hymoe.loader.gguf_source import dequantize_tensor
+
+    hf_dir, path = gguf_model("deepseek_v3", "F32")
+    g = GGUFModelFile(path)
+    cfg = config_from_gguf(g.metadata, g.tensors, path)
+
+    def join(name, info):
+        if name.endswith("attn_k_b.weight"):
+            v_b = dequantize_tensor(g.tensors[name.replace("k_b", "v_b")])
+            kv = merge_kv_b(dequantize_tensor(info), v_b, cfg)
+            return [(name.replace("attn_k_b", "attn_kv_b"), kv.numpy(), GGMLQuantizationType.F32)]
+        return [] if name.endswith("attn_v_b.weight") else None
+
+    rewrite(path, tmp_path / "legacy.gguf", tensors=join)
+    assert "blk.0.attn_kv_b.weight" in GGUFModelFile(tmp_path / "legacy.gguf").tensors
+    want = hymoe.load(path, dtype="float32", progress=False).logits(PROMPT)
+    assert torch.equal(hymoe.load(tmp_path / "legacy.gguf", dtype="float32", progress=False).logits(PROMPT), want)
+
+
+@pytest.mark.parametrize("fmt,bound", [("Q4_K", 0.08), ("Q5_K", 0.04), ("Q6_K", 0.021)])
+def test_k_quantizers_round_trip_through_gguf_py(fmt, bound):
+    """Our K-quant encoders, decoded by gguf-py: the layout is GGUF's and the error is the format's."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((48, 512)).astype(np.float32) * rng.uniform(0.01, 10, (48, 1)).astype(np.float32)
+    x[0] = 0.0  # an all-zero row
+    x[1, :256] = 3.0  # a constant block
+    x[2] = np.abs(x[2])  # no negative values: offsets must stay usable
+    q = QUANTIZERS[fmt](x)
+    block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType[fmt]]
+    assert q.shape == (48, 512 // block * nbytes) and q.dtype == np.uint8
+    y = dequantize(q, GGMLQuantizationType[fmt])
+    assert np.all(y[0] == 0)
+    np.testing.assert_allclose(y[1, :256], 3.0, rtol=0.02)
+    rel = np.sqrt(((y[3:] - x[3:]) ** 2).mean(1) / (x[3:] ** 2).mean(1))
+    assert rel.max() < bound, rel.max()
+
+
+def test_inspect_reports_groups_formats_and_memory(gguf_model, tmp_path):
+    from hymoe.inspect import inspect_model, report
+
+    hf_dir, _ = gguf_model("deepseek_v3", "F32")
+    path = convert(hf_dir, tmp_path / "m.gguf", type="Q8_0", experts_type="Q4_K", progress=False)
+    d = inspect_model(path, "hybrid", "bfloat16", 512)
+    assert d["groups"]["routed experts"]["formats"] == {"Q4_K": 6}
+    cfg = hymoe.load(hf_dir, progress=False).config
+    per_expert = 3 * cfg.hidden_size * cfg.moe_intermediate_size
+    assert d["groups"]["routed experts"]["params"] == 2 * cfg.num_experts * per_expert
+    assert d["params_total"] == sum(p.numel() for p in hymoe.load(hf_dir, progress=False).model.parameters()) \
+        + 2 * cfg.num_experts * per_expert
+    assert d["params_active_per_token"] == d["params_total"] - 2 * (cfg.num_experts - cfg.num_experts_per_tok) * per_expert
+    assert d["devices"]["cpu"] == d["experts_bytes"] == 2 * 3 * cfg.num_experts * cfg.moe_intermediate_size * 144
+    assert d["devices"]["gpu"] == d["dense_bytes_compute"] + d["kv_bytes"]
+    assert "Q4_K x6" in report(d)
