@@ -111,7 +111,7 @@ class GGUFFile:
             raise HymoeError(f"{self.path}: GGUF version {self.version} is not supported (2 and 3 are)")
         n_tensors, n_kv = cur.scalar(10, "tensor count"), cur.scalar(10, "metadata count")
         if n_kv > size // 12 or n_tensors > size // 24:  # smallest possible entries
-            cur.fail(f"counts of {n_kv} keys and {n_tensors} tensors")
+            cur.fail(f"truncated header: it claims {n_kv} keys and {n_tensors} tensors in {size} bytes")
         self.metadata: dict[str, object] = {}
         for _ in range(n_kv):
             key = cur.string("metadata key")
@@ -131,6 +131,9 @@ class GGUFFile:
         self.tensors: dict[str, TensorInfo] = {}
         data = torch.frombuffer(self._map, dtype=torch.uint8) if size else None
         for name, ne, t, offset in infos:
+            if offset % align:
+                raise HymoeError(f"{self.path}: tensor {name} starts at offset {offset}, "
+                                 f"not on the file's {align}-byte alignment: the file is corrupt")
             self.tensors[name] = self._tensor(name, ne, t, offset, start, size, data)
 
     def _tensor(self, name, ne, t, offset, start, size, data) -> TensorInfo:

@@ -36,7 +36,7 @@ class _Meta:
     def req(self, key: str):
         v = self.get(key)
         if v is None:
-            raise HymoeError(f"{self.path}: GGUF metadata has no key {self.arch}.{key!r}")
+            raise HymoeError(f"{self.path}: GGUF metadata has no key '{self.arch}.{key}'")
         return v
 
     def int(self, key: str, default: int | None = None, minimum: int = 1) -> int:

@@ -41,6 +41,9 @@ class GGUFSource:
         except HymoeError:
             return False
 
+    def label(self, hf_name: str) -> str:
+        return f"{self.names.gguf(hf_name)} in {self.file.path}"
+
     def get(self, hf_name: str) -> torch.Tensor:
         name = self.names.gguf(hf_name)
         if name.endswith("attn_kv_b.weight") and name not in self.file.tensors:

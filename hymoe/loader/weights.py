@@ -29,7 +29,8 @@ class TensorSource(Protocol):
 def _checked(source: TensorSource, name: str, shape: torch.Size) -> torch.Tensor:
     t = source.get(name)
     if tuple(t.shape) != tuple(shape):
-        raise HymoeError(f"tensor {name} has shape {list(t.shape)}, expected {list(shape)}")
+        label = source.label(name) if hasattr(source, "label") else name
+        raise HymoeError(f"tensor {label} has shape {list(t.shape)}, the model's config says {list(shape)}")
     return t
 
 
