@@ -28,6 +28,8 @@ def rewrite(src, dst, drop_keys=(), set_keys=None, tensors=None, **writer_kw):
         if k in drop_keys or k in ("general.architecture", "general.alignment") or k.startswith("split."):
             continue
         sub = _vtype(v[0]) if isinstance(v, list) and v else None
+        if k == "tokenizer.ggml.token_type":
+            sub = gguf.GGUFValueType.INT32  # llama.cpp reads token types as int32
         w.add_key_value(k, v, _vtype(v), sub_type=sub)
     for name, info in g.tensors.items():
         row = info.data.numpy().reshape(*info.shape[:-1], -1)

@@ -84,3 +84,35 @@ def make_gguf_model(name: str, out_dir, seed: int = 0, steps: int = 0):
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return model
+
+
+def spm_vocab(size: int) -> dict:
+    """A SentencePiece-style ("llama") GGUF vocabulary of exactly `size` pieces, built from TEXT.
+
+    <unk>, <s>, </s>, the 256 byte pieces, every character of TEXT, then BPE merges in the order a
+    Metaspace BPE learns them; a piece's score is minus its rank, as SentencePiece scores rank pieces.
+    """
+    import json
+
+    import gguf
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    bpe.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=4 * size, show_progress=False))
+    merges = json.loads(bpe.to_str())["model"]["merges"]
+    chars = sorted({c for c in TEXT.replace(" ", "▁") if c != "\n"} | {"▁"})
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + [gguf.TokenType.BYTE] * 256
+    pieces = list(chars) + ["".join(m if isinstance(m, list) else m.split(" ")) for m in merges]
+    # as in SentencePiece, every character of a piece is a piece (newline stays a byte, as in Llama)
+    pieces = list(dict.fromkeys(p for p in pieces if p not in tokens and set(p) <= set(chars)))
+    pieces = pieces[: size - len(tokens)]
+    scores = [0.0] * len(tokens) + [-float(i) for i in range(len(pieces))]
+    tokens += pieces
+    types += [gguf.TokenType.NORMAL] * len(pieces)
+    assert len(tokens) == size
+    return {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.scores": scores,
+            "tokenizer.ggml.token_type": [int(t) for t in types], "tokenizer.ggml.bos_token_id": 1,
+            "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.unknown_token_id": 0,
+            "tokenizer.ggml.add_bos_token": True, "tokenizer.ggml.add_space_prefix": True}

@@ -153,3 +153,24 @@ def test_inspect_reports_groups_formats_and_memory(gguf_model, tmp_path):
     assert d["devices"]["cpu"] == d["experts_bytes"] == 2 * 3 * cfg.num_experts * cfg.moe_intermediate_size * 144
     assert d["devices"]["gpu"] == d["dense_bytes_compute"] + d["kv_bytes"]
     assert "Q4_K x6" in report(d)
+
+
+def test_cli_convert_inspect_and_chat_on_a_gguf_file(gguf_model, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    hf_dir, _ = gguf_model("qwen3_moe", "F16")
+    out = tmp_path / "cli.gguf"
+    run = lambda *a: subprocess.run([sys.executable, "-m", "hymoe.cli", *a], capture_output=True, text=True)
+    r = run("convert", str(hf_dir), str(out), "--type", "Q6_K", "--experts-type", "Q4_K")
+    assert r.returncode == 0, r.stderr
+    r = run("inspect", str(out), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["groups"]["routed experts"]["formats"] == {"Q4_K": 6}
+    r = run("generate", str(out), "--chat", "--prompt", "Hello", "--max-new-tokens", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout.splitlines()[-1])["token_ids"]) >= 1
+    r = run("convert", str(hf_dir), str(tmp_path / "x.gguf"), "--type", "Q3_K")
+    assert r.returncode == 1 and r.stderr.strip().startswith("hymoe: error: hymoe convert has no type 'Q3_K'")
+    r = run("generate", str(tmp_path / "missing.gguf"), "--prompt", "x")
+    assert r.returncode == 1 and "no such file" in r.stderr

@@ -41,3 +41,45 @@ def test_chat_template_matches_llama_cpp_metadata(gguf_model):
     assert ref.metadata["tokenizer.chat_template"] == ours.hf.chat_template
     ids = ours.apply_chat_template([{"role": "user", "content": "Hello"}])
     assert np.array_equal(ids, ref.tokenize(ours.hf.decode(ids).encode(), add_bos=True, special=True))
+
+
+@pytest.mark.parametrize("typ", ["BF16", "Q5_K", "Q6_K", "Q4_0", "TQ2_0"])
+def test_every_convert_type_loads_in_llama_cpp_and_agrees(gguf_model, typ):
+    from gguf_models import TEXT
+
+    _, path = gguf_model("qwen2_moe", typ)
+    ours = hymoe.load(path, dtype="float32", progress=False)
+    ids = ours.tokenizer.encode(TEXT[5000:9000])[:200]
+    want = llama_ref.logits(llama_ref.load(path), ids).argmax(-1)
+    assert (ours.logits(ids).argmax(-1).numpy() == want).mean() >= 0.95
+
+
+def test_dynamic_mixed_quant_agrees_with_llama_cpp(gguf_model, tmp_path):
+    """Experts at 2 bits, attention and the rest at 8, as the 1.58-bit dynamic quants do it."""
+    from gguf_models import TEXT
+
+    from hymoe.convert import convert
+
+    hf_dir, _ = gguf_model("deepseek_v3", "F16")
+    path = convert(hf_dir, tmp_path / "dyn.gguf", type="Q8_0", experts_type="TQ2_0", attn_type="Q8_0", progress=False)
+    ours = hymoe.load(path, dtype="float32", progress=False)
+    ids = ours.tokenizer.encode(TEXT[5000:9000])[:200]
+    want = llama_ref.logits(llama_ref.load(path), ids).argmax(-1)
+    assert (ours.logits(ids).argmax(-1).numpy() == want).mean() >= 0.95
+
+
+def test_sentencepiece_vocabulary_tokenizes_like_llama_cpp(gguf_model, tmp_path):
+    """A `llama` (SentencePiece) GGUF vocabulary, as Mixtral files carry: identical token ids."""
+    from gguf_edit import rewrite
+    from gguf_models import SAMPLE, TEXT, spm_vocab
+
+    _, path = gguf_model("mixtral", "Q8_0")
+    spm = tmp_path / "spm.gguf"
+    rewrite(path, spm, drop_keys=("tokenizer.ggml.merges", "tokenizer.ggml.pre", "tokenizer.chat_template"),
+            set_keys=spm_vocab(hymoe.load(path, progress=False).config.vocab_size))
+    ours = hymoe.load(spm, progress=False).tokenizer
+    ref = llama_ref.load(spm)
+    for text in (SAMPLE, TEXT[:3000], "  leading spaces\n\ttabs and 123456 digits, ünïcödé ✓ 中文\n\n"):
+        ids = ours.encode(text)
+        assert ids == ref.tokenize(text.encode(), add_bos=True, special=False)
+        assert ours.decode(ids) == text
