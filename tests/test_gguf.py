@@ -174,3 +174,20 @@ def test_cli_convert_inspect_and_chat_on_a_gguf_file(gguf_model, tmp_path):
     assert r.returncode == 1 and r.stderr.strip().startswith("hymoe: error: hymoe convert has no type 'Q3_K'")
     r = run("generate", str(tmp_path / "missing.gguf"), "--prompt", "x")
     assert r.returncode == 1 and "no such file" in r.stderr
+
+
+def test_per_expert_tensors_of_older_mixtral_files(gguf_model, tmp_path):
+    """Early Mixtral GGUFs store blk.N.ffn_gate.E.weight per expert; they load as the stacked file does."""
+    from gguf_edit import rewrite
+
+    _, path = gguf_model("mixtral", "Q8_0")
+
+    def unstack(name, info):
+        if "_exps." not in name:
+            return None
+        rows = info.data.numpy().reshape(info.shape[0], info.shape[1], -1)
+        return [(name.replace("_exps.", f".{j}."), rows[j], info.type) for j in range(info.shape[0])]
+
+    rewrite(path, tmp_path / "old.gguf", tensors=unstack)
+    want = hymoe.load(path, dtype="float32", progress=False).logits(PROMPT)
+    assert torch.equal(hymoe.load(tmp_path / "old.gguf", dtype="float32", progress=False).logits(PROMPT), want)

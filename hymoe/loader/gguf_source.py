@@ -57,15 +57,27 @@ class GGUFSource:
         return permute_rows(w, heads, to_gguf=False) if heads else w
 
     def packed_experts(self, hf_names: list[str]):
-        """One layer's stacked (gate, up, down), by HF name, as uint8 [E, rows * row_bytes] views + formats."""
+        """One layer's stacked (gate, up, down), by HF name, as uint8 [E, rows * row_bytes] + formats.
+
+        Views of the file when it stores the stack; older Mixtral files store one tensor per expert
+        (`blk.N.ffn_gate.E.weight`), which are stacked into one copy here.
+        """
         cfg = self.cfg
         e, i, h = cfg.num_experts, cfg.moe_intermediate_size, cfg.hidden_size
         out, formats = [], []
         for name, shape in zip(map(self.names.gguf, hf_names), ((e, i, h), (e, i, h), (e, h, i))):
-            t = self._tensor(name)
-            if t.shape != shape:
-                raise HymoeError(f"{self.file.path}: tensor {name} has shape {list(t.shape)}, "
+            if name in self.file.tensors:
+                t = self._tensor(name)
+                got, fmt, data = t.shape, t.format, t.data
+            else:
+                parts = [self._tensor(name.replace("_exps.", f".{j}.")) for j in range(e)]
+                fmt = parts[0].format
+                if any(p.format != fmt or p.shape != parts[0].shape for p in parts):
+                    raise HymoeError(f"{self.file.path}: the experts of {name} differ in format or shape")
+                got, data = (e, *parts[0].shape), torch.stack([p.data for p in parts])
+            if got != shape:
+                raise HymoeError(f"{self.file.path}: tensor {name} has shape {list(got)}, "
                                  f"the metadata says {list(shape)}")
-            out.append(t.data.view(e, shape[1] * row_bytes(t.format, shape[2])))
-            formats.append(t.format)
+            out.append(data.view(e, shape[1] * row_bytes(fmt, shape[2])))
+            formats.append(fmt)
         return out, tuple(formats)
