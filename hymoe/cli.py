@@ -60,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--max-context", type=int, help="KV cache length in tokens (default: 4096)")
     ins.add_argument("--json", action="store_true", help="print one JSON object")
     ins.add_argument("--debug", action="store_true", help="show tracebacks")
+    ev = sub.add_parser("eval", help="quality evaluations")
+    evsub = ev.add_subparsers(dest="eval", required=True)
+    ep = evsub.add_parser("ppl", help="perplexity of a text, with a sliding window")
+    _add_model_args(ep)
+    ep.add_argument("--text", required=True, help="UTF-8 text file")
+    ep.add_argument("--context", type=int, default=512, help="window length in tokens (default: 512)")
+    ep.add_argument("--stride", type=int, help="tokens scored per window after the first (default: context/2)")
+    ep.add_argument("--max-tokens", type=int, help="score only the first N tokens of the text")
+    ep.add_argument("--json", action="store_true", help='print {"ppl", "tokens"} on the last line')
     b = sub.add_parser("bench", help="benchmarks (JSON with --json)")
     bsub = b.add_subparsers(dest="bench", required=True)
     be = bsub.add_parser("experts", help="one MoE layer of a real model's shape on random weights")
@@ -197,7 +206,32 @@ def cmd_inspect(args) -> None:
     print(json.dumps(d) if args.json else report(d))
 
 
-COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "bench": cmd_bench, "convert": cmd_convert,
+def cmd_eval(args) -> None:
+    from pathlib import Path
+
+    from hymoe.eval.ppl import llm_scorer, perplexity
+
+    path = Path(args.text)
+    if not path.is_file():
+        raise HymoeError(f"{path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise HymoeError(f"{path}: not UTF-8 text") from None
+    args.max_context = max(args.max_context or 0, args.context)
+    llm = _load(args)
+    if llm.tokenizer is None:
+        raise HymoeError("this model has no tokenizer")
+    if args.context > llm.config.max_position_embeddings:
+        raise HymoeError(f"--context {args.context} exceeds the model's {llm.config.max_position_embeddings} positions")
+    ids = llm.tokenizer.encode(text)[: args.max_tokens]
+    ppl, n = perplexity(llm_scorer(llm), ids, args.context, args.stride)
+    print(f"perplexity {ppl:.4f} over {n} tokens (context {args.context})", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"ppl": round(ppl, 6), "tokens": n, "context": args.context}))
+
+
+COMMANDS = {"generate": cmd_generate, "eval": cmd_eval, "chat": cmd_chat, "bench": cmd_bench, "convert": cmd_convert,
             "inspect": cmd_inspect}
 
 

@@ -1,15 +1,18 @@
 """`hymoe convert HF_DIR OUT.gguf`: a Hugging Face MoE checkpoint -> a GGUF file llama.cpp loads.
 
-The checkpoint is loaded with hymoe's own loader (so every HF naming variant works), then each
-tensor is renamed with gguf-py's table, reshaped the way llama.cpp's converter does, and
-quantized: experts, attention and the rest may each get their own type (the 1.58-bit dynamic
-quants keep attention and shared experts at higher precision). Norms, biases and routers stay
-F32, as llama.cpp keeps them.
+The model is built on the meta device and the checkpoint read through hymoe's own loader (so every
+HF naming variant works), one tensor at a time: the header is written first, then each tensor is
+read, renamed with gguf-py's table, reshaped the way llama.cpp's converter does, quantized and
+written, so memory holds one expert projection, never the model. Experts, attention and the rest
+may each get their own type (the 1.58-bit dynamic quants keep attention and shared experts at
+higher precision). Norms, biases and routers stay F32, as llama.cpp keeps them.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import gguf
 import numpy as np
@@ -18,15 +21,14 @@ from gguf.quants import quantize
 from tqdm import tqdm
 
 from hymoe.errors import HymoeError
-from hymoe.experts.torch_backend import TorchExperts
 from hymoe.layers.moe import MoE
 from hymoe.loader.gguf_meta import GGUF_ARCH, write_metadata
 from hymoe.loader.gguf_names import GGUFNames, permute_rows, split_kv_b
 from hymoe.loader.gguf_tokenizer import write_tokenizer
 from hymoe.loader.open import open_model
-from hymoe.loader.weights import load_weights
+from hymoe.loader.weights import stacked_projection
 from hymoe.models import build_model
-from hymoe.quant.formats import qtype
+from hymoe.quant.formats import qtype, row_bytes
 from hymoe.quant.kquants import QUANTIZERS
 
 log = logging.getLogger("hymoe")
@@ -44,16 +46,18 @@ def _check_type(t: str | None) -> str | None:
     return t.upper()
 
 
-def encode(w: torch.Tensor, fmt: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
-    """float [..., n] -> (GGUF bytes or float array, the type written)."""
+def encode(w: torch.Tensor, fmt: str) -> np.ndarray:
+    """float [..., n] -> F32/F16 values, or the GGUF bytes [..., row_bytes] of any other type."""
+    if w.dim() == 3:  # stacked experts: one expert at a time bounds the float32 temporaries
+        return np.stack([encode(x, fmt) for x in w])
+    if fmt == "BF16":
+        return w.detach().to(torch.bfloat16).contiguous().view(torch.uint8).numpy()
     x = w.detach().float().contiguous().numpy()
     if fmt == "F32":
-        return x, gguf.GGMLQuantizationType.F32
+        return x
     if fmt == "F16":
-        return x.astype(np.float16), gguf.GGMLQuantizationType.F16
-    if fmt in QUANTIZERS:
-        return QUANTIZERS[fmt](x), qtype(fmt)
-    return quantize(x, qtype(fmt)), qtype(fmt)
+        return x.astype(np.float16)
+    return QUANTIZERS[fmt](x) if fmt in QUANTIZERS else quantize(x, qtype(fmt))
 
 
 def _fits(fmt: str, n: int) -> str:
@@ -79,28 +83,58 @@ class _Plan:
         return got
 
 
-def _dense_tensors(model, names: GGUFNames):
-    """(gguf name, tensor) for every non-expert parameter, in llama.cpp's layout."""
+@dataclass
+class _Spec:
+    name: str  # GGUF name
+    shape: tuple[int, ...]
+    fetch: Callable[[], torch.Tensor]  # float tensor of `shape`, read from the checkpoint when written
+
+
+def _dense_specs(model, source, names: GGUFNames):
+    """Every non-expert parameter in llama.cpp's layout, read lazily from the checkpoint."""
     cfg = model.cfg
+
+    def read(hf: str, shape) -> torch.Tensor:
+        t = source.get(hf)
+        if tuple(t.shape) != tuple(shape):
+            raise HymoeError(f"tensor {hf} has shape {list(t.shape)}, the model's config says {list(shape)}")
+        return t.float()
+
     for pname, p in model.named_parameters():
         if pname == "lm_head.weight" and cfg.is_tied_embeddings:
             continue
-        hf = model.checkpoint_name(pname)
+        hf, shape = model.checkpoint_name(pname), tuple(p.shape)
         if hf.endswith("kv_b_proj.weight"):
-            k_b, v_b = split_kv_b(p.data, cfg)
             base = names.gguf(hf)
-            yield base.replace("attn_kv_b", "attn_k_b"), k_b
-            yield base.replace("attn_kv_b", "attn_v_b"), v_b
+            n, r = cfg.num_heads, cfg.kv_lora_rank
+            yield _Spec(base.replace("attn_kv_b", "attn_k_b"), (n, r, cfg.qk_nope_head_dim),
+                        lambda hf=hf, shape=shape: split_kv_b(read(hf, shape), cfg)[0])
+            yield _Spec(base.replace("attn_kv_b", "attn_v_b"), (n, cfg.v_head_dim, r),
+                        lambda hf=hf, shape=shape: split_kv_b(read(hf, shape), cfg)[1])
             continue
         heads = names.is_permuted(hf)
-        t = permute_rows(p.data, heads, to_gguf=True) if heads else p.data
         if hf.endswith("shared_expert_gate.weight"):
-            t = t.reshape(-1)
-        yield names.gguf(hf), t
+            yield _Spec(names.gguf(hf), (shape[-1],), lambda hf=hf, shape=shape: read(hf, shape).reshape(-1))
+        elif heads:
+            yield _Spec(names.gguf(hf), shape,
+                        lambda hf=hf, shape=shape, heads=heads: permute_rows(read(hf, shape), heads, to_gguf=True))
+        else:
+            yield _Spec(names.gguf(hf), shape, lambda hf=hf, shape=shape: read(hf, shape))
+
+
+def _expert_specs(model, source, names: GGUFNames):
+    cfg = model.cfg
+    e, i, h = cfg.num_experts, cfg.moe_intermediate_size, cfg.hidden_size
+    for prefix, module in model.named_modules():
+        if isinstance(module, MoE):
+            for which, (name, shape) in enumerate(zip(model.stacked_expert_names(prefix), ((i, h), (i, h), (h, i)))):
+                yield _Spec(names.gguf(name), (e, *shape), lambda prefix=prefix, which=which: stacked_projection(
+                    model, source, prefix, which))  # in the checkpoint's dtype: lossless, half of float32
 
 
 def convert(hf_dir: str | Path, out: str | Path, type: str = "Q8_0", experts_type: str | None = None,
             attn_type: str | None = None, progress: bool = True) -> Path:
+    """Stream a checkpoint into a GGUF file: one tensor (one expert projection) in memory at a time."""
     base = _check_type(type)
     plan = _Plan(base, _check_type(experts_type) or base, _check_type(attn_type) or base)
     if not Path(hf_dir).is_dir():
@@ -109,32 +143,40 @@ def convert(hf_dir: str | Path, out: str | Path, type: str = "Q8_0", experts_typ
     cfg = files.config
     with torch.device("meta"):
         model = build_model(cfg)
-    load_weights(model, files.source, torch.float32, "cpu", progress=False)
-    names = GGUFNames(cfg)
     out = Path(out)
     tmp = out.with_name(out.name + ".part")
     w = gguf.GGUFWriter(tmp, GGUF_ARCH[cfg.model_type])
-    w.add_name(Path(hf_dir).name)
-    write_metadata(w, cfg)
-    w.add_file_type(_FTYPE[base])
-    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    if files.tokenizer is not None:
-        write_tokenizer(w, files.tokenizer.hf, cfg.vocab_size)
-    work = list(_dense_tensors(model, names))
-    for prefix, module in model.named_modules():
-        if isinstance(module, MoE):
-            assert isinstance(module.experts, TorchExperts)
-            ex = module.experts
-            work += zip(map(names.gguf, model.stacked_expert_names(prefix)), (ex.gate, ex.up, ex.down))
-    for name, t in tqdm(work, desc=f"converting to {base}", unit="tensor", disable=not progress):
-        data, qt = encode(t, plan.type_for(name, tuple(t.shape)))
-        w.add_tensor(name, data, raw_dtype=qt)
+    try:
+        w.add_name(Path(hf_dir).name)
+        write_metadata(w, cfg)  # refuses what the architecture cannot express, before any tensor
+        names = GGUFNames(cfg)
+        specs = list(_dense_specs(model, files.source, names)) + list(_expert_specs(model, files.source, names))
+        types = [plan.type_for(s.name, s.shape) for s in specs]
+        w.add_file_type(_FTYPE[base])
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        if files.tokenizer is not None:
+            write_tokenizer(w, files.tokenizer.hf, cfg.vocab_size)
+        for spec, fmt in zip(specs, types):
+            if fmt in ("F32", "F16"):
+                dt = np.dtype(np.float32 if fmt == "F32" else np.float16)
+                w.add_tensor_info(spec.name, spec.shape, dt, int(np.prod(spec.shape)) * dt.itemsize, qtype(fmt))
+            else:
+                rb = row_bytes(fmt, spec.shape[-1])
+                w.add_tensor_info(spec.name, (*spec.shape[:-1], rb), np.dtype(np.uint8),
+                                  int(np.prod(spec.shape[:-1])) * rb, qtype(fmt))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        for spec, fmt in tqdm(list(zip(specs, types)), desc=f"converting to {base}", unit="tensor",
+                              disable=not progress):
+            w.write_tensor_data(encode(spec.fetch(), fmt))
+    except BaseException:
+        w.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    w.close()
     if plan.fallbacks:
         log.warning("hymoe: rows not divisible into blocks were stored in another type: %s",
                     ", ".join(f"{k} x{v}" for k, v in plan.fallbacks.items()))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file(progress=False)
-    w.close()
     tmp.rename(out)  # a half-written file never carries the final name
     return out

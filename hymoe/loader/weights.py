@@ -40,26 +40,38 @@ def _set_param(model: nn.Module, name: str, value: torch.Tensor) -> None:
     module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
 
 
-def _stack_experts(model: Decoder, source: TensorSource, prefix: str, dtype: torch.dtype,
-                   device: torch.device) -> ExpertBackend:
+def stacked_projection(model: Decoder, source: TensorSource, prefix: str, which: int,
+                       dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """One MoE layer's gate (0), up (1) or down (2) for all experts: [E, rows, n], one copy.
+
+    dtype None keeps the checkpoint's own dtype.
+    """
     cfg = model.cfg
     e, i, h = cfg.num_experts, cfg.moe_intermediate_size, cfg.hidden_size
-    if hasattr(source, "packed_experts"):  # GGUF: the file's blocks, left in place for placement
-        raw, formats = source.packed_experts(model.stacked_expert_names(prefix))
-        return DequantExperts(*raw, formats, h, i)
-    shapes = ((i, h), (i, h), (h, i))
+    shape = ((i, h), (i, h), (h, i))[which]
     fused = model.checkpoint_name(f"{prefix}.experts.gate_up_proj")
     if fused in source:  # transformers >= 5 may save experts already stacked
-        gate_up = _checked(source, fused, torch.Size((e, 2 * i, h))).to(device, dtype)
-        down = _checked(source, model.checkpoint_name(f"{prefix}.experts.down_proj"), torch.Size((e, h, i)))
-        return TorchExperts(gate_up[:, :i], gate_up[:, i:], down.to(device, dtype))
-    stacks = []
-    for proj, shape in zip(model.expert_names, shapes):
-        out = torch.empty((e, *shape), dtype=dtype, device=device)  # one copy, filled expert by expert
-        for j in range(e):
-            out[j] = _checked(source, model.checkpoint_name(f"{prefix}.experts.{j}.{proj}.weight"), torch.Size(shape))
-        stacks.append(out)
-    return TorchExperts(*stacks)
+        if which == 2:
+            t = _checked(source, model.checkpoint_name(f"{prefix}.experts.down_proj"), torch.Size((e, h, i)))
+        else:
+            t = _checked(source, fused, torch.Size((e, 2 * i, h)))[:, which * i:(which + 1) * i]
+        return t.to(device, dtype or t.dtype)
+    proj = model.expert_names[which]
+    out = None
+    for j in range(e):  # one copy, filled expert by expert
+        t = _checked(source, model.checkpoint_name(f"{prefix}.experts.{j}.{proj}.weight"), torch.Size(shape))
+        if out is None:
+            out = torch.empty((e, *shape), dtype=dtype or t.dtype, device=device)
+        out[j] = t
+    return out
+
+
+def _stack_experts(model: Decoder, source: TensorSource, prefix: str, dtype: torch.dtype,
+                   device: torch.device) -> ExpertBackend:
+    if hasattr(source, "packed_experts"):  # GGUF: the file's blocks, left in place for placement
+        raw, formats = source.packed_experts(model.stacked_expert_names(prefix))
+        return DequantExperts(*raw, formats, model.cfg.hidden_size, model.cfg.moe_intermediate_size)
+    return TorchExperts(*(stacked_projection(model, source, prefix, w, dtype, device) for w in range(3)))
 
 
 def load_weights(model: Decoder, source: TensorSource, dtype: torch.dtype, device: torch.device | str = "cpu",
