@@ -1,4 +1,4 @@
-"""`hymoe generate|chat|convert|inspect|bench`: the command line. User errors print one line and exit 1 (--debug: traceback)."""
+"""`hymoe generate|chat|serve|eval|convert|inspect|bench`: the command line. User errors print one line and exit 1 (--debug: traceback)."""
 from __future__ import annotations
 
 import argparse
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     cv = sub.add_parser("convert", help="convert a Hugging Face model directory to GGUF")
     cv.add_argument("hf_dir")
     cv.add_argument("out", help="output .gguf file")
-    cv.add_argument("--type", default="Q8_0", help="weight type: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, TQ2_0")
+    cv.add_argument("--type", default="Q8_0", help="weight type: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, TQ2_0, IQ1_S")
     cv.add_argument("--experts-type", help="type for the routed experts (default: --type)")
     cv.add_argument("--attn-type", help="type for attention weights (default: --type)")
     cv.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -60,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--max-context", type=int, help="KV cache length in tokens (default: 4096)")
     ins.add_argument("--json", action="store_true", help="print one JSON object")
     ins.add_argument("--debug", action="store_true", help="show tracebacks")
+    sv = sub.add_parser("serve", help="OpenAI- and Ollama-compatible HTTP server with continuous batching")
+    _add_model_args(sv)
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 and /api")
+    sv.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (KV slots)")
+    sv.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503 + Retry-After")
+    sv.add_argument("--name", help="model name clients use (default: the model's directory or file name)")
+    sv.add_argument("--placement", default="cpu", help="where the dense part runs: cpu (the only one so far)")
     ev = sub.add_parser("eval", help="quality evaluations")
     evsub = ev.add_subparsers(dest="eval", required=True)
     ep = evsub.add_parser("ppl", help="perplexity of a text, with a sliding window")
@@ -81,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--max-gb", type=float, default=8.0, help="memory for one layer's experts")
     be.add_argument("--json", action="store_true", help="print one JSON object (a list for several batches)")
     be.add_argument("--debug", action="store_true", help="show tracebacks")
+    bs = bsub.add_parser("serve", help="aggregate and per-user decode tokens/s with N users at once")
+    _add_model_args(bs)
+    bs.add_argument("--users", default="1,2,4,8", help="comma list of concurrent users")
+    bs.add_argument("--gen-tokens", type=int, default=64, help="tokens each user decodes")
+    bs.add_argument("--json", action="store_true", help="print a JSON list, one object per user count")
     return parser
 
 
@@ -169,6 +183,8 @@ def cmd_chat(args) -> None:
 
 
 def cmd_bench(args) -> None:
+    if args.bench == "serve":
+        return cmd_bench_serve(args)
     from hymoe.bench.experts import bench_experts
     from hymoe.experts import native
 
@@ -191,6 +207,27 @@ def cmd_bench(args) -> None:
         print(json.dumps(results[0] if len(results) == 1 else results))
 
 
+def cmd_bench_serve(args) -> None:
+    from hymoe.bench.serve import bench_serve
+
+    try:
+        users = [int(u) for u in args.users.split(",")]
+    except ValueError:
+        raise HymoeError(f"--users must be integers, got {args.users!r}") from None
+    if any(u < 1 for u in users) or args.gen_tokens < 2:
+        raise HymoeError("--users must be at least 1 and --gen-tokens at least 2")
+    args.max_context = args.max_context or 512
+    results = bench_serve(_load(args), users, args.gen_tokens)
+    base = results[0]["aggregate_tokens_per_s"]
+    for r in results:
+        print(f"{r['users']} users: {r['aggregate_tokens_per_s']:.1f} tok/s aggregate "
+              f"({r['aggregate_tokens_per_s'] / base:.2f}x of {results[0]['users']}), "
+              f"{r['per_user_tokens_per_s']:.1f} tok/s per user, TTFT {r['ttft_ms']:.0f} ms "
+              f"(max {r['ttft_max_ms']:.0f})", file=sys.stderr)
+    if args.json:
+        print(json.dumps(results))
+
+
 def cmd_convert(args) -> None:
     from hymoe.convert import convert
 
@@ -204,6 +241,28 @@ def cmd_inspect(args) -> None:
 
     d = inspect_model(args.model or ensure_default_model(), args.placement, args.dtype, args.max_context)
     print(json.dumps(d) if args.json else report(d))
+
+
+def cmd_serve(args) -> None:
+    from pathlib import Path
+
+    import uvicorn
+
+    from hymoe.default_model import ensure_default_model
+    from hymoe.serve.app import Server, build_app
+
+    if args.placement != "cpu":
+        raise HymoeError(f"placement {args.placement!r} is not available yet; serve runs with --placement cpu")
+    if args.max_batch < 1 or args.max_queue < 0:
+        raise HymoeError("--max-batch must be at least 1 and --max-queue at least 0")
+    llm = _load(args)
+    path = Path(args.model or ensure_default_model())
+    name = args.name or ("hymoe-demo" if not args.model else path.stem if path.is_file() else path.name)
+    server = Server(llm, name, api_key=args.api_key, max_batch=args.max_batch, max_queue=args.max_queue)
+    print(f"hymoe: serving {name} on http://{args.host}:{args.port} (OpenAI /v1, Ollama /api, chat page /)",
+          file=sys.stderr)
+    uvicorn.run(build_app(server), host=args.host, port=args.port, log_level="warning")
+    server.scheduler.close()
 
 
 def cmd_eval(args) -> None:
@@ -231,7 +290,7 @@ def cmd_eval(args) -> None:
         print(json.dumps({"ppl": round(ppl, 6), "tokens": n, "context": args.context}))
 
 
-COMMANDS = {"generate": cmd_generate, "eval": cmd_eval, "chat": cmd_chat, "bench": cmd_bench, "convert": cmd_convert,
+COMMANDS = {"generate": cmd_generate, "eval": cmd_eval, "serve": cmd_serve, "chat": cmd_chat, "bench": cmd_bench, "convert": cmd_convert,
             "inspect": cmd_inspect}
 
 

@@ -32,10 +32,10 @@ from hymoe.quant.formats import qtype, row_bytes
 from hymoe.quant.kquants import QUANTIZERS
 
 log = logging.getLogger("hymoe")
-CONVERT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "TQ2_0")
+CONVERT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "TQ2_0", "IQ1_S")
 _KEEP_F32 = ("_norm.weight", ".bias", "ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight")
 # file type written in general.file_type (llama.cpp's LLAMA_FTYPE numbering)
-_FTYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q4_K": 15, "Q5_K": 17, "Q6_K": 18, "BF16": 32, "TQ2_0": 37}
+_FTYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q4_K": 15, "Q5_K": 17, "Q6_K": 18, "BF16": 32, "TQ2_0": 37, "IQ1_S": 24}
 
 
 def _check_type(t: str | None) -> str | None:

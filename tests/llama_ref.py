@@ -31,3 +31,10 @@ def logits(model, ids: list[int]) -> np.ndarray:
     model.reset()
     model.eval(ids)
     return np.array(model.scores[: len(ids)])
+
+
+def logits_tensor(model, ids: list[int]):
+    """The same as logits(), as a float32 torch tensor (for hymoe.eval.ppl scorers)."""
+    import torch
+
+    return torch.from_numpy(logits(model, ids).astype(np.float32))

@@ -83,3 +83,17 @@ def test_sentencepiece_vocabulary_tokenizes_like_llama_cpp(gguf_model, tmp_path)
         ids = ours.encode(text)
         assert ids == ref.tokenize(text.encode(), add_bos=True, special=False)
         assert ours.decode(ids) == text
+
+
+def test_iq1_s_experts_written_by_hymoe_run_in_llama_cpp(gguf_model, tmp_path):
+    """hymoe's own IQ1_S encoder (the 1.58-bit DeepSeek-R1 files' expert format), read by llama.cpp."""
+    from gguf_models import TEXT
+
+    from hymoe.convert import convert
+
+    hf_dir, _ = gguf_model("mixtral", "F16")
+    path = convert(hf_dir, tmp_path / "iq1.gguf", type="Q8_0", experts_type="IQ1_S", progress=False)
+    ours = hymoe.load(path, dtype="float32", progress=False)
+    ids = ours.tokenizer.encode(TEXT[5000:9000])[:200]
+    want = llama_ref.logits(llama_ref.load(path), ids).argmax(-1)
+    assert (ours.logits(ids).argmax(-1).numpy() == want).mean() >= 0.95

@@ -1,4 +1,4 @@
-"""Quantizers for the K-quant formats gguf-py can only read: Q4_K, Q5_K, Q6_K (numpy, vectorized).
+"""Quantizers for formats gguf-py can only read: Q4_K, Q5_K, Q6_K and IQ1_S (numpy, vectorized).
 
 Block layouts are GGUF's (checked by dequantizing with gguf-py in the tests). The method is our
 own: per sub-block, quantize, then refit scale and offset by least squares to the chosen levels
@@ -102,3 +102,71 @@ def quantize_q6_k(x: np.ndarray) -> np.ndarray:
 
 
 QUANTIZERS = {"Q4_K": quantize_q4_k, "Q5_K": quantize_q5_k, "Q6_K": quantize_q6_k}
+
+
+def quantize_iq1_s(x: np.ndarray, chunk: int = 16384) -> np.ndarray:
+    """IQ1_S (1.5625 bits per weight): per 32 values a 3-bit scale and a shift of +-1/8, per 8 values
+    one of 2048 ternary grid vectors. Searched exhaustively: for each sub-block, both shifts and a
+    ladder of scales, the best grid vector per group; then the scales are refit by least squares and
+    quantized against the block's fp16 scale, and the grid re-searched with them. No importance
+    matrix: every weight counts the same."""
+    from gguf.quants import IQ1_S
+
+    IQ1_S.init_grid()
+    grid = IQ1_S.grid.reshape(2048, 8)  # values in {-1, 0, 1}
+    g2 = (grid ** 2).sum(1)  # [2048]
+    blocks = x.reshape(-1, QK).astype(np.float32)
+    sub = blocks.reshape(-1, 32)  # [S, 32]
+    n_sub = sub.shape[0]
+    amax = np.abs(sub).max(1) + 1e-30
+
+    import torch  # its matmul and argmax use every core
+
+    grid_t, g2_t = torch.from_numpy(grid), torch.from_numpy(g2)
+
+    def search(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """y [G, 8] -> best grid index per group and its squared error."""
+        idx = np.empty(len(y), np.int64)
+        err = np.empty(len(y), np.float32)
+        for a in range(0, len(y), chunk):
+            yc = torch.from_numpy(np.ascontiguousarray(y[a:a + chunk]))
+            score = torch.addmm(-g2_t, yc, grid_t.T, alpha=2.0)  # [c, 2048]: maximise 2 y.g - |g|^2
+            best, i = score.max(1)
+            idx[a:a + chunk] = i.numpy()
+            err[a:a + chunk] = ((yc ** 2).sum(1) - best).numpy()
+        return idx, err
+
+    best_err = np.full(n_sub, np.inf, np.float32)
+    best_scale = np.zeros(n_sub, np.float32)
+    best_sign = np.ones(n_sub, np.float32)
+    for sign in (1.0, -1.0):
+        for f in (0.45, 0.55, 0.65, 0.75, 0.85, 1.0, 1.15):
+            s = amax * f  # [S]
+            y = (sub / s[:, None] - sign * IQ1_S.delta).reshape(-1, 8)
+            _, err = search(y)
+            err = err.reshape(n_sub, 4).sum(1) * s ** 2
+            better = err < best_err
+            best_err, best_scale, best_sign = (np.where(better, err, best_err), np.where(better, s, best_scale),
+                                               np.where(better, sign, best_sign))
+    # refit each sub-block's scale to its chosen levels, then quantize the scales: s = d * (2k + 1)
+    y = (sub / best_scale[:, None] - best_sign[:, None] * IQ1_S.delta).reshape(-1, 8)
+    idx, _ = search(y)
+    levels = grid[idx].reshape(n_sub, 32) + best_sign[:, None] * IQ1_S.delta
+    den = (levels ** 2).sum(1)
+    scale = np.where(den > 0, (sub * levels).sum(1) / np.where(den > 0, den, 1), best_scale)
+    scale = np.maximum(scale, 0).reshape(-1, 8)
+    d = (scale.max(1) / 15).astype(np.float16)
+    df = d.astype(np.float32)
+    k = np.clip(np.rint((scale / np.where(df > 0, df, 1)[:, None] - 1) / 2), 0, 7).astype(np.uint16)  # [B, 8]
+    eff = (df[:, None] * (2 * k + 1)).reshape(-1)  # [S]
+    y = (sub / np.where(eff > 0, eff, 1)[:, None] - best_sign[:, None] * IQ1_S.delta).reshape(-1, 8)
+    idx, _ = search(y)
+    idx = idx.reshape(-1, 8, 4).astype(np.uint16)  # [B, sub-block, group]
+    qs = (idx & 0xFF).astype(np.uint8).reshape(-1, 32)
+    qh = ((idx[:, :, 0] >> 8) | ((idx[:, :, 1] >> 8) << 3) | ((idx[:, :, 2] >> 8) << 6) | ((idx[:, :, 3] >> 8) << 9)
+          | (k << 12) | ((best_sign.reshape(-1, 8) < 0).astype(np.uint16) << 15))
+    return np.concatenate([d[:, None].view(np.uint8), qs, qh.astype(np.uint16).view(np.uint8)], 1).reshape(
+        *x.shape[:-1], -1)
+
+
+QUANTIZERS["IQ1_S"] = quantize_iq1_s

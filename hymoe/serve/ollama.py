@@ -1,0 +1,123 @@
+"""Ollama API: /api/tags, /api/version, /api/chat, /api/generate (NDJSON streaming), as Open WebUI calls them."""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+
+from fastapi import APIRouter, Request as HttpRequest
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from hymoe.serve.app import ApiError, ChatMessage, parse_body
+
+router = APIRouter()
+
+
+class Options(BaseModel):
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = None
+    num_predict: int | None = None
+    stop: list[str] | None = None
+
+
+class OllamaBody(BaseModel):
+    model: str
+    stream: bool = True
+    options: Options = Field(default_factory=Options)
+
+
+class OllamaChat(OllamaBody):
+    messages: list[ChatMessage]
+
+
+class OllamaGenerate(OllamaBody):
+    prompt: str
+    system: str | None = None
+    raw: bool = False
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@router.get("/api/version")
+async def version():
+    from importlib.metadata import version as v
+
+    return {"version": v("hymoe")}
+
+
+@router.get("/api/tags")
+async def tags(http: HttpRequest):
+    s = http.app.state.server
+    cfg = s.llm.config
+    return {"models": [{"name": f"{s.model_name}:latest", "model": f"{s.model_name}:latest",
+                        "modified_at": datetime.fromtimestamp(s.created, timezone.utc).isoformat(),
+                        "size": sum(p.numel() * p.element_size() for p in s.llm.model.parameters()),
+                        "digest": "", "details": {"format": "hymoe", "family": cfg.model_type,
+                                                  "parameter_size": "", "quantization_level": ""}}]}
+
+
+async def _run(s, http, ids, body: OllamaBody, key: str):
+    o = body.options
+    params = s.params(o.num_predict if o.num_predict and o.num_predict > 0 else None, o.temperature, o.top_p,
+                      o.seed, o.stop)
+    req, queue = s.start(ids, params)
+    t0 = time.perf_counter_ns()
+
+    def piece(text: str) -> dict:
+        body_ = {"role": "assistant", "content": text} if key == "message" else text
+        return {"model": body.model, "created_at": _now(), key: body_, "done": False}
+
+    def final(done: dict) -> dict:
+        out = piece("")
+        out.update(done=True, done_reason=done["finish_reason"], total_duration=time.perf_counter_ns() - t0,
+                   prompt_eval_count=done["usage"]["prompt_tokens"], eval_count=done["usage"]["completion_tokens"])
+        return out
+
+    if body.stream:
+        async def gen():
+            async for ev, data in s.events(req, queue, http):
+                if ev == "text":
+                    yield json.dumps(piece(data["text"])) + "\n"
+                elif ev == "done":
+                    yield json.dumps(final(data)) + "\n"
+                else:
+                    yield json.dumps({"error": data["message"]}) + "\n"
+        return StreamingResponse(gen(), media_type="application/x-ndjson")
+    text, done = [], None
+    async for ev, data in s.events(req, queue, http):
+        if ev == "text":
+            text.append(data["text"])
+        elif ev == "done":
+            done = data
+        else:
+            raise ApiError(500, data["message"], "internal_error")
+    out = final(done or {"finish_reason": "cancelled", "usage": req.usage()})
+    out[key] = {"role": "assistant", "content": "".join(text)} if key == "message" else "".join(text)
+    return out
+
+
+@router.post("/api/chat")
+async def chat(http: HttpRequest):
+    s, body = http.app.state.server, await parse_body(http, OllamaChat)
+    s.check_model(body.model)
+    ids = s.chat_ids([m.model_dump() for m in body.messages])
+    return await _run(s, http, ids, body, "message")
+
+
+@router.post("/api/generate")
+async def generate(http: HttpRequest):
+    s, body = http.app.state.server, await parse_body(http, OllamaGenerate)
+    s.check_model(body.model)
+    if not body.prompt:  # Ollama clients send an empty prompt to load a model
+        return {"model": body.model, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
+    if body.raw:
+        ids = s.llm.tokenizer.encode(body.prompt)
+    else:
+        msgs = ([{"role": "system", "content": body.system}] if body.system else []) + \
+               [{"role": "user", "content": body.prompt}]
+        ids = s.chat_ids(msgs) if s.llm.tokenizer.has_chat_template else s.llm.tokenizer.encode(body.prompt)
+    return await _run(s, http, ids, body, "response")

@@ -1,0 +1,113 @@
+"""OpenAI API: /v1/models, /v1/chat/completions, /v1/completions (streaming SSE and not)."""
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request as HttpRequest
+from fastapi.responses import JSONResponse
+
+from hymoe.serve.app import ApiError, ChatBody, CompletionBody, new_id, parse_body, sse, stream
+
+router = APIRouter()
+
+
+def _server(http: HttpRequest):
+    return http.app.state.server
+
+
+@router.get("/v1/models")
+async def models(http: HttpRequest):
+    s = _server(http)
+    return {"object": "list", "data": [{"id": s.model_name, "object": "model", "created": s.created,
+                                        "owned_by": "hymoe"}]}
+
+
+@router.get("/v1/models/{name}")
+async def model(name: str, http: HttpRequest):
+    s = _server(http)
+    s.check_model(name)
+    return {"id": s.model_name, "object": "model", "created": s.created, "owned_by": "hymoe"}
+
+
+def _prepare(s, body):
+    s.check_model(body.model)
+    if body.n != 1:
+        raise ApiError(400, "only n=1 is supported", param="n")
+    return s.params(body.max_completion_tokens or body.max_tokens, body.temperature, body.top_p, body.seed,
+                    body.stop)
+
+
+async def _run(s, http, ids, params, body, kind: str):
+    """kind: 'chat' or 'text'. Streams SSE chunks or returns one JSON object."""
+    req, queue = s.start(ids, params)
+    rid, created = new_id("chatcmpl" if kind == "chat" else "cmpl"), int(time.time())
+    obj = "chat.completion" if kind == "chat" else "text_completion"
+
+    def chunk(text: str | None, finish: str | None, first: bool = False) -> dict:
+        if kind == "chat":
+            delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+        return {"id": rid, "object": obj + (".chunk" if kind == "chat" else ""), "created": created,
+                "model": s.model_name, "choices": [choice]}
+
+    if body.stream:
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+
+        async def gen():
+            if kind == "chat":
+                yield sse(chunk(None, None, first=True))
+            async for ev, data in s.events(req, queue, http):
+                if ev == "text":
+                    yield sse(chunk(data["text"], None))
+                elif ev == "done":
+                    yield sse(chunk(None, data["finish_reason"]))
+                    if include_usage:
+                        yield sse({"id": rid, "object": obj + ".chunk", "created": created, "model": s.model_name,
+                                   "choices": [], "usage": data["usage"]})
+                else:
+                    yield sse({"error": {"message": data["message"], "type": "server_error"}})
+            yield "data: [DONE]\n\n"
+
+        return stream(gen())
+
+    text, done = [], None
+    async for ev, data in s.events(req, queue, http):
+        if ev == "text":
+            text.append(data["text"])
+        elif ev == "done":
+            done = data
+        else:
+            raise ApiError(500, data["message"], "internal_error")
+    if done is None:  # the client went away
+        return JSONResponse({}, status_code=499)
+    content = "".join(text)
+    choice = ({"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": done["finish_reason"],
+               "logprobs": None} if kind == "chat" else
+              {"index": 0, "text": content, "finish_reason": done["finish_reason"], "logprobs": None})
+    return {"id": rid, "object": obj, "created": created, "model": s.model_name, "choices": [choice],
+            "usage": done["usage"]}
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(http: HttpRequest):
+    s, body = _server(http), await parse_body(http, ChatBody)
+    params = _prepare(s, body)
+    ids = s.chat_ids([m.model_dump() for m in body.messages])
+    return await _run(s, http, ids, params, body, "chat")
+
+
+@router.post("/v1/completions")
+async def completions(http: HttpRequest):
+    s, body = _server(http), await parse_body(http, CompletionBody)
+    params = _prepare(s, body)
+    if isinstance(body.prompt, str):
+        if not body.prompt:
+            raise ApiError(400, "'prompt' must not be empty", param="prompt")
+        ids = s.llm.tokenizer.encode(body.prompt)
+    else:
+        ids = list(body.prompt)
+        if not ids or any(not 0 <= i < s.llm.config.vocab_size for i in ids):
+            raise ApiError(400, "'prompt' token ids must be non-empty and inside the vocabulary", param="prompt")
+    return await _run(s, http, ids, params, body, "text")
