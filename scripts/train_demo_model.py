@@ -8,7 +8,7 @@ shared + 16 routed experts, top-4 of 4 groups with 2 chosen, a dense first layer
 DeepSeek-V3's auxiliary-loss-free balancing: each step nudges every expert's score-correction
 bias toward equal load. Deterministic for a given --seed and thread count.
 
-    python scripts/train_demo_model.py --out hymoe/demo_model [--steps 2400] [--threads 2]
+    python scripts/train_demo_model.py --out hymoe/demo_model [--steps 1800] [--threads 2]
 """
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def evaluate(model, ids: torch.Tensor, seq: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="hymoe/demo_model")
-    ap.add_argument("--steps", type=int, default=2400)
+    ap.add_argument("--steps", type=int, default=1800)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -111,6 +111,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)  # parallel index_add in the experts' backward is not, otherwise
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

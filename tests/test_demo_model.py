@@ -68,3 +68,17 @@ def test_chat_template_round_trips(demo):
     assert text == "<|system|>Answer briefly.<|end|><|user|>Who was Moses?<|end|><|assistant|>"
     assert demo.tokenizer.hf.encode(text) == ids
     assert demo.tokenizer.hf.convert_tokens_to_ids("<|end|>") in demo.eos_ids
+
+
+def test_llama_cpp_perplexity_of_the_same_gguf_agrees_within_one_percent(tmp_path):
+    llama_ref = pytest.importorskip("llama_ref")
+    from hymoe.convert import convert
+    from hymoe.eval.ppl import llm_scorer, perplexity
+
+    path = convert(DEMO_MODEL_DIR, tmp_path / "demo-q8_0.gguf", type="Q8_0", progress=False)
+    llm = hymoe.load(path, dtype="float32", progress=False)
+    ids = llm.tokenizer.encode((DEMO_MODEL_DIR / "heldout.txt").read_text())[:2048]
+    ours, n = perplexity(llm_scorer(llm), ids, CONTEXT)
+    ref_model = llama_ref.load(path, n_ctx=CONTEXT)
+    theirs, _ = perplexity(lambda wins: [llama_ref.logits_tensor(ref_model, w) for w in wins], ids, CONTEXT)
+    assert n == 2047 and abs(ours / theirs - 1) < 0.01, (ours, theirs)
