@@ -10,17 +10,20 @@ llama_ref = pytest.importorskip("llama_ref")
 ARCHS = ["deepseek_v3", "qwen3_moe", "qwen2_moe", "mixtral"]
 
 
+def agreement(path, positions: int) -> float:
+    """Teacher-forced top-1 agreement of hymoe and llama.cpp on one file, over a held-back text."""
+    from gguf_models import TEXT
+
+    ours = hymoe.load(path, dtype="float32", progress=False)
+    ids = ours.tokenizer.encode(TEXT[5000:9000])[:positions]
+    want = llama_ref.logits(llama_ref.load(path), ids).argmax(-1)
+    return (ours.logits(ids).argmax(-1).numpy() == want).mean()
+
+
 @pytest.mark.parametrize("typ", ["F16", "Q8_0", "Q4_K"])
 @pytest.mark.parametrize("name", ARCHS)
 def test_teacher_forced_next_tokens_agree_with_llama_cpp(gguf_model, name, typ):
-    from gguf_models import TEXT
-
-    _, path = gguf_model(name, typ)
-    ours = hymoe.load(path, dtype="float32", progress=False)
-    ids = ours.tokenizer.encode(TEXT[5000:9000])[:300]
-    want = llama_ref.logits(llama_ref.load(path), ids).argmax(-1)
-    got = ours.logits(ids).argmax(-1).numpy()
-    assert (got == want).mean() >= 0.95
+    assert agreement(gguf_model(name, typ)[1], 300) >= 0.95
 
 
 @pytest.mark.parametrize("name", ARCHS)
@@ -45,27 +48,16 @@ def test_chat_template_matches_llama_cpp_metadata(gguf_model):
 
 @pytest.mark.parametrize("typ", ["BF16", "Q5_K", "Q6_K", "Q4_0", "TQ2_0"])
 def test_every_convert_type_loads_in_llama_cpp_and_agrees(gguf_model, typ):
-    from gguf_models import TEXT
-
-    _, path = gguf_model("qwen2_moe", typ)
-    ours = hymoe.load(path, dtype="float32", progress=False)
-    ids = ours.tokenizer.encode(TEXT[5000:9000])[:200]
-    want = llama_ref.logits(llama_ref.load(path), ids).argmax(-1)
-    assert (ours.logits(ids).argmax(-1).numpy() == want).mean() >= 0.95
+    assert agreement(gguf_model("qwen2_moe", typ)[1], 200) >= 0.95
 
 
 def test_dynamic_mixed_quant_agrees_with_llama_cpp(gguf_model, tmp_path):
     """Experts at 2 bits, attention and the rest at 8, as the 1.58-bit dynamic quants do it."""
-    from gguf_models import TEXT
-
     from hymoe.convert import convert
 
     hf_dir, _ = gguf_model("deepseek_v3", "F16")
     path = convert(hf_dir, tmp_path / "dyn.gguf", type="Q8_0", experts_type="TQ2_0", attn_type="Q8_0", progress=False)
-    ours = hymoe.load(path, dtype="float32", progress=False)
-    ids = ours.tokenizer.encode(TEXT[5000:9000])[:200]
-    want = llama_ref.logits(llama_ref.load(path), ids).argmax(-1)
-    assert (ours.logits(ids).argmax(-1).numpy() == want).mean() >= 0.95
+    assert agreement(path, 200) >= 0.95
 
 
 def test_sentencepiece_vocabulary_tokenizes_like_llama_cpp(gguf_model, tmp_path):
@@ -87,13 +79,8 @@ def test_sentencepiece_vocabulary_tokenizes_like_llama_cpp(gguf_model, tmp_path)
 
 def test_iq1_s_experts_written_by_hymoe_run_in_llama_cpp(gguf_model, tmp_path):
     """hymoe's own IQ1_S encoder (the 1.58-bit DeepSeek-R1 files' expert format), read by llama.cpp."""
-    from gguf_models import TEXT
-
     from hymoe.convert import convert
 
     hf_dir, _ = gguf_model("mixtral", "F16")
     path = convert(hf_dir, tmp_path / "iq1.gguf", type="Q8_0", experts_type="IQ1_S", progress=False)
-    ours = hymoe.load(path, dtype="float32", progress=False)
-    ids = ours.tokenizer.encode(TEXT[5000:9000])[:200]
-    want = llama_ref.logits(llama_ref.load(path), ids).argmax(-1)
-    assert (ours.logits(ids).argmax(-1).numpy() == want).mean() >= 0.95
+    assert agreement(path, 200) >= 0.95

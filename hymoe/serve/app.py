@@ -150,6 +150,18 @@ class Server:
             if req.finish is None:
                 self.scheduler.cancel(req)
 
+    async def collect(self, req: Request, queue: asyncio.Queue, http: HttpRequest) -> tuple[str, dict | None]:
+        """The whole answer of a non-streamed request: (text, done event data or None if the client left)."""
+        text, done = [], None
+        async for kind, data in self.events(req, queue, http):
+            if kind == "text":
+                text.append(data["text"])
+            elif kind == "done":
+                done = data
+            else:
+                raise ApiError(500, data["message"], "internal_error")
+        return "".join(text), done
+
 
 def build_app(server: Server) -> FastAPI:
     from hymoe.serve import ollama, openai_routes

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request as HttpRequest
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from hymoe.serve.app import ApiError, ChatMessage, parse_body
+from hymoe.serve.app import ChatMessage, parse_body
 
 router = APIRouter()
 
@@ -87,16 +87,9 @@ async def _run(s, http, ids, body: OllamaBody, key: str):
                 else:
                     yield json.dumps({"error": data["message"]}) + "\n"
         return StreamingResponse(gen(), media_type="application/x-ndjson")
-    text, done = [], None
-    async for ev, data in s.events(req, queue, http):
-        if ev == "text":
-            text.append(data["text"])
-        elif ev == "done":
-            done = data
-        else:
-            raise ApiError(500, data["message"], "internal_error")
+    text, done = await s.collect(req, queue, http)
     out = final(done or {"finish_reason": "cancelled", "usage": req.usage()})
-    out[key] = {"role": "assistant", "content": "".join(text)} if key == "message" else "".join(text)
+    out[key] = {"role": "assistant", "content": text} if key == "message" else text
     return out
 
 

@@ -72,17 +72,9 @@ async def _run(s, http, ids, params, body, kind: str):
 
         return stream(gen())
 
-    text, done = [], None
-    async for ev, data in s.events(req, queue, http):
-        if ev == "text":
-            text.append(data["text"])
-        elif ev == "done":
-            done = data
-        else:
-            raise ApiError(500, data["message"], "internal_error")
+    content, done = await s.collect(req, queue, http)
     if done is None:  # the client went away
         return JSONResponse({}, status_code=499)
-    content = "".join(text)
     choice = ({"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": done["finish_reason"],
                "logprobs": None} if kind == "chat" else
               {"index": 0, "text": content, "finish_reason": done["finish_reason"], "logprobs": None})
