@@ -57,14 +57,19 @@ def train(model, tok, steps: int, seq: int = 64, batch: int = 8, lr: float = 3e-
     ids = torch.tensor(tok.encode(TEXT))
     g = torch.Generator().manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)  # the same model every run (parallel index_add is not, otherwise)
     model.train()
-    for _ in range(steps):
-        starts = torch.randint(0, len(ids) - seq - 1, (batch,), generator=g)
-        x = torch.stack([ids[s:s + seq] for s in starts.tolist()])
-        loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    try:
+        for _ in range(steps):
+            starts = torch.randint(0, len(ids) - seq - 1, (batch,), generator=g)
+            x = torch.stack([ids[s:s + seq] for s in starts.tolist()])
+            loss = model(input_ids=x, labels=x).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
     model.eval()
     return loss.item()
 
