@@ -11,7 +11,9 @@ from hymoe.errors import HymoeError
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="HF model directory or .gguf file (default: the bundled demo model)")
     p.add_argument("--dtype", help="compute dtype: float32, bfloat16, float16 (default: the checkpoint's)")
-    p.add_argument("--device", help="device for the dense part, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--device", help="device for the dense part, e.g. cpu or cuda (default: by placement)")
+    p.add_argument("--placement", help="cpu, or hybrid: dense part on the GPU (on a CPU-only machine, the CPU "
+                   "stands in) overlapped with the routed experts on the CPU (default: hybrid with a GPU, else cpu)")
     p.add_argument("--max-context", type=int, help="KV cache length in tokens (default: 4096)")
     p.add_argument("--experts", default="auto", choices=["auto", "native", "torch"],
                    help="routed-expert backend (default: native CPU kernels when built)")
@@ -68,7 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (KV slots)")
     sv.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503 + Retry-After")
     sv.add_argument("--name", help="model name clients use (default: the model's directory or file name)")
-    sv.add_argument("--placement", default="cpu", help="where the dense part runs: cpu (the only one so far)")
     ev = sub.add_parser("eval", help="quality evaluations")
     evsub = ev.add_subparsers(dest="eval", required=True)
     ep = evsub.add_parser("ppl", help="perplexity of a text, with a sliding window")
@@ -90,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--max-gb", type=float, default=8.0, help="memory for one layer's experts")
     be.add_argument("--json", action="store_true", help="print one JSON object (a list for several batches)")
     be.add_argument("--debug", action="store_true", help="show tracebacks")
+    b2 = bsub.add_parser("e2e", help="prefill and decode tokens/s of a model per placement")
+    b2.add_argument("model", nargs="?", help="HF model directory or .gguf file (default: the bundled demo model)")
+    b2.add_argument("--placement", default="cpu,hybrid", help="comma list of placements (default: cpu,hybrid)")
+    b2.add_argument("--prompt-tokens", type=int, default=128)
+    b2.add_argument("--gen-tokens", type=int, default=32)
+    b2.add_argument("--threads", type=int, help="CPU threads for the native experts (default: all cores)")
+    b2.add_argument("--dtype", help="compute dtype (default: the checkpoint's)")
+    b2.add_argument("--json", action="store_true", help="print a JSON list, one object per placement")
+    b2.add_argument("--debug", action="store_true", help="show tracebacks")
     bs = bsub.add_parser("serve", help="aggregate and per-user decode tokens/s with N users at once")
     _add_model_args(bs)
     bs.add_argument("--users", default="1,2,4,8", help="comma list of concurrent users")
@@ -105,7 +115,7 @@ def _load(args):
     path = args.model or ensure_default_model()
     return LLM(path, dtype=args.dtype, device=args.device, max_context=args.max_context,
                progress=sys.stderr.isatty(), experts=args.experts, experts_format=args.experts_format,
-               threads=args.threads)
+               threads=args.threads, placement=args.placement)
 
 
 def _sampling(args, llm):
@@ -185,6 +195,8 @@ def cmd_chat(args) -> None:
 def cmd_bench(args) -> None:
     if args.bench == "serve":
         return cmd_bench_serve(args)
+    if args.bench == "e2e":
+        return cmd_bench_e2e(args)
     from hymoe.bench.experts import bench_experts
     from hymoe.experts import native
 
@@ -205,6 +217,23 @@ def cmd_bench(args) -> None:
               f"({r['gemm_fraction']:.0%} of bf16 GEMM {r['gemm_gflops']:.0f})", file=sys.stderr)
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results))
+
+
+def cmd_bench_e2e(args) -> None:
+    from hymoe.bench.e2e import bench_e2e
+    from hymoe.default_model import ensure_default_model
+
+    if args.prompt_tokens < 1 or args.gen_tokens < 2:
+        raise HymoeError("--prompt-tokens must be at least 1 and --gen-tokens at least 2")
+    rows = bench_e2e(args.model or ensure_default_model(), args.placement.split(","), args.prompt_tokens,
+                     args.gen_tokens, args.threads, args.dtype)
+    for r in rows:
+        bound = f", bandwidth allows {r['decode_bound_tokens_per_s']:.0f}" if r["decode_bound_tokens_per_s"] else ""
+        print(f"{r['placement']:>8} ({r['device']}, {r['experts']} experts): prefill {r['prefill_tokens_per_s']:.1f} "
+              f"tok/s, decode {r['decode_tokens_per_s']:.1f} tok/s{bound}; CPU busy {r['cpu_busy']:.0%}",
+              file=sys.stderr)
+    if args.json:
+        print(json.dumps(rows))
 
 
 def cmd_bench_serve(args) -> None:
@@ -251,8 +280,6 @@ def cmd_serve(args) -> None:
     from hymoe.default_model import ensure_default_model
     from hymoe.serve.app import Server, build_app
 
-    if args.placement != "cpu":
-        raise HymoeError(f"placement {args.placement!r} is not available yet; serve runs with --placement cpu")
     if args.max_batch < 1 or args.max_queue < 0:
         raise HymoeError("--max-batch must be at least 1 and --max-queue at least 0")
     llm = _load(args)

@@ -38,6 +38,28 @@ def _as_format(w: torch.Tensor, fmt: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(q)).reshape(e, -1)
 
 
+# placements that run today; layers:N, gpu and GPU-resident experts belong to issue 6's later steps
+PLACEMENTS = ("cpu", "hybrid")
+
+
+def resolve_placement(name: str | None, device: str | None = None) -> tuple[str, torch.device, bool]:
+    """A placement name -> (name, device of the dense part, whether CPU experts run asynchronously).
+
+    cpu: everything on the CPU; the experts run in the calling thread with the pool's help.
+    hybrid: the dense part on the GPU (on a CPU-only machine, on the CPU, standing in for it) while
+    the routed experts run on the CPU pool at the same time: each MoE layer submits its expert job,
+    computes the shared experts meanwhile, then waits only for the result.
+    """
+    name = name or ("hybrid" if torch.cuda.is_available() else "cpu")
+    if name not in PLACEMENTS:
+        raise HymoeError(f"placement {name!r} is not available yet (use one of {', '.join(PLACEMENTS)})")
+    if name == "cpu":
+        if device not in (None, "cpu"):
+            raise HymoeError(f"placement cpu puts everything on the CPU; --device {device} contradicts it")
+        return name, torch.device("cpu"), False
+    return name, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")), True
+
+
 def place_experts(model, backend: str = "auto", fmt: str | None = None, threads: int | None = None,
                   is_async: bool = False) -> str:
     """Move every MoE layer's experts to `backend` ('auto', 'native', 'torch'); returns the one used.

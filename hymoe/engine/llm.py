@@ -13,7 +13,7 @@ from hymoe.errors import HymoeError
 from hymoe.loader.open import open_model
 from hymoe.loader.weights import load_weights
 from hymoe.models import build_model
-from hymoe.placement import place_experts
+from hymoe.placement import place_experts, resolve_placement
 
 DEFAULT_MAX_CONTEXT = 4096
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -31,17 +31,15 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
 class LLM:
     def __init__(self, path: str | Path, dtype: str | torch.dtype | None = None, device: str | None = None,
                  max_context: int | None = None, progress: bool = True, experts: str = "auto",
-                 experts_format: str | None = None, threads: int | None = None):
+                 experts_format: str | None = None, threads: int | None = None, placement: str | None = None):
         files = open_model(path)
         self.config: ModelConfig = files.config
         self.dtype = parse_dtype(dtype) or files.dtype
-        self.device = torch.device(device or "cpu")
+        self.placement, self.device, is_async = resolve_placement(placement, device)
         with torch.device("meta"):
             model = build_model(self.config)
         self.model = load_weights(model, files.source, self.dtype, self.device, progress)
-        # with the dense part on the CPU there is nothing to overlap: experts run in the calling thread
-        self.experts_backend = place_experts(self.model, experts, experts_format, threads,
-                                             is_async=self.device.type != "cpu")
+        self.experts_backend = place_experts(self.model, experts, experts_format, threads, is_async=is_async)
         self.tokenizer = files.tokenizer
         self.generation_defaults = files.generation_defaults
         self.max_context = min(max_context or DEFAULT_MAX_CONTEXT, self.config.max_position_embeddings)
