@@ -12,8 +12,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="HF model directory or .gguf file (default: the bundled demo model)")
     p.add_argument("--dtype", help="compute dtype: float32, bfloat16, float16 (default: the checkpoint's)")
     p.add_argument("--device", help="device for the dense part, e.g. cpu or cuda (default: by placement)")
-    p.add_argument("--placement", help="cpu, or hybrid: dense part on the GPU (on a CPU-only machine, the CPU "
-                   "stands in) overlapped with the routed experts on the CPU (default: hybrid with a GPU, else cpu)")
+    p.add_argument("--placement", help="cpu; hybrid: dense part on the GPU overlapped with routed experts on the "
+                   "CPU; layers:N: first N whole layers on the GPU; gpu: all on the GPU (without CUDA the CPU "
+                   "stands in for the GPU) (default: hybrid with a GPU, else cpu)")
     p.add_argument("--max-context", type=int, help="KV cache length in tokens (default: 4096)")
     p.add_argument("--experts", default="auto", choices=["auto", "native", "torch"],
                    help="routed-expert backend (default: native CPU kernels when built)")

@@ -6,6 +6,7 @@ a chosen GGUF format (the checkpoint's float dtype in place, or quantized at loa
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,33 +39,67 @@ def _as_format(w: torch.Tensor, fmt: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(q)).reshape(e, -1)
 
 
-# placements that run today; layers:N, gpu and GPU-resident experts belong to issue 6's later steps
-PLACEMENTS = ("cpu", "hybrid")
+PLACEMENTS = ("cpu", "hybrid", "layers:N", "gpu")
 
 
-def resolve_placement(name: str | None, device: str | None = None) -> tuple[str, torch.device, bool]:
-    """A placement name -> (name, device of the dense part, whether CPU experts run asynchronously).
+@dataclass(frozen=True)
+class Placement:
+    """Where each part of the model computes. `gpu` is the CUDA device, or on a CPU-only machine the
+    CPU standing in for it, so the same orchestration runs (and is tested) everywhere."""
 
-    cpu: everything on the CPU; the experts run in the calling thread with the pool's help.
-    hybrid: the dense part on the GPU (on a CPU-only machine, on the CPU, standing in for it) while
-    the routed experts run on the CPU pool at the same time: each MoE layer submits its expert job,
-    computes the shared experts meanwhile, then waits only for the result.
-    """
+    name: str
+    device: torch.device  # embedding, final norm and head (and the dense part, unless split by layers)
+    gpu: torch.device
+    gpu_layers: int | None  # whole layers (dense + torch experts) moved to `gpu`; None = all
+    is_async: bool  # CPU experts are submitted and overlapped with the dense side
+
+
+def resolve_placement(name: str | None, device: str | None = None) -> Placement:
+    """cpu: everything on the CPU, experts in the calling thread with the pool's help.
+    hybrid: dense part on the GPU, routed experts on the CPU pool at the same time (each MoE layer
+    submits its expert job, computes the shared experts meanwhile, then waits only for the result).
+    layers:N: the first N whole layers on the GPU, the rest entirely on the CPU (llama.cpp's -ngl).
+    gpu: everything on the GPU."""
+    gpu = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = name or ("hybrid" if torch.cuda.is_available() else "cpu")
-    if name not in PLACEMENTS:
-        raise HymoeError(f"placement {name!r} is not available yet (use one of {', '.join(PLACEMENTS)})")
+    cpu = torch.device("cpu")
     if name == "cpu":
         if device not in (None, "cpu"):
             raise HymoeError(f"placement cpu puts everything on the CPU; --device {device} contradicts it")
-        return name, torch.device("cpu"), False
-    return name, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")), True
+        return Placement(name, cpu, cpu, 0, False)
+    if name == "hybrid":
+        return Placement(name, gpu, gpu, 0, True)
+    if name == "gpu":
+        return Placement(name, gpu, gpu, None, False)
+    if name.startswith("layers:") and name[7:].isdigit():
+        return Placement(name, cpu, gpu, int(name[7:]), False)
+    raise HymoeError(f"unknown placement {name!r} (use cpu, hybrid, layers:N or gpu)")
+
+
+def place_layers(model, placement: Placement, dtype: torch.dtype) -> set[int]:
+    """Move the placement's GPU layers, experts included (as torch weights); returns their MoE ids."""
+    n = model.cfg.num_layers if placement.gpu_layers is None else placement.gpu_layers
+    if n > model.cfg.num_layers:
+        raise HymoeError(f"placement {placement.name} asks for {n} layers; the model has {model.cfg.num_layers}")
+    kept = set()
+    for layer in model.layers[:n]:
+        layer.to(placement.gpu)
+        if isinstance(layer.mlp, MoE):
+            ex = layer.mlp.experts
+            ex = ex.to_torch(dtype) if isinstance(ex, DequantExperts) else ex
+            layer.mlp.experts = ex.to(placement.gpu)
+            kept.add(id(layer.mlp))
+    if placement.gpu_layers is None:  # everything: embedding, final norm and head too
+        model.to(placement.gpu)
+    return kept
 
 
 def place_experts(model, backend: str = "auto", fmt: str | None = None, threads: int | None = None,
-                  is_async: bool = False) -> str:
+                  is_async: bool = False, keep: set[int] = frozenset()) -> str:
     """Move every MoE layer's experts to `backend` ('auto', 'native', 'torch'); returns the one used.
 
     A layer arrives as TorchExperts (float weights) or DequantExperts (GGUF blocks in place).
+    MoE layers whose id is in `keep` stay as they are (layers placed on the GPU).
     """
     if backend not in ("auto", "native", "torch"):
         raise HymoeError(f"unknown experts backend {backend!r} (use auto, native or torch)")
@@ -79,7 +114,7 @@ def place_experts(model, backend: str = "auto", fmt: str | None = None, threads:
     engine = native.NativeEngine(threads, is_async) if backend == "native" else None
     dtype = next(model.parameters()).dtype
     for module in model.modules():
-        if isinstance(module, MoE):
+        if isinstance(module, MoE) and id(module) not in keep:
             module.experts = _place(module.experts, engine, fmt and fmt.upper(), dtype, model.cfg)
     return backend
 

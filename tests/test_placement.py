@@ -15,6 +15,24 @@ PROMPT = list(range(3, 40))
 
 
 @pytest.mark.parametrize("name", ["deepseek_v3", "qwen2_moe", "mixtral"])
+def test_layer_split_and_gpu_placements_agree_with_cpu(tiny_model, name):
+    """layers:N keeps N whole layers (torch experts) on the GPU side, the rest on the CPU (native)."""
+    hf_dir, _ = tiny_model(name)
+    cpu = hymoe.load(hf_dir, dtype="float32", progress=False, placement="cpu")
+    want = cpu.logits(PROMPT)
+    greedy = cpu.generate(PROMPT, max_new_tokens=12, is_eos_ignored=True)
+    for placement in ("layers:1", "layers:2", "gpu"):
+        llm = hymoe.load(hf_dir, dtype="float32", progress=False, placement=placement)
+        n = llm.config.num_layers if placement == "gpu" else int(placement[7:])
+        kinds = [type(layer.mlp.experts).__name__ for layer in llm.model.layers if isinstance(layer.mlp, MoE)]
+        moe_index = [i for i, layer in enumerate(llm.model.layers) if isinstance(layer.mlp, MoE)]
+        assert kinds == ["TorchExperts" if i < n else "NativeExperts" for i in moe_index], placement
+        assert all(d == llm.placement.gpu for d in llm.model.layer_devices()[:n])
+        assert (llm.logits(PROMPT) - want).abs().max().item() <= 1e-4, placement
+        assert llm.generate(PROMPT, max_new_tokens=12, is_eos_ignored=True) == greedy, placement
+
+
+@pytest.mark.parametrize("name", ["deepseek_v3", "qwen2_moe", "mixtral"])
 def test_cpu_and_hybrid_agree(tiny_model, name):
     hf_dir, _ = tiny_model(name)
     cpu = hymoe.load(hf_dir, dtype="float32", progress=False, placement="cpu")
@@ -30,9 +48,11 @@ def test_cpu_and_hybrid_agree(tiny_model, name):
 def test_default_and_unknown_placements(tiny_model):
     hf_dir, _ = tiny_model("mixtral")
     llm = hymoe.load(hf_dir, progress=False)
-    assert llm.placement == ("hybrid" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(HymoeError, match="not available yet"):
-        hymoe.load(hf_dir, progress=False, placement="layers:2")
+    assert llm.placement.name == ("hybrid" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(HymoeError, match="unknown placement 'layers:x'"):
+        hymoe.load(hf_dir, progress=False, placement="layers:x")
+    with pytest.raises(HymoeError, match="asks for 9 layers; the model has 2"):
+        hymoe.load(hf_dir, progress=False, placement="layers:9")
     with pytest.raises(HymoeError, match="contradicts"):
         hymoe.load(hf_dir, progress=False, placement="cpu", device="cuda")
 
@@ -53,3 +73,14 @@ def test_bench_e2e_reports_each_placement(tiny_model):
         assert x["prefill_tokens_per_s"] > 0 and x["decode_tokens_per_s"] > 0 and 0 < x["cpu_busy"] <= 1.05
         assert x["decode_bound_tokens_per_s"] == pytest.approx(x["bandwidth_gbps"] * 1e9 / x["weight_bytes_per_token"],
                                                              rel=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("placement", ["hybrid", "layers:2", "gpu"])
+def test_placements_on_cuda_agree_with_cpu(tiny_model, placement):
+    """On a real GPU: hidden states, KV cache and RoPE tables cross devices between layers."""
+    hf_dir, _ = tiny_model("deepseek_v3")
+    want = hymoe.load(hf_dir, dtype="float32", progress=False, placement="cpu").logits(PROMPT)
+    llm = hymoe.load(hf_dir, dtype="float32", progress=False, placement=placement, device="cuda")
+    assert llm.placement.gpu.type == "cuda"
+    assert (llm.logits(PROMPT) - want).abs().max().item() <= 1e-3

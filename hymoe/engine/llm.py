@@ -13,7 +13,8 @@ from hymoe.errors import HymoeError
 from hymoe.loader.open import open_model
 from hymoe.loader.weights import load_weights
 from hymoe.models import build_model
-from hymoe.placement import place_experts, resolve_placement
+from hymoe.layers.moe import MoE
+from hymoe.placement import place_experts, place_layers, resolve_placement
 
 DEFAULT_MAX_CONTEXT = 4096
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -35,11 +36,17 @@ class LLM:
         files = open_model(path)
         self.config: ModelConfig = files.config
         self.dtype = parse_dtype(dtype) or files.dtype
-        self.placement, self.device, is_async = resolve_placement(placement, device)
+        self.placement = resolve_placement(placement, device)
+        self.device = self.placement.device
         with torch.device("meta"):
             model = build_model(self.config)
         self.model = load_weights(model, files.source, self.dtype, self.device, progress)
-        self.experts_backend = place_experts(self.model, experts, experts_format, threads, is_async=is_async)
+        on_gpu = place_layers(self.model, self.placement, self.dtype)
+        place_experts(self.model, experts, experts_format, threads, is_async=self.placement.is_async, keep=on_gpu)
+        # what computes the routed experts, e.g. "native", or "native+torch" for a layer split
+        names = {"NativeExperts": "native", "TorchExperts": "torch", "DequantExperts": "dequant"}
+        self.experts_backend = "+".join(sorted({names[type(m.experts).__name__] for m in self.model.modules()
+                                                if isinstance(m, MoE)}))
         self.tokenizer = files.tokenizer
         self.generation_defaults = files.generation_defaults
         self.max_context = min(max_context or DEFAULT_MAX_CONTEXT, self.config.max_position_embeddings)

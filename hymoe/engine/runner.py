@@ -14,7 +14,7 @@ class Runner:
     def __init__(self, model: Decoder, num_slots: int, max_len: int, dtype: torch.dtype,
                  device: torch.device | str = "cpu"):
         self.model, self.max_len, self.device = model, max_len, torch.device(device)
-        self.cache = KVCache(model.cache_entries(), num_slots, max_len, dtype, self.device)
+        self.cache = KVCache(model.cache_entries(), num_slots, max_len, dtype, model.layer_devices())
 
     @torch.inference_mode()
     def forward(self, rows: list[int], tokens: list[list[int]], starts: list[int],

@@ -31,7 +31,9 @@ class TorchExperts(ExpertBackend):
 
     def compute(self, hidden: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
         num_tokens, k = topk_ids.shape
-        x = hidden.to(self.gate.dtype)
+        device = self.gate.device  # the weights' device computes; the caller's gets the result
+        x = hidden.to(device, self.gate.dtype)
+        topk_ids, topk_weights = topk_ids.to(device), topk_weights.to(device)
         flat = topk_ids.reshape(-1)  # [T*K]
         order = flat.argsort(stable=True)  # token-expert pairs grouped by expert
         counts = torch.bincount(flat, minlength=self.gate.shape[0]).tolist()
@@ -48,4 +50,4 @@ class TorchExperts(ExpertBackend):
             start += count
         ys = ys.float() * topk_weights.reshape(-1)[order, None].float()
         out = torch.zeros(num_tokens, x.shape[1], dtype=torch.float32, device=x.device)
-        return out.index_add_(0, token_of, ys)  # [T, H]
+        return out.index_add_(0, token_of, ys).to(hidden.device)  # [T, H]

@@ -32,18 +32,24 @@ class Step:
             window_mask = window_mask[:, None]
         return Step(positions, rows, kv_len, mask[:, None], window_mask)
 
+    def to(self, device: torch.device) -> "Step":
+        """The same step for layers on another device (layer-split placements)."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Step(move(self.positions), move(self.rows), self.kv_len, move(self.mask), move(self.window_mask))
+
 
 class KVCache:
     """Buffers have one scratch column past max_len: padding tokens write there and nothing reads it."""
 
     def __init__(self, layer_entries: list[dict[str, tuple[int, ...]]], num_slots: int, max_len: int,
-                 dtype: torch.dtype, device: torch.device | str = "cpu"):
+                 dtype: torch.dtype, device: torch.device | str | list = "cpu"):
         self.num_slots, self.max_len = num_slots, max_len
-        # per layer: name -> [slots, max_len, *entry_shape]
+        devices = device if isinstance(device, list) else [device] * len(layer_entries)  # one per layer
+        # per layer: name -> [slots, max_len, *entry_shape], on that layer's device
         self.layers = [
-            {name: torch.zeros(num_slots, max_len + 1, *shape, dtype=dtype, device=device)
+            {name: torch.zeros(num_slots, max_len + 1, *shape, dtype=dtype, device=dev)
              for name, shape in entries.items()}
-            for entries in layer_entries
+            for entries, dev in zip(layer_entries, devices)
         ]
 
     def nbytes(self) -> int:

@@ -82,7 +82,8 @@ def load_weights(model: Decoder, source: TensorSource, dtype: torch.dtype, devic
     tied = model.cfg.is_tied_embeddings
     for name in tqdm(params + moe_prefixes, desc="loading", unit="tensor", disable=not progress, leave=False):
         if name in moe_prefixes:
-            model.get_submodule(name).experts = _stack_experts(model, source, name, dtype, device)
+            # experts stay in host memory; a placement that wants some on the GPU moves them
+            model.get_submodule(name).experts = _stack_experts(model, source, name, dtype, torch.device("cpu"))
             continue
         if name == "lm_head.weight" and (tied or "lm_head.weight" not in source):
             if not tied:

@@ -51,9 +51,16 @@ class Decoder(nn.Module):
         """token_ids [B, T] -> final hidden states [B, T, H] (after the last norm)."""
         x = self.embed_tokens(token_ids)
         cos_sin = self.rope.cos_sin(step.positions, x.dtype)
+        on = {x.device: (step, cos_sin)}  # what each device's layers read, moved once per forward
         for layer, layer_cache in zip(self.layers, cache.layers):
-            x = layer(x, step, layer_cache, cos_sin)
-        return self.norm(x)
+            dev = layer.input_layernorm.weight.device
+            if dev not in on:
+                on[dev] = (step.to(dev), tuple(t.to(dev) for t in cos_sin))
+            x = layer(x.to(dev), *on[dev][:1], layer_cache, on[dev][1])
+        return self.norm(x.to(self.norm.weight.device))
+
+    def layer_devices(self) -> list[torch.device]:
+        return [layer.input_layernorm.weight.device for layer in self.layers]
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
