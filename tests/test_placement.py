@@ -70,7 +70,7 @@ def test_bench_e2e_reports_each_placement(tiny_model):
     rows = json.loads(r.stdout.splitlines()[-1])
     assert [x["placement"] for x in rows] == ["cpu", "hybrid"]
     for x in rows:
-        assert x["prefill_tokens_per_s"] > 0 and x["decode_tokens_per_s"] > 0 and 0 < x["cpu_busy"] <= 1.05
+        assert x["prefill_tokens_per_s"] > 0 and x["decode_tokens_per_s"] > 0 and 0 < x["cpu_busy"] <= 1
         assert x["decode_bound_tokens_per_s"] == pytest.approx(x["bandwidth_gbps"] * 1e9 / x["weight_bytes_per_token"],
                                                              rel=1e-2)
 
