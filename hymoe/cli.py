@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--debug", action="store_true", help="show tracebacks")
     ins = sub.add_parser("inspect", help="architecture, parameters, formats and memory of a model")
     ins.add_argument("model", nargs="?", help="HF model directory or .gguf file (default: the bundled demo model)")
-    ins.add_argument("--placement", default="cpu", help="cpu or hybrid (dense on the GPU, experts on the CPU)")
+    ins.add_argument("--placement", default="cpu", help="cpu, hybrid, layers:N or gpu (see generate --help)")
     ins.add_argument("--dtype", help="compute dtype of the non-expert weights (default: the checkpoint's)")
     ins.add_argument("--max-context", type=int, help="KV cache length in tokens (default: 4096)")
     ins.add_argument("--json", action="store_true", help="print one JSON object")

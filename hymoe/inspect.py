@@ -15,13 +15,13 @@ import torch
 from hymoe.errors import HymoeError
 from hymoe.loader.open import open_model
 from hymoe.models import build_model
+from hymoe.placement import resolve_placement
 
 # first match wins; the patterns cover both HF and GGUF tensor names
 _GROUPS = (("routed experts", r"_exps\.|\.experts\."), ("shared experts", r"_shexp|shared_expert"),
            ("router", r"ffn_gate_inp|exp_probs_b|mlp\.gate\.|block_sparse_moe\.gate\."),
            ("embedding", r"token_embd|embed_tokens"), ("output", r"^output\.|lm_head"), ("norms", r"norm"),
            ("attention", r"attn_|self_attn"), ("dense ffn", r"ffn_|mlp\."))
-PLACEMENTS = ("cpu", "hybrid")
 
 
 def _group(name: str) -> str:
@@ -44,13 +44,22 @@ def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = 
                   context: int | None = None) -> dict:
     from hymoe.engine.llm import DEFAULT_MAX_CONTEXT, parse_dtype
 
-    if placement not in PLACEMENTS:
-        raise HymoeError(f"unknown placement {placement!r} (use one of {', '.join(PLACEMENTS)})")
+    plan = resolve_placement(placement)
     files = open_model(path)
     cfg = files.config
     compute = parse_dtype(dtype) or files.dtype
     groups: dict[str, dict] = defaultdict(lambda: {"tensors": 0, "params": 0, "bytes": 0, "formats": defaultdict(int)})
+    n_gpu = cfg.num_layers if plan.gpu_layers is None else plan.gpu_layers
+    if n_gpu > cfg.num_layers:
+        raise HymoeError(f"placement {placement} asks for {n_gpu} layers; the model has {cfg.num_layers}")
+    # layers:N and gpu: whole layers on the GPU in the compute dtype (experts as torch weights);
+    # the rest on the CPU, experts in their stored format
+    split = {"gpu": 0, "cpu": 0}
     for name, fmt, numel, nbytes in _stored(files):
+        m = re.search(r"(?:blk|layers)\.(\d+)\.", name)
+        on_gpu = int(m[1]) < n_gpu if m else plan.gpu_layers is None
+        is_routed = _group(name) == "routed experts"
+        split["gpu" if on_gpu else "cpu"] += numel * compute.itemsize if on_gpu or not is_routed else nbytes
         g = groups[_group(name)]
         g["tensors"] += 1
         g["params"] += numel
@@ -69,8 +78,18 @@ def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = 
     with torch.device("meta"):
         entries = build_model(cfg).cache_entries()
     kv = ctx * sum(int(torch.Size(s).numel()) for layer in entries for s in layer.values()) * compute.itemsize
-    devices = ({"cpu": dense_compute + routed["bytes"] + kv} if placement == "cpu"
-               else {"gpu": dense_compute + kv, "cpu": routed["bytes"]})
+    kv_gpu = kv * n_gpu // cfg.num_layers  # every layer caches the same amount per token
+    if plan.name == "cpu":
+        devices = {"cpu": dense_compute + routed["bytes"] + kv}
+    elif plan.name == "hybrid":
+        devices = {"gpu": dense_compute + kv, "cpu": routed["bytes"]}
+    else:
+        devices = {"gpu": split["gpu"] + kv_gpu, "cpu": split["cpu"] + kv - kv_gpu}
+    if "gpu" in devices and torch.cuda.is_available():
+        total_gpu = torch.cuda.mem_get_info(plan.gpu)[1]
+        if devices["gpu"] > total_gpu:
+            raise HymoeError(f"placement {placement} needs {devices['gpu'] / 1e9:.1f} GB on {plan.gpu}; "
+                             f"it has {total_gpu / 1e9:.1f} GB")
     return {
         "path": str(path), "model_type": cfg.model_type, "layers": cfg.num_layers, "moe_layers": n_moe,
         "hidden_size": cfg.hidden_size, "experts": cfg.num_experts, "experts_per_token": cfg.num_experts_per_tok,

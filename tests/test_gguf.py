@@ -192,3 +192,18 @@ def test_per_expert_tensors_of_older_mixtral_files(gguf_model, tmp_path):
     rewrite(path, tmp_path / "old.gguf", tensors=unstack)
     want = hymoe.load(path, dtype="float32", progress=False).logits(PROMPT)
     assert torch.equal(hymoe.load(tmp_path / "old.gguf", dtype="float32", progress=False).logits(PROMPT), want)
+
+
+def test_inspect_splits_memory_by_placement(gguf_model):
+    from hymoe.inspect import inspect_model
+
+    _, path = gguf_model("deepseek_v3", "Q8_0")
+    d = {p: inspect_model(path, p, "float32", 512)["devices"] for p in ("cpu", "hybrid", "layers:1", "layers:3", "gpu")}
+    assert set(d["cpu"]) == {"cpu"} and d["gpu"]["cpu"] == 0
+    total_params = inspect_model(path, "gpu", "float32", 512)["params_total"]
+    kv = inspect_model(path, "cpu", "float32", 512)["kv_bytes"]
+    assert d["gpu"]["gpu"] == total_params * 4 + kv  # everything dequantized to float32 on the GPU
+    assert d["layers:1"]["gpu"] < d["layers:3"]["gpu"] < d["gpu"]["gpu"]  # layer 0 is dense: small
+    assert d["layers:3"]["cpu"] < d["layers:1"]["cpu"]
+    with pytest.raises(HymoeError, match="asks for 9 layers"):
+        inspect_model(path, "layers:9")
