@@ -26,7 +26,7 @@ from hymoe.loader.gguf_meta import GGUF_ARCH, write_metadata
 from hymoe.loader.gguf_names import GGUFNames, permute_rows, split_kv_b
 from hymoe.loader.gguf_tokenizer import write_tokenizer
 from hymoe.loader.open import open_model
-from hymoe.loader.weights import stacked_projection
+from hymoe.loader.weights import checked, stacked_projection
 from hymoe.models import build_model
 from hymoe.quant.formats import qtype, row_bytes
 from hymoe.quant.kquants import QUANTIZERS
@@ -95,10 +95,7 @@ def _dense_specs(model, source, names: GGUFNames):
     cfg = model.cfg
 
     def read(hf: str, shape) -> torch.Tensor:
-        t = source.get(hf)
-        if tuple(t.shape) != tuple(shape):
-            raise HymoeError(f"tensor {hf} has shape {list(t.shape)}, the model's config says {list(shape)}")
-        return t.float()
+        return checked(source, hf, torch.Size(shape)).float()
 
     for pname, p in model.named_parameters():
         if pname == "lm_head.weight" and cfg.is_tied_embeddings:

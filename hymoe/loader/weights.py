@@ -26,7 +26,8 @@ class TensorSource(Protocol):
     def get(self, name: str) -> torch.Tensor: ...
 
 
-def _checked(source: TensorSource, name: str, shape: torch.Size) -> torch.Tensor:
+def checked(source: TensorSource, name: str, shape: torch.Size) -> torch.Tensor:
+    """source[name], or a clear error when its shape is not the one the config implies."""
     t = source.get(name)
     if tuple(t.shape) != tuple(shape):
         label = source.label(name) if hasattr(source, "label") else name
@@ -52,14 +53,14 @@ def stacked_projection(model: Decoder, source: TensorSource, prefix: str, which:
     fused = model.checkpoint_name(f"{prefix}.experts.gate_up_proj")
     if fused in source:  # transformers >= 5 may save experts already stacked
         if which == 2:
-            t = _checked(source, model.checkpoint_name(f"{prefix}.experts.down_proj"), torch.Size((e, h, i)))
+            t = checked(source, model.checkpoint_name(f"{prefix}.experts.down_proj"), torch.Size((e, h, i)))
         else:
-            t = _checked(source, fused, torch.Size((e, 2 * i, h)))[:, which * i:(which + 1) * i]
+            t = checked(source, fused, torch.Size((e, 2 * i, h)))[:, which * i:(which + 1) * i]
         return t.to(device, dtype or t.dtype)
     proj = model.expert_names[which]
     out = None
     for j in range(e):  # one copy, filled expert by expert
-        t = _checked(source, model.checkpoint_name(f"{prefix}.experts.{j}.{proj}.weight"), torch.Size(shape))
+        t = checked(source, model.checkpoint_name(f"{prefix}.experts.{j}.{proj}.weight"), torch.Size(shape))
         if out is None:
             out = torch.empty((e, *shape), dtype=dtype or t.dtype, device=device)
         out[j] = t
@@ -90,7 +91,7 @@ def load_weights(model: Decoder, source: TensorSource, dtype: torch.dtype, devic
                 raise HymoeError("missing tensor lm_head.weight in the checkpoint")
             continue
         expected = model.get_parameter(name).shape
-        t = _checked(source, model.checkpoint_name(name), expected)
+        t = checked(source, model.checkpoint_name(name), expected)
         target = torch.float32 if name.endswith(FLOAT32_PARAMS) else dtype
         _set_param(model, name, t.to(device, target))
     if tied:
