@@ -20,6 +20,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="routed-expert backend (default: native CPU kernels when built)")
     p.add_argument("--experts-format", help="quantize experts at load: Q8_0, Q4_0, TQ2_0, TQ1_0 (default: as loaded)")
     p.add_argument("--threads", type=int, help="CPU threads for the native experts (default: all cores)")
+    p.add_argument("--gpu-experts", type=int, default=0,
+                   help="with --placement hybrid: also keep N experts per layer on the GPU (spread evenly)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -116,7 +118,7 @@ def _load(args):
     path = args.model or ensure_default_model()
     return LLM(path, dtype=args.dtype, device=args.device, max_context=args.max_context,
                progress=sys.stderr.isatty(), experts=args.experts, experts_format=args.experts_format,
-               threads=args.threads, placement=args.placement)
+               threads=args.threads, placement=args.placement, gpu_experts=args.gpu_experts)
 
 
 def _sampling(args, llm):

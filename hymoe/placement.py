@@ -94,6 +94,27 @@ def place_layers(model, placement: Placement, dtype: torch.dtype) -> set[int]:
     return kept
 
 
+def hot_experts_on_gpu(model, placement: Placement, n: int, dtype: torch.dtype) -> None:
+    """Keep each CPU-side MoE layer's n hot experts (spread evenly: no routing statistics yet) on the
+    GPU too; call before place_experts, which then wraps the CPU part."""
+    from hymoe.experts.split import uniform_hot
+
+    if n <= 0:
+        return
+    if placement.name != "hybrid":
+        raise HymoeError("--gpu-experts needs --placement hybrid (experts on the CPU, the rest on the GPU)")
+    cfg = model.cfg
+    if n >= cfg.num_experts:
+        raise HymoeError(f"--gpu-experts {n}: the model has {cfg.num_experts} experts per layer (use --placement gpu)")
+    for i, layer in enumerate(model.layers):
+        if isinstance(layer.mlp, MoE):
+            ex = layer.mlp.experts
+            hot = uniform_hot(cfg.num_experts, n, i)
+            full = ex if isinstance(ex, TorchExperts) else ex.to_torch(dtype)
+            idx = torch.tensor(hot)
+            layer.mlp.hot = (hot, TorchExperts(full.gate[idx], full.up[idx], full.down[idx]).to(placement.gpu))
+
+
 def place_experts(model, backend: str = "auto", fmt: str | None = None, threads: int | None = None,
                   is_async: bool = False, keep: set[int] = frozenset()) -> str:
     """Move every MoE layer's experts to `backend` ('auto', 'native', 'torch'); returns the one used.
@@ -116,6 +137,11 @@ def place_experts(model, backend: str = "auto", fmt: str | None = None, threads:
     for module in model.modules():
         if isinstance(module, MoE) and id(module) not in keep:
             module.experts = _place(module.experts, engine, fmt and fmt.upper(), dtype, model.cfg)
+            if getattr(module, "hot", None) is not None:
+                from hymoe.experts.split import SplitExperts
+
+                hot, gpu = module.hot
+                module.experts, module.hot = SplitExperts(module.experts, gpu, hot, model.cfg.num_experts), None
     return backend
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hymoe.errors import HymoeError
 from hymoe.experts import native
 from hymoe.experts.torch_backend import TorchExperts
 from quant_utils import dequant, random_weights
@@ -208,3 +209,23 @@ def test_async_submit_returns_while_the_pool_works():
     ref = TorchExperts(*[r.view(torch.float32).view(e, rows, -1) for r, rows in zip(raw, (i, i, h))])
     want = run(ref, x, ids, w)
     assert ((out - want).abs().max() / want.abs().max()).item() < 1e-5
+
+
+def test_pairs_marked_minus_one_are_skipped():
+    """Expert id -1 means the pair is computed elsewhere (a GPU-resident expert): it adds nothing."""
+    e, h, i = 4, 64, 32
+    g, u, d = torch.randn(e, i, h), torch.randn(e, i, h), torch.randn(e, h, i)
+    engine = native.NativeEngine(2, is_async=False)
+    backend = native.NativeExperts(engine, *[w.contiguous().view(torch.uint8).reshape(e, -1) for w in (g, u, d)],
+                                   ("F32",) * 3, h, i)
+    x = torch.randn(5, h)
+    ids = torch.tensor([[0, 1], [2, -1], [-1, -1], [3, 0], [1, 2]])
+    w = torch.rand(5, 2)
+    got = run(backend, x, ids, w)
+    want = TorchExperts(g, u, d).compute(x, ids, w)  # the reference skips -1 the same way
+    by_hand = TorchExperts(g, u, d).compute(x, ids.clamp(min=0), w * (ids >= 0))
+    assert ((want - by_hand).abs().max() / want.abs().max()).item() < 1e-6
+    assert got[2].abs().max() == 0
+    assert ((got - want).abs().max() / want.abs().max()).item() < 1e-5
+    with pytest.raises(HymoeError, match="out of range"):
+        run(backend, x, ids - 1, w)

@@ -84,3 +84,20 @@ def test_placements_on_cuda_agree_with_cpu(tiny_model, placement):
     llm = hymoe.load(hf_dir, dtype="float32", progress=False, placement=placement, device="cuda")
     assert llm.placement.gpu.type == "cuda"
     assert (llm.logits(PROMPT) - want).abs().max().item() <= 1e-3
+
+
+@pytest.mark.parametrize("name", ["deepseek_v3", "qwen2_moe"])
+def test_gpu_resident_hot_experts_agree_with_cpu(tiny_model, name):
+    """hybrid --gpu-experts N: the CPU job skips the hot experts' pairs, the GPU side computes them."""
+    from hymoe.experts.split import SplitExperts
+
+    hf_dir, _ = tiny_model(name)
+    cpu = hymoe.load(hf_dir, dtype="float32", progress=False, placement="cpu")
+    llm = hymoe.load(hf_dir, dtype="float32", progress=False, placement="hybrid", gpu_experts=3)
+    splits = [m.experts for m in llm.model.modules() if isinstance(m, MoE)]
+    assert splits and all(isinstance(s, SplitExperts) and s.gpu.gate.shape[0] == 3 for s in splits)
+    assert (llm.logits(PROMPT) - cpu.logits(PROMPT)).abs().max().item() <= 1e-4
+    assert llm.generate(PROMPT, max_new_tokens=12, is_eos_ignored=True) == \
+        cpu.generate(PROMPT, max_new_tokens=12, is_eos_ignored=True)
+    with pytest.raises(HymoeError, match="needs --placement hybrid"):
+        hymoe.load(hf_dir, progress=False, placement="cpu", gpu_experts=2)

@@ -245,14 +245,16 @@ __attribute__((visibility("default"))) int hymoe_moe_submit(void* engine, const 
         (a.inter % 32 && !fmt_is_float(a.fmt_down)))
         return -2;
     const int P = a.num_tokens * a.topk;
+    // id -1: no expert here (a GPU-resident expert computes that pair elsewhere)
     for (int p = 0; p < P; p++)
-        if (a.ids[p] < 0 || a.ids[p] >= a.num_experts) return -3;
+        if (a.ids[p] < -1 || a.ids[p] >= a.num_experts) return -3;
     Job& job = eng->job;
     job.a = a;
     job.kt = &tables().active;
     // counting sort of (token, k) pairs by expert; experts in ascending order
     std::vector<int> count(a.num_experts + 1, 0);
-    for (int p = 0; p < P; p++) count[a.ids[p] + 1]++;
+    for (int p = 0; p < P; p++)
+        if (a.ids[p] >= 0) count[a.ids[p] + 1]++;
     job.experts.clear();
     job.pair_start.assign(1, 0);
     for (int e = 0; e < a.num_experts; e++) {
@@ -265,6 +267,7 @@ __attribute__((visibility("default"))) int hymoe_moe_submit(void* engine, const 
     job.pair_token.resize(P);
     job.pair_weight.resize(P);
     for (int p = 0; p < P; p++) {
+        if (a.ids[p] < 0) continue;
         int slot = count[a.ids[p]]++;
         job.pair_token[slot] = p / a.topk;
         job.pair_weight[slot] = a.weights[p];

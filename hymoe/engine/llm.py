@@ -14,7 +14,7 @@ from hymoe.loader.open import open_model
 from hymoe.loader.weights import load_weights
 from hymoe.models import build_model
 from hymoe.layers.moe import MoE
-from hymoe.placement import place_experts, place_layers, resolve_placement
+from hymoe.placement import hot_experts_on_gpu, place_experts, place_layers, resolve_placement
 
 DEFAULT_MAX_CONTEXT = 4096
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -32,7 +32,8 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
 class LLM:
     def __init__(self, path: str | Path, dtype: str | torch.dtype | None = None, device: str | None = None,
                  max_context: int | None = None, progress: bool = True, experts: str = "auto",
-                 experts_format: str | None = None, threads: int | None = None, placement: str | None = None):
+                 experts_format: str | None = None, threads: int | None = None, placement: str | None = None,
+                 gpu_experts: int = 0):
         files = open_model(path)
         self.config: ModelConfig = files.config
         self.dtype = parse_dtype(dtype) or files.dtype
@@ -42,9 +43,11 @@ class LLM:
             model = build_model(self.config)
         self.model = load_weights(model, files.source, self.dtype, self.device, progress)
         on_gpu = place_layers(self.model, self.placement, self.dtype)
+        hot_experts_on_gpu(self.model, self.placement, gpu_experts, self.dtype)
         place_experts(self.model, experts, experts_format, threads, is_async=self.placement.is_async, keep=on_gpu)
         # what computes the routed experts, e.g. "native", or "native+torch" for a layer split
-        names = {"NativeExperts": "native", "TorchExperts": "torch", "DequantExperts": "dequant"}
+        names = {"NativeExperts": "native", "TorchExperts": "torch", "DequantExperts": "dequant",
+                 "SplitExperts": "native+gpu-hot"}
         self.experts_backend = "+".join(sorted({names[type(m.experts).__name__] for m in self.model.modules()
                                                 if isinstance(m, MoE)}))
         self.tokenizer = files.tokenizer

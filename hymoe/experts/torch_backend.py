@@ -34,11 +34,12 @@ class TorchExperts(ExpertBackend):
         device = self.gate.device  # the weights' device computes; the caller's gets the result
         x = hidden.to(device, self.gate.dtype)
         topk_ids, topk_weights = topk_ids.to(device), topk_weights.to(device)
-        flat = topk_ids.reshape(-1)  # [T*K]
-        order = flat.argsort(stable=True)  # token-expert pairs grouped by expert
-        counts = torch.bincount(flat, minlength=self.gate.shape[0]).tolist()
-        token_of = order // k  # [T*K] token row of each grouped pair
-        xs = x[token_of]  # [T*K, H]
+        flat = topk_ids.reshape(-1)  # [T*K]; id -1 = a pair computed elsewhere
+        pair = torch.arange(flat.numel(), device=device)[flat >= 0]  # [P] kept pairs
+        order = pair[flat[pair].argsort(stable=True)]  # kept pairs grouped by expert
+        counts = torch.bincount(flat[pair], minlength=self.gate.shape[0]).tolist()
+        token_of = order // k  # [P] token row of each grouped pair
+        xs = x[token_of]  # [P, H]
         ys = torch.empty_like(xs)
         start = 0
         for e, count in enumerate(counts):
