@@ -76,12 +76,12 @@ def test_bench_e2e_reports_each_placement(tiny_model):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("placement", ["hybrid", "layers:2", "gpu"])
-def test_placements_on_cuda_agree_with_cpu(tiny_model, placement):
+@pytest.mark.parametrize("placement,hot", [("hybrid", 0), ("hybrid", 3), ("layers:2", 0), ("gpu", 0)])
+def test_placements_on_cuda_agree_with_cpu(tiny_model, placement, hot):
     """On a real GPU: hidden states, KV cache and RoPE tables cross devices between layers."""
     hf_dir, _ = tiny_model("deepseek_v3")
     want = hymoe.load(hf_dir, dtype="float32", progress=False, placement="cpu").logits(PROMPT)
-    llm = hymoe.load(hf_dir, dtype="float32", progress=False, placement=placement, device="cuda")
+    llm = hymoe.load(hf_dir, dtype="float32", progress=False, placement=placement, device="cuda", gpu_experts=hot)
     assert llm.placement.gpu.type == "cuda"
     assert (llm.logits(PROMPT) - want).abs().max().item() <= 1e-3
 
