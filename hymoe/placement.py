@@ -94,33 +94,36 @@ def place_layers(model, placement: Placement, dtype: torch.dtype) -> set[int]:
     return kept
 
 
-def hot_experts_on_gpu(model, placement: Placement, n: int, dtype: torch.dtype) -> None:
-    """Keep each CPU-side MoE layer's n hot experts (spread evenly: no routing statistics yet) on the
-    GPU too; call before place_experts, which then wraps the CPU part."""
+def hot_experts_on_gpu(model, placement: Placement, n: int, dtype: torch.dtype) -> dict:
+    """Each CPU-side MoE layer's n hot experts (spread evenly: no routing statistics yet), copied to
+    the GPU from the float weights: {id(MoE): (expert ids, TorchExperts)} for place_experts to wrap."""
     from hymoe.experts.split import uniform_hot
 
     if n <= 0:
-        return
+        return {}
     if placement.name != "hybrid":
         raise HymoeError("--gpu-experts needs --placement hybrid (experts on the CPU, the rest on the GPU)")
     cfg = model.cfg
     if n >= cfg.num_experts:
         raise HymoeError(f"--gpu-experts {n}: the model has {cfg.num_experts} experts per layer (use --placement gpu)")
+    out = {}
     for i, layer in enumerate(model.layers):
         if isinstance(layer.mlp, MoE):
             ex = layer.mlp.experts
             hot = uniform_hot(cfg.num_experts, n, i)
             full = ex if isinstance(ex, TorchExperts) else ex.to_torch(dtype)
             idx = torch.tensor(hot)
-            layer.mlp.hot = (hot, TorchExperts(full.gate[idx], full.up[idx], full.down[idx]).to(placement.gpu))
+            out[id(layer.mlp)] = (hot, TorchExperts(full.gate[idx], full.up[idx], full.down[idx]).to(placement.gpu))
+    return out
 
 
 def place_experts(model, backend: str = "auto", fmt: str | None = None, threads: int | None = None,
-                  is_async: bool = False, keep: set[int] = frozenset()) -> str:
+                  is_async: bool = False, keep: set[int] = frozenset(), hot: dict | None = None) -> str:
     """Move every MoE layer's experts to `backend` ('auto', 'native', 'torch'); returns the one used.
 
     A layer arrives as TorchExperts (float weights) or DequantExperts (GGUF blocks in place).
-    MoE layers whose id is in `keep` stay as they are (layers placed on the GPU).
+    MoE layers whose id is in `keep` stay as they are (layers placed on the GPU); those in `hot`
+    (from hot_experts_on_gpu) get their GPU-resident experts beside the CPU ones.
     """
     if backend not in ("auto", "native", "torch"):
         raise HymoeError(f"unknown experts backend {backend!r} (use auto, native or torch)")
@@ -137,11 +140,11 @@ def place_experts(model, backend: str = "auto", fmt: str | None = None, threads:
     for module in model.modules():
         if isinstance(module, MoE) and id(module) not in keep:
             module.experts = _place(module.experts, engine, fmt and fmt.upper(), dtype, model.cfg)
-            if getattr(module, "hot", None) is not None:
+            if hot and id(module) in hot:
                 from hymoe.experts.split import SplitExperts
 
-                hot, gpu = module.hot
-                module.experts, module.hot = SplitExperts(module.experts, gpu, hot, model.cfg.num_experts), None
+                ids, gpu = hot[id(module)]
+                module.experts = SplitExperts(module.experts, gpu, ids, model.cfg.num_experts)
     return backend
 
 

@@ -28,12 +28,6 @@ ROWS = [("BF16", "BF16", None), ("Q8_0", "Q8_0", None), ("Q6_K", "Q6_K", None), 
         ("experts IQ1_S, rest Q8_0", "Q8_0", "IQ1_S")]
 
 
-def llama_scorer(model):
-    def score(wins):
-        return [llama_ref.logits_tensor(model, w) for w in wins]
-    return score
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--context", type=int, default=256)
@@ -50,7 +44,7 @@ def main() -> None:
             llm = hymoe.load(path, dtype="float32", progress=False)
             ids = llm.tokenizer.encode(text)[: args.max_tokens]
             ppl, n = perplexity(llm_scorer(llm), ids, args.context)
-            ref, _ = perplexity(llama_scorer(llama_ref.load(path, n_ctx=args.context)), ids, args.context)
+            ref, _ = perplexity(llama_ref.scorer(llama_ref.load(path, n_ctx=args.context)), ids, args.context)
             results.append({"format": label, "file_mb": round(path.stat().st_size / 1e6, 2), "ppl": round(ppl, 4),
                             "llama_cpp_ppl": round(ref, 4), "tokens": n})
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)

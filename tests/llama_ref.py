@@ -38,3 +38,8 @@ def logits_tensor(model, ids: list[int]):
     import torch
 
     return torch.from_numpy(logits(model, ids).astype(np.float32))
+
+
+def scorer(model):
+    """llama.cpp's logits as a hymoe.eval.ppl scorer (windows -> logits, the same windows as hymoe)."""
+    return lambda wins: [logits_tensor(model, w) for w in wins]

@@ -80,5 +80,5 @@ def test_llama_cpp_perplexity_of_the_same_gguf_agrees_within_one_percent(tmp_pat
     ids = llm.tokenizer.encode((DEMO_MODEL_DIR / "heldout.txt").read_text())[:2048]
     ours, n = perplexity(llm_scorer(llm), ids, CONTEXT)
     ref_model = llama_ref.load(path, n_ctx=CONTEXT)
-    theirs, _ = perplexity(lambda wins: [llama_ref.logits_tensor(ref_model, w) for w in wins], ids, CONTEXT)
+    theirs, _ = perplexity(llama_ref.scorer(ref_model), ids, CONTEXT)
     assert n == 2047 and abs(ours / theirs - 1) < 0.01, (ours, theirs)

@@ -43,8 +43,9 @@ class LLM:
             model = build_model(self.config)
         self.model = load_weights(model, files.source, self.dtype, self.device, progress)
         on_gpu = place_layers(self.model, self.placement, self.dtype)
-        hot_experts_on_gpu(self.model, self.placement, gpu_experts, self.dtype)
-        place_experts(self.model, experts, experts_format, threads, is_async=self.placement.is_async, keep=on_gpu)
+        hot = hot_experts_on_gpu(self.model, self.placement, gpu_experts, self.dtype)
+        place_experts(self.model, experts, experts_format, threads, is_async=self.placement.is_async, keep=on_gpu,
+                      hot=hot)
         # what computes the routed experts, e.g. "native", or "native+torch" for a layer split
         names = {"NativeExperts": "native", "TorchExperts": "torch", "DequantExperts": "dequant",
                  "SplitExperts": "native+gpu-hot"}

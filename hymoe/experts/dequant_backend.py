@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from gguf.quants import dequantize
 
 from hymoe.experts.base import ExpertBackend
 from hymoe.experts.torch_backend import TorchExperts
-from hymoe.quant.formats import qtype
+from hymoe.quant.formats import dequantize
 
 log = logging.getLogger("hymoe")
 _warned: set[str] = set()
@@ -22,7 +20,7 @@ _warned: set[str] = set()
 
 def _tile(raw: torch.Tensor, fmt: str, rows: int, n: int) -> torch.Tensor:
     """One expert's uint8 blocks -> float32 [rows, n]."""
-    return torch.from_numpy(np.ascontiguousarray(dequantize(raw.numpy(), qtype(fmt)), dtype=np.float32)).view(rows, n)
+    return dequantize(raw, fmt, (rows, n))
 
 
 class DequantExperts(ExpertBackend):

@@ -17,7 +17,6 @@ class MoE(nn.Module):
         self.shared_experts = shared
         self.shared_expert_gate = shared_gate
         self.experts: ExpertBackend | None = None  # set by the loader: weights live outside the module tree
-        self.hot = None  # (expert ids, their weights on the GPU) until placement wraps them into experts
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])  # [B*T, H]

@@ -6,23 +6,18 @@ CPU expert engine.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
-from gguf.quants import dequantize
 
 from hymoe.config import ModelConfig
 from hymoe.errors import HymoeError
 from hymoe.loader.gguf_file import GGUFModelFile, TensorInfo
 from hymoe.loader.gguf_names import GGUFNames, merge_kv_b, permute_rows
-from hymoe.quant.formats import FLOAT_DTYPES, row_bytes
+from hymoe.quant.formats import dequantize, row_bytes
 
 
 def dequantize_tensor(t: TensorInfo) -> torch.Tensor:
-    """Any GGUF tensor -> float32 (float formats are viewed, not decoded)."""
-    if t.format in FLOAT_DTYPES:
-        return t.data.view(FLOAT_DTYPES[t.format]).reshape(t.shape).float()
-    values = dequantize(t.data.numpy(), t.type)
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(t.shape)
+    """Any GGUF tensor -> float32."""
+    return dequantize(t.data, t.format, t.shape)
 
 
 class GGUFSource:

@@ -19,6 +19,17 @@ def qtype(name: str) -> GGMLQuantizationType:
         raise HymoeError(f"unknown weight format {name!r}") from None
 
 
+def dequantize(raw: torch.Tensor, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """uint8 GGUF blocks -> float32 `shape` (float formats are viewed; the rest decoded by gguf-py)."""
+    if name in FLOAT_DTYPES:
+        return raw.contiguous().view(FLOAT_DTYPES[name]).reshape(shape).float()
+    import numpy as np
+    from gguf.quants import dequantize as gguf_dequantize
+
+    values = gguf_dequantize(raw.contiguous().numpy(), qtype(name))
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(shape)
+
+
 def row_bytes(name: str, n: int) -> int:
     block, nbytes = GGML_QUANT_SIZES[qtype(name)]
     if n % block:
