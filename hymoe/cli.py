@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     b2.add_argument("--gen-tokens", type=int, default=32)
     b2.add_argument("--threads", type=int, help="CPU threads for the native experts (default: all cores)")
     b2.add_argument("--dtype", help="compute dtype (default: the checkpoint's)")
+    b2.add_argument("--gpu-experts", type=int, default=0, help="hybrid also keeps N hot experts per layer on the GPU")
+    b2.add_argument("--random", metavar="SHAPE", help="instead of a model: random weights at a real model's full "
+                    "width (deepseek-v3, qwen3-30b-a3b)")
+    b2.add_argument("--layers", type=int, default=4, help="layers of the --random model (default: 4)")
+    b2.add_argument("--experts-type", default="Q4_K", help="routed experts' format in the --random model")
     b2.add_argument("--json", action="store_true", help="print a JSON list, one object per placement")
     b2.add_argument("--debug", action="store_true", help="show tracebacks")
     bs = bsub.add_parser("serve", help="aggregate and per-user decode tokens/s with N users at once")
@@ -228,13 +233,22 @@ def cmd_bench_e2e(args) -> None:
 
     if args.prompt_tokens < 1 or args.gen_tokens < 2:
         raise HymoeError("--prompt-tokens must be at least 1 and --gen-tokens at least 2")
-    rows = bench_e2e(args.model or ensure_default_model(), args.placement.split(","), args.prompt_tokens,
-                     args.gen_tokens, args.threads, args.dtype)
+    if args.random:
+        from hymoe.bench.synthetic import random_model
+
+        if args.model:
+            raise HymoeError("give a model or --random, not both")
+        model = random_model(args.random, args.layers, args.experts_type)
+    else:
+        model = args.model or ensure_default_model()
+    rows = bench_e2e(model, args.placement.split(","), args.prompt_tokens, args.gen_tokens, args.threads, args.dtype,
+                     args.gpu_experts)
+    pct = lambda v: "n/a" if v is None else f"{v:.0%}"  # noqa: E731
     for r in rows:
         bound = f", bandwidth allows {r['decode_bound_tokens_per_s']:.0f}" if r["decode_bound_tokens_per_s"] else ""
         print(f"{r['placement']:>8} ({r['device']}, {r['experts']} experts): prefill {r['prefill_tokens_per_s']:.1f} "
-              f"tok/s, decode {r['decode_tokens_per_s']:.1f} tok/s{bound}; CPU busy {r['cpu_busy']:.0%}",
-              file=sys.stderr)
+              f"tok/s, decode {r['decode_tokens_per_s']:.1f} tok/s{bound}; experts busy {pct(r['experts_busy'])}, "
+              f"CPU {pct(r['cpu_busy'])}, GPU {pct(r['gpu_busy'])}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows))
 

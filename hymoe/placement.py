@@ -111,9 +111,12 @@ def hot_experts_on_gpu(model, placement: Placement, n: int, dtype: torch.dtype) 
         if isinstance(layer.mlp, MoE):
             ex = layer.mlp.experts
             hot = uniform_hot(cfg.num_experts, n, i)
-            full = ex if isinstance(ex, TorchExperts) else ex.to_torch(dtype)
-            idx = torch.tensor(hot)
-            out[id(layer.mlp)] = (hot, TorchExperts(full.gate[idx], full.up[idx], full.down[idx]).to(placement.gpu))
+            if isinstance(ex, TorchExperts):
+                idx = torch.tensor(hot)
+                chosen = TorchExperts(ex.gate[idx], ex.up[idx], ex.down[idx])
+            else:  # GGUF blocks: dequantize only the hot experts
+                chosen = ex.subset(hot).to_torch(dtype)
+            out[id(layer.mlp)] = (hot, chosen.to(placement.gpu))
     return out
 
 

@@ -1,14 +1,17 @@
 """`hymoe bench e2e`: prefill and decode tokens/s of one model under each placement, side by side.
 
-Beside the rates: the CPU busy fraction (process CPU time over wall time x cores), the GPU busy
-fraction where CUDA runs the dense part (None otherwise), and the decode rate this machine's
-measured read bandwidth allows: bandwidth / bytes of weights one decode step must read (every
-non-expert weight plus k routed experts per MoE layer, in their stored formats).
+Beside the rates, over the decode phase: how busy the CPU experts were (the native engine's time
+inside MoE jobs over wall time), the process's CPU use (CPU time over wall x cores), the GPU's busy
+fraction where CUDA runs (NVML utilization, sampled), and the decode rate this machine's measured
+read bandwidth allows: bandwidth / bytes the CPU must read per decode step (weights resident in CPU
+memory, routed experts k of E per MoE layer in their stored formats).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import threading
 import time
 
 import torch
@@ -19,45 +22,114 @@ from hymoe.experts import native
 from hymoe.layers.moe import MoE
 
 
-def weight_bytes_per_token(llm: LLM) -> int:
+def _cpu_part(experts):
+    """The backend under a layer's wrappers (GPU-resident split, deferral) that computes on the CPU."""
+    while hasattr(experts, "cpu"):
+        experts = experts.cpu
+    return experts
+
+
+def _engine(llm: LLM):
+    """The native engine computing this model's CPU experts, or None."""
+    for m in llm.model.modules():
+        if isinstance(m, MoE) and isinstance(_cpu_part(m.experts), native.NativeExperts):
+            return _cpu_part(m.experts).engine
+    return None
+
+
+def cpu_bytes_per_token(llm: LLM) -> int:
+    """Bytes one decode step reads from CPU memory: CPU-resident weights (one embedding row aside)
+    and k of E routed experts for each MoE layer computed on the CPU."""
     cfg, total = llm.config, 0
     for name, p in llm.model.named_parameters():
-        if not (name == "lm_head.weight" and cfg.is_tied_embeddings) and "embed_tokens" not in name:
-            total += p.numel() * p.element_size()  # the embedding reads one row, not the table
+        is_embedding = "embed_tokens" in name or (name == "lm_head.weight" and cfg.is_tied_embeddings)
+        if p.device.type == "cpu" and not is_embedding:
+            total += p.numel() * p.element_size()
     for m in llm.model.modules():
         if isinstance(m, MoE):
-            total += m.experts.nbytes() * cfg.num_experts_per_tok // cfg.num_experts
+            ex = _cpu_part(m.experts)
+            on_cpu = getattr(ex, "gate", None) is not None and ex.gate.device.type == "cpu"
+            if on_cpu:
+                total += ex.nbytes() * cfg.num_experts_per_tok // cfg.num_experts
     return total
 
 
+class _GpuSampler:
+    """NVML's utilization of the GPU (share of time a kernel ran), sampled in a thread."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.samples, self._stop = device, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(0.02):
+            self.samples.append(torch.cuda.utilization(self.device))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def busy(self) -> float | None:
+        return round(sum(self.samples) / len(self.samples) / 100, 3) if self.samples else None
+
+
+def _gpu_sampler(device: torch.device):
+    if device.type != "cuda":
+        return None
+    try:
+        torch.cuda.utilization(device)
+    except Exception:  # no NVML bindings: the fraction is reported as None
+        return None
+    return _GpuSampler(device)
+
+
 def bench_e2e(path, placements: list[str], prompt_tokens: int, gen_tokens: int, threads: int | None = None,
-              dtype: str | None = None) -> list[dict]:
+              dtype: str | None = None, gpu_experts: int = 0) -> list[dict]:
     from hymoe.bench.machine import read_gbps
 
     gbps = read_gbps(native.NativeEngine(threads, is_async=False)) if native.library() is not None else None
     rows = []
     for placement in placements:
         llm = LLM(path, dtype=dtype, placement=placement, threads=threads, progress=False,
-                  max_context=prompt_tokens + gen_tokens + 1)
+                  max_context=prompt_tokens + gen_tokens + 1,
+                  gpu_experts=gpu_experts if placement == "hybrid" else 0)
         rng = random.Random(0)
         ids = [rng.randrange(llm.config.vocab_size) for _ in range(prompt_tokens)]
         params = SamplingParams(max_new_tokens=gen_tokens, is_eos_ignored=True)
         llm.generate_batch([ids], SamplingParams(max_new_tokens=2, is_eos_ignored=True))  # warm-up, same shapes
-        cpu0, t0 = time.process_time(), time.perf_counter()
-        _, timings = llm.generate_batch([ids], params)
-        wall = time.perf_counter() - t0
-        per_token = weight_bytes_per_token(llm)
+        engine, gpu = _engine(llm), llm.placement.gpu
+        mark = {}
+
+        def at_first_token(row, tok):  # the decode phase starts here
+            if not mark:
+                mark.update(cpu=time.process_time(), busy=engine.busy_seconds if engine else 0.0)
+
+        sampler = _gpu_sampler(gpu)
+        with sampler or contextlib.nullcontext():
+            _, timings = llm.generate_batch([ids], params, on_token=at_first_token)
+        decode_s = timings.decode_s
+        per_token = cpu_bytes_per_token(llm)
         rows.append({
-            "placement": placement, "device": str(llm.device), "experts": llm.experts_backend,
+            "placement": placement, "device": str(llm.device), "gpu": str(gpu), "experts": llm.experts_backend,
             "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
+            "threads": engine.threads if engine else None,
             "prefill_tokens_per_s": round(timings.prefill_tokens_per_s, 2),
             "decode_tokens_per_s": round(timings.decode_tokens_per_s, 2),
-            # process CPU time over wall x cores; capped at 1, which timer granularity can overshoot on short runs
-            "cpu_busy": round(min(1.0, (time.process_time() - cpu0) / (wall * (os.cpu_count() or 1))), 3),
-            "gpu_busy": None,  # measured only where CUDA runs the dense part
-            "weight_bytes_per_token": per_token, "bandwidth_gbps": round(gbps, 2) if gbps else None,
-            "decode_bound_tokens_per_s": round(gbps * 1e9 / per_token, 1) if gbps else None,
+            "experts_busy": round((engine.busy_seconds - mark["busy"]) / decode_s, 3) if engine else None,
+            # capped at 1, which timer granularity can overshoot on short runs
+            "cpu_busy": round(min(1.0, (time.process_time() - mark["cpu"]) / (decode_s * (os.cpu_count() or 1))), 3),
+            "gpu_busy": sampler.busy if sampler else None,
+            "cpu_bytes_per_token": per_token, "bandwidth_gbps": round(gbps, 2) if gbps else None,
+            "decode_bound_tokens_per_s": round(gbps * 1e9 / per_token, 1) if gbps and per_token else None,
         })
-        if llm.device.type == "cuda":
-            torch.cuda.synchronize()
+        del llm
+        if gpu.type == "cuda":
+            torch.cuda.empty_cache()
     return rows
+
+

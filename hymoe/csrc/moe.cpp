@@ -201,7 +201,16 @@ struct Job {
 struct Engine {
     Pool pool;
     Job job;
+    // seconds spent inside MoE jobs since creation: the CPU side's busy time, which the end-to-end
+    // bench sets against wall time (written by the job's own thread, read after sync)
+    std::atomic<double> busy_s{0};
     explicit Engine(int threads) : pool(threads) {}
+    void run_timed() {
+        auto t0 = std::chrono::steady_clock::now();
+        job.run(pool);
+        double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        busy_s.store(busy_s.load() + dt);
+    }
 };
 
 }  // namespace
@@ -228,6 +237,7 @@ __attribute__((visibility("default"))) int64_t hymoe_row_bytes(int fmt, int n) {
 __attribute__((visibility("default"))) void* hymoe_engine_create(int threads) { return new Engine(threads); }
 __attribute__((visibility("default"))) void hymoe_engine_destroy(void* e) { delete (Engine*)e; }
 __attribute__((visibility("default"))) int hymoe_engine_threads(void* e) { return ((Engine*)e)->pool.size(); }
+__attribute__((visibility("default"))) double hymoe_engine_busy_seconds(void* e) { return ((Engine*)e)->busy_s.load(); }
 
 // Validates, groups tokens by expert, and starts the job: on the pool's driver thread, returning at
 // once (is_async: the caller drives a GPU meanwhile), or in the calling thread, which then works
@@ -273,9 +283,9 @@ __attribute__((visibility("default"))) int hymoe_moe_submit(void* engine, const 
         job.pair_weight[slot] = a.weights[p];
     }
     if (is_async)
-        eng->pool.submit([eng] { eng->job.run(eng->pool); });
+        eng->pool.submit([eng] { eng->run_timed(); });
     else
-        eng->pool.run([eng] { eng->job.run(eng->pool); });
+        eng->pool.run([eng] { eng->run_timed(); });
     return 0;
 }
 

@@ -10,7 +10,7 @@ from hymoe.engine.generate import Completion, Timings, generate
 from hymoe.engine.runner import Runner
 from hymoe.engine.sampler import SamplingParams
 from hymoe.errors import HymoeError
-from hymoe.loader.open import open_model
+from hymoe.loader.open import ModelFiles, open_model
 from hymoe.loader.weights import load_weights
 from hymoe.models import build_model
 from hymoe.layers.moe import MoE
@@ -30,11 +30,11 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
 
 
 class LLM:
-    def __init__(self, path: str | Path, dtype: str | torch.dtype | None = None, device: str | None = None,
+    def __init__(self, path: str | Path | ModelFiles, dtype: str | torch.dtype | None = None, device: str | None = None,
                  max_context: int | None = None, progress: bool = True, experts: str = "auto",
                  experts_format: str | None = None, threads: int | None = None, placement: str | None = None,
                  gpu_experts: int = 0):
-        files = open_model(path)
+        files = path if isinstance(path, ModelFiles) else open_model(path)
         self.config: ModelConfig = files.config
         self.dtype = parse_dtype(dtype) or files.dtype
         self.placement = resolve_placement(placement, device)

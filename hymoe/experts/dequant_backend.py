@@ -37,6 +37,11 @@ class DequantExperts(ExpertBackend):
                   for t, f, (r, n) in zip((self.gate, self.up, self.down), self.formats, ((i, h), (i, h), (h, i)))]
         return TorchExperts(*stacks)
 
+    def subset(self, ids: list[int]) -> "DequantExperts":
+        """Only experts `ids` (in that order), so dequantizing a few costs only their bytes."""
+        idx = torch.tensor(ids)
+        return type(self)(self.gate[idx], self.up[idx], self.down[idx], self.formats, self.hidden, self.inter)
+
     def nbytes(self) -> int:
         return sum(t.numel() for t in (self.gate, self.up, self.down))
 

@@ -46,6 +46,8 @@ def library() -> ctypes.CDLL | None:
     lib.hymoe_engine_create.restype = ctypes.c_void_p
     lib.hymoe_engine_destroy.argtypes = [ctypes.c_void_p]
     lib.hymoe_engine_threads.argtypes = [ctypes.c_void_p]
+    lib.hymoe_engine_busy_seconds.restype = ctypes.c_double
+    lib.hymoe_engine_busy_seconds.argtypes = [ctypes.c_void_p]
     lib.hymoe_moe_submit.argtypes = [ctypes.c_void_p, ctypes.POINTER(_MoeArgs), ctypes.c_int]
     lib.hymoe_moe_sync.argtypes = [ctypes.c_void_p]
     lib.hymoe_moe_is_done.argtypes = [ctypes.c_void_p]
@@ -87,10 +89,41 @@ def rows(fmt: str, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def default_threads(is_async: bool) -> int:
+    """All cores; with a CUDA GPU to drive, one is left to the thread that launches its work."""
+    cores = os.cpu_count() or 1
+    return cores - 1 if is_async and cores > 2 and torch.cuda.is_available() else cores
+
+
 def _as_cpu(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous():
         return t
     return t.detach().to("cpu", dtype).contiguous()
+
+
+class _PinnedStaging:
+    """Page-locked host buffers for one layer whose activations live on a CUDA device: the copies
+    in and out are DMA without a bounce buffer, and the copy back does not block the caller."""
+
+    def __init__(self):
+        self.rows = 0
+        self.bufs: tuple[torch.Tensor, ...] = ()
+
+    def stage(self, hidden, topk_ids, topk_weights):
+        t, h = hidden.shape
+        k = topk_ids.shape[1]
+        if t > self.rows or self.bufs[1].shape[1] != k:
+            self.rows = max(t, 2 * self.rows)
+            pin = dict(pin_memory=True)
+            self.bufs = (torch.empty(self.rows, h, **pin), torch.empty(self.rows, k, dtype=torch.int64, **pin),
+                         torch.empty(self.rows, k, **pin), torch.empty(self.rows, h, **pin))
+        x, ids, w, out = (b[:t] for b in self.bufs)
+        x.copy_(hidden.float(), non_blocking=True)
+        ids.copy_(topk_ids, non_blocking=True)
+        w.copy_(topk_weights.float(), non_blocking=True)
+        # the engine reads host memory: wait for these copies (and the GPU work before them)
+        torch.cuda.current_stream(hidden.device).synchronize()
+        return x, ids, w, out
 
 
 class NativeEngine:
@@ -106,11 +139,16 @@ class NativeEngine:
         if lib is None:
             raise HymoeError("the native CPU kernels are not built")
         self.lib, self.is_async = lib, is_async
-        self.handle = lib.hymoe_engine_create(threads or os.cpu_count() or 1)
+        self.handle = lib.hymoe_engine_create(threads or default_threads(is_async))
 
     @property
     def threads(self) -> int:
         return self.lib.hymoe_engine_threads(self.handle)
+
+    @property
+    def busy_seconds(self) -> float:
+        """Time spent inside MoE jobs since the engine started (the CPU side's busy time)."""
+        return self.lib.hymoe_engine_busy_seconds(self.handle)
 
     def read_gbps(self, buf: torch.Tensor, reps: int = 3) -> float:
         """Streaming-read bandwidth over buf (make it far larger than the last-level cache)."""
@@ -140,6 +178,7 @@ class NativeExperts(ExpertBackend):
         self.gate, self.up, self.down = gate, up, down
         self._pending = None
         self._out: torch.Tensor | None = None
+        self._staging = _PinnedStaging()
         # the per-layer part of the arguments, set once
         self._args = _MoeArgs(0, hidden, inter, 0, self.num_experts, *(int(qtype(f)) for f in formats),
                               0, 0, 0, 0, gate.data_ptr(), up.data_ptr(), down.data_ptr(),
@@ -150,12 +189,19 @@ class NativeExperts(ExpertBackend):
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.gate, self.up, self.down))
 
+    def twin(self) -> "NativeExperts":
+        """A second handle on the same weights with its own buffers (a second job in flight)."""
+        return NativeExperts(self.engine, self.gate, self.up, self.down, self.formats, self.hidden, self.inter)
+
     def submit(self, hidden, topk_ids, topk_weights) -> None:
-        x = _as_cpu(hidden, torch.float32)
-        ids = _as_cpu(topk_ids, torch.int64)
-        w = _as_cpu(topk_weights, torch.float32)
-        out = self._out if self._out is not None and self._out.shape == x.shape else torch.empty_like(x)
-        self._out = out  # reused by the next call of this layer: the caller consumes it before then
+        if hidden.device.type == "cuda":
+            x, ids, w, out = self._staging.stage(hidden, topk_ids, topk_weights)
+        else:
+            x = _as_cpu(hidden, torch.float32)
+            ids = _as_cpu(topk_ids, torch.int64)
+            w = _as_cpu(topk_weights, torch.float32)
+            out = self._out if self._out is not None and self._out.shape == x.shape else torch.empty_like(x)
+            self._out = out  # reused by the next call of this layer: the caller consumes it before then
         a = self._args
         a.num_tokens, a.topk = x.shape[0], ids.shape[1]
         a.x, a.ids, a.weights, a.out = x.data_ptr(), ids.data_ptr(), w.data_ptr(), out.data_ptr()
@@ -173,4 +219,6 @@ class NativeExperts(ExpertBackend):
         self.engine.lib.hymoe_moe_sync(self.engine.handle)
         x, ids, w, out, device = self._pending
         self._pending = None
-        return out if device.type == "cpu" else out.to(device)
+        # from pinned memory the copy back is asynchronous; this layer's next submit waits for the
+        # stream before the engine writes `out` again
+        return out if device.type == "cpu" else out.to(device, non_blocking=True)

@@ -71,7 +71,8 @@ def _stack_experts(model: Decoder, source: TensorSource, prefix: str, dtype: tor
                    device: torch.device) -> ExpertBackend:
     if hasattr(source, "packed_experts"):  # GGUF: the file's blocks, left in place for placement
         raw, formats = source.packed_experts(model.stacked_expert_names(prefix))
-        return DequantExperts(*raw, formats, model.cfg.hidden_size, model.cfg.moe_intermediate_size)
+        kind = getattr(source, "experts_type", DequantExperts)  # a synthetic source brings its own
+        return kind(*raw, formats, model.cfg.hidden_size, model.cfg.moe_intermediate_size)
     return TorchExperts(*(stacked_projection(model, source, prefix, w, dtype, device) for w in range(3)))
 
 
