@@ -20,8 +20,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="routed-expert backend (default: native CPU kernels when built)")
     p.add_argument("--experts-format", help="quantize experts at load: Q8_0, Q4_0, TQ2_0, TQ1_0 (default: as loaded)")
     p.add_argument("--threads", type=int, help="CPU threads for the native experts (default: all cores)")
-    p.add_argument("--gpu-experts", type=int, default=0,
-                   help="with --placement hybrid: also keep N experts per layer on the GPU (spread evenly)")
+    p.add_argument("--gpu-experts", default="0", metavar="N|SIZE",
+                   help="with --placement hybrid: also keep N experts per layer on the GPU, or as many as a "
+                        "budget holds (e.g. 4GiB); the most used per --expert-stats, else spread evenly")
+    p.add_argument("--expert-stats", metavar="FILE", help="routing statistics from `hymoe calibrate`")
+    p.add_argument("--defer-experts", type=int, default=0, metavar="K",
+                   help="compute each token's K lowest-weighted CPU experts during the next layer (default: 0, off)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -73,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (KV slots)")
     sv.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503 + Retry-After")
     sv.add_argument("--name", help="model name clients use (default: the model's directory or file name)")
+    cal = sub.add_parser("calibrate", help="routing statistics over a text (which experts to keep on the GPU)")
+    _add_model_args(cal)
+    cal.add_argument("--prompts", required=True, metavar="FILE", help="UTF-8 text routed through the model")
+    cal.add_argument("--out", default="expert-stats.json", help="statistics file (default: expert-stats.json)")
+    cal.add_argument("--context", type=int, default=512, help="tokens per forward pass (default: 512)")
+    cal.add_argument("--max-tokens", type=int, help="route only the first N tokens of the text")
     ev = sub.add_parser("eval", help="quality evaluations")
     evsub = ev.add_subparsers(dest="eval", required=True)
     ep = evsub.add_parser("ppl", help="perplexity of a text, with a sliding window")
@@ -101,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     b2.add_argument("--gen-tokens", type=int, default=32)
     b2.add_argument("--threads", type=int, help="CPU threads for the native experts (default: all cores)")
     b2.add_argument("--dtype", help="compute dtype (default: the checkpoint's)")
-    b2.add_argument("--gpu-experts", type=int, default=0, help="hybrid also keeps N hot experts per layer on the GPU")
+    b2.add_argument("--gpu-experts", default="0", metavar="N|SIZE", help="hybrid also keeps hot experts on the GPU")
+    b2.add_argument("--defer-experts", type=int, default=0, metavar="K", help="expert deferral (see generate --help)")
     b2.add_argument("--random", metavar="SHAPE", help="instead of a model: random weights at a real model's full "
                     "width (deepseek-v3, qwen3-30b-a3b)")
     b2.add_argument("--layers", type=int, default=4, help="layers of the --random model (default: 4)")
@@ -123,7 +134,8 @@ def _load(args):
     path = args.model or ensure_default_model()
     return LLM(path, dtype=args.dtype, device=args.device, max_context=args.max_context,
                progress=sys.stderr.isatty(), experts=args.experts, experts_format=args.experts_format,
-               threads=args.threads, placement=args.placement, gpu_experts=args.gpu_experts)
+               threads=args.threads, placement=args.placement, gpu_experts=args.gpu_experts,
+               expert_stats=args.expert_stats, defer_experts=args.defer_experts)
 
 
 def _sampling(args, llm):
@@ -242,7 +254,7 @@ def cmd_bench_e2e(args) -> None:
     else:
         model = args.model or ensure_default_model()
     rows = bench_e2e(model, args.placement.split(","), args.prompt_tokens, args.gen_tokens, args.threads, args.dtype,
-                     args.gpu_experts)
+                     args.gpu_experts, args.defer_experts)
     pct = lambda v: "n/a" if v is None else f"{v:.0%}"  # noqa: E731
     for r in rows:
         bound = f", bandwidth allows {r['decode_bound_tokens_per_s']:.0f}" if r["decode_bound_tokens_per_s"] else ""
@@ -309,18 +321,39 @@ def cmd_serve(args) -> None:
     server.scheduler.close()
 
 
-def cmd_eval(args) -> None:
+def _read_text(name: str) -> str:
     from pathlib import Path
 
-    from hymoe.eval.ppl import llm_scorer, perplexity
-
-    path = Path(args.text)
+    path = Path(name)
     if not path.is_file():
         raise HymoeError(f"{path}: no such file")
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise HymoeError(f"{path}: not UTF-8 text") from None
+
+
+def cmd_calibrate(args) -> None:
+    from hymoe.calibrate import calibrate
+
+    text = _read_text(args.prompts)
+    if args.context < 1:
+        raise HymoeError("--context must be at least 1")
+    args.max_context = max(args.max_context or 0, args.context + 1)
+    llm = _load(args)
+    if llm.tokenizer is None:
+        raise HymoeError("this model has no tokenizer")
+    stats = calibrate(llm, llm.tokenizer.encode(text)[: args.max_tokens], args.context)
+    with open(args.out, "w") as f:
+        json.dump(stats, f)
+    print(f"routed {stats['tokens']} tokens through {len(stats['layers'])} MoE layers; wrote {args.out}",
+          file=sys.stderr)
+
+
+def cmd_eval(args) -> None:
+    from hymoe.eval.ppl import llm_scorer, perplexity
+
+    text = _read_text(args.text)
     args.max_context = max(args.max_context or 0, args.context)
     llm = _load(args)
     if llm.tokenizer is None:
@@ -334,7 +367,7 @@ def cmd_eval(args) -> None:
         print(json.dumps({"ppl": round(ppl, 6), "tokens": n, "context": args.context}))
 
 
-COMMANDS = {"generate": cmd_generate, "eval": cmd_eval, "serve": cmd_serve, "chat": cmd_chat, "bench": cmd_bench, "convert": cmd_convert,
+COMMANDS = {"generate": cmd_generate, "eval": cmd_eval, "calibrate": cmd_calibrate, "serve": cmd_serve, "chat": cmd_chat, "bench": cmd_bench, "convert": cmd_convert,
             "inspect": cmd_inspect}
 
 

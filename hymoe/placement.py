@@ -61,6 +61,8 @@ def resolve_placement(name: str | None, device: str | None = None) -> Placement:
     layers:N: the first N whole layers on the GPU, the rest entirely on the CPU (llama.cpp's -ngl).
     gpu: everything on the GPU."""
     gpu = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if gpu.type == "cuda" and gpu.index is None and torch.cuda.is_available():  # tensors report cuda:N; compare like with like
+        gpu = torch.device("cuda", torch.cuda.current_device())
     name = name or ("hybrid" if torch.cuda.is_available() else "cpu")
     cpu = torch.device("cpu")
     if name == "cpu":
@@ -94,39 +96,72 @@ def place_layers(model, placement: Placement, dtype: torch.dtype) -> set[int]:
     return kept
 
 
-def hot_experts_on_gpu(model, placement: Placement, n: int, dtype: torch.dtype) -> dict:
-    """Each CPU-side MoE layer's n hot experts (spread evenly: no routing statistics yet), copied to
-    the GPU from the float weights: {id(MoE): (expert ids, TorchExperts)} for place_experts to wrap."""
+def parse_gpu_experts(value: str | int | None) -> tuple[int, int]:
+    """--gpu-experts: a count per layer ("16") or a GPU memory budget ("4GiB", "512MB") -> (count, bytes)."""
+    if value is None or value == "":
+        return 0, 0
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text), 0
+    units = {"GIB": 2**30, "MIB": 2**20, "GB": 10**9, "MB": 10**6}
+    for unit, scale in units.items():
+        if text.upper().endswith(unit):
+            try:
+                return 0, int(float(text[: -len(unit)]) * scale)
+            except ValueError:
+                break
+    raise HymoeError(f"--gpu-experts {value!r}: give a count per layer (16) or a GPU memory budget (4GiB, 512MB)")
+
+
+def hot_experts_on_gpu(model, placement: Placement, n: int, dtype: torch.dtype, budget: int = 0,
+                       stats: str | None = None) -> dict:
+    """Each CPU-side MoE layer's n hot experts (or as many as `budget` bytes hold, shared evenly by
+    the layers), copied to the GPU in `dtype`: {id(MoE): (expert ids, TorchExperts)} for place_experts.
+    The hot ones are the most used in the routing statistics file `stats`, or spread evenly without one."""
+    from hymoe.calibrate import hottest, load_stats, moe_layers
     from hymoe.experts.split import uniform_hot
 
-    if n <= 0:
+    if n <= 0 and budget <= 0:
+        if stats:
+            raise HymoeError("--expert-stats chooses which experts --gpu-experts keeps on the GPU; give --gpu-experts")
         return {}
     if placement.name != "hybrid":
         raise HymoeError("--gpu-experts needs --placement hybrid (experts on the CPU, the rest on the GPU)")
     cfg = model.cfg
+    layers = {i: m for i, m in moe_layers(model).items() if m.experts is not None and
+              getattr(m.experts, "gate", None) is not None and m.experts.gate.device.type == "cpu"}
+    if budget:
+        per_expert = 3 * cfg.hidden_size * cfg.moe_intermediate_size * dtype.itemsize
+        n = budget // (per_expert * max(1, len(layers)))
+        if n < 1:
+            raise HymoeError(f"--gpu-experts budget of {budget / 2**30:.2f} GiB holds no expert per layer "
+                             f"({len(layers)} layers x {per_expert / 2**20:.0f} MiB per expert)")
+        n = min(n, cfg.num_experts - 1)
     if n >= cfg.num_experts:
         raise HymoeError(f"--gpu-experts {n}: the model has {cfg.num_experts} experts per layer (use --placement gpu)")
+    counts = load_stats(stats, model) if stats else None
     out = {}
-    for i, layer in enumerate(model.layers):
-        if isinstance(layer.mlp, MoE):
-            ex = layer.mlp.experts
-            hot = uniform_hot(cfg.num_experts, n, i)
-            if isinstance(ex, TorchExperts):
-                idx = torch.tensor(hot)
-                chosen = TorchExperts(ex.gate[idx], ex.up[idx], ex.down[idx])
-            else:  # GGUF blocks: dequantize only the hot experts
-                chosen = ex.subset(hot).to_torch(dtype)
-            out[id(layer.mlp)] = (hot, chosen.to(placement.gpu))
+    for i, m in layers.items():
+        ex = m.experts
+        hot = hottest(counts[i], n) if counts else uniform_hot(cfg.num_experts, n, i)
+        if isinstance(ex, TorchExperts):
+            idx = torch.tensor(hot)
+            chosen = TorchExperts(ex.gate[idx], ex.up[idx], ex.down[idx])
+        else:  # GGUF blocks: dequantize only the hot experts
+            chosen = ex.subset(hot).to_torch(dtype)
+        out[id(m)] = (hot, chosen.to(placement.gpu))
     return out
 
 
 def place_experts(model, backend: str = "auto", fmt: str | None = None, threads: int | None = None,
-                  is_async: bool = False, keep: set[int] = frozenset(), hot: dict | None = None) -> str:
+                  is_async: bool = False, keep: set[int] = frozenset(), hot: dict | None = None,
+                  defer: int = 0) -> str:
     """Move every MoE layer's experts to `backend` ('auto', 'native', 'torch'); returns the one used.
 
     A layer arrives as TorchExperts (float weights) or DequantExperts (GGUF blocks in place).
     MoE layers whose id is in `keep` stay as they are (layers placed on the GPU); those in `hot`
-    (from hot_experts_on_gpu) get their GPU-resident experts beside the CPU ones.
+    (from hot_experts_on_gpu) get their GPU-resident experts beside the CPU ones. defer > 0 wraps
+    the CPU-side layers for expert deferral (experts/deferral.py).
     """
     if backend not in ("auto", "native", "torch"):
         raise HymoeError(f"unknown experts backend {backend!r} (use auto, native or torch)")
@@ -148,7 +183,21 @@ def place_experts(model, backend: str = "auto", fmt: str | None = None, threads:
 
                 ids, gpu = hot[id(module)]
                 module.experts = SplitExperts(module.experts, gpu, ids, model.cfg.num_experts)
+    if defer:
+        _defer(model, defer, keep)
     return backend
+
+
+def _defer(model, k: int, keep: set[int]) -> None:
+    from hymoe.experts.deferral import DeferralChain, DeferredExperts
+
+    if not 0 < k < model.cfg.num_experts_per_tok:
+        raise HymoeError(f"--defer-experts {k}: must be between 1 and {model.cfg.num_experts_per_tok - 1} "
+                         f"(the model routes each token to {model.cfg.num_experts_per_tok} experts)")
+    layers = [m for m in model.modules() if isinstance(m, MoE) and id(m) not in keep]
+    chain = DeferralChain()
+    for j, m in enumerate(layers):
+        m.experts = DeferredExperts(m.experts, chain, k, is_first=j == 0, is_last=j == len(layers) - 1)
 
 
 def _place(experts, engine, fmt: str | None, dtype: torch.dtype, cfg):

@@ -101,6 +101,18 @@ def test_hybrid_on_cuda_decodes_like_cpu_through_pinned_buffers(tiny_model):
     assert native and all(n._staging.bufs[0].is_pinned() for n in native)
 
 
+@pytest.mark.gpu
+def test_deferral_and_hot_experts_on_cuda_agree_with_cpu(tiny_model):
+    """Deferred jobs cross pinned buffers one layer later; hot experts computed on the GPU."""
+    hf_dir, _ = tiny_model("deepseek_v3")
+    for kw in (dict(defer_experts=2), dict(defer_experts=1, gpu_experts=4)):
+        cpu = hymoe.load(hf_dir, dtype="float32", progress=False, placement="cpu", defer_experts=kw["defer_experts"])
+        llm = hymoe.load(hf_dir, dtype="float32", progress=False, placement="hybrid", device="cuda", **kw)
+        assert (llm.logits(PROMPT) - cpu.logits(PROMPT)).abs().max().item() <= 1e-3, kw
+        assert llm.generate(PROMPT, max_new_tokens=12, is_eos_ignored=True) == \
+            cpu.generate(PROMPT, max_new_tokens=12, is_eos_ignored=True), kw
+
+
 @pytest.mark.parametrize("name", ["deepseek_v3", "qwen2_moe"])
 def test_gpu_resident_hot_experts_agree_with_cpu(tiny_model, name):
     """hybrid --gpu-experts N: the CPU job skips the hot experts' pairs, the GPU side computes them."""

@@ -89,7 +89,7 @@ def _gpu_sampler(device: torch.device):
 
 
 def bench_e2e(path, placements: list[str], prompt_tokens: int, gen_tokens: int, threads: int | None = None,
-              dtype: str | None = None, gpu_experts: int = 0) -> list[dict]:
+              dtype: str | None = None, gpu_experts: int = 0, defer_experts: int = 0) -> list[dict]:
     from hymoe.bench.machine import read_gbps
 
     gbps = read_gbps(native.NativeEngine(threads, is_async=False)) if native.library() is not None else None
@@ -97,7 +97,8 @@ def bench_e2e(path, placements: list[str], prompt_tokens: int, gen_tokens: int, 
     for placement in placements:
         llm = LLM(path, dtype=dtype, placement=placement, threads=threads, progress=False,
                   max_context=prompt_tokens + gen_tokens + 1,
-                  gpu_experts=gpu_experts if placement == "hybrid" else 0)
+                  gpu_experts=gpu_experts if placement == "hybrid" else 0,
+                  defer_experts=defer_experts if placement in ("cpu", "hybrid") else 0)
         rng = random.Random(0)
         ids = [rng.randrange(llm.config.vocab_size) for _ in range(prompt_tokens)]
         params = SamplingParams(max_new_tokens=gen_tokens, is_eos_ignored=True)

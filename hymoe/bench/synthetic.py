@@ -6,6 +6,8 @@ everything else is random bf16. Generated once per source and shared by every pl
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from hymoe.bench.experts import random_experts
@@ -32,13 +34,21 @@ CONFIGS = {
 REAL_DEPTH = {"deepseek-v3": 61, "qwen3-30b-a3b": 48}
 
 
+def random_tensor(shape, dtype: torch.dtype = torch.bfloat16, std: float = 0.02) -> torch.Tensor:
+    """Normal values: a 16M-element random tile repeated (generating billions of fresh values would
+    take minutes; a tile this large still defeats every cache)."""
+    n = math.prod(shape)
+    tile = (torch.randn(min(n, 1 << 24)) * std).to(dtype)
+    return tile.repeat(-(-n // tile.numel()))[:n].view(shape)
+
+
 class RandomExperts(DequantExperts):
     """Random GGUF blocks; as float weights (GPU layers, hot experts) fresh random values, since
     decoding random blocks would cost minutes at this size and mean nothing."""
 
     def to_torch(self, dtype: torch.dtype) -> TorchExperts:
         e, h, i = self.gate.shape[0], self.hidden, self.inter
-        return TorchExperts(*(torch.randn(e, *s, dtype=dtype) * 0.02 for s in ((i, h), (i, h), (h, i))))
+        return TorchExperts(*(random_tensor((e, *s), dtype) for s in ((i, h), (i, h), (h, i))))
 
 
 class RandomSource:
@@ -65,7 +75,7 @@ class RandomSource:
             elif name.endswith("e_score_correction_bias"):
                 t = torch.zeros(shape)
             else:
-                t = torch.randn(shape, dtype=torch.bfloat16) * 0.02
+                t = random_tensor(shape)
             self.cache[name] = t
         return self.cache[name]
 

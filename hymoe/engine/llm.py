@@ -14,7 +14,7 @@ from hymoe.loader.open import ModelFiles, open_model
 from hymoe.loader.weights import load_weights
 from hymoe.models import build_model
 from hymoe.layers.moe import MoE
-from hymoe.placement import hot_experts_on_gpu, place_experts, place_layers, resolve_placement
+from hymoe.placement import hot_experts_on_gpu, parse_gpu_experts, place_experts, place_layers, resolve_placement
 
 DEFAULT_MAX_CONTEXT = 4096
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -33,7 +33,7 @@ class LLM:
     def __init__(self, path: str | Path | ModelFiles, dtype: str | torch.dtype | None = None, device: str | None = None,
                  max_context: int | None = None, progress: bool = True, experts: str = "auto",
                  experts_format: str | None = None, threads: int | None = None, placement: str | None = None,
-                 gpu_experts: int = 0):
+                 gpu_experts: int | str = 0, expert_stats: str | Path | None = None, defer_experts: int = 0):
         files = path if isinstance(path, ModelFiles) else open_model(path)
         self.config: ModelConfig = files.config
         self.dtype = parse_dtype(dtype) or files.dtype
@@ -43,14 +43,16 @@ class LLM:
             model = build_model(self.config)
         self.model = load_weights(model, files.source, self.dtype, self.device, progress)
         on_gpu = place_layers(self.model, self.placement, self.dtype)
-        hot = hot_experts_on_gpu(self.model, self.placement, gpu_experts, self.dtype)
+        count, budget = parse_gpu_experts(gpu_experts)
+        hot = hot_experts_on_gpu(self.model, self.placement, count, self.dtype, budget, expert_stats)
         place_experts(self.model, experts, experts_format, threads, is_async=self.placement.is_async, keep=on_gpu,
-                      hot=hot)
+                      hot=hot, defer=defer_experts)
         # what computes the routed experts, e.g. "native", or "native+torch" for a layer split
         names = {"NativeExperts": "native", "TorchExperts": "torch", "DequantExperts": "dequant",
                  "SplitExperts": "native+gpu-hot"}
-        self.experts_backend = "+".join(sorted({names[type(m.experts).__name__] for m in self.model.modules()
-                                                if isinstance(m, MoE)}))
+        kinds = {names[type(getattr(m.experts, "cpu", m.experts) if defer_experts else m.experts).__name__]
+                 for m in self.model.modules() if isinstance(m, MoE)}
+        self.experts_backend = "+".join(sorted(kinds)) + (f", {defer_experts} deferred" if defer_experts else "")
         self.tokenizer = files.tokenizer
         self.generation_defaults = files.generation_defaults
         self.max_context = min(max_context or DEFAULT_MAX_CONTEXT, self.config.max_position_embeddings)

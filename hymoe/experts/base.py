@@ -1,6 +1,7 @@
 """ExpertBackend: where one layer's routed experts are computed. Nothing above this seam knows which."""
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 
 import torch
@@ -19,3 +20,7 @@ class ExpertBackend(ABC):
 
     def nbytes(self) -> int:
         return 0
+
+    def twin(self) -> "ExpertBackend":
+        """A second handle on the same weights, so two jobs of one layer can be in flight."""
+        return copy.copy(self)

@@ -5,6 +5,8 @@ GPU computes the hot pairs meanwhile, and the two partial sums are added.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from hymoe.experts.base import ExpertBackend
@@ -23,6 +25,11 @@ class SplitExperts(ExpertBackend):
         self.local = torch.full((num_experts,), -1, dtype=torch.long)  # expert id -> row of `gpu`, or -1
         self.local[torch.tensor(hot)] = torch.arange(len(hot))
         self._gpu_out: torch.Tensor | None = None
+
+    def twin(self) -> "SplitExperts":
+        twin = copy.copy(self)
+        twin.cpu, twin._gpu_out = self.cpu.twin(), None
+        return twin
 
     def nbytes(self) -> int:
         return self.cpu.nbytes() + self.gpu.nbytes()

@@ -1,0 +1,22 @@
+"""A pass-through backend that counts how often each expert is routed to (for `hymoe calibrate`)."""
+from __future__ import annotations
+
+import torch
+
+from hymoe.experts.base import ExpertBackend
+
+
+class CountingExperts(ExpertBackend):
+    def __init__(self, inner: ExpertBackend, num_experts: int):
+        self.cpu, self.counts = inner, torch.zeros(num_experts, dtype=torch.long)  # [E] tokens routed
+
+    def nbytes(self) -> int:
+        return self.cpu.nbytes()
+
+    def submit(self, hidden, topk_ids, topk_weights) -> None:
+        ids = topk_ids.reshape(-1)
+        self.counts += torch.bincount(ids[ids >= 0].cpu(), minlength=self.counts.numel())
+        self.cpu.submit(hidden, topk_ids, topk_weights)
+
+    def sync(self) -> torch.Tensor:
+        return self.cpu.sync()
