@@ -26,6 +26,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expert-stats", metavar="FILE", help="routing statistics from `hymoe calibrate`")
     p.add_argument("--defer-experts", type=int, default=0, metavar="K",
                    help="compute each token's K lowest-weighted CPU experts during the next layer (default: 0, off)")
+    p.add_argument("--gpu-prefill-threshold", type=int, default=0, metavar="T",
+                   help="hybrid: prompts of T tokens or more stream expert weights to the GPU (default: 0, off)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -119,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     b2.add_argument("--experts-type", default="Q4_K", help="routed experts' format in the --random model")
     b2.add_argument("--json", action="store_true", help="print a JSON list, one object per placement")
     b2.add_argument("--debug", action="store_true", help="show tracebacks")
+    bp = bsub.add_parser("prefill", help="prompt length from which streaming experts to the GPU beats the CPU")
+    bp.add_argument("model", nargs="?", help="HF model directory or .gguf file (default: the bundled demo model)")
+    bp.add_argument("--tokens", default="64,256,1024", help="comma list of prompt lengths")
+    bp.add_argument("--threads", type=int, help="CPU threads for the native experts (default: all cores)")
+    bp.add_argument("--dtype", help="compute dtype (default: the checkpoint's)")
+    bp.add_argument("--random", metavar="SHAPE", help="random weights at a real model's full width (see bench e2e)")
+    bp.add_argument("--layers", type=int, default=4, help="layers of the --random model (default: 4)")
+    bp.add_argument("--experts-type", default="Q4_K", help="routed experts' format in the --random model")
+    bp.add_argument("--json", action="store_true", help="print a JSON list, one object per prompt length")
+    bp.add_argument("--debug", action="store_true", help="show tracebacks")
     bs = bsub.add_parser("serve", help="aggregate and per-user decode tokens/s with N users at once")
     _add_model_args(bs)
     bs.add_argument("--users", default="1,2,4,8", help="comma list of concurrent users")
@@ -135,7 +147,8 @@ def _load(args):
     return LLM(path, dtype=args.dtype, device=args.device, max_context=args.max_context,
                progress=sys.stderr.isatty(), experts=args.experts, experts_format=args.experts_format,
                threads=args.threads, placement=args.placement, gpu_experts=args.gpu_experts,
-               expert_stats=args.expert_stats, defer_experts=args.defer_experts)
+               expert_stats=args.expert_stats, defer_experts=args.defer_experts,
+               gpu_prefill_threshold=args.gpu_prefill_threshold)
 
 
 def _sampling(args, llm):
@@ -217,6 +230,8 @@ def cmd_bench(args) -> None:
         return cmd_bench_serve(args)
     if args.bench == "e2e":
         return cmd_bench_e2e(args)
+    if args.bench == "prefill":
+        return cmd_bench_prefill(args)
     from hymoe.bench.experts import bench_experts
     from hymoe.experts import native
 
@@ -241,18 +256,10 @@ def cmd_bench(args) -> None:
 
 def cmd_bench_e2e(args) -> None:
     from hymoe.bench.e2e import bench_e2e
-    from hymoe.default_model import ensure_default_model
 
     if args.prompt_tokens < 1 or args.gen_tokens < 2:
         raise HymoeError("--prompt-tokens must be at least 1 and --gen-tokens at least 2")
-    if args.random:
-        from hymoe.bench.synthetic import random_model
-
-        if args.model:
-            raise HymoeError("give a model or --random, not both")
-        model = random_model(args.random, args.layers, args.experts_type)
-    else:
-        model = args.model or ensure_default_model()
+    model = _bench_model(args)
     rows = bench_e2e(model, args.placement.split(","), args.prompt_tokens, args.gen_tokens, args.threads, args.dtype,
                      args.gpu_experts, args.defer_experts)
     pct = lambda v: "n/a" if v is None else f"{v:.0%}"  # noqa: E731
@@ -261,6 +268,37 @@ def cmd_bench_e2e(args) -> None:
         print(f"{r['placement']:>8} ({r['device']}, {r['experts']} experts): prefill {r['prefill_tokens_per_s']:.1f} "
               f"tok/s, decode {r['decode_tokens_per_s']:.1f} tok/s{bound}; experts busy {pct(r['experts_busy'])}, "
               f"CPU {pct(r['cpu_busy'])}, GPU {pct(r['gpu_busy'])}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(rows))
+
+
+def _bench_model(args):
+    """The model a benchmark runs: a path, the demo model, or --random weights of a real shape."""
+    from hymoe.default_model import ensure_default_model
+
+    if not args.random:
+        return args.model or ensure_default_model()
+    from hymoe.bench.synthetic import random_model
+
+    if args.model:
+        raise HymoeError("give a model or --random, not both")
+    return random_model(args.random, args.layers, args.experts_type)
+
+
+def cmd_bench_prefill(args) -> None:
+    from hymoe.bench.prefill import bench_prefill
+
+    try:
+        lengths = [int(t) for t in args.tokens.split(",")]
+    except ValueError:
+        raise HymoeError(f"--tokens must be integers, got {args.tokens!r}") from None
+    if any(n < 1 for n in lengths):
+        raise HymoeError("--tokens must be at least 1")
+    rows = bench_prefill(_bench_model(args), lengths, args.threads, args.dtype)
+    for r in rows:
+        print(f"{r['prompt_tokens']:>6} tokens: experts on the CPU {r['cpu_experts_tokens_per_s']:.0f} tok/s, "
+              f"streamed to {r['gpu']} {r['gpu_stream_tokens_per_s']:.0f} tok/s", file=sys.stderr)
+    print(f"threshold: {rows[0]['threshold'] or 'none of these lengths'}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows))
 

@@ -16,6 +16,8 @@ from hymoe.errors import HymoeError
 from hymoe.loader.open import open_model
 from hymoe.models import build_model
 from hymoe.placement import resolve_placement
+from hymoe.placement.rules import describe
+from hymoe.quant.formats import row_bytes
 
 # first match wins; the patterns cover both HF and GGUF tensor names
 _GROUPS = (("routed experts", r"_exps\.|\.experts\."), ("shared experts", r"_shexp|shared_expert"),
@@ -26,6 +28,16 @@ _GROUPS = (("routed experts", r"_exps\.|\.experts\."), ("shared experts", r"_she
 
 def _group(name: str) -> str:
     return next((g for g, pat in _GROUPS if re.search(pat, name)), "other")
+
+
+def _unit(name: str, group: str) -> str:
+    """The placement unit (rules.py) a stored tensor belongs to."""
+    m = re.search(r"(?:blk|layers)\.(\d+)\.", name)
+    if m is None:
+        return {"embedding": "embed_tokens", "output": "lm_head"}.get(group, "norm")
+    if group == "routed experts":
+        return f"layers.{m[1]}.mlp.experts"
+    return f"layers.{m[1]}.self_attn" if group in ("attention", "norms") else f"layers.{m[1]}.mlp"
 
 
 def _stored(files) -> list[tuple[str, str, int, int]]:
@@ -44,22 +56,20 @@ def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = 
                   context: int | None = None) -> dict:
     from hymoe.engine.llm import DEFAULT_MAX_CONTEXT, parse_dtype
 
-    plan = resolve_placement(placement)
     files = open_model(path)
     cfg = files.config
+    plan = resolve_placement(placement, cfg)
     compute = parse_dtype(dtype) or files.dtype
     groups: dict[str, dict] = defaultdict(lambda: {"tensors": 0, "params": 0, "bytes": 0, "formats": defaultdict(int)})
-    n_gpu = cfg.num_layers if plan.gpu_layers is None else plan.gpu_layers
-    if n_gpu > cfg.num_layers:
-        raise HymoeError(f"placement {placement} asks for {n_gpu} layers; the model has {cfg.num_layers}")
-    # layers:N and gpu: whole layers on the GPU in the compute dtype (experts as torch weights);
-    # the rest on the CPU, experts in their stored format
-    split = {"gpu": 0, "cpu": 0}
+    # each tensor on its unit's device: in the compute dtype, except routed experts on the native
+    # CPU engine, which stay in their stored format
+    devices = {"gpu": 0, "cpu": 0}
     for name, fmt, numel, nbytes in _stored(files):
-        m = re.search(r"(?:blk|layers)\.(\d+)\.", name)
-        on_gpu = int(m[1]) < n_gpu if m else plan.gpu_layers is None
-        is_routed = _group(name) == "routed experts"
-        split["gpu" if on_gpu else "cpu"] += numel * compute.itemsize if on_gpu or not is_routed else nbytes
+        target = plan.targets[_unit(name, _group(name))]
+        kept_stored = _group(name) == "routed experts" and target.device == "cpu" and target.backend != "torch"
+        if kept_stored and target.format:  # quantized to another format at load
+            nbytes = numel * row_bytes(target.format, 256) // 256
+        devices[target.device] += nbytes if kept_stored else numel * compute.itemsize
         g = groups[_group(name)]
         g["tensors"] += 1
         g["params"] += numel
@@ -77,14 +87,11 @@ def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = 
     ctx = min(context or DEFAULT_MAX_CONTEXT, cfg.max_position_embeddings)
     with torch.device("meta"):
         entries = build_model(cfg).cache_entries()
+    for i, layer in enumerate(entries):  # each layer's cache lives with its attention
+        kv_layer = ctx * sum(int(torch.Size(s).numel()) for s in layer.values()) * compute.itemsize
+        devices[plan.targets[f"layers.{i}.self_attn"].device] += kv_layer
     kv = ctx * sum(int(torch.Size(s).numel()) for layer in entries for s in layer.values()) * compute.itemsize
-    kv_gpu = kv * n_gpu // cfg.num_layers  # every layer caches the same amount per token
-    if plan.name == "cpu":
-        devices = {"cpu": dense_compute + routed["bytes"] + kv}
-    elif plan.name == "hybrid":
-        devices = {"gpu": dense_compute + kv, "cpu": routed["bytes"]}
-    else:
-        devices = {"gpu": split["gpu"] + kv_gpu, "cpu": split["cpu"] + kv - kv_gpu}
+    devices = {d: b for d, b in devices.items() if b or d == "cpu"}  # the CPU always appears
     if "gpu" in devices and torch.cuda.is_available():
         total_gpu = torch.cuda.mem_get_info(plan.gpu)[1]
         if devices["gpu"] > total_gpu:
@@ -98,7 +105,7 @@ def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = 
         "groups": {k: {**v, "formats": dict(v["formats"])} for k, v in sorted(groups.items())},
         "placement": placement, "compute_dtype": str(compute).removeprefix("torch."), "kv_context": ctx,
         "dense_bytes_stored": dense_stored, "dense_bytes_compute": dense_compute,
-        "experts_bytes": routed["bytes"], "kv_bytes": kv, "devices": devices,
+        "experts_bytes": routed["bytes"], "kv_bytes": kv, "devices": devices, "plan": describe(plan.targets),
     }
 
 
@@ -131,5 +138,6 @@ def report(d: dict) -> str:
               f"in {d['compute_dtype']} after dequantizing at load",
               f"  routed experts: {_size(d['experts_bytes'])} (kept in their stored format, CPU memory)",
               f"  KV cache: {_size(d['kv_bytes'])}"]
+    lines += ["  plan:"] + [f"    {line}" for line in d["plan"]]
     lines += [f"  {dev}: {_size(b)}" for dev, b in d["devices"].items()]
     return "\n".join(lines)

@@ -17,6 +17,7 @@ import time
 import torch
 
 from hymoe.engine.llm import LLM
+from hymoe.errors import HymoeError
 from hymoe.engine.sampler import SamplingParams
 from hymoe.experts import native
 from hymoe.layers.moe import MoE
@@ -88,17 +89,36 @@ def _gpu_sampler(device: torch.device):
     return _GpuSampler(device)
 
 
+def parse_variant(variant: str, gpu_experts, defer_experts: int) -> tuple[str, dict]:
+    """'hybrid+gpu16+defer2+prefill512' -> ('hybrid', LLM options): one run's placement, hot experts,
+    deferral and GPU prefill threshold. Without suffixes, hybrid takes --gpu-experts, and cpu and
+    hybrid take --defer-experts."""
+    placement, *opts = variant.split("+")
+    kw = dict(gpu_experts=str(gpu_experts) if placement == "hybrid" else "0",
+              defer_experts=defer_experts if placement in ("cpu", "hybrid") else 0, gpu_prefill_threshold=0)
+    for opt in opts:
+        if opt.startswith("gpu"):
+            kw["gpu_experts"] = opt[3:]
+        elif opt.startswith("defer") and opt[5:].isdigit():
+            kw["defer_experts"] = int(opt[5:])
+        elif opt.startswith("prefill") and opt[7:].isdigit():
+            kw["gpu_prefill_threshold"] = int(opt[7:])
+        else:
+            raise HymoeError(f"unknown placement option {opt!r} in {variant!r} "
+                             "(use +gpuN, +gpuSIZE, +deferK or +prefillT)")
+    return placement, kw
+
+
 def bench_e2e(path, placements: list[str], prompt_tokens: int, gen_tokens: int, threads: int | None = None,
               dtype: str | None = None, gpu_experts: int = 0, defer_experts: int = 0) -> list[dict]:
     from hymoe.bench.machine import read_gbps
 
     gbps = read_gbps(native.NativeEngine(threads, is_async=False)) if native.library() is not None else None
+    runs = [(v, *parse_variant(v, gpu_experts, defer_experts)) for v in placements]  # refuse typos up front
     rows = []
-    for placement in placements:
+    for variant, placement, kw in runs:
         llm = LLM(path, dtype=dtype, placement=placement, threads=threads, progress=False,
-                  max_context=prompt_tokens + gen_tokens + 1,
-                  gpu_experts=gpu_experts if placement == "hybrid" else 0,
-                  defer_experts=defer_experts if placement in ("cpu", "hybrid") else 0)
+                  max_context=prompt_tokens + gen_tokens + 1, **kw)
         rng = random.Random(0)
         ids = [rng.randrange(llm.config.vocab_size) for _ in range(prompt_tokens)]
         params = SamplingParams(max_new_tokens=gen_tokens, is_eos_ignored=True)
@@ -116,7 +136,7 @@ def bench_e2e(path, placements: list[str], prompt_tokens: int, gen_tokens: int, 
         decode_s = timings.decode_s
         per_token = cpu_bytes_per_token(llm)
         rows.append({
-            "placement": placement, "device": str(llm.device), "gpu": str(gpu), "experts": llm.experts_backend,
+            "placement": variant, "device": str(llm.device), "gpu": str(gpu), "experts": llm.experts_backend,
             "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
             "threads": engine.threads if engine else None,
             "prefill_tokens_per_s": round(timings.prefill_tokens_per_s, 2),

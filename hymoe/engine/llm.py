@@ -33,11 +33,12 @@ class LLM:
     def __init__(self, path: str | Path | ModelFiles, dtype: str | torch.dtype | None = None, device: str | None = None,
                  max_context: int | None = None, progress: bool = True, experts: str = "auto",
                  experts_format: str | None = None, threads: int | None = None, placement: str | None = None,
-                 gpu_experts: int | str = 0, expert_stats: str | Path | None = None, defer_experts: int = 0):
+                 gpu_experts: int | str = 0, expert_stats: str | Path | None = None, defer_experts: int = 0,
+                 gpu_prefill_threshold: int = 0):
         files = path if isinstance(path, ModelFiles) else open_model(path)
         self.config: ModelConfig = files.config
         self.dtype = parse_dtype(dtype) or files.dtype
-        self.placement = resolve_placement(placement, device)
+        self.placement = resolve_placement(placement, self.config, device)
         self.device = self.placement.device
         with torch.device("meta"):
             model = build_model(self.config)
@@ -45,11 +46,11 @@ class LLM:
         on_gpu = place_layers(self.model, self.placement, self.dtype)
         count, budget = parse_gpu_experts(gpu_experts)
         hot = hot_experts_on_gpu(self.model, self.placement, count, self.dtype, budget, expert_stats)
-        place_experts(self.model, experts, experts_format, threads, is_async=self.placement.is_async, keep=on_gpu,
-                      hot=hot, defer=defer_experts)
+        place_experts(self.model, experts, experts_format, threads, placement=self.placement, keep=on_gpu,
+                      hot=hot, defer=defer_experts, gpu_prefill_threshold=gpu_prefill_threshold)
         # what computes the routed experts, e.g. "native", or "native+torch" for a layer split
         names = {"NativeExperts": "native", "TorchExperts": "torch", "DequantExperts": "dequant",
-                 "SplitExperts": "native+gpu-hot"}
+                 "SplitExperts": "native+gpu-hot", "GpuPrefillExperts": "native"}
         kinds = {names[type(getattr(m.experts, "cpu", m.experts) if defer_experts else m.experts).__name__]
                  for m in self.model.modules() if isinstance(m, MoE)}
         self.experts_backend = "+".join(sorted(kinds)) + (f", {defer_experts} deferred" if defer_experts else "")

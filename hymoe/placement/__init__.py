@@ -1,12 +1,13 @@
 """Where each part of a loaded model computes: a transform applied to a plain model.
 
-For now this places the routed experts: the portable torch backend, or the native CPU engine in
-a chosen GGUF format (the checkpoint's float dtype in place, or quantized at load time).
+Rules (rules.py, presets/) say which device each unit goes to; this moves the dense parts, puts
+routed experts on the native CPU engine (in a chosen GGUF format: the stored one in place, or
+quantized at load) or the torch backend, adds GPU-resident hot experts and expert deferral.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from hymoe.experts import native
 from hymoe.experts.dequant_backend import DequantExperts
 from hymoe.experts.torch_backend import TorchExperts
 from hymoe.layers.moe import MoE
+from hymoe.placement.rules import load_rules, plan
 from hymoe.quant.formats import FLOAT_DTYPES, NATIVE_FORMATS, qtype
 
 log = logging.getLogger("hymoe")
@@ -44,55 +46,57 @@ PLACEMENTS = ("cpu", "hybrid", "layers:N", "gpu")
 
 @dataclass(frozen=True)
 class Placement:
-    """Where each part of the model computes. `gpu` is the CUDA device, or on a CPU-only machine the
-    CPU standing in for it, so the same orchestration runs (and is tested) everywhere."""
+    """Where each unit of the model computes (rules.py). `gpu` is the CUDA device, or on a CPU-only
+    machine the CPU standing in for it, so the same orchestration runs (and is tested) everywhere."""
 
     name: str
-    device: torch.device  # embedding, final norm and head (and the dense part, unless split by layers)
+    device: torch.device  # the ends (embedding, final norm, head): token ids go in and logits come out here
     gpu: torch.device
-    gpu_layers: int | None  # whole layers (dense + torch experts) moved to `gpu`; None = all
-    is_async: bool  # CPU experts are submitted and overlapped with the dense side
+    targets: dict = field(compare=False)  # unit -> rules.Target
+
+    def device_of(self, unit: str) -> torch.device:
+        return self.gpu if self.targets[unit].device == "gpu" else torch.device("cpu")
+
+    @property
+    def is_async(self) -> bool:
+        """Some MoE layer's dense part is on the GPU side and its experts on the CPU: the CPU expert
+        job is submitted and overlapped with the dense side's work."""
+        return any(u.endswith(".experts") and t.device == "cpu" and self.targets[u[:-8]].device == "gpu"
+                   for u, t in self.targets.items())
 
 
-def resolve_placement(name: str | None, device: str | None = None) -> Placement:
+def resolve_placement(name: str | None, cfg, device: str | None = None) -> Placement:
     """cpu: everything on the CPU, experts in the calling thread with the pool's help.
     hybrid: dense part on the GPU, routed experts on the CPU pool at the same time (each MoE layer
     submits its expert job, computes the shared experts meanwhile, then waits only for the result).
     layers:N: the first N whole layers on the GPU, the rest entirely on the CPU (llama.cpp's -ngl).
-    gpu: everything on the GPU."""
+    gpu: everything on the GPU. Or a YAML rules file (rules.py)."""
     gpu = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if gpu.type == "cuda" and gpu.index is None and torch.cuda.is_available():  # tensors report cuda:N; compare like with like
+    if gpu.type == "cuda" and gpu.index is None and torch.cuda.is_available():  # tensors report cuda:N
         gpu = torch.device("cuda", torch.cuda.current_device())
-    name = name or ("hybrid" if torch.cuda.is_available() else "cpu")
-    cpu = torch.device("cpu")
-    if name == "cpu":
-        if device not in (None, "cpu"):
-            raise HymoeError(f"placement cpu puts everything on the CPU; --device {device} contradicts it")
-        return Placement(name, cpu, cpu, 0, False)
-    if name == "hybrid":
-        return Placement(name, gpu, gpu, 0, True)
-    if name == "gpu":
-        return Placement(name, gpu, gpu, None, False)
-    if name.startswith("layers:") and name[7:].isdigit():
-        return Placement(name, cpu, gpu, int(name[7:]), False)
-    raise HymoeError(f"unknown placement {name!r} (use cpu, hybrid, layers:N or gpu)")
+    name, rules = load_rules(name or ("hybrid" if torch.cuda.is_available() else "cpu"))
+    if name.startswith("layers:") and int(name[7:]) > cfg.num_layers:
+        raise HymoeError(f"placement {name} asks for {name[7:]} layers; the model has {cfg.num_layers}")
+    targets = plan(cfg, rules, name)
+    if all(t.device == "cpu" for t in targets.values()) and device not in (None, "cpu"):
+        raise HymoeError(f"placement {name} puts everything on the CPU; --device {device} contradicts it")
+    ends = gpu if targets["embed_tokens"].device == "gpu" else torch.device("cpu")
+    return Placement(name, ends, gpu, targets)
 
 
 def place_layers(model, placement: Placement, dtype: torch.dtype) -> set[int]:
-    """Move the placement's GPU layers, experts included (as torch weights); returns their MoE ids."""
-    n = model.cfg.num_layers if placement.gpu_layers is None else placement.gpu_layers
-    if n > model.cfg.num_layers:
-        raise HymoeError(f"placement {placement.name} asks for {n} layers; the model has {model.cfg.num_layers}")
+    """Move each layer's dense part and the ends to their devices, and routed experts placed on
+    the GPU there as torch weights; returns the ids of those MoE layers."""
     kept = set()
-    for layer in model.layers[:n]:
-        layer.to(placement.gpu)
-        if isinstance(layer.mlp, MoE):
+    for i, layer in enumerate(model.layers):
+        layer.to(placement.device_of(f"layers.{i}.self_attn"))
+        if isinstance(layer.mlp, MoE) and placement.targets[f"layers.{i}.mlp.experts"].device == "gpu":
             ex = layer.mlp.experts
             ex = ex.to_torch(dtype) if isinstance(ex, DequantExperts) else ex
             layer.mlp.experts = ex.to(placement.gpu)
             kept.add(id(layer.mlp))
-    if placement.gpu_layers is None:  # everything: embedding, final norm and head too
-        model.to(placement.gpu)
+    for end in (model.embed_tokens, model.norm, model.lm_head):
+        end.to(placement.device)
     return kept
 
 
@@ -154,38 +158,75 @@ def hot_experts_on_gpu(model, placement: Placement, n: int, dtype: torch.dtype, 
 
 
 def place_experts(model, backend: str = "auto", fmt: str | None = None, threads: int | None = None,
-                  is_async: bool = False, keep: set[int] = frozenset(), hot: dict | None = None,
-                  defer: int = 0) -> str:
-    """Move every MoE layer's experts to `backend` ('auto', 'native', 'torch'); returns the one used.
+                  placement: Placement | None = None, keep: set[int] = frozenset(), hot: dict | None = None,
+                  defer: int = 0, gpu_prefill_threshold: int = 0) -> str:
+    """Put every CPU-side MoE layer's experts on `backend` ('auto', 'native', 'torch'), unless the
+    placement's rule for that layer names another backend or format; returns the backends used.
 
     A layer arrives as TorchExperts (float weights) or DequantExperts (GGUF blocks in place).
-    MoE layers whose id is in `keep` stay as they are (layers placed on the GPU); those in `hot`
+    MoE layers whose id is in `keep` stay as they are (experts placed on the GPU); those in `hot`
     (from hot_experts_on_gpu) get their GPU-resident experts beside the CPU ones. defer > 0 wraps
-    the CPU-side layers for expert deferral (experts/deferral.py).
+    the CPU-side layers for expert deferral (experts/deferral.py). gpu_prefill_threshold > 0 computes
+    prompts of that many tokens or more on the GPU side (experts/gpu_prefill.py).
     """
     if backend not in ("auto", "native", "torch"):
         raise HymoeError(f"unknown experts backend {backend!r} (use auto, native or torch)")
+    targets = placement.targets if placement else {}
+    engine, used = None, set()
+    dtype = next(model.parameters()).dtype
+    for i, layer in enumerate(model.layers):
+        module = layer.mlp
+        if not isinstance(module, MoE) or id(module) in keep:
+            continue
+        target = targets.get(f"layers.{i}.mlp.experts")
+        layer_backend, layer_fmt = _backend(target and target.backend or backend, target and target.format or fmt)
+        if layer_backend == "native" and engine is None:
+            engine = native.NativeEngine(threads, placement.is_async if placement else False)
+        used.add(layer_backend)
+        module.experts = _place(module.experts, engine if layer_backend == "native" else None, layer_fmt, dtype,
+                                model.cfg)
+        if gpu_prefill_threshold > 0:
+            module.experts = _prefill_on_gpu(module.experts, placement, gpu_prefill_threshold, dtype)
+        if hot and id(module) in hot:
+            from hymoe.experts.split import SplitExperts
+
+            ids, gpu = hot[id(module)]
+            module.experts = SplitExperts(module.experts, gpu, ids, model.cfg.num_experts)
+    if defer:
+        _defer(model, defer, keep)
+    return "+".join(sorted(used))
+
+
+_said_prefill: set[str] = set()
+
+
+def _prefill_on_gpu(experts, placement: Placement | None, threshold: int, dtype: torch.dtype):
+    from hymoe.experts.gpu_prefill import GpuPrefillExperts
+    from hymoe.quant.torch_dequant import TORCH_DEQUANT_FORMATS
+
+    if placement is None or not placement.is_async:
+        raise HymoeError("--gpu-prefill-threshold needs --placement hybrid (experts on the CPU, the rest on the GPU)")
+    if not isinstance(experts, native.NativeExperts):
+        return experts
+    missing = [f for f in experts.formats if f not in TORCH_DEQUANT_FORMATS]
+    if missing:
+        if missing[0] not in _said_prefill:  # said once: long prompts of this format stay on the CPU
+            _said_prefill.add(missing[0])
+            log.warning("hymoe: no GPU dequantizer for %s experts; long prompts compute them on the CPU", missing[0])
+        return experts
+    return GpuPrefillExperts(experts, placement.gpu, threshold, dtype)
+
+
+def _backend(backend: str, fmt: str | None) -> tuple[str, str | None]:
     if backend == "auto":
         backend = "native" if native.library() is not None else "torch"
     if backend == "torch" and fmt is not None:
-        raise HymoeError("--experts-format needs the native experts backend")
+        raise HymoeError("an experts format (--experts-format, or a rule's format) needs the native experts backend")
     if backend == "native" and native.library() is None:
         raise HymoeError("the native CPU kernels are not built; use --experts torch")
     if fmt is not None and fmt.upper() not in NATIVE_FORMATS:
         raise HymoeError(f"the native experts backend has no format {fmt!r} (use one of {', '.join(NATIVE_FORMATS)})")
-    engine = native.NativeEngine(threads, is_async) if backend == "native" else None
-    dtype = next(model.parameters()).dtype
-    for module in model.modules():
-        if isinstance(module, MoE) and id(module) not in keep:
-            module.experts = _place(module.experts, engine, fmt and fmt.upper(), dtype, model.cfg)
-            if hot and id(module) in hot:
-                from hymoe.experts.split import SplitExperts
-
-                ids, gpu = hot[id(module)]
-                module.experts = SplitExperts(module.experts, gpu, ids, model.cfg.num_experts)
-    if defer:
-        _defer(model, defer, keep)
-    return backend
+    return backend, fmt and fmt.upper()
 
 
 def _defer(model, k: int, keep: set[int]) -> None:

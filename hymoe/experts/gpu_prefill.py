@@ -1,0 +1,51 @@
+"""Long prompts on the GPU: at `threshold` tokens or more, one layer's expert weights are streamed
+to the GPU in their stored (smaller) format, a chunk of experts at a time, dequantized there and
+computed with torch; below it, the CPU backend computes as usual. Copying a layer's experts costs
+about the same at any prompt length while CPU time grows with it, so past a measured token count
+(`hymoe bench e2e ... --placement hybrid+prefillN`) streaming wins.
+"""
+from __future__ import annotations
+
+import torch
+
+from hymoe.experts.base import ExpertBackend
+from hymoe.experts.torch_backend import TorchExperts
+from hymoe.quant.torch_dequant import dequantize_torch
+
+CHUNK_BYTES = 1 << 30  # stored bytes streamed per step: bounds the GPU memory this takes
+
+
+class GpuPrefillExperts(ExpertBackend):
+    def __init__(self, cpu, gpu: torch.device, threshold: int, dtype: torch.dtype):
+        self.cpu, self.gpu, self.threshold, self.dtype = cpu, gpu, threshold, dtype  # cpu: NativeExperts
+        per_expert = cpu.nbytes() // cpu.num_experts
+        self.chunk = max(1, CHUNK_BYTES // per_expert)
+        self._out: torch.Tensor | None = None
+
+    def nbytes(self) -> int:
+        return self.cpu.nbytes()
+
+    def twin(self) -> "GpuPrefillExperts":
+        return GpuPrefillExperts(self.cpu.twin(), self.gpu, self.threshold, self.dtype)
+
+    def submit(self, hidden, topk_ids, topk_weights) -> None:
+        if hidden.shape[0] < self.threshold:
+            self._out = None
+            self.cpu.submit(hidden, topk_ids, topk_weights)
+            return
+        c, h, i = self.cpu, self.cpu.hidden, self.cpu.inter
+        x, ids, w = hidden.to(self.gpu), topk_ids.to(self.gpu), topk_weights.to(self.gpu)
+        out = torch.zeros(x.shape, dtype=torch.float32, device=self.gpu)  # [T, H]
+        for e0 in range(0, c.num_experts, self.chunk):
+            e1 = min(e0 + self.chunk, c.num_experts)
+            local = torch.where((ids >= e0) & (ids < e1), ids - e0, -1)  # [T, K] row in this chunk, or -1
+            weights = [dequantize_torch(raw[e0:e1].to(self.gpu, non_blocking=True), fmt, (e1 - e0, *shape), self.dtype)
+                       for raw, fmt, shape in zip((c.gate, c.up, c.down), c.formats, ((i, h), (i, h), (h, i)))]
+            out += TorchExperts(*weights).compute(x, local, w).float()
+        self._out = out.to(hidden.device)
+
+    def sync(self) -> torch.Tensor:
+        if self._out is None:
+            return self.cpu.sync()
+        out, self._out = self._out, None
+        return out
