@@ -123,20 +123,22 @@ def bench_e2e(path, placements: list[str], prompt_tokens: int, gen_tokens: int, 
         ids = [rng.randrange(llm.config.vocab_size) for _ in range(prompt_tokens)]
         params = SamplingParams(max_new_tokens=gen_tokens, is_eos_ignored=True)
         llm.generate_batch([ids], SamplingParams(max_new_tokens=2, is_eos_ignored=True))  # warm-up, same shapes
-        engine, gpu = _engine(llm), llm.placement.gpu
+        engine = _engine(llm)
+        uses_gpu = any(t.device == "gpu" for t in llm.placement.targets.values())
+        gpu = llm.placement.gpu if uses_gpu else None
         mark = {}
 
         def at_first_token(row, tok):  # the decode phase starts here
             if not mark:
                 mark.update(cpu=time.process_time(), busy=engine.busy_seconds if engine else 0.0)
 
-        sampler = _gpu_sampler(gpu)
+        sampler = _gpu_sampler(gpu) if gpu is not None else None
         with sampler or contextlib.nullcontext():
             _, timings = llm.generate_batch([ids], params, on_token=at_first_token)
         decode_s = timings.decode_s
         per_token = cpu_bytes_per_token(llm)
         rows.append({
-            "placement": variant, "device": str(llm.device), "gpu": str(gpu), "experts": llm.experts_backend,
+            "placement": variant, "device": str(llm.device), "gpu": gpu and str(gpu), "experts": llm.experts_backend,
             "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
             "threads": engine.threads if engine else None,
             "prefill_tokens_per_s": round(timings.prefill_tokens_per_s, 2),
@@ -149,7 +151,7 @@ def bench_e2e(path, placements: list[str], prompt_tokens: int, gen_tokens: int, 
             "decode_bound_tokens_per_s": round(gbps * 1e9 / per_token, 1) if gbps and per_token else None,
         })
         del llm
-        if gpu.type == "cuda":
+        if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return rows
 

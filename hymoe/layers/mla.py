@@ -61,8 +61,13 @@ class MLAttention(nn.Module):
         w_uk, w_uv = w[:, : self.nope_dim], w[:, self.nope_dim:]  # [N, Dn, R], [N, Dv, R]
         q_latent = torch.einsum("btnd,ndr->bntr", q_nope, w_uk)  # [B, N, T, R]
         query = torch.cat((q_latent, q_rot.transpose(1, 2)), dim=-1)  # [B, N, T, R+Dr]
-        out = F.scaled_dot_product_attention(
-            query, cached, cached[..., :r], attn_mask=step.mask, scale=self.scale, enable_gqa=True,
-        )  # [B, N, T, R]
+        if t <= 16:  # decode: one shared key head broadcast by matmul, 4 kernels instead of SDPA's
+            scores = torch.matmul(query, cached.transpose(-1, -2)).float() * self.scale  # [B, N, T, S]
+            probs = scores.masked_fill(~step.mask, float("-inf")).softmax(-1).to(query.dtype)
+            out = torch.matmul(probs, cached[..., :r])  # [B, N, T, R]
+        else:  # prefill: SDPA does not hold all [T, S] scores of every head at once
+            out = F.scaled_dot_product_attention(
+                query, cached, cached[..., :r], attn_mask=step.mask, scale=self.scale, enable_gqa=True,
+            )  # [B, N, T, R]
         out = torch.einsum("bntr,nvr->btnv", out, w_uv)  # [B, T, N, Dv]
         return self.o_proj(out.reshape(b, t, n * self.v_dim))
