@@ -63,8 +63,11 @@ class _GpuSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
-        while not self._stop.wait(0.02):
+        while True:  # a sample at once and one at the end: short runs still get a figure
             self.samples.append(torch.cuda.utilization(self.device))
+            if self._stop.wait(0.02):
+                self.samples.append(torch.cuda.utilization(self.device))
+                return
 
     def __enter__(self):
         self._thread.start()
