@@ -26,6 +26,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expert-stats", metavar="FILE", help="routing statistics from `hymoe calibrate`")
     p.add_argument("--defer-experts", type=int, default=0, metavar="K",
                    help="compute each token's K lowest-weighted CPU experts during the next layer (default: 0, off)")
+    p.add_argument("--eager", action="store_true", help="decode without CUDA graphs")
     p.add_argument("--gpu-prefill-threshold", type=int, default=0, metavar="T",
                    help="hybrid: prompts of T tokens or more stream expert weights to the GPU (default: 0, off)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -148,7 +149,7 @@ def _load(args):
                progress=sys.stderr.isatty(), experts=args.experts, experts_format=args.experts_format,
                threads=args.threads, placement=args.placement, gpu_experts=args.gpu_experts,
                expert_stats=args.expert_stats, defer_experts=args.defer_experts,
-               gpu_prefill_threshold=args.gpu_prefill_threshold)
+               gpu_prefill_threshold=args.gpu_prefill_threshold, cuda_graphs=not args.eager)
 
 
 def _sampling(args, llm):

@@ -103,6 +103,30 @@ def test_hybrid_on_cuda_decodes_like_cpu_through_pinned_buffers(tiny_model):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("name", ["deepseek_v3", "qwen2_moe"])
+def test_cuda_graph_decode_gives_cpu_tokens(tiny_model, name):
+    """hybrid decode steps replayed as CUDA graph segments (batch 2 with different prompt lengths,
+    then batch 1) decode the same greedy tokens as cpu; with hot experts the step stays eager."""
+    from hymoe.engine.generate import generate
+    from hymoe.engine.sampler import SamplingParams
+
+    hf_dir, _ = tiny_model(name)
+    cpu = hymoe.load(hf_dir, dtype="float32", progress=False, placement="cpu")
+    llm = hymoe.load(hf_dir, dtype="float32", progress=False, placement="hybrid", device="cuda")
+    prompts, params = [PROMPT, PROMPT[:20]], SamplingParams(max_new_tokens=12, is_eos_ignored=True)
+    want = [c.token_ids for c in cpu.generate_batch(prompts, params)[0]]
+    for batch in (prompts, prompts[:1]):
+        runner = llm.runner(len(batch), 64)
+        got = [c.token_ids for c in generate(runner, batch, params, ())[0]]
+        assert runner.graphs.reason is None and len(batch) in runner.graphs.graphs
+        assert got == want[: len(batch)]
+    hot = hymoe.load(hf_dir, dtype="float32", progress=False, placement="hybrid", device="cuda", gpu_experts=2)
+    runner = hot.runner(1, 64)
+    got = [c.token_ids for c in generate(runner, prompts[:1], params, ())[0]]
+    assert runner.graphs.reason is not None and not runner.graphs.graphs and got == want[:1]
+
+
+@pytest.mark.gpu
 def test_deferral_and_hot_experts_on_cuda_agree_with_cpu(tiny_model):
     """Deferred jobs cross pinned buffers one layer later; hot experts computed on the GPU."""
     hf_dir, _ = tiny_model("deepseek_v3")

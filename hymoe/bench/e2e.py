@@ -93,12 +93,13 @@ def _gpu_sampler(device: torch.device):
 
 
 def parse_variant(variant: str, gpu_experts, defer_experts: int) -> tuple[str, dict]:
-    """'hybrid+gpu16+defer2+prefill512' -> ('hybrid', LLM options): one run's placement, hot experts,
-    deferral and GPU prefill threshold. Without suffixes, hybrid takes --gpu-experts, and cpu and
-    hybrid take --defer-experts."""
+    """'hybrid+gpu16+defer2+prefill512+eager' -> ('hybrid', LLM options): one run's placement, hot
+    experts, deferral, GPU prefill threshold and CUDA graphs (on unless +eager). Without suffixes,
+    hybrid takes --gpu-experts, and cpu and hybrid take --defer-experts."""
     placement, *opts = variant.split("+")
     kw = dict(gpu_experts=str(gpu_experts) if placement == "hybrid" else "0",
-              defer_experts=defer_experts if placement in ("cpu", "hybrid") else 0, gpu_prefill_threshold=0)
+              defer_experts=defer_experts if placement in ("cpu", "hybrid") else 0, gpu_prefill_threshold=0,
+              cuda_graphs=True)
     for opt in opts:
         if opt.startswith("gpu"):
             kw["gpu_experts"] = opt[3:]
@@ -106,9 +107,11 @@ def parse_variant(variant: str, gpu_experts, defer_experts: int) -> tuple[str, d
             kw["defer_experts"] = int(opt[5:])
         elif opt.startswith("prefill") and opt[7:].isdigit():
             kw["gpu_prefill_threshold"] = int(opt[7:])
+        elif opt == "eager":
+            kw["cuda_graphs"] = False
         else:
             raise HymoeError(f"unknown placement option {opt!r} in {variant!r} "
-                             "(use +gpuN, +gpuSIZE, +deferK or +prefillT)")
+                             "(use +gpuN, +gpuSIZE, +deferK, +prefillT or +eager)")
     return placement, kw
 
 
@@ -144,6 +147,7 @@ def bench_e2e(path, placements: list[str], prompt_tokens: int, gen_tokens: int, 
             "placement": variant, "device": str(llm.device), "gpu": gpu and str(gpu), "experts": llm.experts_backend,
             "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
             "threads": engine.threads if engine else None,
+            "cuda_graphs": kw["cuda_graphs"] and llm.device.type == "cuda",
             "prefill_tokens_per_s": round(timings.prefill_tokens_per_s, 2),
             "decode_tokens_per_s": round(timings.decode_tokens_per_s, 2),
             "experts_busy": round((engine.busy_seconds - mark["busy"]) / decode_s, 3) if engine else None,

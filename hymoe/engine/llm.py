@@ -34,7 +34,7 @@ class LLM:
                  max_context: int | None = None, progress: bool = True, experts: str = "auto",
                  experts_format: str | None = None, threads: int | None = None, placement: str | None = None,
                  gpu_experts: int | str = 0, expert_stats: str | Path | None = None, defer_experts: int = 0,
-                 gpu_prefill_threshold: int = 0):
+                 gpu_prefill_threshold: int = 0, cuda_graphs: bool = True):
         files = path if isinstance(path, ModelFiles) else open_model(path)
         self.config: ModelConfig = files.config
         self.dtype = parse_dtype(dtype) or files.dtype
@@ -54,6 +54,7 @@ class LLM:
         kinds = {names[type(getattr(m.experts, "cpu", m.experts) if defer_experts else m.experts).__name__]
                  for m in self.model.modules() if isinstance(m, MoE)}
         self.experts_backend = "+".join(sorted(kinds)) + (f", {defer_experts} deferred" if defer_experts else "")
+        self.cuda_graphs = cuda_graphs  # decode steps captured per batch size where CUDA runs the dense part
         self.tokenizer = files.tokenizer
         self.generation_defaults = files.generation_defaults
         self.max_context = min(max_context or DEFAULT_MAX_CONTEXT, self.config.max_position_embeddings)
@@ -77,7 +78,7 @@ class LLM:
             raise HymoeError(f"token id {bad[0]} is outside the vocabulary of {self.config.vocab_size}")
 
     def runner(self, num_slots: int, max_len: int) -> Runner:
-        return Runner(self.model, num_slots, max_len, self.dtype, self.device)
+        return Runner(self.model, num_slots, max_len, self.dtype, self.device, is_graphed=self.cuda_graphs)
 
     def logits(self, token_ids: list[int]) -> torch.Tensor:
         """One prefill: float32 CPU logits [T, V] for every position."""

@@ -12,9 +12,14 @@ from hymoe.models.decoder import Decoder
 
 class Runner:
     def __init__(self, model: Decoder, num_slots: int, max_len: int, dtype: torch.dtype,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", is_graphed: bool = False):
         self.model, self.max_len, self.device = model, max_len, torch.device(device)
         self.cache = KVCache(model.cache_entries(), num_slots, max_len, dtype, model.layer_devices())
+        self.graphs = None
+        if is_graphed and self.device.type == "cuda":  # decode steps as CUDA graphs, per batch size
+            from hymoe.engine.cuda_graphs import DecodeGraphs
+
+            self.graphs = DecodeGraphs(model, self.cache, max_len, self.device)
 
     @torch.inference_mode()
     def forward(self, rows: list[int], tokens: list[list[int]], starts: list[int],
@@ -23,6 +28,10 @@ class Runner:
 
         Returns float32 CPU logits: [B, V] at each row's last token, or [B, T, V] with is_all_logits.
         """
+        if self.graphs is not None and not is_all_logits and all(len(t) == 1 for t in tokens):
+            logits = self.graphs.run(rows, tokens, starts)
+            if logits is not None:
+                return logits
         lens = [len(t) for t in tokens]
         num_rows, width = len(tokens), max(lens)
         assert all(s + n <= self.max_len for s, n in zip(starts, lens)), "caller checks the context"

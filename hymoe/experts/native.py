@@ -109,7 +109,7 @@ class _PinnedStaging:
         self.rows = 0
         self.bufs: tuple[torch.Tensor, ...] = ()
 
-    def stage(self, hidden, topk_ids, topk_weights):
+    def stage(self, hidden, topk_ids, topk_weights, wait: bool = True):
         t, h = hidden.shape
         k = topk_ids.shape[1]
         if t > self.rows or self.bufs[1].shape[1] != k:
@@ -121,8 +121,8 @@ class _PinnedStaging:
         x.copy_(hidden.float(), non_blocking=True)
         ids.copy_(topk_ids, non_blocking=True)
         w.copy_(topk_weights.float(), non_blocking=True)
-        # the engine reads host memory: wait for these copies (and the GPU work before them)
-        torch.cuda.current_stream(hidden.device).synchronize()
+        if wait:  # the engine reads host memory: wait for these copies (and the GPU work before them)
+            torch.cuda.current_stream(hidden.device).synchronize()
         return x, ids, w, out
 
 
@@ -140,6 +140,7 @@ class NativeEngine:
             raise HymoeError("the native CPU kernels are not built")
         self.lib, self.is_async = lib, is_async
         self.handle = lib.hymoe_engine_create(threads or default_threads(is_async))
+        self.capture = None  # a CUDA graph capture in progress (engine/cuda_graphs.py), or None
 
     @property
     def threads(self) -> int:
@@ -194,6 +195,8 @@ class NativeExperts(ExpertBackend):
         return NativeExperts(self.engine, self.gate, self.up, self.down, self.formats, self.hidden, self.inter)
 
     def submit(self, hidden, topk_ids, topk_weights) -> None:
+        if self.engine.capture is not None:
+            return self._submit_captured(hidden, topk_ids, topk_weights)
         if hidden.device.type == "cuda":
             x, ids, w, out = self._staging.stage(hidden, topk_ids, topk_weights)
         else:
@@ -202,6 +205,10 @@ class NativeExperts(ExpertBackend):
             w = _as_cpu(topk_weights, torch.float32)
             out = self._out if self._out is not None and self._out.shape == x.shape else torch.empty_like(x)
             self._out = out  # reused by the next call of this layer: the caller consumes it before then
+        self._start(x, ids, w, out)
+        self._pending = (x, ids, w, out, hidden.device)  # keep the buffers alive until sync
+
+    def _start(self, x, ids, w, out) -> None:
         a = self._args
         a.num_tokens, a.topk = x.shape[0], ids.shape[1]
         a.x, a.ids, a.weights, a.out = x.data_ptr(), ids.data_ptr(), w.data_ptr(), out.data_ptr()
@@ -209,14 +216,32 @@ class NativeExperts(ExpertBackend):
         if rc:
             raise HymoeError({-1: "unsupported expert format", -2: "expert rows do not split into blocks",
                               -3: "an expert id is out of range"}.get(rc, f"native MoE failed ({rc})"))
-        self._pending = (x, ids, w, out, hidden.device)  # keep the buffers alive until sync
+
+    def _submit_captured(self, hidden, topk_ids, topk_weights) -> None:
+        """While a decode step is captured as CUDA graph segments: the copies to host memory close
+        the segment, and starting the engine becomes a host step run between segments at replay.
+        The graph owns its page-locked buffers, so eager calls never move them."""
+        capture = self.engine.capture
+        staging = _PinnedStaging()
+        x, ids, w, out = staging.stage(hidden, topk_ids, topk_weights, wait=False)
+        capture.keep.append(staging)
+
+        def start():
+            torch.cuda.current_stream().synchronize()  # the segment's copies have landed
+            self._start(x, ids, w, out)
+
+        capture.host(start)
+        self._pending = (x, ids, w, out, hidden.device)
 
     def is_done(self) -> bool:
         """Whether the submitted job has finished (never waits)."""
         return bool(self.engine.lib.hymoe_moe_is_done(self.engine.handle))
 
     def sync(self) -> torch.Tensor:
-        self.engine.lib.hymoe_moe_sync(self.engine.handle)
+        if self.engine.capture is not None:  # at replay: wait for the job between two segments
+            self.engine.capture.host(lambda: self.engine.lib.hymoe_moe_sync(self.engine.handle))
+        else:
+            self.engine.lib.hymoe_moe_sync(self.engine.handle)
         x, ids, w, out, device = self._pending
         self._pending = None
         # from pinned memory the copy back is asynchronous; this layer's next submit waits for the

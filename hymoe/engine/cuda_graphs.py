@@ -1,0 +1,116 @@
+"""CUDA graphs for hybrid decode: one decode step per batch size, captured as graph segments.
+
+A step's GPU work is cut wherever the CPU experts come in: each MoE layer's segment ends with the
+copies of its activations and routing to page-locked memory; a host step then starts the CPU
+engine, the next segment (the shared experts) runs on the GPU meanwhile, a host step waits for
+the engine, and the following segment begins by copying its result back. Replay is the list of
+segments and host steps in order: a few launches per layer instead of a hundred kernels.
+
+Attention reads the whole cache under a mask (its length must not change between replays), and
+the step's inputs are copied into static buffers. Any step that cannot be captured runs eagerly,
+and hymoe says once why.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from hymoe.experts.native import NativeExperts
+from hymoe.kv.cache import Step
+from hymoe.layers.moe import MoE
+
+log = logging.getLogger("hymoe")
+
+
+class Capture:
+    """Segments and host steps of one captured decode step, in replay order."""
+
+    def __init__(self, pool):
+        self.pool, self.steps, self.keep, self.graph = pool, [], [], None
+
+    def begin(self) -> None:
+        self.graph = torch.cuda.CUDAGraph()
+        # relaxed: page-locked staging buffers are allocated while capturing
+        self.graph.capture_begin(pool=self.pool, capture_error_mode="relaxed")
+
+    def host(self, fn) -> None:
+        """End the segment being captured; at replay, run fn after it; then capture the next one."""
+        self.graph.capture_end()
+        self.steps += [self.graph.replay, fn]
+        self.begin()
+
+    def end(self) -> None:
+        self.graph.capture_end()
+        self.steps.append(self.graph.replay)
+
+    def abort(self) -> None:
+        try:
+            self.graph.capture_end()
+        except RuntimeError:
+            pass
+
+    def replay(self) -> None:
+        for step in self.steps:
+            step()
+
+
+class DecodeGraphs:
+    """Per batch size B: static inputs, the captured step, and its static logits."""
+
+    def __init__(self, model, cache, max_len: int, device: torch.device):
+        self.model, self.cache, self.max_len, self.device = model, cache, max_len, device
+        layers = [m.experts for m in model.modules() if isinstance(m, MoE)]
+        self.engines = {x.engine for x in layers if isinstance(x, NativeExperts)}
+        self.reason = None
+        if not all(isinstance(x, NativeExperts) for x in layers):
+            self.reason = "routed experts other than the plain native engine (hot experts, deferral, GPU prefill)"
+        self.graphs: dict[int, tuple] = {}
+        self.warmed: set[int] = set()
+        self.pool = torch.cuda.graph_pool_handle()
+
+    def run(self, rows: list[int], tokens: list[list[int]], starts: list[int]) -> torch.Tensor | None:
+        """Logits [B, V] (float32, CPU) of one decode step, or None: run it eagerly."""
+        b = len(rows)
+        if self.reason is not None:
+            return None
+        if b not in self.graphs:
+            if b not in self.warmed:  # the first step of a size runs eagerly: kernels and handles set up
+                self.warmed.add(b)
+                return None
+            self.graphs[b] = self._capture(b)
+            if self.graphs[b] is None:
+                return None
+        ids, positions, row_t, capture, logits = self.graphs[b]
+        ids.copy_(torch.tensor(tokens, dtype=torch.long))
+        positions.copy_(torch.tensor(starts, dtype=torch.long)[:, None])
+        row_t.copy_(torch.tensor(rows, dtype=torch.long))
+        capture.replay()
+        return logits.float().cpu()
+
+    def _capture(self, b: int):
+        ids = torch.zeros(b, 1, dtype=torch.long, device=self.device)
+        positions = torch.zeros(b, 1, dtype=torch.long, device=self.device)
+        row_t = torch.arange(b, dtype=torch.long, device=self.device)
+        capture = Capture(self.pool)
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        for engine in self.engines:
+            engine.capture = capture
+        try:
+            with torch.cuda.stream(stream), torch.inference_mode():
+                capture.begin()
+                step = Step.build(positions, self.max_len, row_t, self.model.cfg.sliding_window)
+                hidden = self.model(ids, step, self.cache)  # [B, 1, H]
+                logits = self.model.head(hidden[:, 0])  # [B, V]
+                capture.end()
+        except Exception as e:  # capture unsupported here: eager from now on, said once
+            capture.abort()
+            self.reason = f"capture failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            log.warning("hymoe: CUDA graphs off, decoding eagerly: %s", self.reason)
+            return None
+        finally:
+            for engine in self.engines:
+                engine.capture = None
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        return ids, positions, row_t, capture, logits
