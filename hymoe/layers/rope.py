@@ -43,6 +43,7 @@ class Rope:
 
     def __init__(self, rc: RopeConfig, dim: int):
         self.is_interleaved = rc.is_interleaved
+        self._inv_freq_on: dict = {}  # device -> inv_freq there
         if rc.kind == "yarn":
             self.inv_freq, self.scale = _yarn_inv_freq(rc, dim)
         else:
@@ -53,7 +54,10 @@ class Rope:
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         # positions [B, T] -> cos, sin [B, T, 1, D/2]
-        freqs = positions[..., None].float() * self.inv_freq.to(positions.device)
+        inv_freq = self._inv_freq_on.get(positions.device)
+        if inv_freq is None:  # copied once per device (a copy inside a captured CUDA graph is not allowed)
+            inv_freq = self._inv_freq_on[positions.device] = self.inv_freq.to(positions.device)
+        freqs = positions[..., None].float() * inv_freq
         cos, sin = freqs.cos() * self.scale, freqs.sin() * self.scale
         return cos.to(dtype)[:, :, None], sin.to(dtype)[:, :, None]
 
