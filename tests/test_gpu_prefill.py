@@ -59,3 +59,22 @@ def test_gpu_prefill_on_cuda_agrees_with_cpu(tiny_model):
     assert (llm.logits(PROMPT) - cpu.logits(PROMPT)).abs().max().item() <= 0.05
     assert llm.generate(PROMPT, max_new_tokens=10, is_eos_ignored=True) == \
         cpu.generate(PROMPT, max_new_tokens=10, is_eos_ignored=True)
+
+
+@pytest.mark.skipif(library() is None, reason="the native CPU kernels are not built")
+def test_bench_prefill_reports_both_paths(tiny_model):
+    import json
+    import subprocess
+    import sys
+
+    hf_dir, _ = tiny_model("qwen2_moe")
+    r = subprocess.run([sys.executable, "-m", "hymoe.cli", "bench", "prefill", str(hf_dir), "--tokens", "8,64",
+                        "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout.splitlines()[-1])
+    assert [x["prompt_tokens"] for x in rows] == [8, 64]
+    for x in rows:
+        assert x["cpu_experts_tokens_per_s"] > 0 and x["gpu_stream_tokens_per_s"] > 0
+        assert x["is_gpu_faster"] == (x["gpu_stream_tokens_per_s"] > x["cpu_experts_tokens_per_s"])
+    faster = [x["is_gpu_faster"] for x in rows]
+    assert rows[0]["threshold"] == (64 if faster == [False, True] else 8 if all(faster) else None)

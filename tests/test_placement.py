@@ -78,6 +78,17 @@ def test_bench_e2e_reports_each_placement(tiny_model):
         assert (x["gpu"] is None) == (x["placement"] == "cpu")
 
 
+def test_bench_variants_parse_and_refuse_typos():
+    from hymoe.bench.e2e import parse_variant
+
+    assert parse_variant("hybrid+gpu16+defer2+prefill512+eager", 0, 0) == ("hybrid", dict(
+        gpu_experts="16", defer_experts=2, gpu_prefill_threshold=512, cuda_graphs=False))
+    assert parse_variant("layers:2", 8, 1) == ("layers:2", dict(
+        gpu_experts="0", defer_experts=0, gpu_prefill_threshold=0, cuda_graphs=True))
+    with pytest.raises(HymoeError, match="unknown placement option 'x'"):
+        parse_variant("hybrid+x", 0, 0)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("placement,hot", [("hybrid", 0), ("hybrid", 3), ("layers:2", 0), ("gpu", 0)])
 def test_placements_on_cuda_agree_with_cpu(tiny_model, placement, hot):
