@@ -25,7 +25,7 @@ def available_isas():
 ISAS = available_isas()
 
 
-K_QUANTS = {"Q4_K", "Q5_K", "Q6_K"}
+K_QUANTS = {"Q4_K", "Q5_K", "Q6_K", "TQ2_0"}  # activations per 256
 
 
 def quantized_activations(x: torch.Tensor, block: int = 32) -> torch.Tensor:

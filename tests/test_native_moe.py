@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(native.library() is None, reason="native kernels
 # super-block, as ggml's Q8_K, so sub-block scales apply in integer arithmetic) - a coarser step.
 BOUND = {"F32": 1e-5, "F16": 1e-5, "BF16": 1e-5, "Q8_0": 0.02, "Q4_0": 0.02, "Q4_K": 0.04, "Q5_K": 0.04,
          "Q6_K": 0.04, "IQ1_S": 0.03, "TQ2_0": 0.03, "TQ1_0": 0.03}
-K_QUANTS = {"Q4_K", "Q5_K", "Q6_K"}
+K_QUANTS = {"Q4_K", "Q5_K", "Q6_K", "TQ2_0"}  # activations per 256
 E, H, I = 12, 512, 256
 
 

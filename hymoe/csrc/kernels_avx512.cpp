@@ -214,25 +214,6 @@ struct FIQ1_S {
     __m256 mins() const { return m; }
 };
 
-struct FTQ2_0 {
-    static constexpr int blk_lo(int c) { return 2 * c; }
-    static constexpr int blk_hi(int c) { return 2 * c + 1; }
-    static const int kSU = 256, kBytes = 66, kShift = 0;
-    static const bool kMins = false;
-    const BlockTQ2_0* b;
-    __m512 d;
-    void prep(const uint8_t* p) {
-        b = (const BlockTQ2_0*)p;
-        d = _mm512_set1_ps(h2f(b->d));
-    }
-    __m512i chunk(int c, __m512& s) const {  // weights 64c.. : half c/2, 2-bit fields 2(c%2), 2(c%2)+1
-        s = d;
-        int h = c / 2, f = 2 * (c % 2);
-        return bits_of_32_bytes(b->qs + 32 * h, 2 * f, 2 * f + 2, 3);
-    }
-    __m256 mins() const { return _mm256_setzero_ps(); }
-};
-
 template <class F, int NR, int NT>
 void rows_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n, float* out,
                size_t out_stride) {
@@ -358,9 +339,8 @@ void fill_avx512(KernelTable* t) {
     t->rows[BF16] = rows_float<BF16>;
     t->rows[Q8_0] = rows_q<FQ8_0, Q8_0>;
     t->rows[Q4_0] = rows_q<FQ4_0, Q4_0>;
-    fill_avx512_k(t);
     t->rows[IQ1_S] = rows_q<FIQ1_S, IQ1_S>;
-    t->rows[TQ2_0] = rows_q<FTQ2_0, TQ2_0>;
+    fill_avx512_k(t);
 }
 #else
 #include "common.h"

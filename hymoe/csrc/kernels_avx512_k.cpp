@@ -1,4 +1,5 @@
-// AVX512-VNNI kernels for the K-quants (Q4_K, Q5_K, Q6_K), compiled with the AVX512 flags only.
+// AVX512-VNNI kernels for the formats with 256-weight blocks (Q4_K, Q5_K, Q6_K, TQ2_0) against
+// per-256 activations, compiled with the AVX512 flags only.
 #if defined(__x86_64__) || defined(_M_X64)
 #include "simd_avx512.h"
 
@@ -34,6 +35,7 @@ template <bool kFive>
 struct KQ45 {
     static const int kBytes = kFive ? 176 : 144;
     static const bool kOffset = false;  // Q6_K: codes carry +32
+    static const bool kUnitScales = false;
     static constexpr int blk_lo(int c) { return 4 * (c / 2) + c % 2; }
     static constexpr int blk_hi(int c) { return blk_lo(c) + 2; }
     const uint8_t *qs, *qh;
@@ -66,6 +68,7 @@ struct KQ45 {
 
 struct KQ6 {
     static const int kBytes = 210;
+    static const bool kUnitScales = false;
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     const BlockQ6_K* b;
@@ -94,6 +97,34 @@ struct KQ6 {
     __m256 correction(const int16_t* bk16, const int16_t*) const {
         __m256i m = _mm256_madd_epi16(_mm512_castsi512_si256(sc), _mm256_loadu_si256((const __m256i*)bk16));
         return _mm256_mul_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(-32.f));
+    }
+};
+
+// TQ2_0 (1.58-bit): 2-bit codes 0..2 (value = code - 1), one fp16 scale per 256. Against per-256
+// activations its 64-weight chunks add up in integer, with no float step per chunk.
+struct KTQ2 {
+    static const int kBytes = 66;
+    static const bool kUnitScales = true;  // no sub-block scales: one dpbusd per chunk
+    static constexpr int blk_lo(int c) { return 2 * c; }
+    static constexpr int blk_hi(int c) { return 2 * c + 1; }
+    const uint8_t* qs;
+    float dd;
+    void prep(const uint8_t* p) {
+        qs = p;
+        uint16_t dh;
+        memcpy(&dh, p + 64, 2);
+        dd = h2f(dh);
+    }
+    __m512i scales16(int) const { return _mm512_set1_epi16(1); }
+    __m512i chunk(int c) const {  // weights 64c..: 32 bytes of half c/2, 2-bit fields 2(c%2) and 2(c%2)+1
+        const int f = 2 * (c % 2);
+        return bits_of_32_bytes(qs + 32 * (c / 2), 2 * f, 2 * f + 2, 3);
+    }
+    float d() const { return dd; }
+    float corr_scale() const { return dd; }
+    __m256 correction(const int16_t*, const int16_t* bk32) const {  // codes carry +1: minus the sum of a
+        const __m256 sums = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i*)bk32)));
+        return _mm256_sub_ps(_mm256_setzero_ps(), sums);
     }
 };
 
@@ -133,7 +164,8 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
                 for (int t = 0; t < NT; t++) {
                     const __m512i aq = load_pair(a[t].qk + lo, a[t].qk + hi, hi == lo + 32);
                     for (int i = 0; i < NR; i++)
-                        dot[i][t] = _mm512_dpwssd_epi32(dot[i][t], _mm512_maddubs_epi16(wq[i], aq), sc[i]);
+                        dot[i][t] = F::kUnitScales ? _mm512_dpbusd_epi32(dot[i][t], wq[i], aq)
+                                                   : _mm512_dpwssd_epi32(dot[i][t], _mm512_maddubs_epi16(wq[i], aq), sc[i]);
                 }
             }
             for (int t = 0; t < NT; t++) {
@@ -171,6 +203,7 @@ void fill_avx512_k(KernelTable* t) {
     t->rows[Q4_K] = rows_k<KQ45<false>, Q4_K>;
     t->rows[Q5_K] = rows_k<KQ45<true>, Q5_K>;
     t->rows[Q6_K] = rows_k<KQ6, Q6_K>;
+    t->rows[TQ2_0] = rows_k<KTQ2, TQ2_0>;
 }
 #else
 #include "common.h"

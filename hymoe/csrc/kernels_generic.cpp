@@ -203,19 +203,16 @@ float dot_iq1_s(const uint8_t* w, const void* a, int n) {
     return s;
 }
 
-float dot_tq2_0(const uint8_t* w, const void* a, int n) {
+float dot_tq2_0(const uint8_t* w, const void* a, int n) {  // against per-256 activations, as the SIMD path
     ActView av = act_view(a, n);
     const BlockTQ2_0* b = (const BlockTQ2_0*)w;
     float s = 0;
     for (int i = 0; i < n / 256; i++) {
-        float d = fp16_to_f32(b[i].d), blk = 0;
-        for (int c = 0; c < 8; c++) {  // act block c = weights 32c..32c+31: half c/4, shift c%4
-            int32_t acc = 0;
-            for (int j = 0; j < 32; j++) acc += ((b[i].qs[(c / 4) * 32 + j] >> (2 * (c % 4))) & 3) * av.qs[i * 256 + c * 32 + j];
-            int32_t sum = av.sum16[(i * 8 + c) * 2] + av.sum16[(i * 8 + c) * 2 + 1];
-            blk += av.d[i * 8 + c] * (float)(acc - sum);
-        }
-        s += d * blk;
+        int32_t acc = 0, sum = 0;
+        for (int k = 0; k < 256; k++)  // weight k: byte k % 32 of half k / 128, 2-bit field (k / 32) % 4
+            acc += ((b[i].qs[(k / 128) * 32 + k % 32] >> (2 * ((k / 32) % 4))) & 3) * av.qk[i * 256 + k];
+        for (int g = 0; g < 8; g++) sum += av.bk32[i * 8 + g];
+        s += fp16_to_f32(b[i].d) * av.dk[i] * (float)(acc - sum);  // codes carry +1
     }
     return s;
 }
