@@ -129,7 +129,7 @@ def hot_experts_on_gpu(model, placement: Placement, n: int, dtype: torch.dtype, 
         if stats:
             raise HymoeError("--expert-stats chooses which experts --gpu-experts keeps on the GPU; give --gpu-experts")
         return {}
-    if placement.name != "hybrid":
+    if not placement.is_async:  # hybrid, or a rules file that puts experts on the CPU beside a GPU dense part
         raise HymoeError("--gpu-experts needs --placement hybrid (experts on the CPU, the rest on the GPU)")
     cfg = model.cfg
     layers = {i: m for i, m in moe_layers(model).items() if m.experts is not None and
