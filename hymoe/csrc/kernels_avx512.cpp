@@ -147,7 +147,7 @@ struct FQ8_0 {
     __m512 ws;
     void prep(const uint8_t* p) {
         b = (const BlockQ8_0*)p;
-        ws = two_scales(h2f(b[0].d), h2f(b[1].d));
+        ws = two_scales_f16(b[0].d, b[1].d);
     }
     __m512i chunk(int, __m512& s) const {
         s = ws;
@@ -167,7 +167,7 @@ struct FQ4_0 {
     __m512 ws;
     void prep(const uint8_t* p) {
         b = (const BlockQ4_0*)p;
-        ws = two_scales(h2f(b[0].d), h2f(b[1].d));
+        ws = two_scales_f16(b[0].d, b[1].d);
     }
     __m512i chunk(int, __m512& s) const {
         s = ws;

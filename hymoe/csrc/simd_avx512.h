@@ -19,6 +19,12 @@ static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 static inline __m512 two_scales(float lo, float hi) {  // lanes 0-7 = lo, 8-15 = hi
     return _mm512_insertf32x8(_mm512_set1_ps(lo), _mm256_set1_ps(hi), 1);
 }
+static inline __m512 two_scales_f16(uint16_t lo, uint16_t hi) {  // the same from two fp16 scales:
+    // one conversion and one permute, instead of two scalar conversions, broadcasts and an insert
+    const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)lo | ((int)hi << 16)));
+    const __m512i idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(f));
+}
 static inline __m512i nibbles_of_32_bytes(const uint8_t* q) {  // lanes [low nibbles | high nibbles]
     const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
     __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)q));
