@@ -12,9 +12,9 @@ struct KQ45Scales {  // Q4_K / Q5_K: eight 6-bit scales and mins as int16
     __m128i sc, mn;
     float d, dmin;
     void load(const uint8_t* p) {
-        uint16_t dh, dmh;
-        memcpy(&dh, p, 2);
-        memcpy(&dmh, p + 2, 2);
+        uint32_t dd;  // d and dmin, both fp16: one conversion
+        memcpy(&dd, p, 4);
+        const __m128 both = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd));
         uint32_t u[4];
         memcpy(u, p + 4, 12);
         const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
@@ -26,8 +26,8 @@ struct KQ45Scales {  // Q4_K / Q5_K: eight 6-bit scales and mins as int16
         __m128i b = _mm_loadu_si128((const __m128i*)u);
         sc = _mm_cvtepu8_epi16(b);
         mn = _mm_cvtepu8_epi16(_mm_srli_si128(b, 8));
-        d = h2f(dh);
-        dmin = h2f(dmh);
+        d = _mm_cvtss_f32(both);
+        dmin = _mm_cvtss_f32(_mm_movehdup_ps(both));
     }
 };
 
