@@ -21,6 +21,13 @@ from hymoe.kv.cache import Step
 from hymoe.layers.moe import MoE
 
 log = logging.getLogger("hymoe")
+_said: set[str] = set()
+
+
+def _say_once(reason: str) -> None:
+    if reason not in _said:
+        _said.add(reason)
+        log.warning("hymoe: CUDA graphs off, decoding eagerly: %s", reason)
 
 
 class Capture:
@@ -65,6 +72,7 @@ class DecodeGraphs:
         self.reason = None
         if not all(isinstance(x, NativeExperts) for x in layers):
             self.reason = "routed experts other than the plain native engine (hot experts, deferral, GPU prefill)"
+            _say_once(self.reason)
         self.graphs: dict[int, tuple] = {}
         self.warmed: set[int] = set()
         self.pool = torch.cuda.graph_pool_handle()
@@ -107,7 +115,7 @@ class DecodeGraphs:
         except Exception as e:  # capture unsupported here: eager from now on, said once
             capture.abort()
             self.reason = f"capture failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-            log.warning("hymoe: CUDA graphs off, decoding eagerly: %s", self.reason)
+            _say_once(self.reason)
             return None
         finally:
             for engine in self.engines:
