@@ -20,21 +20,15 @@ from hymoe.engine.llm import LLM
 from hymoe.errors import HymoeError
 from hymoe.engine.sampler import SamplingParams
 from hymoe.experts import native
+from hymoe.experts.base import cpu_part
 from hymoe.layers.moe import MoE
-
-
-def _cpu_part(experts):
-    """The backend under a layer's wrappers (GPU-resident split, deferral) that computes on the CPU."""
-    while hasattr(experts, "cpu"):
-        experts = experts.cpu
-    return experts
 
 
 def _engine(llm: LLM):
     """The native engine computing this model's CPU experts, or None."""
     for m in llm.model.modules():
-        if isinstance(m, MoE) and isinstance(_cpu_part(m.experts), native.NativeExperts):
-            return _cpu_part(m.experts).engine
+        if isinstance(m, MoE) and isinstance(cpu_part(m.experts), native.NativeExperts):
+            return cpu_part(m.experts).engine
     return None
 
 
@@ -48,7 +42,7 @@ def cpu_bytes_per_token(llm: LLM) -> int:
             total += p.numel() * p.element_size()
     for m in llm.model.modules():
         if isinstance(m, MoE):
-            ex = _cpu_part(m.experts)
+            ex = cpu_part(m.experts)
             on_cpu = getattr(ex, "gate", None) is not None and ex.gate.device.type == "cpu"
             if on_cpu:
                 total += ex.nbytes() * cfg.num_experts_per_tok // cfg.num_experts

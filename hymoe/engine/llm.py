@@ -49,10 +49,7 @@ class LLM:
         place_experts(self.model, experts, experts_format, threads, placement=self.placement, keep=on_gpu,
                       hot=hot, defer=defer_experts, gpu_prefill_threshold=gpu_prefill_threshold)
         # what computes the routed experts, e.g. "native", or "native+torch" for a layer split
-        names = {"NativeExperts": "native", "TorchExperts": "torch", "DequantExperts": "dequant",
-                 "SplitExperts": "native+gpu-hot", "GpuPrefillExperts": "native"}
-        kinds = {names[type(getattr(m.experts, "cpu", m.experts) if defer_experts else m.experts).__name__]
-                 for m in self.model.modules() if isinstance(m, MoE)}
+        kinds = {m.experts.label for m in self.model.modules() if isinstance(m, MoE)}
         self.experts_backend = "+".join(sorted(kinds)) + (f", {defer_experts} deferred" if defer_experts else "")
         self.cuda_graphs = cuda_graphs  # decode steps captured per batch size where CUDA runs the dense part
         self.tokenizer = files.tokenizer

@@ -8,7 +8,12 @@ import torch
 
 
 class ExpertBackend(ABC):
-    """submit() may return before the work is done; sync() waits and returns [T, H]."""
+    """submit() may return before the work is done; sync() waits and returns [T, H].
+
+    Wrappers (GPU-resident split, deferral, GPU prefill, counting) hold the backend they wrap as
+    `.cpu` and report its label."""
+
+    label = "?"  # what computes the experts, as `LLM.experts_backend` and the benchmarks report it
 
     @abstractmethod
     def submit(self, hidden: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> None:
@@ -24,3 +29,23 @@ class ExpertBackend(ABC):
     def twin(self) -> "ExpertBackend":
         """A second handle on the same weights, so two jobs of one layer can be in flight."""
         return copy.copy(self)
+
+
+class ExpertWrapper(ExpertBackend):
+    """A backend around another (`self.cpu`): what it computes and holds is the wrapped one's."""
+
+    cpu: ExpertBackend
+
+    @property
+    def label(self) -> str:
+        return self.cpu.label
+
+    def nbytes(self) -> int:
+        return self.cpu.nbytes()
+
+
+def cpu_part(experts: ExpertBackend) -> ExpertBackend:
+    """The backend under any wrappers: the one that computes on the CPU."""
+    while hasattr(experts, "cpu"):
+        experts = experts.cpu
+    return experts

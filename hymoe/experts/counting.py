@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from hymoe.experts.base import ExpertBackend
+from hymoe.experts.base import ExpertBackend, ExpertWrapper
 
 
-class CountingExperts(ExpertBackend):
+class CountingExperts(ExpertWrapper):
     def __init__(self, inner: ExpertBackend, num_experts: int):
         self.cpu, self.counts = inner, torch.zeros(num_experts, dtype=torch.long)  # [E] tokens routed
-
-    def nbytes(self) -> int:
-        return self.cpu.nbytes()
 
     def submit(self, hidden, topk_ids, topk_weights) -> None:
         ids = topk_ids.reshape(-1)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from hymoe.experts.base import ExpertBackend
+from hymoe.experts.base import ExpertBackend, ExpertWrapper
 
 
 class DeferralChain:
@@ -21,14 +21,11 @@ class DeferralChain:
         return None if job is None else job.sync()
 
 
-class DeferredExperts(ExpertBackend):
+class DeferredExperts(ExpertWrapper):
     def __init__(self, cpu: ExpertBackend, chain: DeferralChain, num_deferred: int, is_first: bool, is_last: bool):
         self.cpu, self.later = cpu, cpu.twin()  # two jobs of this layer may be in flight
         self.chain, self.num_deferred, self.is_first, self.is_last = chain, num_deferred, is_first, is_last
         self._deferred = None
-
-    def nbytes(self) -> int:
-        return self.cpu.nbytes()
 
     def submit(self, hidden, topk_ids, topk_weights) -> None:
         if self.is_first:

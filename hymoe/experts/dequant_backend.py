@@ -24,6 +24,8 @@ def _tile(raw: torch.Tensor, fmt: str, rows: int, n: int) -> torch.Tensor:
 
 
 class DequantExperts(ExpertBackend):
+    label = "dequant"
+
     def __init__(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, formats: tuple[str, str, str],
                  hidden: int, inter: int):
         self.gate, self.up, self.down = gate, up, down  # uint8 [E, rows * row_bytes]

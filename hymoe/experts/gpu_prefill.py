@@ -8,22 +8,19 @@ from __future__ import annotations
 
 import torch
 
-from hymoe.experts.base import ExpertBackend
+from hymoe.experts.base import ExpertWrapper
 from hymoe.experts.torch_backend import TorchExperts
 from hymoe.quant.torch_dequant import dequantize_torch
 
 CHUNK_BYTES = 1 << 30  # stored bytes streamed per step: bounds the GPU memory this takes
 
 
-class GpuPrefillExperts(ExpertBackend):
+class GpuPrefillExperts(ExpertWrapper):
     def __init__(self, cpu, gpu: torch.device, threshold: int, dtype: torch.dtype):
         self.cpu, self.gpu, self.threshold, self.dtype = cpu, gpu, threshold, dtype  # cpu: NativeExperts
         per_expert = cpu.nbytes() // cpu.num_experts
         self.chunk = max(1, CHUNK_BYTES // per_expert)
         self._out: torch.Tensor | None = None
-
-    def nbytes(self) -> int:
-        return self.cpu.nbytes()
 
     def twin(self) -> "GpuPrefillExperts":
         return GpuPrefillExperts(self.cpu.twin(), self.gpu, self.threshold, self.dtype)

@@ -164,6 +164,8 @@ class NativeEngine:
 class NativeExperts(ExpertBackend):
     """One layer's experts: gate/up [E, I, H] and down [E, H, I], each raw bytes in a GGUF format."""
 
+    label = "native"
+
     def __init__(self, engine: NativeEngine, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
                  formats: tuple[str, str, str], hidden: int, inter: int):
         self.engine, self.formats, self.hidden, self.inter = engine, formats, hidden, inter

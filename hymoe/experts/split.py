@@ -9,7 +9,7 @@ import copy
 
 import torch
 
-from hymoe.experts.base import ExpertBackend
+from hymoe.experts.base import ExpertBackend, ExpertWrapper
 from hymoe.experts.torch_backend import TorchExperts
 
 
@@ -19,12 +19,16 @@ def uniform_hot(num_experts: int, n: int, layer: int) -> list[int]:
     return sorted({(int(i * step) + layer) % num_experts for i in range(n)})
 
 
-class SplitExperts(ExpertBackend):
+class SplitExperts(ExpertWrapper):
     def __init__(self, cpu: ExpertBackend, gpu: TorchExperts, hot: list[int], num_experts: int):
         self.cpu, self.gpu = cpu, gpu  # cpu holds every expert; gpu holds the hot ones, in `hot` order
         self.local = torch.full((num_experts,), -1, dtype=torch.long)  # expert id -> row of `gpu`, or -1
         self.local[torch.tensor(hot)] = torch.arange(len(hot))
         self._gpu_out: torch.Tensor | None = None
+
+    @property
+    def label(self) -> str:
+        return self.cpu.label + "+gpu-hot"
 
     def twin(self) -> "SplitExperts":
         twin = copy.copy(self)

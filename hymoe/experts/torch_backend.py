@@ -11,6 +11,8 @@ from hymoe.experts.base import ExpertBackend
 
 
 class TorchExperts(ExpertBackend):
+    label = "torch"
+
     def __init__(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor):
         # gate, up [E, I, H]; down [E, H, I]
         self.gate, self.up, self.down = gate, up, down
