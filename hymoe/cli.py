@@ -226,6 +226,17 @@ def cmd_chat(args) -> None:
         print()
 
 
+def _counts(text: str, flag: str) -> list[int]:
+    """A comma list of counts, each at least 1."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise HymoeError(f"{flag} must be integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise HymoeError(f"{flag} must be at least 1")
+    return values
+
+
 def cmd_bench(args) -> None:
     if args.bench == "serve":
         return cmd_bench_serve(args)
@@ -238,12 +249,7 @@ def cmd_bench(args) -> None:
 
     if args.isa:
         native.set_isa(args.isa)
-    try:
-        batches = [int(b) for b in args.batch.split(",")]
-    except ValueError:
-        raise HymoeError(f"--batch must be integers, got {args.batch!r}") from None
-    if any(b < 1 for b in batches):
-        raise HymoeError("--batch must be at least 1")
+    batches = _counts(args.batch, "--batch")
     results = bench_experts(args.shape, args.format.upper(), batches, args.threads, args.backend, args.max_gb)
     for r in results:
         batch = r["batch"]
@@ -289,12 +295,7 @@ def _bench_model(args):
 def cmd_bench_prefill(args) -> None:
     from hymoe.bench.prefill import bench_prefill
 
-    try:
-        lengths = [int(t) for t in args.tokens.split(",")]
-    except ValueError:
-        raise HymoeError(f"--tokens must be integers, got {args.tokens!r}") from None
-    if any(n < 1 for n in lengths):
-        raise HymoeError("--tokens must be at least 1")
+    lengths = _counts(args.tokens, "--tokens")
     rows = bench_prefill(_bench_model(args), lengths, args.threads, args.dtype)
     for r in rows:
         print(f"{r['prompt_tokens']:>6} tokens: experts on the CPU {r['cpu_experts_tokens_per_s']:.0f} tok/s, "
@@ -307,12 +308,9 @@ def cmd_bench_prefill(args) -> None:
 def cmd_bench_serve(args) -> None:
     from hymoe.bench.serve import bench_serve
 
-    try:
-        users = [int(u) for u in args.users.split(",")]
-    except ValueError:
-        raise HymoeError(f"--users must be integers, got {args.users!r}") from None
-    if any(u < 1 for u in users) or args.gen_tokens < 2:
-        raise HymoeError("--users must be at least 1 and --gen-tokens at least 2")
+    users = _counts(args.users, "--users")
+    if args.gen_tokens < 2:
+        raise HymoeError("--gen-tokens must be at least 2")
     args.max_context = args.max_context or 512
     results = bench_serve(_load(args), users, args.gen_tokens)
     base = results[0]["aggregate_tokens_per_s"]
