@@ -15,15 +15,15 @@ struct KQ45Scales {  // Q4_K / Q5_K: eight 6-bit scales and mins as int16
         uint32_t dd;  // d and dmin, both fp16: one conversion
         memcpy(&dd, p, 4);
         const __m128 both = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd));
-        uint32_t u[4];
-        memcpy(u, p + 4, 12);
-        const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
-        u[3] = ((u[2] >> 4) & m4) | (((u[1] >> 6) & m2) << 4);
-        const uint32_t mins_lo = u[1] & m6;
-        u[1] = (u[2] & m4) | (((u[0] >> 6) & m2) << 4);
-        u[2] = mins_lo;
-        u[0] &= m6;
-        __m128i b = _mm_loadu_si128((const __m128i*)u);
+        // dwords A, B, C of the 12 scale bytes (the 4 bytes after them belong to the block too):
+        // scales = [A & 63 | (C & 15) + (A >> 6 << 4)], mins = [B & 63 | (C >> 4) + (B >> 6 << 4)],
+        // per byte; in vector registers, so no scalar stores feed a vector load
+        const __m128i v = _mm_loadu_si128((const __m128i*)(p + 4));
+        const __m128i lo = _mm_and_si128(v, _mm_set1_epi8(63));                                  // [A', B']
+        const __m128i c = _mm_srlv_epi32(_mm_shuffle_epi32(v, 0xAA), _mm_set_epi32(0, 0, 4, 0));  // [C, C>>4]
+        const __m128i hi = _mm_or_si128(_mm_and_si128(c, _mm_set1_epi8(15)),
+                                        _mm_and_si128(_mm_srli_epi32(v, 2), _mm_set1_epi8(0x30)));
+        const __m128i b = _mm_unpacklo_epi32(lo, hi);  // 8 scales, then 8 mins
         sc = _mm_cvtepu8_epi16(b);
         mn = _mm_cvtepu8_epi16(_mm_srli_si128(b, 8));
         d = _mm_cvtss_f32(both);
