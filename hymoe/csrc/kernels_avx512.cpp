@@ -21,11 +21,9 @@ namespace {
 
 RowsFn g_portable[FMT_SLOTS];  // the portable kernels, for row lengths that are not a multiple of 64
 
-// ---- activations: the portable layout, then per 64 values: 16 lane scales, 16 lane sums ------
-//   [portable: n + n/32*4 + n/16*4][pad to 64][dexp: n/64 x 16 f32][ns4: n/4 i32][dsum: n/32 f32]
-size_t portable_bytes(int n) { return act_bytes(n); }
-size_t extras_at(int n) { return (portable_bytes(n) + 63) & ~(size_t)63; }
-size_t act_bytes_avx512(int n) { return extras_at(n) + (size_t)n + (size_t)n + (size_t)(n / 32) * 4; }
+// ---- activations: the portable layout, then per 64 values: 16 lane scales, 16 lane sums, then
+// (rows of 256s) the per-256 values in Q4_K/Q5_K chunk order; see extras_at and paired_at
+size_t act_bytes_avx512(int n) { return paired_at(n) + (n % 256 ? 0 : (size_t)n); }
 
 struct Act {
     const int8_t* qs;
@@ -57,6 +55,13 @@ void quantize_k256(const float* x, int n, void* out) {
         }
         for (int g = 0; g < 8; g++)
             ((int16_t*)v.bk32)[8 * b + g] = (int16_t)(v.bk16[16 * b + 2 * g] + v.bk16[16 * b + 2 * g + 1]);
+        // the same values with sub-blocks in Q4_K/Q5_K chunk order (0 2 1 3 4 6 5 7): their chunk c
+        // pairs sub-blocks 4(c/2) + c%2 and that + 2, so each chunk's activations are one load
+        int8_t* paired = (int8_t*)out + paired_at(n) + 256 * b;
+        const int8_t* qk = (const int8_t*)v.qk + 256 * b;
+        static const int kOrder[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+        for (int j = 0; j < 8; j++)
+            _mm256_storeu_si256((__m256i*)(paired + 32 * j), _mm256_loadu_si256((const __m256i*)(qk + 32 * kOrder[j])));
     }
 }
 

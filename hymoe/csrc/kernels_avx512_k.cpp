@@ -34,8 +34,8 @@ struct KQ45Scales {  // Q4_K / Q5_K: eight 6-bit scales and mins as int16
 template <bool kFive>
 struct KQ45 {
     static const int kBytes = kFive ? 176 : 144;
-    static const bool kOffset = false;  // Q6_K: codes carry +32
     static const bool kUnitScales = false;
+    static const bool kPaired = true;  // chunks pair sub-blocks 2 apart: activations from the paired copy
     static constexpr int blk_lo(int c) { return 4 * (c / 2) + c % 2; }
     static constexpr int blk_hi(int c) { return blk_lo(c) + 2; }
     const uint8_t *qs, *qh;
@@ -69,6 +69,7 @@ struct KQ45 {
 struct KQ6 {
     static const int kBytes = 210;
     static const bool kUnitScales = false;
+    static const bool kPaired = false;
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     const BlockQ6_K* b;
@@ -105,6 +106,7 @@ struct KQ6 {
 struct KTQ2 {
     static const int kBytes = 66;
     static const bool kUnitScales = true;  // no sub-block scales: one dpbusd per chunk
+    static const bool kPaired = false;
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     const uint8_t* qs;
@@ -132,7 +134,11 @@ template <class F, int NR, int NT>
 void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n, float* out,
                  size_t out_stride) {
     ActView a[NT];
-    for (int t = 0; t < NT; t++) a[t] = act_view(acts[t], n);
+    const int8_t* paired[NT];
+    for (int t = 0; t < NT; t++) {
+        a[t] = act_view(acts[t], n);
+        paired[t] = (const int8_t*)acts[t] + paired_at(n);
+    }
     const int units = n / 256;
     prefetch_head(w, nrows * row_bytes);
     for (int r = 0; r + NR <= nrows; r += NR) {
@@ -162,7 +168,8 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
                 }
                 const int lo = u * 256 + 32 * F::blk_lo(c), hi = u * 256 + 32 * F::blk_hi(c);
                 for (int t = 0; t < NT; t++) {
-                    const __m512i aq = load_pair(a[t].qk + lo, a[t].qk + hi, hi == lo + 32);
+                    const __m512i aq = F::kPaired ? _mm512_loadu_si512((const void*)(paired[t] + u * 256 + 64 * c))
+                                                  : load_pair(a[t].qk + lo, a[t].qk + hi, hi == lo + 32);
                     for (int i = 0; i < NR; i++)
                         dot[i][t] = F::kUnitScales ? _mm512_dpbusd_epi32(dot[i][t], wq[i], aq)
                                                    : _mm512_dpwssd_epi32(dot[i][t], _mm512_maddubs_epi16(wq[i], aq), sc[i]);

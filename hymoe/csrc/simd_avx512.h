@@ -15,6 +15,11 @@ const int kTile = 4;    // tokens per pass
 namespace {
 using namespace hymoe_avx512;
 
+// The AVX512 activation layout: the portable one, then
+//   [pad to 64][dexp: n/64 x 16 f32][ns4: n/4 i32][dsum: n/32 f32][paired: n i8, rows of 256s only]
+static inline size_t extras_at(int n) { return (act_bytes(n) + 63) & ~(size_t)63; }
+static inline size_t paired_at(int n) { return extras_at(n) + (size_t)n + (size_t)n + (size_t)(n / 32) * 4; }
+
 static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 static inline __m512 two_scales(float lo, float hi) {  // lanes 0-7 = lo, 8-15 = hi
     return _mm512_insertf32x8(_mm512_set1_ps(lo), _mm256_set1_ps(hi), 1);
