@@ -31,7 +31,6 @@ CONFIGS = {
         moe_intermediate_size=768, num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128,
         num_experts_per_tok=8, norm_topk_prob=True, max_position_embeddings=4096, rope_theta=1e6),
 }
-REAL_DEPTH = {"deepseek-v3": 61, "qwen3-30b-a3b": 48}
 
 
 def random_tensor(shape, dtype: torch.dtype = torch.bfloat16, std: float = 0.02) -> torch.Tensor:
