@@ -9,8 +9,6 @@ from __future__ import annotations
 import random
 import time
 
-import torch
-
 from hymoe.engine.llm import LLM
 from hymoe.experts.gpu_prefill import GpuPrefillExperts
 from hymoe.layers.moe import MoE
@@ -43,8 +41,6 @@ def bench_prefill(path, lengths: list[int], threads: int | None = None, dtype: s
         gpu_s = _prefill_s(llm, ids)
         rows.append({"prompt_tokens": n, "gpu": str(llm.placement.gpu), "cpu_experts_tokens_per_s": round(n / cpu_s, 1),
                      "gpu_stream_tokens_per_s": round(n / gpu_s, 1), "is_gpu_faster": gpu_s < cpu_s})
-        if llm.placement.gpu.type == "cuda":
-            torch.cuda.synchronize()
     # the shortest length from which streaming stays faster at every longer length measured
     threshold = None
     for r in reversed(rows):
