@@ -41,7 +41,6 @@ def _as_format(w: torch.Tensor, fmt: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(q)).reshape(e, -1)
 
 
-PLACEMENTS = ("cpu", "hybrid", "layers:N", "gpu")
 
 
 @dataclass(frozen=True)
