@@ -18,9 +18,9 @@ ISA_FLAGS = {
     "kernels_avx512.cpp": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
                            "-mavx512vnni", "-mavx512dq"],
 }
-ISA_FLAGS["kernels_avx512_k.cpp"] = ISA_FLAGS["kernels_avx512.cpp"]
+ISA_FLAGS["kernels_avx512_k.cpp"] = ISA_FLAGS["kernels_avx512_tiled.cpp"] = ISA_FLAGS["kernels_avx512.cpp"]
 SOURCES = ["moe.cpp", "pool.cpp", "cpu.cpp", "kernels_generic.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp",
-           "kernels_avx512_k.cpp"]
+           "kernels_avx512_k.cpp", "kernels_avx512_tiled.cpp"]
 
 
 class BuildKernels(build_ext):

@@ -57,6 +57,21 @@ def test_rows_equal_gguf_dequantized_matmul(fmt, tokens, isa):
     assert ((got - ref).abs() / scale).max().item() < 2e-5
 
 
+@pytest.mark.parametrize("fmt", ["Q8_0", "Q4_0", "Q4_K", "Q5_K", "IQ1_S", "TQ2_0"])
+@pytest.mark.parametrize("tokens", [5, 6, 13, 64])
+def test_batch_tiles_equal_gguf_dequantized_matmul(fmt, tokens, isa):
+    """From 6 tokens the AVX512 path repacks 16 rows at a time into a tile (the 8 rows left over
+    take the per-row kernel); every path must give the same exact sum."""
+    n, rows = 512, 40
+    w = random_weights(fmt, rows, n, seed=tokens + 100)
+    x = torch.randn(tokens, n, generator=torch.Generator().manual_seed(tokens + 100))
+    xq = quantized_activations(x, 256 if fmt in K_QUANTS else 32)
+    dense = dequant(fmt, w, n).double()
+    ref = xq.double() @ dense.T
+    got = native.rows(fmt, w, x).double()
+    assert ((got - ref).abs() / (xq.double().abs() @ dense.abs().T)).max().item() < 2e-5
+
+
 @pytest.mark.parametrize("fmt", sorted(set(FORMATS) - IS_FLOAT))
 def test_activation_quantization_error_is_bounded(fmt):
     n = 1024

@@ -346,6 +346,7 @@ void fill_avx512(KernelTable* t) {
     t->rows[Q4_0] = rows_q<FQ4_0, Q4_0>;
     t->rows[IQ1_S] = rows_q<FIQ1_S, IQ1_S>;
     fill_avx512_k(t);
+    fill_avx512_tiled(t);
 }
 #else
 #include "common.h"
