@@ -12,11 +12,13 @@ import numpy as np
 import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from hymoe.bench.machine import bf16_gemm_gflops, cold_bytes, read_gbps
+from hymoe.bench.machine import bf16_gemm_gflops, cold_bytes, llc_bytes, read_gbps
 from hymoe.errors import HymoeError
 from hymoe.experts import native
 from hymoe.experts.torch_backend import TorchExperts
 from hymoe.quant.formats import FLOAT_DTYPES, FP16_SCALE_OFFSETS, row_bytes
+
+PROBE_BYTES = 32 << 20  # one paired bandwidth read: ~1 ms, past every last-level cache slice it follows
 
 SHAPES = {  # hidden, expert intermediate, routed experts, experts per token
     "deepseek-v3": (7168, 2048, 256, 8),
@@ -92,33 +94,45 @@ def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None 
             engine.read_gbps(t.view(torch.uint8), 1)
     bandwidth = read_gbps(engine)
     gemm = bf16_gemm_gflops()
+    # Shared machines drift (neighbours' memory traffic, stolen cores) within seconds, so each timed
+    # call is paired with a streaming read of a cold slice right before it: the fraction is the
+    # median of the pairs' ratios and the bandwidth the median of the paired reads.
+    probe = torch.ones(4 * llc_bytes() + PROBE_BYTES, dtype=torch.uint8)
+    engine.read_gbps(probe, 1)  # touch every page
+    slices = probe.numel() // PROBE_BYTES
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for batch in batches:
         x = torch.randn(batch, hidden, generator=gen)
         n_iter = iters or 40
-        times, bytes_read = [], []
+        times, bytes_read, probes = [], [], []
         t_start = time.perf_counter()
         for it in range(n_iter + 2):
             if not iters and len(times) >= 3 and time.perf_counter() - t_start > 3.0:
                 break  # enough for a median: big batches take seconds per call
             ids, w = _routing(batch, k, allocated, gen)
             experts = layers[it % num_layers]
+            s = (it % slices) * PROBE_BYTES
+            probe_gbps = engine.read_gbps(probe[s:s + PROBE_BYTES], 1)
             t0 = time.perf_counter()
             experts.submit(x, ids, w)
             experts.sync()
             if it >= 2:  # two warm-up calls
                 times.append(time.perf_counter() - t0)
                 bytes_read.append(len(torch.unique(ids)) * per_expert)
+                probes.append(probe_gbps)
         layer_s = statistics.median(times)
         weight_gbps = statistics.median(b / t for b, t in zip(bytes_read, times)) / 1e9
+        fraction = statistics.median(b / t / 1e9 / g for b, t, g in zip(bytes_read, times, probes))
+        bandwidth_now = statistics.median(probes)
         gflops = 2 * batch * k * 3 * hidden * inter / layer_s / 1e9
         rows.append({
             "shape": shape, "format": fmt, "batch": batch, "threads": threads, "backend": backend,
             "isa": native.isa_name() if backend == "native" else "torch",
             "experts_allocated": allocated, "layers_allocated": num_layers, "layer_ms": round(layer_s * 1e3, 3),
-            "weight_gbps": round(weight_gbps, 2), "bandwidth_gbps": round(bandwidth, 2),
-            "fraction": round(weight_gbps / bandwidth, 3), "tokens_per_s": round(batch / layer_s, 1),
+            "weight_gbps": round(weight_gbps, 2), "bandwidth_gbps": round(bandwidth_now, 2),
+            "bandwidth_start_gbps": round(bandwidth, 2),
+            "fraction": round(fraction, 3), "tokens_per_s": round(batch / layer_s, 1),
             "gflops": round(gflops, 1), "gemm_gflops": round(gemm, 1),
             "gemm_fraction": round(gflops / gemm, 3),
         })

@@ -209,11 +209,13 @@ struct FIQ1_S {
     __m512i chunk(int c, __m512& s) const {
         s = lanes_from(dl, 2 * c, 2 * c + 1);
         // 8 lookups of 8 weights: index = qs byte | 3 bits of qh << 8
-        __m512i lo = _mm512_cvtepu8_epi64(_mm_loadl_epi64((const __m128i*)(b->qs + 8 * c)));
-        __m512i qh = _mm512_inserti64x4(_mm512_set1_epi64(b->qh[2 * c]), _mm256_set1_epi64x(b->qh[2 * c + 1]), 1);
-        const __m512i shift = _mm512_set_epi64(9, 6, 3, 0, 9, 6, 3, 0);
-        __m512i hi = _mm512_slli_epi64(_mm512_and_si512(_mm512_srlv_epi64(qh, shift), _mm512_set1_epi64(7)), 8);
-        __m512i v = _mm512_i64gather_epi64(_mm512_or_si512(lo, hi), (const long long*)kIq1sGrid, 8);
+        const uint8_t* qs = b->qs + 8 * c;
+        const int h0 = b->qh[2 * c], h1 = b->qh[2 * c + 1];
+        const __m512i v = _mm512_set_epi64(
+            (long long)kIq1sGrid[qs[7] | ((h1 >> 1) & 0x700)], (long long)kIq1sGrid[qs[6] | ((h1 << 2) & 0x700)],
+            (long long)kIq1sGrid[qs[5] | ((h1 << 5) & 0x700)], (long long)kIq1sGrid[qs[4] | ((h1 << 8) & 0x700)],
+            (long long)kIq1sGrid[qs[3] | ((h0 >> 1) & 0x700)], (long long)kIq1sGrid[qs[2] | ((h0 << 2) & 0x700)],
+            (long long)kIq1sGrid[qs[1] | ((h0 << 5) & 0x700)], (long long)kIq1sGrid[qs[0] | ((h0 << 8) & 0x700)]);
         return _mm512_add_epi8(v, _mm512_set1_epi8(1));  // {-1,0,1} -> {0,1,2}
     }
     __m256 mins() const { return m; }
