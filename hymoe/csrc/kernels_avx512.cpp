@@ -269,9 +269,12 @@ void rows_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const*
                     for (int i = 0; i < NR; i++) macc[i][t] = _mm256_fmadd_ps(f[i].mins(), ds, macc[i][t]);
                 }
         }
-        for (int i = 0; i < NR; i++)
-            for (int t = 0; t < NT; t++)
-                out[t * out_stride + r + i] = hsum(acc[i][t]) - (F::kMins ? hsum(macc[i][t]) : 0.f);
+        for (int t = 0; t < NT; t++) {
+            __m512 sums[NR];
+            for (int i = 0; i < NR; i++)
+                sums[i] = F::kMins ? add_low8(acc[i][t], _mm256_sub_ps(_mm256_setzero_ps(), macc[i][t])) : acc[i][t];
+            store_sums<NR>(sums, out + t * out_stride + r);
+        }
     }
 }
 

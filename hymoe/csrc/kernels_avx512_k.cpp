@@ -36,6 +36,7 @@ struct KQ45 {
     static const int kBytes = kFive ? 176 : 144;
     static const bool kUnitScales = false;
     static const bool kPaired = true;  // chunks pair sub-blocks 2 apart: activations from the paired copy
+    static const bool kSeedSum = false;
     static constexpr int blk_lo(int c) { return 4 * (c / 2) + c % 2; }
     static constexpr int blk_hi(int c) { return blk_lo(c) + 2; }
     const uint8_t *qs, *qh;
@@ -70,6 +71,7 @@ struct KQ6 {
     static const int kBytes = 210;
     static const bool kUnitScales = false;
     static const bool kPaired = false;
+    static const bool kSeedSum = false;
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     const BlockQ6_K* b;
@@ -107,6 +109,9 @@ struct KTQ2 {
     static const int kBytes = 66;
     static const bool kUnitScales = true;  // no sub-block scales: one dpbusd per chunk
     static const bool kPaired = false;
+    // codes carry +1 and the scale is one per 256, so the offset is minus the activations' sum in
+    // the integer dot itself: computed once per token, not per row (correction() is then unused)
+    static const bool kSeedSum = true;
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     const uint8_t* qs;
@@ -158,8 +163,16 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
                 f[i].prep(blk);
             }
             __m512i dot[NR][NT];
-            for (int i = 0; i < NR; i++)
-                for (int t = 0; t < NT; t++) dot[i][t] = _mm512_setzero_si512();
+            for (int t = 0; t < NT; t++) {
+                __m512i seed = _mm512_setzero_si512();
+                if (F::kSeedSum) {  // lane 0: minus the sum of the 256 activations
+                    __m128i v = _mm_madd_epi16(_mm_loadu_si128((const __m128i*)(a[t].bk32 + 8 * u)), _mm_set1_epi16(1));
+                    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0x4E));
+                    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0xB1));
+                    seed = _mm512_maskz_mov_epi32(1, _mm512_castsi128_si512(_mm_sub_epi32(_mm_setzero_si128(), v)));
+                }
+                for (int i = 0; i < NR; i++) dot[i][t] = seed;
+            }
             for (int c = 0; c < 4; c++) {
                 __m512i wq[NR], sc[NR];
                 for (int i = 0; i < NR; i++) {
@@ -179,14 +192,18 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
                 const float da = a[t].dk[u];
                 for (int i = 0; i < NR; i++) {
                     acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][t]), _mm512_set1_ps(f[i].d() * da), acc[i][t]);
-                    corr[i][t] = _mm256_fmadd_ps(f[i].correction(a[t].bk16 + 16 * u, a[t].bk32 + 8 * u),
+                    if (!F::kSeedSum)
+                        corr[i][t] = _mm256_fmadd_ps(f[i].correction(a[t].bk16 + 16 * u, a[t].bk32 + 8 * u),
                                                  _mm256_set1_ps(da * f[i].corr_scale()),
                                                  corr[i][t]);
                 }
             }
         }
-        for (int i = 0; i < NR; i++)
-            for (int t = 0; t < NT; t++) out[t * out_stride + r + i] = hsum(acc[i][t]) + hsum(corr[i][t]);
+        for (int t = 0; t < NT; t++) {
+            __m512 sums[NR];
+            for (int i = 0; i < NR; i++) sums[i] = add_low8(acc[i][t], corr[i][t]);
+            store_sums<NR>(sums, out + t * out_stride + r);
+        }
     }
 }
 

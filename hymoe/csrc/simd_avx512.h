@@ -58,6 +58,27 @@ static inline __m512i load_pair(const void* lo, const void* hi, bool is_natural)
 }
 
 static inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+// [sum a0, sum a1, sum a2, sum a3] in 13 shuffles and adds (four reductions take ~32)
+static inline __m128 hsum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+    const __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));  // per 128: a0 a1 a0 a1
+    const __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+    const __m512 s = _mm512_add_ps(_mm512_shuffle_ps(s01, s23, 0x44), _mm512_shuffle_ps(s01, s23, 0xEE));  // a0 a1 a2 a3
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps(s, 1));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+// acc with an 8-lane term added to its lanes 0-7 (the sum of all lanes then includes it)
+static inline __m512 add_low8(__m512 acc, __m256 v) {
+    return _mm512_mask_add_ps(acc, 0x00FF, acc, _mm512_castps256_ps512(v));
+}
+// out[0..NR) of one token from NR row accumulators
+template <int NR>
+static inline void store_sums(__m512* acc, float* out) {
+    if (NR == 4) {
+        _mm_storeu_ps(out, hsum4(acc[0], acc[1], acc[2], acc[3]));
+    } else {
+        for (int i = 0; i < NR; i++) out[i] = hsum(acc[i]);
+    }
+}
 static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
