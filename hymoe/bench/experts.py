@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from hymoe.bench.machine import bf16_gemm_gflops, cold_bytes, llc_bytes, read_gbps
+from hymoe.bench.machine import bf16_gemm_gflops, cold_bytes, read_gbps
 from hymoe.errors import HymoeError
 from hymoe.experts import native
 from hymoe.experts.torch_backend import TorchExperts
 from hymoe.quant.formats import FLOAT_DTYPES, FP16_SCALE_OFFSETS, row_bytes
 
-PROBE_BYTES = 32 << 20  # one paired bandwidth read: ~1 ms, past every last-level cache slice it follows
+PROBE_BYTES = 32 << 20  # one paired bandwidth read: ~1 ms
 
 SHAPES = {  # hidden, expert intermediate, routed experts, experts per token
     "deepseek-v3": (7168, 2048, 256, 8),
@@ -97,7 +97,7 @@ def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None 
     # Shared machines drift (neighbours' memory traffic, stolen cores) within seconds, so each timed
     # call is paired with a streaming read of a cold slice right before it: the fraction is the
     # median of the pairs' ratios and the bandwidth the median of the paired reads.
-    probe = torch.ones(4 * llc_bytes() + PROBE_BYTES, dtype=torch.uint8)
+    probe = torch.ones(cold_bytes(), dtype=torch.uint8)  # a slice comes round again after >= 1 GiB of reads
     engine.read_gbps(probe, 1)  # touch every page
     slices = probe.numel() // PROBE_BYTES
     gen = torch.Generator().manual_seed(seed)
