@@ -2,8 +2,9 @@
 
     python scripts/kernel_ab.py Q8_0 qwen3-30b-a3b 8192:4:1,4096:4:1
 
-Each variant is prefetch_bytes:rows_per_pass:head_prefetch[:down_rows[:gate_rows]], the knobs of
-hymoe_tune (the first three in the AVX512 kernels, the last two in the MoE job's work units).
+Each variant is prefetch_bytes:rows_per_pass:head_prefetch[:down_rows[:gate_rows[:tile_min[:pass_ahead]]]],
+the knobs of hymoe_tune 0-6 (0-2 and 6 in the AVX512 kernels, 3-4 the MoE job's work units, 5 the
+fewest tokens per expert for the batch tiles).
 Prints each variant's median fraction of the streaming-read bandwidth at batch 1, cold weights.
 """
 import statistics

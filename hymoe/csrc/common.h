@@ -122,4 +122,5 @@ void fill_avx512(KernelTable* t);  // needs AVX512F/BW/VL/VNNI
 void fill_avx512_k(KernelTable* t);  // its K-quant kernels
 void fill_avx512_tiled(KernelTable* t);  // its batch kernels (after the others: it keeps them for small batches)
 void tune_avx512_tiled(int min_tokens);
-void tune_avx512(int key, int value);  // A/B knobs: 0 prefetch distance, 1 rows per pass, 2 head prefetch
+void tune_avx512(int key, int value);  // A/B knobs: 0 prefetch distance, 1 rows per pass, 2 head prefetch,
+                                      // 6 prefetch whole passes ahead

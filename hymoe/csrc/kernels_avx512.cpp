@@ -14,7 +14,7 @@
 #include "simd_avx512.h"
 
 namespace hymoe_avx512 {
-int kPrefetch = 8192, kRowsDecode = 4, kHead = 1;
+int kPrefetch = 8192, kRowsDecode = 4, kHead = 1, kPassAhead = 1;
 }  // namespace hymoe_avx512
 
 namespace {
@@ -227,7 +227,8 @@ void rows_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const*
     Act a[NT];
     for (int t = 0; t < NT; t++) a[t] = act_of(acts[t], n);
     const int units = n / F::kSU;
-    prefetch_head(w, nrows * row_bytes);
+    const size_t ahead = rows_ahead(row_bytes, NR);
+    prefetch_head(w, nrows * row_bytes, ahead);
     for (int r = 0; r + NR <= nrows; r += NR) {
         const uint8_t* row = w + r * row_bytes;
         __m512 acc[NR][NT];
@@ -241,7 +242,7 @@ void rows_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const*
             F f[NR];
             for (int i = 0; i < NR; i++) {
                 const uint8_t* blk = row + i * row_bytes + u * F::kBytes;
-                prefetch_ahead(blk, F::kBytes);
+                prefetch_ahead(blk, F::kBytes, ahead);
                 f[i].prep(blk);
             }
             for (int c = 0; c < F::kSU / 64; c++) {
@@ -335,6 +336,7 @@ void tune_avx512(int key, int value) {
     if (key == 0) kPrefetch = value;
     if (key == 1) kRowsDecode = value;
     if (key == 2) kHead = value;
+    if (key == 6) kPassAhead = value;
 }
 
 void fill_avx512(KernelTable* t) {

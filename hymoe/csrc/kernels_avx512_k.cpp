@@ -145,7 +145,8 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
         paired[t] = (const int8_t*)acts[t] + paired_at(n);
     }
     const int units = n / 256;
-    prefetch_head(w, nrows * row_bytes);
+    const size_t ahead = rows_ahead(row_bytes, NR);
+    prefetch_head(w, nrows * row_bytes, ahead);
     for (int r = 0; r + NR <= nrows; r += NR) {
         const uint8_t* row = w + r * row_bytes;
         __m512 acc[NR][NT];
@@ -159,7 +160,7 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
             F f[NR];
             for (int i = 0; i < NR; i++) {
                 const uint8_t* blk = row + i * row_bytes + u * F::kBytes;
-                prefetch_ahead(blk, F::kBytes);
+                prefetch_ahead(blk, F::kBytes, ahead);
                 f[i].prep(blk);
             }
             __m512i dot[NR][NT];

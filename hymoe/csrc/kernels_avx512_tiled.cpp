@@ -172,10 +172,11 @@ inline void transpose_block(const uint8_t* stage, uint8_t* dst) {
 template <class D>
 void repack(const uint8_t* w, size_t row_bytes, int n, Tile& tile) {
     alignas(64) uint8_t stage[kLanes * 256];
+    const size_t ahead = rows_ahead(row_bytes, kLanes);  // the next tile's rows
     for (int u = 0; u < n / 256; u++) {
         for (int i = 0; i < kLanes; i++) {
             const uint8_t* blk = w + i * row_bytes + (size_t)u * D::kBytes;
-            prefetch_ahead(blk, D::kBytes);
+            prefetch_ahead(blk, D::kBytes, ahead);
             D::decode(blk, stage + 256 * i, tile.sc + (size_t)8 * u * kLanes + i, tile.mn + (size_t)8 * u * kLanes + i,
                       kLanes);
         }

@@ -217,7 +217,7 @@ struct Engine {
 
 extern "C" {
 
-// Internal knobs for A/B runs of variants in one process: 0-2 see tune_avx512; 3, 4 the most rows
+// Internal knobs for A/B runs of variants in one process: 0-2 and 6 see tune_avx512; 3, 4 the most rows
 // per work unit of the down and gate/up phases; 5 the fewest tokens for the AVX512 batch kernels
 // (scripts/kernel_ab.py).
 __attribute__((visibility("default"))) void hymoe_tune(int key, int value) {
