@@ -1,4 +1,8 @@
-"""Run `hymoe bench experts` over shapes x formats x batches; JSON lines on stdout, for the README table."""
+"""Run `hymoe bench experts` over shapes x formats x batches; JSON lines on stdout, for the README table.
+
+    python scripts/bench_table.py > table.jsonl
+    python scripts/bench_table.py --markdown table.jsonl    # the README's table from those lines
+"""
 import json
 import subprocess
 import sys
@@ -7,14 +11,42 @@ SHAPES = ["qwen3-30b-a3b", "deepseek-v3"]
 RUNS = [("native", f) for f in ("Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q4_0", "IQ1_S", "TQ2_0", "BF16")] + [("torch", "BF16")]
 BATCHES = "1,8,32,128,512"
 
-for shape in SHAPES:
-    for backend, fmt in RUNS:
-        cmd = ["hymoe", "bench", "experts", "--shape", shape, "--format", fmt, "--batch", BATCHES,
-               "--backend", backend, "--max-gb", "4", "--json"]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode:
-            print(json.dumps({"shape": shape, "format": fmt, "backend": backend, "error": r.stderr.strip()[-300:]}))
+
+def run() -> None:
+    for shape in SHAPES:
+        for backend, fmt in RUNS:
+            cmd = ["hymoe", "bench", "experts", "--shape", shape, "--format", fmt, "--batch", BATCHES,
+                   "--backend", backend, "--max-gb", "4", "--json"]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode:
+                print(json.dumps({"shape": shape, "format": fmt, "backend": backend, "error": r.stderr.strip()[-300:]}))
+                continue
+            for row in json.loads(r.stdout.strip().splitlines()[-1]):
+                print(json.dumps(row), flush=True)
+            print(r.stderr.strip(), file=sys.stderr, flush=True)
+
+
+def markdown(path: str) -> None:
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    cells: dict[tuple, dict[int, str]] = {}
+    for r in rows:
+        if "error" in r:
             continue
-        for row in json.loads(r.stdout.strip().splitlines()[-1]):
-            print(json.dumps(row), flush=True)
-        print(r.stderr.strip(), file=sys.stderr, flush=True)
+        key = (r["shape"], f"{r['backend']} {r['format']}")
+        if r["batch"] == 1:
+            cell = f"{r['layer_ms']:.2f} ms, {r['fraction']:.0%} BW"
+        else:
+            cell = f"{r['tokens_per_s']:.0f} tok/s, {r['gflops']:.0f} GF ({r['gemm_fraction']:.0%})"
+        cells.setdefault(key, {})[r["batch"]] = cell
+    batches = [int(b) for b in BATCHES.split(",")]
+    print("| shape | backend, format | " + " | ".join(f"batch {b}" for b in batches) + " |")
+    print("|---|---|" + "---|" * len(batches))
+    for (shape, name), by_batch in cells.items():
+        print(f"| {shape} | {name} | " + " | ".join(by_batch.get(b, "-") for b in batches) + " |")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--markdown"]:
+        markdown(sys.argv[2])
+    else:
+        run()

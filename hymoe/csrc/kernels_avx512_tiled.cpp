@@ -8,9 +8,9 @@
 // the float work (scale, offset) happens once per block, so 8 integer steps share 4 float ones.
 // Repacking costs a decode and a 16x8 dword transpose per 512 weights, shared by every token.
 //
-// Every format handled here is, per block of 32, value = scale * code - min with byte codes 0..255
-// (Q8_0: q + 128; Q4_0, Q4_K, Q5_K: the stored nibbles; TQ2_0, IQ1_S: ternary + 1), so one kernel
-// serves them all; Q6_K (a scale per 16) and TQ1_0 stay on the per-row kernels.
+// Every format handled here is, per block of kBlock weights (32; 16 for Q6_K), value = scale * code
+// - min with byte codes 0..255 (Q8_0: q + 128; Q4_0, Q4_K, Q5_K, Q6_K: the stored bits; TQ2_0,
+// IQ1_S: ternary + 1), so one kernel serves them all; TQ1_0 stays on the per-row kernels.
 #if defined(__x86_64__) || defined(_M_X64)
 #include <stdlib.h>
 
@@ -24,8 +24,9 @@ int g_tiled_min = 6;              // tokens from which the tile pays for itself 
 const int kLanes = 16;            // rows per tile
 
 // ---- decoders: one super unit (256 weights) of one row -> codes in k order, scale and min per
-// block of 32, written with a stride so they land straight in the tile's [block][row] arrays.
+// block of kBlock, written with a stride so they land straight in the tile's [block][row] arrays.
 struct DQ8_0 {
+    static const int kBlock = 32;
     static const int kBytes = 8 * sizeof(BlockQ8_0);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
         const BlockQ8_0* b = (const BlockQ8_0*)p;
@@ -40,6 +41,7 @@ struct DQ8_0 {
 };
 
 struct DQ4_0 {
+    static const int kBlock = 32;
     static const int kBytes = 8 * sizeof(BlockQ4_0);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
         const BlockQ4_0* b = (const BlockQ4_0*)p;
@@ -56,6 +58,7 @@ struct DQ4_0 {
 
 template <bool kFive>
 struct DQ45 {  // Q4_K / Q5_K: 32 bytes of nibbles per pair of sub-blocks (low: 2i, high: 2i+1)
+    static const int kBlock = 32;
     static const int kBytes = kFive ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
         const BlockQ4_K* b = (const BlockQ4_K*)p;  // d, dmin, scales: the same place in both
@@ -84,6 +87,7 @@ struct DQ45 {  // Q4_K / Q5_K: 32 bytes of nibbles per pair of sub-blocks (low: 
 };
 
 struct DTQ2_0 {  // weight 128h + 32l + m is 2-bit field l of byte 32h + m; value = d * (code - 1)
+    static const int kBlock = 32;
     static const int kBytes = sizeof(BlockTQ2_0);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
         const BlockTQ2_0* b = (const BlockTQ2_0*)p;
@@ -102,6 +106,7 @@ struct DTQ2_0 {  // weight 128h + 32l + m is 2-bit field l of byte 32h + m; valu
 };
 
 struct DIQ1_S {  // value = dl * (grid + delta): codes grid + 1, min dl * (1 - delta)
+    static const int kBlock = 32;
     static const int kBytes = sizeof(BlockIQ1_S);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
         const BlockIQ1_S* b = (const BlockIQ1_S*)p;
@@ -119,15 +124,44 @@ struct DIQ1_S {  // value = dl * (grid + delta): codes grid + 1, min dl * (1 - d
     }
 };
 
+struct DQ6_K {  // half h, group g, l < 32: weight 128h + 32g + l, 4 low bits in ql, 2 high in qh;
+    // value = d * scales[w / 16] * (code - 32)
+    static const int kBlock = 16;
+    static const int kBytes = sizeof(BlockQ6_K);
+    static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
+        const BlockQ6_K* b = (const BlockQ6_K*)p;
+        const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x30);
+        for (int h = 0; h < 2; h++) {
+            const __m256i ql0 = _mm256_loadu_si256((const __m256i*)(b->ql + 64 * h));
+            const __m256i ql1 = _mm256_loadu_si256((const __m256i*)(b->ql + 64 * h + 32));
+            const __m256i qh = _mm256_loadu_si256((const __m256i*)(b->qh + 32 * h));
+            uint8_t* c = codes + 128 * h;
+            _mm256_storeu_si256((__m256i*)c, _mm256_or_si256(_mm256_and_si256(ql0, m4),
+                                                             _mm256_and_si256(_mm256_slli_epi16(qh, 4), m2)));
+            _mm256_storeu_si256((__m256i*)(c + 32), _mm256_or_si256(_mm256_and_si256(ql1, m4),
+                                                                    _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2)));
+            _mm256_storeu_si256((__m256i*)(c + 64), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                                                                    _mm256_and_si256(qh, m2)));
+            _mm256_storeu_si256((__m256i*)(c + 96), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                                                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2)));
+        }
+        const float d = h2f(b->d);
+        for (int j = 0; j < 16; j++) {
+            sc[j * stride] = d * b->scales[j];
+            mn[j * stride] = 32.f * d * b->scales[j];
+        }
+    }
+};
+
 // ---- the tile: per block of 32, 8 x [16 rows x 4 code bytes], then the scales and mins [block][row]
 struct Tile {
     uint8_t* codes = nullptr;
     float *sc = nullptr, *mn = nullptr, *ad = nullptr, *ads = nullptr;
     size_t cap = 0;
     ~Tile() { free(codes); }
-    // n weights per row, up to 64 tokens' per-block activation scales
+    // n weights per row, up to 64 tokens' per-block activation scales (blocks of 16 at least)
     bool reserve(int n) {
-        const size_t need = (size_t)n * kLanes + (size_t)(n / 32) * kLanes * 8 + (size_t)64 * (n / 32) * 8;
+        const size_t need = (size_t)n * kLanes + (size_t)(n / 16) * kLanes * 8 + (size_t)64 * (n / 16) * 8;
         if (need <= cap) return true;
         free(codes);
         codes = (uint8_t*)aligned_alloc(64, (need + 63) & ~(size_t)63);
@@ -136,9 +170,9 @@ struct Tile {
     }
     void carve(int n) {
         sc = (float*)(codes + (size_t)n * kLanes);
-        mn = sc + (size_t)(n / 32) * kLanes;
-        ad = mn + (size_t)(n / 32) * kLanes;
-        ads = ad + (size_t)64 * (n / 32);
+        mn = sc + (size_t)(n / 16) * kLanes;
+        ad = mn + (size_t)(n / 16) * kLanes;
+        ads = ad + (size_t)64 * (n / 16);
     }
 };
 thread_local Tile t_tile;
@@ -177,29 +211,29 @@ void repack(const uint8_t* w, size_t row_bytes, int n, Tile& tile) {
         for (int i = 0; i < kLanes; i++) {
             const uint8_t* blk = w + i * row_bytes + (size_t)u * D::kBytes;
             prefetch_ahead(blk, D::kBytes, ahead);
-            D::decode(blk, stage + 256 * i, tile.sc + (size_t)8 * u * kLanes + i, tile.mn + (size_t)8 * u * kLanes + i,
-                      kLanes);
+            const size_t first = (size_t)(256 / D::kBlock) * u * kLanes + i;  // this unit's first block, row i
+            D::decode(blk, stage + 256 * i, tile.sc + first, tile.mn + first, kLanes);
         }
         for (int j = 0; j < 8; j++) transpose_block(stage + 32 * j, tile.codes + (size_t)(8 * u + j) * 512);
     }
 }
 
 // out[t][0..15] = the 16 tile rows against NT tokens. aq[t]: int8 activations in k order; ad[t][b],
-// ads[t][b]: per block of 32 their scale and scale * sum.
-template <int NT>
+// ads[t][b]: per block of kBlock their scale and scale * sum.
+template <int NT, int kBlock>
 void tile_tokens(const Tile& tile, int blocks, const int8_t* const* aq, const float* const* ad,
                  const float* const* ads, float* out, size_t out_stride) {
     __m512 acc[NT];
     for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
     for (int b = 0; b < blocks; b++) {
-        const uint8_t* cb = tile.codes + (size_t)b * 512;
+        const uint8_t* cb = tile.codes + (size_t)b * kBlock * kLanes;
         __m512i p[NT];
         for (int t = 0; t < NT; t++) p[t] = _mm512_setzero_si512();
-        for (int q = 0; q < 8; q++) {
+        for (int q = 0; q < kBlock / 4; q++) {
             const __m512i wv = _mm512_load_si512((const void*)(cb + 64 * q));
             for (int t = 0; t < NT; t++) {
                 int32_t a4;
-                memcpy(&a4, aq[t] + 32 * b + 4 * q, 4);
+                memcpy(&a4, aq[t] + kBlock * b + 4 * q, 4);
                 p[t] = _mm512_dpbusd_epi32(p[t], wv, _mm512_set1_epi32(a4));
             }
         }
@@ -221,7 +255,7 @@ void rows_tiled16(const uint8_t* w, size_t row_bytes, int nrows, const void* con
     if (ntok < g_tiled_min || n % 256 || nrows < kLanes || ntok > 64 || !tile.reserve(n))
         return g_rows_kernel[FMT](w, row_bytes, nrows, acts, ntok, n, out, out_stride);
     tile.carve(n);
-    const int blocks = n / 32;
+    const int blocks = n / D::kBlock, per256 = 256 / D::kBlock;
     // per token: int8 values in k order and, per block of 32, scale and scale * sum
     const int8_t* aq[64];
     const float *ad[64], *ads[64];
@@ -231,8 +265,8 @@ void rows_tiled16(const uint8_t* w, size_t row_bytes, int nrows, const void* con
             float* d = tile.ad + (size_t)t * blocks;
             float* s = tile.ads + (size_t)t * blocks;
             for (int b = 0; b < blocks; b++) {
-                d[b] = v.dk[b / 8];
-                s[b] = v.dk[b / 8] * (float)v.bk32[b];
+                d[b] = v.dk[b / per256];
+                s[b] = v.dk[b / per256] * (float)(D::kBlock == 16 ? v.bk16[b] : v.bk32[b]);
             }
             aq[t] = v.qk, ad[t] = d, ads[t] = s;
         } else {
@@ -247,16 +281,16 @@ void rows_tiled16(const uint8_t* w, size_t row_bytes, int nrows, const void* con
         repack<D>(w + (size_t)r * row_bytes, row_bytes, n, tile);
         int t = 0;
         for (; t + kNT <= ntok; t += kNT)
-            tile_tokens<kNT>(tile, blocks, aq + t, ad + t, ads + t, out + t * out_stride + r, out_stride);
+            tile_tokens<kNT, D::kBlock>(tile, blocks, aq + t, ad + t, ads + t, out + t * out_stride + r, out_stride);
         float* o = out + t * out_stride + r;
         switch (ntok - t) {
-            case 7: tile_tokens<7>(tile, blocks, aq + t, ad + t, ads + t, o, out_stride); break;
-            case 6: tile_tokens<6>(tile, blocks, aq + t, ad + t, ads + t, o, out_stride); break;
-            case 5: tile_tokens<5>(tile, blocks, aq + t, ad + t, ads + t, o, out_stride); break;
-            case 4: tile_tokens<4>(tile, blocks, aq + t, ad + t, ads + t, o, out_stride); break;
-            case 3: tile_tokens<3>(tile, blocks, aq + t, ad + t, ads + t, o, out_stride); break;
-            case 2: tile_tokens<2>(tile, blocks, aq + t, ad + t, ads + t, o, out_stride); break;
-            case 1: tile_tokens<1>(tile, blocks, aq + t, ad + t, ads + t, o, out_stride); break;
+            case 7: tile_tokens<7, D::kBlock>(tile, blocks, aq + t, ad + t, ads + t, o, out_stride); break;
+            case 6: tile_tokens<6, D::kBlock>(tile, blocks, aq + t, ad + t, ads + t, o, out_stride); break;
+            case 5: tile_tokens<5, D::kBlock>(tile, blocks, aq + t, ad + t, ads + t, o, out_stride); break;
+            case 4: tile_tokens<4, D::kBlock>(tile, blocks, aq + t, ad + t, ads + t, o, out_stride); break;
+            case 3: tile_tokens<3, D::kBlock>(tile, blocks, aq + t, ad + t, ads + t, o, out_stride); break;
+            case 2: tile_tokens<2, D::kBlock>(tile, blocks, aq + t, ad + t, ads + t, o, out_stride); break;
+            case 1: tile_tokens<1, D::kBlock>(tile, blocks, aq + t, ad + t, ads + t, o, out_stride); break;
             default: break;
         }
     }
@@ -276,6 +310,7 @@ void fill_avx512_tiled(KernelTable* t) {
     t->rows[Q4_K] = rows_tiled16<DQ45<false>, Q4_K, true>;
     t->rows[Q5_K] = rows_tiled16<DQ45<true>, Q5_K, true>;
     t->rows[TQ2_0] = rows_tiled16<DTQ2_0, TQ2_0, true>;
+    t->rows[Q6_K] = rows_tiled16<DQ6_K, Q6_K, true>;
 }
 #else
 #include "common.h"
