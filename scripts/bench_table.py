@@ -1,9 +1,10 @@
 """Run `hymoe bench experts` over shapes x formats x batches; JSON lines on stdout, for the README table.
 
     python scripts/bench_table.py > table.jsonl
-    python scripts/bench_table.py --markdown table.jsonl    # the README's table from those lines
+    python scripts/bench_table.py --markdown table.jsonl [more.jsonl ...]   # the README's table (medians)
 """
 import json
+import statistics
 import subprocess
 import sys
 
@@ -26,18 +27,24 @@ def run() -> None:
             print(r.stderr.strip(), file=sys.stderr, flush=True)
 
 
-def markdown(path: str) -> None:
-    rows = [json.loads(line) for line in open(path) if line.strip()]
+def markdown(paths: list[str]) -> None:
+    """One cell per (shape, backend, format, batch); with several runs, each figure is their median
+    (a shared machine's bad minutes then move no cell)."""
+    runs: dict[tuple, list[dict]] = {}
+    for path in paths:
+        for line in open(path):
+            r = json.loads(line) if line.strip() else {}
+            if r and "error" not in r:
+                runs.setdefault((r["shape"], f"{r['backend']} {r['format']}", r["batch"]), []).append(r)
     cells: dict[tuple, dict[int, str]] = {}
-    for r in rows:
-        if "error" in r:
-            continue
-        key = (r["shape"], f"{r['backend']} {r['format']}")
-        if r["batch"] == 1:
-            cell = f"{r['layer_ms']:.2f} ms, {r['fraction']:.0%} BW"
+    for (shape, name, batch), rs in runs.items():
+        m = {key: statistics.median(r[key] for r in rs)
+             for key in ("layer_ms", "fraction", "tokens_per_s", "gflops", "gemm_fraction")}
+        if batch == 1:
+            cell = f"{m['layer_ms']:.2f} ms, {m['fraction']:.0%} BW"
         else:
-            cell = f"{r['tokens_per_s']:.0f} tok/s, {r['gflops']:.0f} GF ({r['gemm_fraction']:.0%})"
-        cells.setdefault(key, {})[r["batch"]] = cell
+            cell = f"{m['tokens_per_s']:.0f} tok/s, {m['gflops']:.0f} GF ({m['gemm_fraction']:.0%})"
+        cells.setdefault((shape, name), {})[batch] = cell
     batches = [int(b) for b in BATCHES.split(",")]
     print("| shape | backend, format | " + " | ".join(f"batch {b}" for b in batches) + " |")
     print("|---|---|" + "---|" * len(batches))
@@ -47,6 +54,6 @@ def markdown(path: str) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--markdown"]:
-        markdown(sys.argv[2])
+        markdown(sys.argv[2:])
     else:
         run()

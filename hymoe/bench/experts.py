@@ -113,7 +113,8 @@ def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None 
             ids, w = _routing(batch, k, allocated, gen)
             experts = layers[it % num_layers]
             s = (it % slices) * PROBE_BYTES
-            time.sleep(0.02)  # torch's OpenMP workers spin ~10 ms after a parallel op: not during the probe
+            if backend == "torch":  # its OpenMP workers spin ~10 ms after a parallel op: not during the
+                time.sleep(0.02)    # probe (native calls go without: an idle pause slows the next call)
             probe_gbps = engine.read_gbps(probe[s:s + PROBE_BYTES], 1)
             t0 = time.perf_counter()
             experts.submit(x, ids, w)
