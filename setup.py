@@ -19,8 +19,9 @@ ISA_FLAGS = {
                            "-mavx512vnni", "-mavx512dq"],
 }
 ISA_FLAGS["kernels_avx512_k.cpp"] = ISA_FLAGS["kernels_avx512_tiled.cpp"] = ISA_FLAGS["kernels_avx512.cpp"]
+ISA_FLAGS["kernels_avx2_tiled.cpp"] = ISA_FLAGS["kernels_avx2.cpp"]
 SOURCES = ["moe.cpp", "pool.cpp", "cpu.cpp", "kernels_generic.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp",
-           "kernels_avx512_k.cpp", "kernels_avx512_tiled.cpp"]
+           "kernels_avx512_k.cpp", "kernels_avx512_tiled.cpp", "kernels_avx2_tiled.cpp"]
 
 
 class BuildKernels(build_ext):
@@ -43,6 +44,6 @@ class BuildKernels(build_ext):
 setup(
     ext_modules=[Extension("hymoe._kernels", [f"hymoe/csrc/{s}" for s in SOURCES],
                            depends=["hymoe/csrc/common.h", "hymoe/csrc/pool.h", "hymoe/csrc/iq1s_grid.h",
-                                    "hymoe/csrc/simd_avx512.h"])],
+                                    "hymoe/csrc/simd_avx512.h", "hymoe/csrc/tiles.h"])],
     cmdclass={"build_ext": BuildKernels},
 )

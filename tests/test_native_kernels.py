@@ -58,10 +58,10 @@ def test_rows_equal_gguf_dequantized_matmul(fmt, tokens, isa):
 
 
 @pytest.mark.parametrize("fmt", ["Q8_0", "Q4_0", "Q4_K", "Q5_K", "IQ1_S", "TQ2_0"])
-@pytest.mark.parametrize("tokens", [5, 6, 13, 64])
+@pytest.mark.parametrize("tokens", [1, 2, 5, 6, 13, 64])
 def test_batch_tiles_equal_gguf_dequantized_matmul(fmt, tokens, isa):
-    """From 6 tokens the AVX512 path repacks 16 rows at a time into a tile (the 8 rows left over
-    take the per-row kernel); every path must give the same exact sum."""
+    """From 6 tokens (AVX512) or 2 (AVX2) the kernels repack 16 rows at a time into a tile (the 8
+    rows left over take the per-row kernel); every path must give the same exact sum."""
     n, rows = 512, 40
     w = random_weights(fmt, rows, n, seed=tokens + 100)
     x = torch.randn(tokens, n, generator=torch.Generator().manual_seed(tokens + 100))

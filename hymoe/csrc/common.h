@@ -118,9 +118,11 @@ void quantize_portable(const float* x, int n, void* act);  // the portable activ
 void quantize_k_portable(const float* x, int n, void* act);  // only its per-256 part
 void fill_generic(KernelTable* t);
 void fill_avx2(KernelTable* t);    // overrides what it speeds up; needs AVX2+FMA+F16C
+void fill_avx2_tiled(KernelTable* t);  // its batch kernels (after fill_avx2: it keeps those for small batches)
 void fill_avx512(KernelTable* t);  // needs AVX512F/BW/VL/VNNI
 void fill_avx512_k(KernelTable* t);  // its K-quant kernels
 void fill_avx512_tiled(KernelTable* t);  // its batch kernels (after the others: it keeps them for small batches)
 void tune_avx512_tiled(int min_tokens);
+void tune_avx2_tiled(int min_tokens);
 void tune_avx512(int key, int value);  // A/B knobs: 0 prefetch distance, 1 rows per pass, 2 head prefetch,
                                       // 6 prefetch whole passes ahead

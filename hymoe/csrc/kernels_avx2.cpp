@@ -163,6 +163,7 @@ void fill_avx2(KernelTable* t) {
     t->rows[Q4_K] = rows<dot_qk45<false>, 256>;
     t->rows[Q5_K] = rows<dot_qk45<true>, 256>;
     t->rows[Q6_K] = rows<dot_q6_k, 256>;
+    fill_avx2_tiled(t);
 }
 #else
 #include "common.h"

@@ -223,7 +223,7 @@ extern "C" {
 __attribute__((visibility("default"))) void hymoe_tune(int key, int value) {
     if (key == 3) g_down_rows = value;
     else if (key == 4) g_gate_rows = value;
-    else if (key == 5) tune_avx512_tiled(value);
+    else if (key == 5) tune_avx512_tiled(value), tune_avx2_tiled(value);
     else tune_avx512(key, value);
 }
 __attribute__((visibility("default"))) int hymoe_isa() { return tables().isa; }

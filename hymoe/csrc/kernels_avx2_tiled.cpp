@@ -1,0 +1,110 @@
+// AVX2 batch kernels over the tiles of tiles.h, for x86-64 CPUs without AVX512 (AMD Zen 2/3, older
+// Intel): a tile's code quad of 16 rows is two ymm, and without VNNI the integer dot is vpmaddubsw
+// (byte pairs -> int16) then vpmaddwd (-> int32). The int16 pair sums only hold codes below 128:
+// 2 x 63 x 127 fits, Q8_0's codes (q + 128) would saturate, so Q8_0 keeps the per-row kernel here.
+// Compiled with the AVX2 flags only; no C++ library (common.h).
+#if defined(__x86_64__) || defined(_M_X64)
+#include "tiles.h"
+
+namespace {
+
+RowsFn g_rows_kernel[FMT_SLOTS];  // the per-row kernels: small batches and remainder rows
+int g_tiled_min = 2;              // tokens from which the tile pays (A/B, qwen3 Q4_K batch 64: 2 > 4 > 8)
+
+struct Avx2 {
+    static const int kNT = 3;  // tokens per pass: 4 x 3 accumulators + 2 weights + constants in 16 ymm
+
+    // 16 rows x 32 code bytes -> vector q = [rows 0-7 | rows 8-15] of bytes 4q..4q+3 (as the AVX512
+    // tile): an 8x8 dword transpose for each half
+    static void transpose(const uint8_t* stage, uint8_t* dst) {
+        for (int half = 0; half < 2; half++) {
+            __m256i r[8], t[8], u[8];
+            for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_si256((const __m256i*)(stage + 256 * (8 * half + i)));
+            for (int i = 0; i < 8; i += 2) {
+                t[i] = _mm256_unpacklo_epi32(r[i], r[i + 1]);
+                t[i + 1] = _mm256_unpackhi_epi32(r[i], r[i + 1]);
+            }
+            for (int g = 0; g < 8; g += 4) {
+                u[g] = _mm256_unpacklo_epi64(t[g], t[g + 2]);
+                u[g + 1] = _mm256_unpackhi_epi64(t[g], t[g + 2]);
+                u[g + 2] = _mm256_unpacklo_epi64(t[g + 1], t[g + 3]);
+                u[g + 3] = _mm256_unpackhi_epi64(t[g + 1], t[g + 3]);
+            }
+            // u[c]: 128-bit lanes [rows 0-3 of dword c | of dword c + 4]; u[c + 4]: rows 4-7
+            for (int c = 0; c < 4; c++) {
+                _mm256_storeu_si256((__m256i*)(dst + 64 * c + 32 * half), _mm256_permute2x128_si256(u[c], u[c + 4], 0x20));
+                _mm256_storeu_si256((__m256i*)(dst + 64 * (c + 4) + 32 * half),
+                                    _mm256_permute2x128_si256(u[c], u[c + 4], 0x31));
+            }
+        }
+    }
+
+    // out[t][0..15] = the 16 tile rows against NT tokens (see Avx512::tokens)
+    template <int NT, int kBlock>
+    static void tokens(const Tile& tile, int blocks, const int8_t* const* aq, const float* const* ad,
+                       const float* const* ads, float* out, size_t out_stride) {
+        const __m256i ones = _mm256_set1_epi16(1);
+        __m256 acc[2][NT];
+        for (int h = 0; h < 2; h++)
+            for (int t = 0; t < NT; t++) acc[h][t] = _mm256_setzero_ps();
+        for (int b = 0; b < blocks; b++) {
+            const uint8_t* cb = tile.codes + (size_t)b * kBlock * kLanes;
+            __m256i p[2][NT];
+            for (int h = 0; h < 2; h++)
+                for (int t = 0; t < NT; t++) p[h][t] = _mm256_setzero_si256();
+            for (int q = 0; q < kBlock / 4; q += 2) {  // two quads per int16 sum: 4 x 63 x 127 < 32768
+                const __m256i w0 = _mm256_load_si256((const __m256i*)(cb + 64 * q));
+                const __m256i w1 = _mm256_load_si256((const __m256i*)(cb + 64 * q + 32));
+                const __m256i v0 = _mm256_load_si256((const __m256i*)(cb + 64 * q + 64));
+                const __m256i v1 = _mm256_load_si256((const __m256i*)(cb + 64 * q + 96));
+                for (int t = 0; t < NT; t++) {
+                    int32_t a0, a1;
+                    memcpy(&a0, aq[t] + kBlock * b + 4 * q, 4);
+                    memcpy(&a1, aq[t] + kBlock * b + 4 * q + 4, 4);
+                    const __m256i x0 = _mm256_set1_epi32(a0), x1 = _mm256_set1_epi32(a1);
+                    p[0][t] = _mm256_add_epi32(p[0][t], _mm256_madd_epi16(_mm256_add_epi16(
+                        _mm256_maddubs_epi16(w0, x0), _mm256_maddubs_epi16(v0, x1)), ones));
+                    p[1][t] = _mm256_add_epi32(p[1][t], _mm256_madd_epi16(_mm256_add_epi16(
+                        _mm256_maddubs_epi16(w1, x0), _mm256_maddubs_epi16(v1, x1)), ones));
+                }
+            }
+            for (int h = 0; h < 2; h++) {
+                const __m256 sc = _mm256_load_ps(tile.sc + (size_t)b * kLanes + 8 * h);
+                const __m256 mn = _mm256_load_ps(tile.mn + (size_t)b * kLanes + 8 * h);
+                for (int t = 0; t < NT; t++) {
+                    acc[h][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[h][t]), _mm256_mul_ps(sc, _mm256_set1_ps(ad[t][b])),
+                                                acc[h][t]);
+                    acc[h][t] = _mm256_fnmadd_ps(mn, _mm256_set1_ps(ads[t][b]), acc[h][t]);
+                }
+            }
+        }
+        for (int t = 0; t < NT; t++)
+            for (int h = 0; h < 2; h++) _mm256_storeu_ps(out + t * out_stride + 8 * h, acc[h][t]);
+    }
+};
+
+template <class D, int FMT, bool kAct256>
+void rows_avx2(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
+               size_t out_stride) {
+    rows_tiled16<Avx2, D, kAct256>(g_rows_kernel[FMT], g_tiled_min, w, row_bytes, nrows, acts, ntok, n, out,
+                                   out_stride);
+}
+
+}  // namespace
+
+void tune_avx2_tiled(int value) { g_tiled_min = value; }
+
+void fill_avx2_tiled(KernelTable* t) {
+    for (int f = 0; f < FMT_SLOTS; f++) g_rows_kernel[f] = t->rows[f];
+    t->rows[Q4_0] = rows_avx2<DQ4_0, Q4_0, false>;
+    t->rows[IQ1_S] = rows_avx2<DIQ1_S, IQ1_S, false>;
+    t->rows[Q4_K] = rows_avx2<DQ45<false>, Q4_K, true>;
+    t->rows[Q5_K] = rows_avx2<DQ45<true>, Q5_K, true>;
+    t->rows[TQ2_0] = rows_avx2<DTQ2_0, TQ2_0, true>;
+    t->rows[Q6_K] = rows_avx2<DQ6_K, Q6_K, true>;
+}
+#else
+#include "common.h"
+void fill_avx2_tiled(KernelTable*) {}
+void tune_avx2_tiled(int) {}
+#endif

@@ -1,0 +1,250 @@
+// The batch tiles shared by the AVX512 and AVX2 kernels: per-format decoders of a 256-weight unit
+// into byte codes with a scale and offset per block, the thread's tile buffer, and the driver that
+// repacks 16 rows at a time and hands the tile to an ISA's transpose and token kernels.
+// Only AVX2/F16C intrinsics here: included by files compiled with at least those flags. No C++
+// library (see common.h); everything has internal linkage.
+//
+// Why tiles: the per-row kernels keep SIMD lanes along k, so every few dozen weights of every (row,
+// token) pair pay a conversion and float multiplies next to the integer dot; past ~8 tokens those
+// float steps bound them. In a tile lane i is row i: a block of 32 weights is 8 integer dot steps
+// per 16 rows and token (activation bytes broadcast), and the float work (scale, offset) happens
+// once per block. Repacking costs a decode and a 16x8 dword transpose per 512 weights, shared by
+// every token of the expert.
+//
+// Every format handled here is, per block of kBlock weights (32; 16 for Q6_K), value = scale * code
+// - min with byte codes 0..255 (Q8_0: q + 128; Q4_0, Q4_K, Q5_K, Q6_K: the stored bits; TQ2_0,
+// IQ1_S: ternary + 1), so one kernel serves them all; TQ1_0 stays on the per-row kernels.
+#pragma once
+#include <immintrin.h>
+#include <stdlib.h>
+
+#include "common.h"
+#include "iq1s_grid.h"
+
+namespace {
+
+const int kLanes = 16;  // rows per tile
+
+inline float tile_h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+// ---- decoders: one super unit (256 weights) of one row -> codes in k order, scale and min per
+// block of kBlock, written with a stride so they land straight in the tile's [block][row] arrays.
+struct DQ8_0 {
+    static const int kBlock = 32;
+    static const int kBytes = 8 * sizeof(BlockQ8_0);
+    static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
+        const BlockQ8_0* b = (const BlockQ8_0*)p;
+        for (int j = 0; j < 8; j++) {
+            __m256i q = _mm256_loadu_si256((const __m256i*)b[j].qs);
+            _mm256_storeu_si256((__m256i*)(codes + 32 * j), _mm256_xor_si256(q, _mm256_set1_epi8((char)0x80)));
+            const float d = tile_h2f(b[j].d);
+            sc[j * stride] = d;
+            mn[j * stride] = 128.f * d;
+        }
+    }
+};
+
+struct DQ4_0 {
+    static const int kBlock = 32;
+    static const int kBytes = 8 * sizeof(BlockQ4_0);
+    static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
+        const BlockQ4_0* b = (const BlockQ4_0*)p;
+        for (int j = 0; j < 8; j++) {
+            __m128i q = _mm_loadu_si128((const __m128i*)b[j].qs);  // low nibbles: 0-15, high: 16-31
+            _mm_storeu_si128((__m128i*)(codes + 32 * j), _mm_and_si128(q, _mm_set1_epi8(0x0F)));
+            _mm_storeu_si128((__m128i*)(codes + 32 * j + 16), _mm_and_si128(_mm_srli_epi16(q, 4), _mm_set1_epi8(0x0F)));
+            const float d = tile_h2f(b[j].d);
+            sc[j * stride] = d;
+            mn[j * stride] = 8.f * d;
+        }
+    }
+};
+
+template <bool kFive>
+struct DQ45 {  // Q4_K / Q5_K: 32 bytes of nibbles per pair of sub-blocks (low: 2i, high: 2i+1)
+    static const int kBlock = 32;
+    static const int kBytes = kFive ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
+    static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
+        const BlockQ4_K* b = (const BlockQ4_K*)p;  // d, dmin, scales: the same place in both
+        const float d = tile_h2f(b->d), dmin = tile_h2f(b->dmin);
+        const uint8_t* qh = kFive ? p + 16 : nullptr;
+        const uint8_t* qs = kFive ? p + 48 : p + 16;
+        for (int j = 0; j < 8; j++) {
+            uint8_t s, m;
+            k_scale_min(b->scales, j, &s, &m);
+            sc[j * stride] = d * s;
+            mn[j * stride] = dmin * m;
+        }
+        for (int i = 0; i < 4; i++) {
+            __m256i q = _mm256_loadu_si256((const __m256i*)(qs + 32 * i));
+            __m256i lo = _mm256_and_si256(q, _mm256_set1_epi8(0x0F));
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), _mm256_set1_epi8(0x0F));
+            if (kFive) {  // bit j of qh[l] is the fifth bit of sub-block j's weight l
+                const __m256i h = _mm256_loadu_si256((const __m256i*)qh), one = _mm256_set1_epi8(1);
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * i), one), 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * i + 1), one), 4));
+            }
+            _mm256_storeu_si256((__m256i*)(codes + 64 * i), lo);
+            _mm256_storeu_si256((__m256i*)(codes + 64 * i + 32), hi);
+        }
+    }
+};
+
+struct DTQ2_0 {  // weight 128h + 32l + m is 2-bit field l of byte 32h + m; value = d * (code - 1)
+    static const int kBlock = 32;
+    static const int kBytes = sizeof(BlockTQ2_0);
+    static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
+        const BlockTQ2_0* b = (const BlockTQ2_0*)p;
+        const float d = tile_h2f(b->d);
+        for (int h = 0; h < 2; h++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i*)(b->qs + 32 * h));
+            for (int l = 0; l < 4; l++)
+                _mm256_storeu_si256((__m256i*)(codes + 128 * h + 32 * l),
+                                    _mm256_and_si256(_mm256_srli_epi16(q, 2 * l), _mm256_set1_epi8(3)));
+        }
+        for (int j = 0; j < 8; j++) {
+            sc[j * stride] = d;
+            mn[j * stride] = d;
+        }
+    }
+};
+
+struct DIQ1_S {  // value = dl * (grid + delta): codes grid + 1, min dl * (1 - delta)
+    static const int kBlock = 32;
+    static const int kBytes = sizeof(BlockIQ1_S);
+    static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
+        const BlockIQ1_S* b = (const BlockIQ1_S*)p;
+        const float d = tile_h2f(b->d);
+        for (int j = 0; j < 8; j++) {
+            const int qh = b->qh[j];
+            long long g[4];
+            for (int l = 0; l < 4; l++) g[l] = (long long)kIq1sGrid[b->qs[4 * j + l] | (((qh >> (3 * l)) & 7) << 8)];
+            const __m256i v = _mm256_set_epi64x(g[3], g[2], g[1], g[0]);  // bytes -1, 0, 1 -> 0, 1, 2
+            _mm256_storeu_si256((__m256i*)(codes + 32 * j), _mm256_add_epi8(v, _mm256_set1_epi8(1)));
+            const float dl = d * (float)(2 * ((qh >> 12) & 7) + 1);
+            sc[j * stride] = dl;
+            mn[j * stride] = dl * (qh & 0x8000 ? 1.125f : 0.875f);
+        }
+    }
+};
+
+struct DQ6_K {  // half h, group g, l < 32: weight 128h + 32g + l, 4 low bits in ql, 2 high in qh;
+    // value = d * scales[w / 16] * (code - 32)
+    static const int kBlock = 16;
+    static const int kBytes = sizeof(BlockQ6_K);
+    static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
+        const BlockQ6_K* b = (const BlockQ6_K*)p;
+        const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x30);
+        for (int h = 0; h < 2; h++) {
+            const __m256i ql0 = _mm256_loadu_si256((const __m256i*)(b->ql + 64 * h));
+            const __m256i ql1 = _mm256_loadu_si256((const __m256i*)(b->ql + 64 * h + 32));
+            const __m256i qh = _mm256_loadu_si256((const __m256i*)(b->qh + 32 * h));
+            uint8_t* c = codes + 128 * h;
+            _mm256_storeu_si256((__m256i*)c, _mm256_or_si256(_mm256_and_si256(ql0, m4),
+                                                             _mm256_and_si256(_mm256_slli_epi16(qh, 4), m2)));
+            _mm256_storeu_si256((__m256i*)(c + 32), _mm256_or_si256(_mm256_and_si256(ql1, m4),
+                                                                    _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2)));
+            _mm256_storeu_si256((__m256i*)(c + 64), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                                                                    _mm256_and_si256(qh, m2)));
+            _mm256_storeu_si256((__m256i*)(c + 96), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                                                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2)));
+        }
+        const float d = tile_h2f(b->d);
+        for (int j = 0; j < 16; j++) {
+            sc[j * stride] = d * b->scales[j];
+            mn[j * stride] = 32.f * d * b->scales[j];
+        }
+    }
+};
+
+// ---- the tile: per block of 32, 8 x [16 rows x 4 code bytes], then the scales and mins [block][row]
+struct Tile {
+    uint8_t* codes = nullptr;
+    float *sc = nullptr, *mn = nullptr, *ad = nullptr, *ads = nullptr;
+    size_t cap = 0;
+    ~Tile() { free(codes); }
+    // n weights per row, up to 64 tokens' per-block activation scales (blocks of 16 at least)
+    bool reserve(int n) {
+        const size_t need = (size_t)n * kLanes + (size_t)(n / 16) * kLanes * 8 + (size_t)64 * (n / 16) * 8;
+        if (need <= cap) return true;
+        free(codes);
+        codes = (uint8_t*)aligned_alloc(64, (need + 63) & ~(size_t)63);
+        cap = codes ? need : 0;
+        return codes != nullptr;
+    }
+    void carve(int n) {
+        sc = (float*)(codes + (size_t)n * kLanes);
+        mn = sc + (size_t)(n / 16) * kLanes;
+        ad = mn + (size_t)(n / 16) * kLanes;
+        ads = ad + (size_t)64 * (n / 16);
+    }
+};
+thread_local Tile t_tile;
+
+// Rows [0, nrows) against ntok tokens through tiles; rows past the last whole tile, small batches
+// and shapes the tile does not take go to the per-row kernel `fallback`. Isa provides
+//   transpose(stage, dst): 16 rows x 32 code bytes (row i at stage + 256 i) -> 8 x 64 bytes, vector
+//     q = bytes 4q..4q+3 of every row, row i at byte 4i;
+//   tokens<NT, kBlock>(tile, blocks, aq, ad, ads, out, out_stride): out[t][0..15] for NT tokens;
+//   kNT, the tokens per pass.
+template <class Isa, class D, bool kAct256>
+void rows_tiled16(RowsFn fallback, int min_tokens, const uint8_t* w, size_t row_bytes, int nrows,
+                  const void* const* acts, int ntok, int n, float* out, size_t out_stride) {
+    Tile& tile = t_tile;
+    if (ntok < min_tokens || n % 256 || nrows < kLanes || ntok > 64 || !tile.reserve(n))
+        return fallback(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
+    tile.carve(n);
+    const int blocks = n / D::kBlock, per256 = 256 / D::kBlock;
+    // per token: int8 values in k order and, per block, their scale and scale * sum
+    const int8_t* aq[64];
+    const float *ad[64], *ads[64];
+    for (int t = 0; t < ntok; t++) {
+        const ActView v = act_view(acts[t], n);
+        float* d = tile.ad + (size_t)t * blocks;
+        float* s = tile.ads + (size_t)t * blocks;
+        if (kAct256) {  // the K-quants' per-256 activations (as the per-row kernels, so results agree)
+            for (int b = 0; b < blocks; b++) {
+                d[b] = v.dk[b / per256];
+                s[b] = v.dk[b / per256] * (float)(D::kBlock == 16 ? v.bk16[b] : v.bk32[b]);
+            }
+        } else {
+            for (int b = 0; b < blocks; b++) {
+                d[b] = v.d[b];
+                s[b] = v.d[b] * (float)(v.sum16[2 * b] + v.sum16[2 * b + 1]);
+            }
+        }
+        aq[t] = kAct256 ? v.qk : v.qs, ad[t] = d, ads[t] = s;
+    }
+    const int main = nrows / kLanes * kLanes;
+    // the next tile's rows, at least 8 KiB on (see prefetch_ahead in simd_avx512.h)
+    const size_t pass = row_bytes * kLanes, ahead = (8192 + pass - 1) / pass * pass;
+    alignas(64) uint8_t stage[kLanes * 256];
+    for (int r = 0; r < main; r += kLanes) {
+        const uint8_t* rows = w + (size_t)r * row_bytes;
+        for (int u = 0; u < n / 256; u++) {
+            for (int i = 0; i < kLanes; i++) {
+                const uint8_t* blk = rows + i * row_bytes + (size_t)u * D::kBytes;
+                for (int l = 0; l < D::kBytes; l += 64) _mm_prefetch((const char*)blk + ahead + l, _MM_HINT_T1);
+                const size_t first = (size_t)per256 * u * kLanes + i;  // this unit's first block, row i
+                D::decode(blk, stage + 256 * i, tile.sc + first, tile.mn + first, kLanes);
+            }
+            for (int j = 0; j < 8; j++) Isa::transpose(stage + 32 * j, tile.codes + (size_t)(8 * u + j) * 512);
+        }
+        int t = 0;
+        for (; t + Isa::kNT <= ntok; t += Isa::kNT)
+            Isa::template tokens<Isa::kNT, D::kBlock>(tile, blocks, aq + t, ad + t, ads + t, out + t * out_stride + r,
+                                                      out_stride);
+        float* o = out + t * out_stride + r;
+        switch (ntok - t) {
+#define HYMOE_TAIL(k) \
+    case k: Isa::template tokens<(k < Isa::kNT ? k : 1), D::kBlock>(tile, blocks, aq + t, ad + t, ads + t, o, out_stride); break;
+            HYMOE_TAIL(7) HYMOE_TAIL(6) HYMOE_TAIL(5) HYMOE_TAIL(4) HYMOE_TAIL(3) HYMOE_TAIL(2) HYMOE_TAIL(1)
+#undef HYMOE_TAIL
+            default: break;
+        }
+    }
+    if (main < nrows)
+        fallback(w + (size_t)main * row_bytes, row_bytes, nrows - main, acts, ntok, n, out + main, out_stride);
+}
+
+}  // namespace
