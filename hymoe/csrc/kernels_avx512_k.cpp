@@ -1,6 +1,7 @@
 // AVX512-VNNI kernels for the formats with 256-weight blocks (Q4_K, Q5_K, Q6_K, TQ2_0) against
 // per-256 activations, compiled with the AVX512 flags only.
 #if defined(__x86_64__) || defined(_M_X64)
+#include "k_scales.h"
 #include "simd_avx512.h"
 
 namespace {
@@ -8,29 +9,6 @@ namespace {
 // ---- K-quants against per-256 activations: sub-block scales applied in integer ---------------
 //   p16 = maddubs(codes, a) (pairs of products), acc32 += dpwssd(p16, scale16); per super-block
 //   acc += float(acc32) * d * d_a. Codes stay below 64, so the 16-bit pair sums cannot saturate.
-struct KQ45Scales {  // Q4_K / Q5_K: eight 6-bit scales and mins as int16
-    __m128i sc, mn;
-    float d, dmin;
-    void load(const uint8_t* p) {
-        uint32_t dd;  // d and dmin, both fp16: one conversion
-        memcpy(&dd, p, 4);
-        const __m128 both = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd));
-        // dwords A, B, C of the 12 scale bytes (the 4 bytes after them belong to the block too):
-        // scales = [A & 63 | (C & 15) + (A >> 6 << 4)], mins = [B & 63 | (C >> 4) + (B >> 6 << 4)],
-        // per byte; in vector registers, so no scalar stores feed a vector load
-        const __m128i v = _mm_loadu_si128((const __m128i*)(p + 4));
-        const __m128i lo = _mm_and_si128(v, _mm_set1_epi8(63));                                  // [A', B']
-        const __m128i c = _mm_srlv_epi32(_mm_shuffle_epi32(v, 0xAA), _mm_set_epi32(0, 0, 4, 0));  // [C, C>>4]
-        const __m128i hi = _mm_or_si128(_mm_and_si128(c, _mm_set1_epi8(15)),
-                                        _mm_and_si128(_mm_srli_epi32(v, 2), _mm_set1_epi8(0x30)));
-        const __m128i b = _mm_unpacklo_epi32(lo, hi);  // 8 scales, then 8 mins
-        sc = _mm_cvtepu8_epi16(b);
-        mn = _mm_cvtepu8_epi16(_mm_srli_si128(b, 8));
-        d = _mm_cvtss_f32(both);
-        dmin = _mm_cvtss_f32(_mm_movehdup_ps(both));
-    }
-};
-
 template <bool kFive>
 struct KQ45 {
     static const int kBytes = kFive ? 176 : 144;
