@@ -101,11 +101,12 @@ float dot_qk45(const uint8_t* w, const void* act, int n) {
 float dot_q6_k(const uint8_t* w, const void* act, int n) {
     ActView a = act_view(act, n);
     const BlockQ6_K* b = (const BlockQ6_K*)w;
-    float s = 0;
+    __m256 acc = _mm256_setzero_ps();
     for (int i = 0; i < n / 256; i++) {
         for (int l = 0; l < 256; l += 64) _mm_prefetch((const char*)(b + i) + kPrefetch + l, _MM_HINT_T0);
-        __m256i acc = _mm256_setzero_si256();
-        int32_t offset = 0;
+        // the 16 scales as int16: pairs for each 32 weights, and against the sums per 16 for the offset
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)b[i].scales));
+        __m256i dot = _mm256_setzero_si256();
         for (int c = 0; c < 8; c++) {  // 32 weights: half h, nibble half (c%4)/2, 2-bit field c%4
             int h = c / 4, s4 = c % 4;
             __m256i lo = _mm256_loadu_si256((const __m256i*)(b[i].ql + 64 * h + 32 * (s4 & 1)));
@@ -116,12 +117,14 @@ float dot_q6_k(const uint8_t* w, const void* act, int n) {
             __m256i p = _mm256_maddubs_epi16(codes, _mm256_loadu_si256((const __m256i*)(a.qk + 256 * i + 32 * c)));
             int g = 2 * c;  // groups of 16: g and g + 1
             __m256i sc = _mm256_set_m128i(_mm_set1_epi16(b[i].scales[g + 1]), _mm_set1_epi16(b[i].scales[g]));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, sc));
-            offset += b[i].scales[g] * a.bk16[16 * i + g] + b[i].scales[g + 1] * a.bk16[16 * i + g + 1];
+            dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, sc));
         }
-        s += a.dk[i] * h2f(b[i].d) * (hsum(_mm256_cvtepi32_ps(acc)) - 32.f * (float)offset);
+        // codes are q + 32: minus 32 * sum_g scale_g * bsum16_g, in the same integer lanes
+        const __m256i offset = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i*)(a.bk16 + 16 * i)));
+        dot = _mm256_sub_epi32(dot, _mm256_slli_epi32(offset, 5));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(a.dk[i] * h2f(b[i].d)), acc);
     }
-    return s;
+    return hsum(acc);
 }
 
 template <int FMT>
