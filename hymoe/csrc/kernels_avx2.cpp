@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include "common.h"
+#include "iq1s_grid.h"
 #include "k_scales.h"
 
 namespace {
@@ -127,6 +128,62 @@ float dot_q6_k(const uint8_t* w, const void* act, int n) {
     return hsum(acc);
 }
 
+// TQ2_0 (1.58-bit): 2-bit codes 0..2 against per-256 activations; eight vpmaddubsw results add up in
+// int16 (8 x 2 x 2 x 127 < 32768) before one vpmaddwd, and the code offset (+1) is minus the sum of a.
+float dot_tq2_0(const uint8_t* w, const void* act, int n) {
+    ActView a = act_view(act, n);
+    const BlockTQ2_0* b = (const BlockTQ2_0*)w;
+    __m256 acc = _mm256_setzero_ps();
+    float offset = 0;
+    for (int i = 0; i < n / 256; i++) {
+        _mm_prefetch((const char*)(b + i) + kPrefetch, _MM_HINT_T0);
+        _mm_prefetch((const char*)(b + i) + kPrefetch + 64, _MM_HINT_T0);
+        __m256i p16 = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {  // weight 128h + 32l + m: 2-bit field l of byte 32h + m
+            const __m256i q = _mm256_loadu_si256((const __m256i*)(b[i].qs + 32 * h));
+            for (int l = 0; l < 4; l++) {
+                const __m256i codes = _mm256_and_si256(_mm256_srli_epi16(q, 2 * l), _mm256_set1_epi8(3));
+                const __m256i x = _mm256_loadu_si256((const __m256i*)(a.qk + 256 * i + 128 * h + 32 * l));
+                p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(codes, x));
+            }
+        }
+        const float s = a.dk[i] * h2f(b[i].d);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1))), _mm256_set1_ps(s), acc);
+        int32_t sum = 0;
+        for (int j = 0; j < 8; j++) sum += a.bk32[8 * i + j];
+        offset += s * (float)sum;
+    }
+    return hsum(acc) - offset;
+}
+
+// IQ1_S: per 32 weights four codebook lookups of 8 (grid + 1 = codes 0..2), scale dl, and the
+// offset dl * (1 - delta) against the activations' sum.
+float dot_iq1_s(const uint8_t* w, const void* act, int n) {
+    ActView a = act_view(act, n);
+    const BlockIQ1_S* b = (const BlockIQ1_S*)w;
+    __m256 acc = _mm256_setzero_ps();
+    float offset = 0;
+    for (int i = 0; i < n / 256; i++) {
+        _mm_prefetch((const char*)(b + i) + kPrefetch, _MM_HINT_T0);
+        const float d = h2f(b[i].d);
+        for (int j = 0; j < 8; j++) {
+            const int qh = b[i].qh[j];
+            const uint8_t* qs = b[i].qs + 4 * j;
+            const __m256i g = _mm256_set_epi64x((long long)kIq1sGrid[qs[3] | ((qh >> 1) & 0x700)],
+                                                (long long)kIq1sGrid[qs[2] | ((qh << 2) & 0x700)],
+                                                (long long)kIq1sGrid[qs[1] | ((qh << 5) & 0x700)],
+                                                (long long)kIq1sGrid[qs[0] | ((qh << 8) & 0x700)]);
+            const __m256i codes = _mm256_add_epi8(g, _mm256_set1_epi8(1));
+            const int blk = 8 * i + j;
+            const __m256i p = dot_u8s8(codes, _mm256_loadu_si256((const __m256i*)(a.qs + 32 * blk)));
+            const float dl = d * (float)(2 * ((qh >> 12) & 7) + 1) * a.d[blk];
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dl), acc);
+            offset += dl * (qh & 0x8000 ? 1.125f : 0.875f) * (float)(a.sum16[2 * blk] + a.sum16[2 * blk + 1]);
+        }
+    }
+    return hsum(acc) - offset;
+}
+
 template <int FMT>
 float dot_float(const uint8_t* w, const void* act, int n) {
     const float* x = (const float*)act;
@@ -171,6 +228,8 @@ void fill_avx2(KernelTable* t) {
     t->rows[Q4_K] = rows<dot_qk45<false>, 256>;
     t->rows[Q5_K] = rows<dot_qk45<true>, 256>;
     t->rows[Q6_K] = rows<dot_q6_k, 256>;
+    t->rows[TQ2_0] = rows<dot_tq2_0, 256>;
+    t->rows[IQ1_S] = rows<dot_iq1_s, 256>;
     fill_avx2_tiled(t);
 }
 #else
