@@ -218,8 +218,8 @@ struct Engine {
 extern "C" {
 
 // Internal knobs for A/B runs of variants in one process: 0-2 and 6 see tune_avx512; 3, 4 the most rows
-// per work unit of the down and gate/up phases; 5 the fewest tokens for the AVX512 batch kernels
-// (scripts/kernel_ab.py).
+// per work unit of the down and gate/up phases; 5 the fewest tokens per expert for the batch tiles
+// (AVX512 and AVX2 alike) (scripts/kernel_ab.py).
 __attribute__((visibility("default"))) void hymoe_tune(int key, int value) {
     if (key == 3) g_down_rows = value;
     else if (key == 4) g_gate_rows = value;

@@ -157,7 +157,8 @@ struct DQ6_K {  // half h, group g, l < 32: weight 128h + 32g + l, 4 low bits in
     }
 };
 
-// ---- the tile: per block of 32, 8 x [16 rows x 4 code bytes], then the scales and mins [block][row]
+// ---- the tile: per block of kBlock, kBlock / 4 x [16 rows x 4 code bytes]; then the scales and mins
+// [block][row], and the tokens' activation scales and scale * sum [token][block]
 struct Tile {
     uint8_t* codes = nullptr;
     float *sc = nullptr, *mn = nullptr, *ad = nullptr, *ads = nullptr;
@@ -190,6 +191,7 @@ thread_local Tile t_tile;
 template <class Isa, class D, bool kAct256>
 void rows_tiled16(RowsFn fallback, int min_tokens, const uint8_t* w, size_t row_bytes, int nrows,
                   const void* const* acts, int ntok, int n, float* out, size_t out_stride) {
+    static_assert(Isa::kNT >= 1 && Isa::kNT <= 8, "the tail below covers remainders up to 7 tokens");
     Tile& tile = t_tile;
     if (ntok < min_tokens || n % 256 || nrows < kLanes || ntok > 64 || !tile.reserve(n))
         return fallback(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
