@@ -44,6 +44,19 @@ struct DQ8_0 {
     }
 };
 
+struct DQ8_0Signed {  // the values themselves (for kernels that multiply signed bytes): min 0
+    static const int kBlock = 32;
+    static const int kBytes = 8 * sizeof(BlockQ8_0);
+    static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
+        const BlockQ8_0* b = (const BlockQ8_0*)p;
+        for (int j = 0; j < 8; j++) {
+            memcpy(codes + 32 * j, b[j].qs, 32);
+            sc[j * stride] = tile_h2f(b[j].d);
+            mn[j * stride] = 0.f;
+        }
+    }
+};
+
 struct DQ4_0 {
     static const int kBlock = 32;
     static const int kBytes = 8 * sizeof(BlockQ4_0);
