@@ -11,8 +11,13 @@ namespace {
 RowsFn g_rows_kernel[FMT_SLOTS];  // the per-row kernels: small batches and remainder rows
 int g_tiled_min = 2;              // tokens from which the tile pays (A/B, qwen3 Q4_K batch 64: 2 > 4 > 8)
 
+// kSigned (Q8_0): the tile holds signed values (DQ8_0T<true>) and each product takes the weight's
+// sign onto the broadcast activation (|w| x sign(a, w), as ggml's AVX2 Q8_0 dot): pair sums stay
+// below 2 x 128 x 127, so one vpmaddubsw per quad and 2 tokens per pass (the |w| take registers).
+// Otherwise codes are below 64 and two quads share one int16 sum: 4 x 63 x 127 < 32768.
+template <bool kSigned>
 struct Avx2 {
-    static const int kNT = 3;  // tokens per pass: 4 x 3 accumulators + 2 weights + constants in 16 ymm
+    static const int kNT = kSigned ? 2 : 3;  // 4 x kNT accumulators + weights + constants in 16 ymm
 
     // 16 rows x 32 code bytes -> vector q = [rows 0-7 | rows 8-15] of bytes 4q..4q+3 (as the AVX512
     // tile): an 8x8 dword transpose for each half
@@ -52,20 +57,24 @@ struct Avx2 {
             __m256i p[2][NT];
             for (int h = 0; h < 2; h++)
                 for (int t = 0; t < NT; t++) p[h][t] = _mm256_setzero_si256();
-            for (int q = 0; q < kBlock / 4; q += 2) {  // two quads per int16 sum: 4 x 63 x 127 < 32768
-                const __m256i w0 = _mm256_load_si256((const __m256i*)(cb + 64 * q));
-                const __m256i w1 = _mm256_load_si256((const __m256i*)(cb + 64 * q + 32));
-                const __m256i v0 = _mm256_load_si256((const __m256i*)(cb + 64 * q + 64));
-                const __m256i v1 = _mm256_load_si256((const __m256i*)(cb + 64 * q + 96));
+            for (int q = 0; q < kBlock / 4; q += kSigned ? 1 : 2) {
+                __m256i w[2], v[2];  // quad q (and q + 1) of rows 0-7 and 8-15
+                for (int h = 0; h < 2; h++) {
+                    w[h] = _mm256_load_si256((const __m256i*)(cb + 64 * q + 32 * h));
+                    v[h] = kSigned ? _mm256_abs_epi8(w[h]) : _mm256_load_si256((const __m256i*)(cb + 64 * q + 64 + 32 * h));
+                }
                 for (int t = 0; t < NT; t++) {
-                    int32_t a0, a1;
-                    memcpy(&a0, aq[t] + kBlock * b + 4 * q, 4);
-                    memcpy(&a1, aq[t] + kBlock * b + 4 * q + 4, 4);
+                    const int8_t* a = aq[t] + kBlock * b + 4 * q;
+                    int32_t a0, a1 = 0;
+                    memcpy(&a0, a, 4);
+                    if (!kSigned) memcpy(&a1, a + 4, 4);  // the next quad's bytes
                     const __m256i x0 = _mm256_set1_epi32(a0), x1 = _mm256_set1_epi32(a1);
-                    p[0][t] = _mm256_add_epi32(p[0][t], _mm256_madd_epi16(_mm256_add_epi16(
-                        _mm256_maddubs_epi16(w0, x0), _mm256_maddubs_epi16(v0, x1)), ones));
-                    p[1][t] = _mm256_add_epi32(p[1][t], _mm256_madd_epi16(_mm256_add_epi16(
-                        _mm256_maddubs_epi16(w1, x0), _mm256_maddubs_epi16(v1, x1)), ones));
+                    for (int h = 0; h < 2; h++) {
+                        const __m256i s16 = kSigned ? _mm256_maddubs_epi16(v[h], _mm256_sign_epi8(x0, w[h]))
+                                                    : _mm256_add_epi16(_mm256_maddubs_epi16(w[h], x0),
+                                                                       _mm256_maddubs_epi16(v[h], x1));
+                        p[h][t] = _mm256_add_epi32(p[h][t], _mm256_madd_epi16(s16, ones));
+                    }
                 }
             }
             for (int h = 0; h < 2; h++) {
@@ -74,7 +83,7 @@ struct Avx2 {
                 for (int t = 0; t < NT; t++) {
                     acc[h][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[h][t]), _mm256_mul_ps(sc, _mm256_set1_ps(ad[t][b])),
                                                 acc[h][t]);
-                    acc[h][t] = _mm256_fnmadd_ps(mn, _mm256_set1_ps(ads[t][b]), acc[h][t]);
+                    if (!kSigned) acc[h][t] = _mm256_fnmadd_ps(mn, _mm256_set1_ps(ads[t][b]), acc[h][t]);
                 }
             }
         }
@@ -83,65 +92,14 @@ struct Avx2 {
     }
 };
 
-// Q8_0 on AVX2: the tile holds the signed values (DQ8_0Signed) and each product takes the weight's
-// sign onto the broadcast activation (|w| x sign(a, w), as ggml's AVX2 Q8_0 dot): pair sums stay
-// below 2 x 128 x 127, so one vpmaddubsw per quad; 2 tokens per pass, the |w| vectors take registers.
-struct Avx2Signed : Avx2 {
-    static const int kNT = 2;
-
-    template <int NT, int kBlock>
-    static void tokens(const Tile& tile, int blocks, const int8_t* const* aq, const float* const* ad,
-                       const float* const*, float* out, size_t out_stride) {
-        const __m256i ones = _mm256_set1_epi16(1);
-        __m256 acc[2][NT];
-        for (int h = 0; h < 2; h++)
-            for (int t = 0; t < NT; t++) acc[h][t] = _mm256_setzero_ps();
-        for (int b = 0; b < blocks; b++) {
-            const uint8_t* cb = tile.codes + (size_t)b * kBlock * kLanes;
-            __m256i p[2][NT];
-            for (int h = 0; h < 2; h++)
-                for (int t = 0; t < NT; t++) p[h][t] = _mm256_setzero_si256();
-            for (int q = 0; q < kBlock / 4; q++) {
-                __m256i w[2], wa[2];
-                for (int h = 0; h < 2; h++) {
-                    w[h] = _mm256_load_si256((const __m256i*)(cb + 64 * q + 32 * h));
-                    wa[h] = _mm256_abs_epi8(w[h]);
-                }
-                for (int t = 0; t < NT; t++) {
-                    int32_t a4;
-                    memcpy(&a4, aq[t] + kBlock * b + 4 * q, 4);
-                    const __m256i x = _mm256_set1_epi32(a4);
-                    for (int h = 0; h < 2; h++)
-                        p[h][t] = _mm256_add_epi32(p[h][t], _mm256_madd_epi16(
-                            _mm256_maddubs_epi16(wa[h], _mm256_sign_epi8(x, w[h])), ones));
-                }
-            }
-            for (int h = 0; h < 2; h++) {
-                const __m256 sc = _mm256_load_ps(tile.sc + (size_t)b * kLanes + 8 * h);
-                for (int t = 0; t < NT; t++)
-                    acc[h][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[h][t]), _mm256_mul_ps(sc, _mm256_set1_ps(ad[t][b])),
-                                                acc[h][t]);
-            }
-        }
-        for (int t = 0; t < NT; t++)
-            for (int h = 0; h < 2; h++) _mm256_storeu_ps(out + t * out_stride + 8 * h, acc[h][t]);
-    }
-};
-
-template <class D, int FMT, bool kAct256>
-void rows_avx2_signed(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n,
-                      float* out, size_t out_stride) {
-    // its per-row kernel is leaner than the others': break-even at 4 tokens (A/B, qwen3 batch 128: 2 -> 140,
-    // 4 -> 144, 8 -> 122 GFLOP/s; per-row 95)
-    rows_tiled16<Avx2Signed, D, kAct256>(g_rows_kernel[FMT], g_tiled_min < 4 ? 4 : g_tiled_min, w, row_bytes, nrows,
-                                         acts, ntok, n, out, out_stride);
-}
-
-template <class D, int FMT, bool kAct256>
+template <class D, int FMT, bool kAct256, bool kSigned = false>
 void rows_avx2(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
                size_t out_stride) {
-    rows_tiled16<Avx2, D, kAct256>(g_rows_kernel[FMT], g_tiled_min, w, row_bytes, nrows, acts, ntok, n, out,
-                                   out_stride);
+    // Q8_0's per-row kernel is leaner than the others': break-even at 4 tokens (A/B, qwen3 batch 128:
+    // from 2 -> 140, 4 -> 144, 8 -> 122 GFLOP/s; per-row 95)
+    const int min_tokens = kSigned && g_tiled_min < 4 ? 4 : g_tiled_min;
+    rows_tiled16<Avx2<kSigned>, D, kAct256>(g_rows_kernel[FMT], min_tokens, w, row_bytes, nrows, acts, ntok, n, out,
+                                            out_stride);
 }
 
 }  // namespace
@@ -150,7 +108,7 @@ void tune_avx2_tiled(int value) { g_tiled_min = value; }
 
 void fill_avx2_tiled(KernelTable* t) {
     for (int f = 0; f < FMT_SLOTS; f++) g_rows_kernel[f] = t->rows[f];
-    t->rows[Q8_0] = rows_avx2_signed<DQ8_0Signed, Q8_0, false>;
+    t->rows[Q8_0] = rows_avx2<DQ8_0T<true>, Q8_0, false, true>;
     t->rows[Q4_0] = rows_avx2<DQ4_0, Q4_0, false>;
     t->rows[IQ1_S] = rows_avx2<DIQ1_S, IQ1_S, false>;
     t->rows[Q4_K] = rows_avx2<DQ45<false>, Q4_K, true>;

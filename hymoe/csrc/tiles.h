@@ -29,33 +29,25 @@ inline float tile_h2f(uint16_t h) { return _cvtsh_ss(h); }
 
 // ---- decoders: one super unit (256 weights) of one row -> codes in k order, scale and min per
 // block of kBlock, written with a stride so they land straight in the tile's [block][row] arrays.
-struct DQ8_0 {
+// Q8_0: codes q + 128 with min 128 d; kSigned keeps the values themselves (min 0), for kernels that
+// multiply signed bytes (AVX2, whose vpmaddubsw would saturate on q + 128)
+template <bool kSigned>
+struct DQ8_0T {
     static const int kBlock = 32;
     static const int kBytes = 8 * sizeof(BlockQ8_0);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
         const BlockQ8_0* b = (const BlockQ8_0*)p;
+        const __m256i offset = _mm256_set1_epi8(kSigned ? 0 : (char)0x80);
         for (int j = 0; j < 8; j++) {
             __m256i q = _mm256_loadu_si256((const __m256i*)b[j].qs);
-            _mm256_storeu_si256((__m256i*)(codes + 32 * j), _mm256_xor_si256(q, _mm256_set1_epi8((char)0x80)));
+            _mm256_storeu_si256((__m256i*)(codes + 32 * j), _mm256_xor_si256(q, offset));
             const float d = tile_h2f(b[j].d);
             sc[j * stride] = d;
-            mn[j * stride] = 128.f * d;
+            mn[j * stride] = kSigned ? 0.f : 128.f * d;
         }
     }
 };
-
-struct DQ8_0Signed {  // the values themselves (for kernels that multiply signed bytes): min 0
-    static const int kBlock = 32;
-    static const int kBytes = 8 * sizeof(BlockQ8_0);
-    static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
-        const BlockQ8_0* b = (const BlockQ8_0*)p;
-        for (int j = 0; j < 8; j++) {
-            memcpy(codes + 32 * j, b[j].qs, 32);
-            sc[j * stride] = tile_h2f(b[j].d);
-            mn[j * stride] = 0.f;
-        }
-    }
-};
+using DQ8_0 = DQ8_0T<false>;
 
 struct DQ4_0 {
     static const int kBlock = 32;
