@@ -43,7 +43,7 @@ class BuildKernels(build_ext):
 
 setup(
     ext_modules=[Extension("hymoe._kernels", [f"hymoe/csrc/{s}" for s in SOURCES],
-                           depends=["hymoe/csrc/common.h", "hymoe/csrc/pool.h", "hymoe/csrc/iq1s_grid.h",
+                           depends=["hymoe/csrc/common.h", "hymoe/csrc/pool.h", "hymoe/csrc/iq1s_grid.h", "hymoe/csrc/iq1s.h",
                                     "hymoe/csrc/simd_avx512.h", "hymoe/csrc/tiles.h", "hymoe/csrc/k_scales.h"])],
     cmdclass={"build_ext": BuildKernels},
 )

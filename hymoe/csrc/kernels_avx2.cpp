@@ -5,7 +5,7 @@
 #include <immintrin.h>
 
 #include "common.h"
-#include "iq1s_grid.h"
+#include "iq1s.h"
 #include "k_scales.h"
 
 namespace {
@@ -156,32 +156,36 @@ float dot_tq2_0(const uint8_t* w, const void* act, int n) {
     return hsum(acc) - offset;
 }
 
-// IQ1_S: per 32 weights four codebook lookups of 8 (grid + 1 = codes 0..2), scale dl, and the
-// offset dl * (1 - delta) against the activations' sum.
+// IQ1_S: per 32 weights four codebook lookups of 8 (codes 0..2, see iq1s.h), scale dl, and the
+// offset dl * (1 - delta) against the activations' sum; the 8 scales and offsets of a super-block
+// in vectors (scalar int-to-float conversions carry a false dependency each)
 float dot_iq1_s(const uint8_t* w, const void* act, int n) {
     ActView a = act_view(act, n);
     const BlockIQ1_S* b = (const BlockIQ1_S*)w;
-    __m256 acc = _mm256_setzero_ps();
-    float offset = 0;
+    __m256 acc = _mm256_setzero_ps(), offset = _mm256_setzero_ps();
+    alignas(32) uint16_t idx[32];
+    alignas(32) float dl[8];
     for (int i = 0; i < n / 256; i++) {
         _mm_prefetch((const char*)(b + i) + kPrefetch, _MM_HINT_T0);
-        const float d = h2f(b[i].d);
+        iq1s_indices(b + i, idx);
+        const __m256i h32 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)b[i].qh));
+        const __m256i odd = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(h32, 11), _mm256_set1_epi32(14)),
+                                            _mm256_set1_epi32(1));
+        const __m256 s = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(odd), _mm256_set1_ps(h2f(b[i].d))),
+                                       _mm256_loadu_ps(a.d + 8 * i));  // dl * the activations' scale
+        const __m256 delta = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(h32, 15)), _mm256_set1_ps(0.25f),
+                                             _mm256_set1_ps(0.875f));
+        const __m256i sums = _mm256_permute4x64_epi64(  // per block of 32: its two sums of 16
+            _mm256_hadd_epi32(_mm256_loadu_si256((const __m256i*)(a.sum16 + 16 * i)),
+                              _mm256_loadu_si256((const __m256i*)(a.sum16 + 16 * i + 8))), 0xD8);
+        offset = _mm256_fmadd_ps(_mm256_mul_ps(s, delta), _mm256_cvtepi32_ps(sums), offset);
+        _mm256_store_ps(dl, s);
         for (int j = 0; j < 8; j++) {
-            const int qh = b[i].qh[j];
-            const uint8_t* qs = b[i].qs + 4 * j;
-            const __m256i g = _mm256_set_epi64x((long long)kIq1sGrid[qs[3] | ((qh >> 1) & 0x700)],
-                                                (long long)kIq1sGrid[qs[2] | ((qh << 2) & 0x700)],
-                                                (long long)kIq1sGrid[qs[1] | ((qh << 5) & 0x700)],
-                                                (long long)kIq1sGrid[qs[0] | ((qh << 8) & 0x700)]);
-            const __m256i codes = _mm256_add_epi8(g, _mm256_set1_epi8(1));
-            const int blk = 8 * i + j;
-            const __m256i p = dot_u8s8(codes, _mm256_loadu_si256((const __m256i*)(a.qs + 32 * blk)));
-            const float dl = d * (float)(2 * ((qh >> 12) & 7) + 1) * a.d[blk];
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dl), acc);
-            offset += dl * (qh & 0x8000 ? 1.125f : 0.875f) * (float)(a.sum16[2 * blk] + a.sum16[2 * blk + 1]);
+            const __m256i p = dot_u8s8(iq1s_codes32(idx + 4 * j), _mm256_loadu_si256((const __m256i*)(a.qs + 256 * i + 32 * j)));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(dl + j), acc);
         }
     }
-    return hsum(acc) - offset;
+    return hsum(_mm256_sub_ps(acc, offset));
 }
 
 template <int FMT>

@@ -10,7 +10,7 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <math.h>
 
-#include "iq1s_grid.h"
+#include "iq1s.h"
 #include "simd_avx512.h"
 
 namespace hymoe_avx512 {
@@ -193,8 +193,10 @@ struct FIQ1_S {
     const BlockIQ1_S* b;
     __m512 dl;  // lanes 0-7: scale of each sub-block of 32
     __m256 m;   // minus scale * delta: value = dl * (grid + delta)
+    alignas(32) uint16_t idx[32];  // the 32 codebook indices (iq1s.h)
     void prep(const uint8_t* p) {
         b = (const BlockIQ1_S*)p;
+        iq1s_indices(b, idx);
         // per sub-block: scale d * (2 * qh[12..14] + 1), delta -1/8 if qh bit 15 else +1/8
         const __m256i qh = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)b->qh));
         const __m256i odd = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(qh, 11), _mm256_set1_epi32(14)),
@@ -208,15 +210,7 @@ struct FIQ1_S {
     }
     __m512i chunk(int c, __m512& s) const {
         s = lanes_from(dl, 2 * c, 2 * c + 1);
-        // 8 lookups of 8 weights: index = qs byte | 3 bits of qh << 8
-        const uint8_t* qs = b->qs + 8 * c;
-        const int h0 = b->qh[2 * c], h1 = b->qh[2 * c + 1];
-        const __m512i v = _mm512_set_epi64(
-            (long long)kIq1sGrid[qs[7] | ((h1 >> 1) & 0x700)], (long long)kIq1sGrid[qs[6] | ((h1 << 2) & 0x700)],
-            (long long)kIq1sGrid[qs[5] | ((h1 << 5) & 0x700)], (long long)kIq1sGrid[qs[4] | ((h1 << 8) & 0x700)],
-            (long long)kIq1sGrid[qs[3] | ((h0 >> 1) & 0x700)], (long long)kIq1sGrid[qs[2] | ((h0 << 2) & 0x700)],
-            (long long)kIq1sGrid[qs[1] | ((h0 << 5) & 0x700)], (long long)kIq1sGrid[qs[0] | ((h0 << 8) & 0x700)]);
-        return _mm512_add_epi8(v, _mm512_set1_epi8(1));  // {-1,0,1} -> {0,1,2}
+        return _mm512_inserti64x4(_mm512_castsi256_si512(iq1s_codes32(idx + 8 * c)), iq1s_codes32(idx + 8 * c + 4), 1);
     }
     __m256 mins() const { return m; }
 };

@@ -21,12 +21,16 @@ struct KQ45 {
     KQ45Scales s;
     void prep(const uint8_t* p) {
         s.load(p);
+        sc4 = _mm512_broadcast_i32x4(s.sc);
         qh = kFive ? p + 16 : nullptr;
         qs = kFive ? p + 48 : p + 16;
     }
+    __m512i sc4;  // the 8 int16 scales in each 128-bit lane
     __m512i scales16(int c) const {  // int16 lanes 0-15: sub-block lo, 16-31: sub-block hi
-        const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi16((short)blk_lo(c)), _mm256_set1_epi16((short)blk_hi(c)), 1);
-        return _mm512_permutexvar_epi16(idx, _mm512_castsi128_si512(s.sc));
+        // an in-lane byte shuffle of the broadcast scales (Zen 4: vpshufb is cheaper than vpermw)
+        const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi16((short)(0x0101 * 2 * blk_lo(c) + 0x0100)),
+                                               _mm256_set1_epi16((short)(0x0101 * 2 * blk_hi(c) + 0x0100)), 1);
+        return _mm512_shuffle_epi8(sc4, idx);
     }
     __m512i chunk(int c) const {
         __m512i v = _mm512_loadu_si512((const void*)(qs + 64 * (c / 2)));
@@ -38,10 +42,10 @@ struct KQ45 {
     float d() const { return s.d; }
     float corr_scale() const { return 1.f; }  // correction() already carries -dmin
     // the per-super-block correction: sum_j m_j * bsum32_j, scaled by -dmin
-    __m256 correction(const int16_t* bk16, const int16_t* bk32) const {
+    __m512 correction(const int16_t* bk16, const int16_t* bk32) const {
         (void)bk16;
         __m128i m = _mm_madd_epi16(s.mn, _mm_loadu_si128((const __m128i*)bk32));  // 4 x int32
-        return _mm256_insertf128_ps(_mm256_setzero_ps(), _mm_mul_ps(_mm_cvtepi32_ps(m), _mm_set1_ps(-s.dmin)), 0);
+        return _mm512_zextps128_ps512(_mm_mul_ps(_mm_cvtepi32_ps(m), _mm_set1_ps(-s.dmin)));
     }
 };
 
@@ -75,9 +79,9 @@ struct KQ6 {
     float d() const { return dd; }
     float corr_scale() const { return dd; }
     // codes are q + 32: subtract 32 * sum_g scale_g * bsum16_g
-    __m256 correction(const int16_t* bk16, const int16_t*) const {
+    __m512 correction(const int16_t* bk16, const int16_t*) const {
         __m256i m = _mm256_madd_epi16(_mm512_castsi512_si256(sc), _mm256_loadu_si256((const __m256i*)bk16));
-        return _mm256_mul_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(-32.f));
+        return _mm512_zextps256_ps512(_mm256_mul_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(-32.f)));
     }
 };
 
@@ -107,10 +111,7 @@ struct KTQ2 {
     }
     float d() const { return dd; }
     float corr_scale() const { return dd; }
-    __m256 correction(const int16_t*, const int16_t* bk32) const {  // codes carry +1: minus the sum of a
-        const __m256 sums = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i*)bk32)));
-        return _mm256_sub_ps(_mm256_setzero_ps(), sums);
-    }
+    __m512 correction(const int16_t*, const int16_t*) const { return _mm512_setzero_ps(); }  // unused: kSeedSum
 };
 
 template <class F, int NR, int NT>
@@ -128,12 +129,8 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
     for (int r = 0; r + NR <= nrows; r += NR) {
         const uint8_t* row = w + r * row_bytes;
         __m512 acc[NR][NT];
-        __m256 corr[NR][NT];
         for (int i = 0; i < NR; i++)
-            for (int t = 0; t < NT; t++) {
-                acc[i][t] = _mm512_setzero_ps();
-                corr[i][t] = _mm256_setzero_ps();
-            }
+            for (int t = 0; t < NT; t++) acc[i][t] = _mm512_setzero_ps();
         for (int u = 0; u < units; u++) {
             F f[NR];
             for (int i = 0; i < NR; i++) {
@@ -171,16 +168,16 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
                 const float da = a[t].dk[u];
                 for (int i = 0; i < NR; i++) {
                     acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][t]), _mm512_set1_ps(f[i].d() * da), acc[i][t]);
+                    // the correction goes straight into lanes 0-7 (a separate accumulator spilled at NR 4)
                     if (!F::kSeedSum)
-                        corr[i][t] = _mm256_fmadd_ps(f[i].correction(a[t].bk16 + 16 * u, a[t].bk32 + 8 * u),
-                                                 _mm256_set1_ps(da * f[i].corr_scale()),
-                                                 corr[i][t]);
+                        acc[i][t] = _mm512_mask3_fmadd_ps(f[i].correction(a[t].bk16 + 16 * u, a[t].bk32 + 8 * u),
+                                                          _mm512_set1_ps(da * f[i].corr_scale()), acc[i][t], 0x00FF);
                 }
             }
         }
         for (int t = 0; t < NT; t++) {
             __m512 sums[NR];
-            for (int i = 0; i < NR; i++) sums[i] = add_low8(acc[i][t], corr[i][t]);
+            for (int i = 0; i < NR; i++) sums[i] = acc[i][t];
             store_sums<NR>(sums, out + t * out_stride + r);
         }
     }
