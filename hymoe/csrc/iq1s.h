@@ -40,6 +40,15 @@ static inline void iq1s_indices(const BlockIQ1_S* b, uint16_t* idx) {
     }
 }
 
+// the 8 blocks' scales dl = d * (2 * (qh >> 12 & 7) + 1) and 1 - delta = 0.875 + 0.25 * (qh >> 15)
+// (delta is -1/8 where bit 15 is set): value = dl * (grid + delta) = dl * (code - (1 - delta))
+static inline void iq1s_scales8(const BlockIQ1_S* b, __m256* dl, __m256* one_minus_delta) {
+    const __m256i h32 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)b->qh));
+    const __m256i odd = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(h32, 11), _mm256_set1_epi32(14)), _mm256_set1_epi32(1));
+    *dl = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(b->d)), _mm256_cvtepi32_ps(odd));
+    *one_minus_delta = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(h32, 15)), _mm256_set1_ps(0.25f), _mm256_set1_ps(0.875f));
+}
+
 // codes of weights 32j..32j+31 from their four indices: 8-byte loads assembled into one vector
 // (Zen 4: faster than four 8-byte stores or a gather)
 static inline __m256i iq1s_codes32(const uint16_t* idx4) {

@@ -168,17 +168,13 @@ float dot_iq1_s(const uint8_t* w, const void* act, int n) {
     for (int i = 0; i < n / 256; i++) {
         _mm_prefetch((const char*)(b + i) + kPrefetch, _MM_HINT_T0);
         iq1s_indices(b + i, idx);
-        const __m256i h32 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)b[i].qh));
-        const __m256i odd = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(h32, 11), _mm256_set1_epi32(14)),
-                                            _mm256_set1_epi32(1));
-        const __m256 s = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(odd), _mm256_set1_ps(h2f(b[i].d))),
-                                       _mm256_loadu_ps(a.d + 8 * i));  // dl * the activations' scale
-        const __m256 delta = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(h32, 15)), _mm256_set1_ps(0.25f),
-                                             _mm256_set1_ps(0.875f));
+        __m256 dl8, omd;
+        iq1s_scales8(b + i, &dl8, &omd);
+        const __m256 s = _mm256_mul_ps(dl8, _mm256_loadu_ps(a.d + 8 * i));  // dl * the activations' scale
         const __m256i sums = _mm256_permute4x64_epi64(  // per block of 32: its two sums of 16
             _mm256_hadd_epi32(_mm256_loadu_si256((const __m256i*)(a.sum16 + 16 * i)),
                               _mm256_loadu_si256((const __m256i*)(a.sum16 + 16 * i + 8))), 0xD8);
-        offset = _mm256_fmadd_ps(_mm256_mul_ps(s, delta), _mm256_cvtepi32_ps(sums), offset);
+        offset = _mm256_fmadd_ps(_mm256_mul_ps(s, omd), _mm256_cvtepi32_ps(sums), offset);
         _mm256_store_ps(dl, s);
         for (int j = 0; j < 8; j++) {
             const __m256i p = dot_u8s8(iq1s_codes32(idx + 4 * j), _mm256_loadu_si256((const __m256i*)(a.qs + 256 * i + 32 * j)));

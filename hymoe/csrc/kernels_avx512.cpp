@@ -190,23 +190,16 @@ struct FIQ1_S {
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 256, kBytes = 50, kShift = 0;
     static const bool kMins = true;
-    const BlockIQ1_S* b;
     __m512 dl;  // lanes 0-7: scale of each sub-block of 32
     __m256 m;   // minus scale * delta: value = dl * (grid + delta)
     alignas(32) uint16_t idx[32];  // the 32 codebook indices (iq1s.h)
     void prep(const uint8_t* p) {
-        b = (const BlockIQ1_S*)p;
+        const BlockIQ1_S* b = (const BlockIQ1_S*)p;
         iq1s_indices(b, idx);
-        // per sub-block: scale d * (2 * qh[12..14] + 1), delta -1/8 if qh bit 15 else +1/8
-        const __m256i qh = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)b->qh));
-        const __m256i odd = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(qh, 11), _mm256_set1_epi32(14)),
-                                            _mm256_set1_epi32(1));
-        const __m256 scale = _mm256_mul_ps(_mm256_cvtepi32_ps(odd), _mm256_set1_ps(h2f(b->d)));
-        const __m256 delta = _mm256_castsi256_ps(_mm256_or_si256(  // sign bit 15 -> float sign bit 31
-            _mm256_slli_epi32(_mm256_and_si256(qh, _mm256_set1_epi32(0x8000)), 16),
-            _mm256_castps_si256(_mm256_set1_ps(0.125f))));
+        __m256 scale, omd;
+        iq1s_scales8(b, &scale, &omd);
         dl = _mm512_castps256_ps512(scale);
-        m = _mm256_mul_ps(scale, _mm256_sub_ps(_mm256_setzero_ps(), delta));
+        m = _mm256_mul_ps(scale, _mm256_sub_ps(omd, _mm256_set1_ps(1.f)));  // -delta = (1 - delta) - 1
     }
     __m512i chunk(int c, __m512& s) const {
         s = lanes_from(dl, 2 * c, 2 * c + 1);

@@ -132,12 +132,9 @@ struct DIQ1_S {  // value = dl * (grid + delta): codes grid + 1, min dl * (1 - d
         alignas(32) uint16_t idx[32];
         iq1s_indices(b, idx);
         for (int j = 0; j < 8; j++) _mm256_storeu_si256((__m256i*)(codes + 32 * j), iq1s_codes32(idx + 4 * j));
-        // the 8 block scales at once: dl = d * (2 * (qh >> 12 & 7) + 1), min dl * (0.875 + 0.25 * (qh >> 15))
-        const __m256i h32 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)b->qh));
-        const __m256i odd = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(h32, 11), _mm256_set1_epi32(14)), _mm256_set1_epi32(1));
-        const __m256 dl = _mm256_mul_ps(_mm256_set1_ps(tile_h2f(b->d)), _mm256_cvtepi32_ps(odd));
-        const __m256 delta = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(h32, 15)), _mm256_set1_ps(0.25f), _mm256_set1_ps(0.875f));
-        store_scales8(dl, _mm256_mul_ps(dl, delta), sc, mn, stride);
+        __m256 dl, omd;
+        iq1s_scales8(b, &dl, &omd);
+        store_scales8(dl, _mm256_mul_ps(dl, omd), sc, mn, stride);
     }
 };
 
