@@ -15,6 +15,7 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from hymoe.bench.machine import bf16_gemm_gflops, cold_bytes, read_gbps
 from hymoe.errors import HymoeError
 from hymoe.experts import native
+from hymoe.experts.host_memory import host_bytes
 from hymoe.experts.torch_backend import TorchExperts
 from hymoe.quant.formats import FLOAT_DTYPES, FP16_SCALE_OFFSETS, row_bytes
 
@@ -41,8 +42,12 @@ def random_experts(fmt: str, experts: int, rows: int, n: int, seed: int) -> torc
             tile[:, off:off + 2] = (rng.uniform(1e-3, 1e-2, len(tile)).astype(np.float16)
                                     .view(np.uint8).reshape(-1, 2))
         tile = tile.reshape(-1)
-    out = np.resize(tile, total)  # repeats the tile: distinct addresses, so no cache reuse
-    return torch.from_numpy(out).view(experts, -1)
+    # the tile repeated: distinct addresses, so no cache reuse; in large pages, as a GGUF's mmap is
+    out = host_bytes(total)
+    dst = out.numpy()
+    for off in range(0, total, tile.size):
+        dst[off:off + tile.size] = tile[:total - off]
+    return out.view(experts, -1)
 
 
 def _routing(batch: int, k: int, experts: int, gen: torch.Generator):
@@ -97,7 +102,7 @@ def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None 
     # Shared machines drift (neighbours' memory traffic, stolen cores) within seconds, so each timed
     # call is paired with a streaming read of a cold slice right before it: the fraction is the
     # median of the pairs' ratios and the bandwidth the median of the paired reads.
-    probe = torch.ones(cold_bytes(), dtype=torch.uint8)  # a slice comes round again after >= 1 GiB of reads
+    probe = host_bytes(cold_bytes()).fill_(1)  # a slice comes round again after >= 1 GiB of reads
     engine.read_gbps(probe, 1)  # touch every page
     slices = probe.numel() // PROBE_BYTES
     gen = torch.Generator().manual_seed(seed)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from hymoe.experts.host_memory import host_bytes
+
 
 def llc_bytes() -> int:
     """Size of the last-level cache (Linux sysfs), or 64 MiB when it cannot be read."""
@@ -31,7 +33,7 @@ def cold_bytes() -> int:
 def read_gbps(engine) -> float:
     """Streaming read of a buffer four times the last-level cache (a sequential scan that large
     gets no cache hits), on the engine's threads."""
-    buf = torch.ones(max(1 << 30, 4 * llc_bytes()), dtype=torch.uint8)
+    buf = host_bytes(max(1 << 30, 4 * llc_bytes())).fill_(1)  # large pages, like the weights it bounds
     engine.read_gbps(buf, 1)  # touch every page first
     return max(engine.read_gbps(buf, 3) for _ in range(3))
 

@@ -94,20 +94,21 @@ struct KTQ2 {
     // codes carry +1 and the scale is one per 256, so the offset is minus the activations' sum in
     // the integer dot itself: computed once per token, not per row (correction() is then unused)
     static const bool kSeedSum = true;
-    static constexpr int blk_lo(int c) { return 2 * c; }
-    static constexpr int blk_hi(int c) { return 2 * c + 1; }
-    const uint8_t* qs;
+    // chunk c is 2-bit field c of all 64 bytes: weights 32c.. (bytes 0-31) and 128 + 32c.. (32-63),
+    // so the 64 bytes are loaded once and each chunk costs one shift and one mask
+    static constexpr int blk_lo(int c) { return c; }
+    static constexpr int blk_hi(int c) { return c + 4; }
+    __m512i q;
     float dd;
     void prep(const uint8_t* p) {
-        qs = p;
+        q = _mm512_loadu_si512((const void*)p);
         uint16_t dh;
         memcpy(&dh, p + 64, 2);
         dd = h2f(dh);
     }
     __m512i scales16(int) const { return _mm512_set1_epi16(1); }
-    __m512i chunk(int c) const {  // weights 64c..: 32 bytes of half c/2, 2-bit fields 2(c%2) and 2(c%2)+1
-        const int f = 2 * (c % 2);
-        return bits_of_32_bytes(qs + 32 * (c / 2), 2 * f, 2 * f + 2, 3);
+    __m512i chunk(int c) const {
+        return _mm512_and_si512(c ? _mm512_srli_epi16(q, 2 * c) : q, _mm512_set1_epi8(3));
     }
     float d() const { return dd; }
     float corr_scale() const { return dd; }

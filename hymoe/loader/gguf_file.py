@@ -18,6 +18,7 @@ import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from hymoe.errors import HymoeError
+from hymoe.experts.host_memory import advise_huge
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -101,6 +102,7 @@ class GGUFFile:
             if size < 24:
                 raise HymoeError(f"{self.path}: not a GGUF file (only {size} bytes)")
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        advise_huge(self._map)  # experts stream from here: large pages spare TLB misses
         buf = memoryview(self._map)
         if bytes(buf[:4]) != MAGIC:
             raise HymoeError(f"{self.path}: not a GGUF file (magic {bytes(buf[:4])!r})")

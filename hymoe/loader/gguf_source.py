@@ -10,6 +10,7 @@ import torch
 
 from hymoe.config import ModelConfig
 from hymoe.errors import HymoeError
+from hymoe.experts.host_memory import host_copy
 from hymoe.loader.gguf_file import GGUFModelFile, TensorInfo
 from hymoe.loader.gguf_names import GGUFNames, merge_kv_b, permute_rows
 from hymoe.quant.formats import dequantize, row_bytes
@@ -69,7 +70,7 @@ class GGUFSource:
                 fmt = parts[0].format
                 if any(p.format != fmt or p.shape != parts[0].shape for p in parts):
                     raise HymoeError(f"{self.file.path}: the experts of {name} differ in format or shape")
-                got, data = (e, *parts[0].shape), torch.stack([p.data for p in parts])
+                got, data = (e, *parts[0].shape), host_copy(torch.stack([p.data for p in parts]))
             if got != shape:
                 raise HymoeError(f"{self.file.path}: tensor {name} has shape {list(got)}, "
                                  f"the metadata says {list(shape)}")

@@ -15,6 +15,7 @@ import torch
 from hymoe.errors import HymoeError
 from hymoe.experts import native
 from hymoe.experts.dequant_backend import DequantExperts
+from hymoe.experts.host_memory import host_copy
 from hymoe.experts.torch_backend import TorchExperts
 from hymoe.layers.moe import MoE
 from hymoe.placement.rules import load_rules, plan
@@ -29,7 +30,7 @@ _GGUF_PY_QUANTIZERS = ("Q8_0", "Q4_0", "TQ2_0", "TQ1_0")
 def _as_format(w: torch.Tensor, fmt: str) -> torch.Tensor:
     """[E, rows, n] float -> uint8 [E, rows * row_bytes] in fmt (zero-copy for the float formats)."""
     if fmt in FLOAT_DTYPES:
-        w = w.to(FLOAT_DTYPES[fmt]).contiguous()
+        w = host_copy(w.to(FLOAT_DTYPES[fmt]))
         return w.view(torch.uint8).reshape(w.shape[0], -1)
     if fmt not in _GGUF_PY_QUANTIZERS:
         raise HymoeError(f"quantizing experts to {fmt} at load time is not supported yet "
@@ -38,7 +39,7 @@ def _as_format(w: torch.Tensor, fmt: str) -> torch.Tensor:
 
     e, rows, n = w.shape
     q = quantize(w.float().reshape(e * rows, n).numpy(), qtype(fmt))
-    return torch.from_numpy(np.ascontiguousarray(q)).reshape(e, -1)
+    return host_copy(torch.from_numpy(np.ascontiguousarray(q))).reshape(e, -1)
 
 
 
