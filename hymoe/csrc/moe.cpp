@@ -241,13 +241,9 @@ __attribute__((visibility("default"))) void hymoe_engine_destroy(void* e) { dele
 __attribute__((visibility("default"))) int hymoe_engine_threads(void* e) { return ((Engine*)e)->pool.size(); }
 __attribute__((visibility("default"))) double hymoe_engine_busy_seconds(void* e) { return ((Engine*)e)->busy_s.load(); }
 
-// Validates, groups tokens by expert, and starts the job: on the pool's driver thread, returning at
-// once (is_async: the caller drives a GPU meanwhile), or in the calling thread, which then works
-// as the pool's first thread and saves two thread wake-ups per layer (CPU-only). 0 = started.
-__attribute__((visibility("default"))) int hymoe_moe_submit(void* engine, const MoeArgs* args, int is_async) {
-    Engine* eng = (Engine*)engine;
-    eng->pool.sync();  // the previous job owns the buffers until it is done
-    const MoeArgs& a = *args;
+// 0, or why the arguments cannot be computed: -1 a format without kernels, -2 rows that do not
+// split into blocks, -3 an expert id out of range
+static int submit_error(const MoeArgs& a) {
     for (int f : {a.fmt_gate, a.fmt_up, a.fmt_down})
         if (!hymoe_has_format(f)) return -1;
     if (a.hidden % block_size(a.fmt_gate) || a.hidden % block_size(a.fmt_up) || a.inter % block_size(a.fmt_down))
@@ -256,10 +252,30 @@ __attribute__((visibility("default"))) int hymoe_moe_submit(void* engine, const 
     if ((a.hidden % 32 && !(fmt_is_float(a.fmt_gate) && fmt_is_float(a.fmt_up))) ||
         (a.inter % 32 && !fmt_is_float(a.fmt_down)))
         return -2;
-    const int P = a.num_tokens * a.topk;
     // id -1: no expert here (a GPU-resident expert computes that pair elsewhere)
-    for (int p = 0; p < P; p++)
+    for (int p = 0; p < a.num_tokens * a.topk; p++)
         if (a.ids[p] < -1 || a.ids[p] >= a.num_experts) return -3;
+    return 0;
+}
+
+// Wakes the engine's sleeping threads ahead of a submit (the caller is about to prepare one), so
+// their wake-up latency passes meanwhile instead of at the start of the job's first phase.
+__attribute__((visibility("default"))) void hymoe_engine_wake(void* e) { ((Engine*)e)->pool.wake(); }
+
+// Validates, groups tokens by expert, and starts the job: on the pool's driver thread, returning at
+// once (is_async: the caller drives a GPU meanwhile), or in the calling thread, which then works
+// as the pool's first thread and saves two thread wake-ups per layer (CPU-only). 0 = started.
+__attribute__((visibility("default"))) int hymoe_moe_submit(void* engine, const MoeArgs* args, int is_async) {
+    Engine* eng = (Engine*)engine;
+    eng->pool.sync();  // the previous job owns the buffers until it is done
+    const MoeArgs& a = *args;
+    const int bad = submit_error(a);
+    if (bad) {
+        eng->pool.cancel_wake();
+        return bad;
+    }
+    eng->pool.wake();  // no-op when hymoe_engine_wake already woke the helpers
+    const int P = a.num_tokens * a.topk;
     Job& job = eng->job;
     job.a = a;
     job.kt = &tables().active;

@@ -57,6 +57,16 @@ void Pool::run(const std::function<void()>& job) {
     in_job_ = false;
 }
 
+void Pool::wake() {
+    if (num_threads_ == 1) return;
+    in_job_ = true;  // helpers spin, not sleep, once awake
+    {
+        std::lock_guard<std::mutex> lock(phase_mutex_);
+        wake_seq_++;
+    }
+    phase_cv_.notify_all();
+}
+
 void Pool::driver_loop() {
     for (;;) {
         std::function<void()> job;
@@ -108,6 +118,7 @@ void Pool::parallel_for(int num_units, const UnitFn& fn) {
 
 void Pool::helper_loop(int thread) {
     uint32_t seen = 0;
+    uint64_t woken = 0;
     for (;;) {
         int spins = 0;
         while ((uint32_t)(state_.load() >> 32) == seen && in_job_.load() && spins < kSpins) {
@@ -116,12 +127,14 @@ void Pool::helper_loop(int thread) {
         }
         if ((uint32_t)(state_.load() >> 32) == seen) {
             std::unique_lock<std::mutex> lock(phase_mutex_);
-            phase_cv_.wait(lock, [&] { return (uint32_t)(state_.load() >> 32) != seen; });
+            phase_cv_.wait(lock, [&] { return (uint32_t)(state_.load() >> 32) != seen || wake_seq_ != woken; });
+            woken = wake_seq_;
         }
         {
             std::lock_guard<std::mutex> lock(job_mutex_);
             if (is_stopping_) return;
         }
+        if ((uint32_t)(state_.load() >> 32) == seen) continue;  // woken ahead of a job: spin until it starts
         seen = (uint32_t)(state_.load() >> 32);
         work(thread, seen);
     }

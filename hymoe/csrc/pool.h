@@ -21,6 +21,11 @@ class Pool {
     void sync();                              // waits until the submitted job has finished
     bool is_done();                           // whether the submitted job has finished (no wait)
     void run(const std::function<void()>& job);  // runs a job in the calling thread, helpers joining
+    // Wakes sleeping helpers ahead of a job (they spin until its first phase): a futex wake-up
+    // takes tens of microseconds, which then pass while the caller prepares the job.
+    // cancel_wake() lets them sleep again when no job follows.
+    void wake();
+    void cancel_wake() { in_job_ = false; }
     void parallel_for(int num_units, const UnitFn& fn);  // only from inside a job
 
   private:
@@ -43,6 +48,7 @@ class Pool {
     std::atomic<uint64_t> state_{0};
     std::atomic<int> units_done_{0};
     std::atomic<bool> in_job_{false};
+    uint64_t wake_seq_ = 0;  // guarded by phase_mutex_
     int num_units_ = 0;
     const UnitFn* fn_ = nullptr;
 };

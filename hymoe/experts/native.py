@@ -49,6 +49,7 @@ def library() -> ctypes.CDLL | None:
     lib.hymoe_engine_busy_seconds.restype = ctypes.c_double
     lib.hymoe_engine_busy_seconds.argtypes = [ctypes.c_void_p]
     lib.hymoe_moe_submit.argtypes = [ctypes.c_void_p, ctypes.POINTER(_MoeArgs), ctypes.c_int]
+    lib.hymoe_engine_wake.argtypes = [ctypes.c_void_p]
     lib.hymoe_moe_sync.argtypes = [ctypes.c_void_p]
     lib.hymoe_moe_is_done.argtypes = [ctypes.c_void_p]
     lib.hymoe_row_bytes.restype = ctypes.c_int64
@@ -199,6 +200,7 @@ class NativeExperts(ExpertBackend):
     def submit(self, hidden, topk_ids, topk_weights) -> None:
         if self.engine.capture is not None:
             return self._submit_captured(hidden, topk_ids, topk_weights)
+        self.engine.lib.hymoe_engine_wake(self.engine.handle)  # threads wake while the inputs are staged
         if hidden.device.type == "cuda":
             x, ids, w, out = self._staging.stage(hidden, topk_ids, topk_weights)
         else:
