@@ -20,8 +20,12 @@ ISA_FLAGS = {
 }
 ISA_FLAGS["kernels_avx512_k.cpp"] = ISA_FLAGS["kernels_avx512_tiled.cpp"] = ISA_FLAGS["kernels_avx512.cpp"]
 ISA_FLAGS["kernels_avx2_tiled.cpp"] = ISA_FLAGS["kernels_avx2.cpp"]
+ISA_FLAGS["kernels_avx512_bf16.cpp"] = ISA_FLAGS["kernels_avx512.cpp"] + ["-mavx512bf16"]
+# built as a stub (-DHYMOE_NO_AVX512_BF16) by a compiler without AVX512-BF16 (GCC < 10): the other
+# paths do not need it
+OPTIONAL = {"kernels_avx512_bf16.cpp": "-DHYMOE_NO_AVX512_BF16"}
 SOURCES = ["moe.cpp", "pool.cpp", "cpu.cpp", "kernels_generic.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp",
-           "kernels_avx512_k.cpp", "kernels_avx512_tiled.cpp", "kernels_avx2_tiled.cpp"]
+           "kernels_avx512_k.cpp", "kernels_avx512_tiled.cpp", "kernels_avx2_tiled.cpp", "kernels_avx512_bf16.cpp"]
 
 
 class BuildKernels(build_ext):
@@ -29,9 +33,17 @@ class BuildKernels(build_ext):
         try:
             objects = []
             for src in ext.sources:
-                flags = ISA_FLAGS.get(src.rsplit("/", 1)[-1], []) if IS_X86 else []
-                objects += self.compiler.compile([src], output_dir=self.build_temp, extra_postargs=BASE + flags,
-                                                 depends=ext.depends)
+                name = src.rsplit("/", 1)[-1]
+                flags = ISA_FLAGS.get(name, []) if IS_X86 else []
+                try:
+                    objects += self.compiler.compile([src], output_dir=self.build_temp, extra_postargs=BASE + flags,
+                                                     depends=ext.depends)
+                except Exception:
+                    if name not in OPTIONAL:
+                        raise
+                    print(f"WARNING: hymoe: {name} needs a newer compiler; built without it", file=sys.stderr)
+                    objects += self.compiler.compile([src], output_dir=self.build_temp,
+                                                     extra_postargs=BASE + [OPTIONAL[name]], depends=ext.depends)
             self.compiler.link_shared_object(objects, self.get_ext_fullpath(ext.name), extra_postargs=["-pthread"],
                                              target_lang="c++")
         except Exception as e:  # a missing or old compiler must not break the install

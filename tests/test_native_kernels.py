@@ -36,6 +36,14 @@ def quantized_activations(x: torch.Tensor, block: int = 32) -> torch.Tensor:
     return (q * d).reshape_as(x)
 
 
+def kernel_activations(x: torch.Tensor, fmt: str) -> torch.Tensor:
+    """x as the kernels of fmt multiply it: itself for F32/F16, rounded to bf16 for BF16 weights (as
+    ggml and torch's bf16 GEMM do), int8 per block for the quantized formats."""
+    if fmt == "BF16":
+        return x.bfloat16().float()
+    return x if fmt in IS_FLOAT else quantized_activations(x, 256 if fmt in K_QUANTS else 32)
+
+
 @pytest.fixture(params=ISAS)
 def isa(request):
     native.set_isa(request.param)
@@ -49,7 +57,7 @@ def test_rows_equal_gguf_dequantized_matmul(fmt, tokens, isa):
     n, rows = 768, 12
     w = random_weights(fmt, rows, n, seed=tokens)
     x = torch.randn(tokens, n, generator=torch.Generator().manual_seed(tokens))
-    xq = x if fmt in IS_FLOAT else quantized_activations(x, 256 if fmt in K_QUANTS else 32)
+    xq = kernel_activations(x, fmt)
     ref = xq.double() @ dequant(fmt, w, n).double().T  # the exact sum over gguf-py's weights
     got = native.rows(fmt, w, x).double()
     # only float rounding separates the two: relative to the size of the terms summed
@@ -57,15 +65,16 @@ def test_rows_equal_gguf_dequantized_matmul(fmt, tokens, isa):
     assert ((got - ref).abs() / scale).max().item() < 2e-5
 
 
-@pytest.mark.parametrize("fmt", ["Q8_0", "Q4_0", "Q4_K", "Q5_K", "IQ1_S", "TQ2_0"])
+@pytest.mark.parametrize("fmt", ["Q8_0", "Q4_0", "Q4_K", "Q5_K", "IQ1_S", "TQ2_0", "BF16"])
 @pytest.mark.parametrize("tokens", [1, 2, 5, 6, 13, 64])
 def test_batch_tiles_equal_gguf_dequantized_matmul(fmt, tokens, isa):
     """From 6 tokens (AVX512) or 2 (AVX2) the kernels repack 16 rows at a time into a tile (the 8
-    rows left over take the per-row kernel); every path must give the same exact sum."""
+    rows left over take the per-row kernel); BF16 32 rows at a time (AVX512-BF16; the
+    last 8 zero-padded) from 2. Every path must give the same exact sum."""
     n, rows = 512, 40
     w = random_weights(fmt, rows, n, seed=tokens + 100)
     x = torch.randn(tokens, n, generator=torch.Generator().manual_seed(tokens + 100))
-    xq = quantized_activations(x, 256 if fmt in K_QUANTS else 32)
+    xq = kernel_activations(x, fmt)
     dense = dequant(fmt, w, n).double()
     ref = xq.double() @ dense.T
     got = native.rows(fmt, w, x).double()

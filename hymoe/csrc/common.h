@@ -51,6 +51,19 @@ static inline float bf16_to_f32(uint16_t h) {
     return f;
 }
 
+// x rounded to bf16 (nearest even, NaN kept quiet), as f32: what every path multiplies BF16
+// weights with. One rounding per activation, as ggml (BF16's vec_dot_type) and torch's bf16 GEMM
+// do, so batches can use the bf16 dot product and all paths and batch sizes agree.
+static inline void round_to_bf16(const float* x, float* out, int n) {
+    for (int i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, 4);
+        u = (u & 0x7fffffffu) > 0x7f800000u ? (u | 0x00400000u) & 0xffff0000u
+                                             : (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+        memcpy(out + i, &u, 4);
+    }
+}
+
 // Q4_K / Q5_K: 8 six-bit scales and mins packed in 12 bytes.
 static inline void k_scale_min(const uint8_t* s, int j, uint8_t* sc, uint8_t* m) {
     if (j < 4) {
@@ -122,6 +135,8 @@ void fill_avx2_tiled(KernelTable* t);  // its batch kernels (after fill_avx2: it
 void fill_avx512(KernelTable* t);  // needs AVX512F/BW/VL/VNNI
 void fill_avx512_k(KernelTable* t);  // its K-quant kernels
 void fill_avx512_tiled(KernelTable* t);  // its batch kernels (after the others: it keeps them for small batches)
+void fill_avx512_bf16(KernelTable* t);   // BF16 batches with vdpbf16ps; needs AVX512_BF16 too
+void tune_avx512_bf16(int min_tokens);
 void tune_avx512_tiled(int min_tokens);
 void tune_avx2_tiled(int min_tokens);
 void tune_avx512(int key, int value);  // A/B knobs: 0 prefetch distance, 1 rows per pass, 2 head prefetch,

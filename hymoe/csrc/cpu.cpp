@@ -26,6 +26,14 @@ int detect_isa() {
     if (ymm_ok && avx2 && fma && f16c) return 1;
     return 0;
 }
+
+// AVX512_BF16 (vdpbf16ps): Zen 4, Cooper Lake, Sapphire Rapids and later; on top of detect_isa() == 2
+bool detect_avx512_bf16() {
+    unsigned a, b, c, d;
+    if (detect_isa() < 2 || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
+    return a & (1u << 5);
+}
 #else
 int detect_isa() { return 0; }
+bool detect_avx512_bf16() { return false; }
 #endif

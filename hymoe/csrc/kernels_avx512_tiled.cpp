@@ -3,6 +3,7 @@
 // float work once per block. Compiled with the AVX512 flags only; no C++ library (common.h).
 // Measured (qwen3-30b-a3b Q8_0, batch 512): 160 -> 340 GFLOP/s against the per-row kernels.
 #if defined(__x86_64__) || defined(_M_X64)
+#include "simd_avx512.h"
 #include "tiles.h"
 
 namespace {
@@ -13,31 +14,7 @@ int g_tiled_min = 6;              // tokens from which the tile pays for itself 
 struct Avx512 {
     static const int kNT = 8;  // tokens per pass: 2 x 8 accumulators stay in registers
 
-    // 16 rows x 32 code bytes (row i at stage + 256 * i) -> 8 vectors, vector q = bytes 4q..4q+3 of
-    // every row, lane i = row i: two 8x8 dword transposes side by side (rows 0-7 and 8-15).
-    static void transpose(const uint8_t* stage, uint8_t* dst) {
-        __m512i r[8], t[8], u[8];
-        for (int i = 0; i < 8; i++)
-            r[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(stage + 256 * i))),
-                                      _mm256_loadu_si256((const __m256i*)(stage + 256 * (i + 8))), 1);
-        for (int i = 0; i < 8; i += 2) {
-            t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-            t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-        }
-        for (int g = 0; g < 8; g += 4) {
-            u[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
-            u[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
-            u[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
-            u[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
-        }
-        // u[c] (c < 4): 128-bit lanes [rows 0-3 | rows 0-3 | rows 8-11 | rows 8-11] of dwords c, c + 4;
-        // u[c + 4] the same for rows 4-7 and 12-15
-        const __m512i lo = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0), hi = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
-        for (int c = 0; c < 4; c++) {
-            _mm512_storeu_si512((void*)(dst + 64 * c), _mm512_permutex2var_epi64(u[c], lo, u[c + 4]));
-            _mm512_storeu_si512((void*)(dst + 64 * (c + 4)), _mm512_permutex2var_epi64(u[c], hi, u[c + 4]));
-        }
-    }
+    static void transpose(const uint8_t* stage, uint8_t* dst) { transpose16x8_dwords(stage, 256, dst); }
 
     // out[t][0..15] = the 16 tile rows against NT tokens. aq[t]: int8 activations in k order; ad[t][b],
     // ads[t][b]: per block of kBlock their scale and scale * sum.

@@ -15,6 +15,7 @@
 #include "pool.h"
 
 int detect_isa();
+bool detect_avx512_bf16();
 
 namespace {
 
@@ -29,6 +30,7 @@ struct Tables {
         isa = forced >= 0 && forced < hw ? forced : hw;
         if (isa >= 1) fill_avx2(&active);
         if (isa >= 2) fill_avx512(&active);
+        if (isa >= 2 && detect_avx512_bf16()) fill_avx512_bf16(&active);
     }
 };
 Tables& tables() {
@@ -96,6 +98,7 @@ struct Job {
     std::vector<float> pair_weight;
     // activations
     std::vector<uint8_t> xq, hq;              // quantised x per token, quantised h per pair
+    std::vector<float> xr;                    // x rounded to bf16 per token (BF16 gate or up)
     std::vector<const void*> x_ptr, h_ptr;    // per pair: what the kernels read
     std::vector<float> g, u;                  // [pairs, I]
     std::vector<std::vector<float>> scratch;  // per thread
@@ -112,9 +115,11 @@ struct Job {
         const int T = a.num_tokens, H = a.hidden, I = a.inter, K = a.topk;
         const int P = T * K;
         const bool x_quant = !fmt_is_float(a.fmt_gate) || !fmt_is_float(a.fmt_up);
+        const bool x_round = a.fmt_gate == BF16 || a.fmt_up == BF16;
         const bool h_float = fmt_is_float(a.fmt_down);
         const size_t xb = kt->act_bytes(H), hb = kt->act_bytes(I);
         if (x_quant) xq.resize((size_t)T * xb);
+        if (x_round) xr.resize((size_t)T * H);
         if (!h_float) hq.resize((size_t)P * hb);
         g.resize((size_t)P * I);
         u.resize((size_t)P * I);
@@ -124,14 +129,19 @@ struct Job {
         pool.parallel_for(T, [&](int t, int) {
             memset(a.out + (size_t)t * H, 0, (size_t)H * 4);
             if (x_quant) kt->quantize(a.x + (size_t)t * H, H, xq.data() + t * xb);
+            if (x_round) round_to_bf16(a.x + (size_t)t * H, xr.data() + (size_t)t * H, H);
         });
-        // per pair: float x for float formats, the quantised row otherwise
-        std::vector<const void*> xf_ptr(P), xq_ptr(P);
+        // per pair and matrix: x itself (F32, F16), x in bf16 (BF16) or the quantised row
+        std::vector<const void*> xf_ptr(P), xr_ptr(P), xq_ptr(P);
         for (int p = 0; p < P; p++) {
             int t = pair_token[p];
             xf_ptr[p] = a.x + (size_t)t * H;
+            xr_ptr[p] = x_round ? (const void*)(xr.data() + (size_t)t * H) : nullptr;
             xq_ptr[p] = x_quant ? (const void*)(xq.data() + t * xb) : nullptr;
         }
+        auto x_for = [&](int fmt) { return fmt == BF16 ? xr_ptr.data() : fmt_is_float(fmt) ? xf_ptr.data() : xq_ptr.data(); };
+        const void* const* gate_x = x_for(a.fmt_gate);
+        const void* const* up_x = x_for(a.fmt_up);
 
         // phase 1: gate and up rows, unit = (active expert, chunk of I rows)
         const int ne = (int)experts.size();
@@ -147,8 +157,8 @@ struct Job {
             int e = experts[ei], p0 = pair_start[ei], np = pair_start[ei + 1] - p0;
             const uint8_t* gw = a.gate + e * a.gate_stride + r0 * gate_rb;
             const uint8_t* uw = a.up + e * a.up_stride + r0 * up_rb;
-            const void* const* gx = fmt_is_float(a.fmt_gate) ? &xf_ptr[p0] : &xq_ptr[p0];
-            const void* const* ux = fmt_is_float(a.fmt_up) ? &xf_ptr[p0] : &xq_ptr[p0];
+            const void* const* gx = gate_x + p0;
+            const void* const* ux = up_x + p0;
             for (int tb = 0; tb < np; tb += kTokenBlock) {
                 int nt = std::min(kTokenBlock, np - tb);
                 kt->rows[a.fmt_gate](gw, gate_rb, nr, gx + tb, nt, H, g.data() + (size_t)(p0 + tb) * I + r0, I);
@@ -162,6 +172,7 @@ struct Job {
             float* gp = g.data() + (size_t)p * I;
             const float* up = u.data() + (size_t)p * I;
             kt->silu_mul(gp, up, I);
+            if (a.fmt_down == BF16) round_to_bf16(gp, gp, I);
             if (h_float) {
                 h_ptr[p] = gp;
             } else {
@@ -219,11 +230,12 @@ extern "C" {
 
 // Internal knobs for A/B runs of variants in one process: 0-2 and 6 see tune_avx512; 3, 4 the most rows
 // per work unit of the down and gate/up phases; 5 the fewest tokens per expert for the batch tiles
-// (AVX512 and AVX2 alike) (scripts/kernel_ab.py).
+// (AVX512 and AVX2 alike), 7 for the BF16 tile (scripts/kernel_ab.py).
 __attribute__((visibility("default"))) void hymoe_tune(int key, int value) {
     if (key == 3) g_down_rows = value;
     else if (key == 4) g_gate_rows = value;
     else if (key == 5) tune_avx512_tiled(value), tune_avx2_tiled(value);
+    else if (key == 7) tune_avx512_bf16(value);
     else tune_avx512(key, value);
 }
 __attribute__((visibility("default"))) int hymoe_isa() { return tables().isa; }
@@ -340,9 +352,13 @@ __attribute__((visibility("default"))) int hymoe_rows(int fmt, const uint8_t* w,
     if (!hymoe_has_format(fmt) || n % block_size(fmt) || n % 32) return -1;
     const KernelTable& kt = tables().active;
     std::vector<uint8_t> q(fmt_is_float(fmt) ? 0 : ntok * kt.act_bytes(n));
+    std::vector<float> r(fmt == BF16 ? (size_t)ntok * n : 0);
     std::vector<const void*> ptr(ntok);
     for (int t = 0; t < ntok; t++) {
-        if (fmt_is_float(fmt)) {
+        if (fmt == BF16) {
+            round_to_bf16(x + (size_t)t * n, r.data() + (size_t)t * n, n);
+            ptr[t] = r.data() + (size_t)t * n;
+        } else if (fmt_is_float(fmt)) {
             ptr[t] = x + (size_t)t * n;
         } else {
             kt.quantize(x + (size_t)t * n, n, q.data() + t * kt.act_bytes(n));

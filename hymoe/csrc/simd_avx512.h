@@ -58,6 +58,32 @@ static inline __m512i load_pair(const void* lo, const void* hi, bool is_natural)
                               _mm256_loadu_si256((const __m256i*)hi), 1);
 }
 
+// 16 rows x 8 dwords (row i at src + stride * i) -> 8 vectors at dst: vector q = dword q of every
+// row, lane i = row i. Two 8x8 dword transposes side by side (rows 0-7 and 8-15).
+static inline void transpose16x8_dwords(const uint8_t* src, size_t stride, uint8_t* dst) {
+    __m512i r[8], t[8], u[8];
+    for (int i = 0; i < 8; i++)
+        r[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(src + stride * i))),
+                                  _mm256_loadu_si256((const __m256i*)(src + stride * (i + 8))), 1);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int g = 0; g < 8; g += 4) {
+        u[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
+        u[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
+        u[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
+        u[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
+    }
+    // u[c] (c < 4): 128-bit lanes [rows 0-3 | rows 0-3 | rows 8-11 | rows 8-11] of dwords c, c + 4;
+    // u[c + 4] the same for rows 4-7 and 12-15
+    const __m512i lo = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0), hi = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
+    for (int c = 0; c < 4; c++) {
+        _mm512_storeu_si512((void*)(dst + 64 * c), _mm512_permutex2var_epi64(u[c], lo, u[c + 4]));
+        _mm512_storeu_si512((void*)(dst + 64 * (c + 4)), _mm512_permutex2var_epi64(u[c], hi, u[c + 4]));
+    }
+}
+
 static inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 // [sum a0, sum a1, sum a2, sum a3] in 13 shuffles and adds (four reductions take ~32)
 static inline __m128 hsum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
