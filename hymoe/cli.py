@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--format", default="Q4_K", help="expert weight format (GGUF type name)")
     be.add_argument("--batch", default="1", help="tokens per call; a comma list runs several")
     be.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    be.add_argument("--backend", default="native", choices=["native", "torch"])
+    be.add_argument("--backend", default="native", choices=["native", "torch", "llama.cpp"],
+                    help="llama.cpp: its own MoE graph (ggml) on the same blocks, the peer")
     be.add_argument("--isa", choices=["generic", "avx2", "avx512"], help="force a kernel path")
     be.add_argument("--max-gb", type=float, default=8.0, help="memory for one layer's experts")
     be.add_argument("--json", action="store_true", help="print one JSON object (a list for several batches)")

@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 SHAPES = ["qwen3-30b-a3b", "deepseek-v3"]
-RUNS = [("native", f) for f in ("Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q4_0", "IQ1_S", "TQ2_0", "BF16")] + [("torch", "BF16")]
+RUNS = ([("native", f) for f in ("Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q4_0", "IQ1_S", "TQ2_0", "BF16")] + [("torch", "BF16")]
+        + [("llama.cpp", f) for f in ("Q8_0", "Q4_K", "IQ1_S", "TQ2_0")])  # the peer, on the same blocks
 BATCHES = "1,8,32,128,512"
 
 

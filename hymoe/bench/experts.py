@@ -14,6 +14,8 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from hymoe.bench.machine import bf16_gemm_gflops, cold_bytes, read_gbps
 from hymoe.errors import HymoeError
+from hymoe.bench import llama_peer
+from hymoe.bench.llama_peer import LlamaCppExperts
 from hymoe.experts import native
 from hymoe.experts.host_memory import host_bytes
 from hymoe.experts.torch_backend import TorchExperts
@@ -28,9 +30,9 @@ SHAPES = {  # hidden, expert intermediate, routed experts, experts per token
 }
 
 
-def random_experts(fmt: str, experts: int, rows: int, n: int, seed: int) -> torch.Tensor:
-    """uint8 [experts, rows * row_bytes]: a random 16 MiB tile with sane scales, repeated."""
-    total = experts * rows * row_bytes(fmt, n)
+def fill_random(dst: np.ndarray, fmt: str, seed: int) -> None:
+    """Fill uint8 dst with fmt's blocks: a random 16 MiB tile with sane scales, repeated (distinct
+    addresses, so no cache reuse)."""
     rng = np.random.default_rng(seed)
     if fmt in FLOAT_DTYPES:
         tile = torch.from_numpy(rng.standard_normal(1 << 22, dtype=np.float32) * 0.02).to(FLOAT_DTYPES[fmt])
@@ -42,11 +44,14 @@ def random_experts(fmt: str, experts: int, rows: int, n: int, seed: int) -> torc
             tile[:, off:off + 2] = (rng.uniform(1e-3, 1e-2, len(tile)).astype(np.float16)
                                     .view(np.uint8).reshape(-1, 2))
         tile = tile.reshape(-1)
-    # the tile repeated: distinct addresses, so no cache reuse; in large pages, as a GGUF's mmap is
-    out = host_bytes(total)
-    dst = out.numpy()
-    for off in range(0, total, tile.size):
-        dst[off:off + tile.size] = tile[:total - off]
+    for off in range(0, dst.size, tile.size):
+        dst[off:off + tile.size] = tile[:dst.size - off]
+
+
+def random_experts(fmt: str, experts: int, rows: int, n: int, seed: int) -> torch.Tensor:
+    """uint8 [experts, rows * row_bytes] of random blocks, in large pages as a GGUF's mmap is."""
+    out = host_bytes(experts * rows * row_bytes(fmt, n))
+    fill_random(out.numpy(), fmt, seed)
     return out.view(experts, -1)
 
 
@@ -61,13 +66,18 @@ def cold_layers(engine, shape: str, fmt: str, backend: str = "native", max_gb: f
     """Random layers of a model shape: as many as make the working set larger than the cache
     (calls rotate through them), each with as many experts as max_gb allows.
 
-    Returns the layers (ExpertBackends), the experts per layer and the bytes per expert.
+    Returns the layers (ExpertBackends, or llama.cpp's graph: llama_peer), the experts per layer and
+    the bytes per expert.
     """
     hidden, inter, num_experts, k = SHAPES[shape]
     per_expert = 2 * inter * row_bytes(fmt, hidden) + hidden * row_bytes(fmt, inter)
     allocated = max(k, min(num_experts, int(max_gb * 2**30 // per_expert)))
     layers = []
     for j in range(max(1, -(-cold_bytes() // (allocated * per_expert)))):
+        if backend == "llama.cpp":  # its own tensors, filled with the same blocks
+            layers.append(LlamaCppExperts(fmt, allocated, hidden, inter, engine.threads,
+                                          lambda dst, i, j=j: fill_random(dst, fmt, seed + 3 * j + i)))
+            continue
         gate, up, down = (random_experts(fmt, allocated, rows, n, seed + 3 * j + i)
                           for i, (rows, n) in enumerate(((inter, hidden), (inter, hidden), (hidden, inter))))
         if backend == "torch":
@@ -95,7 +105,7 @@ def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None 
     # read every weight once (the pages settle: faults, huge-page collapsing), then measure the
     # machine, so bandwidth and GEMM figures come from the same moment as the timings
     for layer in layers:
-        for t in (layer.gate, layer.up, layer.down):
+        for t in getattr(layer, "_weights", None) or (layer.gate, layer.up, layer.down):
             engine.read_gbps(t.view(torch.uint8), 1)
     bandwidth = read_gbps(engine)
     gemm = bf16_gemm_gflops()
@@ -120,7 +130,12 @@ def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None 
             s = (it % slices) * PROBE_BYTES
             if backend == "torch":  # its OpenMP workers spin ~10 ms after a parallel op: not during the
                 time.sleep(0.02)    # probe (native calls go without: an idle pause slows the next call)
+            if backend == "llama.cpp":  # ggml's pool polls between graphs: parked during the probe
+                llama_peer.pause(threads)
             probe_gbps = engine.read_gbps(probe[s:s + PROBE_BYTES], 1)
+            if backend == "llama.cpp":  # polling again when the layer starts, as between llama.cpp's
+                llama_peer.resume(threads)  # layers (its threads compute attention too, never sleep)
+                time.sleep(0.002)
             t0 = time.perf_counter()
             experts.submit(x, ids, w)
             experts.sync()
@@ -135,7 +150,7 @@ def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None 
         gflops = 2 * batch * k * 3 * hidden * inter / layer_s / 1e9
         rows.append({
             "shape": shape, "format": fmt, "batch": batch, "threads": threads, "backend": backend,
-            "isa": native.isa_name() if backend == "native" else "torch",
+            "isa": {"native": native.isa_name(), "torch": "torch", "llama.cpp": "ggml-cpu"}[backend],
             "experts_allocated": allocated, "layers_allocated": num_layers, "layer_ms": round(layer_s * 1e3, 3),
             "weight_gbps": round(weight_gbps, 2), "bandwidth_gbps": round(bandwidth_now, 2),
             "bandwidth_start_gbps": round(bandwidth, 2),
