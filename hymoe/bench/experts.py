@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from hymoe.bench.machine import bf16_gemm_gflops, cold_bytes, read_gbps
-from hymoe.errors import HymoeError
 from hymoe.bench import llama_peer
 from hymoe.bench.llama_peer import LlamaCppExperts
+from hymoe.bench.machine import bf16_gemm_gflops, cold_bytes, read_gbps
+from hymoe.errors import HymoeError
 from hymoe.experts import native
 from hymoe.experts.host_memory import host_bytes
 from hymoe.experts.torch_backend import TorchExperts
@@ -105,7 +105,7 @@ def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None 
     # read every weight once (the pages settle: faults, huge-page collapsing), then measure the
     # machine, so bandwidth and GEMM figures come from the same moment as the timings
     for layer in layers:
-        for t in getattr(layer, "_weights", None) or (layer.gate, layer.up, layer.down):
+        for t in (layer.gate, layer.up, layer.down):
             engine.read_gbps(t.view(torch.uint8), 1)
     bandwidth = read_gbps(engine)
     gemm = bf16_gemm_gflops()

@@ -115,13 +115,14 @@ class LlamaCppExperts:
         size = nbytes + 3 * (g.ggml_tensor_overhead() + 4096)
         self._mem = host_bytes(size)  # large pages, like hymoe's weights
         self.ctx = g.ggml_init(_InitParams(size, self._mem.data_ptr(), False))
-        self.weights, self._weights = [], []  # ggml tensors; their bytes as torch views (page touching)
+        self.tensors, views = [], []  # ggml's gate, up, down; their bytes as torch views
         for j, (n, rows) in enumerate(shapes):
             t = g.ggml_new_tensor_3d(self.ctx, qtype, n, rows, experts)
             data = _as_numpy(g.ggml_get_data(t), g.ggml_nbytes(t))
             fill(data, j)
-            self.weights.append(t)
-            self._weights.append(torch.from_numpy(data))
+            self.tensors.append(t)
+            views.append(torch.from_numpy(data))
+        self.gate, self.up, self.down = views
         self.pool = thread_pool(threads)
         self._graphs: dict = {}
         self._out = None
@@ -139,7 +140,7 @@ class LlamaCppExperts:
         x = g.ggml_new_tensor_3d(ctx, 0, h, 1, tokens)
         ids = g.ggml_new_tensor_2d(ctx, GGML_I32, k, tokens)
         w = g.ggml_new_tensor_3d(ctx, 0, 1, k, tokens)
-        gate, up, down = self.weights
+        gate, up, down = self.tensors
         hidden_act = g.ggml_swiglu_split(ctx, g.ggml_mul_mat_id(ctx, gate, x, ids), g.ggml_mul_mat_id(ctx, up, x, ids))
         experts = g.ggml_mul(ctx, g.ggml_mul_mat_id(ctx, down, hidden_act, ids), w)  # [H, k, T]
         out = g.ggml_view_2d(ctx, experts, h, tokens, 4 * h * k, 0)

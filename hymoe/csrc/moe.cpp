@@ -286,7 +286,7 @@ __attribute__((visibility("default"))) int hymoe_moe_submit(void* engine, const 
         eng->pool.cancel_wake();
         return bad;
     }
-    eng->pool.wake();  // no-op when hymoe_engine_wake already woke the helpers
+    eng->pool.wake();  // cheap when hymoe_engine_wake already woke them (no sleeper to signal)
     const int P = a.num_tokens * a.topk;
     Job& job = eng->job;
     job.a = a;
