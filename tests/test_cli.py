@@ -41,6 +41,8 @@ def test_generate_greedy_is_deterministic_and_seeded_sampling_repeats(tiny_model
     (["generate", "{tiny}", "--prompt-ids", "1,2,3", "--max-context", "2"], "context holds 2"),
     (["generate", "{tiny}", "--prompt-ids", "1,99999"], "outside the vocabulary"),
     (["generate", "{tiny}", "--prompt-ids", "1", "--dtype", "int3"], "unknown dtype"),
+    (["bench", "experts", "--format", "Q5_0"], "no benchmark weights for format Q5_0"),
+    (["bench", "experts", "--shape", "llama-7b"], "unknown shape"),
 ])
 def test_bad_input_is_one_line_and_nonzero(tiny_model, args, message):
     d = tiny_model("mixtral")[0]

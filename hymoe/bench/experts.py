@@ -97,6 +97,9 @@ def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None 
     hidden, inter, num_experts, k = SHAPES[shape]
     if backend == "torch":
         fmt = "BF16"  # the torch backend computes dense bf16 weights
+    formats = [*FLOAT_DTYPES, *FP16_SCALE_OFFSETS]
+    if fmt not in formats:
+        raise HymoeError(f"no benchmark weights for format {fmt} (use one of {', '.join(formats)})")
     engine = native.NativeEngine(threads, is_async=False)  # CPU-only: the calling thread works too
     threads = engine.threads
     torch.set_num_threads(threads)
