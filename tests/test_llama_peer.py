@@ -11,11 +11,11 @@ pytestmark = pytest.mark.skipif(native.library() is None, reason="native kernels
 
 E, H, I, K = 8, 512, 256, 4
 # Relative to the largest output. Where both quantize activations alike (ggml's Q8_K per 256 for
-# the K-quants and TQ2_0, as hymoe; bf16 for BF16; none for F32) only float rounding separates the
-# two. Elsewhere the activation steps differ: ggml's Q8_0 blocks carry an fp16 scale (hymoe: f32),
-# F16 weights take fp16 activations there, IQ1_S and TQ1_0 take Q8_K (hymoe: blocks of 32).
-BOUND = {"Q4_K": 1e-5, "Q5_K": 1e-5, "Q6_K": 1e-5, "TQ2_0": 1e-5, "BF16": 1e-5, "F32": 1e-5,
-         "F16": 2e-3, "Q8_0": 0.01, "Q4_0": 0.01, "IQ1_S": 0.05, "TQ1_0": 0.05}
+# the K-quants, TQ2_0 and TQ1_0, as hymoe; bf16 for BF16; none for F32) only float rounding
+# separates the two. Elsewhere the activation steps differ: ggml's Q8_0 blocks carry an fp16 scale
+# (hymoe: f32), F16 weights take fp16 activations there, IQ1_S takes Q8_K (hymoe: blocks of 32).
+BOUND = {"Q4_K": 1e-5, "Q5_K": 1e-5, "Q6_K": 1e-5, "TQ2_0": 1e-5, "TQ1_0": 1e-5, "BF16": 1e-5, "F32": 1e-5,
+         "F16": 2e-3, "Q8_0": 0.01, "Q4_0": 0.01, "IQ1_S": 0.05}
 
 
 @pytest.mark.parametrize("fmt", list(BOUND))

@@ -25,7 +25,7 @@ def available_isas():
 ISAS = available_isas()
 
 
-K_QUANTS = {"Q4_K", "Q5_K", "Q6_K", "TQ2_0"}  # activations per 256
+K_QUANTS = {"Q4_K", "Q5_K", "Q6_K", "TQ2_0", "TQ1_0"}  # activations per 256
 
 
 def quantized_activations(x: torch.Tensor, block: int = 32) -> torch.Tensor:
@@ -65,7 +65,7 @@ def test_rows_equal_gguf_dequantized_matmul(fmt, tokens, isa):
     assert ((got - ref).abs() / scale).max().item() < 2e-5
 
 
-@pytest.mark.parametrize("fmt", ["Q8_0", "Q4_0", "Q4_K", "Q5_K", "IQ1_S", "TQ2_0", "BF16"])
+@pytest.mark.parametrize("fmt", ["Q8_0", "Q4_0", "Q4_K", "Q5_K", "IQ1_S", "TQ2_0", "TQ1_0", "BF16"])
 @pytest.mark.parametrize("tokens", [1, 2, 5, 6, 13, 64])
 def test_batch_tiles_equal_gguf_dequantized_matmul(fmt, tokens, isa):
     """From 6 tokens (AVX512) or 2 (AVX2) the kernels repack 16 rows at a time into a tile (the 8

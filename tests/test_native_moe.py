@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(native.library() is None, reason="native kernels
 # is pinned by test_native_moe_equals_step_by_step_emulation.
 BOUND = {"F32": 1e-5, "F16": 1e-5, "BF16": 0.01, "Q8_0": 0.02, "Q4_0": 0.02, "Q4_K": 0.04, "Q5_K": 0.04,
          "Q6_K": 0.04, "IQ1_S": 0.03, "TQ2_0": 0.03, "TQ1_0": 0.03}
-K_QUANTS = {"Q4_K", "Q5_K", "Q6_K", "TQ2_0"}  # activations per 256
+K_QUANTS = {"Q4_K", "Q5_K", "Q6_K", "TQ2_0", "TQ1_0"}  # activations per 256
 E, H, I = 12, 512, 256
 
 

@@ -1,6 +1,8 @@
 // AVX512-VNNI kernels for the formats with 256-weight blocks (Q4_K, Q5_K, Q6_K, TQ2_0) against
 // per-256 activations, compiled with the AVX512 flags only.
 #if defined(__x86_64__) || defined(_M_X64)
+#include <stdlib.h>
+
 #include "k_scales.h"
 #include "simd_avx512.h"
 
@@ -184,6 +186,106 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
     }
 }
 
+// ---- TQ1_0 (1.69 bits): five base-3 digits per byte, digit k of q = floor(3 (q 3^k mod 256) / 256)
+// (ggml's encoding). The 52 code bytes of a block sit in one zmm, so digit k of all of them is one
+// vector: lanes 0-31 are weights 32k.., lanes 32-47 weights 160 + 16k.., lanes 48-51 weights
+// 240 + 4k.. (k < 4). The activations are permuted to match once per call and token; the codes
+// carry +1, seeded as minus the activations' sum, as TQ2_0.
+inline __m512i times9(__m512i v) {  // v * 9 mod 256 per byte: (v << 3) + v, the shift kept in bytes
+    return _mm512_add_epi8(_mm512_and_si512(_mm512_slli_epi16(v, 3), _mm512_set1_epi8((char)0xF8)), v);
+}
+inline __m512i tq1_digit(__m512i q) {  // floor(3q / 256) = (q >= 86) + (q >= 171)
+    const __m512i one = _mm512_set1_epi8(1);
+    const __m512i t = _mm512_maskz_mov_epi8(_mm512_cmpge_epu8_mask(q, _mm512_set1_epi8(86)), one);
+    return _mm512_mask_add_epi8(t, _mm512_cmpge_epu8_mask(q, _mm512_set1_epi8((char)171)), t, one);
+}
+
+struct Tq1Acts {  // per thread: up to 4 tokens' permuted activations, 5 x 64 bytes per 256
+    int8_t* buf = nullptr;
+    size_t cap = 0;
+    ~Tq1Acts() { free(buf); }
+    int8_t* reserve(size_t bytes) {
+        if (bytes > cap) {
+            free(buf);
+            buf = (int8_t*)aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+            cap = buf ? bytes : 0;
+        }
+        return buf;
+    }
+};
+thread_local Tq1Acts t_tq1;
+
+inline void tq1_permute(const int8_t* qk, int units, int8_t* dst) {
+    for (int u = 0; u < units; u++) {
+        const int8_t* a = qk + 256 * u;
+        for (int k = 0; k < 5; k++) {
+            int32_t tail = 0;
+            if (k < 4) memcpy(&tail, a + 240 + 4 * k, 4);
+            __m512i v = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(a + 32 * k)));
+            v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i*)(a + 160 + 16 * k)), 2);
+            v = _mm512_inserti32x4(v, _mm_cvtsi32_si128(tail), 3);
+            _mm512_store_si512((void*)(dst + 320 * u + 64 * k), v);
+        }
+    }
+}
+
+template <int NT>
+void tq1_rows(const uint8_t* w, size_t row_bytes, int nrows, const ActView* a, const int8_t* perm, int units,
+              float* out, size_t out_stride) {
+    const size_t ahead = rows_ahead(row_bytes, 1);
+    prefetch_head(w, nrows * row_bytes, ahead);
+    for (int r = 0; r < nrows; r++) {
+        const uint8_t* row = w + r * row_bytes;
+        __m512 acc[NT];
+        for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
+        for (int u = 0; u < units; u++) {
+            const uint8_t* blk = row + u * sizeof(BlockTQ1_0);
+            prefetch_ahead(blk, sizeof(BlockTQ1_0), ahead);
+            const __m512i v = _mm512_maskz_loadu_epi8(0x000FFFFFFFFFFFFFULL, blk);  // qs and qh, 52 bytes
+            const __m512i v3 = _mm512_add_epi8(_mm512_add_epi8(v, v), v), v9 = times9(v);
+            const __m512i digit[5] = {tq1_digit(v), tq1_digit(v3), tq1_digit(v9), tq1_digit(times9(v3)),
+                                      tq1_digit(times9(v9))};
+            uint16_t dh;
+            memcpy(&dh, blk + 52, 2);
+            const float d = h2f(dh);
+            for (int t = 0; t < NT; t++) {
+                __m128i s = _mm_madd_epi16(_mm_loadu_si128((const __m128i*)(a[t].bk32 + 8 * u)), _mm_set1_epi16(1));
+                s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+                s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+                __m512i dot = _mm512_maskz_mov_epi32(1, _mm512_castsi128_si512(_mm_sub_epi32(_mm_setzero_si128(), s)));
+                const int8_t* p = perm + (size_t)t * units * 320 + 320 * u;
+                for (int k = 0; k < 5; k++) dot = _mm512_dpbusd_epi32(dot, digit[k], _mm512_load_si512((const void*)(p + 64 * k)));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(d * a[t].dk[u]), acc[t]);
+            }
+        }
+        for (int t = 0; t < NT; t++) out[t * out_stride + r] = hsum(acc[t]);
+    }
+}
+
+RowsFn g_tq1_portable;  // rows not a multiple of 256, or no buffer
+
+void rows_tq1(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
+              size_t out_stride) {
+    const int units = n / 256;
+    int8_t* perm = t_tq1.reserve((size_t)4 * units * 320);
+    if (n % 256 || !perm) return g_tq1_portable(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
+    for (int t0 = 0; t0 < ntok; t0 += 4) {  // the row codes are decoded once for up to 4 tokens
+        const int nt = ntok - t0 < 4 ? ntok - t0 : 4;
+        ActView a[4];
+        for (int t = 0; t < nt; t++) {
+            a[t] = act_view(acts[t0 + t], n);
+            tq1_permute(a[t].qk, units, perm + (size_t)t * units * 320);
+        }
+        float* o = out + t0 * out_stride;
+        switch (nt) {
+            case 4: tq1_rows<4>(w, row_bytes, nrows, a, perm, units, o, out_stride); break;
+            case 3: tq1_rows<3>(w, row_bytes, nrows, a, perm, units, o, out_stride); break;
+            case 2: tq1_rows<2>(w, row_bytes, nrows, a, perm, units, o, out_stride); break;
+            default: tq1_rows<1>(w, row_bytes, nrows, a, perm, units, o, out_stride); break;
+        }
+    }
+}
+
 template <class F, int NR, int NT>
 struct KTile {
     static void run(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n, float* out,
@@ -205,6 +307,8 @@ void fill_avx512_k(KernelTable* t) {
     t->rows[Q5_K] = rows_k<KQ45<true>, Q5_K>;
     t->rows[Q6_K] = rows_k<KQ6, Q6_K>;
     t->rows[TQ2_0] = rows_k<KTQ2, TQ2_0>;
+    g_tq1_portable = t->rows[TQ1_0];
+    t->rows[TQ1_0] = rows_tq1;
 }
 #else
 #include "common.h"

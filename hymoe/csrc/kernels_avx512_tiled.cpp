@@ -64,6 +64,7 @@ void fill_avx512_tiled(KernelTable* t) {
     t->rows[Q4_K] = rows_avx512<DQ45<false>, Q4_K, true>;
     t->rows[Q5_K] = rows_avx512<DQ45<true>, Q5_K, true>;
     t->rows[TQ2_0] = rows_avx512<DTQ2_0, TQ2_0, true>;
+    t->rows[TQ1_0] = rows_avx512<DTQ1_0, TQ1_0, true>;
     t->rows[Q6_K] = rows_avx512<DQ6_K, Q6_K, true>;
 }
 #else

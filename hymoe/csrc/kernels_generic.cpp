@@ -223,12 +223,11 @@ static inline int tq1_digit(uint8_t q, int k) {  // k-th base-3 digit, stored as
     return ((uint16_t)v * 3) >> 8;
 }
 
-float dot_tq1_0(const uint8_t* w, const void* a, int n) {
+float dot_tq1_0(const uint8_t* w, const void* a, int n) {  // against per-256 activations, as the SIMD path
     ActView av = act_view(a, n);
     const BlockTQ1_0* b = (const BlockTQ1_0*)w;
     float s = 0;
     for (int i = 0; i < n / 256; i++) {
-        const int8_t* q = av.qs + i * 256;
         int8_t v[256];
         for (int k = 0; k < 5; k++)
             for (int j = 0; j < 32; j++) v[k * 32 + j] = tq1_digit(b[i].qs[j], k);
@@ -236,14 +235,10 @@ float dot_tq1_0(const uint8_t* w, const void* a, int n) {
             for (int j = 0; j < 16; j++) v[160 + k * 16 + j] = tq1_digit(b[i].qs[32 + j], k);
         for (int k = 0; k < 4; k++)
             for (int j = 0; j < 4; j++) v[240 + k * 4 + j] = tq1_digit(b[i].qh[j], k);
-        float blk = 0;
-        for (int c = 0; c < 8; c++) {
-            int32_t acc = 0;
-            for (int j = 0; j < 32; j++) acc += v[c * 32 + j] * q[c * 32 + j];
-            int32_t sum = av.sum16[(i * 8 + c) * 2] + av.sum16[(i * 8 + c) * 2 + 1];
-            blk += av.d[i * 8 + c] * (float)(acc - sum);
-        }
-        s += fp16_to_f32(b[i].d) * blk;
+        int32_t acc = 0, sum = 0;
+        for (int k = 0; k < 256; k++) acc += v[k] * av.qk[i * 256 + k];
+        for (int g = 0; g < 8; g++) sum += av.bk32[i * 8 + g];
+        s += fp16_to_f32(b[i].d) * av.dk[i] * (float)(acc - sum);  // digits carry +1
     }
     return s;
 }

@@ -13,7 +13,7 @@
 //
 // Every format handled here is, per block of kBlock weights (32; 16 for Q6_K), value = scale * code
 // - min with byte codes 0..255 (Q8_0: q + 128; Q4_0, Q4_K, Q5_K, Q6_K: the stored bits; TQ2_0,
-// IQ1_S: ternary + 1), so one kernel serves them all; TQ1_0 stays on the per-row kernels.
+// IQ1_S, TQ1_0: ternary + 1), so one kernel serves them all.
 #pragma once
 #include <immintrin.h>
 #include <stdlib.h>
@@ -117,6 +117,47 @@ struct DTQ2_0 {  // weight 128h + 32l + m is 2-bit field l of byte 32h + m; valu
                 _mm256_storeu_si256((__m256i*)(codes + 128 * h + 32 * l),
                                     _mm256_and_si256(_mm256_srli_epi16(q, 2 * l), _mm256_set1_epi8(3)));
         }
+        for (int j = 0; j < 8; j++) {
+            sc[j * stride] = d;
+            mn[j * stride] = d;
+        }
+    }
+};
+
+// TQ1_0: five base-3 digits per byte, digit k of q = floor(3 (q 3^k mod 256) / 256); the digits
+// of bytes 0-31 are weights 32k.., of bytes 32-47 weights 160 + 16k.., of qh weights 240 + 4k..
+// (k < 4), so each lands in k order with one store; value = d * (digit - 1)
+inline __m256i tq1_times9(__m256i v) {  // v * 9 mod 256 per byte
+    return _mm256_add_epi8(_mm256_and_si256(_mm256_slli_epi16(v, 3), _mm256_set1_epi8((char)0xF8)), v);
+}
+inline __m256i tq1_digit(__m256i q) {  // floor(3q / 256) = (q >= 86) + (q >= 171), as -(-1 + -1)
+    const __m256i ge86 = _mm256_cmpeq_epi8(_mm256_max_epu8(q, _mm256_set1_epi8(86)), q);
+    const __m256i ge171 = _mm256_cmpeq_epi8(_mm256_max_epu8(q, _mm256_set1_epi8((char)171)), q);
+    return _mm256_sub_epi8(_mm256_setzero_si256(), _mm256_add_epi8(ge86, ge171));
+}
+struct DTQ1_0 {
+    static const int kBlock = 32;
+    static const int kBytes = sizeof(BlockTQ1_0);
+    static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
+        const BlockTQ1_0* b = (const BlockTQ1_0*)p;
+        int32_t qh;
+        memcpy(&qh, b->qh, 4);
+        __m256i v = _mm256_loadu_si256((const __m256i*)b->qs);  // times 3^k below
+        __m256i w = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(b->qs + 32))),
+                                            _mm_cvtsi32_si128(qh), 1);  // qs[32..47], then qh in bytes 16-19
+        const __m256i v1 = v, w1 = w, v3 = _mm256_add_epi8(_mm256_add_epi8(v, v), v), w3 = _mm256_add_epi8(_mm256_add_epi8(w, w), w);
+        const __m256i pv[5] = {v1, v3, tq1_times9(v1), tq1_times9(v3), tq1_times9(tq1_times9(v1))};
+        const __m256i pw[5] = {w1, w3, tq1_times9(w1), tq1_times9(w3), tq1_times9(tq1_times9(w1))};
+        for (int k = 0; k < 5; k++) {
+            _mm256_storeu_si256((__m256i*)(codes + 32 * k), tq1_digit(pv[k]));
+            const __m256i dw = tq1_digit(pw[k]);
+            _mm_storeu_si128((__m128i*)(codes + 160 + 16 * k), _mm256_castsi256_si128(dw));
+            if (k < 4) {
+                const int32_t t = _mm_cvtsi128_si32(_mm256_extracti128_si256(dw, 1));
+                memcpy(codes + 240 + 4 * k, &t, 4);
+            }
+        }
+        const float d = tile_h2f(b->d);
         for (int j = 0; j < 8; j++) {
             sc[j * stride] = d;
             mn[j * stride] = d;
