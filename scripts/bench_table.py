@@ -1,6 +1,7 @@
 """Run `hymoe bench experts` over shapes x formats x batches; JSON lines on stdout, for the README table.
 
     python scripts/bench_table.py > table.jsonl
+    python scripts/bench_table.py --only TQ1_0,Q4_K > some.jsonl     # some formats only
     python scripts/bench_table.py --markdown table.jsonl [more.jsonl ...]   # the README's table (medians)
 """
 import json
@@ -9,14 +10,17 @@ import subprocess
 import sys
 
 SHAPES = ["qwen3-30b-a3b", "deepseek-v3"]
-RUNS = ([("native", f) for f in ("Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q4_0", "IQ1_S", "TQ2_0", "BF16")] + [("torch", "BF16")]
-        + [("llama.cpp", f) for f in ("Q8_0", "Q4_K", "IQ1_S", "TQ2_0")])  # the peer, on the same blocks
+RUNS = ([("native", f) for f in ("Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q4_0", "IQ1_S", "TQ2_0", "TQ1_0", "BF16")]
+        + [("torch", "BF16")]
+        + [("llama.cpp", f) for f in ("Q8_0", "Q4_K", "IQ1_S", "TQ2_0", "TQ1_0")])  # the peer, on the same blocks
 BATCHES = "1,8,32,128,512"
 
 
-def run() -> None:
+def run(only: list[str] | None = None) -> None:
     for shape in SHAPES:
         for backend, fmt in RUNS:
+            if only and fmt not in only:
+                continue
             cmd = ["hymoe", "bench", "experts", "--shape", shape, "--format", fmt, "--batch", BATCHES,
                    "--backend", backend, "--max-gb", "4", "--json"]
             r = subprocess.run(cmd, capture_output=True, text=True)
@@ -49,12 +53,15 @@ def markdown(paths: list[str]) -> None:
     batches = [int(b) for b in BATCHES.split(",")]
     print("| shape | backend, format | " + " | ".join(f"batch {b}" for b in batches) + " |")
     print("|---|---|" + "---|" * len(batches))
-    for (shape, name), by_batch in cells.items():
+    order = {f"{b} {f}": i for i, (b, f) in enumerate(RUNS)}  # rows as in RUNS, whatever the files' order
+    for (shape, name), by_batch in sorted(cells.items(), key=lambda c: (SHAPES.index(c[0][0]), order.get(c[0][1], 99))):
         print(f"| {shape} | {name} | " + " | ".join(by_batch.get(b, "-") for b in batches) + " |")
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--markdown"]:
         markdown(sys.argv[2:])
+    elif sys.argv[1:2] == ["--only"]:
+        run(sys.argv[2].split(","))
     else:
         run()
