@@ -4,6 +4,7 @@
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 // GGUF tensor type ids (ggml_type), the on-disk format of each expert matrix.
@@ -74,6 +75,24 @@ static inline void k_scale_min(const uint8_t* s, int j, uint8_t* sc, uint8_t* m)
         *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
     }
 }
+
+namespace {
+// A grow-only 64-byte-aligned buffer: the kernels' per-thread scratch (thread_local). Internal
+// linkage, so each ISA's file keeps its own copy.
+struct ScratchBuffer {
+    uint8_t* p = nullptr;
+    size_t cap = 0;
+    ~ScratchBuffer() { free(p); }
+    uint8_t* reserve(size_t bytes) {  // nullptr when out of memory
+        if (bytes > cap) {
+            free(p);
+            p = (uint8_t*)aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+            cap = p ? bytes : 0;
+        }
+        return p;
+    }
+};
+}  // namespace
 
 // An activation row quantised for the integer kernels. Two quantisations of the same row:
 //  - blocks of 32, one float scale each, with the sum of each 16 values (Q8_0, Q4_0, IQ1_S, TQ*);

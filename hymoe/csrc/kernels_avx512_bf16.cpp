@@ -10,7 +10,6 @@
 // rounds them for every BF16 path, see round_to_bf16), so converting them here is exact and the
 // products and f32 sums are those of the per-row kernels, in another order.
 #if (defined(__x86_64__) || defined(_M_X64)) && !defined(HYMOE_NO_AVX512_BF16)
-#include <stdlib.h>
 
 #include "simd_avx512.h"
 
@@ -24,20 +23,7 @@ const int kRows = 32;  // rows per tile: two lane groups of 16, so one broadcast
 // per thread: the tile (two halves of [n/2][16] dwords: rows 0-15, 16-31), up to 64 tokens'
 // activations in bf16, and 32 zero-padded rows for the last rows of a range (so every row sees the
 // same arithmetic)
-struct Bf16Tile {
-    uint8_t* buf = nullptr;
-    size_t cap = 0;
-    ~Bf16Tile() { free(buf); }
-    bool reserve(int n) {
-        const size_t need = (size_t)n * 64 + (size_t)64 * n * 2 + (size_t)n * 64;
-        if (need <= cap) return true;
-        free(buf);
-        buf = (uint8_t*)aligned_alloc(64, (need + 63) & ~(size_t)63);
-        cap = buf ? need : 0;
-        return buf != nullptr;
-    }
-};
-thread_local Bf16Tile t_bf16;
+thread_local ScratchBuffer t_bf16;
 
 // out[t][0..31] for NT tokens: acc += tile pair p x the token's pair p, broadcast
 template <int NT>
@@ -62,10 +48,9 @@ void tokens(const uint8_t* tile, int pairs, const uint32_t* const* a, float* out
 
 void rows_bf16(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
                size_t out_stride) {
-    Bf16Tile& tb = t_bf16;
-    if (ntok < g_bf16_min || ntok > 64 || n % 32 || !tb.reserve(n))
-        return g_bf16_rows(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
-    uint8_t* tile = tb.buf;
+    uint8_t* tile = ntok < g_bf16_min || ntok > 64 || n % 32
+                        ? nullptr : t_bf16.reserve((size_t)n * 64 + (size_t)64 * n * 2 + (size_t)n * 64);
+    if (!tile) return g_bf16_rows(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
     uint8_t* act = tile + (size_t)n * 64;
     uint8_t* pad = act + (size_t)64 * n * 2;
     // activations (bf16 values already) -> bf16, 32 at a time; token t's pair p is dword p of a[t]

@@ -1,8 +1,6 @@
 // AVX512-VNNI kernels for the formats with 256-weight blocks (Q4_K, Q5_K, Q6_K, TQ2_0) against
 // per-256 activations, compiled with the AVX512 flags only.
 #if defined(__x86_64__) || defined(_M_X64)
-#include <stdlib.h>
-
 #include "k_scales.h"
 #include "simd_avx512.h"
 
@@ -117,6 +115,15 @@ struct KTQ2 {
     __m512 correction(const int16_t*, const int16_t*) const { return _mm512_setzero_ps(); }  // unused: kSeedSum
 };
 
+// lane 0: minus the sum of a super-block's 256 activations (from its 8 int16 sums of 32), lanes
+// 1-15: 0. The integer dot's seed for codes that carry +1 (TQ2_0, TQ1_0)
+inline __m512i minus_sum256(const int16_t* bk32) {
+    __m128i v = _mm_madd_epi16(_mm_loadu_si128((const __m128i*)bk32), _mm_set1_epi16(1));
+    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0x4E));
+    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0xB1));
+    return _mm512_maskz_mov_epi32(1, _mm512_castsi128_si512(_mm_sub_epi32(_mm_setzero_si128(), v)));
+}
+
 template <class F, int NR, int NT>
 void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n, float* out,
                  size_t out_stride) {
@@ -144,12 +151,7 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
             __m512i dot[NR][NT];
             for (int t = 0; t < NT; t++) {
                 __m512i seed = _mm512_setzero_si512();
-                if (F::kSeedSum) {  // lane 0: minus the sum of the 256 activations
-                    __m128i v = _mm_madd_epi16(_mm_loadu_si128((const __m128i*)(a[t].bk32 + 8 * u)), _mm_set1_epi16(1));
-                    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0x4E));
-                    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0xB1));
-                    seed = _mm512_maskz_mov_epi32(1, _mm512_castsi128_si512(_mm_sub_epi32(_mm_setzero_si128(), v)));
-                }
+                if (F::kSeedSum) seed = minus_sum256(a[t].bk32 + 8 * u);
                 for (int i = 0; i < NR; i++) dot[i][t] = seed;
             }
             for (int c = 0; c < 4; c++) {
@@ -200,20 +202,7 @@ inline __m512i tq1_digit(__m512i q) {  // floor(3q / 256) = (q >= 86) + (q >= 17
     return _mm512_mask_add_epi8(t, _mm512_cmpge_epu8_mask(q, _mm512_set1_epi8((char)171)), t, one);
 }
 
-struct Tq1Acts {  // per thread: up to 4 tokens' permuted activations, 5 x 64 bytes per 256
-    int8_t* buf = nullptr;
-    size_t cap = 0;
-    ~Tq1Acts() { free(buf); }
-    int8_t* reserve(size_t bytes) {
-        if (bytes > cap) {
-            free(buf);
-            buf = (int8_t*)aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-            cap = buf ? bytes : 0;
-        }
-        return buf;
-    }
-};
-thread_local Tq1Acts t_tq1;
+thread_local ScratchBuffer t_tq1;  // per thread: up to 4 tokens' permuted activations, 5 x 64 bytes per 256
 
 inline void tq1_permute(const int8_t* qk, int units, int8_t* dst) {
     for (int u = 0; u < units; u++) {
@@ -249,10 +238,7 @@ void tq1_rows(const uint8_t* w, size_t row_bytes, int nrows, const ActView* a, c
             memcpy(&dh, blk + 52, 2);
             const float d = h2f(dh);
             for (int t = 0; t < NT; t++) {
-                __m128i s = _mm_madd_epi16(_mm_loadu_si128((const __m128i*)(a[t].bk32 + 8 * u)), _mm_set1_epi16(1));
-                s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-                s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-                __m512i dot = _mm512_maskz_mov_epi32(1, _mm512_castsi128_si512(_mm_sub_epi32(_mm_setzero_si128(), s)));
+                __m512i dot = minus_sum256(a[t].bk32 + 8 * u);
                 const int8_t* p = perm + (size_t)t * units * 320 + 320 * u;
                 for (int k = 0; k < 5; k++) dot = _mm512_dpbusd_epi32(dot, digit[k], _mm512_load_si512((const void*)(p + 64 * k)));
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(d * a[t].dk[u]), acc[t]);
@@ -267,7 +253,7 @@ RowsFn g_tq1_portable;  // rows not a multiple of 256, or no buffer
 void rows_tq1(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
               size_t out_stride) {
     const int units = n / 256;
-    int8_t* perm = t_tq1.reserve((size_t)4 * units * 320);
+    int8_t* perm = (int8_t*)t_tq1.reserve((size_t)4 * units * 320);
     if (n % 256 || !perm) return g_tq1_portable(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
     for (int t0 = 0; t0 < ntok; t0 += 4) {  // the row codes are decoded once for up to 4 tokens
         const int nt = ntok - t0 < 4 ? ntok - t0 : 4;

@@ -16,7 +16,6 @@
 // IQ1_S, TQ1_0: ternary + 1), so one kernel serves them all.
 #pragma once
 #include <immintrin.h>
-#include <stdlib.h>
 
 #include "common.h"
 #include "iq1s.h"
@@ -212,17 +211,12 @@ struct DQ6_K {  // half h, group g, l < 32: weight 128h + 32g + l, 4 low bits in
 // ---- the tile: per block of kBlock, kBlock / 4 x [16 rows x 4 code bytes]; then the scales and mins
 // [block][row], and the tokens' activation scales and scale * sum [token][block]
 struct Tile {
+    ScratchBuffer mem;
     uint8_t* codes = nullptr;
     float *sc = nullptr, *mn = nullptr, *ad = nullptr, *ads = nullptr;
-    size_t cap = 0;
-    ~Tile() { free(codes); }
     // n weights per row, up to 64 tokens' per-block activation scales (blocks of 16 at least)
     bool reserve(int n) {
-        const size_t need = (size_t)n * kLanes + (size_t)(n / 16) * kLanes * 8 + (size_t)64 * (n / 16) * 8;
-        if (need <= cap) return true;
-        free(codes);
-        codes = (uint8_t*)aligned_alloc(64, (need + 63) & ~(size_t)63);
-        cap = codes ? need : 0;
+        codes = mem.reserve((size_t)n * kLanes + (size_t)(n / 16) * kLanes * 8 + (size_t)64 * (n / 16) * 8);
         return codes != nullptr;
     }
     void carve(int n) {
