@@ -10,7 +10,7 @@ import torch
 
 from hymoe.config import ModelConfig
 from hymoe.errors import HymoeError
-from hymoe.experts.host_memory import host_copy
+from hymoe.experts.host_memory import host_bytes
 from hymoe.loader.gguf_file import GGUFModelFile, TensorInfo
 from hymoe.loader.gguf_names import GGUFNames, merge_kv_b, permute_rows
 from hymoe.quant.formats import dequantize, row_bytes
@@ -70,7 +70,10 @@ class GGUFSource:
                 fmt = parts[0].format
                 if any(p.format != fmt or p.shape != parts[0].shape for p in parts):
                     raise HymoeError(f"{self.file.path}: the experts of {name} differ in format or shape")
-                got, data = (e, *parts[0].shape), host_copy(torch.stack([p.data for p in parts]))
+                got = (e, *parts[0].shape)
+                data = host_bytes(sum(p.data.numel() for p in parts)).view(e, -1)  # one copy, in large pages
+                for j, p in enumerate(parts):
+                    data[j] = p.data.reshape(-1)
             if got != shape:
                 raise HymoeError(f"{self.file.path}: tensor {name} has shape {list(got)}, "
                                  f"the metadata says {list(shape)}")
