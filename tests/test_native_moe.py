@@ -1,4 +1,8 @@
 """The fused native MoE forward against the torch reference backend on gguf-py-dequantized weights."""
+import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -235,3 +239,36 @@ def test_pairs_marked_minus_one_are_skipped():
     assert ((got - want).abs().max() / want.abs().max()).item() < 1e-5
     with pytest.raises(HymoeError, match="out of range"):
         run(backend, x, ids - 1, w)
+
+
+PIN_PROBE = """
+import os, sys, time
+from hymoe.experts import native
+os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:2]))
+before = set(os.listdir("/proc/self/task"))
+engine = native.NativeEngine(int(sys.argv[1]), is_async=True)
+time.sleep(0.2)  # the pool's threads pin themselves as they start
+new = sorted(set(os.listdir("/proc/self/task")) - before)
+print(sorted(sorted(os.sched_getaffinity(int(t))) for t in new))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux and two CPUs")
+@pytest.mark.parametrize("threads,pin,want", [(2, None, "pinned"), (2, "0", "free"), (3, None, "free")])
+def test_pool_threads_pin_to_distinct_cpus(threads, pin, want):
+    """Each pool thread on a CPU of its own (a packing scheduler otherwise puts a woken helper on
+    the caller's core); not with HYMOE_PIN=0, nor with more threads than allowed CPUs."""
+    env = {k: v for k, v in os.environ.items() if k != "HYMOE_PIN"}
+    if pin is not None:
+        env["HYMOE_PIN"] = pin
+    out = subprocess.run([sys.executable, "-c", PIN_PROBE, str(threads)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    masks = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    assert len(masks) == threads  # the driver and the helpers
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    if want == "pinned":
+        assert sorted(masks) == [[cpus[0]], [cpus[1]]]
+    else:
+        assert all(m == cpus for m in masks)

@@ -94,6 +94,18 @@ struct ScratchBuffer {
 };
 }  // namespace
 
+// Prefetch hand-over between one thread's consecutive kernel calls. A kernel fetches ahead of
+// the block it reads; past the end of its row range those bytes belong to rows that another work
+// unit reads much later (at decode that was up to 8% of the down projection's traffic, fetched
+// for nothing), and the next range starts cold. So the MoE job names the range a thread reads
+// next, and a kernel's prefetch stream runs on into it instead. A kernel that ignores the hint is
+// still correct; only prefetching depends on it.
+struct RangeHint {
+    const uint8_t* next = nullptr;     // the range this thread reads after the current call, if known
+    const uint8_t* fetched = nullptr;  // a range whose head the previous call already fetched
+};
+RangeHint& range_hint();  // this thread's (defined in moe.cpp)
+
 // An activation row quantised for the integer kernels. Two quantisations of the same row:
 //  - blocks of 32, one float scale each, with the sum of each 16 values (Q8_0, Q4_0, IQ1_S, TQ*);
 //  - blocks of 256 for the K-quants (one scale per super-block lets their sub-block scales be

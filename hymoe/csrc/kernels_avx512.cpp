@@ -214,8 +214,7 @@ void rows_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const*
     Act a[NT];
     for (int t = 0; t < NT; t++) a[t] = act_of(acts[t], n);
     const int units = n / F::kSU;
-    const size_t ahead = rows_ahead(row_bytes, NR);
-    prefetch_head(w, nrows * row_bytes, ahead);
+    const Ahead fetch(w, nrows * row_bytes, rows_ahead(row_bytes, NR));
     for (int r = 0; r + NR <= nrows; r += NR) {
         const uint8_t* row = w + r * row_bytes;
         __m512 acc[NR][NT];
@@ -229,7 +228,7 @@ void rows_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const*
             F f[NR];
             for (int i = 0; i < NR; i++) {
                 const uint8_t* blk = row + i * row_bytes + u * F::kBytes;
-                prefetch_ahead(blk, F::kBytes, ahead);
+                fetch(blk, F::kBytes);
                 f[i].prep(blk);
             }
             for (int c = 0; c < F::kSU / 64; c++) {
@@ -293,13 +292,13 @@ inline __m512 load16(const uint8_t* row, int i) {
 template <int FMT, int NT>
 void rows_float_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n, float* out,
                      size_t out_stride) {
+    const Ahead fetch(w, nrows * row_bytes, kPrefetch);
     for (int r = 0; r < nrows; r++) {
         const uint8_t* row = w + r * row_bytes;
         __m512 acc[NT];
         for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
         for (int i = 0; i < n; i += 16) {
-            if ((i * (FMT == F32 ? 4 : 2)) % 64 == 0)
-                _mm_prefetch((const char*)row + i * (FMT == F32 ? 4 : 2) + kPrefetch, _MM_HINT_T1);
+            if ((i * (FMT == F32 ? 4 : 2)) % 64 == 0) fetch(row + i * (FMT == F32 ? 4 : 2), 64);
             __m512 wv = load16<FMT>(row, i);
             for (int t = 0; t < NT; t++) acc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps((const float*)acts[t] + i), acc[t]);
         }
@@ -311,10 +310,17 @@ template <int FMT>
 void rows_float(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n,
                 float* out, size_t out_stride) {
     if (n % 16) return g_portable[FMT](w, row_bytes, nrows, acts, ntok, n, out, out_stride);
+    RangeHint& h = range_hint();  // the same rows for each group of tokens (see rows_tiled)
+    const uint8_t* after = h.next;
     int t = 0;
-    for (; t + kTile <= ntok; t += kTile)
+    for (; t + kTile <= ntok; t += kTile) {
+        h.next = t + kTile < ntok ? w : after;
         rows_float_tile<FMT, kTile>(w, row_bytes, nrows, acts + t, n, out + t * out_stride, out_stride);
-    for (; t < ntok; t++) rows_float_tile<FMT, 1>(w, row_bytes, nrows, acts + t, n, out + t * out_stride, out_stride);
+    }
+    for (; t < ntok; t++) {
+        h.next = t + 1 < ntok ? w : after;
+        rows_float_tile<FMT, 1>(w, row_bytes, nrows, acts + t, n, out + t * out_stride, out_stride);
+    }
 }
 
 }  // namespace

@@ -134,8 +134,7 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
         paired[t] = (const int8_t*)acts[t] + paired_at(n);
     }
     const int units = n / 256;
-    const size_t ahead = rows_ahead(row_bytes, NR);
-    prefetch_head(w, nrows * row_bytes, ahead);
+    const Ahead fetch(w, nrows * row_bytes, rows_ahead(row_bytes, NR));
     for (int r = 0; r + NR <= nrows; r += NR) {
         const uint8_t* row = w + r * row_bytes;
         __m512 acc[NR][NT];
@@ -145,7 +144,7 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
             F f[NR];
             for (int i = 0; i < NR; i++) {
                 const uint8_t* blk = row + i * row_bytes + u * F::kBytes;
-                prefetch_ahead(blk, F::kBytes, ahead);
+                fetch(blk, F::kBytes);
                 f[i].prep(blk);
             }
             __m512i dot[NR][NT];
@@ -221,15 +220,14 @@ inline void tq1_permute(const int8_t* qk, int units, int8_t* dst) {
 template <int NT>
 void tq1_rows(const uint8_t* w, size_t row_bytes, int nrows, const ActView* a, const int8_t* perm, int units,
               float* out, size_t out_stride) {
-    const size_t ahead = rows_ahead(row_bytes, 1);
-    prefetch_head(w, nrows * row_bytes, ahead);
+    const Ahead fetch(w, nrows * row_bytes, rows_ahead(row_bytes, 1));
     for (int r = 0; r < nrows; r++) {
         const uint8_t* row = w + r * row_bytes;
         __m512 acc[NT];
         for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
         for (int u = 0; u < units; u++) {
             const uint8_t* blk = row + u * sizeof(BlockTQ1_0);
-            prefetch_ahead(blk, sizeof(BlockTQ1_0), ahead);
+            fetch(blk, sizeof(BlockTQ1_0));
             const __m512i v = _mm512_maskz_loadu_epi8(0x000FFFFFFFFFFFFFULL, blk);  // qs and qh, 52 bytes
             const __m512i v3 = _mm512_add_epi8(_mm512_add_epi8(v, v), v), v9 = times9(v);
             const __m512i digit[5] = {tq1_digit(v), tq1_digit(v3), tq1_digit(v9), tq1_digit(times9(v3)),
@@ -255,8 +253,11 @@ void rows_tq1(const uint8_t* w, size_t row_bytes, int nrows, const void* const* 
     const int units = n / 256;
     int8_t* perm = (int8_t*)t_tq1.reserve((size_t)4 * units * 320);
     if (n % 256 || !perm) return g_tq1_portable(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
+    RangeHint& h = range_hint();  // the same rows for each group of tokens (see rows_tiled)
+    const uint8_t* after = h.next;
     for (int t0 = 0; t0 < ntok; t0 += 4) {  // the row codes are decoded once for up to 4 tokens
         const int nt = ntok - t0 < 4 ? ntok - t0 : 4;
+        h.next = t0 + 4 < ntok ? w : after;
         ActView a[4];
         for (int t = 0; t < nt; t++) {
             a[t] = act_view(acts[t0 + t], n);

@@ -27,6 +27,9 @@ class Pool {
     void wake();
     void cancel_wake() { in_job_ = false; }
     void parallel_for(int num_units, const UnitFn& fn);  // only from inside a job
+    // The unit the next claim in the current phase would get (num_units or more: none left); a
+    // guess, as another thread may claim it first.
+    int next_unit() const { return (int)(uint32_t)state_.load(std::memory_order_relaxed); }
 
   private:
     void driver_loop();

@@ -125,14 +125,32 @@ static inline size_t rows_ahead(size_t row_bytes, int nr) {
     const size_t pass = row_bytes * (size_t)nr;
     return ((size_t)kPrefetch + pass - 1) / pass * pass;
 }
-static inline void prefetch_head(const uint8_t* w, size_t bytes, size_t ahead) {
-    if (!kHead) return;
-    const size_t head = ahead < bytes ? ahead : bytes;
-    for (size_t l = 0; l < head; l += 64) _mm_prefetch((const char*)w + l, _MM_HINT_T1);
-}
-static inline void prefetch_ahead(const uint8_t* blk, int bytes, size_t ahead) {
-    for (int l = 0; l < bytes; l += 64) _mm_prefetch((const char*)blk + ahead + l, _MM_HINT_T1);
-}
+// One kernel call's prefetch stream over its row range [w, w + bytes): `ahead` bytes past the
+// block being read, running on into the range the thread reads next (RangeHint) rather than past
+// the end, and fetching the range's own first `ahead` bytes up front unless the previous call's
+// stream already did.
+struct Ahead {
+    const uint8_t *end, *next;
+    size_t ahead;
+    Ahead(const uint8_t* w, size_t bytes, size_t ahead_) : end(w + bytes), ahead(ahead_) {
+        RangeHint& h = range_hint();
+        next = h.next;
+        const bool is_fetched = h.fetched == w;
+        h.next = nullptr;
+        h.fetched = bytes >= ahead ? next : nullptr;
+        if (!kHead || is_fetched) return;
+        const size_t head = ahead < bytes ? ahead : bytes;
+        for (size_t l = 0; l < head; l += 64) _mm_prefetch((const char*)w + l, _MM_HINT_T1);
+    }
+    void operator()(const uint8_t* blk, int bytes) const {
+        const uint8_t* p = blk + ahead;
+        if (p >= end) {
+            if (!next) return;
+            p = next + (p - end);
+        }
+        for (int l = 0; l < bytes; l += 64) _mm_prefetch((const char*)p + l, _MM_HINT_T1);
+    }
+};
 
 // Shared by every quantized format: a pass kernel Tile<F, NR, NT>::run handles NR rows x NT tokens;
 // rows go in passes of NR (the remainder one at a time), tokens in tiles of kTile, and a single
@@ -141,16 +159,29 @@ template <template <class, int, int> class Tile, class F, int NR, int NT>
 static inline void rows_split(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n,
                               float* out, size_t out_stride) {
     const int main = nrows / NR * NR;
-    Tile<F, NR, NT>::run(w, row_bytes, main, acts, n, out, out_stride);
-    if (main < nrows) Tile<F, 1, NT>::run(w + main * row_bytes, row_bytes, nrows - main, acts, n, out + main, out_stride);
+    if (main == nrows) return Tile<F, NR, NT>::run(w, row_bytes, nrows, acts, n, out, out_stride);
+    RangeHint& h = range_hint();
+    const uint8_t* after = h.next;
+    if (main) {
+        h.next = w + main * row_bytes;  // the remaining rows follow
+        Tile<F, NR, NT>::run(w, row_bytes, main, acts, n, out, out_stride);
+    }
+    h.next = after;
+    Tile<F, 1, NT>::run(w + main * row_bytes, row_bytes, nrows - main, acts, n, out + main, out_stride);
 }
 
 template <template <class, int, int> class Tile, class F>
 static inline void rows_tiled(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok,
                               int n, float* out, size_t out_stride) {
+    // the same rows for each group of tokens: only the last group's stream runs on past them
+    RangeHint& h = range_hint();
+    const uint8_t* after = h.next;
     int t = 0;
-    for (; t + kTile <= ntok; t += kTile)
+    for (; t + kTile <= ntok; t += kTile) {
+        h.next = t + kTile < ntok ? w : after;
         rows_split<Tile, F, 2, kTile>(w, row_bytes, nrows, acts + t, n, out + t * out_stride, out_stride);
+    }
+    h.next = after;
     float* o = out + t * out_stride;
     switch (ntok - t) {
         case 3: rows_split<Tile, F, 2, 3>(w, row_bytes, nrows, acts + t, n, o, out_stride); break;
