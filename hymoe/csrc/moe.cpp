@@ -345,6 +345,20 @@ __attribute__((visibility("default"))) int hymoe_moe_submit(void* engine, const 
     return 0;
 }
 
+// hymoe_moe_submit with the per-call fields as arguments: one foreign call from Python instead of
+// six field stores and a call (~11 us when the layer before has flushed the caches).
+__attribute__((visibility("default"))) int hymoe_moe_start(void* engine, MoeArgs* args, int num_tokens, int topk,
+                                                           const float* x, const int64_t* ids,
+                                                           const float* weights, float* out, int is_async) {
+    args->num_tokens = num_tokens;
+    args->topk = topk;
+    args->x = x;
+    args->ids = ids;
+    args->weights = weights;
+    args->out = out;
+    return hymoe_moe_submit(engine, args, is_async);
+}
+
 __attribute__((visibility("default"))) void hymoe_moe_sync(void* engine) { ((Engine*)engine)->pool.sync(); }
 __attribute__((visibility("default"))) int hymoe_moe_is_done(void* engine) { return ((Engine*)engine)->pool.is_done(); }
 

@@ -48,7 +48,8 @@ def library() -> ctypes.CDLL | None:
     lib.hymoe_engine_threads.argtypes = [ctypes.c_void_p]
     lib.hymoe_engine_busy_seconds.restype = ctypes.c_double
     lib.hymoe_engine_busy_seconds.argtypes = [ctypes.c_void_p]
-    lib.hymoe_moe_submit.argtypes = [ctypes.c_void_p, ctypes.POINTER(_MoeArgs), ctypes.c_int]
+    vp = ctypes.c_void_p
+    lib.hymoe_moe_start.argtypes = [vp, ctypes.POINTER(_MoeArgs), ctypes.c_int, ctypes.c_int, vp, vp, vp, vp, ctypes.c_int]
     lib.hymoe_engine_wake.argtypes = [ctypes.c_void_p]
     lib.hymoe_moe_sync.argtypes = [ctypes.c_void_p]
     lib.hymoe_moe_is_done.argtypes = [ctypes.c_void_p]
@@ -97,7 +98,9 @@ def default_threads(is_async: bool) -> int:
 
 
 def _as_cpu(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    if t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous():
+    # the cheapest checks first: each torch attribute costs microseconds when the layer before has
+    # flushed the caches (t.device builds an object: ~10 us then)
+    if t.is_cpu and t.dtype is dtype and t.is_contiguous():
         return t
     return t.detach().to("cpu", dtype).contiguous()
 
@@ -201,7 +204,7 @@ class NativeExperts(ExpertBackend):
         if self.engine.capture is not None:
             return self._submit_captured(hidden, topk_ids, topk_weights)
         self.engine.lib.hymoe_engine_wake(self.engine.handle)  # threads wake while the inputs are staged
-        if hidden.device.type == "cuda":
+        if hidden.is_cuda:
             x, ids, w, out = self._staging.stage(hidden, topk_ids, topk_weights)
         else:
             x = _as_cpu(hidden, torch.float32)
@@ -210,13 +213,13 @@ class NativeExperts(ExpertBackend):
             out = self._out if self._out is not None and self._out.shape == x.shape else torch.empty_like(x)
             self._out = out  # reused by the next call of this layer: the caller consumes it before then
         self._start(x, ids, w, out)
-        self._pending = (x, ids, w, out, hidden.device)  # keep the buffers alive until sync
+        # keep the buffers alive until sync, and where the result goes (None: the CPU)
+        self._pending = (x, ids, w, out, hidden.device if hidden.is_cuda else None)
 
     def _start(self, x, ids, w, out) -> None:
-        a = self._args
-        a.num_tokens, a.topk = x.shape[0], ids.shape[1]
-        a.x, a.ids, a.weights, a.out = x.data_ptr(), ids.data_ptr(), w.data_ptr(), out.data_ptr()
-        rc = self.engine.lib.hymoe_moe_submit(self.engine.handle, self._args_ref, int(self.engine.is_async))
+        engine = self.engine
+        rc = engine.lib.hymoe_moe_start(engine.handle, self._args_ref, x.shape[0], ids.shape[1], x.data_ptr(),
+                                        ids.data_ptr(), w.data_ptr(), out.data_ptr(), engine.is_async)
         if rc:
             raise HymoeError({-1: "unsupported expert format", -2: "expert rows do not split into blocks",
                               -3: "an expert id is out of range"}.get(rc, f"native MoE failed ({rc})"))
@@ -244,10 +247,10 @@ class NativeExperts(ExpertBackend):
     def sync(self) -> torch.Tensor:
         if self.engine.capture is not None:  # at replay: wait for the job between two segments
             self.engine.capture.host(lambda: self.engine.lib.hymoe_moe_sync(self.engine.handle))
-        else:
+        elif self.engine.is_async:  # otherwise submit() ran the job to its end
             self.engine.lib.hymoe_moe_sync(self.engine.handle)
         x, ids, w, out, device = self._pending
         self._pending = None
         # from pinned memory the copy back is asynchronous; this layer's next submit waits for the
         # stream before the engine writes `out` again
-        return out if device.type == "cpu" else out.to(device, non_blocking=True)
+        return out if device is None else out.to(device, non_blocking=True)
