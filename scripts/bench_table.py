@@ -2,6 +2,7 @@
 
     python scripts/bench_table.py > table.jsonl
     python scripts/bench_table.py --only TQ1_0,Q4_K > some.jsonl     # some formats only
+    python scripts/bench_table.py --batches 1 > decode.jsonl          # some batch sizes only
     python scripts/bench_table.py --markdown table.jsonl [more.jsonl ...]   # the README's table (medians)
 """
 import json
@@ -16,18 +17,19 @@ RUNS = ([("native", f) for f in ("Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q4_0", "IQ1_S"
 BATCHES = "1,8,32,128,512"
 
 
-def run(only: list[str] | None = None) -> None:
+def run(only: list[str] | None = None, batches: str = BATCHES) -> None:
     for shape in SHAPES:
         for backend, fmt in RUNS:
             if only and fmt not in only:
                 continue
-            cmd = ["hymoe", "bench", "experts", "--shape", shape, "--format", fmt, "--batch", BATCHES,
+            cmd = ["hymoe", "bench", "experts", "--shape", shape, "--format", fmt, "--batch", batches,
                    "--backend", backend, "--max-gb", "4", "--json"]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode:
                 print(json.dumps({"shape": shape, "format": fmt, "backend": backend, "error": r.stderr.strip()[-300:]}))
                 continue
-            for row in json.loads(r.stdout.strip().splitlines()[-1]):
+            rows = json.loads(r.stdout.strip().splitlines()[-1])
+            for row in rows if isinstance(rows, list) else [rows]:
                 print(json.dumps(row), flush=True)
             print(r.stderr.strip(), file=sys.stderr, flush=True)
 
@@ -61,7 +63,6 @@ def markdown(paths: list[str]) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--markdown"]:
         markdown(sys.argv[2:])
-    elif sys.argv[1:2] == ["--only"]:
-        run(sys.argv[2].split(","))
     else:
-        run()
+        args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+        run(args["--only"].split(",") if "--only" in args else None, args.get("--batches", BATCHES))
