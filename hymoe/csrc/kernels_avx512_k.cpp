@@ -14,6 +14,7 @@ struct KQ45 {
     static const int kBytes = kFive ? 176 : 144;
     static const bool kUnitScales = false;
     static const bool kPaired = true;  // chunks pair sub-blocks 2 apart: activations from the paired copy
+    static const bool kPackPairs = true;
     static const bool kSeedSum = false;
     static constexpr int blk_lo(int c) { return 4 * (c / 2) + c % 2; }
     static constexpr int blk_hi(int c) { return blk_lo(c) + 2; }
@@ -31,6 +32,16 @@ struct KQ45 {
         const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi16((short)(0x0101 * 2 * blk_lo(c) + 0x0100)),
                                                _mm256_set1_epi16((short)(0x0101 * 2 * blk_hi(c) + 0x0100)), 1);
         return _mm512_shuffle_epi8(sc4, idx);
+    }
+    // chunks c and c + 1 after vpdpbusd and vpackssdw: 128-bit lanes 0-1 hold sub-blocks
+    // blk_lo(c) (int16 0-3) and blk_lo(c + 1) (4-7), lanes 2-3 blk_hi(c) and blk_hi(c + 1)
+    __m512i scales_pair(int c) const {
+        const int a = 2 * blk_lo(c), b = 2 * blk_lo(c + 1), e = 2 * blk_hi(c), f = 2 * blk_hi(c + 1);
+        const long long lo = (long long)(0x0100010001000100ULL + 0x0101010101010101ULL * (unsigned)a);
+        const long long lo1 = (long long)(0x0100010001000100ULL + 0x0101010101010101ULL * (unsigned)b);
+        const long long hi = (long long)(0x0100010001000100ULL + 0x0101010101010101ULL * (unsigned)e);
+        const long long hi1 = (long long)(0x0100010001000100ULL + 0x0101010101010101ULL * (unsigned)f);
+        return _mm512_shuffle_epi8(sc4, _mm512_set_epi64(hi1, hi, hi1, hi, lo1, lo, lo1, lo));
     }
     __m512i chunk(int c) const {
         __m512i v = _mm512_loadu_si512((const void*)(qs + 64 * (c / 2)));
@@ -50,6 +61,7 @@ struct KQ45 {
 };
 
 struct KQ6 {
+    static const bool kPackPairs = false;
     static const int kBytes = 210;
     static const bool kUnitScales = false;
     static const bool kPaired = false;
@@ -88,6 +100,7 @@ struct KQ6 {
 // TQ2_0 (1.58-bit): 2-bit codes 0..2 (value = code - 1), one fp16 scale per 256. Against per-256
 // activations its 64-weight chunks add up in integer, with no float step per chunk.
 struct KTQ2 {
+    static const bool kPackPairs = false;
     static const int kBytes = 66;
     static const bool kUnitScales = true;  // no sub-block scales: one dpbusd per chunk
     static const bool kPaired = false;
@@ -153,6 +166,27 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
                 if (F::kSeedSum) seed = minus_sum256(a[t].bk32 + 8 * u);
                 for (int i = 0; i < NR; i++) dot[i][t] = seed;
             }
+            if constexpr (F::kPackPairs) {
+                // two chunks per step: codes x activations by vpdpbusd (sums of 4 fit int16), packed
+                // to int16 and scaled by one vpdpwssd: 3 multiply-class ops per 128 weights, not 4
+                for (int c = 0; c < 4; c += 2) {
+                    __m512i w0[NR], w1[NR], sc[NR];
+                    for (int i = 0; i < NR; i++) {
+                        w0[i] = f[i].chunk(c);
+                        w1[i] = f[i].chunk(c + 1);
+                        sc[i] = f[i].scales_pair(c);
+                    }
+                    for (int t = 0; t < NT; t++) {
+                        const __m512i a0 = _mm512_loadu_si512((const void*)(paired[t] + u * 256 + 64 * c));
+                        const __m512i a1 = _mm512_loadu_si512((const void*)(paired[t] + u * 256 + 64 * c + 64));
+                        for (int i = 0; i < NR; i++) {
+                            const __m512i p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0[i], a0);
+                            const __m512i p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w1[i], a1);
+                            dot[i][t] = _mm512_dpwssd_epi32(dot[i][t], _mm512_packs_epi32(p0, p1), sc[i]);
+                        }
+                    }
+                }
+            } else
             for (int c = 0; c < 4; c++) {
                 __m512i wq[NR], sc[NR];
                 for (int i = 0; i < NR; i++) {
