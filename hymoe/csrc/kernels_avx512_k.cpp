@@ -9,6 +9,8 @@ namespace {
 // ---- K-quants against per-256 activations: sub-block scales applied in integer ---------------
 //   p16 = maddubs(codes, a) (pairs of products), acc32 += dpwssd(p16, scale16); per super-block
 //   acc += float(acc32) * d * d_a. Codes stay below 64, so the 16-bit pair sums cannot saturate.
+//   Q4_K/Q5_K (kPackPairs) instead take sums of 4 products by dpbusd for two chunks, packed to int16
+//   (at most 4 x 31 x 127 = 15748) and scaled by one dpwssd.
 template <bool kFive>
 struct KQ45 {
     static const int kBytes = kFive ? 176 : 144;
@@ -26,13 +28,7 @@ struct KQ45 {
         qh = kFive ? p + 16 : nullptr;
         qs = kFive ? p + 48 : p + 16;
     }
-    __m512i sc4;  // the 8 int16 scales in each 128-bit lane
-    __m512i scales16(int c) const {  // int16 lanes 0-15: sub-block lo, 16-31: sub-block hi
-        // an in-lane byte shuffle of the broadcast scales (Zen 4: vpshufb is cheaper than vpermw)
-        const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi16((short)(0x0101 * 2 * blk_lo(c) + 0x0100)),
-                                               _mm256_set1_epi16((short)(0x0101 * 2 * blk_hi(c) + 0x0100)), 1);
-        return _mm512_shuffle_epi8(sc4, idx);
-    }
+    __m512i sc4;  // the 8 int16 scales in each 128-bit lane (an in-lane vpshufb picks them: cheaper than vpermw)
     // chunks c and c + 1 after vpdpbusd and vpackssdw: 128-bit lanes 0-1 hold sub-blocks
     // blk_lo(c) (int16 0-3) and blk_lo(c + 1) (4-7), lanes 2-3 blk_hi(c) and blk_hi(c + 1)
     __m512i scales_pair(int c) const {
