@@ -310,15 +310,14 @@ template <int FMT>
 void rows_float(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n,
                 float* out, size_t out_stride) {
     if (n % 16) return g_portable[FMT](w, row_bytes, nrows, acts, ntok, n, out, out_stride);
-    RangeHint& h = range_hint();  // the same rows for each group of tokens (see rows_tiled)
-    const uint8_t* after = h.next;
+    TokenGroups groups(w);
     int t = 0;
     for (; t + kTile <= ntok; t += kTile) {
-        h.next = t + kTile < ntok ? w : after;
+        groups.next_group(t + kTile == ntok);
         rows_float_tile<FMT, kTile>(w, row_bytes, nrows, acts + t, n, out + t * out_stride, out_stride);
     }
     for (; t < ntok; t++) {
-        h.next = t + 1 < ntok ? w : after;
+        groups.next_group(t + 1 == ntok);
         rows_float_tile<FMT, 1>(w, row_bytes, nrows, acts + t, n, out + t * out_stride, out_stride);
     }
 }

@@ -283,11 +283,10 @@ void rows_tq1(const uint8_t* w, size_t row_bytes, int nrows, const void* const* 
     const int units = n / 256;
     int8_t* perm = (int8_t*)t_tq1.reserve((size_t)4 * units * 320);
     if (n % 256 || !perm) return g_tq1_portable(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
-    RangeHint& h = range_hint();  // the same rows for each group of tokens (see rows_tiled)
-    const uint8_t* after = h.next;
+    TokenGroups groups(w);
     for (int t0 = 0; t0 < ntok; t0 += 4) {  // the row codes are decoded once for up to 4 tokens
         const int nt = ntok - t0 < 4 ? ntok - t0 : 4;
-        h.next = t0 + 4 < ntok ? w : after;
+        groups.next_group(t0 + 4 >= ntok);
         ActView a[4];
         for (int t = 0; t < nt; t++) {
             a[t] = act_view(acts[t0 + t], n);

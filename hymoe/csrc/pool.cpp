@@ -4,7 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <algorithm>
 #ifdef __linux__
 #include <pthread.h>
 #include <sched.h>

@@ -152,6 +152,15 @@ struct Ahead {
     }
 };
 
+// A kernel call that reads the same rows once per group of tokens: each group's stream runs on
+// into the rows again, and only the last group's into the range the caller named.
+struct TokenGroups {
+    RangeHint& h;
+    const uint8_t *w, *after;
+    explicit TokenGroups(const uint8_t* rows) : h(range_hint()), w(rows), after(h.next) {}
+    void next_group(bool is_last) { h.next = is_last ? after : w; }
+};
+
 // Shared by every quantized format: a pass kernel Tile<F, NR, NT>::run handles NR rows x NT tokens;
 // rows go in passes of NR (the remainder one at a time), tokens in tiles of kTile, and a single
 // token (decode) in passes of kRowsDecode rows.
@@ -173,15 +182,13 @@ static inline void rows_split(const uint8_t* w, size_t row_bytes, int nrows, con
 template <template <class, int, int> class Tile, class F>
 static inline void rows_tiled(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok,
                               int n, float* out, size_t out_stride) {
-    // the same rows for each group of tokens: only the last group's stream runs on past them
-    RangeHint& h = range_hint();
-    const uint8_t* after = h.next;
+    TokenGroups groups(w);
     int t = 0;
     for (; t + kTile <= ntok; t += kTile) {
-        h.next = t + kTile < ntok ? w : after;
+        groups.next_group(t + kTile == ntok);
         rows_split<Tile, F, 2, kTile>(w, row_bytes, nrows, acts + t, n, out + t * out_stride, out_stride);
     }
-    h.next = after;
+    groups.next_group(true);
     float* o = out + t * out_stride;
     switch (ntok - t) {
         case 3: rows_split<Tile, F, 2, 3>(w, row_bytes, nrows, acts + t, n, o, out_stride); break;
