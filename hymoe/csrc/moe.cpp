@@ -303,7 +303,7 @@ __attribute__((visibility("default"))) void hymoe_engine_wake(void* e) { ((Engin
 // Validates, groups tokens by expert, and starts the job: on the pool's driver thread, returning at
 // once (is_async: the caller drives a GPU meanwhile), or in the calling thread, which then works
 // as the pool's first thread and saves two thread wake-ups per layer (CPU-only). 0 = started.
-__attribute__((visibility("default"))) int hymoe_moe_submit(void* engine, const MoeArgs* args, int is_async) {
+static int moe_submit(void* engine, const MoeArgs* args, int is_async) {
     Engine* eng = (Engine*)engine;
     eng->pool.sync();  // the previous job owns the buffers until it is done
     const MoeArgs& a = *args;
@@ -345,8 +345,9 @@ __attribute__((visibility("default"))) int hymoe_moe_submit(void* engine, const 
     return 0;
 }
 
-// hymoe_moe_submit with the per-call fields as arguments: one foreign call from Python instead of
-// six field stores and a call (~11 us when the layer before has flushed the caches).
+// The entry point: the per-layer fields stay in *args between calls, the per-call ones come as
+// arguments (one foreign call from Python instead of six field stores and a call: ~11 us when the
+// layer before has flushed the caches).
 __attribute__((visibility("default"))) int hymoe_moe_start(void* engine, MoeArgs* args, int num_tokens, int topk,
                                                            const float* x, const int64_t* ids,
                                                            const float* weights, float* out, int is_async) {
@@ -356,7 +357,7 @@ __attribute__((visibility("default"))) int hymoe_moe_start(void* engine, MoeArgs
     args->ids = ids;
     args->weights = weights;
     args->out = out;
-    return hymoe_moe_submit(engine, args, is_async);
+    return moe_submit(engine, args, is_async);
 }
 
 __attribute__((visibility("default"))) void hymoe_moe_sync(void* engine) { ((Engine*)engine)->pool.sync(); }
