@@ -84,6 +84,32 @@ static inline void transpose16x8_dwords(const uint8_t* src, size_t stride, uint8
     }
 }
 
+// 16 rows x 16 dwords (a whole 64-byte line of each row) -> 16 vectors at dst: vector q = dword q
+// of every row, lane i = row i. Each line is loaded once: rows 4 KiB apart share an L1 set, so
+// reading them in two 32-byte halves fetched most lines twice.
+static inline void transpose16x16_dwords(const uint8_t* src, size_t stride, uint8_t* dst) {
+    __m512i r[16], t[16], u[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512((const void*)(src + stride * i));
+    for (int i = 0; i < 16; i += 2) {  // 128-bit lane c: rows i, i + 1 of dwords 4c, 4c + 1 | 4c + 2, 4c + 3
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int j = 0; j < 16; j += 4) {  // u[j + m], 128-bit lane c: dword 4c + m of rows j..j + 3
+        u[j] = _mm512_unpacklo_epi64(t[j], t[j + 2]);
+        u[j + 1] = _mm512_unpackhi_epi64(t[j], t[j + 2]);
+        u[j + 2] = _mm512_unpacklo_epi64(t[j + 1], t[j + 3]);
+        u[j + 3] = _mm512_unpackhi_epi64(t[j + 1], t[j + 3]);
+    }
+    for (int m = 0; m < 4; m++) {  // gather lane c of u[m], u[4 + m], u[8 + m], u[12 + m]
+        const __m512i v02 = _mm512_shuffle_i32x4(u[m], u[4 + m], 0x88), v13 = _mm512_shuffle_i32x4(u[m], u[4 + m], 0xDD);
+        const __m512i w02 = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0x88), w13 = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0xDD);
+        _mm512_storeu_si512((void*)(dst + 64 * m), _mm512_shuffle_i32x4(v02, w02, 0x88));         // lane 0: dword m
+        _mm512_storeu_si512((void*)(dst + 64 * (4 + m)), _mm512_shuffle_i32x4(v13, w13, 0x88));   // dword 4 + m
+        _mm512_storeu_si512((void*)(dst + 64 * (8 + m)), _mm512_shuffle_i32x4(v02, w02, 0xDD));   // dword 8 + m
+        _mm512_storeu_si512((void*)(dst + 64 * (12 + m)), _mm512_shuffle_i32x4(v13, w13, 0xDD));  // dword 12 + m
+    }
+}
+
 static inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 // [sum a0, sum a1, sum a2, sum a3] in 13 shuffles and adds (four reductions take ~32)
 static inline __m128 hsum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
