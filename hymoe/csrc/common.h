@@ -106,6 +106,28 @@ struct RangeHint {
 };
 RangeHint& range_hint();  // this thread's (defined in moe.cpp)
 
+// The rows a batch kernel reads after its current tile (the next tile, or the range named by
+// RangeHint after the last one), fetched into L2 a line at a time while the tile is computed:
+// spread over the compute, not in a burst when the tile is built. BF16, one core, 32 tokens,
+// 768 x 2048, cold weights: 145 -> 164 GFLOP/s (171 warm); the MoE layer at the qwen3 shape,
+// batch 512: 260 -> 316 GFLOP/s. (__builtin_prefetch: this header is also built without SIMD.)
+struct NextTile {
+    const char *p = nullptr, *end = nullptr;
+    int every = 1, count = 1, lines = 1;  // `lines` lines every `every` steps
+    // the tile's compute makes `steps` calls to step(): spread the range's lines over them
+    NextTile(const uint8_t* from, size_t bytes, int steps) : p((const char*)from), end(p + (from ? bytes : 0)) {
+        const int n = (int)(bytes / 64) > 0 ? (int)(bytes / 64) : 1;
+        if (steps >= n) every = count = steps / n;
+        else lines = (n + steps - 1) / steps;
+    }
+    void step() {
+        if (--count || p >= end) return;
+        count = every;
+        for (int l = 0; l < lines; l++) __builtin_prefetch(p + 64 * l, 0, 2);
+        p += 64 * lines;
+    }
+};
+
 // An activation row quantised for the integer kernels. Two quantisations of the same row:
 //  - blocks of 32, one float scale each, with the sum of each 16 values (Q8_0, Q4_0, IQ1_S, TQ*);
 //  - blocks of 256 for the K-quants (one scale per super-block lets their sub-block scales be

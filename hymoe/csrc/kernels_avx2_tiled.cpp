@@ -47,12 +47,13 @@ struct Avx2 {
     // out[t][0..15] = the 16 tile rows against NT tokens (see Avx512::tokens)
     template <int NT, int kBlock>
     static void tokens(const Tile& tile, int blocks, const int8_t* const* aq, const float* const* ad,
-                       const float* const* ads, float* out, size_t out_stride) {
+                       const float* const* ads, float* out, size_t out_stride, NextTile& next) {
         const __m256i ones = _mm256_set1_epi16(1);
         __m256 acc[2][NT];
         for (int h = 0; h < 2; h++)
             for (int t = 0; t < NT; t++) acc[h][t] = _mm256_setzero_ps();
         for (int b = 0; b < blocks; b++) {
+            next.step();
             const uint8_t* cb = tile.codes + (size_t)b * kBlock * kLanes;
             __m256i p[2][NT];
             for (int h = 0; h < 2; h++)

@@ -25,27 +25,6 @@ const int kRows = 32;  // rows per tile: two lane groups of 16, so one broadcast
 // same arithmetic)
 thread_local ScratchBuffer t_bf16;
 
-// The rows the thread reads next (the next tile), fetched into L2 a line at a time while a tile is
-// computed: spread over the compute, not in a burst at the transposes. One core, 32 tokens, 768 x
-// 2048: cold weights 145 -> 164 GFLOP/s (171 warm); the MoE layer at the qwen3 shape, batch 512:
-// 260 -> 316 GFLOP/s.
-struct NextTile {
-    const char *p = nullptr, *end = nullptr;
-    int every = 1, count = 1, lines = 1;  // `lines` lines every `every` steps
-    // the tile's compute runs `steps` pair steps: spread the range's lines over them
-    NextTile(const uint8_t* from, size_t bytes, int steps) : p((const char*)from), end(p + (from ? bytes : 0)) {
-        const int n = (int)(bytes / 64);
-        if (steps >= n) every = count = steps / n;
-        else lines = (n + steps - 1) / steps;
-    }
-    void step() {
-        if (--count || p >= end) return;
-        count = every;
-        for (int l = 0; l < lines; l++) _mm_prefetch(p + 64 * l, _MM_HINT_T1);
-        p += 64 * lines;
-    }
-};
-
 // out[t][0..31] for NT tokens: acc += tile pair p x the token's pair p, broadcast
 template <int NT>
 void tokens(const uint8_t* tile, int pairs, const uint32_t* const* a, float* out, size_t out_stride, NextTile& next) {

@@ -20,10 +20,11 @@ struct Avx512 {
     // ads[t][b]: per block of kBlock their scale and scale * sum.
     template <int NT, int kBlock>
     static void tokens(const Tile& tile, int blocks, const int8_t* const* aq, const float* const* ad,
-                     const float* const* ads, float* out, size_t out_stride) {
+                     const float* const* ads, float* out, size_t out_stride, NextTile& next) {
         __m512 acc[NT];
         for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
         for (int b = 0; b < blocks; b++) {
+            next.step();
             const uint8_t* cb = tile.codes + (size_t)b * kBlock * kLanes;
             __m512i p[NT];
             for (int t = 0; t < NT; t++) p[t] = _mm512_setzero_si512();

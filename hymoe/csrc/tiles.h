@@ -232,7 +232,8 @@ thread_local Tile t_tile;
 // and shapes the tile does not take go to the per-row kernel `fallback`. Isa provides
 //   transpose(stage, dst): 16 rows x 32 code bytes (row i at stage + 256 i) -> 8 x 64 bytes, vector
 //     q = bytes 4q..4q+3 of every row, row i at byte 4i;
-//   tokens<NT, kBlock>(tile, blocks, aq, ad, ads, out, out_stride): out[t][0..15] for NT tokens;
+//   tokens<NT, kBlock>(tile, blocks, aq, ad, ads, out, out_stride, next): out[t][0..15] for NT tokens,
+//     calling next.step() once per block;
 //   kNT, the tokens per pass.
 template <class Isa, class D, bool kAct256>
 void rows_tiled16(RowsFn fallback, int min_tokens, const uint8_t* w, size_t row_bytes, int nrows,
@@ -264,15 +265,24 @@ void rows_tiled16(RowsFn fallback, int min_tokens, const uint8_t* w, size_t row_
         aq[t] = kAct256 ? v.qk : v.qs, ad[t] = d, ads[t] = s;
     }
     const int main = nrows / kLanes * kLanes;
-    // the next tile's rows, at least 8 KiB on (see prefetch_ahead in simd_avx512.h)
-    const size_t pass = row_bytes * kLanes, ahead = (8192 + pass - 1) / pass * pass;
+    // prefetching (NextTile, and RangeHint's hand-over as in the per-row kernels): the range's
+    // first tile at once unless the previous call fetched it, each next tile during the compute,
+    // and after the last one the rows left to the per-row kernel or the range read next
+    RangeHint& h = range_hint();
+    const uint8_t* after = h.next;
+    const size_t tile_bytes = row_bytes * kLanes;
+    if (h.fetched != w)
+        for (size_t l = 0; l < tile_bytes; l += 64) __builtin_prefetch((const char*)w + l, 0, 2);
+    const int passes = (ntok + Isa::kNT - 1) / Isa::kNT;
     alignas(64) uint8_t stage[kLanes * 256];
     for (int r = 0; r < main; r += kLanes) {
         const uint8_t* rows = w + (size_t)r * row_bytes;
+        const bool is_last = r + kLanes == main;
+        NextTile next(is_last && main == nrows ? after : rows + tile_bytes,
+                      is_last && main < nrows ? (size_t)(nrows - main) * row_bytes : tile_bytes, blocks * passes);
         for (int u = 0; u < n / 256; u++) {
             for (int i = 0; i < kLanes; i++) {
                 const uint8_t* blk = rows + i * row_bytes + (size_t)u * D::kBytes;
-                for (int l = 0; l < D::kBytes; l += 64) _mm_prefetch((const char*)blk + ahead + l, _MM_HINT_T1);
                 const size_t first = (size_t)per256 * u * kLanes + i;  // this unit's first block, row i
                 D::decode(blk, stage + 256 * i, tile.sc + first, tile.mn + first, kLanes);
             }
@@ -281,16 +291,18 @@ void rows_tiled16(RowsFn fallback, int min_tokens, const uint8_t* w, size_t row_
         int t = 0;
         for (; t + Isa::kNT <= ntok; t += Isa::kNT)
             Isa::template tokens<Isa::kNT, D::kBlock>(tile, blocks, aq + t, ad + t, ads + t, out + t * out_stride + r,
-                                                      out_stride);
+                                                      out_stride, next);
         float* o = out + t * out_stride + r;
         switch (ntok - t) {
 #define HYMOE_TAIL(k) \
-    case k: Isa::template tokens<(k < Isa::kNT ? k : 1), D::kBlock>(tile, blocks, aq + t, ad + t, ads + t, o, out_stride); break;
+    case k: Isa::template tokens<(k < Isa::kNT ? k : 1), D::kBlock>(tile, blocks, aq + t, ad + t, ads + t, o, out_stride, next); break;
             HYMOE_TAIL(7) HYMOE_TAIL(6) HYMOE_TAIL(5) HYMOE_TAIL(4) HYMOE_TAIL(3) HYMOE_TAIL(2) HYMOE_TAIL(1)
 #undef HYMOE_TAIL
             default: break;
         }
     }
+    h.next = after;
+    h.fetched = main < nrows ? w + (size_t)main * row_bytes : after;
     if (main < nrows)
         fallback(w + (size_t)main * row_bytes, row_bytes, nrows - main, acts, ntok, n, out + main, out_stride);
 }
