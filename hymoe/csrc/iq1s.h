@@ -53,7 +53,10 @@ static inline void iq1s_scales8(const BlockIQ1_S* b, __m256* dl, __m256* one_min
 // (Zen 4: faster than four 8-byte stores or a gather)
 static inline __m256i iq1s_codes32(const uint16_t* idx4) {
     const uint64_t* g = kIq1sCodes.v;
-    return _mm256_set_epi64x((long long)g[idx4[3]], (long long)g[idx4[2]], (long long)g[idx4[1]], (long long)g[idx4[0]]);
+    uint64_t q;  // the four indices in one load, split by shifts: the loads are what bounds this
+    memcpy(&q, idx4, 8);
+    return _mm256_set_epi64x((long long)g[q >> 48], (long long)g[(q >> 32) & 0xFFFF], (long long)g[(q >> 16) & 0xFFFF],
+                             (long long)g[q & 0xFFFF]);
 }
 
 }  // namespace

@@ -148,6 +148,7 @@ struct FQ8_0 {
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 64, kBytes = 68, kShift = 7;
     static const bool kMins = false;
+    static const bool kPrepAhead = false;
     const BlockQ8_0* b;
     __m512 ws;
     void prep(const uint8_t* p) {
@@ -168,6 +169,7 @@ struct FQ4_0 {
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 64, kBytes = 36, kShift = 3;
     static const bool kMins = false;
+    static const bool kPrepAhead = false;
     const BlockQ4_0* b;
     __m512 ws;
     void prep(const uint8_t* p) {
@@ -189,7 +191,7 @@ struct FIQ1_S {
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 256, kBytes = 50, kShift = 0;
-    static const bool kMins = true;
+    static const bool kMins = true, kPrepAhead = true;
     __m512 dl;  // lanes 0-7: scale of each sub-block of 32
     __m256 m;   // minus scale * delta: value = dl * (grid + delta)
     alignas(32) uint16_t idx[32];  // the 32 codebook indices (iq1s.h)
@@ -224,13 +226,20 @@ void rows_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const*
                 acc[i][t] = _mm512_setzero_ps();
                 macc[i][t] = _mm256_setzero_ps();
             }
+        F fb[F::kPrepAhead ? 2 : 1][NR];
+        if (F::kPrepAhead)
+            for (int i = 0; i < NR; i++) fb[0][i].prep(row + i * row_bytes);
         for (int u = 0; u < units; u++) {
-            F f[NR];
-            for (int i = 0; i < NR; i++) {
-                const uint8_t* blk = row + i * row_bytes + u * F::kBytes;
-                fetch(blk, F::kBytes);
-                f[i].prep(blk);
-            }
+            F* f = fb[F::kPrepAhead ? u & 1 : 0];
+            // kPrepAhead: the next block is prepared before this one is computed, so what prep()
+            // stored has left the store queue when the chunks load it
+            const int up = F::kPrepAhead ? u + 1 : u;
+            if (up < units)
+                for (int i = 0; i < NR; i++) {
+                    const uint8_t* blk = row + i * row_bytes + up * F::kBytes;
+                    fetch(blk, F::kBytes);
+                    fb[F::kPrepAhead ? up & 1 : 0][i].prep(blk);
+                }
             for (int c = 0; c < F::kSU / 64; c++) {
                 __m512 ws[NR];
                 __m512i wq[NR];
