@@ -65,12 +65,13 @@ def test_rows_equal_gguf_dequantized_matmul(fmt, tokens, isa):
     assert ((got - ref).abs() / scale).max().item() < 2e-5
 
 
-@pytest.mark.parametrize("fmt", ["Q8_0", "Q4_0", "Q4_K", "Q5_K", "IQ1_S", "TQ2_0", "TQ1_0", "BF16"])
+@pytest.mark.parametrize("fmt", ["Q8_0", "Q4_0", "Q4_K", "Q5_K", "IQ1_S", "TQ2_0", "TQ1_0", "BF16", "F16", "F32"])
 @pytest.mark.parametrize("tokens", [1, 2, 5, 6, 13, 64])
 def test_batch_tiles_equal_gguf_dequantized_matmul(fmt, tokens, isa):
     """From 6 tokens (AVX512) or 2 (AVX2) the kernels repack 16 rows at a time into a tile (the 8
     rows left over take the per-row kernel); BF16 32 rows at a time (AVX512-BF16; the
-    last 8 zero-padded) from 2. Every path must give the same exact sum."""
+    last 8 zero-padded) from 2; F32, F16 (and BF16 without AVX512-BF16) 16 rows in f32 from 2.
+    Every path must give the same exact sum."""
     n, rows = 512, 40
     w = random_weights(fmt, rows, n, seed=tokens + 100)
     x = torch.randn(tokens, n, generator=torch.Generator().manual_seed(tokens + 100))

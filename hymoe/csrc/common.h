@@ -185,6 +185,7 @@ void quantize_k_portable(const float* x, int n, void* act);  // only its per-256
 void fill_generic(KernelTable* t);
 void fill_avx2(KernelTable* t);    // overrides what it speeds up; needs AVX2+FMA+F16C
 void fill_avx2_tiled(KernelTable* t);  // its batch kernels (after fill_avx2: it keeps those for small batches)
+void fill_avx2_float(KernelTable* t);  // F32/F16/BF16 batches (after every per-row float kernel: it keeps them)
 void fill_avx512(KernelTable* t);  // needs AVX512F/BW/VL/VNNI
 void fill_avx512_k(KernelTable* t);  // its K-quant kernels
 void fill_avx512_tiled(KernelTable* t);  // its batch kernels (after the others: it keeps them for small batches)

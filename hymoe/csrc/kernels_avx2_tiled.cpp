@@ -4,6 +4,7 @@
 // 2 x 63 x 127 fits, Q8_0's codes (q + 128) would saturate, so Q8_0 has a signed variant.
 // Compiled with the AVX2 flags only; no C++ library (common.h).
 #if defined(__x86_64__) || defined(_M_X64)
+#include "simd_avx2.h"
 #include "tiles.h"
 
 namespace {
@@ -23,24 +24,10 @@ struct Avx2 {
     // tile): an 8x8 dword transpose for each half
     static void transpose(const uint8_t* stage, uint8_t* dst) {
         for (int half = 0; half < 2; half++) {
-            __m256i r[8], t[8], u[8];
+            __m256i r[8], out[8];
             for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_si256((const __m256i*)(stage + 256 * (8 * half + i)));
-            for (int i = 0; i < 8; i += 2) {
-                t[i] = _mm256_unpacklo_epi32(r[i], r[i + 1]);
-                t[i + 1] = _mm256_unpackhi_epi32(r[i], r[i + 1]);
-            }
-            for (int g = 0; g < 8; g += 4) {
-                u[g] = _mm256_unpacklo_epi64(t[g], t[g + 2]);
-                u[g + 1] = _mm256_unpackhi_epi64(t[g], t[g + 2]);
-                u[g + 2] = _mm256_unpacklo_epi64(t[g + 1], t[g + 3]);
-                u[g + 3] = _mm256_unpackhi_epi64(t[g + 1], t[g + 3]);
-            }
-            // u[c]: 128-bit lanes [rows 0-3 of dword c | of dword c + 4]; u[c + 4]: rows 4-7
-            for (int c = 0; c < 4; c++) {
-                _mm256_storeu_si256((__m256i*)(dst + 64 * c + 32 * half), _mm256_permute2x128_si256(u[c], u[c + 4], 0x20));
-                _mm256_storeu_si256((__m256i*)(dst + 64 * (c + 4) + 32 * half),
-                                    _mm256_permute2x128_si256(u[c], u[c + 4], 0x31));
-            }
+            transpose8x8_epi32(r, out);
+            for (int q = 0; q < 8; q++) _mm256_storeu_si256((__m256i*)(dst + 64 * q + 32 * half), out[q]);
         }
     }
 

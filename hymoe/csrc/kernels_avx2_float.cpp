@@ -1,0 +1,111 @@
+// F32, F16 and BF16 expert weights in batches on AVX2 + FMA + F16C, on AVX512 CPUs too (BF16 there
+// only without AVX512-BF16). The per-row kernels convert every weight for every token and stream
+// each row once per token. Here 16 rows at a time are converted to f32 once into a tile of [n][16]
+// (lane i = row i, two ymm per k), and each token's activation is broadcast: 2 FMAs per k for 16
+// rows and one token, the tile in L2 for all the expert's tokens. qwen3-30b-a3b layer at batch 512:
+// BF16 on the AVX2 path 34 -> 155 GFLOP/s; F16 on the AVX512 path 139 -> 157 GFLOP/s.
+// Compiled with the AVX2 flags only; no C++ library (common.h).
+#if defined(__x86_64__) || defined(_M_X64)
+#include "simd_avx2.h"
+
+#include "common.h"
+
+namespace {
+
+RowsFn g_float_rows[FMT_SLOTS];  // the per-row kernels: single tokens and remainder rows
+const int kRows = 16;            // rows per tile: two ymm of 8 lanes
+const int kNT = 6;               // tokens per pass at most: 2 x 6 accumulators, 2 weights, 1 broadcast
+
+thread_local ScratchBuffer t_float;  // per thread: the tile, n x 16 floats
+
+template <int FMT>
+inline __m256i load8_bits(const uint8_t* row, int k) {  // weights k..k+7 of a row, as f32 bits
+    if (FMT == F32) return _mm256_loadu_si256((const __m256i*)((const float*)row + k));
+    const __m128i h = _mm_loadu_si128((const __m128i*)((const uint16_t*)row + k));
+    if (FMT == F16) return _mm256_castps_si256(_mm256_cvtph_ps(h));
+    return _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);  // BF16
+}
+
+// out[t][0..15] for NT tokens: acc += tile[k] x x_t[k], broadcast
+template <int NT>
+void tokens(const float* tile, int n, const float* const* x, float* out, size_t out_stride, NextTile& stream) {
+    NextTile next = stream;
+    __m256 lo[NT], hi[NT];  // rows 0-7, 8-15
+    for (int t = 0; t < NT; t++) lo[t] = hi[t] = _mm256_setzero_ps();
+    for (int k0 = 0; k0 < n; k0 += 8) {
+        next.step();
+#pragma GCC unroll 8
+        for (int k = k0; k < k0 + 8; k++) {
+            const __m256 w0 = _mm256_load_ps(tile + 16 * (size_t)k), w1 = _mm256_load_ps(tile + 16 * (size_t)k + 8);
+            for (int t = 0; t < NT; t++) {
+                const __m256 a = _mm256_broadcast_ss(x[t] + k);
+                lo[t] = _mm256_fmadd_ps(w0, a, lo[t]);
+                hi[t] = _mm256_fmadd_ps(w1, a, hi[t]);
+            }
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        _mm256_storeu_ps(out + t * out_stride, lo[t]);
+        _mm256_storeu_ps(out + t * out_stride + 8, hi[t]);
+    }
+    stream = next;
+}
+
+template <int FMT>
+void rows_float(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
+                size_t out_stride) {
+    float* tile = ntok < 2 || n % 8 || nrows < kRows ? nullptr : (float*)t_float.reserve((size_t)n * kRows * 4);
+    if (!tile) return g_float_rows[FMT](w, row_bytes, nrows, acts, ntok, n, out, out_stride);
+    const float* const* x = (const float* const*)acts;  // f32 activations (BF16: rounded to bf16 by the job)
+    // prefetching as the batch tiles (tiles.h): the first tile at once unless the previous call
+    // fetched it, each next one during the compute, after the last the rows left or the range next
+    RangeHint& h = range_hint();
+    const uint8_t* after = h.next;
+    const size_t tile_bytes = row_bytes * kRows;
+    if (h.fetched != w)
+        for (size_t l = 0; l < tile_bytes; l += 64) __builtin_prefetch((const char*)w + l, 0, 2);
+    const int main = nrows / kRows * kRows, groups = (ntok + kNT - 1) / kNT;
+    for (int r = 0; r < main; r += kRows) {
+        const uint8_t* rows = w + (size_t)r * row_bytes;
+        const bool is_last = r + kRows == main;
+        NextTile next(is_last && main == nrows ? after : rows + tile_bytes,
+                      is_last && main < nrows ? (size_t)(nrows - main) * row_bytes : tile_bytes, n / 8 * groups);
+        for (int k = 0; k < n; k += 8)  // 8 weights of 8 rows per transpose
+            for (int half = 0; half < 2; half++) {
+                __m256i v[8], q[8];
+                for (int i = 0; i < 8; i++) v[i] = load8_bits<FMT>(rows + (8 * half + i) * row_bytes, k);
+                transpose8x8_epi32(v, q);
+                for (int j = 0; j < 8; j++) _mm256_store_si256((__m256i*)(tile + 16 * (size_t)(k + j) + 8 * half), q[j]);
+            }
+        // tokens in balanced groups of at most kNT (a small group has too few independent sums)
+        for (int gi = 0, t = 0; gi < groups; gi++) {
+            const int nt = (ntok - t) / (groups - gi);
+            float* o = out + t * out_stride + r;
+            switch (nt) {
+                case 6: tokens<6>(tile, n, x + t, o, out_stride, next); break;
+                case 5: tokens<5>(tile, n, x + t, o, out_stride, next); break;
+                case 4: tokens<4>(tile, n, x + t, o, out_stride, next); break;
+                case 3: tokens<3>(tile, n, x + t, o, out_stride, next); break;
+                case 2: tokens<2>(tile, n, x + t, o, out_stride, next); break;
+                default: tokens<1>(tile, n, x + t, o, out_stride, next); break;
+            }
+            t += nt;
+        }
+    }
+    h.next = after;
+    h.fetched = main < nrows ? w + (size_t)main * row_bytes : after;
+    if (main < nrows)
+        g_float_rows[FMT](w + (size_t)main * row_bytes, row_bytes, nrows - main, acts, ntok, n, out + main, out_stride);
+}
+
+}  // namespace
+
+void fill_avx2_float(KernelTable* t) {
+    g_float_rows[F32] = t->rows[F32], t->rows[F32] = rows_float<F32>;
+    g_float_rows[F16] = t->rows[F16], t->rows[F16] = rows_float<F16>;
+    g_float_rows[BF16] = t->rows[BF16], t->rows[BF16] = rows_float<BF16>;
+}
+#else
+#include "common.h"
+void fill_avx2_float(KernelTable*) {}
+#endif

@@ -1,0 +1,28 @@
+// Inline helpers shared by the AVX2 kernel files. Include only from files compiled with at least
+// the AVX2 flags (see setup.py); everything here has internal linkage.
+#pragma once
+#include <immintrin.h>
+
+namespace {
+
+// 8 rows x 8 dwords in registers -> out[q] = dword q of rows 0-7 (lane i = row i)
+static inline void transpose8x8_epi32(const __m256i* r, __m256i* out) {
+    __m256i t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int g = 0; g < 8; g += 4) {
+        u[g] = _mm256_unpacklo_epi64(t[g], t[g + 2]);
+        u[g + 1] = _mm256_unpackhi_epi64(t[g], t[g + 2]);
+        u[g + 2] = _mm256_unpacklo_epi64(t[g + 1], t[g + 3]);
+        u[g + 3] = _mm256_unpackhi_epi64(t[g + 1], t[g + 3]);
+    }
+    // u[c]: 128-bit lanes [rows 0-3 of dword c | of dword c + 4]; u[c + 4]: rows 4-7
+    for (int c = 0; c < 4; c++) {
+        out[c] = _mm256_permute2x128_si256(u[c], u[c + 4], 0x20);
+        out[c + 4] = _mm256_permute2x128_si256(u[c], u[c + 4], 0x31);
+    }
+}
+
+}  // namespace
