@@ -128,6 +128,30 @@ struct NextTile {
     }
 };
 
+// Tokens in balanced groups of at most kMax (27 with kMax 8: 7 + 7 + 7 + 6, not 8 + 8 + 8 + 3: a small
+// group has too few independent sums to hide the multiply-adds' latency): run(Nt<n>{}, t) for each
+// group of n tokens from t on, n a compile-time constant for the kernel's register tile.
+template <int N>
+struct Nt {
+    static constexpr int value = N;
+};
+template <int N, class Run>
+inline void run_with_nt(int nt, int t, Run& run) {
+    if constexpr (N > 1) {
+        if (nt < N) return run_with_nt<N - 1>(nt, t, run);
+    }
+    run(Nt<N>{}, t);
+}
+template <int kMax, class Run>
+inline void balanced_token_groups(int ntok, Run run) {
+    const int groups = (ntok + kMax - 1) / kMax;
+    for (int gi = 0, t = 0; gi < groups; gi++) {
+        const int nt = (ntok - t) / (groups - gi);
+        run_with_nt<kMax>(nt, t, run);
+        t += nt;
+    }
+}
+
 // An activation row quantised for the integer kernels. Two quantisations of the same row:
 //  - blocks of 32, one float scale each, with the sum of each 16 values (Q8_0, Q4_0, IQ1_S, TQ*);
 //  - blocks of 256 for the K-quants (one scale per super-block lets their sub-block scales be

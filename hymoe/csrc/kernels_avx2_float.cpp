@@ -77,20 +77,9 @@ void rows_float(const uint8_t* w, size_t row_bytes, int nrows, const void* const
                 transpose8x8_epi32(v, q);
                 for (int j = 0; j < 8; j++) _mm256_store_si256((__m256i*)(tile + 16 * (size_t)(k + j) + 8 * half), q[j]);
             }
-        // tokens in balanced groups of at most kNT (a small group has too few independent sums)
-        for (int gi = 0, t = 0; gi < groups; gi++) {
-            const int nt = (ntok - t) / (groups - gi);
-            float* o = out + t * out_stride + r;
-            switch (nt) {
-                case 6: tokens<6>(tile, n, x + t, o, out_stride, next); break;
-                case 5: tokens<5>(tile, n, x + t, o, out_stride, next); break;
-                case 4: tokens<4>(tile, n, x + t, o, out_stride, next); break;
-                case 3: tokens<3>(tile, n, x + t, o, out_stride, next); break;
-                case 2: tokens<2>(tile, n, x + t, o, out_stride, next); break;
-                default: tokens<1>(tile, n, x + t, o, out_stride, next); break;
-            }
-            t += nt;
-        }
+        balanced_token_groups<kNT>(ntok, [&](auto nt, int t) {
+            tokens<decltype(nt)::value>(tile, n, x + t, out + t * out_stride + r, out_stride, next);
+        });
     }
     h.next = after;
     h.fetched = main < nrows ? w + (size_t)main * row_bytes : after;

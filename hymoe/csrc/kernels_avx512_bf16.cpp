@@ -89,27 +89,13 @@ void rows_bf16(const uint8_t* w, size_t row_bytes, int nrows, const void* const*
         }
         float* dst = nr == kRows ? out + r : part;
         const size_t ds = nr == kRows ? out_stride : kRows;
-        // tokens in groups of at most kNT, balanced (27 = 7 + 7 + 7 + 6, not 8 + 8 + 8 + 3): a small
-        // group has too few independent sums to hide vdpbf16ps's latency (9 tokens: +8-13%)
-        const int groups = (ntok + kNT - 1) / kNT;
+        const int steps = pairs * ((ntok + kNT - 1) / kNT);  // the compute's calls of next.step()
         const size_t left = (size_t)(nrows - r - nr) * row_bytes;  // bytes of this range after the tile
-        NextTile next = left ? NextTile(rows + tile_bytes, left < tile_bytes ? left : tile_bytes, pairs * groups)
-                             : NextTile(after, tile_bytes, pairs * groups);
-        for (int gi = 0, t = 0; gi < groups; gi++) {
-            const int nt = (ntok - t) / (groups - gi);
-            float* o = dst + t * ds;
-            switch (nt) {
-                case 8: tokens<8>(tile, pairs, a + t, o, ds, next); break;
-                case 7: tokens<7>(tile, pairs, a + t, o, ds, next); break;
-                case 6: tokens<6>(tile, pairs, a + t, o, ds, next); break;
-                case 5: tokens<5>(tile, pairs, a + t, o, ds, next); break;
-                case 4: tokens<4>(tile, pairs, a + t, o, ds, next); break;
-                case 3: tokens<3>(tile, pairs, a + t, o, ds, next); break;
-                case 2: tokens<2>(tile, pairs, a + t, o, ds, next); break;
-                default: tokens<1>(tile, pairs, a + t, o, ds, next); break;
-            }
-            t += nt;
-        }
+        NextTile next = left ? NextTile(rows + tile_bytes, left < tile_bytes ? left : tile_bytes, steps)
+                             : NextTile(after, tile_bytes, steps);
+        balanced_token_groups<kNT>(ntok, [&](auto nt, int t) {  // (9 tokens: +8-13% against 8 + 1)
+            tokens<decltype(nt)::value>(tile, pairs, a + t, dst + t * ds, ds, next);
+        });
         if (nr < kRows)
             for (int j = 0; j < ntok; j++) memcpy(out + j * out_stride + r, part + j * kRows, (size_t)nr * 4);
     }
