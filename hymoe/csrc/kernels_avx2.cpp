@@ -185,21 +185,27 @@ float dot_iq1_s(const uint8_t* w, const void* act, int n) {
 }
 
 template <int FMT>
+inline __m256 load8_float(const uint8_t* w, int i) {  // weights i..i+7 as f32
+    if (FMT == F32) return _mm256_loadu_ps((const float*)w + i);
+    const __m128i h = _mm_loadu_si128((const __m128i*)((const uint16_t*)w + i));
+    return FMT == F16 ? _mm256_cvtph_ps(h) : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+// four sums, not one chain of FMAs (4 cycles each), and a prefetch per line: deepseek-v3 BF16 batch 1
+// on the AVX2 path 32.2 -> 29.6 ms per layer (0.63 -> 0.69 of bandwidth; qwen3 F16 unchanged, 0.90)
+template <int FMT>
 float dot_float(const uint8_t* w, const void* act, int n) {
     const float* x = (const float*)act;
-    __m256 acc = _mm256_setzero_ps();
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 v;
-        if (FMT == F32) {
-            v = _mm256_loadu_ps((const float*)w + i);
-        } else {
-            __m128i h = _mm_loadu_si128((const __m128i*)((const uint16_t*)w + i));
-            v = FMT == F16 ? _mm256_cvtph_ps(h) : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-        }
-        acc = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + i), acc);
+    for (; i + 32 <= n; i += 32) {
+        const int bytes = FMT == F32 ? 4 : 2;  // per weight
+        for (int l = 0; l < 32 * bytes; l += 64) _mm_prefetch((const char*)w + (size_t)i * bytes + l + kPrefetch, _MM_HINT_T0);
+        for (int j = 0; j < 4; j++)
+            acc[j] = _mm256_fmadd_ps(load8_float<FMT>(w, i + 8 * j), _mm256_loadu_ps(x + i + 8 * j), acc[j]);
     }
-    float s = hsum(acc);
+    for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(load8_float<FMT>(w, i), _mm256_loadu_ps(x + i), acc[0]);
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
     for (; i < n; i++) {
         uint16_t h = ((const uint16_t*)w)[i];
         float v = FMT == F32 ? ((const float*)w)[i] : FMT == F16 ? h2f(h) : bf16_to_f32(h);
