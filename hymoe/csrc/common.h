@@ -128,6 +128,32 @@ struct NextTile {
     }
 };
 
+// A batch kernel's prefetching over its range [w, w + bytes), read in tiles of tile_bytes up to
+// w + tiled (the rest, if any, then goes to a per-row kernel), with RangeHint's hand-over: the
+// first tile fetched at once unless the previous call fetched it, and during each tile's compute
+// what follows it (at most a tile; after the last, the range read next).
+struct TiledRange {
+    RangeHint& h;
+    const uint8_t *w, *end, *tiled_end, *after;
+    size_t tile_bytes;
+    TiledRange(const uint8_t* w_, size_t bytes, size_t tiled, size_t tile_bytes_)
+        : h(range_hint()), w(w_), end(w_ + bytes), tiled_end(w_ + tiled), after(h.next), tile_bytes(tile_bytes_) {
+        if (h.fetched != w)
+            for (size_t l = 0; l < tile_bytes && l < bytes; l += 64) __builtin_prefetch((const char*)w + l, 0, 2);
+    }
+    // the stream a tile starting at `tile` (in the range, not a padded copy) fetches over `steps` steps
+    NextTile next_of(const uint8_t* tile, int steps) const {
+        const uint8_t* n = tile + tile_bytes;
+        if (n >= end) return NextTile(after, tile_bytes, steps);
+        return NextTile(n, (size_t)(end - n) < tile_bytes ? (size_t)(end - n) : tile_bytes, steps);
+    }
+    // after the tiles: the per-row kernel for the rest (if any) reads on into the range read next
+    void hand_over() {
+        h.next = after;
+        h.fetched = tiled_end < end ? tiled_end : after;
+    }
+};
+
 // Tokens in balanced groups of at most kMax (27 with kMax 8: 7 + 7 + 7 + 6, not 8 + 8 + 8 + 3: a small
 // group has too few independent sums to hide the multiply-adds' latency): run(Nt<n>{}, t) for each
 // group of n tokens from t on, n a compile-time constant for the kernel's register tile.

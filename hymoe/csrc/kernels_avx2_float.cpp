@@ -57,19 +57,11 @@ void rows_float(const uint8_t* w, size_t row_bytes, int nrows, const void* const
     float* tile = ntok < 2 || n % 8 || nrows < kRows ? nullptr : (float*)t_float.reserve((size_t)n * kRows * 4);
     if (!tile) return g_float_rows[FMT](w, row_bytes, nrows, acts, ntok, n, out, out_stride);
     const float* const* x = (const float* const*)acts;  // f32 activations (BF16: rounded to bf16 by the job)
-    // prefetching as the batch tiles (tiles.h): the first tile at once unless the previous call
-    // fetched it, each next one during the compute, after the last the rows left or the range next
-    RangeHint& h = range_hint();
-    const uint8_t* after = h.next;
-    const size_t tile_bytes = row_bytes * kRows;
-    if (h.fetched != w)
-        for (size_t l = 0; l < tile_bytes; l += 64) __builtin_prefetch((const char*)w + l, 0, 2);
     const int main = nrows / kRows * kRows, groups = (ntok + kNT - 1) / kNT;
+    TiledRange range(w, nrows * row_bytes, main * row_bytes, row_bytes * kRows);
     for (int r = 0; r < main; r += kRows) {
         const uint8_t* rows = w + (size_t)r * row_bytes;
-        const bool is_last = r + kRows == main;
-        NextTile next(is_last && main == nrows ? after : rows + tile_bytes,
-                      is_last && main < nrows ? (size_t)(nrows - main) * row_bytes : tile_bytes, n / 8 * groups);
+        NextTile next = range.next_of(rows, n / 8 * groups);
         for (int k = 0; k < n; k += 8)  // 8 weights of 8 rows per transpose
             for (int half = 0; half < 2; half++) {
                 __m256i v[8], q[8];
@@ -81,8 +73,7 @@ void rows_float(const uint8_t* w, size_t row_bytes, int nrows, const void* const
             tokens<decltype(nt)::value>(tile, n, x + t, out + t * out_stride + r, out_stride, next);
         });
     }
-    h.next = after;
-    h.fetched = main < nrows ? w + (size_t)main * row_bytes : after;
+    range.hand_over();
     if (main < nrows)
         g_float_rows[FMT](w + (size_t)main * row_bytes, row_bytes, nrows - main, acts, ntok, n, out + main, out_stride);
 }

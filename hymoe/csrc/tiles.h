@@ -238,7 +238,6 @@ thread_local Tile t_tile;
 template <class Isa, class D, bool kAct256>
 void rows_tiled16(RowsFn fallback, int min_tokens, const uint8_t* w, size_t row_bytes, int nrows,
                   const void* const* acts, int ntok, int n, float* out, size_t out_stride) {
-    static_assert(Isa::kNT >= 1 && Isa::kNT <= 8, "the tail below covers remainders up to 7 tokens");
     Tile& tile = t_tile;
     if (ntok < min_tokens || n % 256 || nrows < kLanes || ntok > 64 || !tile.reserve(n))
         return fallback(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
@@ -265,21 +264,12 @@ void rows_tiled16(RowsFn fallback, int min_tokens, const uint8_t* w, size_t row_
         aq[t] = kAct256 ? v.qk : v.qs, ad[t] = d, ads[t] = s;
     }
     const int main = nrows / kLanes * kLanes;
-    // prefetching (NextTile, and RangeHint's hand-over as in the per-row kernels): the range's
-    // first tile at once unless the previous call fetched it, each next tile during the compute,
-    // and after the last one the rows left to the per-row kernel or the range read next
-    RangeHint& h = range_hint();
-    const uint8_t* after = h.next;
-    const size_t tile_bytes = row_bytes * kLanes;
-    if (h.fetched != w)
-        for (size_t l = 0; l < tile_bytes; l += 64) __builtin_prefetch((const char*)w + l, 0, 2);
+    TiledRange range(w, nrows * row_bytes, main * row_bytes, row_bytes * kLanes);
     const int passes = (ntok + Isa::kNT - 1) / Isa::kNT;
     alignas(64) uint8_t stage[kLanes * 256];
     for (int r = 0; r < main; r += kLanes) {
         const uint8_t* rows = w + (size_t)r * row_bytes;
-        const bool is_last = r + kLanes == main;
-        NextTile next(is_last && main == nrows ? after : rows + tile_bytes,
-                      is_last && main < nrows ? (size_t)(nrows - main) * row_bytes : tile_bytes, blocks * passes);
+        NextTile next = range.next_of(rows, blocks * passes);
         for (int u = 0; u < n / 256; u++) {
             for (int i = 0; i < kLanes; i++) {
                 const uint8_t* blk = rows + i * row_bytes + (size_t)u * D::kBytes;
@@ -288,21 +278,12 @@ void rows_tiled16(RowsFn fallback, int min_tokens, const uint8_t* w, size_t row_
             }
             for (int j = 0; j < 8; j++) Isa::transpose(stage + 32 * j, tile.codes + (size_t)(8 * u + j) * 512);
         }
-        int t = 0;
-        for (; t + Isa::kNT <= ntok; t += Isa::kNT)
-            Isa::template tokens<Isa::kNT, D::kBlock>(tile, blocks, aq + t, ad + t, ads + t, out + t * out_stride + r,
-                                                      out_stride, next);
-        float* o = out + t * out_stride + r;
-        switch (ntok - t) {
-#define HYMOE_TAIL(k) \
-    case k: Isa::template tokens<(k < Isa::kNT ? k : 1), D::kBlock>(tile, blocks, aq + t, ad + t, ads + t, o, out_stride, next); break;
-            HYMOE_TAIL(7) HYMOE_TAIL(6) HYMOE_TAIL(5) HYMOE_TAIL(4) HYMOE_TAIL(3) HYMOE_TAIL(2) HYMOE_TAIL(1)
-#undef HYMOE_TAIL
-            default: break;
-        }
+        balanced_token_groups<Isa::kNT>(ntok, [&](auto nt, int t) {
+            Isa::template tokens<decltype(nt)::value, D::kBlock>(tile, blocks, aq + t, ad + t, ads + t,
+                                                                 out + t * out_stride + r, out_stride, next);
+        });
     }
-    h.next = after;
-    h.fetched = main < nrows ? w + (size_t)main * row_bytes : after;
+    range.hand_over();
     if (main < nrows)
         fallback(w + (size_t)main * row_bytes, row_bytes, nrows - main, acts, ntok, n, out + main, out_stride);
 }
