@@ -7,6 +7,7 @@
 #include "common.h"
 #include "iq1s.h"
 #include "k_scales.h"
+#include "simd_avx2.h"
 
 namespace {
 
@@ -156,6 +157,45 @@ float dot_tq2_0(const uint8_t* w, const void* act, int n) {
     return hsum(acc) - offset;
 }
 
+// TQ1_0 (1.69 bits): the digits of qs[0..31] are weights 32k + l (k < 5), those of qs[32..47]
+// weights 160 + 16k + l and those of qh[0..3] weights 240 + 4k + l (k < 4; see tiles.h). One vector
+// holds qs[32..47] and qh side by side, so its k-th digits meet one activation vector built of the
+// two matching runs (zeros past them). Sums as TQ2_0's; the portable kernel did 1.0 GB/s per core.
+float dot_tq1_0(const uint8_t* w, const void* act, int n) {
+    ActView a = act_view(act, n);
+    const BlockTQ1_0* b = (const BlockTQ1_0*)w;
+    __m256 acc = _mm256_setzero_ps();
+    float offset = 0;
+    for (int i = 0; i < n / 256; i++) {
+        _mm_prefetch((const char*)(b + i) + kPrefetch, _MM_HINT_T0);
+        const int8_t* x = a.qk + 256 * i;
+        int32_t qh;
+        memcpy(&qh, b[i].qh, 4);
+        const __m256i v = _mm256_loadu_si256((const __m256i*)b[i].qs);
+        const __m256i u = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(b[i].qs + 32))),
+                                                  _mm_cvtsi32_si128(qh), 1);
+        const __m256i v3 = _mm256_add_epi8(_mm256_add_epi8(v, v), v), u3 = _mm256_add_epi8(_mm256_add_epi8(u, u), u);
+        const __m256i v9 = tq1_times9(v), u9 = tq1_times9(u);
+        const __m256i pv[5] = {v, v3, v9, tq1_times9(v3), tq1_times9(v9)};
+        const __m256i pu[5] = {u, u3, u9, tq1_times9(u3), tq1_times9(u9)};
+        __m256i p16 = _mm256_setzero_si256();  // 10 x 2 x 2 x 127 < 32768
+        for (int k = 0; k < 5; k++) {
+            int32_t x4 = 0;
+            if (k < 4) memcpy(&x4, x + 240 + 4 * k, 4);
+            const __m256i xu = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(x + 160 + 16 * k))), _mm_cvtsi32_si128(x4), 1);
+            p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(tq1_digit(pv[k]), _mm256_loadu_si256((const __m256i*)(x + 32 * k))));
+            p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(tq1_digit(pu[k]), xu));
+        }
+        const float s = a.dk[i] * h2f(b[i].d);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1))), _mm256_set1_ps(s), acc);
+        int32_t sum = 0;
+        for (int j = 0; j < 8; j++) sum += a.bk32[8 * i + j];
+        offset += s * (float)sum;  // codes carry +1
+    }
+    return hsum(acc) - offset;
+}
+
 // IQ1_S: per 32 weights four codebook lookups of 8 (codes 0..2, see iq1s.h), scale dl, and the
 // offset dl * (1 - delta) against the activations' sum; the 8 scales and offsets of a super-block
 // in vectors (scalar int-to-float conversions carry a false dependency each)
@@ -235,6 +275,7 @@ void fill_avx2(KernelTable* t) {
     t->rows[Q5_K] = rows<dot_qk45<true>, 256>;
     t->rows[Q6_K] = rows<dot_q6_k, 256>;
     t->rows[TQ2_0] = rows<dot_tq2_0, 256>;
+    t->rows[TQ1_0] = rows<dot_tq1_0, 256>;
     t->rows[IQ1_S] = rows<dot_iq1_s, 256>;
     fill_avx2_tiled(t);
 }

@@ -25,4 +25,14 @@ static inline void transpose8x8_epi32(const __m256i* r, __m256i* out) {
     }
 }
 
+// TQ1_0: five base-3 digits per byte, digit k of q = floor(3 (q 3^k mod 256) / 256)
+static inline __m256i tq1_times9(__m256i v) {  // v * 9 mod 256 per byte
+    return _mm256_add_epi8(_mm256_and_si256(_mm256_slli_epi16(v, 3), _mm256_set1_epi8((char)0xF8)), v);
+}
+static inline __m256i tq1_digit(__m256i q) {  // floor(3q / 256) = (q >= 86) + (q >= 171), as -(-1 + -1)
+    const __m256i ge86 = _mm256_cmpeq_epi8(_mm256_max_epu8(q, _mm256_set1_epi8(86)), q);
+    const __m256i ge171 = _mm256_cmpeq_epi8(_mm256_max_epu8(q, _mm256_set1_epi8((char)171)), q);
+    return _mm256_sub_epi8(_mm256_setzero_si256(), _mm256_add_epi8(ge86, ge171));
+}
+
 }  // namespace

@@ -20,6 +20,7 @@
 #include "common.h"
 #include "iq1s.h"
 #include "k_scales.h"
+#include "simd_avx2.h"
 
 namespace {
 
@@ -126,14 +127,6 @@ struct DTQ2_0 {  // weight 128h + 32l + m is 2-bit field l of byte 32h + m; valu
 // TQ1_0: five base-3 digits per byte, digit k of q = floor(3 (q 3^k mod 256) / 256); the digits
 // of bytes 0-31 are weights 32k.., of bytes 32-47 weights 160 + 16k.., of qh weights 240 + 4k..
 // (k < 4), so each lands in k order with one store; value = d * (digit - 1)
-inline __m256i tq1_times9(__m256i v) {  // v * 9 mod 256 per byte
-    return _mm256_add_epi8(_mm256_and_si256(_mm256_slli_epi16(v, 3), _mm256_set1_epi8((char)0xF8)), v);
-}
-inline __m256i tq1_digit(__m256i q) {  // floor(3q / 256) = (q >= 86) + (q >= 171), as -(-1 + -1)
-    const __m256i ge86 = _mm256_cmpeq_epi8(_mm256_max_epu8(q, _mm256_set1_epi8(86)), q);
-    const __m256i ge171 = _mm256_cmpeq_epi8(_mm256_max_epu8(q, _mm256_set1_epi8((char)171)), q);
-    return _mm256_sub_epi8(_mm256_setzero_si256(), _mm256_add_epi8(ge86, ge171));
-}
 struct DTQ1_0 {
     static const int kBlock = 32;
     static const int kBytes = sizeof(BlockTQ1_0);
