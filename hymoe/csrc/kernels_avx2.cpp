@@ -129,6 +129,15 @@ float dot_q6_k(const uint8_t* w, const void* act, int n) {
     return hsum(acc);
 }
 
+// The end of a ternary super-block (TQ2_0, TQ1_0): p16, the int16 sums of codes (value + 1) times
+// activations, scaled by s into acc; the +1 as s times the activations' sum, into offset
+inline void ternary_sums(__m256i p16, float s, const int16_t* bk32, __m256& acc, float& offset) {
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1))), _mm256_set1_ps(s), acc);
+    int32_t sum = 0;
+    for (int j = 0; j < 8; j++) sum += bk32[j];
+    offset += s * (float)sum;
+}
+
 // TQ2_0 (1.58-bit): 2-bit codes 0..2 against per-256 activations; eight vpmaddubsw results add up in
 // int16 (8 x 2 x 2 x 127 < 32768) before one vpmaddwd, and the code offset (+1) is minus the sum of a.
 float dot_tq2_0(const uint8_t* w, const void* act, int n) {
@@ -148,11 +157,7 @@ float dot_tq2_0(const uint8_t* w, const void* act, int n) {
                 p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(codes, x));
             }
         }
-        const float s = a.dk[i] * h2f(b[i].d);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1))), _mm256_set1_ps(s), acc);
-        int32_t sum = 0;
-        for (int j = 0; j < 8; j++) sum += a.bk32[8 * i + j];
-        offset += s * (float)sum;
+        ternary_sums(p16, a.dk[i] * h2f(b[i].d), a.bk32 + 8 * i, acc, offset);
     }
     return hsum(acc) - offset;
 }
@@ -174,10 +179,9 @@ float dot_tq1_0(const uint8_t* w, const void* act, int n) {
         const __m256i v = _mm256_loadu_si256((const __m256i*)b[i].qs);
         const __m256i u = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(b[i].qs + 32))),
                                                   _mm_cvtsi32_si128(qh), 1);
-        const __m256i v3 = _mm256_add_epi8(_mm256_add_epi8(v, v), v), u3 = _mm256_add_epi8(_mm256_add_epi8(u, u), u);
-        const __m256i v9 = tq1_times9(v), u9 = tq1_times9(u);
-        const __m256i pv[5] = {v, v3, v9, tq1_times9(v3), tq1_times9(v9)};
-        const __m256i pu[5] = {u, u3, u9, tq1_times9(u3), tq1_times9(u9)};
+        __m256i pv[5], pu[5];
+        tq1_powers(v, pv);
+        tq1_powers(u, pu);
         __m256i p16 = _mm256_setzero_si256();  // 10 x 2 x 2 x 127 < 32768
         for (int k = 0; k < 5; k++) {
             int32_t x4 = 0;
@@ -187,11 +191,7 @@ float dot_tq1_0(const uint8_t* w, const void* act, int n) {
             p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(tq1_digit(pv[k]), _mm256_loadu_si256((const __m256i*)(x + 32 * k))));
             p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(tq1_digit(pu[k]), xu));
         }
-        const float s = a.dk[i] * h2f(b[i].d);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1))), _mm256_set1_ps(s), acc);
-        int32_t sum = 0;
-        for (int j = 0; j < 8; j++) sum += a.bk32[8 * i + j];
-        offset += s * (float)sum;  // codes carry +1
+        ternary_sums(p16, a.dk[i] * h2f(b[i].d), a.bk32 + 8 * i, acc, offset);
     }
     return hsum(acc) - offset;
 }

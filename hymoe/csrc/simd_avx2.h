@@ -34,5 +34,10 @@ static inline __m256i tq1_digit(__m256i q) {  // floor(3q / 256) = (q >= 86) + (
     const __m256i ge171 = _mm256_cmpeq_epi8(_mm256_max_epu8(q, _mm256_set1_epi8((char)171)), q);
     return _mm256_sub_epi8(_mm256_setzero_si256(), _mm256_add_epi8(ge86, ge171));
 }
+// the bytes q times 3^k mod 256, k < 5: their digit k is digit 0 of pk[k]
+static inline void tq1_powers(__m256i q, __m256i* pk) {
+    const __m256i q3 = _mm256_add_epi8(_mm256_add_epi8(q, q), q), q9 = tq1_times9(q);
+    pk[0] = q, pk[1] = q3, pk[2] = q9, pk[3] = tq1_times9(q3), pk[4] = tq1_times9(q9);
+}
 
 }  // namespace

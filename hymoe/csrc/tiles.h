@@ -137,9 +137,9 @@ struct DTQ1_0 {
         __m256i v = _mm256_loadu_si256((const __m256i*)b->qs);  // times 3^k below
         __m256i w = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(b->qs + 32))),
                                             _mm_cvtsi32_si128(qh), 1);  // qs[32..47], then qh in bytes 16-19
-        const __m256i v1 = v, w1 = w, v3 = _mm256_add_epi8(_mm256_add_epi8(v, v), v), w3 = _mm256_add_epi8(_mm256_add_epi8(w, w), w);
-        const __m256i pv[5] = {v1, v3, tq1_times9(v1), tq1_times9(v3), tq1_times9(tq1_times9(v1))};
-        const __m256i pw[5] = {w1, w3, tq1_times9(w1), tq1_times9(w3), tq1_times9(tq1_times9(w1))};
+        __m256i pv[5], pw[5];
+        tq1_powers(v, pv);
+        tq1_powers(w, pw);
         for (int k = 0; k < 5; k++) {
             _mm256_storeu_si256((__m256i*)(codes + 32 * k), tq1_digit(pv[k]));
             const __m256i dw = tq1_digit(pw[k]);
