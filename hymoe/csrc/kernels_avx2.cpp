@@ -174,14 +174,8 @@ float dot_tq1_0(const uint8_t* w, const void* act, int n) {
     for (int i = 0; i < n / 256; i++) {
         _mm_prefetch((const char*)(b + i) + kPrefetch, _MM_HINT_T0);
         const int8_t* x = a.qk + 256 * i;
-        int32_t qh;
-        memcpy(&qh, b[i].qh, 4);
-        const __m256i v = _mm256_loadu_si256((const __m256i*)b[i].qs);
-        const __m256i u = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(b[i].qs + 32))),
-                                                  _mm_cvtsi32_si128(qh), 1);
         __m256i pv[5], pu[5];
-        tq1_powers(v, pv);
-        tq1_powers(u, pu);
+        tq1_block_powers(b[i].qs, b[i].qh, pv, pu);
         __m256i p16 = _mm256_setzero_si256();  // 10 x 2 x 2 x 127 < 32768
         for (int k = 0; k < 5; k++) {
             int32_t x4 = 0;

@@ -2,6 +2,8 @@
 // the AVX2 flags (see setup.py); everything here has internal linkage.
 #pragma once
 #include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
 
 namespace {
 
@@ -38,6 +40,15 @@ static inline __m256i tq1_digit(__m256i q) {  // floor(3q / 256) = (q >= 86) + (
 static inline void tq1_powers(__m256i q, __m256i* pk) {
     const __m256i q3 = _mm256_add_epi8(_mm256_add_epi8(q, q), q), q9 = tq1_times9(q);
     pk[0] = q, pk[1] = q3, pk[2] = q9, pk[3] = tq1_times9(q3), pk[4] = tq1_times9(q9);
+}
+// One TQ1_0 block's bytes times 3^k: pv from qs[0..31]; pw from qs[32..47] with qh[0..3] in bytes
+// 16-19 (the rest zero), so the k-th digits of both runs sit in one vector
+static inline void tq1_block_powers(const uint8_t* qs, const uint8_t* qh, __m256i* pv, __m256i* pw) {
+    int32_t h;
+    memcpy(&h, qh, 4);
+    tq1_powers(_mm256_loadu_si256((const __m256i*)qs), pv);
+    tq1_powers(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(qs + 32))),
+                                       _mm_cvtsi32_si128(h), 1), pw);
 }
 
 }  // namespace

@@ -132,14 +132,8 @@ struct DTQ1_0 {
     static const int kBytes = sizeof(BlockTQ1_0);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
         const BlockTQ1_0* b = (const BlockTQ1_0*)p;
-        int32_t qh;
-        memcpy(&qh, b->qh, 4);
-        __m256i v = _mm256_loadu_si256((const __m256i*)b->qs);  // times 3^k below
-        __m256i w = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(b->qs + 32))),
-                                            _mm_cvtsi32_si128(qh), 1);  // qs[32..47], then qh in bytes 16-19
         __m256i pv[5], pw[5];
-        tq1_powers(v, pv);
-        tq1_powers(w, pw);
+        tq1_block_powers(b->qs, b->qh, pv, pw);
         for (int k = 0; k < 5; k++) {
             _mm256_storeu_si256((__m256i*)(codes + 32 * k), tq1_digit(pv[k]));
             const __m256i dw = tq1_digit(pw[k]);
