@@ -1,4 +1,4 @@
-"""Zero-copy GGUF reader: metadata as Python values, tensors as views of a copy-on-write mmap.
+"""Zero-copy GGUF reader: metadata as Python values, tensors as views of a read-only mmap.
 
 Written against the GGUF v2/v3 layout (the same one gguf-py's reader parses) because a loader
 for user files must validate as it goes: every count and length is checked against the bytes
@@ -10,6 +10,7 @@ from __future__ import annotations
 import mmap
 import re
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +102,9 @@ class GGUFFile:
             size = f.seek(0, 2)
             if size < 24:
                 raise HymoeError(f"{self.path}: not a GGUF file (only {size} bytes)")
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            # read-only: a private writable map is charged to memory up front, so a 405 GiB file failed
+            # with ENOMEM on a 24 GiB machine; hymoe never writes to weights
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         advise_huge(self._map)  # experts stream from here: large pages spare TLB misses
         buf = memoryview(self._map)
         if bytes(buf[:4]) != MAGIC:
@@ -131,7 +134,9 @@ class GGUFFile:
             cur.fail(f"general.alignment {align!r} is not a power of two")
         start = -(-cur.pos // align) * align
         self.tensors: dict[str, TensorInfo] = {}
-        data = torch.frombuffer(self._map, dtype=torch.uint8) if size else None
+        with warnings.catch_warnings():  # torch warns that the buffer is not writable: it is not, by design
+            warnings.simplefilter("ignore", UserWarning)
+            data = torch.frombuffer(self._map, dtype=torch.uint8) if size else None
         for name, ne, t, offset in infos:
             if offset % align:
                 raise HymoeError(f"{self.path}: tensor {name} starts at offset {offset}, "
