@@ -17,7 +17,6 @@ from typing import Callable
 import gguf
 import numpy as np
 import torch
-from gguf.quants import quantize
 from tqdm import tqdm
 
 from hymoe.errors import HymoeError
@@ -29,7 +28,7 @@ from hymoe.loader.open import open_model
 from hymoe.loader.weights import checked, stacked_projection
 from hymoe.models import build_model
 from hymoe.quant.formats import qtype, row_bytes
-from hymoe.quant.kquants import QUANTIZERS
+from hymoe.quant.encode import encode
 
 log = logging.getLogger("hymoe")
 CONVERT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "TQ2_0", "IQ1_S")
@@ -44,20 +43,6 @@ def _check_type(t: str | None) -> str | None:
     if t.upper() not in CONVERT_TYPES:
         raise HymoeError(f"hymoe convert has no type {t!r} (use one of {', '.join(CONVERT_TYPES)})")
     return t.upper()
-
-
-def encode(w: torch.Tensor, fmt: str) -> np.ndarray:
-    """float [..., n] -> F32/F16 values, or the GGUF bytes [..., row_bytes] of any other type."""
-    if w.dim() == 3:  # stacked experts: one expert at a time bounds the float32 temporaries
-        return np.stack([encode(x, fmt) for x in w])
-    if fmt == "BF16":
-        return w.detach().to(torch.bfloat16).contiguous().view(torch.uint8).numpy()
-    x = w.detach().float().contiguous().numpy()
-    if fmt == "F32":
-        return x
-    if fmt == "F16":
-        return x.astype(np.float16)
-    return QUANTIZERS[fmt](x) if fmt in QUANTIZERS else quantize(x, qtype(fmt))
 
 
 def _fits(fmt: str, n: int) -> str:

@@ -15,15 +15,23 @@ import torch
 from hymoe.errors import HymoeError
 from hymoe.loader.open import open_model
 from hymoe.models import build_model
-from hymoe.placement import resolve_placement
+from hymoe.placement import default_dtype, resolve_placement
+from hymoe.placement.kernels import check_dense_format
 from hymoe.placement.rules import describe
-from hymoe.quant.formats import row_bytes
+from hymoe.quant.formats import NATIVE_FORMATS, row_bytes
+from hymoe.quant.torch_dequant import TORCH_DEQUANT_FORMATS
 
 # first match wins; the patterns cover both HF and GGUF tensor names
 _GROUPS = (("routed experts", r"_exps\.|\.experts\."), ("shared experts", r"_shexp|shared_expert"),
            ("router", r"ffn_gate_inp|exp_probs_b|mlp\.gate\.|block_sparse_moe\.gate\."),
            ("embedding", r"token_embd|embed_tokens"), ("output", r"^output\.|lm_head"), ("norms", r"norm"),
            ("attention", r"attn_|self_attn"), ("dense ffn", r"ffn_|mlp\."))
+
+
+# the weights of called linears and the embedding, by HF or GGUF name (norms and routers are not)
+_LINEARS = r"(token_embd|embed_tokens|lm_head|output|_proj|_proj_with_mqa|attn_(q|k|v|q_a|q_b|kv_a_mqa)" \
+           r"|ffn_(gate|up|down)(_shexp)?)\.weight$"
+_FLOAT_KEPT = r"kv_b_proj|attn_k_b|attn_v_b|attn_kv_b"  # MLA's per-head up-projections stay float
 
 
 def _group(name: str) -> str:
@@ -52,25 +60,48 @@ def _stored(files) -> list[tuple[str, str, int, int]]:
     return out
 
 
+def _dense_bytes(name: str, fmt: str, numel: int, nbytes: int, target, compute: torch.dtype,
+                 dense_format: str | None) -> int:
+    """What a non-expert tensor holds on its device: linears and the embedding keep a block format
+    (the stored one, or the rule's / --dense-format's) where a kernel of that device computes it
+    (layers/linear.py, placement/kernels.py); the rest is dequantized to the compute dtype."""
+    if re.search(r"ffn_gate_inp|exp_probs_b|mlp\.gate\.|block_sparse_moe\.gate\.|e_score_correction", name):
+        return numel * 4  # routing stays float32
+    if not re.search(_LINEARS, name) or re.search(_FLOAT_KEPT, name):
+        return numel * compute.itemsize
+    want = target.format or dense_format
+    if want and not re.search(r"token_embd|embed_tokens", name):
+        fmt, nbytes = want, numel * row_bytes(want, 256) // 256
+    computable = NATIVE_FORMATS + TORCH_DEQUANT_FORMATS if target.device == "cpu" else TORCH_DEQUANT_FORMATS
+    return nbytes if fmt in computable and fmt not in ("F32", "F16", "BF16") else numel * compute.itemsize
+
+
 def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = None,
-                  context: int | None = None) -> dict:
+                  context: int | None = None, dense_format: str | None = None) -> dict:
     from hymoe.engine.llm import DEFAULT_MAX_CONTEXT, parse_dtype
 
+    dense_format = check_dense_format(dense_format)
     files = open_model(path)
     cfg = files.config
     plan = resolve_placement(placement, cfg)
-    compute = parse_dtype(dtype) or files.dtype
+    compute = parse_dtype(dtype) or default_dtype(files, plan)
     groups: dict[str, dict] = defaultdict(lambda: {"tensors": 0, "params": 0, "bytes": 0, "formats": defaultdict(int)})
     # each tensor on its unit's device: in the compute dtype, except routed experts on the native
     # CPU engine, which stay in their stored format
     devices = {"gpu": 0, "cpu": 0}
+    dense_on_devices = 0
     for name, fmt, numel, nbytes in _stored(files):
-        target = plan.targets[_unit(name, _group(name))]
-        kept_stored = _group(name) == "routed experts" and target.device == "cpu" and target.backend != "torch"
-        if kept_stored and target.format:  # quantized to another format at load
-            nbytes = numel * row_bytes(target.format, 256) // 256
-        devices[target.device] += nbytes if kept_stored else numel * compute.itemsize
-        g = groups[_group(name)]
+        group = _group(name)
+        target = plan.targets[_unit(name, group)]
+        if group == "routed experts":
+            kept_stored = target.device == "cpu" and target.backend != "torch"
+            held = numel * row_bytes(target.format, 256) // 256 if target.format else nbytes  # quantized at load
+            devices[target.device] += held if kept_stored else numel * compute.itemsize
+        else:
+            placed = _dense_bytes(name, fmt, numel, nbytes, target, compute, dense_format)
+            devices[target.device] += placed
+            dense_on_devices += placed
+        g = groups[group]
         g["tensors"] += 1
         g["params"] += numel
         g["bytes"] += nbytes
@@ -83,7 +114,6 @@ def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = 
     dense_params = total - routed["params"]
     active = dense_params + n_moe * cfg.num_experts_per_tok * per_expert
     dense_stored = sum(g["bytes"] for k, g in groups.items() if k != "routed experts")
-    dense_compute = dense_params * compute.itemsize
     ctx = min(context or DEFAULT_MAX_CONTEXT, cfg.max_position_embeddings)
     with torch.device("meta"):
         entries = build_model(cfg).cache_entries()
@@ -104,7 +134,7 @@ def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = 
         "params_total": total, "params_active_per_token": active, "note": total_note,
         "groups": {k: {**v, "formats": dict(v["formats"])} for k, v in sorted(groups.items())},
         "placement": placement, "compute_dtype": str(compute).removeprefix("torch."), "kv_context": ctx,
-        "dense_bytes_stored": dense_stored, "dense_bytes_compute": dense_compute,
+        "dense_bytes_stored": dense_stored, "dense_bytes_placed": dense_on_devices,
         "experts_bytes": routed["bytes"], "kv_bytes": kv, "devices": devices, "plan": describe(plan.targets),
     }
 
@@ -134,8 +164,8 @@ def report(d: dict) -> str:
         fmts = ", ".join(f"{f} x{n}" for f, n in sorted(g["formats"].items()))
         lines.append(f"{name:<16}{g['tensors']:>8}  {_count(g['params']):>10}  {_size(g['bytes']):>10}  {fmts}")
     lines += ["", f"placement {d['placement']} (compute dtype {d['compute_dtype']}, KV cache for {d['kv_context']} tokens):",
-              f"  non-expert weights: {_size(d['dense_bytes_stored'])} stored -> {_size(d['dense_bytes_compute'])} "
-              f"in {d['compute_dtype']} after dequantizing at load",
+              f"  non-expert weights: {_size(d['dense_bytes_stored'])} stored -> {_size(d['dense_bytes_placed'])} "
+              f"placed (block formats kept where a kernel computes them, the rest in {d['compute_dtype']})",
               f"  routed experts: {_size(d['experts_bytes'])} (kept in their stored format, CPU memory)",
               f"  KV cache: {_size(d['kv_bytes'])}"]
     lines += ["  plan:"] + [f"    {line}" for line in d["plan"]]

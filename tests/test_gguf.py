@@ -152,7 +152,9 @@ def test_inspect_reports_groups_formats_and_memory(gguf_model, tmp_path):
         + 2 * cfg.num_experts * per_expert
     assert d["params_active_per_token"] == d["params_total"] - 2 * (cfg.num_experts - cfg.num_experts_per_tok) * per_expert
     assert d["devices"]["cpu"] == d["experts_bytes"] == 2 * 3 * cfg.num_experts * cfg.moe_intermediate_size * 144
-    assert d["devices"]["gpu"] == d["dense_bytes_compute"] + d["kv_bytes"]
+    assert d["devices"]["gpu"] == d["dense_bytes_placed"] + d["kv_bytes"]
+    # Q8_0 matrices stay in their blocks on the GPU; norms, routers and MLA's kv_b become bf16
+    assert d["dense_bytes_placed"] < 2 * (d["params_total"] - d["groups"]["routed experts"]["params"])
     assert "Q4_K x6" in report(d)
 
 
@@ -200,9 +202,11 @@ def test_inspect_splits_memory_by_placement(gguf_model):
     _, path = gguf_model("deepseek_v3", "Q8_0")
     d = {p: inspect_model(path, p, "float32", 512)["devices"] for p in ("cpu", "hybrid", "layers:1", "layers:3", "gpu")}
     assert set(d["cpu"]) == {"cpu"} and d["gpu"]["cpu"] == 0
-    total_params = inspect_model(path, "gpu", "float32", 512)["params_total"]
-    kv = inspect_model(path, "cpu", "float32", 512)["kv_bytes"]
-    assert d["gpu"]["gpu"] == total_params * 4 + kv  # everything dequantized to float32 on the GPU
+    full = inspect_model(path, "gpu", "float32", 512)
+    kv, experts = full["kv_bytes"], full["groups"]["routed experts"]["params"]
+    # routed experts as float32 torch weights on the GPU; Q8_0 matrices kept in their blocks
+    assert d["gpu"]["gpu"] == experts * 4 + full["dense_bytes_placed"] + kv
+    assert full["dense_bytes_placed"] < (full["params_total"] - experts) * 4 / 2
     assert d["layers:1"]["gpu"] < d["layers:3"]["gpu"] < d["gpu"]["gpu"]  # layer 0 is dense: small
     assert d["layers:3"]["cpu"] < d["layers:1"]["cpu"]
     with pytest.raises(HymoeError, match="asks for 9 layers"):

@@ -57,9 +57,12 @@ BAD = {
     "rules:\n  - {match: 'lm_head', device: gpu}\n  - {match: '.*', device: cpu}\n": "embed_tokens on cpu and lm_head on gpu",
     "rules:\n  - {match: 'layers\\.0\\.mlp', device: gpu}\n  - {match: '.*', device: cpu}\n":
         "layers.0.self_attn on cpu and layers.0.mlp on gpu",
-    "rules:\n  - {match: '.*attn', device: cpu, format: Q8_0}\n  - {match: '.*', device: cpu}\n":
+    "rules:\n  - {match: '.*attn', device: cpu, backend: torch}\n  - {match: '.*', device: cpu}\n":
         "only routed experts have, and it matches layers.0.self_attn",
-    "rules:\n  - {match: '.*', device: gpu, backend: native}\n": "run on the CPU, not on device gpu",
+    "rules:\n  - {match: 'norm', device: cpu, format: Q8_0}\n  - {match: '.*', device: cpu}\n":
+        "matches norm, which has no weights to quantize",
+    "rules:\n  - {match: '.*', device: gpu, format: Q8_0}\n": "for layers.0.mlp.experts on the GPU",
+    "rules:\n  - {match: '.*', device: gpu, backend: native}\n": "runs on the CPU, not on device gpu",
     "rules:\n  - {match: '.*', device: tpu}\n": "device must be cpu or gpu",
     "rules:\n  - {match: '.*', device: cpu, where: x}\n": "unknown key 'where'",
     "rules:\n  - {match: '(', device: cpu}\n": "bad regex",

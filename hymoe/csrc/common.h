@@ -223,6 +223,12 @@ struct KernelTable {
     RowsFn rows[FMT_SLOTS];
     QuantizeFn quantize;
     void (*silu_mul)(float* g, const float* u, int n);  // g = silu(g) * u
+    float (*dot)(const float* a, const float* b, int n);
+    // Attention of nh query heads q [nh][d] over S cached positions (keys and values: S rows of d,
+    // `stride` floats apart): out[h] = sum_s softmax_s(scale q_h . k_s) v_s. scratch: nh * S floats.
+    typedef void (*AttendFn)(const float* q, int nh, int d, const float* keys, const float* values, int64_t stride,
+                             int S, float scale, float* out, float* scratch);
+    AttendFn attend;
     uint64_t (*read)(const uint8_t* p, int64_t bytes);  // streams bytes (bandwidth probe)
     size_t (*act_bytes)(int n);
     const char* name;
@@ -238,6 +244,7 @@ void fill_avx2_tiled(KernelTable* t);  // its batch kernels (after fill_avx2: it
 void fill_avx2_float(KernelTable* t);  // F32/F16/BF16 batches (after every per-row float kernel: it keeps them)
 void fill_avx512(KernelTable* t);  // needs AVX512F/BW/VL/VNNI
 void fill_avx512_k(KernelTable* t);  // its K-quant kernels
+void fill_avx512_attn(KernelTable* t);  // its decode attention
 void fill_avx512_tiled(KernelTable* t);  // its batch kernels (after the others: it keeps them for small batches)
 void fill_avx512_bf16(KernelTable* t);   // BF16 batches with vdpbf16ps; needs AVX512_BF16 too
 void tune_avx512_bf16(int min_tokens);

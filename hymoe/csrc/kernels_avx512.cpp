@@ -103,22 +103,6 @@ void quantize_avx512(const float* x, int n, void* out) {
     quantize_k256(x, n, out);
 }
 
-// exp on [-88, 88] by 2^n * p(r): degree-6 Taylor on |r| <= ln2/2, relative error ~1e-7
-inline __m512 exp_ps(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.f)), _mm512_set1_ps(88.f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
-    __m512 p = _mm512_set1_ps(1.f / 720);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-    return _mm512_scalef_ps(p, n);
-}
-
 // Four interleaved streams per thread, like the kernels' row streams: DRAM serves several
 // concurrent streams faster than one, and the probe must not understate what the kernels can get.
 uint64_t read_avx512(const uint8_t* p, int64_t bytes) {
@@ -129,6 +113,22 @@ uint64_t read_avx512(const uint8_t* p, int64_t bytes) {
         for (int k = 0; k < 8; k++) a[k] = _mm512_xor_si512(a[k], _mm512_loadu_si512((const void*)(p + k * q + i)));
     for (int k = 1; k < 8; k++) a[0] = _mm512_xor_si512(a[0], a[k]);
     return (uint64_t)_mm512_reduce_add_epi64(a[0]);
+}
+
+float dot_f32_avx512(const float* a, const float* b, int n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    if (i + 16 <= n) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        i += 16;
+    }
+    float out = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+    for (; i < n; i++) out += a[i] * b[i];
+    return out;
 }
 
 void silu_mul_avx512(float* g, const float* u, int n) {
@@ -346,6 +346,7 @@ void fill_avx512(KernelTable* t) {
     t->quantize = quantize_avx512;
     t->act_bytes = act_bytes_avx512;
     t->silu_mul = silu_mul_avx512;
+    t->dot = dot_f32_avx512;
     t->read = read_avx512;
     t->rows[F32] = rows_float<F32>;
     t->rows[F16] = rows_float<F16>;
@@ -354,6 +355,7 @@ void fill_avx512(KernelTable* t) {
     t->rows[Q4_0] = rows_q<FQ4_0, Q4_0>;
     t->rows[IQ1_S] = rows_q<FIQ1_S, IQ1_S>;
     fill_avx512_k(t);
+    fill_avx512_attn(t);
     fill_avx512_tiled(t);
 }
 #else

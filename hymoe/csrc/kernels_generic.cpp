@@ -72,6 +72,35 @@ uint64_t read_generic(const uint8_t* buf, int64_t bytes) {
     return a0 ^ a1 ^ a2 ^ a3;
 }
 
+float dot_generic(const float* a, const float* b, int n) {
+    float s[4] = {0, 0, 0, 0};  // four chains, as the SIMD paths sum in lanes
+    int i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int j = 0; j < 4; j++) s[j] += a[i + j] * b[i + j];
+    for (; i < n; i++) s[0] += a[i] * b[i];
+    return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+void attend_generic(const float* q, int nh, int d, const float* keys, const float* values, int64_t stride, int S,
+                    float scale, float* out, float* scratch) {
+    for (int h = 0; h < nh; h++) {
+        float* p = scratch + (size_t)h * S;
+        float best = -INFINITY, total = 0.f;
+        for (int s = 0; s < S; s++) {
+            p[s] = dot_generic(q + (size_t)h * d, keys + s * stride, d) * scale;
+            best = fmaxf(best, p[s]);
+        }
+        float* o = out + (size_t)h * d;
+        memset(o, 0, sizeof(float) * d);
+        for (int s = 0; s < S; s++) {
+            const float e = expf(p[s] - best);
+            total += e;
+            for (int i = 0; i < d; i++) o[i] += e * values[s * stride + i];
+        }
+        for (int i = 0; i < d; i++) o[i] /= total;
+    }
+}
+
 void silu_mul_generic(float* g, const float* u, int n) {
     for (int i = 0; i < n; i++) g[i] = g[i] / (1.f + expf(-g[i])) * u[i];
 }
@@ -258,6 +287,8 @@ void fill_generic(KernelTable* t) {
     t->quantize = quantize_generic;
     t->act_bytes = act_bytes;
     t->silu_mul = silu_mul_generic;
+    t->dot = dot_generic;
+    t->attend = attend_generic;
     t->read = read_generic;
     t->rows[F32] = rows<dot_f32>;
     t->rows[F16] = rows<dot_f16>;

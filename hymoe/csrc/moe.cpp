@@ -11,7 +11,9 @@
 #include <memory>
 #include <vector>
 
+#include "attention.h"
 #include "common.h"
+#include "linear.h"
 #include "pool.h"
 
 int detect_isa();
@@ -65,6 +67,9 @@ int block_size(int fmt) {
 }
 
 }  // namespace
+
+size_t fmt_row_bytes(int fmt, int n) { return row_bytes(fmt, n); }
+int fmt_block_size(int fmt) { return block_size(fmt); }
 
 RangeHint& range_hint() {
     static thread_local RangeHint hint;
@@ -241,6 +246,8 @@ struct Job {
 struct Engine {
     Pool pool;
     Job job;
+    LinearScratch linear;
+    std::vector<float> attention;  // the rotated queries of a decode attention call
     // seconds spent inside MoE jobs since creation: the CPU side's busy time, which the end-to-end
     // bench sets against wall time (written by the job's own thread, read after sync)
     std::atomic<double> busy_s{0};
@@ -388,6 +395,52 @@ __attribute__((visibility("default"))) double hymoe_read_gbps(void* engine, cons
     for (uint64_t v : sink) keep ^= v;
     (void)keep;
     return (double)num_chunks * chunk * reps / seconds / 1e9;
+}
+
+// A dense linear layer (or up to kMaxParts sharing an input) in the calling thread, the pool's
+// threads helping, after any job in flight. The per-layer fields stay in *args between calls.
+// 0, or -1 a format without kernels, -2 rows that do not split into blocks.
+__attribute__((visibility("default"))) int hymoe_linear(void* engine, LinearArgs* args, int num_tokens,
+                                                        const float* x, float* out) {
+    Engine* eng = (Engine*)engine;
+    args->num_tokens = num_tokens;
+    args->x = x;
+    args->out = out;
+    const KernelTable& kt = tables().active;
+    if (int bad = linear_check(*args, kt)) return bad;
+    eng->pool.wake();
+    eng->pool.run([&] { linear_run(*args, kt, eng->pool, eng->linear); });
+    return 0;
+}
+
+// Decode-step grouped-query attention (attention.cpp) in the calling thread, the pool's threads
+// helping. 0, or -1 bad sizes, -2 a slot or position outside the cache.
+__attribute__((visibility("default"))) int hymoe_gqa_decode(void* engine, const GqaArgs* args) {
+    Engine* eng = (Engine*)engine;
+    if (int bad = gqa_check(*args)) return bad;
+    eng->pool.wake();
+    eng->pool.run([&] { gqa_run(*args, tables().active, eng->pool, eng->attention); });
+    return 0;
+}
+
+// Whether the pool's helpers keep spinning for a while after a job in the calling thread (on when
+// the dense layers run on the pool too: the next job follows within microseconds, and a sleeping
+// helper takes tens of them to wake), or sleep at once (the dense part runs elsewhere, in torch).
+__attribute__((visibility("default"))) void hymoe_engine_linger(void* engine, int on) {
+    ((Engine*)engine)->pool.set_linger(on != 0);
+}
+
+// RMSNorm of rows of n floats in the calling thread: out = x / sqrt(mean(x^2) + eps) * w, the
+// reference's order (normalise, then scale). A decode step's norms take ~1 us here, ~30 in torch.
+__attribute__((visibility("default"))) void hymoe_rms_norm(const float* x, const float* w, float* out, int rows,
+                                                           int n, float eps) {
+    const KernelTable& kt = tables().active;
+    for (int r = 0; r < rows; r++) {
+        const float* xr = x + (size_t)r * n;
+        float* o = out + (size_t)r * n;
+        const float scale = 1.f / sqrtf(kt.dot(xr, xr, n) / n + eps);
+        for (int i = 0; i < n; i++) o[i] = xr[i] * scale * w[i];
+    }
 }
 
 // The kernels themselves, for tests: out[t, r] for rows of one matrix against activations x[t].

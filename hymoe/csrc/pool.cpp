@@ -124,7 +124,7 @@ void Pool::run(const std::function<void()>& job) {
     sync();
     in_job_ = true;
     job();
-    in_job_ = false;
+    in_job_ = linger_;
 }
 
 void Pool::wake() {

@@ -21,6 +21,8 @@ class Pool {
     void sync();                              // waits until the submitted job has finished
     bool is_done();                           // whether the submitted job has finished (no wait)
     void run(const std::function<void()>& job);  // runs a job in the calling thread, helpers joining
+    // After run(): helpers spin for a while (kSpins) before they sleep, or sleep at once.
+    void set_linger(bool on) { linger_ = on; }
     // Wakes sleeping helpers ahead of a job (they spin until its first phase): a futex wake-up
     // takes tens of microseconds, which then pass while the caller prepares the job.
     // cancel_wake() lets them sleep again when no job follows.
@@ -51,6 +53,7 @@ class Pool {
     std::atomic<uint64_t> state_{0};
     std::atomic<int> units_done_{0};
     std::atomic<bool> in_job_{false};
+    bool linger_ = false;
     uint64_t wake_seq_ = 0;  // guarded by phase_mutex_
     int num_units_ = 0;
     const UnitFn* fn_ = nullptr;

@@ -14,7 +14,9 @@ from hymoe.loader.open import ModelFiles, open_model
 from hymoe.loader.weights import load_weights
 from hymoe.models import build_model
 from hymoe.layers.moe import MoE
-from hymoe.placement import hot_experts_on_gpu, parse_gpu_experts, place_experts, place_layers, resolve_placement
+from hymoe.placement import (EngineSlot, default_dtype, hot_experts_on_gpu, parse_gpu_experts, place_experts, place_layers,
+                             resolve_placement)
+from hymoe.placement.kernels import check_dense_format, place_dense, place_small_ops, quantize_dense
 
 DEFAULT_MAX_CONTEXT = 4096
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -34,20 +36,27 @@ class LLM:
                  max_context: int | None = None, progress: bool = True, experts: str = "auto",
                  experts_format: str | None = None, threads: int | None = None, placement: str | None = None,
                  gpu_experts: int | str = 0, expert_stats: str | Path | None = None, defer_experts: int = 0,
-                 gpu_prefill_threshold: int = 0, cuda_graphs: bool = True):
+                 gpu_prefill_threshold: int = 0, cuda_graphs: bool = True, dense_format: str | None = None):
         files = path if isinstance(path, ModelFiles) else open_model(path)
         self.config: ModelConfig = files.config
-        self.dtype = parse_dtype(dtype) or files.dtype
         self.placement = resolve_placement(placement, self.config, device)
+        self.dtype = parse_dtype(dtype) or default_dtype(files, self.placement)
         self.device = self.placement.device
         with torch.device("meta"):
             model = build_model(self.config)
         self.model = load_weights(model, files.source, self.dtype, self.device, progress)
         on_gpu = place_layers(self.model, self.placement, self.dtype)
+        engine = EngineSlot(threads, self.placement.is_async)
+        quantize_dense(self.model, self.placement.targets, check_dense_format(dense_format))
+        self.dense_kernels = place_dense(self.model, self.dtype, engine)  # {"native": 96, ...}
+        place_small_ops(self.model, self.dtype, engine)
         count, budget = parse_gpu_experts(gpu_experts)
         hot = hot_experts_on_gpu(self.model, self.placement, count, self.dtype, budget, expert_stats)
         place_experts(self.model, experts, experts_format, threads, placement=self.placement, keep=on_gpu,
-                      hot=hot, defer=defer_experts, gpu_prefill_threshold=gpu_prefill_threshold)
+                      hot=hot, defer=defer_experts, gpu_prefill_threshold=gpu_prefill_threshold, engine=engine)
+        # a CPU placement whose pool computes the dense layers too: it shares the cores with torch per step
+        is_cpu_pool = engine.engine is not None and not engine.is_async and bool(self.dense_kernels.get("native"))
+        self._step_scope = engine.engine.step_scope if is_cpu_pool else None
         # what computes the routed experts, e.g. "native", or "native+torch" for a layer split
         kinds = {m.experts.label for m in self.model.modules() if isinstance(m, MoE)}
         self.experts_backend = "+".join(sorted(kinds)) + (f", {defer_experts} deferred" if defer_experts else "")
@@ -75,7 +84,8 @@ class LLM:
             raise HymoeError(f"token id {bad[0]} is outside the vocabulary of {self.config.vocab_size}")
 
     def runner(self, num_slots: int, max_len: int) -> Runner:
-        return Runner(self.model, num_slots, max_len, self.dtype, self.device, is_graphed=self.cuda_graphs)
+        return Runner(self.model, num_slots, max_len, self.dtype, self.device, is_graphed=self.cuda_graphs,
+                      step_scope=self._step_scope)
 
     def logits(self, token_ids: list[int]) -> torch.Tensor:
         """One prefill: float32 CPU logits [T, V] for every position."""

@@ -4,6 +4,8 @@ It makes no policy (what to run next is the caller's); it only packs, runs and p
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from hymoe.kv.cache import KVCache, Step
@@ -12,8 +14,10 @@ from hymoe.models.decoder import Decoder
 
 class Runner:
     def __init__(self, model: Decoder, num_slots: int, max_len: int, dtype: torch.dtype,
-                 device: torch.device | str = "cpu", is_graphed: bool = False):
+                 device: torch.device | str = "cpu", is_graphed: bool = False, step_scope=None):
         self.model, self.max_len, self.device = model, max_len, torch.device(device)
+        # how a pass of this many tokens per row shares the CPU (NativeEngine.step_scope), or None
+        self.step_scope = step_scope
         self.cache = KVCache(model.cache_entries(), num_slots, max_len, dtype, model.layer_devices())
         self.graphs = None
         if is_graphed and self.device.type == "cuda":  # decode steps as CUDA graphs, per batch size
@@ -44,8 +48,8 @@ class Runner:
         is_in_order = rows == list(range(num_rows))
         row_t = None if is_in_order else torch.tensor(rows, dtype=torch.long, device=self.device)
         step = Step.build(positions.to(self.device), kv_len, row_t, self.model.cfg.sliding_window)
-        hidden = self.model(ids.to(self.device), step, self.cache)  # [B, T, H]
-        if is_all_logits:
+        with self.step_scope(width) if self.step_scope else contextlib.nullcontext():
+            hidden = self.model(ids.to(self.device), step, self.cache)  # [B, T, H]
+            if not is_all_logits:
+                hidden = hidden[torch.arange(num_rows), torch.tensor(lens) - 1]  # [B, H]: each row's last
             return self.model.head(hidden).cpu()
-        last = hidden[torch.arange(num_rows), torch.tensor(lens) - 1]  # [B, H]
-        return self.model.head(last).cpu()

@@ -5,6 +5,7 @@ native thread pool and returns, so the calling thread can drive the GPU until sy
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -51,6 +52,7 @@ def library() -> ctypes.CDLL | None:
     vp = ctypes.c_void_p
     lib.hymoe_moe_start.argtypes = [vp, ctypes.POINTER(_MoeArgs), ctypes.c_int, ctypes.c_int, vp, vp, vp, vp, ctypes.c_int]
     lib.hymoe_engine_wake.argtypes = [ctypes.c_void_p]
+    lib.hymoe_engine_linger.argtypes = [ctypes.c_void_p, ctypes.c_int]
     lib.hymoe_moe_sync.argtypes = [ctypes.c_void_p]
     lib.hymoe_moe_is_done.argtypes = [ctypes.c_void_p]
     lib.hymoe_row_bytes.restype = ctypes.c_int64
@@ -154,6 +156,30 @@ class NativeEngine:
     def busy_seconds(self) -> float:
         """Time spent inside MoE jobs since the engine started (the CPU side's busy time)."""
         return self.lib.hymoe_engine_busy_seconds(self.handle)
+
+    def linger(self, on: bool) -> None:
+        """Pool helpers spin a while after each job in the calling thread (the next follows within
+        microseconds when dense layers run on the pool too) instead of sleeping at once."""
+        self.lib.hymoe_engine_linger(self.handle, int(on))
+
+    @contextlib.contextmanager
+    def step_scope(self, tokens_per_row: int):
+        """A forward pass of a CPU placement whose dense layers this pool computes too. At a few
+        tokens per row, torch runs the small operations between jobs single-threaded and the pool's
+        helpers spin between jobs: torch's own threads fought them for the cores (qwen3-shaped 16
+        layers, 2 cores: 50 -> 33 ms per decode step). Longer passes give torch every thread and let
+        the helpers sleep between jobs."""
+        if tokens_per_row > 16:
+            yield
+            return
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        self.linger(True)
+        try:
+            yield
+        finally:
+            self.linger(False)
+            torch.set_num_threads(threads)
 
     def read_gbps(self, buf: torch.Tensor, reps: int = 3) -> float:
         """Streaming-read bandwidth over buf (make it far larger than the last-level cache)."""

@@ -7,6 +7,7 @@ from torch import nn
 
 from hymoe.config import ModelConfig
 from hymoe.kv.cache import KVCache, Step
+from hymoe.layers.linear import project
 from hymoe.layers.norm import RMSNorm
 from hymoe.layers.rope import Rope
 
@@ -25,6 +26,12 @@ class GQAttention(nn.Module):
         self.is_qk_norm = cfg.is_qk_norm
         self.rope = rope
         self.is_sliding = is_sliding
+        # set by placement: steps of a few tokens in one native call (experts/native_attention.py)
+        self.decode_kernel = None
+
+    def input_groups(self) -> list[tuple[nn.Module, ...]]:
+        """Linears that read the same input, which placement may compute in one call."""
+        return [(self.q_proj, self.k_proj, self.v_proj)]
 
     def cache_entries(self) -> dict[str, tuple[int, ...]]:
         return {"k": (self.num_kv_heads, self.head_dim), "v": (self.num_kv_heads, self.head_dim)}
@@ -32,16 +39,32 @@ class GQAttention(nn.Module):
     def forward(self, x: torch.Tensor, step: Step, cache: dict[str, torch.Tensor],
                 cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim)  # [B, T, N, D]
-        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim)  # [B, T, G, D]
-        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim)
+        q, k, v = project(x, self.q_proj, self.k_proj, self.v_proj)
+        if self.decode_kernel is not None and t <= 16:
+            return self.o_proj(self.decode_kernel(q, k, v, step, cache, cos_sin))
+        q = q.view(b, t, self.num_heads, self.head_dim)  # [B, T, N, D]
+        k = k.view(b, t, self.num_kv_heads, self.head_dim)  # [B, T, G, D]
+        v = v.view(b, t, self.num_kv_heads, self.head_dim)
         if self.is_qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rope.apply(q, *cos_sin), self.rope.apply(k, *cos_sin)
-        keys = KVCache.write_read(cache["k"], k, step)  # [B, S, G, D]
-        values = KVCache.write_read(cache["v"], v, step)
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), keys.transpose(1, 2).to(q.dtype), values.transpose(1, 2).to(q.dtype),
-            attn_mask=step.window_mask if self.is_sliding else step.mask, scale=self.head_dim ** -0.5, enable_gqa=True,
-        )  # [B, N, T, D]
+        keys = KVCache.write_read(cache["k"], k, step).transpose(1, 2).to(q.dtype)  # [B, G, S, D]
+        values = KVCache.write_read(cache["v"], v, step).transpose(1, 2).to(q.dtype)
+        mask = step.window_mask if self.is_sliding else step.mask  # [B, 1, T, S]
+        if t <= 16:  # decode: a few matmuls; SDPA's CPU kernel costs ~1 ms per call for one query
+            out = self._attend_small(q, keys, values, mask)
+        else:
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask,
+                                                 scale=self.head_dim ** -0.5, enable_gqa=True)  # [B, N, T, D]
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+    def _attend_small(self, q, keys, values, mask) -> torch.Tensor:
+        """q [B, T, N, D], keys/values [B, G, S, D], mask [B, 1, T, S] -> [B, N, T, D]."""
+        b, t, n, d = q.shape
+        g = self.num_kv_heads
+        # the N/G query heads of each kv head, with their tokens, as rows of one matmul
+        q = q.transpose(1, 2).reshape(b, g, n // g * t, d)  # [B, G, N/G*T, D]
+        scores = torch.matmul(q, keys.transpose(-1, -2)).float() * self.head_dim ** -0.5  # [B, G, N/G*T, S]
+        scores = scores.view(b, g, n // g, t, -1).masked_fill(~mask[:, :, None], float("-inf"))
+        probs = scores.softmax(-1).to(q.dtype).view(b, g, n // g * t, -1)
+        return torch.matmul(probs, values).view(b, n, t, d)

@@ -12,6 +12,7 @@ from torch import nn
 
 from hymoe.config import ModelConfig
 from hymoe.kv.cache import KVCache, Step
+from hymoe.layers.linear import project
 from hymoe.layers.norm import RMSNorm
 from hymoe.layers.rope import Rope, yarn_mscale
 
@@ -33,12 +34,17 @@ class MLAttention(nn.Module):
         self.kv_a_proj_with_mqa = nn.Linear(h, self.rank + self.rope_dim, bias=cfg.is_o_bias)
         self.kv_a_layernorm = RMSNorm(self.rank, cfg.rms_norm_eps)
         self.kv_b_proj = nn.Linear(self.rank, n * (self.nope_dim + self.v_dim), bias=False)
+        self.kv_b_proj.keeps_float = True  # its weight is split per head below, never called
         self.o_proj = nn.Linear(n * self.v_dim, h, bias=cfg.is_o_bias)
         self.scale = qk_dim ** -0.5
         rc = cfg.rope
         if rc.kind == "yarn" and rc.mscale_all_dim:
             self.scale *= yarn_mscale(rc.factor, rc.mscale_all_dim) ** 2
         self.rope = rope
+
+    def input_groups(self) -> list[tuple[nn.Module, ...]]:
+        """Linears that read the same input, which placement may compute in one call."""
+        return [(self.q_a_proj if self.is_q_lora else self.q_proj, self.kv_a_proj_with_mqa)]
 
     def cache_entries(self) -> dict[str, tuple[int, ...]]:
         return {"latent": (self.rank + self.rope_dim,)}
@@ -47,10 +53,11 @@ class MLAttention(nn.Module):
                 cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         b, t, _ = x.shape
         n, r = self.num_heads, self.rank
-        q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x))) if self.is_q_lora else self.q_proj(x)
+        q, kv_a = project(x, self.q_a_proj if self.is_q_lora else self.q_proj, self.kv_a_proj_with_mqa)
+        q = self.q_b_proj(self.q_a_layernorm(q)) if self.is_q_lora else q
         q = q.view(b, t, n, self.nope_dim + self.rope_dim)
         q_nope, q_rot = q.split([self.nope_dim, self.rope_dim], dim=-1)  # [B, T, N, Dn], [B, T, N, Dr]
-        latent, k_rot = self.kv_a_proj_with_mqa(x).split([r, self.rope_dim], dim=-1)
+        latent, k_rot = kv_a.split([r, self.rope_dim], dim=-1)
         latent = self.kv_a_layernorm(latent)  # [B, T, R]
         q_rot = self.rope.apply(q_rot, *cos_sin)
         k_rot = self.rope.apply(k_rot[:, :, None], *cos_sin)[:, :, 0]  # [B, T, Dr]

@@ -2,6 +2,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hymoe.layers.linear import project
+
 
 class MLP(nn.Module):
     """SwiGLU feed-forward: dense layers and shared experts."""
@@ -12,5 +14,10 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
+    def input_groups(self) -> list[tuple[nn.Module, ...]]:
+        """Linears that read the same input, which placement may compute in one call."""
+        return [(self.gate_proj, self.up_proj)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = project(x, self.gate_proj, self.up_proj)
+        return self.down_proj(F.silu(gate) * up)

@@ -16,6 +16,8 @@ class MoE(nn.Module):
         self.gate = router
         self.shared_experts = shared
         self.shared_expert_gate = shared_gate
+        if shared_gate is not None:
+            shared_gate.keeps_float = True  # one row that scales a whole expert: llama.cpp keeps it F32 too
         self.experts: ExpertBackend | None = None  # set by the loader: weights live outside the module tree
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,12 @@ class Router(nn.Module):
         if cfg.topk_method == "noaux_tc":
             self.e_score_correction_bias = nn.Parameter(torch.zeros(cfg.num_experts))
         self.cfg = cfg
+        self.kernel = None  # set by placement: the same routing in one native call (experts/native_linear.py)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [T, H] -> topk_ids [T, K] int64, topk_weights [T, K] float32."""
+        if self.kernel is not None:
+            return self.kernel(x)
         cfg = self.cfg
         logits = F.linear(x.float(), self.weight.float())  # [T, E]; routing is always float32
         scores = logits.sigmoid() if cfg.scoring == "sigmoid" else logits.softmax(dim=-1)

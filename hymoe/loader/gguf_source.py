@@ -13,7 +13,7 @@ from hymoe.errors import HymoeError
 from hymoe.experts.host_memory import host_bytes
 from hymoe.loader.gguf_file import GGUFModelFile, TensorInfo
 from hymoe.loader.gguf_names import GGUFNames, merge_kv_b, permute_rows
-from hymoe.quant.formats import dequantize, row_bytes
+from hymoe.quant.formats import FLOAT_DTYPES, dequantize, row_bytes
 
 
 def dequantize_tensor(t: TensorInfo) -> torch.Tensor:
@@ -51,6 +51,17 @@ class GGUFSource:
             w = w.reshape(1, -1)  # llama.cpp stores the Qwen2-MoE shared gate as a vector
         heads = self.names.is_permuted(hf_name)
         return permute_rows(w, heads, to_gguf=False) if heads else w
+
+    def raw(self, hf_name: str) -> tuple[str, torch.Tensor] | None:
+        """A dense weight in its stored block format, (format, uint8 [rows, row_bytes]) viewing the
+        file; None for float formats and for tensors hymoe rebuilds (a merged kv_b, a vector gate)."""
+        name = self.names.gguf(hf_name)
+        t = self.file.tensors.get(name)
+        if t is None or t.format in FLOAT_DTYPES or len(t.shape) != 2 or hf_name.endswith("shared_expert_gate.weight"):
+            return None
+        w = t.data.view(t.shape[0], row_bytes(t.format, t.shape[1]))
+        heads = self.names.is_permuted(hf_name)  # whole rows move: the blocks themselves are untouched
+        return t.format, permute_rows(w, heads, to_gguf=False).contiguous() if heads else w
 
     def packed_experts(self, hf_names: list[str]):
         """One layer's stacked (gate, up, down), by HF name, as uint8 [E, rows * row_bytes] + formats.

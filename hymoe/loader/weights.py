@@ -15,8 +15,10 @@ from hymoe.errors import HymoeError
 from hymoe.experts.base import ExpertBackend
 from hymoe.experts.dequant_backend import DequantExperts
 from hymoe.experts.torch_backend import TorchExperts
+from hymoe.layers.linear import QuantEmbedding, QuantLinear
 from hymoe.layers.moe import MoE
 from hymoe.models.decoder import Decoder
+from hymoe.quant.formats import row_bytes
 
 FLOAT32_PARAMS = (".mlp.gate.weight", ".e_score_correction_bias")  # routing stays float32, as in the reference
 
@@ -33,6 +35,34 @@ def checked(source: TensorSource, name: str, shape: torch.Size) -> torch.Tensor:
         label = source.label(name) if hasattr(source, "label") else name
         raise HymoeError(f"tensor {label} has shape {list(t.shape)}, the model's config says {list(shape)}")
     return t
+
+
+def _quantized(model: Decoder, source: TensorSource, name: str, dtype: torch.dtype) -> nn.Module | None:
+    """The module owning weight `name` rebuilt around the source's blocks (zero copy), when the
+    checkpoint stores it in a block format: a linear that is called (not read per head) or the
+    embedding. None: the weight is loaded as floats."""
+    if not hasattr(source, "raw") or not name.endswith(".weight"):
+        return None
+    module = model.get_submodule(name[: -len(".weight")])
+    if type(module) not in (nn.Linear, nn.Embedding) or getattr(module, "keeps_float", False):
+        return None
+    stored = source.raw(model.checkpoint_name(name))
+    if stored is None:
+        return None
+    fmt, raw = stored
+    rows, n = module.weight.shape
+    if raw.shape[0] != rows or raw.shape[1] != row_bytes(fmt, n):
+        label = source.label(model.checkpoint_name(name)) if hasattr(source, "label") else name
+        raise HymoeError(f"tensor {label} holds {raw.shape[0]} rows of {raw.shape[1]} bytes, the model's config "
+                         f"says {rows} rows of {n} {fmt} values")
+    if isinstance(module, nn.Embedding):
+        return QuantEmbedding(rows, n, fmt, raw, dtype)
+    return QuantLinear(n, rows, fmt, raw)
+
+
+def _swap(model: nn.Module, name: str, module: nn.Module) -> None:
+    owner, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(owner) if owner else model, leaf, module)
 
 
 def _set_param(model: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -91,10 +121,23 @@ def load_weights(model: Decoder, source: TensorSource, dtype: torch.dtype, devic
             if not tied:
                 raise HymoeError("missing tensor lm_head.weight in the checkpoint")
             continue
-        expected = model.get_parameter(name).shape
+        quantized = _quantized(model, source, name, dtype)
+        if quantized is not None:  # the stored blocks, kept (layers/linear.py)
+            _swap(model, name[: -len(".weight")], quantized)
+            continue
+        owner = model.get_submodule(name.rpartition(".")[0])
+        expected = torch.Size([owner.out_features]) if isinstance(owner, QuantLinear) else model.get_parameter(name).shape
         t = checked(source, model.checkpoint_name(name), expected)
         target = torch.float32 if name.endswith(FLOAT32_PARAMS) else dtype
         _set_param(model, name, t.to(device, target))
     if tied:
-        model.lm_head.weight = model.embed_tokens.weight
+        _tie(model)
     return model.eval()
+
+
+def _tie(model: Decoder) -> None:
+    embed = model.embed_tokens
+    if isinstance(embed, QuantEmbedding):  # the head reads the embedding's blocks
+        model.lm_head = QuantLinear(embed.embedding_dim, embed.num_embeddings, embed.fmt, embed.qweight)
+    else:
+        model.lm_head.weight = embed.weight

@@ -84,6 +84,14 @@ def resolve_placement(name: str | None, cfg, device: str | None = None) -> Place
     return Placement(name, ends, gpu, targets)
 
 
+def default_dtype(files, placement: Placement) -> torch.dtype:
+    """The compute dtype without --dtype: the checkpoint's, except that a GGUF file computes in
+    float32 where its dense part runs on the CPU, as llama.cpp does: the block kernels take float32
+    activations, and torch's small bfloat16 operations cost more than float32 ones on a CPU."""
+    dense_on_cpu = all(placement.device_of(u).type == "cpu" for u in placement.targets if not u.endswith(".experts"))
+    return torch.float32 if files.gguf is not None and dense_on_cpu else files.dtype
+
+
 def place_layers(model, placement: Placement, dtype: torch.dtype) -> set[int]:
     """Move each layer's dense part and the ends to their devices, and routed experts placed on
     the GPU there as torch weights; returns the ids of those MoE layers."""
@@ -157,9 +165,21 @@ def hot_experts_on_gpu(model, placement: Placement, n: int, dtype: torch.dtype, 
     return out
 
 
+class EngineSlot:
+    """The model's one native engine (experts and dense layers share its pool), made on first use."""
+
+    def __init__(self, threads: int | None, is_async: bool):
+        self.threads, self.is_async, self.engine = threads, is_async, None
+
+    def __call__(self) -> native.NativeEngine:
+        if self.engine is None:
+            self.engine = native.NativeEngine(self.threads, self.is_async)
+        return self.engine
+
+
 def place_experts(model, backend: str = "auto", fmt: str | None = None, threads: int | None = None,
                   placement: Placement | None = None, keep: set[int] = frozenset(), hot: dict | None = None,
-                  defer: int = 0, gpu_prefill_threshold: int = 0) -> str:
+                  defer: int = 0, gpu_prefill_threshold: int = 0, engine: EngineSlot | None = None) -> str:
     """Put every CPU-side MoE layer's experts on `backend` ('auto', 'native', 'torch'), unless the
     placement's rule for that layer names another backend or format; returns the backends used.
 
@@ -172,7 +192,8 @@ def place_experts(model, backend: str = "auto", fmt: str | None = None, threads:
     if backend not in ("auto", "native", "torch"):
         raise HymoeError(f"unknown experts backend {backend!r} (use auto, native or torch)")
     targets = placement.targets if placement else {}
-    engine, used = None, set()
+    engine = engine or EngineSlot(threads, placement.is_async if placement else False)
+    used = set()
     dtype = next(model.parameters()).dtype
     for i, layer in enumerate(model.layers):
         module = layer.mlp
@@ -180,10 +201,8 @@ def place_experts(model, backend: str = "auto", fmt: str | None = None, threads:
             continue
         target = targets.get(f"layers.{i}.mlp.experts")
         layer_backend, layer_fmt = _backend(target and target.backend or backend, target and target.format or fmt)
-        if layer_backend == "native" and engine is None:
-            engine = native.NativeEngine(threads, placement.is_async if placement else False)
         used.add(layer_backend)
-        module.experts = _place(module.experts, engine if layer_backend == "native" else None, layer_fmt, dtype,
+        module.experts = _place(module.experts, engine() if layer_backend == "native" else None, layer_fmt, dtype,
                                 model.cfg)
         if gpu_prefill_threshold > 0:
             module.experts = _prefill_on_gpu(module.experts, placement, gpu_prefill_threshold, dtype)

@@ -24,7 +24,8 @@ _KEYS = {"match", "layers", "device", "backend", "format"}
 class Target:
     device: str  # "cpu" or "gpu"
     backend: str | None = None  # routed experts on the CPU: "native" or "torch" (None: the caller's choice)
-    format: str | None = None  # routed experts, native backend: quantize at load (None: as stored)
+    format: str | None = None  # quantize at load (None: as stored): routed experts for the native
+    # engine, or a dense unit's linears (layers/linear.py)
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,8 @@ def _rule(i: int, r, source: str) -> Rule:
         raise HymoeError(f"{where}: device must be cpu or gpu, not {r['device']!r}")
     if r.get("backend") not in (None, "native", "torch"):
         raise HymoeError(f"{where}: backend must be native or torch, not {r['backend']!r}")
-    if r["device"] == "gpu" and (r.get("backend") == "native" or r.get("format")):
-        raise HymoeError(f"{where}: the native backend and its formats run on the CPU, not on device gpu")
+    if r["device"] == "gpu" and r.get("backend") == "native":
+        raise HymoeError(f"{where}: the native backend runs on the CPU, not on device gpu")
     try:
         pattern = re.compile(str(r["match"]))
     except re.error as e:
@@ -97,18 +98,27 @@ def _rule(i: int, r, source: str) -> Rule:
     return Rule(i, pattern, layers, Target(r["device"], r.get("backend"), fmt and str(fmt).upper()))
 
 
+def _check_target(unit: str, rule: Rule, source: str) -> None:
+    t, where = rule.target, f"{source}: rule {rule.index}"
+    if t.backend and not unit.endswith(".experts"):
+        raise HymoeError(f"{where} sets a backend, which only routed experts have, and it matches {unit}")
+    if t.format and unit == "norm":
+        raise HymoeError(f"{where} sets a format and matches norm, which has no weights to quantize")
+    if t.format and unit.endswith(".experts") and t.device == "gpu":
+        raise HymoeError(f"{where} sets a format for {unit} on the GPU; expert formats are the native CPU "
+                         "engine's (GPU experts are torch weights)")
+
+
 def plan(cfg, rules: list[Rule], source: str) -> dict[str, Target]:
     """unit -> Target, or one clear error: a unit no rule places, a rule that places nothing, a
-    backend or format given to something other than routed experts, or one layer (or the ends)
-    split across devices."""
+    backend for something other than routed experts, a format for the final norm or for experts on
+    the GPU, or one layer (or the ends) split across devices."""
     out, used = {}, set()
     for unit in units(cfg):
         rule = next((r for r in rules if r.matches(unit)), None)
         if rule is None:
             raise HymoeError(f"{source}: no rule places {unit} (end with a catch-all rule, match: '.*')")
-        if not unit.endswith(".experts") and (rule.target.backend or rule.target.format):
-            raise HymoeError(f"{source}: rule {rule.index} sets a backend or format, which only routed experts "
-                             f"have, and it matches {unit}")
+        _check_target(unit, rule, source)
         used.add(rule.index)
         out[unit] = rule.target
     unused = [r for r in rules if r.index not in used]

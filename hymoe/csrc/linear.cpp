@@ -1,0 +1,101 @@
+// Dense linear layers in their GGUF block formats (attention projections, shared experts, dense
+// FFNs, the output head): the experts' kernels over one weight matrix, or a few that share an input.
+#include "linear.h"
+
+#include <algorithm>
+
+RangeHint& range_hint();
+
+namespace {
+
+const int kTokenBlock = 64;  // tokens per kernel call, as in the MoE job (the batch tiles take 64)
+
+// Rows per work unit: about 8 units per thread over all parts, 16 to 512 rows (whole tiles of 16).
+// At batch sizes past one token block, 64 rows: a unit's rows stay in L2 while its token blocks
+// pass over them.
+int unit_rows(int total_rows, int num_tokens, int threads) {
+    if (num_tokens > kTokenBlock) return 64;
+    int per = getenv("HYMOE_UPT") ? atoi(getenv("HYMOE_UPT")) : 8;
+    int mx = getenv("HYMOE_MAXR") ? atoi(getenv("HYMOE_MAXR")) : 512;
+    int r = total_rows / std::max(1, per * threads);
+    r = std::max(16, std::min(mx, r));
+    return (r + 15) / 16 * 16;
+}
+
+}  // namespace
+
+int linear_check(const LinearArgs& a, const KernelTable& kt) {
+    if (a.num_parts < 1 || a.num_parts > kMaxParts || a.num_tokens < 1 || a.n < 1) return -2;
+    int rows = 0;
+    for (int p = 0; p < a.num_parts; p++) {
+        const LinearPart& part = a.parts[p];
+        if (part.fmt < 0 || part.fmt >= FMT_SLOTS || !kt.rows[part.fmt] || !fmt_row_bytes(part.fmt, 256)) return -1;
+        if (a.n % fmt_block_size(part.fmt) || (a.n % 32 && !fmt_is_float(part.fmt)) || part.rows < 1) return -2;
+        rows += part.rows;
+    }
+    return rows == a.out_stride ? 0 : -2;
+}
+
+void linear_run(const LinearArgs& a, const KernelTable& kt, Pool& pool, LinearScratch& s) {
+    const int T = a.num_tokens, n = a.n;
+    bool x_quant = false, x_round = false;
+    for (int p = 0; p < a.num_parts; p++) {
+        x_quant |= !fmt_is_float(a.parts[p].fmt);
+        x_round |= a.parts[p].fmt == BF16;
+    }
+    const size_t xb = kt.act_bytes(n);
+    if (x_quant) s.xq.resize((size_t)T * xb);
+    if (x_round) s.xr.resize((size_t)T * n);
+    s.xq_ptr.resize(T);
+    s.xr_ptr.resize(T);
+    s.xf_ptr.resize(T);
+    // each token's activations once, shared by every part: quantized, rounded to bf16, or as given
+    pool.parallel_for(T, [&](int t, int) {
+        const float* x = a.x + (size_t)t * n;
+        s.xf_ptr[t] = x;
+        if (x_quant) {
+            kt.quantize(x, n, s.xq.data() + t * xb);
+            s.xq_ptr[t] = s.xq.data() + t * xb;
+        }
+        if (x_round) {
+            round_to_bf16(x, s.xr.data() + (size_t)t * n, n);
+            s.xr_ptr[t] = s.xr.data() + (size_t)t * n;
+        }
+    });
+
+    // units: (part, chunk of rows); unit u of part p is u - first[p]
+    const int r1 = unit_rows(a.out_stride, T, pool.size());
+    int first[kMaxParts + 1] = {0};
+    for (int p = 0; p < a.num_parts; p++) first[p + 1] = first[p] + (a.parts[p].rows + r1 - 1) / r1;
+    const int num_units = first[a.num_parts];
+    auto locate = [&](int unit, int* part, int* r0) {
+        int p = 0;
+        while (unit >= first[p + 1]) p++;
+        *part = p;
+        *r0 = (unit - first[p]) * r1;
+    };
+    auto unit_weights = [&](int unit) -> const uint8_t* {  // the first rows a unit reads (prefetch hint)
+        if (unit >= num_units) return nullptr;
+        int p, r0;
+        locate(unit, &p, &r0);
+        return a.parts[p].w + (size_t)r0 * fmt_row_bytes(a.parts[p].fmt, n);
+    };
+    pool.parallel_for(num_units, [&](int unit, int) {
+        int p, r0, col = 0;
+        locate(unit, &p, &r0);
+        for (int q = 0; q < p; q++) col += a.parts[q].rows;
+        const LinearPart& part = a.parts[p];
+        const int nr = std::min(r1, part.rows - r0);
+        const size_t rb = fmt_row_bytes(part.fmt, n);
+        const uint8_t* w = part.w + (size_t)r0 * rb;
+        const void* const* acts = part.fmt == BF16 ? s.xr_ptr.data() : fmt_is_float(part.fmt) ? s.xf_ptr.data()
+                                                                                             : s.xq_ptr.data();
+        RangeHint& hint = range_hint();
+        for (int tb = 0; tb < T; tb += kTokenBlock) {
+            const int nt = std::min(kTokenBlock, T - tb);
+            hint.next = tb + kTokenBlock < T ? w : unit_weights(pool.next_unit());
+            kt.rows[part.fmt](w, rb, nr, acts + tb, nt, n, a.out + (size_t)tb * a.out_stride + col + r0,
+                              (size_t)a.out_stride);
+        }
+    });
+}

@@ -1,0 +1,143 @@
+"""Dense linear layers kept in a GGUF block format, computed on the native engine's pool by the
+same kernels as the routed experts (csrc/linear.cpp): attention projections, shared experts,
+dense FFNs and the output head on the CPU.
+
+One call computes up to four weight matrices that read the same input (q, k, v; gate, up), so
+they share one quantization of the activations and one trip through the pool.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from hymoe.errors import HymoeError
+from hymoe.quant.formats import FLOAT_DTYPES, qtype, row_bytes
+
+MAX_PARTS = 4
+
+
+class _Part(ctypes.Structure):
+    _fields_ = [("fmt", ctypes.c_int32), ("rows", ctypes.c_int32), ("w", ctypes.c_void_p)]
+
+
+class _LinearArgs(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int32) for n in ("num_tokens", "n", "num_parts", "out_stride")] + \
+               [("x", ctypes.c_void_p), ("out", ctypes.c_void_p), ("parts", _Part * MAX_PARTS)]
+
+
+def _bind(lib) -> None:
+    if getattr(lib, "_linear_bound", False):
+        return
+    vp = ctypes.c_void_p
+    lib.hymoe_linear.argtypes = [vp, ctypes.POINTER(_LinearArgs), ctypes.c_int, vp, vp]
+    lib.hymoe_engine_linger.argtypes = [vp, ctypes.c_int]
+    lib.hymoe_rms_norm.argtypes = [vp, vp, vp, ctypes.c_int, ctypes.c_int, ctypes.c_float]
+    lib.hymoe_rms_norm.restype = None
+    lib._linear_bound = True
+
+
+def checked_weight(weight: torch.Tensor, fmt: str, rows: int, n: int) -> torch.Tensor:
+    """The bytes a kernel will read: uint8, contiguous, on the CPU, exactly rows x row_bytes."""
+    if weight.dtype != torch.uint8 or weight.device.type != "cpu" or not weight.is_contiguous():
+        raise HymoeError(f"a native {fmt} weight must be contiguous uint8 CPU bytes "
+                         f"(got {weight.dtype} on {weight.device})")
+    expected = rows * row_bytes(fmt, n)
+    if weight.numel() != expected:
+        raise HymoeError(f"a {fmt} weight of {rows} rows of {n} holds {expected} bytes, got {weight.numel()}")
+    return weight
+
+
+class NativeLinear:
+    """x [T, n] -> [T, sum of rows] float32 for weights [(fmt, rows, uint8 bytes), ...] of width n."""
+
+    def __init__(self, engine, n: int, weights: list[tuple[str, int, torch.Tensor]]):
+        if not 1 <= len(weights) <= MAX_PARTS:
+            raise HymoeError(f"a native linear call takes 1 to {MAX_PARTS} weights, got {len(weights)}")
+        lib = engine.lib
+        _bind(lib)
+        for fmt, rows, w in weights:
+            if not lib.hymoe_has_format(int(qtype(fmt))):
+                raise HymoeError(f"the native kernels have no {fmt} path")
+            if fmt not in FLOAT_DTYPES and n % 32:
+                raise HymoeError(f"a {fmt} weight needs rows of a multiple of 32 values, got {n}")
+            checked_weight(w, fmt, rows, n)
+        self.engine, self.n = engine, n
+        self.weights = weights  # keeps the bytes alive while the C side holds their address
+        self.splits = [rows for _, rows, _ in weights]
+        self.out_features = sum(self.splits)
+        self._args = _LinearArgs(0, n, len(weights), self.out_features)
+        for i, (fmt, rows, w) in enumerate(weights):
+            self._args.parts[i] = _Part(int(qtype(fmt)), rows, w.data_ptr())
+        self._args_ref = ctypes.byref(self._args)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # the checks that keep a bad tensor from reaching C: a float32 CPU matrix of width n
+        if x.dim() != 2 or x.shape[1] != self.n:
+            raise HymoeError(f"a native linear of width {self.n} got input of shape {list(x.shape)}")
+        if not (x.is_cpu and x.dtype is torch.float32 and x.is_contiguous()):
+            x = x.detach().to("cpu", torch.float32).contiguous()
+        if x.shape[0] == 0:
+            return x.new_empty(0, self.out_features)
+        out = torch.empty(x.shape[0], self.out_features)
+        rc = self.engine.lib.hymoe_linear(self.engine.handle, self._args_ref, x.shape[0], x.data_ptr(),
+                                          out.data_ptr())
+        if rc:
+            raise HymoeError(f"the native linear cannot compute these weights ({rc})")
+        return out
+
+
+class NativeRMSNorm:
+    """RMSNorm of float32 CPU rows in one foreign call (~1 us; torch's eight operations ~30)."""
+
+    def __init__(self, lib, weight: torch.Tensor, eps: float):
+        _bind(lib)
+        self.lib, self.eps = lib, eps
+        self.weight = weight.detach().float().contiguous()
+        self.n = self.weight.numel()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.n:
+            raise HymoeError(f"a native RMSNorm of width {self.n} got input of shape {list(x.shape)}")
+        if not (x.is_cpu and x.dtype is torch.float32 and x.is_contiguous()):
+            x = x.detach().to("cpu", torch.float32).contiguous()
+        out = torch.empty_like(x)
+        self.lib.hymoe_rms_norm(x.data_ptr(), self.weight.data_ptr(), out.data_ptr(), x.numel() // self.n, self.n,
+                                self.eps)
+        return out
+
+
+class _RouteArgs(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int32) for n in ("num_tokens", "num_experts", "topk", "is_sigmoid", "group_rule",
+                                              "num_groups", "topk_groups", "is_norm")] + \
+               [("scale", ctypes.c_float)] + [(n, ctypes.c_void_p) for n in ("bias", "logits", "ids", "weights")]
+
+
+class NativeRouter:
+    """A router's logits (float32 weights on the native engine) and its top-k choice in C
+    (csrc/route.cpp): x [T, H] -> ids [T, K] int64, weights [T, K] float32, as layers/router.py."""
+
+    def __init__(self, engine, router):
+        cfg = router.cfg
+        lib = engine.lib
+        lib.hymoe_route.argtypes = [ctypes.POINTER(_RouteArgs)]
+        w = router.weight.detach().float().contiguous()
+        self.logits = NativeLinear(engine, w.shape[1], [("F32", w.shape[0], w.view(torch.uint8))])
+        bias = getattr(router, "e_score_correction_bias", None) if cfg.topk_method == "noaux_tc" else None
+        self.bias = None if bias is None else bias.detach().float().contiguous()
+        grouped = cfg.topk_method in ("noaux_tc", "group_limited_greedy") and cfg.num_groups > 1
+        rule = (2 if cfg.topk_method == "noaux_tc" else 1) if grouped else 0
+        self.lib, self.k = lib, cfg.num_experts_per_tok
+        self._args = _RouteArgs(0, cfg.num_experts, self.k, int(cfg.scoring == "sigmoid"), rule, cfg.num_groups,
+                                cfg.topk_groups, int(cfg.is_norm_topk_prob), cfg.routed_scaling_factor,
+                                0 if self.bias is None else self.bias.data_ptr())
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.logits(x)  # [T, E] float32, checked by NativeLinear
+        t = logits.shape[0]
+        ids, weights = torch.empty(t, self.k, dtype=torch.int64), torch.empty(t, self.k)
+        a = self._args
+        a.num_tokens, a.logits, a.ids, a.weights = t, logits.data_ptr(), ids.data_ptr(), weights.data_ptr()
+        if self.lib.hymoe_route(ctypes.byref(a)):
+            raise HymoeError("the native router refused its sizes")
+        return ids, weights

@@ -1,0 +1,88 @@
+"""Linear layers and embeddings whose weights stay in a GGUF block format, and `project`, which a
+layer calls for the linears that read the same input (fused into one call where placement can).
+
+The weight is uint8 [out, row_bytes] (a view of the GGUF file, or bytes quantized at load). How
+it is multiplied is the placement's choice (`kernel`): the native CPU kernels, or, by default and
+on any device, the blocks dequantized with torch ops right before the matmul, so memory holds the
+quantized weight and one layer's float copy at a time.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hymoe.quant.formats import dequantize, row_bytes
+from hymoe.quant.torch_dequant import TORCH_DEQUANT_FORMATS, dequantize_torch
+
+Kernel = Callable[[torch.Tensor], torch.Tensor]  # x [T, in] -> [T, out] (float32 or x's dtype)
+
+
+def dequantize_rows(raw: torch.Tensor, fmt: str, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 [R, row_bytes] -> dtype [R, n] on raw's device (gguf-py's decoder on the CPU for formats
+    without a torch decoder)."""
+    if fmt in TORCH_DEQUANT_FORMATS:
+        return dequantize_torch(raw, fmt, (raw.shape[0], n), dtype)
+    return dequantize(raw.cpu(), fmt, (raw.shape[0], n)).to(raw.device, dtype)
+
+
+class QuantLinear(nn.Module):
+    """y = x W^T (+ b) with W [out, in] stored as `qweight`, uint8 [out, row_bytes] in format `fmt`."""
+
+    def __init__(self, in_features: int, out_features: int, fmt: str, qweight: torch.Tensor,
+                 bias: torch.Tensor | None = None):
+        super().__init__()
+        assert qweight.shape == (out_features, row_bytes(fmt, in_features)), (qweight.shape, fmt)
+        self.in_features, self.out_features, self.fmt = in_features, out_features, fmt
+        self.register_buffer("qweight", qweight, persistent=False)
+        self.register_parameter("bias", None if bias is None else nn.Parameter(bias, requires_grad=False))
+        self.kernel: Kernel | None = None  # set by placement; None: dequantize with torch, then matmul
+        self.fused: Callable | None = None  # set by placement on the first linear of a fused group
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, fmt={self.fmt}"
+
+    def nbytes(self) -> int:
+        return self.qweight.numel()
+
+    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
+        """W as a float [out, in] tensor on the weight's device."""
+        return dequantize_rows(self.qweight, self.fmt, self.in_features, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)  # [T, in]
+        if self.kernel is not None:
+            y = self.kernel(flat)
+        else:
+            y = F.linear(flat, self.dequantized(flat.dtype))
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+
+
+class QuantEmbedding(nn.Module):
+    """Token embeddings kept in a GGUF block format: only the rows looked up are dequantized."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, fmt: str, qweight: torch.Tensor,
+                 dtype: torch.dtype):
+        super().__init__()
+        assert qweight.shape == (num_embeddings, row_bytes(fmt, embedding_dim)), (qweight.shape, fmt)
+        self.num_embeddings, self.embedding_dim, self.fmt, self.dtype = num_embeddings, embedding_dim, fmt, dtype
+        self.register_buffer("qweight", qweight, persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, fmt={self.fmt}"
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.qweight[ids.reshape(-1)]  # [N, row_bytes]
+        return dequantize_rows(rows, self.fmt, self.embedding_dim, self.dtype).view(*ids.shape, -1)
+
+
+def project(x: torch.Tensor, *linears: nn.Module) -> tuple[torch.Tensor, ...]:
+    """Each linear applied to x; one call when placement fused them (same input, one pass)."""
+    fused = getattr(linears[0], "fused", None)
+    if fused is not None:
+        return fused(x)
+    return tuple(m(x) for m in linears)

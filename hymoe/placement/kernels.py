@@ -1,0 +1,185 @@
+"""Which kernel computes each dense part on its device, a transform after the layers are placed.
+
+A linear kept in a GGUF block format (layers/linear.py) gets the kernel of its device: on the CPU
+the native engine's, with the linears that read one input (q, k, v; gate, up) fused into one call;
+elsewhere torch dequantizes it right before the matmul. A format neither can compute is
+dequantized to floats at load, which is said once. `--dense-format` (or a rule's `format` on a
+dense unit) re-encodes dense weights, float or quantized, to that format at load. Float32 GQA
+layers on the CPU decode through the native engine's attention (experts/native_attention.py).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+from torch import nn
+
+from hymoe.errors import HymoeError
+from hymoe.experts import native
+from hymoe.experts.native_linear import NativeLinear
+from hymoe.layers.linear import QuantEmbedding, QuantLinear
+from hymoe.quant.encode import ENCODE_TYPES, encode_bytes
+from hymoe.quant.formats import FLOAT_DTYPES, NATIVE_FORMATS, qtype
+from hymoe.quant.torch_dequant import TORCH_DEQUANT_FORMATS
+
+log = logging.getLogger("hymoe")
+_said: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    if message not in _said:
+        _said.add(message)
+        log.warning("hymoe: %s", message)
+
+
+def _units(model) -> list[tuple[str, nn.Module]]:
+    """(placement unit, module) for every unit that holds dense weights."""
+    out = [("embed_tokens", model.embed_tokens), ("lm_head", model.lm_head)]
+    for i, layer in enumerate(model.layers):
+        out += [(f"layers.{i}.self_attn", layer.self_attn), (f"layers.{i}.mlp", layer.mlp)]
+    return out
+
+
+def _linears(module: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, attribute, linear) of each linear a unit calls (weights read per head stay float);
+    a unit that is itself a linear is its own parent's child, returned as (None, "", module)."""
+    if isinstance(module, (nn.Linear, QuantLinear)):
+        return [(None, "", module)]
+    return [(parent, name, child) for parent in module.modules() for name, child in parent.named_children()
+            if isinstance(child, (nn.Linear, QuantLinear)) and not getattr(child, "keeps_float", False)]
+
+
+def check_dense_format(fmt: str | None) -> str | None:
+    if fmt is not None and fmt.upper() not in ENCODE_TYPES:
+        raise HymoeError(f"--dense-format {fmt!r}: use one of {', '.join(ENCODE_TYPES)}")
+    return fmt and fmt.upper()
+
+
+def _encoded(linear: nn.Module, fmt: str) -> QuantLinear | None:
+    """linear's weight re-encoded to fmt (None: its rows do not split into fmt's blocks)."""
+    from gguf.constants import GGML_QUANT_SIZES
+
+    if linear.in_features % GGML_QUANT_SIZES[qtype(fmt)][0]:
+        _say_once(f"rows of {linear.in_features} do not split into {fmt} blocks; such weights keep their format")
+        return None
+    w = linear.dequantized(torch.float32) if isinstance(linear, QuantLinear) else linear.weight
+    raw = encode_bytes(w.detach().float().cpu(), fmt).to(w.device)
+    bias = None if linear.bias is None else linear.bias.detach()
+    return QuantLinear(linear.in_features, linear.out_features, fmt, raw, bias)
+
+
+def quantize_dense(model, targets: dict, fmt: str | None) -> None:
+    """Re-encode the linears of each dense unit whose rule names a format, or all with fmt."""
+    for unit, module in _units(model):
+        want = targets[unit].format or fmt
+        if unit == "embed_tokens" or want is None:
+            continue  # the embedding keeps what the checkpoint stores: it is read a row at a time
+        for parent, name, linear in _linears(module):
+            if isinstance(linear, QuantLinear) and linear.fmt == want:
+                continue
+            encoded = _encoded(linear, want)
+            if encoded is not None:
+                setattr(parent if parent is not None else model, name or unit, encoded)
+
+
+def _as_float(linear: QuantLinear, dtype: torch.dtype) -> nn.Linear:
+    out = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+    out.weight = nn.Parameter(linear.dequantized(dtype), requires_grad=False)
+    if linear.bias is not None:
+        out.bias = linear.bias
+    return out
+
+
+def _kernel_for(linear: QuantLinear, engine: Callable) -> str:
+    """Gives linear the kernel of its device; returns "native", "torch" or "float" (none can)."""
+    on_cpu = linear.qweight.device.type == "cpu"
+    if on_cpu and linear.fmt in NATIVE_FORMATS and native.library() is not None:
+        if linear.fmt in FLOAT_DTYPES or linear.in_features % 32 == 0:
+            linear.kernel = NativeLinear(engine(), linear.in_features, [(linear.fmt, linear.out_features, linear.qweight)])
+            return "native"
+    if linear.fmt in TORCH_DEQUANT_FORMATS:
+        if on_cpu:
+            _say_once(f"no native kernel for {linear.fmt} dense weights; torch dequantizes them at every call (slow)")
+        return "torch"
+    _say_once(f"{linear.fmt} dense weights have no kernel on {linear.qweight.device.type}; dequantized at load")
+    return "float"
+
+
+def _fuse(linears: tuple[nn.Module, ...], engine: Callable) -> None:
+    """One native call for linears that read the same input, when all run natively on the CPU."""
+    if len(linears) < 2 or not all(isinstance(m, QuantLinear) and isinstance(m.kernel, NativeLinear) for m in linears):
+        return
+    call = NativeLinear(engine(), linears[0].in_features, [(m.fmt, m.out_features, m.qweight) for m in linears])
+    linears[0].fused = FusedLinears(call, linears)
+
+
+class FusedLinears:
+    """Linears sharing an input in one native call; returns each one's output in x's dtype."""
+
+    def __init__(self, call: NativeLinear, linears: tuple[QuantLinear, ...]):
+        self.call, self.splits = call, [m.out_features for m in linears]
+        biases = [m.bias.detach().float() if m.bias is not None else torch.zeros(m.out_features) for m in linears]
+        self.bias = torch.cat(biases) if any(m.bias is not None for m in linears) else None
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        y = self.call(x.reshape(-1, x.shape[-1]))  # [T, sum of outputs] float32
+        if self.bias is not None:
+            y += self.bias
+        y = y.to(x.dtype)
+        return tuple(part.view(*x.shape[:-1], -1) for part in y.split(self.splits, dim=-1))
+
+
+def place_dense(model, dtype: torch.dtype, engine: Callable) -> dict[str, int]:
+    """Kernels for every block-format linear (engine() gives the native engine when one is needed),
+    fused groups on the CPU, and floats where no kernel exists; returns how many took each path."""
+    counts: dict[str, int] = {}
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, QuantLinear):
+                path = _kernel_for(child, engine)
+                if path == "float":
+                    setattr(parent, name, _as_float(child, dtype))
+                counts[path] = counts.get(path, 0) + 1
+            elif isinstance(child, QuantEmbedding) and child.fmt not in TORCH_DEQUANT_FORMATS \
+                    and child.qweight.device.type != "cpu":
+                _say_once(f"{child.fmt} embeddings have no torch decoder on the GPU; dequantized at load")
+                table = nn.Embedding.from_pretrained(
+                    QuantLinear(child.embedding_dim, child.num_embeddings, child.fmt, child.qweight).dequantized(dtype))
+                setattr(parent, name, table)
+    for module in model.modules():
+        for group in module.input_groups() if hasattr(module, "input_groups") else ():
+            _fuse(group, engine)
+    return counts
+
+
+def place_small_ops(model, dtype: torch.dtype, engine: Callable) -> int:
+    """The native engine's decode attention (GQA), RMSNorms and router logits for the float32
+    layers on the CPU, where torch's per-operation costs outweigh a decode step's arithmetic;
+    returns how many modules got one."""
+    from hymoe.experts.native_attention import NativeGqaDecode
+    from hymoe.experts.native_linear import NativeRMSNorm, NativeRouter
+    from hymoe.layers.attention import GQAttention
+    from hymoe.layers.norm import RMSNorm
+    from hymoe.layers.router import Router
+
+    on_cpu = [m for m in model.modules() if isinstance(m, (GQAttention, RMSNorm, Router)) and _on_cpu(m)]
+    if not on_cpu or native.library() is None:
+        return 0
+    if dtype != torch.float32:
+        _say_once(f"attention, norms and routers on the CPU run in torch: the native kernels compute float32 "
+                  f"(this model computes in {str(dtype).removeprefix('torch.')}; --dtype float32 takes them)")
+        return 0
+    for m in on_cpu:
+        if isinstance(m, GQAttention):
+            m.decode_kernel = NativeGqaDecode(engine(), m, (model.cfg.sliding_window or 0) if m.is_sliding else 0)
+        elif isinstance(m, RMSNorm):
+            m.kernel = NativeRMSNorm(engine().lib, m.weight, m.eps)
+        else:
+            m.kernel = NativeRouter(engine(), m)
+    return len(on_cpu)
+
+
+def _on_cpu(module: nn.Module) -> bool:
+    tensors = list(module.parameters()) + list(module.buffers())
+    return bool(tensors) and all(t.device.type == "cpu" for t in tensors)
