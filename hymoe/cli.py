@@ -19,6 +19,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experts", default="auto", choices=["auto", "native", "torch"],
                    help="routed-expert backend (default: native CPU kernels when built)")
     p.add_argument("--experts-format", help="quantize experts at load: Q8_0, Q4_0, TQ2_0, TQ1_0 (default: as loaded)")
+    p.add_argument("--dense-format", metavar="FMT", help="quantize the non-expert linears at load: Q8_0, Q4_K, "
+                   "Q6_K, ... (default: as stored: a GGUF's block formats, an HF checkpoint's floats)")
     p.add_argument("--threads", type=int, help="CPU threads for the native experts (default: all cores)")
     p.add_argument("--gpu-experts", default="0", metavar="N|SIZE",
                    help="with --placement hybrid: also keep N experts per layer on the GPU, or as many as a "
@@ -70,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--placement", default="cpu", help="cpu, hybrid, layers:N or gpu (see generate --help)")
     ins.add_argument("--dtype", help="compute dtype of the non-expert weights (default: the checkpoint's)")
     ins.add_argument("--max-context", type=int, help="KV cache length in tokens (default: 4096)")
+    ins.add_argument("--dense-format", metavar="FMT", help="price non-expert linears quantized at load (see generate)")
     ins.add_argument("--json", action="store_true", help="print one JSON object")
     ins.add_argument("--debug", action="store_true", help="show tracebacks")
     sv = sub.add_parser("serve", help="OpenAI- and Ollama-compatible HTTP server with continuous batching")
@@ -121,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "width (deepseek-v3, qwen3-30b-a3b)")
     b2.add_argument("--layers", type=int, default=4, help="layers of the --random model (default: 4)")
     b2.add_argument("--experts-type", default="Q4_K", help="routed experts' format in the --random model")
+    b2.add_argument("--dense-format", metavar="FMT", help="quantize the non-expert linears at load (see generate)")
+    b2.add_argument("--peer", choices=["llama.cpp"], help="also run llama.cpp (llama-cpp-python) on the same GGUF "
+                    "file and threads, in the same run, and report hymoe's ratios to it")
     b2.add_argument("--json", action="store_true", help="print a JSON list, one object per placement")
     b2.add_argument("--debug", action="store_true", help="show tracebacks")
     bp = bsub.add_parser("prefill", help="prompt length from which streaming experts to the GPU beats the CPU")
@@ -133,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--experts-type", default="Q4_K", help="routed experts' format in the --random model")
     bp.add_argument("--json", action="store_true", help="print a JSON list, one object per prompt length")
     bp.add_argument("--debug", action="store_true", help="show tracebacks")
+    bg = bsub.add_parser("gguf", help="write a GGUF file of a real model's shape with random weights (for e2e)")
+    bg.add_argument("out", help="output .gguf file")
+    bg.add_argument("--shape", default="qwen3-30b-a3b", help="deepseek-v3 or qwen3-30b-a3b")
+    bg.add_argument("--layers", type=int, default=4)
+    bg.add_argument("--experts", type=int, help="routed experts per layer (default: the model's)")
+    bg.add_argument("--vocab", type=int, help="vocabulary size (default: the model's)")
+    bg.add_argument("--experts-type", default="Q4_K", help="routed experts' format")
+    bg.add_argument("--dense-type", default="Q4_K", help="format of the other matrices (norms, routers stay F32)")
+    bg.add_argument("--debug", action="store_true", help="show tracebacks")
     bs = bsub.add_parser("serve", help="aggregate and per-user decode tokens/s with N users at once")
     _add_model_args(bs)
     bs.add_argument("--users", default="1,2,4,8", help="comma list of concurrent users")
@@ -150,7 +165,8 @@ def _load(args):
                progress=sys.stderr.isatty(), experts=args.experts, experts_format=args.experts_format,
                threads=args.threads, placement=args.placement, gpu_experts=args.gpu_experts,
                expert_stats=args.expert_stats, defer_experts=args.defer_experts,
-               gpu_prefill_threshold=args.gpu_prefill_threshold, cuda_graphs=not args.eager)
+               gpu_prefill_threshold=args.gpu_prefill_threshold, cuda_graphs=not args.eager,
+               dense_format=args.dense_format)
 
 
 def _sampling(args, llm):
@@ -245,6 +261,8 @@ def cmd_bench(args) -> None:
         return cmd_bench_e2e(args)
     if args.bench == "prefill":
         return cmd_bench_prefill(args)
+    if args.bench == "gguf":
+        return cmd_bench_gguf(args)
     from hymoe.bench.experts import bench_experts
     from hymoe.experts import native
 
@@ -269,15 +287,32 @@ def cmd_bench_e2e(args) -> None:
         raise HymoeError("--prompt-tokens must be at least 1 and --gen-tokens at least 2")
     model = _bench_model(args)
     rows = bench_e2e(model, args.placement.split(","), args.prompt_tokens, args.gen_tokens, args.threads, args.dtype,
-                     args.gpu_experts, args.defer_experts)
+                     args.gpu_experts, args.defer_experts, args.dense_format, args.peer)
     pct = lambda v: "n/a" if v is None else f"{v:.0%}"  # noqa: E731
     for r in rows:
-        bound = f", bandwidth allows {r['decode_bound_tokens_per_s']:.0f}" if r["decode_bound_tokens_per_s"] else ""
+        if r["placement"] == "llama.cpp":
+            print(f"llama.cpp ({r['engine']}, {r['threads']} threads): prefill {r['prefill_tokens_per_s']:.1f} tok/s, "
+                  f"decode {r['decode_tokens_per_s']:.1f} tok/s", file=sys.stderr)
+            continue
+        bound = (f", bandwidth allows {r['decode_bound_tokens_per_s']:.0f} (reads at "
+                 f"{r['decode_bandwidth_fraction']:.0%})") if r["decode_bound_tokens_per_s"] else ""
+        if "decode_vs_peer" in r:
+            bound += f", {r['prefill_vs_peer']:.2f}x / {r['decode_vs_peer']:.2f}x llama.cpp"
         print(f"{r['placement']:>8} ({r['device']}, {r['experts']} experts): prefill {r['prefill_tokens_per_s']:.1f} "
               f"tok/s, decode {r['decode_tokens_per_s']:.1f} tok/s{bound}; experts busy {pct(r['experts_busy'])}, "
               f"CPU {pct(r['cpu_busy'])}, GPU {pct(r['gpu_busy'])}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows))
+
+
+def cmd_bench_gguf(args) -> None:
+    from hymoe.bench.random_gguf import write_random_gguf
+
+    if args.layers < 1:
+        raise HymoeError("--layers must be at least 1")
+    path = write_random_gguf(args.out, args.shape, args.layers, args.experts_type, args.dense_type, args.experts,
+                             args.vocab, progress=sys.stderr.isatty())
+    print(path)
 
 
 def _bench_model(args):
@@ -335,7 +370,8 @@ def cmd_inspect(args) -> None:
     from hymoe.default_model import ensure_default_model
     from hymoe.inspect import inspect_model, report
 
-    d = inspect_model(args.model or ensure_default_model(), args.placement, args.dtype, args.max_context)
+    d = inspect_model(args.model or ensure_default_model(), args.placement, args.dtype, args.max_context,
+                      args.dense_format)
     print(json.dumps(d) if args.json else report(d))
 
 

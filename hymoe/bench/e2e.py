@@ -21,6 +21,7 @@ from hymoe.errors import HymoeError
 from hymoe.engine.sampler import SamplingParams
 from hymoe.experts import native
 from hymoe.experts.base import cpu_part
+from hymoe.layers.linear import QuantLinear
 from hymoe.layers.moe import MoE
 
 
@@ -33,13 +34,16 @@ def _engine(llm: LLM):
 
 
 def cpu_bytes_per_token(llm: LLM) -> int:
-    """Bytes one decode step reads from CPU memory: CPU-resident weights (one embedding row aside)
-    and k of E routed experts for each MoE layer computed on the CPU."""
+    """Bytes one decode step reads from CPU memory: CPU-resident weights (one embedding row aside),
+    float or in block formats, and k of E routed experts for each MoE layer computed on the CPU."""
     cfg, total = llm.config, 0
     for name, p in llm.model.named_parameters():
         is_embedding = "embed_tokens" in name or (name == "lm_head.weight" and cfg.is_tied_embeddings)
         if p.device.type == "cpu" and not is_embedding:
             total += p.numel() * p.element_size()
+    for m in llm.model.modules():
+        if isinstance(m, QuantLinear) and m.qweight.device.type == "cpu":
+            total += m.nbytes()
     for m in llm.model.modules():
         if isinstance(m, MoE):
             ex = cpu_part(m.experts)
@@ -110,17 +114,21 @@ def parse_variant(variant: str, gpu_experts, defer_experts: int) -> tuple[str, d
 
 
 def bench_e2e(path, placements: list[str], prompt_tokens: int, gen_tokens: int, threads: int | None = None,
-              dtype: str | None = None, gpu_experts: int = 0, defer_experts: int = 0) -> list[dict]:
+              dtype: str | None = None, gpu_experts: int = 0, defer_experts: int = 0, dense_format: str | None = None,
+              peer: str | None = None) -> list[dict]:
+    """One row per placement (and one for the peer, llama.cpp on the same GGUF file, run last)."""
     from hymoe.bench.machine import read_gbps
 
-    gbps = read_gbps(native.NativeEngine(threads, is_async=False)) if native.library() is not None else None
+    if peer not in (None, "llama.cpp"):
+        raise HymoeError(f"unknown peer {peer!r} (use llama.cpp)")
+    probe = native.NativeEngine(threads, is_async=False) if native.library() is not None else None
+    gbps = read_gbps(probe) if probe is not None else None
     runs = [(v, *parse_variant(v, gpu_experts, defer_experts)) for v in placements]  # refuse typos up front
     rows = []
     for variant, placement, kw in runs:
         llm = LLM(path, dtype=dtype, placement=placement, threads=threads, progress=False,
-                  max_context=prompt_tokens + gen_tokens + 1, **kw)
-        rng = random.Random(0)
-        ids = [rng.randrange(llm.config.vocab_size) for _ in range(prompt_tokens)]
+                  max_context=prompt_tokens + gen_tokens + 1, dense_format=dense_format, **kw)
+        ids = _prompt(llm.config.vocab_size, prompt_tokens)
         params = SamplingParams(max_new_tokens=gen_tokens, is_eos_ignored=True)
         llm.generate_batch([ids], SamplingParams(max_new_tokens=2, is_eos_ignored=True))  # warm-up, same shapes
         engine = _engine(llm)
@@ -139,7 +147,7 @@ def bench_e2e(path, placements: list[str], prompt_tokens: int, gen_tokens: int, 
         per_token = cpu_bytes_per_token(llm)
         rows.append({
             "placement": variant, "device": str(llm.device), "gpu": gpu and str(gpu), "experts": llm.experts_backend,
-            "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
+            "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "vocab_size": llm.config.vocab_size,
             "threads": engine.threads if engine else None,
             "cuda_graphs": kw["cuda_graphs"] and llm.device.type == "cuda",
             "prefill_tokens_per_s": round(timings.prefill_tokens_per_s, 2),
@@ -150,10 +158,36 @@ def bench_e2e(path, placements: list[str], prompt_tokens: int, gen_tokens: int, 
             "gpu_busy": sampler.busy if sampler else None,
             "cpu_bytes_per_token": per_token, "bandwidth_gbps": round(gbps, 2) if gbps else None,
             "decode_bound_tokens_per_s": round(gbps * 1e9 / per_token, 1) if gbps and per_token else None,
+            # every weight byte a decode step reads from CPU memory over the time it took, as a fraction
+            # of the measured read bandwidth
+            "decode_bandwidth_fraction": round(per_token * timings.decode_tokens_per_s / (gbps * 1e9), 3)
+            if gbps and per_token else None,
+            "dense_kernels": llm.dense_kernels,
         })
         del llm
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    if peer:
+        from hymoe.bench.llama_e2e import bench_llama_cpp
+
+        cfg_vocab = rows[0]["vocab_size"] if rows else None
+        rows.append(bench_llama_cpp(str(path), _prompt(cfg_vocab, prompt_tokens), gen_tokens,
+                                    threads or (probe.threads if probe else 1)))
+        _add_ratios(rows)
     return rows
+
+
+def _prompt(vocab_size: int, n: int) -> list[int]:
+    rng = random.Random(0)  # the same prompt for every placement and the peer
+    return [rng.randrange(vocab_size) for _ in range(n)]
+
+
+def _add_ratios(rows: list[dict]) -> None:
+    """Each hymoe row's prefill and decode rates over the peer's, measured in this run."""
+    peer = rows[-1]
+    for r in rows[:-1]:
+        for phase in ("prefill", "decode"):
+            theirs = peer[f"{phase}_tokens_per_s"]
+            r[f"{phase}_vs_peer"] = round(r[f"{phase}_tokens_per_s"] / theirs, 3) if theirs else None
 
 

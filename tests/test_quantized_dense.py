@@ -1,0 +1,167 @@
+"""The dense part in block formats: kept from a GGUF file, quantized at load on request, priced by
+`hymoe inspect` (a full-size DeepSeek-V3 file of headers only must fit a 24 GB card), and timed
+against llama.cpp on the same file by `hymoe bench e2e --peer llama.cpp`."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+import hymoe
+from hymoe.errors import HymoeError
+from hymoe.experts import native
+from hymoe.experts.native_linear import NativeLinear
+from hymoe.layers.linear import QuantEmbedding, QuantLinear
+from hymoe.loader.gguf_file import GGUFFile
+
+PROMPT = [5, 17, 42, 99, 7, 64, 23, 11, 150, 3, 77, 201]
+needs_native = pytest.mark.skipif(native.library() is None, reason="native kernels not built")
+
+
+def _run(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "hymoe.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@needs_native
+def test_gguf_dense_weights_stay_in_the_file_blocks(gguf_model):
+    _, path = gguf_model("qwen3_moe", "Q4_K")
+    llm = hymoe.load(path, placement="cpu", progress=False)
+    assert llm.dtype == torch.float32  # a GGUF computed on the CPU takes float32 activations, as llama.cpp
+    attn = llm.model.layers[0].self_attn
+    assert isinstance(attn.q_proj, QuantLinear) and attn.q_proj.fmt == "Q4_K"
+    assert isinstance(llm.model.embed_tokens, QuantEmbedding) and isinstance(llm.model.lm_head, QuantLinear)
+    # zero copy: the weight views the mapping of the whole file
+    assert attn.q_proj.qweight.untyped_storage().nbytes() == path.stat().st_size
+    assert isinstance(attn.q_proj.kernel, NativeLinear) and attn.q_proj.fused is not None  # q, k, v in one call
+    assert llm.dense_kernels == {"native": 2 * 4 + 1}  # q, k, v, o of both layers and the head
+
+
+def test_gguf_files_are_mapped_read_only(gguf_model):
+    _, path = gguf_model("qwen3_moe", "Q4_K")
+    f = GGUFFile(path)
+    with pytest.raises(TypeError):
+        f._map[0] = 0
+
+
+@needs_native
+def test_native_dense_path_equals_the_torch_dequantized_path(gguf_model):
+    """The native kernels (int8 activations) against torch's matmul over the same dequantized blocks."""
+    _, path = gguf_model("deepseek_v3", "Q8_0")
+    native_llm = hymoe.load(path, placement="cpu", progress=False)
+    torch_llm = hymoe.load(path, placement="cpu", progress=False)
+    for m in torch_llm.model.modules():
+        for attr in ("kernel", "fused", "decode_kernel"):
+            if getattr(m, attr, None) is not None:
+                setattr(m, attr, None)
+    want, got = torch_llm.logits(PROMPT), native_llm.logits(PROMPT)
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean().item() >= 0.9
+    # int8 activations move logits by ~0.5%; where they flip a routing choice a position moves more
+    close = (got - want).abs().max(-1).values < 0.02 * want.abs().max()
+    assert close.float().mean().item() >= 0.9
+
+
+@needs_native
+@pytest.mark.parametrize("fmt", ["Q8_0", "Q4_K"])
+def test_dense_format_quantizes_a_float_model_at_load(tiny_model, fmt):
+    hf_dir, _ = tiny_model("qwen2_moe")
+    ids = list(range(3, 67))
+    ref = hymoe.load(hf_dir, dtype="float32", progress=False, placement="cpu").logits(ids)
+    llm = hymoe.load(hf_dir, dtype="float32", progress=False, placement="cpu", dense_format=fmt)
+    quantized = [m for m in llm.model.modules() if isinstance(m, QuantLinear)]
+    floats = [m for m in llm.model.modules() if isinstance(m, torch.nn.Linear) and not getattr(m, "keeps_float", 0)]
+    # rows that do not split into the format's blocks keep their floats (hymoe says so): Q4_K's rows
+    # of 256 fit none of this model's, Q8_0's of 32 all but the shared experts' down projections (48)
+    block = {"Q8_0": 32, "Q4_K": 256}[fmt]
+    assert all(m.in_features % block == 0 and m.fmt == fmt for m in quantized)
+    assert all(m.in_features % block for m in floats)
+    assert len(quantized) == (0 if fmt == "Q4_K" else 2 * (4 + 2) + 1)
+    if fmt == "Q8_0":
+        got = llm.logits(ids)
+        assert (got.argmax(-1) == ref.argmax(-1)).float().mean().item() >= 0.9
+        assert (got - ref).abs().mean().item() < 0.05 * ref.abs().mean().item()  # int8 weights and activations
+
+
+def test_unknown_dense_format_is_one_clear_error(tiny_model):
+    hf_dir, _ = tiny_model("qwen2_moe")
+    with pytest.raises(HymoeError, match="--dense-format 'Q9_K'"):
+        hymoe.load(hf_dir, progress=False, dense_format="Q9_K")
+
+
+def test_a_rule_quantizes_one_unit(tiny_model, tmp_path):
+    hf_dir, _ = tiny_model("qwen2_moe")
+    rules = tmp_path / "r.yaml"
+    rules.write_text("rules:\n  - {match: 'layers\\.\\d+\\.self_attn', device: cpu, format: Q8_0}\n"
+                     "  - {match: '.*', device: cpu}\n")
+    llm = hymoe.load(hf_dir, dtype="float32", progress=False, placement=str(rules))
+    layer = llm.model.layers[0]
+    assert isinstance(layer.self_attn.o_proj, QuantLinear) and layer.self_attn.o_proj.fmt == "Q8_0"
+    assert not isinstance(layer.mlp.shared_experts.down_proj, QuantLinear)
+
+
+def _sparse_deepseek_v3(path) -> None:
+    """DeepSeek-V3's full metadata and tensor table (61 layers, Q4_K_M-style types) over a data region
+    that is a hole in the file: 400 GB that take no disk."""
+    from hymoe.bench.random_gguf import _tensors, _vocab
+    from hymoe.bench.synthetic import CONFIGS
+    from hymoe.config import from_hf_dict
+    from hymoe.loader.gguf_meta import write_metadata
+    from hymoe.quant.formats import qtype, row_bytes
+
+    cfg = from_hf_dict(dict(CONFIGS["deepseek-v3"], num_hidden_layers=61, first_k_dense_replace=3,
+                            max_position_embeddings=163840))
+    w = gguf.GGUFWriter(path, "deepseek2")
+    write_metadata(w, cfg)
+    vocab = _vocab(cfg.vocab_size)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(vocab["tokens"])
+    w.add_token_scores(vocab["scores"])
+    w.add_token_types(vocab["types"])
+    end = 0
+    for name, shape, fmt in _tensors(cfg, "Q4_K", "Q4_K"):
+        if name == "output.weight" or name.endswith("ffn_down_shexp.weight"):
+            fmt = "Q6_K"  # as llama.cpp's Q4_K_M keeps them
+        rb = 4 * shape[-1] if fmt == "F32" else row_bytes(fmt, shape[-1])
+        size = rb * int(torch.Size(shape[:-1]).numel())
+        w.add_tensor_info(name, (*shape[:-1], rb) if fmt != "F32" else shape,
+                          np.dtype(np.float32 if fmt == "F32" else np.uint8), size, qtype(fmt))
+        end += -(-size // 32) * 32
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    with open(path, "r+b") as f:
+        header = f.seek(0, 2)
+        f.truncate(-(-header // 32) * 32 + end)
+
+
+def test_full_deepseek_v3_fits_a_24_gb_card_at_8k(tmp_path):
+    path = tmp_path / "DeepSeek-V3-Q4_K_M.gguf"
+    _sparse_deepseek_v3(path)
+    assert path.stat().st_size > 350e9  # the whole file, as a hole
+    r = _run("inspect", path, "--placement", "hybrid", "--max-context", "8192", "--dtype", "bfloat16", "--json")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    d = json.loads(r.stdout)
+    assert d["params_total"] > 660e9 and d["layers"] == 61
+    assert d["devices"]["gpu"] <= 20 * 2**30, d["devices"]
+    assert d["devices"]["cpu"] > 350e9  # the routed experts stay in host memory
+
+
+@needs_native
+def test_bench_e2e_runs_llama_cpp_on_the_same_file(tmp_path):
+    pytest.importorskip("llama_cpp")
+    path = tmp_path / "random.gguf"
+    r = _run("bench", "gguf", path, "--shape", "qwen3-30b-a3b", "--layers", "1", "--experts", "8", "--vocab", "512")
+    assert r.returncode == 0, r.stderr
+    r = _run("bench", "e2e", path, "--placement", "cpu", "--prompt-tokens", "16", "--gen-tokens", "4", "--threads",
+             "2", "--peer", "llama.cpp", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    ours, peer = json.loads(r.stdout.splitlines()[-1])
+    assert peer["placement"] == "llama.cpp" and peer["decode_tokens_per_s"] > 0
+    assert ours["decode_vs_peer"] == pytest.approx(ours["decode_tokens_per_s"] / peer["decode_tokens_per_s"], 1e-2)
+    assert 0 < ours["decode_bandwidth_fraction"] and ours["dense_kernels"] == {"native": 5}
