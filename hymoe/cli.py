@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     b2.add_argument("--dense-format", metavar="FMT", help="quantize the non-expert linears at load (see generate)")
     b2.add_argument("--peer", choices=["llama.cpp"], help="also run llama.cpp (llama-cpp-python) on the same GGUF "
                     "file and threads, in the same run, and report hymoe's ratios to it")
+    b2.add_argument("--rounds", type=int, default=1, help="time each placement (and the peer after it) this many "
+                    "times and report medians (default: 1)")
     b2.add_argument("--json", action="store_true", help="print a JSON list, one object per placement")
     b2.add_argument("--debug", action="store_true", help="show tracebacks")
     bp = bsub.add_parser("prefill", help="prompt length from which streaming experts to the GPU beats the CPU")
@@ -287,7 +289,7 @@ def cmd_bench_e2e(args) -> None:
         raise HymoeError("--prompt-tokens must be at least 1 and --gen-tokens at least 2")
     model = _bench_model(args)
     rows = bench_e2e(model, args.placement.split(","), args.prompt_tokens, args.gen_tokens, args.threads, args.dtype,
-                     args.gpu_experts, args.defer_experts, args.dense_format, args.peer)
+                     args.gpu_experts, args.defer_experts, args.dense_format, args.peer, args.rounds)
     pct = lambda v: "n/a" if v is None else f"{v:.0%}"  # noqa: E731
     for r in rows:
         if r["placement"] == "llama.cpp":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import statistics
 import threading
 import time
 
@@ -115,79 +116,96 @@ def parse_variant(variant: str, gpu_experts, defer_experts: int) -> tuple[str, d
 
 def bench_e2e(path, placements: list[str], prompt_tokens: int, gen_tokens: int, threads: int | None = None,
               dtype: str | None = None, gpu_experts: int = 0, defer_experts: int = 0, dense_format: str | None = None,
-              peer: str | None = None) -> list[dict]:
-    """One row per placement (and one for the peer, llama.cpp on the same GGUF file, run last)."""
+              peer: str | None = None, rounds: int = 1) -> list[dict]:
+    """One row per placement, and one for the peer (llama.cpp on the same GGUF file and threads).
+    Each round times every placement and then the peer, right after, with a bandwidth probe before
+    each: rows report medians over the rounds, and ratios to the peer are medians of each round's."""
     from hymoe.bench.machine import read_gbps
 
     if peer not in (None, "llama.cpp"):
         raise HymoeError(f"unknown peer {peer!r} (use llama.cpp)")
+    if rounds < 1:
+        raise HymoeError("--rounds must be at least 1")
     probe = native.NativeEngine(threads, is_async=False) if native.library() is not None else None
-    gbps = read_gbps(probe) if probe is not None else None
     runs = [(v, *parse_variant(v, gpu_experts, defer_experts)) for v in placements]  # refuse typos up front
-    rows = []
-    for variant, placement, kw in runs:
+    theirs = None
+    if peer:
+        from hymoe.bench.llama_e2e import LlamaCppPeer
+
+        theirs = LlamaCppPeer(str(path), prompt_tokens + gen_tokens, threads or (probe.threads if probe else 1))
+    rows, peer_runs = [], []
+    for variant, placement, kw in runs:  # one model in memory at a time
         llm = LLM(path, dtype=dtype, placement=placement, threads=threads, progress=False,
                   max_context=prompt_tokens + gen_tokens + 1, dense_format=dense_format, **kw)
         ids = _prompt(llm.config.vocab_size, prompt_tokens)
-        params = SamplingParams(max_new_tokens=gen_tokens, is_eos_ignored=True)
-        llm.generate_batch([ids], SamplingParams(max_new_tokens=2, is_eos_ignored=True))  # warm-up, same shapes
-        engine = _engine(llm)
-        uses_gpu = any(t.device == "gpu" for t in llm.placement.targets.values())
-        gpu = llm.placement.gpu if uses_gpu else None
-        mark = {}
-
-        def at_first_token(row, tok):  # the decode phase starts here
-            if not mark:
-                mark.update(cpu=time.process_time(), busy=engine.busy_seconds if engine else 0.0)
-
-        sampler = _gpu_sampler(gpu) if gpu is not None else None
-        with sampler or contextlib.nullcontext():
-            _, timings = llm.generate_batch([ids], params, on_token=at_first_token)
-        decode_s = timings.decode_s
-        per_token = cpu_bytes_per_token(llm)
-        rows.append({
-            "placement": variant, "device": str(llm.device), "gpu": gpu and str(gpu), "experts": llm.experts_backend,
-            "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "vocab_size": llm.config.vocab_size,
-            "threads": engine.threads if engine else None,
-            "cuda_graphs": kw["cuda_graphs"] and llm.device.type == "cuda",
-            "prefill_tokens_per_s": round(timings.prefill_tokens_per_s, 2),
-            "decode_tokens_per_s": round(timings.decode_tokens_per_s, 2),
-            "experts_busy": round((engine.busy_seconds - mark["busy"]) / decode_s, 3) if engine else None,
-            # capped at 1, which timer granularity can overshoot on short runs
-            "cpu_busy": round(min(1.0, (time.process_time() - mark["cpu"]) / (decode_s * (os.cpu_count() or 1))), 3),
-            "gpu_busy": sampler.busy if sampler else None,
-            "cpu_bytes_per_token": per_token, "bandwidth_gbps": round(gbps, 2) if gbps else None,
-            "decode_bound_tokens_per_s": round(gbps * 1e9 / per_token, 1) if gbps and per_token else None,
-            # every weight byte a decode step reads from CPU memory over the time it took, as a fraction
-            # of the measured read bandwidth
-            "decode_bandwidth_fraction": round(per_token * timings.decode_tokens_per_s / (gbps * 1e9), 3)
-            if gbps and per_token else None,
-            "dense_kernels": llm.dense_kernels,
-        })
+        measured, paired = [], []
+        for _ in range(rounds):
+            measured.append(_measure(llm, ids, gen_tokens, kw, read_gbps(probe) if probe is not None else None))
+            if theirs is not None:
+                paired.append(theirs.run(ids, gen_tokens))
+        rows.append(_summary(variant, llm, kw, measured, paired) | {"prompt_tokens": prompt_tokens,
+                                                                    "gen_tokens": gen_tokens})
+        peer_runs += paired
         del llm
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    if peer:
-        from hymoe.bench.llama_e2e import bench_llama_cpp
-
-        cfg_vocab = rows[0]["vocab_size"] if rows else None
-        rows.append(bench_llama_cpp(str(path), _prompt(cfg_vocab, prompt_tokens), gen_tokens,
-                                    threads or (probe.threads if probe else 1)))
-        _add_ratios(rows)
+    if theirs is not None:
+        rows.append(theirs.summary(peer_runs))
     return rows
+
+
+def _measure(llm: LLM, ids: list[int], gen_tokens: int, kw: dict, gbps: float | None) -> dict:
+    """One timed generate: rates, how busy the CPU experts, the process and the GPU were over decode."""
+    params = SamplingParams(max_new_tokens=gen_tokens, is_eos_ignored=True)
+    llm.generate_batch([ids], SamplingParams(max_new_tokens=2, is_eos_ignored=True))  # warm-up, same shapes
+    engine = _engine(llm)
+    uses_gpu = any(t.device == "gpu" for t in llm.placement.targets.values())
+    gpu = llm.placement.gpu if uses_gpu else None
+    mark = {}
+
+    def at_first_token(row, tok):  # the decode phase starts here
+        if not mark:
+            mark.update(cpu=time.process_time(), busy=engine.busy_seconds if engine else 0.0)
+
+    sampler = _gpu_sampler(gpu) if gpu is not None else None
+    with sampler or contextlib.nullcontext():
+        _, timings = llm.generate_batch([ids], params, on_token=at_first_token)
+    decode_s, per_token = timings.decode_s, cpu_bytes_per_token(llm)
+    return {
+        "prefill_tokens_per_s": timings.prefill_tokens_per_s, "decode_tokens_per_s": timings.decode_tokens_per_s,
+        "experts_busy": (engine.busy_seconds - mark["busy"]) / decode_s if engine else None,
+        # capped at 1, which timer granularity can overshoot on short runs
+        "cpu_busy": min(1.0, (time.process_time() - mark["cpu"]) / (decode_s * (os.cpu_count() or 1))),
+        "gpu_busy": sampler.busy if sampler else None, "bandwidth_gbps": gbps,
+        # every weight byte a decode step reads from CPU memory over the time it took, as a fraction
+        # of the read bandwidth measured just before
+        "decode_bandwidth_fraction": per_token * timings.decode_tokens_per_s / (gbps * 1e9) if gbps and per_token else None,
+    }
+
+
+def _median(values: list):
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
+def _summary(variant: str, llm: LLM, kw: dict, runs: list[dict], peer_runs: list[dict]) -> dict:
+    engine = _engine(llm)
+    uses_gpu = any(t.device == "gpu" for t in llm.placement.targets.values())
+    per_token = cpu_bytes_per_token(llm)
+    row = {"placement": variant, "device": str(llm.device), "gpu": str(llm.placement.gpu) if uses_gpu else None,
+           "experts": llm.experts_backend, "rounds": len(runs),
+           "threads": engine.threads if engine else None, "cuda_graphs": kw["cuda_graphs"] and llm.device.type == "cuda",
+           "dense_kernels": llm.dense_kernels, "cpu_bytes_per_token": per_token}
+    for key in runs[0]:
+        row[key] = _median([r[key] for r in runs])
+    gbps = row["bandwidth_gbps"]
+    row["decode_bound_tokens_per_s"] = round(gbps * 1e9 / per_token, 1) if gbps and per_token else None
+    for phase in ("prefill", "decode") if peer_runs else ():
+        key = f"{phase}_tokens_per_s"
+        row[f"{phase}_vs_peer"] = _median([r[key] / p[key] for r, p in zip(runs, peer_runs) if p[key]])
+    return row
 
 
 def _prompt(vocab_size: int, n: int) -> list[int]:
     rng = random.Random(0)  # the same prompt for every placement and the peer
     return [rng.randrange(vocab_size) for _ in range(n)]
-
-
-def _add_ratios(rows: list[dict]) -> None:
-    """Each hymoe row's prefill and decode rates over the peer's, measured in this run."""
-    peer = rows[-1]
-    for r in rows[:-1]:
-        for phase in ("prefill", "decode"):
-            theirs = peer[f"{phase}_tokens_per_s"]
-            r[f"{phase}_vs_peer"] = round(r[f"{phase}_tokens_per_s"] / theirs, 3) if theirs else None
-
-

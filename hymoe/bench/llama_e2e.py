@@ -40,31 +40,38 @@ def _load(path: str, n_ctx: int, threads: int, batch: int):
         llama_cpp.llama_cpp.llama_model_default_params = default
 
 
-def bench_llama_cpp(path: str, ids: list[int], gen_tokens: int, threads: int) -> dict:
-    """Prefill and decode tokens/s of llama.cpp (llama-cpp-python) on the GGUF file `path`."""
-    if not str(path).endswith(".gguf"):
-        raise HymoeError("--peer llama.cpp needs a GGUF file as the model")
-    llm = _load(path, len(ids) + gen_tokens + 8, threads, max(32, len(ids)))
-    for _ in range(2):  # warm-up with the same shapes
-        llm.reset()
-        llm.eval(ids[:8])
-        llm.eval([ids[0]])
-    llm.reset()
-    t0 = time.perf_counter()
-    llm.eval(ids)
-    prefill_s = time.perf_counter() - t0
-    tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-    t0 = time.perf_counter()
-    for _ in range(gen_tokens - 1):
-        llm.eval([tok])
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-    decode_s = time.perf_counter() - t0
-    import llama_cpp
+class LlamaCppPeer:
+    """llama.cpp (llama-cpp-python) holding the GGUF file `path`, timed as hymoe's generate loop is."""
 
-    out = {"placement": "llama.cpp", "engine": f"llama-cpp-python {llama_cpp.__version__}", "threads": threads,
-           "prompt_tokens": len(ids), "gen_tokens": gen_tokens,
-           "prefill_tokens_per_s": round(len(ids) / prefill_s, 2),
-           "decode_tokens_per_s": round((gen_tokens - 1) / decode_s, 2),
-           "amx_disabled": has_amx()}
-    del llm
-    return out
+    def __init__(self, path: str, max_tokens: int, threads: int):
+        if not str(path).endswith(".gguf"):
+            raise HymoeError("--peer llama.cpp needs a GGUF file as the model")
+        self.threads = threads
+        self.llm = _load(path, max_tokens + 8, threads, max(32, max_tokens))
+
+    def run(self, ids: list[int], gen_tokens: int) -> dict:
+        llm = self.llm
+        for _ in range(2):  # warm-up with the same shapes
+            llm.reset()
+            llm.eval(ids[:8])
+            llm.eval([ids[0]])
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(ids)
+        prefill_s = time.perf_counter() - t0
+        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        t0 = time.perf_counter()
+        for _ in range(gen_tokens - 1):
+            llm.eval([tok])
+            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        decode_s = time.perf_counter() - t0
+        return {"prefill_tokens_per_s": len(ids) / prefill_s, "decode_tokens_per_s": (gen_tokens - 1) / decode_s}
+
+    def summary(self, runs: list[dict]) -> dict:
+        import statistics
+
+        import llama_cpp
+
+        return {"placement": "llama.cpp", "engine": f"llama-cpp-python {llama_cpp.__version__}",
+                "threads": self.threads, "rounds": len(runs), "amx_disabled": has_amx(),
+                **{k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]}}

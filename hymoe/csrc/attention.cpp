@@ -1,7 +1,8 @@
-// Grouped-query attention for steps of a few tokens per row (decode) on the CPU, in one call on the
-// engine's pool: per-head q/k RMSNorm, rotary embedding, the new keys and values written into the
-// cache, and attention over each row's cached positions. In torch this was ~30 small operations
-// per layer, whose fixed costs outweighed the arithmetic at one token.
+// Grouped-query attention on the CPU in one call on the engine's pool: per-head q/k RMSNorm, rotary
+// embedding, the new keys and values written into the cache, and attention over each token's
+// cached positions, chunk by chunk (flash-decoding). In torch a decode step was ~30 small
+// operations per layer, whose fixed costs outweighed the arithmetic at one token; for prompts,
+// torch's threads spun between its operations on the cores the engine's pool computes on.
 #include "attention.h"
 
 #include <math.h>
@@ -51,8 +52,9 @@ void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<fl
     const int B = a.num_rows, T = a.tokens, N = a.heads, G = a.kv_heads, D = a.head_dim;
     const int BT = B * T, per_group = N / G;
     const int64_t pos_stride = (int64_t)G * D, slot_stride = (int64_t)(a.max_len + 1) * pos_stride;
-    scratch.resize((size_t)BT * N * D);
-    float* q_all = scratch.data();  // [BT, N, D]: the queries after norm and rotation
+    static thread_local std::vector<float> queries;
+    queries.resize((size_t)BT * N * D);
+    float* q_all = queries.data();  // [BT, N, D]: the queries after norm and rotation
 
     // phase 1, per token: queries normalised and rotated; keys normalised, rotated and stored;
     // values stored
@@ -78,18 +80,58 @@ void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<fl
         }
     });
 
-    // phase 2, per (token, kv head): its query heads against the positions it may attend, one run:
-    // causal, and within the sliding window if any (a padding row, past kv_len, attends anywhere)
-    pool.parallel_for(BT * G, [&](int unit, int) {
-        const int bt = unit / G, g = unit % G, b = bt / T;
-        const int64_t slot = a.slots ? a.slots[b] : b, pos = a.positions[bt];
-        const int64_t hi = std::min<int64_t>(pos, a.kv_len - 1);
-        const int64_t lo = a.window > 0 && pos < a.kv_len ? std::max<int64_t>(0, pos - a.window + 1) : 0;
-        const float* keys = a.k_cache + slot * slot_stride + lo * pos_stride + (size_t)g * D;
-        const float* values = a.v_cache + slot * slot_stride + lo * pos_stride + (size_t)g * D;
+    // phase 2, per (token, chunk of the positions it may attend: causal, and within the sliding
+    // window if any; a padding row, past kv_len, attends anywhere): every head over the chunk, the
+    // cache rows streamed front to back. Enough chunks for every thread at one token.
+    std::vector<int64_t> lo(BT), len(BT);
+    int64_t longest = 1;
+    for (int bt = 0; bt < BT; bt++) {
+        const int64_t pos = a.positions[bt], hi = std::min<int64_t>(pos, a.kv_len - 1);
+        lo[bt] = a.window > 0 && pos < a.kv_len ? std::max<int64_t>(0, pos - a.window + 1) : 0;
+        len[bt] = hi - lo[bt] + 1;
+        longest = std::max(longest, len[bt]);
+    }
+    // enough chunks for every thread at one token (each unit streams its chunk's cache rows once)
+    const int chunks = (int)std::max<int64_t>(1, std::min<int64_t>((4 * pool.size() + BT - 1) / BT, (longest + 15) / 16));
+    const size_t part = (size_t)N * D;  // one chunk's unnormalised outputs
+    std::vector<float>& parts = scratch;
+    parts.resize((size_t)BT * N * D + (size_t)BT * chunks * (part + 2 * N));
+    float* outs = parts.data() + (size_t)BT * N * D;
+    float* stats = outs + (size_t)BT * chunks * part;  // m then l, per (token, chunk, head)
+    pool.parallel_for(BT * chunks, [&](int unit, int) {
+        const int bt = unit / chunks, c = unit % chunks, b = bt / T;
+        const int64_t per = (len[bt] + chunks - 1) / chunks, first = lo[bt] + c * per;
+        const int64_t n = std::min<int64_t>(per, lo[bt] + len[bt] - first);
+        float *m = stats + ((size_t)bt * chunks + c) * 2 * N, *l = m + N;
+        if (n <= 0) {
+            for (int h = 0; h < N; h++) m[h] = -INFINITY, l[h] = 0.f;
+            return;
+        }
+        const int64_t slot = a.slots ? a.slots[b] : b;
+        const float* keys = a.k_cache + slot * slot_stride + first * pos_stride;
+        const float* values = a.v_cache + slot * slot_stride + first * pos_stride;
         static thread_local std::vector<float> probs;
-        probs.resize((size_t)per_group * (hi - lo + 1));
-        kt.attend(q_all + ((size_t)bt * N + (size_t)g * per_group) * D, per_group, D, keys, values, pos_stride,
-                  (int)(hi - lo + 1), a.scale, a.out + (size_t)bt * N * D + (size_t)g * per_group * D, probs.data());
+        probs.resize((size_t)(N + D) * n);
+        kt.attend(q_all + (size_t)bt * N * D, N, per_group, D, keys, values, pos_stride, (int)n, a.scale,
+                  outs + ((size_t)bt * chunks + c) * part, m, l, probs.data());
+    });
+
+    // phase 3, per token: the chunks merged, each weighted by exp(its maximum - the overall one)
+    pool.parallel_for(BT, [&](int bt, int) {
+        for (int h = 0; h < N; h++) {
+            float best = -INFINITY, total = 0.f;
+            for (int c = 0; c < chunks; c++) best = std::max(best, stats[((size_t)bt * chunks + c) * 2 * N + h]);
+            float* o = a.out + (size_t)bt * N * D + (size_t)h * D;
+            memset(o, 0, sizeof(float) * D);
+            for (int c = 0; c < chunks; c++) {
+                const float* st = stats + ((size_t)bt * chunks + c) * 2 * N;
+                if (st[N + h] == 0.f) continue;
+                const float w = expf(st[h] - best);
+                total += w * st[N + h];
+                const float* src = outs + ((size_t)bt * chunks + c) * part + (size_t)h * D;
+                for (int i = 0; i < D; i++) o[i] += w * src[i];
+            }
+            for (int i = 0; i < D; i++) o[i] /= total;
+        }
     });
 }

@@ -1,4 +1,4 @@
-// Decode-step attention on the CPU (attention.cpp); the arguments are mirrored by
+// Grouped-query attention on the CPU (attention.cpp); the arguments are mirrored by
 // hymoe/experts/native_attention.py (ctypes.Structure): keep the field order.
 #pragma once
 #include <vector>

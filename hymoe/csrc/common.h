@@ -224,10 +224,12 @@ struct KernelTable {
     QuantizeFn quantize;
     void (*silu_mul)(float* g, const float* u, int n);  // g = silu(g) * u
     float (*dot)(const float* a, const float* b, int n);
-    // Attention of nh query heads q [nh][d] over S cached positions (keys and values: S rows of d,
-    // `stride` floats apart): out[h] = sum_s softmax_s(scale q_h . k_s) v_s. scratch: nh * S floats.
-    typedef void (*AttendFn)(const float* q, int nh, int d, const float* keys, const float* values, int64_t stride,
-                             int S, float scale, float* out, float* scratch);
+    // Decode attention of a token's N query heads q [N][d] (per_group of them per kv head) over a
+    // chunk of S cached positions, rows `stride` floats apart, kv head g at g * d in a row: per head
+    // the chunk's score maximum m, sum of exp(score - m) l and unnormalised output out [N][d]
+    // (attention.cpp merges the chunks). scratch: (N + d) * S floats.
+    typedef void (*AttendFn)(const float* q, int N, int per_group, int d, const float* keys, const float* values,
+                             int64_t stride, int S, float scale, float* out, float* m, float* l, float* scratch);
     AttendFn attend;
     uint64_t (*read)(const uint8_t* p, int64_t bytes);  // streams bytes (bandwidth probe)
     size_t (*act_bytes)(int n);
@@ -245,6 +247,7 @@ void fill_avx2_float(KernelTable* t);  // F32/F16/BF16 batches (after every per-
 void fill_avx512(KernelTable* t);  // needs AVX512F/BW/VL/VNNI
 void fill_avx512_k(KernelTable* t);  // its K-quant kernels
 void fill_avx512_attn(KernelTable* t);  // its decode attention
+void fill_avx2_attn(KernelTable* t);    // the AVX2 decode attention
 void fill_avx512_tiled(KernelTable* t);  // its batch kernels (after the others: it keeps them for small batches)
 void fill_avx512_bf16(KernelTable* t);   // BF16 batches with vdpbf16ps; needs AVX512_BF16 too
 void tune_avx512_bf16(int min_tokens);

@@ -277,6 +277,7 @@ float dot_f32_avx2(const float* a, const float* b, int n) {
 void fill_avx2(KernelTable* t) {
     t->name = "avx2";
     t->dot = dot_f32_avx2;
+    fill_avx2_attn(t);
     t->rows[F32] = rows<dot_float<F32>, 1>;
     t->rows[F16] = rows<dot_float<F16>, 1>;
     t->rows[BF16] = rows<dot_float<BF16>, 1>;

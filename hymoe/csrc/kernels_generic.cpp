@@ -81,13 +81,14 @@ float dot_generic(const float* a, const float* b, int n) {
     return (s[0] + s[1]) + (s[2] + s[3]);
 }
 
-void attend_generic(const float* q, int nh, int d, const float* keys, const float* values, int64_t stride, int S,
-                    float scale, float* out, float* scratch) {
-    for (int h = 0; h < nh; h++) {
+void attend_generic(const float* q, int N, int per_group, int d, const float* keys, const float* values,
+                    int64_t stride, int S, float scale, float* out, float* m, float* l, float* scratch) {
+    for (int h = 0; h < N; h++) {
+        const int64_t off = (h / per_group) * d;
         float* p = scratch + (size_t)h * S;
         float best = -INFINITY, total = 0.f;
         for (int s = 0; s < S; s++) {
-            p[s] = dot_generic(q + (size_t)h * d, keys + s * stride, d) * scale;
+            p[s] = dot_generic(q + (size_t)h * d, keys + s * stride + off, d) * scale;
             best = fmaxf(best, p[s]);
         }
         float* o = out + (size_t)h * d;
@@ -95,9 +96,10 @@ void attend_generic(const float* q, int nh, int d, const float* keys, const floa
         for (int s = 0; s < S; s++) {
             const float e = expf(p[s] - best);
             total += e;
-            for (int i = 0; i < d; i++) o[i] += e * values[s * stride + i];
+            for (int i = 0; i < d; i++) o[i] += e * values[s * stride + off + i];
         }
-        for (int i = 0; i < d; i++) o[i] /= total;
+        m[h] = best;
+        l[h] = total;
     }
 }
 

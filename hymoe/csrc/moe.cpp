@@ -413,9 +413,9 @@ __attribute__((visibility("default"))) int hymoe_linear(void* engine, LinearArgs
     return 0;
 }
 
-// Decode-step grouped-query attention (attention.cpp) in the calling thread, the pool's threads
+// Grouped-query attention (attention.cpp) in the calling thread, the pool's threads
 // helping. 0, or -1 bad sizes, -2 a slot or position outside the cache.
-__attribute__((visibility("default"))) int hymoe_gqa_decode(void* engine, const GqaArgs* args) {
+__attribute__((visibility("default"))) int hymoe_gqa_attention(void* engine, const GqaArgs* args) {
     Engine* eng = (Engine*)engine;
     if (int bad = gqa_check(*args)) return bad;
     eng->pool.wake();

@@ -1,6 +1,7 @@
 """LLM: a loaded model with its tokenizer; the Python entry point (`hymoe.load`)."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -56,7 +57,9 @@ class LLM:
                       hot=hot, defer=defer_experts, gpu_prefill_threshold=gpu_prefill_threshold, engine=engine)
         # a CPU placement whose pool computes the dense layers too: it shares the cores with torch per step
         is_cpu_pool = engine.engine is not None and not engine.is_async and bool(self.dense_kernels.get("native"))
-        self._step_scope = engine.engine.step_scope if is_cpu_pool else None
+        is_all_native = all(getattr(layer.self_attn, "kernel", None) is not None for layer in self.model.layers)
+        self._step_scope = functools.partial(engine.engine.step_scope, is_all_native=is_all_native) \
+            if is_cpu_pool else None
         # what computes the routed experts, e.g. "native", or "native+torch" for a layer split
         kinds = {m.experts.label for m in self.model.modules() if isinstance(m, MoE)}
         self.experts_backend = "+".join(sorted(kinds)) + (f", {defer_experts} deferred" if defer_experts else "")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 from pathlib import Path
@@ -163,21 +164,25 @@ class NativeEngine:
         self.lib.hymoe_engine_linger(self.handle, int(on))
 
     @contextlib.contextmanager
-    def step_scope(self, tokens_per_row: int):
-        """A forward pass of a CPU placement whose dense layers this pool computes too. At a few
-        tokens per row, torch runs the small operations between jobs single-threaded and the pool's
-        helpers spin between jobs: torch's own threads fought them for the cores (qwen3-shaped 16
-        layers, 2 cores: 50 -> 33 ms per decode step). Longer passes give torch every thread and let
-        the helpers sleep between jobs."""
-        if tokens_per_row > 16:
+    def step_scope(self, tokens_per_row: int, is_all_native: bool = False):
+        """A forward pass of a CPU placement whose dense layers this pool computes too. torch runs
+        the small operations between jobs single-threaded and the pool's helpers spin between jobs:
+        torch's own threads, spinning after each of their operations, fought the pool for the cores
+        (qwen3-shaped 16 layers, 2 cores: 50 -> 33 ms per decode step). That holds for every step
+        when attention runs here too (is_all_native); otherwise long steps give torch every thread
+        for its attention and let the helpers sleep between jobs."""
+        if tokens_per_row > 16 and not is_all_native:
             yield
             return
-        threads = torch.get_num_threads()
+        threads, was_collecting = torch.get_num_threads(), gc.isenabled()
         torch.set_num_threads(1)
         self.linger(True)
+        gc.disable()  # a step frees what it allocates by reference counting; no collector pass mid-step
         try:
             yield
         finally:
+            if was_collecting:
+                gc.enable()
             self.linger(False)
             torch.set_num_threads(threads)
 

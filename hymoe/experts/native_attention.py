@@ -1,6 +1,7 @@
-"""Decode-step grouped-query attention on the native engine (csrc/attention.cpp): q/k RMSNorm,
-rotary embedding, the cache write and attention over the cached positions in one call, for
-float32 layers on the CPU. Placement installs it as a GQA layer's `decode_kernel`."""
+"""Grouped-query attention on the native engine (csrc/attention.cpp): q/k RMSNorm, rotary
+embedding, the cache write and attention over each token's cached positions in one call, for
+float32 layers on the CPU, prompts and decode steps alike. Placement installs it as a GQA layer's
+`kernel`."""
 from __future__ import annotations
 
 import ctypes
@@ -30,12 +31,12 @@ def _rows(t: torch.Tensor, width: int) -> tuple[torch.Tensor, int]:
     return t, t.stride(1)
 
 
-class NativeGqaDecode:
-    """attention(q, k, v, step, cache, cos_sin) -> [B, T, N*D] for steps of a few tokens per row."""
+class NativeGqaAttention:
+    """attention(q, k, v, step, cache, cos_sin) -> [B, T, N*D]."""
 
     def __init__(self, engine, attn, window: int):
         lib = engine.lib
-        lib.hymoe_gqa_decode.argtypes = [_p, ctypes.POINTER(_GqaArgs)]
+        lib.hymoe_gqa_attention.argtypes = [_p, ctypes.POINTER(_GqaArgs)]
         self.engine, self.window = engine, window
         self.heads, self.kv_heads, self.head_dim = attn.num_heads, attn.num_kv_heads, attn.head_dim
         self.is_interleaved = attn.rope.is_interleaved
@@ -62,7 +63,7 @@ class NativeGqaDecode:
                      out.data_ptr())
         if positions.dtype is not torch.int64 or positions.shape != (b, t) or (slots is not None and slots.shape != (b,)):
             raise HymoeError("native attention needs int64 positions [B, T] and slots [B]")
-        rc = self.engine.lib.hymoe_gqa_decode(self.engine.handle, ctypes.byref(a))
+        rc = self.engine.lib.hymoe_gqa_attention(self.engine.handle, ctypes.byref(a))
         if rc:
             raise HymoeError(f"native attention refused its arguments ({rc}: a slot or position outside the cache)")
         return out

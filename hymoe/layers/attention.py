@@ -26,8 +26,8 @@ class GQAttention(nn.Module):
         self.is_qk_norm = cfg.is_qk_norm
         self.rope = rope
         self.is_sliding = is_sliding
-        # set by placement: steps of a few tokens in one native call (experts/native_attention.py)
-        self.decode_kernel = None
+        # set by placement: the whole attention (norms, rotation, cache, scores) in one native call
+        self.kernel = None  # (experts/native_attention.py)
 
     def input_groups(self) -> list[tuple[nn.Module, ...]]:
         """Linears that read the same input, which placement may compute in one call."""
@@ -40,8 +40,8 @@ class GQAttention(nn.Module):
                 cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         b, t, _ = x.shape
         q, k, v = project(x, self.q_proj, self.k_proj, self.v_proj)
-        if self.decode_kernel is not None and t <= 16:
-            return self.o_proj(self.decode_kernel(q, k, v, step, cache, cos_sin))
+        if self.kernel is not None:
+            return self.o_proj(self.kernel(q, k, v, step, cache, cos_sin))
         q = q.view(b, t, self.num_heads, self.head_dim)  # [B, T, N, D]
         k = k.view(b, t, self.num_kv_heads, self.head_dim)  # [B, T, G, D]
         v = v.view(b, t, self.num_kv_heads, self.head_dim)

@@ -157,7 +157,7 @@ def place_small_ops(model, dtype: torch.dtype, engine: Callable) -> int:
     """The native engine's decode attention (GQA), RMSNorms and router logits for the float32
     layers on the CPU, where torch's per-operation costs outweigh a decode step's arithmetic;
     returns how many modules got one."""
-    from hymoe.experts.native_attention import NativeGqaDecode
+    from hymoe.experts.native_attention import NativeGqaAttention
     from hymoe.experts.native_linear import NativeRMSNorm, NativeRouter
     from hymoe.layers.attention import GQAttention
     from hymoe.layers.norm import RMSNorm
@@ -172,7 +172,7 @@ def place_small_ops(model, dtype: torch.dtype, engine: Callable) -> int:
         return 0
     for m in on_cpu:
         if isinstance(m, GQAttention):
-            m.decode_kernel = NativeGqaDecode(engine(), m, (model.cfg.sliding_window or 0) if m.is_sliding else 0)
+            m.kernel = NativeGqaAttention(engine(), m, (model.cfg.sliding_window or 0) if m.is_sliding else 0)
         elif isinstance(m, RMSNorm):
             m.kernel = NativeRMSNorm(engine().lib, m.weight, m.eps)
         else:
