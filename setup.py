@@ -58,7 +58,7 @@ class BuildKernels(build_ext):
 
 setup(
     ext_modules=[Extension("hymoe._kernels", [f"hymoe/csrc/{s}" for s in SOURCES],
-                           depends=["hymoe/csrc/common.h", "hymoe/csrc/linear.h", "hymoe/csrc/attention.h", "hymoe/csrc/attend.h", "hymoe/csrc/pool.h", "hymoe/csrc/iq1s_grid.h", "hymoe/csrc/iq1s.h",
+                           depends=["hymoe/csrc/common.h", "hymoe/csrc/linear.h", "hymoe/csrc/attention.h", "hymoe/csrc/attend.h", "hymoe/csrc/route.h", "hymoe/csrc/pool.h", "hymoe/csrc/iq1s_grid.h", "hymoe/csrc/iq1s.h",
                                     "hymoe/csrc/simd_avx512.h", "hymoe/csrc/simd_avx2.h", "hymoe/csrc/tiles.h",
                                     "hymoe/csrc/k_scales.h"])],
     cmdclass={"build_ext": BuildKernels},

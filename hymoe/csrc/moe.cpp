@@ -15,6 +15,7 @@
 #include "common.h"
 #include "linear.h"
 #include "pool.h"
+#include "route.h"
 
 int detect_isa();
 bool detect_avx512_bf16();
@@ -411,6 +412,16 @@ __attribute__((visibility("default"))) int hymoe_linear(void* engine, LinearArgs
     eng->pool.wake();
     eng->pool.run([&] { linear_run(*args, kt, eng->pool, eng->linear); });
     return 0;
+}
+
+// A router: its logits by the linear job (float32 weights), then each token's top-k (route.cpp),
+// in one foreign call. 0, or the linear's or the routing's error.
+__attribute__((visibility("default"))) int hymoe_router(void* engine, LinearArgs* linear, RouteArgs* route,
+                                                        int num_tokens, const float* x, float* logits) {
+    if (int bad = hymoe_linear(engine, linear, num_tokens, x, logits)) return bad;
+    route->num_tokens = num_tokens;
+    route->logits = logits;
+    return route_tokens(route);
 }
 
 // Grouped-query attention (attention.cpp) in the calling thread, the pool's threads

@@ -1,8 +1,9 @@
 // Top-k expert routing from router logits, as layers/router.py computes it (softmax or sigmoid
 // scores, DeepSeek's score-correction bias and group limits, normalisation and scaling), for the
 // CPU placement's decode steps: one call instead of ~8 torch operations per MoE layer.
+#include "route.h"
+
 #include <math.h>
-#include <stdint.h>
 
 #include <algorithm>
 #include <vector>
@@ -20,23 +21,7 @@ void top_k(const float* v, int n, int k, int* out) {
 
 }  // namespace
 
-extern "C" {
-
-// Mirrored by hymoe/experts/native_linear.py (ctypes.Structure): keep the field order.
-struct RouteArgs {
-    int32_t num_tokens, num_experts, topk;
-    int32_t is_sigmoid;  // scores: sigmoid (DeepSeek-V3) or softmax
-    int32_t group_rule;  // 0 none, 1 a group's best score (V2), 2 the sum of its best two (V3)
-    int32_t num_groups, topk_groups, is_norm;
-    float scale;         // routed_scaling_factor
-    const float* bias;   // [E] score-correction bias (chooses, never weighs), or null
-    const float* logits; // [T, E]
-    int64_t* ids;        // [T, K]
-    float* weights;      // [T, K]
-};
-
-// 0, or -1 for sizes that do not fit together
-__attribute__((visibility("default"))) int hymoe_route(const RouteArgs* a) {
+int route_tokens(const RouteArgs* a) {
     const int E = a->num_experts, K = a->topk, G = a->group_rule ? a->num_groups : 1;
     if (E < 1 || K < 1 || K > E || G < 1 || E % G || a->topk_groups < 1 || a->topk_groups > G) return -1;
     std::vector<float> scores(E), choice(E), group_score(G);
@@ -77,4 +62,4 @@ __attribute__((visibility("default"))) int hymoe_route(const RouteArgs* a) {
     return 0;
 }
 
-}  // extern "C"
+extern "C" __attribute__((visibility("default"))) int hymoe_route(const RouteArgs* a) { return route_tokens(a); }

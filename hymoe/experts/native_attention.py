@@ -31,19 +31,41 @@ def _rows(t: torch.Tensor, width: int) -> tuple[torch.Tensor, int]:
     return t, t.stride(1)
 
 
+class StepInputs:
+    """What every layer of one forward pass reads alike (positions, rows, rotation), converted once
+    per step and shared by the model's attention kernels."""
+
+    def __init__(self):
+        self.key = None
+
+    def get(self, step, cos_sin, head_dim: int):
+        if self.key is not step:
+            b, t = step.positions.shape
+            positions = step.positions.contiguous()
+            slots = None if step.rows is None else step.rows.contiguous()
+            if positions.dtype is not torch.int64 or (slots is not None and slots.shape != (b,)):
+                raise HymoeError("native attention needs int64 positions [B, T] and slots [B]")
+            cos, sin = (c.reshape(b * t, head_dim // 2).float().contiguous() for c in cos_sin)
+            self.key, self.value = step, (positions, slots, cos, sin)
+        return self.value
+
+
 class NativeGqaAttention:
     """attention(q, k, v, step, cache, cos_sin) -> [B, T, N*D]."""
 
-    def __init__(self, engine, attn, window: int):
+    def __init__(self, engine, attn, window: int, inputs: StepInputs | None = None):
         lib = engine.lib
         lib.hymoe_gqa_attention.argtypes = [_p, ctypes.POINTER(_GqaArgs)]
-        self.engine, self.window = engine, window
-        self.heads, self.kv_heads, self.head_dim = attn.num_heads, attn.num_kv_heads, attn.head_dim
-        self.is_interleaved = attn.rope.is_interleaved
+        self.engine, self.inputs = engine, inputs or StepInputs()
+        n, g, d = self.heads, self.kv_heads, self.head_dim = attn.num_heads, attn.num_kv_heads, attn.head_dim
         norms = (attn.q_norm, attn.k_norm) if attn.is_qk_norm else (None, None)
-        self.eps = norms[0].eps if norms[0] is not None else 0.0
         # float32 copies of the per-head norms (the layer's may be in another dtype)
         self.norms = tuple(None if m is None else m.weight.detach().float().contiguous() for m in norms)
+        # the per-layer fields, set once; __call__ sets the rest
+        self._args = _GqaArgs(0, 0, n, g, d, 0, window, int(attn.rope.is_interleaved), 0, 0,
+                              norms[0].eps if norms[0] is not None else 0.0, d ** -0.5)
+        self._args.q_norm, self._args.k_norm = (0 if w is None else w.data_ptr() for w in self.norms)
+        self._args_ref = ctypes.byref(self._args)
 
     def __call__(self, q, k, v, step, cache: dict, cos_sin) -> torch.Tensor:
         b, t, _ = q.shape
@@ -52,18 +74,17 @@ class NativeGqaAttention:
         kc, vc = cache["k"], cache["v"]
         if kc.dtype is not torch.float32 or not kc.is_contiguous() or kc.shape[2:] != (g, d) or vc.shape != kc.shape:
             raise HymoeError("native attention needs a contiguous float32 KV cache of this layer's shape")
-        cos, sin = (c.reshape(b * t, d // 2).float().contiguous() for c in cos_sin)
-        positions = step.positions.contiguous()
-        slots = None if step.rows is None else step.rows.contiguous()
+        positions, slots, cos, sin = self.inputs.get(step, cos_sin, d)
+        if positions.shape != (b, t):
+            raise HymoeError(f"native attention got positions of shape {list(positions.shape)} for [{b}, {t}] tokens")
         out = torch.empty(b, t, n * d)
-        a = _GqaArgs(b, t, n, g, d, step.kv_len, self.window, int(self.is_interleaved), kc.shape[0], kc.shape[1] - 1,
-                     self.eps, d ** -0.5, qs, ks, vs, q.data_ptr(), k.data_ptr(), v.data_ptr(),
-                     *(0 if w is None else w.data_ptr() for w in self.norms), cos.data_ptr(), sin.data_ptr(),
-                     kc.data_ptr(), vc.data_ptr(), 0 if slots is None else slots.data_ptr(), positions.data_ptr(),
-                     out.data_ptr())
-        if positions.dtype is not torch.int64 or positions.shape != (b, t) or (slots is not None and slots.shape != (b,)):
-            raise HymoeError("native attention needs int64 positions [B, T] and slots [B]")
-        rc = self.engine.lib.hymoe_gqa_attention(self.engine.handle, ctypes.byref(a))
+        a = self._args
+        a.num_rows, a.tokens, a.kv_len, a.num_slots, a.max_len = b, t, step.kv_len, kc.shape[0], kc.shape[1] - 1
+        a.q_stride, a.k_stride, a.v_stride = qs, ks, vs
+        a.q, a.k, a.v, a.cos, a.sin = q.data_ptr(), k.data_ptr(), v.data_ptr(), cos.data_ptr(), sin.data_ptr()
+        a.k_cache, a.v_cache, a.out = kc.data_ptr(), vc.data_ptr(), out.data_ptr()
+        a.slots, a.positions = 0 if slots is None else slots.data_ptr(), positions.data_ptr()
+        rc = self.engine.lib.hymoe_gqa_attention(self.engine.handle, self._args_ref)
         if rc:
             raise HymoeError(f"native attention refused its arguments ({rc}: a slot or position outside the cache)")
         return out

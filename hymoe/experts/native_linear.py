@@ -71,15 +71,19 @@ class NativeLinear:
             self._args.parts[i] = _Part(int(qtype(fmt)), rows, w.data_ptr())
         self._args_ref = ctypes.byref(self._args)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # the checks that keep a bad tensor from reaching C: a float32 CPU matrix of width n
+    def checked_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x as the C side reads it: a float32 CPU matrix [T >= 1, n], contiguous (or a clear error)."""
         if x.dim() != 2 or x.shape[1] != self.n:
             raise HymoeError(f"a native linear of width {self.n} got input of shape {list(x.shape)}")
         if not (x.is_cpu and x.dtype is torch.float32 and x.is_contiguous()):
             x = x.detach().to("cpu", torch.float32).contiguous()
-        if x.shape[0] == 0:
-            return x.new_empty(0, self.out_features)
+        return x
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.checked_input(x)
         out = torch.empty(x.shape[0], self.out_features)
+        if x.shape[0] == 0:
+            return out
         rc = self.engine.lib.hymoe_linear(self.engine.handle, self._args_ref, x.shape[0], x.data_ptr(),
                                           out.data_ptr())
         if rc:
@@ -127,17 +131,24 @@ class NativeRouter:
         self.bias = None if bias is None else bias.detach().float().contiguous()
         grouped = cfg.topk_method in ("noaux_tc", "group_limited_greedy") and cfg.num_groups > 1
         rule = (2 if cfg.topk_method == "noaux_tc" else 1) if grouped else 0
+        lib.hymoe_router.argtypes = [ctypes.c_void_p, ctypes.POINTER(_LinearArgs), ctypes.POINTER(_RouteArgs),
+                                     ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
         self.lib, self.k = lib, cfg.num_experts_per_tok
         self._args = _RouteArgs(0, cfg.num_experts, self.k, int(cfg.scoring == "sigmoid"), rule, cfg.num_groups,
                                 cfg.topk_groups, int(cfg.is_norm_topk_prob), cfg.routed_scaling_factor,
                                 0 if self.bias is None else self.bias.data_ptr())
+        self._args_ref = ctypes.byref(self._args)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.logits(x)  # [T, E] float32, checked by NativeLinear
-        t = logits.shape[0]
+        x = self.logits.checked_input(x)
+        t = x.shape[0]
+        logits = torch.empty(t, self._args.num_experts)
         ids, weights = torch.empty(t, self.k, dtype=torch.int64), torch.empty(t, self.k)
-        a = self._args
-        a.num_tokens, a.logits, a.ids, a.weights = t, logits.data_ptr(), ids.data_ptr(), weights.data_ptr()
-        if self.lib.hymoe_route(ctypes.byref(a)):
-            raise HymoeError("the native router refused its sizes")
+        if t == 0:
+            return ids, weights
+        self._args.ids, self._args.weights = ids.data_ptr(), weights.data_ptr()
+        rc = self.lib.hymoe_router(self.logits.engine.handle, self.logits._args_ref, self._args_ref, t, x.data_ptr(),
+                                   logits.data_ptr())
+        if rc:
+            raise HymoeError(f"the native router refused its sizes ({rc})")
         return ids, weights

@@ -157,7 +157,7 @@ def place_small_ops(model, dtype: torch.dtype, engine: Callable) -> int:
     """The native engine's decode attention (GQA), RMSNorms and router logits for the float32
     layers on the CPU, where torch's per-operation costs outweigh a decode step's arithmetic;
     returns how many modules got one."""
-    from hymoe.experts.native_attention import NativeGqaAttention
+    from hymoe.experts.native_attention import NativeGqaAttention, StepInputs
     from hymoe.experts.native_linear import NativeRMSNorm, NativeRouter
     from hymoe.layers.attention import GQAttention
     from hymoe.layers.norm import RMSNorm
@@ -170,9 +170,10 @@ def place_small_ops(model, dtype: torch.dtype, engine: Callable) -> int:
         _say_once(f"attention, norms and routers on the CPU run in torch: the native kernels compute float32 "
                   f"(this model computes in {str(dtype).removeprefix('torch.')}; --dtype float32 takes them)")
         return 0
+    inputs = StepInputs()  # one conversion of the step's positions and rotation for all layers
     for m in on_cpu:
         if isinstance(m, GQAttention):
-            m.kernel = NativeGqaAttention(engine(), m, (model.cfg.sliding_window or 0) if m.is_sliding else 0)
+            m.kernel = NativeGqaAttention(engine(), m, (model.cfg.sliding_window or 0) if m.is_sliding else 0, inputs)
         elif isinstance(m, RMSNorm):
             m.kernel = NativeRMSNorm(engine().lib, m.weight, m.eps)
         else:
