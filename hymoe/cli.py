@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "width (deepseek-v3, qwen3-30b-a3b)")
     b2.add_argument("--layers", type=int, default=4, help="layers of the --random model (default: 4)")
     b2.add_argument("--experts-type", default="Q4_K", help="routed experts' format in the --random model")
+    b2.add_argument("--dense-type", help="the --random model's other matrices as blocks of this format "
+                    "(default: bf16)")
     b2.add_argument("--dense-format", metavar="FMT", help="quantize the non-expert linears at load (see generate)")
     b2.add_argument("--peer", choices=["llama.cpp"], help="also run llama.cpp (llama-cpp-python) on the same GGUF "
                     "file and threads, in the same run, and report hymoe's ratios to it")
@@ -327,7 +329,7 @@ def _bench_model(args):
 
     if args.model:
         raise HymoeError("give a model or --random, not both")
-    return random_model(args.random, args.layers, args.experts_type)
+    return random_model(args.random, args.layers, args.experts_type, getattr(args, "dense_type", None))
 
 
 def cmd_bench_prefill(args) -> None:

@@ -165,3 +165,31 @@ def test_bench_e2e_runs_llama_cpp_on_the_same_file(tmp_path):
     assert peer["placement"] == "llama.cpp" and peer["decode_tokens_per_s"] > 0
     assert ours["decode_vs_peer"] == pytest.approx(ours["decode_tokens_per_s"] / peer["decode_tokens_per_s"], 1e-2)
     assert 0 < ours["decode_bandwidth_fraction"] and ours["dense_kernels"] == {"native": 5}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"])
+def test_quant_linear_on_cuda_equals_gguf_py(fmt):
+    """On the GPU the blocks stay blocks and torch dequantizes them at each call."""
+    from quant_utils import dequant, random_weights
+
+    w = random_weights(fmt, 64, 512, seed=7)
+    layer = QuantLinear(512, 64, fmt, w).to("cuda")
+    assert layer.qweight.is_cuda and layer.qweight.dtype == torch.uint8
+    x = torch.randn(3, 512)
+    want = x.double() @ dequant(fmt, w, 512).double().T
+    assert torch.allclose(layer(x.cuda()).double().cpu(), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_gguf_hybrid_on_cuda_keeps_dense_blocks_and_graphs_agree(gguf_model):
+    _, path = gguf_model("qwen3_moe", "Q4_K")
+    cpu = hymoe.load(path, placement="cpu", progress=False)
+    llm = hymoe.load(path, placement="hybrid", device="cuda", progress=False)
+    q = llm.model.layers[0].self_attn.q_proj
+    assert isinstance(q, QuantLinear) and q.qweight.is_cuda and q.fmt == "Q4_K"
+    got, want = llm.logits(PROMPT), cpu.logits(PROMPT)
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean().item() >= 0.9
+    eager = hymoe.load(path, placement="hybrid", device="cuda", progress=False, cuda_graphs=False)
+    assert llm.generate(PROMPT, max_new_tokens=16, is_eos_ignored=True) == \
+        eager.generate(PROMPT, max_new_tokens=16, is_eos_ignored=True)

@@ -2,7 +2,7 @@
 
 No 671B checkpoint fits here, but a few of its layers at full width do, and their per-layer costs
 scale to the whole depth. Routed experts are random GGUF blocks (in place, as a GGUF file's are);
-everything else is random bf16. Generated once per source and shared by every placement loaded from it.
+the other matrices random bf16, or random blocks of a dense format. Generated once per source and shared by every placement loaded from it.
 """
 from __future__ import annotations
 
@@ -55,11 +55,12 @@ class RandomSource:
 
     experts_type = RandomExperts
 
-    def __init__(self, cfg, experts_format: str, seed: int = 0):
+    def __init__(self, cfg, experts_format: str, seed: int = 0, dense_format: str | None = None):
         with torch.device("meta"):
             model = build_model(cfg)
         self.shapes = {model.checkpoint_name(n): p.shape for n, p in model.named_parameters()}
         self.fmt, self.seed, self.cache = experts_format, seed, {}
+        self.dense_format = dense_format  # matrices as random blocks of this format (None: bf16)
         e, i, h = cfg.num_experts, cfg.moe_intermediate_size, cfg.hidden_size
         self.dims = ((e, i, h), (e, i, h), (e, h, i))  # (experts, rows, row length) of gate, up, down
 
@@ -78,6 +79,15 @@ class RandomSource:
             self.cache[name] = t
         return self.cache[name]
 
+    def raw(self, name: str):
+        """A matrix as random blocks of the dense format (the loader keeps them, as a GGUF file's)."""
+        shape = self.shapes.get(name)
+        if self.dense_format is None or shape is None or len(shape) != 2 or shape[1] % 256:
+            return None
+        if name not in self.cache:
+            self.cache[name] = random_experts(self.dense_format, 1, shape[0], shape[1], self.seed + len(self.cache))
+        return self.dense_format, self.cache[name].view(shape[0], -1)
+
     def packed_experts(self, names: list[str]):
         if names[0] not in self.cache:  # uint8 [E, rows * row_bytes] for gate, up, down
             self.cache[names[0]] = [random_experts(self.fmt, e, rows, n, self.seed + len(self.cache) + j)
@@ -85,8 +95,9 @@ class RandomSource:
         return self.cache[names[0]], (self.fmt,) * 3
 
 
-def random_model(name: str, num_layers: int, experts_format: str) -> ModelFiles:
-    """A ModelFiles of `num_layers` layers of model `name` with random weights (no tokenizer)."""
+def random_model(name: str, num_layers: int, experts_format: str, dense_format: str | None = None) -> ModelFiles:
+    """A ModelFiles of `num_layers` layers of model `name` with random weights (no tokenizer); the
+    matrices outside the experts as random `dense_format` blocks, or bf16 without one."""
     if name not in CONFIGS:
         raise HymoeError(f"unknown model shape {name!r} (use one of {', '.join(CONFIGS)})")
     if num_layers < 1:
@@ -95,4 +106,5 @@ def random_model(name: str, num_layers: int, experts_format: str) -> ModelFiles:
     if "first_k_dense_replace" in d:
         d["first_k_dense_replace"] = min(d["first_k_dense_replace"], num_layers - 1)
     cfg = from_hf_dict(d)
-    return ModelFiles(cfg, RandomSource(cfg, experts_format.upper()), None, torch.bfloat16)
+    return ModelFiles(cfg, RandomSource(cfg, experts_format.upper(), dense_format=dense_format and dense_format.upper()),
+                      None, torch.bfloat16)
