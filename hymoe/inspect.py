@@ -76,18 +76,11 @@ def _dense_bytes(name: str, fmt: str, numel: int, nbytes: int, target, compute: 
     return nbytes if fmt in computable and fmt not in ("F32", "F16", "BF16") else numel * compute.itemsize
 
 
-def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = None,
-                  context: int | None = None, dense_format: str | None = None) -> dict:
-    from hymoe.engine.llm import DEFAULT_MAX_CONTEXT, parse_dtype
-
-    dense_format = check_dense_format(dense_format)
-    files = open_model(path)
-    cfg = files.config
-    plan = resolve_placement(placement, cfg)
-    compute = parse_dtype(dtype) or default_dtype(files, plan)
+def _tally(files, plan, compute: torch.dtype, dense_format: str | None) -> tuple[dict, dict, int]:
+    """Stored tensors by group (count, parameters, bytes, formats), and the bytes each device holds:
+    routed experts on the native CPU engine in their stored (or rule's) format, the dense part as
+    _dense_bytes keeps it, the rest in the compute dtype."""
     groups: dict[str, dict] = defaultdict(lambda: {"tensors": 0, "params": 0, "bytes": 0, "formats": defaultdict(int)})
-    # each tensor on its unit's device: in the compute dtype, except routed experts on the native
-    # CPU engine, which stay in their stored format
     devices = {"gpu": 0, "cpu": 0}
     dense_on_devices = 0
     for name, fmt, numel, nbytes in _stored(files):
@@ -106,6 +99,19 @@ def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = 
         g["params"] += numel
         g["bytes"] += nbytes
         g["formats"][fmt] += 1
+    return groups, devices, dense_on_devices
+
+
+def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = None,
+                  context: int | None = None, dense_format: str | None = None) -> dict:
+    from hymoe.engine.llm import DEFAULT_MAX_CONTEXT, parse_dtype
+
+    dense_format = check_dense_format(dense_format)
+    files = open_model(path)
+    cfg = files.config
+    plan = resolve_placement(placement, cfg)
+    compute = parse_dtype(dtype) or default_dtype(files, plan)
+    groups, devices, dense_on_devices = _tally(files, plan, compute, dense_format)
     routed = groups.get("routed experts", {"params": 0, "bytes": 0})
     total = sum(g["params"] for g in groups.values())
     total_note = "embedding and output tied" if cfg.is_tied_embeddings else ""
