@@ -22,6 +22,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experts-format", help="quantize experts at load: Q8_0, Q4_0, TQ2_0, TQ1_0 (default: as loaded)")
     p.add_argument("--dense-format", metavar="FMT", help="quantize the non-expert linears at load: Q8_0, Q4_K, "
                    "Q6_K, ... (default: as stored: a GGUF's block formats, an HF checkpoint's floats)")
+    p.add_argument("--kv-dtype", help="KV cache dtype: float32, bfloat16, float16 (default: the compute dtype; "
+                   "float16 for a GGUF file computed on the CPU, as llama.cpp)")
     p.add_argument("--threads", type=int, help="CPU threads for the native experts (default: all cores)")
     p.add_argument("--gpu-experts", default="0", metavar="N|SIZE",
                    help="with --placement hybrid: also keep N experts per layer on the GPU, or as many as a "
@@ -113,7 +115,7 @@ def _load(args):
                threads=args.threads, placement=args.placement, gpu_experts=args.gpu_experts,
                expert_stats=args.expert_stats, defer_experts=args.defer_experts,
                gpu_prefill_threshold=args.gpu_prefill_threshold, cuda_graphs=not args.eager,
-               dense_format=args.dense_format)
+               dense_format=args.dense_format, kv_dtype=args.kv_dtype)
 
 
 def _sampling(args, llm):

@@ -15,7 +15,7 @@ import torch
 from hymoe.errors import HymoeError
 from hymoe.loader.open import open_model
 from hymoe.models import build_model
-from hymoe.placement import default_dtype, resolve_placement
+from hymoe.placement import default_dtype, default_kv_dtype, resolve_placement
 from hymoe.placement.kernels import check_dense_format
 from hymoe.placement.rules import describe
 from hymoe.quant.formats import NATIVE_FORMATS, row_bytes
@@ -111,6 +111,7 @@ def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = 
     cfg = files.config
     plan = resolve_placement(placement, cfg)
     compute = parse_dtype(dtype) or default_dtype(files, plan)
+    kv_dtype = default_kv_dtype(files, plan, compute)
     groups, devices, dense_on_devices = _tally(files, plan, compute, dense_format)
     routed = groups.get("routed experts", {"params": 0, "bytes": 0})
     total = sum(g["params"] for g in groups.values())
@@ -124,9 +125,9 @@ def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = 
     with torch.device("meta"):
         entries = build_model(cfg).cache_entries()
     for i, layer in enumerate(entries):  # each layer's cache lives with its attention
-        kv_layer = ctx * sum(int(torch.Size(s).numel()) for s in layer.values()) * compute.itemsize
+        kv_layer = ctx * sum(int(torch.Size(s).numel()) for s in layer.values()) * kv_dtype.itemsize
         devices[plan.targets[f"layers.{i}.self_attn"].device] += kv_layer
-    kv = ctx * sum(int(torch.Size(s).numel()) for layer in entries for s in layer.values()) * compute.itemsize
+    kv = ctx * sum(int(torch.Size(s).numel()) for layer in entries for s in layer.values()) * kv_dtype.itemsize
     devices = {d: b for d, b in devices.items() if b or d == "cpu"}  # the CPU always appears
     if "gpu" in devices and torch.cuda.is_available():
         total_gpu = torch.cuda.mem_get_info(plan.gpu)[1]
@@ -140,6 +141,7 @@ def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = 
         "params_total": total, "params_active_per_token": active, "note": total_note,
         "groups": {k: {**v, "formats": dict(v["formats"])} for k, v in sorted(groups.items())},
         "placement": placement, "compute_dtype": str(compute).removeprefix("torch."), "kv_context": ctx,
+        "kv_dtype": str(kv_dtype).removeprefix("torch."),
         "dense_bytes_stored": dense_stored, "dense_bytes_placed": dense_on_devices,
         "experts_bytes": routed["bytes"], "kv_bytes": kv, "devices": devices, "plan": describe(plan.targets),
     }
@@ -169,7 +171,8 @@ def report(d: dict) -> str:
     for name, g in d["groups"].items():
         fmts = ", ".join(f"{f} x{n}" for f, n in sorted(g["formats"].items()))
         lines.append(f"{name:<16}{g['tensors']:>8}  {_count(g['params']):>10}  {_size(g['bytes']):>10}  {fmts}")
-    lines += ["", f"placement {d['placement']} (compute dtype {d['compute_dtype']}, KV cache for {d['kv_context']} tokens):",
+    lines += ["", f"placement {d['placement']} (compute dtype {d['compute_dtype']}, KV cache of {d['kv_context']} tokens in "
+              f"{d['kv_dtype']}):",
               f"  non-expert weights: {_size(d['dense_bytes_stored'])} stored -> {_size(d['dense_bytes_placed'])} "
               f"placed (block formats kept where a kernel computes them, the rest in {d['compute_dtype']})",
               f"  routed experts: {_size(d['experts_bytes'])} (kept in their stored format, CPU memory)",

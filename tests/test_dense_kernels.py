@@ -134,13 +134,15 @@ def _gqa(is_qk_norm: bool, is_interleaved: bool) -> GQAttention:
     return attn
 
 
-@pytest.mark.parametrize("is_qk_norm,is_interleaved,window", [(True, False, 0), (False, True, 0), (True, False, 5)])
-def test_native_decode_attention_equals_the_torch_layer(engine, isa, is_qk_norm, is_interleaved, window):
+@pytest.mark.parametrize("is_qk_norm,is_interleaved,window,cache", [
+    (True, False, 0, torch.float32), (False, True, 0, torch.float32), (True, False, 5, torch.float32),
+    (True, False, 0, torch.float16), (False, True, 6, torch.float16)])
+def test_native_decode_attention_equals_the_torch_layer(engine, isa, is_qk_norm, is_interleaved, window, cache):
     """Two rows in swapped cache slots, a prompt, steps of 1 and 3 tokens, then a long chunk (and a
-    sliding window)."""
+    sliding window); a float16 cache holds what torch's rounding stores."""
     attn = _gqa(is_qk_norm, is_interleaved)
     attn.is_sliding = bool(window)
-    caches = [KVCache([attn.cache_entries()], 2, 64, torch.float32).layers[0] for _ in range(2)]
+    caches = [KVCache([attn.cache_entries()], 2, 64, cache).layers[0] for _ in range(2)]
     rows = torch.tensor([1, 0])
     gen = torch.Generator().manual_seed(6)
     start = 0
@@ -155,4 +157,5 @@ def test_native_decode_attention_equals_the_torch_layer(engine, isa, is_qk_norm,
         got = attn(x, step, caches[1], cos_sin)
         assert (got - want).abs().max().item() < 1e-5 * want.abs().max().item(), (t, start)  # float rounding
         start += t
-    assert torch.allclose(caches[0]["k"], caches[1]["k"], atol=1e-5)
+    assert torch.allclose(caches[0]["k"].float(), caches[1]["k"].float(), atol=1e-5)
+    assert torch.equal(caches[0]["v"], caches[1]["v"])  # stored as given (rounded to fp16 alike)

@@ -26,8 +26,8 @@ def test_f32_gguf_equals_the_hf_directory(tiny_model, tmp_path, name):
     hf_dir, _ = tiny_model(name)
     path = convert(hf_dir, tmp_path / "m.gguf", type="F32", progress=False)
     want = hymoe.load(hf_dir, dtype="float32", progress=False).logits(PROMPT)
-    for backend in ("native", "torch"):
-        got = hymoe.load(path, dtype="float32", progress=False, experts=backend).logits(PROMPT)
+    for backend in ("native", "torch"):  # the same cache dtype as the directory (a GGUF's default is float16)
+        got = hymoe.load(path, dtype="float32", progress=False, experts=backend, kv_dtype="float32").logits(PROMPT)
         assert (got - want).abs().max().item() <= 1e-4, backend
 
 

@@ -33,6 +33,7 @@ def test_gguf_dense_weights_stay_in_the_file_blocks(gguf_model):
     _, path = gguf_model("qwen3_moe", "Q4_K")
     llm = hymoe.load(path, placement="cpu", progress=False)
     assert llm.dtype == torch.float32  # a GGUF computed on the CPU takes float32 activations, as llama.cpp
+    assert llm.kv_dtype == torch.float16 and llm.runner(1, 8).cache.layers[0]["k"].dtype == torch.float16
     attn = llm.model.layers[0].self_attn
     assert isinstance(attn.q_proj, QuantLinear) and attn.q_proj.fmt == "Q4_K"
     assert isinstance(llm.model.embed_tokens, QuantEmbedding) and isinstance(llm.model.lm_head, QuantLinear)
@@ -71,7 +72,9 @@ def test_native_dense_path_equals_the_torch_dequantized_path(gguf_model):
 def test_dense_format_quantizes_a_float_model_at_load(tiny_model, fmt):
     hf_dir, _ = tiny_model("qwen2_moe")
     ids = list(range(3, 67))
-    ref = hymoe.load(hf_dir, dtype="float32", progress=False, placement="cpu").logits(ids)
+    plain = hymoe.load(hf_dir, dtype="float32", progress=False, placement="cpu")
+    assert plain.kv_dtype == torch.float32  # a float checkpoint's cache keeps the compute dtype
+    ref = plain.logits(ids)
     llm = hymoe.load(hf_dir, dtype="float32", progress=False, placement="cpu", dense_format=fmt)
     quantized = [m for m in llm.model.modules() if isinstance(m, QuantLinear)]
     floats = [m for m in llm.model.modules() if isinstance(m, torch.nn.Linear) and not getattr(m, "keeps_float", 0)]

@@ -1,8 +1,8 @@
-// Decode attention over one chunk of cached positions, for every query head of a token at once
-// (KernelTable::attend_chunk), written once over a small vector type (Vec512, Vec256) and
-// included by the AVX512 and AVX2 kernel files. Each position's cache row (all kv heads, G * D
-// floats) is read front to back, so a chunk streams from memory; the chunks' partial results are
-// merged by attention.cpp (flash-decoding). Internal linkage only.
+// Attention over one chunk of cached positions, for every query head of a token at once
+// (KernelTable::attend), written once over a small vector type (Vec512, Vec256) and included by
+// the AVX512 and AVX2 kernel files. The chunk's cache rows (all kv heads, float32 or fp16) are
+// read front to back once, so a chunk streams from memory; the chunks' partial results are merged
+// by attention.cpp (flash-decoding). Internal linkage only.
 #pragma once
 #include <immintrin.h>
 #include <math.h>
@@ -40,38 +40,51 @@ inline int out_slice(const float* p, const float* rows, int64_t stride, int S, f
     return NV * Vec::W;
 }
 
-// q [N][d] (N heads, per_group of them per kv head), rows of the chunk's S positions `stride`
-// floats apart, kv head g at g * d in a row. Writes, per head, the chunk's score maximum m[h], the
-// sum of exp(score - m[h]) l[h] and the unnormalised output out[h][d]. scratch: (N + d) * S floats.
+// The chunk's S cache rows (`stride` elements apart, float32 or fp16) repacked as float32,
+// per kv head: packed[g][t][d]. One pass front to back over the rows, which the hardware and the
+// prefetches stream; the heads then read their kv head's rows side by side (rows a power-of-two
+// apart fall into a few L1 sets and evict each other).
 template <class Vec>
-void attend_chunk(const float* q, int N, int per_group, int d, const float* keys, const float* values,
+void pack_rows(const void* rows, bool is_f16, int64_t stride, int S, int G, int d, float* packed) {
+    for (int t = 0; t < S; t++) {
+        if (t + kAhead < S)
+            for (int i = 0; i < G * d; i += is_f16 ? 32 : 16)
+                _mm_prefetch((const char*)rows + ((t + kAhead) * stride + i) * (is_f16 ? 2 : 4), _MM_HINT_T0);
+        for (int g = 0; g < G; g++) {
+            float* dst = packed + ((size_t)g * S + t) * d;
+            if (is_f16) {
+                const uint16_t* src = (const uint16_t*)rows + t * stride + (size_t)g * d;
+                for (int i = 0; i < d; i += Vec::W) Vec::store(dst + i, Vec::load_f16(src + i));
+            } else {
+                memcpy(dst, (const float*)rows + t * stride + (size_t)g * d, sizeof(float) * d);
+            }
+        }
+    }
+}
+
+// q [N][d] (N heads, per_group of them per kv head) against S cached positions (rows `stride`
+// elements apart, kv head g at g * d in a row). Writes, per head, the chunk's score maximum m[h],
+// the sum of exp(score - m[h]) l[h] and the unnormalised output out[h][d].
+// scratch: (N + 2 * G * d) * S floats.
+template <class Vec>
+void attend_chunk(const float* q, int N, int per_group, int d, const void* keys, const void* values, int is_f16,
                   int64_t stride, int S, float scale, float* out, float* m, float* l, float* scratch) {
     const int G = N / per_group;
-    // Prefetch: the first key rows at once, then the key and value rows 8 positions ahead of the
-    // scores (the values are read after all scores, from L2). A layer's cache comes from memory.
-    for (int j = 0; j < kAhead && j < S; j++)
-        for (int i = 0; i < G * d; i += 16) _mm_prefetch((const char*)(keys + j * stride + i), _MM_HINT_T0);
-    int s = 0;
-    for (; s + 4 <= S; s += 4) {
-        for (int j = s + kAhead; j < s + kAhead + 4 && j < S; j++)
-            for (int i = 0; i < G * d; i += 16) {
-                _mm_prefetch((const char*)(keys + j * stride + i), _MM_HINT_T0);
-                _mm_prefetch((const char*)(values + j * stride + i), _MM_HINT_T1);
-            }
-        for (int h = 0; h < N; h++)
-            scores4<Vec>(q + (size_t)h * d, keys + s * stride + (h / per_group) * d, stride, d, scale,
-                         scratch + (size_t)h * S + s);
-    }
-    for (; s < S; s++)
-        for (int h = 0; h < N; h++) {
-            typename Vec::T a = Vec::zero();
-            for (int i = 0; i < d; i += Vec::W)
-                a = Vec::fmadd(Vec::load(q + (size_t)h * d + i), Vec::load(keys + s * stride + (h / per_group) * d + i), a);
-            scratch[(size_t)h * S + s] = Vec::reduce_add(a) * scale;
-        }
-    float* packed = scratch + (size_t)N * S;  // one kv head's values of the chunk, rows side by side
+    float* pk = scratch + (size_t)N * S;
+    float* pv = pk + (size_t)G * S * d;
+    pack_rows<Vec>(keys, is_f16, stride, S, G, d, pk);
+    pack_rows<Vec>(values, is_f16, stride, S, G, d, pv);
     for (int h = 0; h < N; h++) {
+        const float* kg = pk + (size_t)(h / per_group) * S * d;
+        const float* qh = q + (size_t)h * d;
         float* p = scratch + (size_t)h * S;
+        int s = 0;
+        for (; s + 4 <= S; s += 4) scores4<Vec>(qh, kg + (size_t)s * d, d, d, scale, p + s);
+        for (; s < S; s++) {
+            typename Vec::T a = Vec::zero();
+            for (int i = 0; i < d; i += Vec::W) a = Vec::fmadd(Vec::load(qh + i), Vec::load(kg + (size_t)s * d + i), a);
+            p[s] = Vec::reduce_add(a) * scale;
+        }
         float best = -INFINITY;  // a plain compare: fmaxf is a library call per element here
         for (int i = 0; i < S; i++) best = p[i] > best ? p[i] : best;
         typename Vec::T sum = Vec::zero();
@@ -86,19 +99,16 @@ void attend_chunk(const float* q, int N, int per_group, int d, const float* keys
         for (; i < S; i++) total += p[i] = expf(p[i] - best);
         m[h] = best;
         l[h] = total;
-        // Rows a whole position apart (G * d floats, a power of two) fall into a few L1 sets and
-        // evict each other: each kv head's values are copied side by side once, for all its heads.
-        if (h % per_group == 0)
-            for (int t = 0; t < S; t++) memcpy(packed + (size_t)t * d, values + t * stride + (h / per_group) * d, sizeof(float) * d);
         // the output in slices of a compile-time number of vectors, which then stay in registers
         // over the chunk's values (a run-time count left them in memory: 3x slower)
+        const float* vg = pv + (size_t)(h / per_group) * S * d;
         float* oh = out + (size_t)h * d;
         for (int i0 = 0; i0 < d;) {
             const int left = (d - i0) / Vec::W;
-            if (left >= 16 && Vec::kSlice >= 16) i0 += out_slice<Vec, 16>(p, packed + i0, d, S, oh + i0);
-            else if (left >= 8 && Vec::kSlice >= 8) i0 += out_slice<Vec, 8>(p, packed + i0, d, S, oh + i0);
-            else if (left >= 4) i0 += out_slice<Vec, 4>(p, packed + i0, d, S, oh + i0);
-            else i0 += out_slice<Vec, 1>(p, packed + i0, d, S, oh + i0);
+            if (left >= 16 && Vec::kSlice >= 16) i0 += out_slice<Vec, 16>(p, vg + i0, d, S, oh + i0);
+            else if (left >= 8 && Vec::kSlice >= 8) i0 += out_slice<Vec, 8>(p, vg + i0, d, S, oh + i0);
+            else if (left >= 4) i0 += out_slice<Vec, 4>(p, vg + i0, d, S, oh + i0);
+            else i0 += out_slice<Vec, 1>(p, vg + i0, d, S, oh + i0);
         }
     }
 }

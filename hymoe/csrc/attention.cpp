@@ -32,11 +32,18 @@ void rope(float* x, const float* cos, const float* sin, int d, bool interleaved,
     memcpy(x, tmp, sizeof(float) * d);
 }
 
+// n floats into a cache at element `at`: as they are, or rounded to fp16
+void store(void* cache, int64_t at, const float* x, int n, bool is_f16) {
+    if (!is_f16) return (void)memcpy((float*)cache + at, x, sizeof(float) * n);
+    uint16_t* dst = (uint16_t*)cache + at;
+    for (int i = 0; i < n; i++) dst[i] = f32_to_fp16(x[i]);
+}
+
 }  // namespace
 
 int gqa_check(const GqaArgs& a) {
     if (a.num_rows < 1 || a.tokens < 1 || a.heads < 1 || a.kv_heads < 1 || a.heads % a.kv_heads) return -1;
-    if (a.head_dim < 2 || a.head_dim % 2 || a.head_dim > 1024 || a.kv_len < 1 || a.kv_len > a.max_len + 1) return -1;
+    if (a.head_dim < 2 || a.head_dim % 2 || a.head_dim > 1024 || (a.is_f16 != 0 && a.is_f16 != 1) || a.kv_len < 1 || a.kv_len > a.max_len + 1) return -1;
     for (int b = 0; b < a.num_rows; b++) {
         const int64_t slot = a.slots ? a.slots[b] : b;
         if (slot < 0 || slot >= a.num_slots) return -2;
@@ -62,9 +69,8 @@ void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<fl
         const int b = bt / T;
         const int64_t slot = a.slots ? a.slots[b] : b, pos = a.positions[bt];
         const float *cos = a.cos + (size_t)bt * (D / 2), *sin = a.sin + (size_t)bt * (D / 2);
-        float tmp[1024];
-        float* k_dst = a.k_cache + slot * slot_stride + pos * pos_stride;
-        float* v_dst = a.v_cache + slot * slot_stride + pos * pos_stride;
+        float tmp[1024], k[1024];
+        const int64_t at = slot * slot_stride + pos * pos_stride;  // this position's row, in elements
         for (int n = 0; n < N; n++) {
             float* q = q_all + ((size_t)bt * N + n) * D;
             memcpy(q, a.q + (size_t)bt * a.q_stride + (size_t)n * D, sizeof(float) * D);
@@ -72,11 +78,11 @@ void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<fl
             rope(q, cos, sin, D, a.is_interleaved, tmp);
         }
         for (int g = 0; g < G; g++) {
-            float* k = k_dst + (size_t)g * D;
             memcpy(k, a.k + (size_t)bt * a.k_stride + (size_t)g * D, sizeof(float) * D);
             if (a.k_norm) rms_norm(k, a.k_norm, D, a.eps);
             rope(k, cos, sin, D, a.is_interleaved, tmp);
-            memcpy(v_dst + (size_t)g * D, a.v + (size_t)bt * a.v_stride + (size_t)g * D, sizeof(float) * D);
+            store(a.k_cache, at + (int64_t)g * D, k, D, a.is_f16);
+            store(a.v_cache, at + (int64_t)g * D, a.v + (size_t)bt * a.v_stride + (size_t)g * D, D, a.is_f16);
         }
     });
 
@@ -108,12 +114,12 @@ void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<fl
             return;
         }
         const int64_t slot = a.slots ? a.slots[b] : b;
-        const float* keys = a.k_cache + slot * slot_stride + first * pos_stride;
-        const float* values = a.v_cache + slot * slot_stride + first * pos_stride;
-        static thread_local std::vector<float> probs;
-        probs.resize((size_t)(N + D) * n);
-        kt.attend(q_all + (size_t)bt * N * D, N, per_group, D, keys, values, pos_stride, (int)n, a.scale,
-                  outs + ((size_t)bt * chunks + c) * part, m, l, probs.data());
+        const size_t elem = a.is_f16 ? 2 : 4, at = (size_t)(slot * slot_stride + first * pos_stride) * elem;
+        static thread_local std::vector<float> work;
+        work.resize((size_t)(N + 2 * G * D) * n);
+        kt.attend(q_all + (size_t)bt * N * D, N, per_group, D, (const char*)a.k_cache + at,
+                  (const char*)a.v_cache + at, a.is_f16, pos_stride, (int)n, a.scale,
+                  outs + ((size_t)bt * chunks + c) * part, m, l, work.data());
     });
 
     // phase 3, per token: the chunks merged, each weighted by exp(its maximum - the overall one)

@@ -11,12 +11,13 @@ struct GqaArgs {
     int32_t num_rows, tokens, heads, kv_heads, head_dim;  // B, T, N, G, D
     int32_t kv_len, window, is_interleaved;  // S positions attended; sliding window (0: none)
     int32_t num_slots, max_len;              // the cache: [num_slots, max_len + 1, G, D]
+    int32_t is_f16;                          // cache elements: fp16, or float32
     float eps, scale;                        // q/k RMSNorm epsilon; the score scale
     int64_t q_stride, k_stride, v_stride;    // floats between tokens' rows of q, k, v
     const float *q, *k, *v;                  // [B*T] rows: N*D, G*D, G*D values from q_stride etc.
     const float *q_norm, *k_norm;            // [D] or null
     const float *cos, *sin;                  // [B*T, D/2]
-    float *k_cache, *v_cache;
+    void *k_cache, *v_cache;
     const int64_t* slots;                    // [B] cache slot per row, or null: row b in slot b
     const int64_t* positions;                // [B, T]
     float* out;                              // [B*T, N*D]

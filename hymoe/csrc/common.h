@@ -45,6 +45,30 @@ static inline float fp16_to_f32(uint16_t h) {
     return f;
 }
 
+// float32 -> IEEE half, rounded to nearest even (what torch's .half() stores): the fp16 KV cache
+static inline uint16_t f32_to_fp16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000, exp = (x >> 23) & 0xff;
+    uint32_t mant = x & 0x7fffff;
+    if (exp == 255) return (uint16_t)(sign | 0x7c00 | (mant ? 0x200 : 0));  // inf, nan
+    const int e = (int)exp - 127 + 15;
+    if (e >= 31) return (uint16_t)(sign | 0x7c00);  // overflow: inf
+    if (e <= 0) {  // subnormal half, or zero
+        if (e < -10) return (uint16_t)sign;
+        mant |= 0x800000;
+        const int shift = 14 - e;
+        uint32_t half = mant >> shift;
+        const uint32_t rem = mant & ((1u << shift) - 1), mid = 1u << (shift - 1);
+        if (rem > mid || (rem == mid && (half & 1))) half++;
+        return (uint16_t)(sign | half);
+    }
+    uint32_t half = sign | ((uint32_t)e << 10) | (mant >> 13);
+    const uint32_t rem = mant & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (half & 1))) half++;  // a carry rounds into the exponent
+    return (uint16_t)half;
+}
+
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16;
     float f;
@@ -224,12 +248,14 @@ struct KernelTable {
     QuantizeFn quantize;
     void (*silu_mul)(float* g, const float* u, int n);  // g = silu(g) * u
     float (*dot)(const float* a, const float* b, int n);
-    // Decode attention of a token's N query heads q [N][d] (per_group of them per kv head) over a
-    // chunk of S cached positions, rows `stride` floats apart, kv head g at g * d in a row: per head
-    // the chunk's score maximum m, sum of exp(score - m) l and unnormalised output out [N][d]
-    // (attention.cpp merges the chunks). scratch: (N + d) * S floats.
-    typedef void (*AttendFn)(const float* q, int N, int per_group, int d, const float* keys, const float* values,
-                             int64_t stride, int S, float scale, float* out, float* m, float* l, float* scratch);
+    // Attention of a token's N query heads q [N][d] (per_group of them per kv head) over a chunk of
+    // S cached positions, rows `stride` elements apart (float32, or fp16 with is_f16), kv head g
+    // at g * d in a row: per head the chunk's score maximum m, sum of exp(score - m) l and
+    // unnormalised output out [N][d] (attention.cpp merges the chunks).
+    // scratch: (N + 2 * G * d) * S floats, G = N / per_group.
+    typedef void (*AttendFn)(const float* q, int N, int per_group, int d, const void* keys, const void* values,
+                             int is_f16, int64_t stride, int S, float scale, float* out, float* m, float* l,
+                             float* scratch);
     AttendFn attend;
     uint64_t (*read)(const uint8_t* p, int64_t bytes);  // streams bytes (bandwidth probe)
     size_t (*act_bytes)(int n);

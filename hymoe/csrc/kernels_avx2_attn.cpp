@@ -22,6 +22,7 @@ struct Vec256 {
     static const int W = 8, kSlice = 8;  // 8 accumulators of the 16 registers
     static T zero() { return _mm256_setzero_ps(); }
     static T load(const float* p) { return _mm256_loadu_ps(p); }
+    static T load_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
     static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
     static T set1(float x) { return _mm256_set1_ps(x); }
     static T fmadd(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
@@ -42,12 +43,12 @@ struct Vec256 {
 
 KernelTable::AttendFn g_portable_attend = nullptr;
 
-void attend_avx2(const float* q, int N, int per_group, int d, const float* keys, const float* values, int64_t stride,
-                 int S, float scale, float* out, float* m, float* l, float* scratch) {
-    if (d % Vec256::W) return g_portable_attend(q, N, per_group, d, keys, values, stride, S, scale, out, m, l, scratch);
-    attend_chunk<Vec256>(q, N, per_group, d, keys, values, stride, S, scale, out, m, l, scratch);
+void attend_avx2(const float* q, int N, int per_group, int d, const void* keys, const void* values, int is_f16,
+                   int64_t stride, int S, float scale, float* out, float* m, float* l, float* scratch) {
+    if (d % Vec256::W)
+        return g_portable_attend(q, N, per_group, d, keys, values, is_f16, stride, S, scale, out, m, l, scratch);
+    attend_chunk<Vec256>(q, N, per_group, d, keys, values, is_f16, stride, S, scale, out, m, l, scratch);
 }
-
 }  // namespace
 
 void fill_avx2_attn(KernelTable* t) {

@@ -10,6 +10,7 @@ struct Vec512 {
     static const int W = 16, kSlice = 16;  // a head of up to 256 values accumulates in registers
     static T zero() { return _mm512_setzero_ps(); }
     static T load(const float* p) { return _mm512_loadu_ps(p); }
+    static T load_f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
     static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
     static T set1(float x) { return _mm512_set1_ps(x); }
     static T fmadd(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
@@ -24,12 +25,12 @@ struct Vec512 {
 
 KernelTable::AttendFn g_portable_attend = nullptr;
 
-void attend_avx512(const float* q, int N, int per_group, int d, const float* keys, const float* values, int64_t stride,
-                   int S, float scale, float* out, float* m, float* l, float* scratch) {
-    if (d % Vec512::W) return g_portable_attend(q, N, per_group, d, keys, values, stride, S, scale, out, m, l, scratch);
-    attend_chunk<Vec512>(q, N, per_group, d, keys, values, stride, S, scale, out, m, l, scratch);
+void attend_avx512(const float* q, int N, int per_group, int d, const void* keys, const void* values, int is_f16,
+                   int64_t stride, int S, float scale, float* out, float* m, float* l, float* scratch) {
+    if (d % Vec512::W)
+        return g_portable_attend(q, N, per_group, d, keys, values, is_f16, stride, S, scale, out, m, l, scratch);
+    attend_chunk<Vec512>(q, N, per_group, d, keys, values, is_f16, stride, S, scale, out, m, l, scratch);
 }
-
 }  // namespace
 
 void fill_avx512_attn(KernelTable* t) {

@@ -81,14 +81,20 @@ float dot_generic(const float* a, const float* b, int n) {
     return (s[0] + s[1]) + (s[2] + s[3]);
 }
 
-void attend_generic(const float* q, int N, int per_group, int d, const float* keys, const float* values,
+void attend_generic(const float* q, int N, int per_group, int d, const void* keys, const void* values, int is_f16,
                     int64_t stride, int S, float scale, float* out, float* m, float* l, float* scratch) {
+    // the portable path: each needed value converted to float as it is read
+    auto at = [&](const void* rows, int64_t i) {
+        return is_f16 ? fp16_to_f32(((const uint16_t*)rows)[i]) : ((const float*)rows)[i];
+    };
     for (int h = 0; h < N; h++) {
         const int64_t off = (h / per_group) * d;
         float* p = scratch + (size_t)h * S;
         float best = -INFINITY, total = 0.f;
         for (int s = 0; s < S; s++) {
-            p[s] = dot_generic(q + (size_t)h * d, keys + s * stride + off, d) * scale;
+            float dot = 0.f;
+            for (int i = 0; i < d; i++) dot += q[(size_t)h * d + i] * at(keys, s * stride + off + i);
+            p[s] = dot * scale;
             best = fmaxf(best, p[s]);
         }
         float* o = out + (size_t)h * d;
@@ -96,7 +102,7 @@ void attend_generic(const float* q, int N, int per_group, int d, const float* ke
         for (int s = 0; s < S; s++) {
             const float e = expf(p[s] - best);
             total += e;
-            for (int i = 0; i < d; i++) o[i] += e * values[s * stride + off + i];
+            for (int i = 0; i < d; i++) o[i] += e * at(values, s * stride + off + i);
         }
         m[h] = best;
         l[h] = total;

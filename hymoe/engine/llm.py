@@ -15,7 +15,7 @@ from hymoe.loader.open import ModelFiles, open_model
 from hymoe.loader.weights import load_weights
 from hymoe.models import build_model
 from hymoe.layers.moe import MoE
-from hymoe.placement import (EngineSlot, default_dtype, hot_experts_on_gpu, parse_gpu_experts, place_experts, place_layers,
+from hymoe.placement import (EngineSlot, default_dtype, default_kv_dtype, hot_experts_on_gpu, parse_gpu_experts, place_experts, place_layers,
                              resolve_placement)
 from hymoe.placement.kernels import check_dense_format, place_dense, place_small_ops, quantize_dense
 
@@ -37,11 +37,13 @@ class LLM:
                  max_context: int | None = None, progress: bool = True, experts: str = "auto",
                  experts_format: str | None = None, threads: int | None = None, placement: str | None = None,
                  gpu_experts: int | str = 0, expert_stats: str | Path | None = None, defer_experts: int = 0,
-                 gpu_prefill_threshold: int = 0, cuda_graphs: bool = True, dense_format: str | None = None):
+                 gpu_prefill_threshold: int = 0, cuda_graphs: bool = True, dense_format: str | None = None,
+                 kv_dtype: str | torch.dtype | None = None):
         files = path if isinstance(path, ModelFiles) else open_model(path)
         self.config: ModelConfig = files.config
         self.placement = resolve_placement(placement, self.config, device)
         self.dtype = parse_dtype(dtype) or default_dtype(files, self.placement)
+        self.kv_dtype = parse_dtype(kv_dtype) or default_kv_dtype(files, self.placement, self.dtype)
         self.device = self.placement.device
         with torch.device("meta"):
             model = build_model(self.config)
@@ -88,7 +90,7 @@ class LLM:
 
     def runner(self, num_slots: int, max_len: int) -> Runner:
         return Runner(self.model, num_slots, max_len, self.dtype, self.device, is_graphed=self.cuda_graphs,
-                      step_scope=self._step_scope)
+                      step_scope=self._step_scope, kv_dtype=self.kv_dtype)
 
     def logits(self, token_ids: list[int]) -> torch.Tensor:
         """One prefill: float32 CPU logits [T, V] for every position."""

@@ -14,11 +14,12 @@ from hymoe.models.decoder import Decoder
 
 class Runner:
     def __init__(self, model: Decoder, num_slots: int, max_len: int, dtype: torch.dtype,
-                 device: torch.device | str = "cpu", is_graphed: bool = False, step_scope=None):
+                 device: torch.device | str = "cpu", is_graphed: bool = False, step_scope=None,
+                 kv_dtype: torch.dtype | None = None):
         self.model, self.max_len, self.device = model, max_len, torch.device(device)
         # how a pass of this many tokens per row shares the CPU (NativeEngine.step_scope), or None
         self.step_scope = step_scope
-        self.cache = KVCache(model.cache_entries(), num_slots, max_len, dtype, model.layer_devices())
+        self.cache = KVCache(model.cache_entries(), num_slots, max_len, kv_dtype or dtype, model.layer_devices())
         self.graphs = None
         if is_graphed and self.device.type == "cuda":  # decode steps as CUDA graphs, per batch size
             from hymoe.engine.cuda_graphs import DecodeGraphs

@@ -1,6 +1,6 @@
 """Grouped-query attention on the native engine (csrc/attention.cpp): q/k RMSNorm, rotary
 embedding, the cache write and attention over each token's cached positions in one call, for
-float32 layers on the CPU, prompts and decode steps alike. Placement installs it as a GQA layer's
+float32 layers on the CPU (their cache float32 or float16), prompts and decode steps alike. Placement installs it as a GQA layer's
 `kernel`."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ _i32, _i64, _f32, _p = ctypes.c_int32, ctypes.c_int64, ctypes.c_float, ctypes.c_
 
 class _GqaArgs(ctypes.Structure):
     _fields_ = [(n, _i32) for n in ("num_rows", "tokens", "heads", "kv_heads", "head_dim", "kv_len", "window",
-                                    "is_interleaved", "num_slots", "max_len")] + \
+                                    "is_interleaved", "num_slots", "max_len", "is_f16")] + \
                [("eps", _f32), ("scale", _f32)] + [(n, _i64) for n in ("q_stride", "k_stride", "v_stride")] + \
                [(n, _p) for n in ("q", "k", "v", "q_norm", "k_norm", "cos", "sin", "k_cache", "v_cache", "slots",
                                   "positions", "out")]
@@ -62,7 +62,7 @@ class NativeGqaAttention:
         # float32 copies of the per-head norms (the layer's may be in another dtype)
         self.norms = tuple(None if m is None else m.weight.detach().float().contiguous() for m in norms)
         # the per-layer fields, set once; __call__ sets the rest
-        self._args = _GqaArgs(0, 0, n, g, d, 0, window, int(attn.rope.is_interleaved), 0, 0,
+        self._args = _GqaArgs(0, 0, n, g, d, 0, window, int(attn.rope.is_interleaved), 0, 0, 0,
                               norms[0].eps if norms[0] is not None else 0.0, d ** -0.5)
         self._args.q_norm, self._args.k_norm = (0 if w is None else w.data_ptr() for w in self.norms)
         self._args_ref = ctypes.byref(self._args)
@@ -72,14 +72,16 @@ class NativeGqaAttention:
         n, g, d = self.heads, self.kv_heads, self.head_dim
         (q, qs), (k, ks), (v, vs) = _rows(q, n * d), _rows(k, g * d), _rows(v, g * d)
         kc, vc = cache["k"], cache["v"]
-        if kc.dtype is not torch.float32 or not kc.is_contiguous() or kc.shape[2:] != (g, d) or vc.shape != kc.shape:
-            raise HymoeError("native attention needs a contiguous float32 KV cache of this layer's shape")
+        if kc.dtype not in (torch.float32, torch.float16) or vc.dtype is not kc.dtype or not kc.is_contiguous() \
+                or not vc.is_contiguous() or kc.shape[2:] != (g, d) or vc.shape != kc.shape or not kc.is_cpu:
+            raise HymoeError("native attention needs contiguous float32 or float16 CPU KV caches of this layer's shape")
         positions, slots, cos, sin = self.inputs.get(step, cos_sin, d)
         if positions.shape != (b, t):
             raise HymoeError(f"native attention got positions of shape {list(positions.shape)} for [{b}, {t}] tokens")
         out = torch.empty(b, t, n * d)
         a = self._args
         a.num_rows, a.tokens, a.kv_len, a.num_slots, a.max_len = b, t, step.kv_len, kc.shape[0], kc.shape[1] - 1
+        a.is_f16 = int(kc.dtype is torch.float16)
         a.q_stride, a.k_stride, a.v_stride = qs, ks, vs
         a.q, a.k, a.v, a.cos, a.sin = q.data_ptr(), k.data_ptr(), v.data_ptr(), cos.data_ptr(), sin.data_ptr()
         a.k_cache, a.v_cache, a.out = kc.data_ptr(), vc.data_ptr(), out.data_ptr()

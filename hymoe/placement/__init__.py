@@ -92,6 +92,15 @@ def default_dtype(files, placement: Placement) -> torch.dtype:
     return torch.float32 if files.gguf is not None and dense_on_cpu else files.dtype
 
 
+def default_kv_dtype(files, placement: Placement, dtype: torch.dtype) -> torch.dtype:
+    """The KV cache's dtype without --kv-dtype: float16 for a GGUF file computed in float32 on the
+    CPU, llama.cpp's default cache type (a decode step reads half the cache bytes), otherwise the
+    compute dtype."""
+    dense_on_cpu = all(placement.device_of(u).type == "cpu" for u in placement.targets if not u.endswith(".experts"))
+    is_gguf_cpu = files.gguf is not None and dense_on_cpu and dtype == torch.float32
+    return torch.float16 if is_gguf_cpu else dtype
+
+
 def place_layers(model, placement: Placement, dtype: torch.dtype) -> set[int]:
     """Move each layer's dense part and the ends to their devices, and routed experts placed on
     the GPU there as torch weights; returns the ids of those MoE layers."""
