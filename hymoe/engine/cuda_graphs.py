@@ -12,22 +12,13 @@ and hymoe says once why.
 """
 from __future__ import annotations
 
-import logging
-
 import torch
 
+from hymoe.errors import say_once
 from hymoe.experts.native import NativeExperts
 from hymoe.kv.cache import Step
 from hymoe.layers.moe import MoE
 
-log = logging.getLogger("hymoe")
-_said: set[str] = set()
-
-
-def _say_once(reason: str) -> None:
-    if reason not in _said:
-        _said.add(reason)
-        log.warning("hymoe: CUDA graphs off, decoding eagerly: %s", reason)
 
 
 class Capture:
@@ -72,7 +63,7 @@ class DecodeGraphs:
         self.reason = None
         if not all(isinstance(x, NativeExperts) for x in layers):
             self.reason = "routed experts other than the plain native engine (hot experts, deferral, GPU prefill)"
-            _say_once(self.reason)
+            say_once(f"CUDA graphs off, decoding eagerly: {self.reason}")
         self.graphs: dict[int, tuple] = {}
         self.warmed: set[int] = set()
         self.pool = torch.cuda.graph_pool_handle()
@@ -115,7 +106,7 @@ class DecodeGraphs:
         except Exception as e:  # capture unsupported here: eager from now on, said once
             capture.abort()
             self.reason = f"capture failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-            _say_once(self.reason)
+            say_once(f"CUDA graphs off, decoding eagerly: {self.reason}")
             return None
         finally:
             for engine in self.engines:

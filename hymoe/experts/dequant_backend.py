@@ -5,17 +5,13 @@ expert at a time (gguf-py's decoder), and computes them with torch. hymoe says o
 """
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
 
+from hymoe.errors import say_once
 from hymoe.experts.base import ExpertBackend
 from hymoe.experts.torch_backend import TorchExperts
 from hymoe.quant.formats import dequantize
-
-log = logging.getLogger("hymoe")
-_warned: set[str] = set()
 
 
 def _tile(raw: torch.Tensor, fmt: str, rows: int, n: int) -> torch.Tensor:
@@ -48,10 +44,8 @@ class DequantExperts(ExpertBackend):
         return sum(t.numel() for t in (self.gate, self.up, self.down))
 
     def submit(self, hidden, topk_ids, topk_weights) -> None:
-        for f in self.formats:
-            if f not in _warned:  # said once, when the slow path first runs
-                _warned.add(f)
-                log.warning("hymoe: no native kernel for %s experts; dequantizing one expert at a time (slow)", f)
+        for f in self.formats:  # said once, when the slow path first runs
+            say_once(f"no native kernel for {f} experts; dequantizing one expert at a time (slow)")
         x = hidden.float().cpu()
         ids, w = topk_ids.cpu(), topk_weights.float().cpu()
         out = torch.zeros_like(x)

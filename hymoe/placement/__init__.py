@@ -6,13 +6,12 @@ quantized at load) or the torch backend, adds GPU-resident hot experts and exper
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from hymoe.errors import HymoeError
+from hymoe.errors import HymoeError, say_once
 from hymoe.experts import native
 from hymoe.experts.dequant_backend import DequantExperts
 from hymoe.experts.host_memory import host_copy
@@ -21,7 +20,6 @@ from hymoe.layers.moe import MoE
 from hymoe.placement.rules import load_rules, plan
 from hymoe.quant.formats import FLOAT_DTYPES, NATIVE_FORMATS, qtype
 
-log = logging.getLogger("hymoe")
 _FLOAT_FORMATS = {dtype: name for name, dtype in FLOAT_DTYPES.items()}
 # formats gguf-py can write from float weights (the K-quants need hymoe's own quantizers)
 _GGUF_PY_QUANTIZERS = ("Q8_0", "Q4_0", "TQ2_0", "TQ1_0")
@@ -225,9 +223,6 @@ def place_experts(model, backend: str = "auto", fmt: str | None = None, threads:
     return "+".join(sorted(used))
 
 
-_said_prefill: set[str] = set()
-
-
 def _prefill_on_gpu(experts, placement: Placement | None, threshold: int, dtype: torch.dtype):
     from hymoe.experts.gpu_prefill import GpuPrefillExperts
     from hymoe.quant.torch_dequant import TORCH_DEQUANT_FORMATS
@@ -238,9 +233,7 @@ def _prefill_on_gpu(experts, placement: Placement | None, threshold: int, dtype:
         return experts
     missing = [f for f in experts.formats if f not in TORCH_DEQUANT_FORMATS]
     if missing:
-        if missing[0] not in _said_prefill:  # said once: long prompts of this format stay on the CPU
-            _said_prefill.add(missing[0])
-            log.warning("hymoe: no GPU dequantizer for %s experts; long prompts compute them on the CPU", missing[0])
+        say_once(f"no GPU dequantizer for {missing[0]} experts; long prompts compute them on the CPU")
         return experts
     return GpuPrefillExperts(experts, placement.gpu, threshold, dtype)
 

@@ -9,29 +9,18 @@ layers on the CPU decode through the native engine's attention (experts/native_a
 """
 from __future__ import annotations
 
-import logging
 from typing import Callable
 
 import torch
 from torch import nn
 
-from hymoe.errors import HymoeError
+from hymoe.errors import HymoeError, say_once
 from hymoe.experts import native
 from hymoe.experts.native_linear import NativeLinear
 from hymoe.layers.linear import QuantEmbedding, QuantLinear
 from hymoe.quant.encode import ENCODE_TYPES, encode_bytes
 from hymoe.quant.formats import FLOAT_DTYPES, NATIVE_FORMATS, qtype
 from hymoe.quant.torch_dequant import TORCH_DEQUANT_FORMATS
-
-log = logging.getLogger("hymoe")
-_said: set[str] = set()
-
-
-def _say_once(message: str) -> None:
-    if message not in _said:
-        _said.add(message)
-        log.warning("hymoe: %s", message)
-
 
 def _units(model) -> list[tuple[str, nn.Module]]:
     """(placement unit, module) for every unit that holds dense weights."""
@@ -61,7 +50,7 @@ def _encoded(linear: nn.Module, fmt: str) -> QuantLinear | None:
     from gguf.constants import GGML_QUANT_SIZES
 
     if linear.in_features % GGML_QUANT_SIZES[qtype(fmt)][0]:
-        _say_once(f"rows of {linear.in_features} do not split into {fmt} blocks; such weights keep their format")
+        say_once(f"rows of {linear.in_features} do not split into {fmt} blocks; such weights keep their format")
         return None
     w = linear.dequantized(torch.float32) if isinstance(linear, QuantLinear) else linear.weight
     raw = encode_bytes(w.detach().float().cpu(), fmt).to(w.device)
@@ -100,9 +89,9 @@ def _kernel_for(linear: QuantLinear, engine: Callable) -> str:
             return "native"
     if linear.fmt in TORCH_DEQUANT_FORMATS:
         if on_cpu:
-            _say_once(f"no native kernel for {linear.fmt} dense weights; torch dequantizes them at every call (slow)")
+            say_once(f"no native kernel for {linear.fmt} dense weights; torch dequantizes them at every call (slow)")
         return "torch"
-    _say_once(f"{linear.fmt} dense weights have no kernel on {linear.qweight.device.type}; dequantized at load")
+    say_once(f"{linear.fmt} dense weights have no kernel on {linear.qweight.device.type}; dequantized at load")
     return "float"
 
 
@@ -143,7 +132,7 @@ def place_dense(model, dtype: torch.dtype, engine: Callable) -> dict[str, int]:
                 counts[path] = counts.get(path, 0) + 1
             elif isinstance(child, QuantEmbedding) and child.fmt not in TORCH_DEQUANT_FORMATS \
                     and child.qweight.device.type != "cpu":
-                _say_once(f"{child.fmt} embeddings have no torch decoder on the GPU; dequantized at load")
+                say_once(f"{child.fmt} embeddings have no torch decoder on the GPU; dequantized at load")
                 table = nn.Embedding.from_pretrained(
                     QuantLinear(child.embedding_dim, child.num_embeddings, child.fmt, child.qweight).dequantized(dtype))
                 setattr(parent, name, table)
@@ -167,7 +156,7 @@ def place_small_ops(model, dtype: torch.dtype, engine: Callable) -> int:
     if not on_cpu or native.library() is None:
         return 0
     if dtype != torch.float32:
-        _say_once(f"attention, norms and routers on the CPU run in torch: the native kernels compute float32 "
+        say_once(f"attention, norms and routers on the CPU run in torch: the native kernels compute float32 "
                   f"(this model computes in {str(dtype).removeprefix('torch.')}; --dtype float32 takes them)")
         return 0
     inputs = StepInputs()  # one conversion of the step's positions and rotation for all layers
