@@ -113,4 +113,20 @@ void attend_chunk(const float* q, int N, int per_group, int d, const void* keys,
     }
 }
 
+// A kernel table's attend for vector type Vec: heads whose width the vectors do not divide go to
+// the kernel it replaced (the portable one, or AVX2's under AVX512).
+template <class Vec>
+struct AttendPath {
+    static inline KernelTable::AttendFn replaced = nullptr;
+    static void run(const float* q, int N, int per_group, int d, const void* keys, const void* values, int is_f16,
+                    int64_t stride, int S, float scale, float* out, float* m, float* l, float* scratch) {
+        if (d % Vec::W) return replaced(q, N, per_group, d, keys, values, is_f16, stride, S, scale, out, m, l, scratch);
+        attend_chunk<Vec>(q, N, per_group, d, keys, values, is_f16, stride, S, scale, out, m, l, scratch);
+    }
+    static void install(KernelTable* t) {
+        replaced = t->attend;
+        t->attend = run;
+    }
+};
+
 }  // namespace

@@ -41,20 +41,9 @@ struct Vec256 {
     }
 };
 
-KernelTable::AttendFn g_portable_attend = nullptr;
-
-void attend_avx2(const float* q, int N, int per_group, int d, const void* keys, const void* values, int is_f16,
-                   int64_t stride, int S, float scale, float* out, float* m, float* l, float* scratch) {
-    if (d % Vec256::W)
-        return g_portable_attend(q, N, per_group, d, keys, values, is_f16, stride, S, scale, out, m, l, scratch);
-    attend_chunk<Vec256>(q, N, per_group, d, keys, values, is_f16, stride, S, scale, out, m, l, scratch);
-}
 }  // namespace
 
-void fill_avx2_attn(KernelTable* t) {
-    g_portable_attend = t->attend;
-    t->attend = attend_avx2;
-}
+void fill_avx2_attn(KernelTable* t) { AttendPath<Vec256>::install(t); }
 #else
 #include "common.h"
 void fill_avx2_attn(KernelTable*) {}
