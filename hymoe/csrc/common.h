@@ -247,7 +247,6 @@ struct KernelTable {
     RowsFn rows[FMT_SLOTS];
     QuantizeFn quantize;
     void (*silu_mul)(float* g, const float* u, int n);  // g = silu(g) * u
-    float (*dot)(const float* a, const float* b, int n);
     // Attention of a token's N query heads q [N][d] (per_group of them per kv head) over a chunk of
     // S cached positions, rows `stride` elements apart (float32, or fp16 with is_f16), kv head g
     // at g * d in a row: per head the chunk's score maximum m, sum of exp(score - m) l and

@@ -258,25 +258,8 @@ void rows(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts
 
 }  // namespace
 
-float dot_f32_avx2(const float* a, const float* b, int n) {
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-    }
-    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    s0 = _mm256_add_ps(s0, s1);
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    float out = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
-    for (; i < n; i++) out += a[i] * b[i];
-    return out;
-}
-
 void fill_avx2(KernelTable* t) {
     t->name = "avx2";
-    t->dot = dot_f32_avx2;
     fill_avx2_attn(t);
     t->rows[F32] = rows<dot_float<F32>, 1>;
     t->rows[F16] = rows<dot_float<F16>, 1>;

@@ -115,22 +115,6 @@ uint64_t read_avx512(const uint8_t* p, int64_t bytes) {
     return (uint64_t)_mm512_reduce_add_epi64(a[0]);
 }
 
-float dot_f32_avx512(const float* a, const float* b, int n) {
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-    int i = 0;
-    for (; i + 32 <= n; i += 32) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
-    }
-    if (i + 16 <= n) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
-        i += 16;
-    }
-    float out = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
-    for (; i < n; i++) out += a[i] * b[i];
-    return out;
-}
-
 void silu_mul_avx512(float* g, const float* u, int n) {
     int i = 0;
     for (; i + 16 <= n; i += 16) {
@@ -346,7 +330,6 @@ void fill_avx512(KernelTable* t) {
     t->quantize = quantize_avx512;
     t->act_bytes = act_bytes_avx512;
     t->silu_mul = silu_mul_avx512;
-    t->dot = dot_f32_avx512;
     t->read = read_avx512;
     t->rows[F32] = rows_float<F32>;
     t->rows[F16] = rows_float<F16>;

@@ -72,15 +72,6 @@ uint64_t read_generic(const uint8_t* buf, int64_t bytes) {
     return a0 ^ a1 ^ a2 ^ a3;
 }
 
-float dot_generic(const float* a, const float* b, int n) {
-    float s[4] = {0, 0, 0, 0};  // four chains, as the SIMD paths sum in lanes
-    int i = 0;
-    for (; i + 4 <= n; i += 4)
-        for (int j = 0; j < 4; j++) s[j] += a[i + j] * b[i + j];
-    for (; i < n; i++) s[0] += a[i] * b[i];
-    return (s[0] + s[1]) + (s[2] + s[3]);
-}
-
 void attend_generic(const float* q, int N, int per_group, int d, const void* keys, const void* values, int is_f16,
                     int64_t stride, int S, float scale, float* out, float* m, float* l, float* scratch) {
     // the portable path: each needed value converted to float as it is read
@@ -295,7 +286,6 @@ void fill_generic(KernelTable* t) {
     t->quantize = quantize_generic;
     t->act_bytes = act_bytes;
     t->silu_mul = silu_mul_generic;
-    t->dot = dot_generic;
     t->attend = attend_generic;
     t->read = read_generic;
     t->rows[F32] = rows<dot_f32>;
