@@ -110,7 +110,7 @@ def test_a_rule_quantizes_one_unit(tiny_model, tmp_path):
 def _sparse_deepseek_v3(path) -> None:
     """DeepSeek-V3's full metadata and tensor table (61 layers, Q4_K_M-style types) over a data region
     that is a hole in the file: 400 GB that take no disk."""
-    from hymoe.bench.random_gguf import _tensors, _vocab
+    from hymoe.bench.random_gguf import _tensors, write_vocab
     from hymoe.bench.synthetic import CONFIGS
     from hymoe.config import from_hf_dict
     from hymoe.loader.gguf_meta import write_metadata
@@ -120,11 +120,7 @@ def _sparse_deepseek_v3(path) -> None:
                             max_position_embeddings=163840))
     w = gguf.GGUFWriter(path, "deepseek2")
     write_metadata(w, cfg)
-    vocab = _vocab(cfg.vocab_size)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(vocab["tokens"])
-    w.add_token_scores(vocab["scores"])
-    w.add_token_types(vocab["types"])
+    write_vocab(w, cfg.vocab_size)
     end = 0
     for name, shape, fmt in _tensors(cfg, "Q4_K", "Q4_K"):
         if name == "output.weight" or name.endswith("ffn_down_shexp.weight"):

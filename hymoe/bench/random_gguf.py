@@ -28,15 +28,20 @@ from hymoe.quant.formats import qtype, row_bytes
 _KEEP_F32 = ("_norm.weight", ".bias", "ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight", "exp_probs_b.bias")
 
 
-def _vocab(size: int) -> dict:
-    """<unk>, <s>, </s>, the 256 byte pieces, then synthetic pieces ranked by score."""
+def write_vocab(w: gguf.GGUFWriter, size: int) -> None:
+    """A SentencePiece-style vocabulary of `size` pieces: <unk>, <s>, </s>, the 256 byte pieces, then
+    synthetic pieces ranked by score."""
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + [gguf.TokenType.BYTE] * 256
     if size < len(tokens) + 1:
         raise HymoeError(f"a vocabulary of {size} is too small (at least {len(tokens) + 1})")
     pieces = [f"\u2581p{i}" for i in range(size - len(tokens))]
-    return {"tokens": tokens + pieces, "types": [int(t) for t in types] + [int(gguf.TokenType.NORMAL)] * len(pieces),
-            "scores": [0.0] * len(tokens) + [-float(i) for i in range(len(pieces))]}
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens + pieces)
+    w.add_token_scores([0.0] * len(tokens) + [-float(i) for i in range(len(pieces))])
+    w.add_token_types([int(t) for t in types] + [int(gguf.TokenType.NORMAL)] * len(pieces))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
 
 
 def _fit(fmt: str, n: int) -> str:
@@ -97,13 +102,7 @@ def write_random_gguf(path: str | Path, shape: str, num_layers: int, experts_for
     w = gguf.GGUFWriter(path, GGUF_ARCH[cfg.model_type])
     w.add_name(f"random {shape} {num_layers} layers")
     write_metadata(w, cfg)
-    vocab = _vocab(cfg.vocab_size)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(vocab["tokens"])
-    w.add_token_scores(vocab["scores"])
-    w.add_token_types(vocab["types"])
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
+    write_vocab(w, cfg.vocab_size)
     for name, shp, fmt in tensors:
         if fmt == "F32":
             w.add_tensor_info(name, shp, np.dtype(np.float32), int(np.prod(shp)) * 4, qtype("F32"))
