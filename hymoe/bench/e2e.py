@@ -118,8 +118,8 @@ def bench_e2e(path, placements: list[str], prompt_tokens: int, gen_tokens: int, 
               dtype: str | None = None, gpu_experts: int = 0, defer_experts: int = 0, dense_format: str | None = None,
               peer: str | None = None, rounds: int = 1) -> list[dict]:
     """One row per placement, and one for the peer (llama.cpp on the same GGUF file and threads).
-    Each round times every placement and then the peer, right after, with a bandwidth probe before
-    each: rows report medians over the rounds, and ratios to the peer are medians of each round's."""
+    Each placement is timed `rounds` times, each time after a bandwidth probe and followed at once
+    by the peer: rows report medians over the rounds, ratios to the peer medians of each round's."""
     from hymoe.bench.machine import read_gbps
 
     if peer not in (None, "llama.cpp"):
@@ -138,13 +138,14 @@ def bench_e2e(path, placements: list[str], prompt_tokens: int, gen_tokens: int, 
         llm = LLM(path, dtype=dtype, placement=placement, threads=threads, progress=False,
                   max_context=prompt_tokens + gen_tokens + 1, dense_format=dense_format, **kw)
         ids = _prompt(llm.config.vocab_size, prompt_tokens)
-        measured, paired = [], []
+        measured, paired, per_token = [], [], cpu_bytes_per_token(llm)
         for _ in range(rounds):
-            measured.append(_measure(llm, ids, gen_tokens, kw, read_gbps(probe) if probe is not None else None))
+            gbps = read_gbps(probe) if probe is not None else None
+            measured.append(_measure(llm, ids, gen_tokens, per_token, gbps))
             if theirs is not None:
                 paired.append(theirs.run(ids, gen_tokens))
-        rows.append(_summary(variant, llm, kw, measured, paired) | {"prompt_tokens": prompt_tokens,
-                                                                    "gen_tokens": gen_tokens})
+        rows.append(_summary(variant, llm, kw, per_token, measured, paired) | {"prompt_tokens": prompt_tokens,
+                                                                               "gen_tokens": gen_tokens})
         peer_runs += paired
         del llm
         if torch.cuda.is_available():
@@ -154,7 +155,7 @@ def bench_e2e(path, placements: list[str], prompt_tokens: int, gen_tokens: int, 
     return rows
 
 
-def _measure(llm: LLM, ids: list[int], gen_tokens: int, kw: dict, gbps: float | None) -> dict:
+def _measure(llm: LLM, ids: list[int], gen_tokens: int, per_token: int, gbps: float | None) -> dict:
     """One timed generate: rates, how busy the CPU experts, the process and the GPU were over decode."""
     params = SamplingParams(max_new_tokens=gen_tokens, is_eos_ignored=True)
     llm.generate_batch([ids], SamplingParams(max_new_tokens=2, is_eos_ignored=True))  # warm-up, same shapes
@@ -170,7 +171,7 @@ def _measure(llm: LLM, ids: list[int], gen_tokens: int, kw: dict, gbps: float | 
     sampler = _gpu_sampler(gpu) if gpu is not None else None
     with sampler or contextlib.nullcontext():
         _, timings = llm.generate_batch([ids], params, on_token=at_first_token)
-    decode_s, per_token = timings.decode_s, cpu_bytes_per_token(llm)
+    decode_s = timings.decode_s
     return {
         "prefill_tokens_per_s": timings.prefill_tokens_per_s, "decode_tokens_per_s": timings.decode_tokens_per_s,
         "experts_busy": (engine.busy_seconds - mark["busy"]) / decode_s if engine else None,
@@ -188,10 +189,9 @@ def _median(values: list):
     return round(statistics.median(values), 3) if values else None
 
 
-def _summary(variant: str, llm: LLM, kw: dict, runs: list[dict], peer_runs: list[dict]) -> dict:
+def _summary(variant: str, llm: LLM, kw: dict, per_token: int, runs: list[dict], peer_runs: list[dict]) -> dict:
     engine = _engine(llm)
     uses_gpu = any(t.device == "gpu" for t in llm.placement.targets.values())
-    per_token = cpu_bytes_per_token(llm)
     row = {"placement": variant, "device": str(llm.device), "gpu": str(llm.placement.gpu) if uses_gpu else None,
            "experts": llm.experts_backend, "rounds": len(runs),
            "threads": engine.threads if engine else None, "cuda_graphs": kw["cuda_graphs"] and llm.device.type == "cuda",

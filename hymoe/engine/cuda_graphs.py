@@ -20,7 +20,6 @@ from hymoe.kv.cache import Step
 from hymoe.layers.moe import MoE
 
 
-
 class Capture:
     """Segments and host steps of one captured decode step, in replay order."""
 

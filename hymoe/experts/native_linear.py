@@ -31,7 +31,6 @@ def _bind(lib) -> None:
         return
     vp = ctypes.c_void_p
     lib.hymoe_linear.argtypes = [vp, ctypes.POINTER(_LinearArgs), ctypes.c_int, vp, vp]
-    lib.hymoe_engine_linger.argtypes = [vp, ctypes.c_int]
     lib.hymoe_rms_norm.argtypes = [vp, vp, vp, ctypes.c_int, ctypes.c_int, ctypes.c_float]
     lib.hymoe_rms_norm.restype = None
     lib._linear_bound = True

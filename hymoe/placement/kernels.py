@@ -17,7 +17,7 @@ from torch import nn
 from hymoe.errors import HymoeError, say_once
 from hymoe.experts import native
 from hymoe.experts.native_linear import NativeLinear
-from hymoe.layers.linear import QuantEmbedding, QuantLinear
+from hymoe.layers.linear import QuantEmbedding, QuantLinear, dequantize_rows
 from hymoe.quant.encode import ENCODE_TYPES, encode_bytes
 from hymoe.quant.formats import FLOAT_DTYPES, NATIVE_FORMATS, qtype
 from hymoe.quant.torch_dequant import TORCH_DEQUANT_FORMATS
@@ -133,9 +133,8 @@ def place_dense(model, dtype: torch.dtype, engine: Callable) -> dict[str, int]:
             elif isinstance(child, QuantEmbedding) and child.fmt not in TORCH_DEQUANT_FORMATS \
                     and child.qweight.device.type != "cpu":
                 say_once(f"{child.fmt} embeddings have no torch decoder on the GPU; dequantized at load")
-                table = nn.Embedding.from_pretrained(
-                    QuantLinear(child.embedding_dim, child.num_embeddings, child.fmt, child.qweight).dequantized(dtype))
-                setattr(parent, name, table)
+                table = dequantize_rows(child.qweight, child.fmt, child.embedding_dim, dtype)
+                setattr(parent, name, nn.Embedding.from_pretrained(table))
     for module in model.modules():
         for group in module.input_groups() if hasattr(module, "input_groups") else ():
             _fuse(group, engine)
@@ -143,9 +142,9 @@ def place_dense(model, dtype: torch.dtype, engine: Callable) -> dict[str, int]:
 
 
 def place_small_ops(model, dtype: torch.dtype, engine: Callable) -> int:
-    """The native engine's decode attention (GQA), RMSNorms and router logits for the float32
-    layers on the CPU, where torch's per-operation costs outweigh a decode step's arithmetic;
-    returns how many modules got one."""
+    """The native engine's attention (GQA), RMSNorms and routing for the float32 layers on the CPU,
+    where torch's per-operation costs outweigh a decode step's arithmetic; returns how many modules
+    got one."""
     from hymoe.experts.native_attention import NativeGqaAttention, StepInputs
     from hymoe.experts.native_linear import NativeRMSNorm, NativeRouter
     from hymoe.layers.attention import GQAttention
@@ -157,7 +156,7 @@ def place_small_ops(model, dtype: torch.dtype, engine: Callable) -> int:
         return 0
     if dtype != torch.float32:
         say_once(f"attention, norms and routers on the CPU run in torch: the native kernels compute float32 "
-                  f"(this model computes in {str(dtype).removeprefix('torch.')}; --dtype float32 takes them)")
+                 f"(this model computes in {str(dtype).removeprefix('torch.')}; --dtype float32 takes them)")
         return 0
     inputs = StepInputs()  # one conversion of the step's positions and rotation for all layers
     for m in on_cpu:
