@@ -15,7 +15,8 @@ import transformers
 
 from tiny_models import perturb
 
-TEXT = (Path(__file__).resolve().parents[1] / "README.md").read_text() * 2
+# training text that does not move when the docs are edited: the demo model's held-out chapters
+TEXT = (Path(__file__).resolve().parents[1] / "hymoe" / "demo_model" / "heldout.txt").read_text()
 SAMPLE = ("The quick brown fox jumps over the lazy dog. Experts stream from memory: 42 tokens/s, "
           "isn't it? Mixture-of-Experts models route each token to a few of them.")
 COMMON = dict(hidden_size=256, num_attention_heads=4, max_position_embeddings=512, tie_word_embeddings=False,
