@@ -1,9 +1,9 @@
-"""Run `hymoe bench experts` over shapes x formats x batches; JSON lines on stdout, for the README table.
+"""Run `hymoe bench experts` over shapes x formats x batches; JSON lines on stdout, for the table in docs/kernels.md.
 
     python scripts/bench_table.py > table.jsonl
     python scripts/bench_table.py --only TQ1_0,Q4_K > some.jsonl     # some formats only
     python scripts/bench_table.py --batches 1 > decode.jsonl          # some batch sizes only
-    python scripts/bench_table.py --markdown table.jsonl [more.jsonl ...]   # the README's table (medians)
+    python scripts/bench_table.py --markdown table.jsonl [more.jsonl ...]   # the table in docs/kernels.md (medians)
 """
 import json
 import statistics

@@ -1,5 +1,5 @@
 """`hymoe bench experts|e2e|prefill|gguf|serve`: the benchmark commands' arguments and runners
-(hymoe/cli.py dispatches here). JSON with --json; figures in the README and docs/."""
+(hymoe/cli.py dispatches here). JSON with --json; figures in docs/."""
 from __future__ import annotations
 
 import json
