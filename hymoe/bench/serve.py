@@ -1,4 +1,4 @@
-"""`hymoe bench serve`: N users at once through the continuous-batching scheduler (no HTTP in the way).
+"""`hymoe bench serve`: N users at once through the engine's continuous-batching loop (no HTTP in the way).
 
 Each user sends one prompt and decodes `gen_tokens` tokens (EOS ignored, greedy). Reported per N:
 aggregate decode tokens/s (all users' tokens over the wall time), per-user decode tokens/s (after
@@ -11,7 +11,7 @@ import threading
 import time
 
 from hymoe.engine.sampler import SamplingParams
-from hymoe.serve.scheduler import Request, Scheduler
+from hymoe.engine.engine_thread import EngineThread
 
 PROMPTS = ["And God said unto Moses,", "In the beginning was the Word,", "The Lord is my shepherd;",
            "Blessed are the meek:", "And Moses went up unto God,", "Let there be light:",
@@ -19,7 +19,7 @@ PROMPTS = ["And God said unto Moses,", "In the beginning was the Word,", "The Lo
 
 
 def bench_serve(llm, users: list[int], gen_tokens: int = 64) -> list[dict]:
-    sched = Scheduler(llm, max_batch=max(users), max_queue=max(users))
+    sched = EngineThread(llm, max_batch=max(users), max_queue=max(users))
     try:
         _run(sched, llm, 1, 4)  # warm-up
         return [_run(sched, llm, n, gen_tokens) for n in users]
@@ -27,21 +27,21 @@ def bench_serve(llm, users: list[int], gen_tokens: int = 64) -> list[dict]:
         sched.close()
 
 
-def _run(sched: Scheduler, llm, n: int, gen_tokens: int) -> dict:
+def _run(sched: EngineThread, llm, n: int, gen_tokens: int) -> dict:
     done = [threading.Event() for _ in range(n)]
     reqs = []
     for i in range(n):
         ids = llm.tokenizer.encode(PROMPTS[i % len(PROMPTS)])
         params = SamplingParams(max_new_tokens=gen_tokens, is_eos_ignored=True)
-        reqs.append(Request(ids, params, lambda kind, data, e=done[i]: kind in ("done", "error") and e.set()))
+        reqs.append(llm.sequence(ids, params, lambda kind, data, e=done[i]: kind in ("done", "error") and e.set()))
     t0 = time.perf_counter()
     for r in reqs:
         sched.submit(r)
     for e in done:
         e.wait()
     wall = time.perf_counter() - t0
-    tokens = sum(len(r.tokens) for r in reqs)
-    per_user = [(len(r.tokens) - 1) / (r.t_done - r.t_first) for r in reqs if len(r.tokens) > 1]
+    tokens = sum(len(r.token_ids) for r in reqs)
+    per_user = [(len(r.token_ids) - 1) / (r.t_done - r.t_first) for r in reqs if len(r.token_ids) > 1]
     return {"users": n, "gen_tokens": gen_tokens, "aggregate_tokens_per_s": round(tokens / wall, 2),
             "per_user_tokens_per_s": round(statistics.mean(per_user), 2),
             "ttft_ms": round(1000 * statistics.mean(r.t_first - r.t_submit for r in reqs), 1),

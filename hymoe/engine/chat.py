@@ -4,8 +4,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from hymoe.engine.generate import generate
 from hymoe.engine.sampler import SamplingParams
+from hymoe.engine.scheduler import Scheduler
+from hymoe.engine.sequence import Sequence
 from hymoe.errors import HymoeError
 
 
@@ -14,7 +15,7 @@ class ChatSession:
         if llm.tokenizer is None:
             raise HymoeError("chat needs a tokenizer, and this model has none")
         self.llm, self.params, self.system = llm, params, system
-        self.runner = llm.runner(1, llm.max_context)
+        self.scheduler = Scheduler(llm.runner(1, llm.max_context))
         self.reset()
 
     def reset(self) -> None:
@@ -34,25 +35,21 @@ class ChatSession:
                 break
             common += 1
         common = min(common, len(ids) - 1)  # at least one new token gives the next logits
-        generated: list[int] = []
-        shown = ""
-
-        def stream(_row: int, token: int) -> None:
-            nonlocal shown
-            generated.append(token)
-            now = tok.decode(generated)
-            if on_text is not None and not now.endswith("\ufffd") and len(now) > len(shown):
-                on_text(now[len(shown):])
-                shown = now
-
         params = dataclasses.replace(
             self.params, max_new_tokens=min(self.params.max_new_tokens, self.llm.max_context - len(ids)))
-        out, _ = generate(self.runner, [ids[common:]], params, self.llm.eos_ids, tok,
-                          starts=[common], on_token=stream)
-        reply = out[0]
-        if on_text is not None and len(reply.text) > len(shown) and reply.text.startswith(shown):
-            on_text(reply.text[len(shown):])
-        # the last sampled token was never fed back, so it is not in the cache
-        self.cached = ids + reply.token_ids[:-1]
-        self.messages.append({"role": "assistant", "content": reply.text})
-        return reply.text
+
+        def show(kind: str, data: dict) -> None:
+            if kind == "text" and on_text is not None:
+                on_text(data["text"])
+
+        seq = Sequence(ids, params, self.llm.eos_ids, self.llm.max_context, tok, on_event=show)
+        seq.slot, seq.cached = 0, common  # the slot that holds the conversation so far
+        self.cached = []  # until the reply completes, the slot's contents are unknown
+        self.scheduler.add(seq)
+        try:
+            self.scheduler.run()
+        finally:
+            self.scheduler.release(seq)  # a reply that failed or was interrupted must not keep the slot
+        self.cached = seq.history[: seq.cached]
+        self.messages.append({"role": "assistant", "content": seq.text})
+        return seq.text

@@ -7,9 +7,11 @@ from pathlib import Path
 import torch
 
 from hymoe.config import ModelConfig
-from hymoe.engine.generate import Completion, Timings, generate
+from hymoe.engine.generate import generate
 from hymoe.engine.runner import Runner
 from hymoe.engine.sampler import SamplingParams
+from hymoe.engine.scheduler import Timings
+from hymoe.engine.sequence import Sequence
 from hymoe.errors import HymoeError
 from hymoe.loader.open import ModelFiles, open_model
 from hymoe.loader.weights import load_weights
@@ -92,13 +94,17 @@ class LLM:
         return Runner(self.model, num_slots, max_len, self.dtype, self.device, is_graphed=self.cuda_graphs,
                       step_scope=self._step_scope, kv_dtype=self.kv_dtype)
 
+    def sequence(self, prompt: list[int], params: SamplingParams, on_event=None) -> Sequence:
+        """A sequence for a scheduler whose slots hold the model's whole context (EngineThread)."""
+        return Sequence(prompt, params, self.eos_ids, self.max_context, self.tokenizer, on_event)
+
     def logits(self, token_ids: list[int]) -> torch.Tensor:
         """One prefill: float32 CPU logits [T, V] for every position."""
         self.check_prompt(list(token_ids))
         return self.runner(1, len(token_ids)).forward([0], [list(token_ids)], [0], is_all_logits=True)[0]
 
     def generate_batch(self, prompts: list[list[int]], params: SamplingParams,
-                       on_token=None) -> tuple[list[Completion], Timings]:
+                       on_token=None) -> tuple[list[Sequence], Timings]:
         for p in prompts:
             self.check_prompt(p)
         max_len = min(self.max_context, max(len(p) for p in prompts) + params.max_new_tokens)

@@ -1,6 +1,6 @@
 """The HTTP server: OpenAI routes (/v1/...), Ollama routes (/api/...), and a chat page at /.
 
-Requests become scheduler Requests; the engine thread's events cross into asyncio through a
+Requests become engine Sequences; the engine thread's events cross into asyncio through a
 queue per request. A client that goes away cancels its request (its KV slot is freed at the next
 step). Errors use OpenAI's error JSON with a 4xx code; the server keeps serving.
 """
@@ -21,7 +21,8 @@ from starlette.exceptions import HTTPException
 
 from hymoe.engine.sampler import SamplingParams
 from hymoe.errors import HymoeError
-from hymoe.serve.scheduler import QueueFull, Request, Scheduler
+from hymoe.engine.engine_thread import EngineThread, QueueFull
+from hymoe.engine.sequence import Sequence
 
 PAGE = Path(__file__).with_name("page.html")
 
@@ -85,7 +86,7 @@ class Server:
                  max_queue: int = 64, default_max_tokens: int = 256):
         self.llm, self.model_name, self.api_key = llm, model_name, api_key
         self.default_max_tokens = default_max_tokens
-        self.scheduler = Scheduler(llm, max_batch=max_batch, max_queue=max_queue)
+        self.scheduler = EngineThread(llm, max_batch=max_batch, max_queue=max_queue)
         self.created = int(time.time())
 
     # ---- shared by both APIs
@@ -119,9 +120,9 @@ class Server:
                               temperature=1.0 if temperature is None else temperature,
                               top_p=1.0 if top_p is None else top_p, seed=seed, stop=stops)
 
-    def start(self, ids: list[int], params: SamplingParams) -> tuple[Request, asyncio.Queue]:
+    def start(self, ids: list[int], params: SamplingParams) -> tuple[Sequence, asyncio.Queue]:
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
-        req = Request(ids, params, lambda kind, data: loop.call_soon_threadsafe(queue.put_nowait, (kind, data)))
+        req = self.llm.sequence(ids, params, lambda kind, data: loop.call_soon_threadsafe(queue.put_nowait, (kind, data)))
         if len(ids) >= self.llm.max_context:
             raise ApiError(400, f"The prompt has {len(ids)} tokens; this server's context holds "
                                 f"{self.llm.max_context}", "context_length_exceeded", "messages")
@@ -133,7 +134,7 @@ class Server:
             raise ApiError(400, str(e)) from None
         return req, queue
 
-    async def events(self, req: Request, queue: asyncio.Queue, http: HttpRequest):
+    async def events(self, req: Sequence, queue: asyncio.Queue, http: HttpRequest):
         """Yield (kind, data) until done; cancel the request if the client goes away."""
         try:
             while True:
@@ -147,10 +148,10 @@ class Server:
                 if kind in ("done", "error"):
                     return
         finally:
-            if req.finish is None:
+            if req.finish_reason is None:
                 self.scheduler.cancel(req)
 
-    async def collect(self, req: Request, queue: asyncio.Queue, http: HttpRequest) -> tuple[str, dict | None]:
+    async def collect(self, req: Sequence, queue: asyncio.Queue, http: HttpRequest) -> tuple[str, dict | None]:
         """The whole answer of a non-streamed request: (text, done event data or None if the client left)."""
         text, done = [], None
         async for kind, data in self.events(req, queue, http):

@@ -1,0 +1,79 @@
+"""The scheduler on a thread of its own, for clients that submit from other threads (the server,
+`hymoe bench serve`). Sequences join and leave between steps; their events go back through each
+sequence's callback, from the engine thread. KV memory is `max_batch` slots of the model's context;
+past `max_queue` waiting sequences a submit is refused (QueueFull).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from hymoe.engine.scheduler import Scheduler
+from hymoe.engine.sequence import Sequence
+from hymoe.errors import HymoeError
+
+log = logging.getLogger("hymoe")
+
+
+class QueueFull(HymoeError):
+    pass
+
+
+class EngineThread:
+    def __init__(self, llm, max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = 256):
+        if llm.tokenizer is None:
+            raise HymoeError("serving needs a tokenizer, and this model has none")
+        self.llm, self.max_batch, self.max_queue = llm, max_batch, max_queue
+        self.scheduler = Scheduler(llm.runner(max_batch, llm.max_context), prefill_chunk)
+        self.inbox: list[Sequence] = []  # submitted, not yet handed to the scheduler (which only this thread touches)
+        self.lock = threading.Condition()
+        self.stopped = False
+        self.thread = threading.Thread(target=self._loop, name="hymoe-engine", daemon=True)
+        self.thread.start()
+
+    def submit(self, seq: Sequence) -> None:
+        self.llm.check_prompt(seq.prompt)
+        with self.lock:
+            if len(self.inbox) + len(self.scheduler.waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self.inbox) + len(self.scheduler.waiting)} requests are waiting; "
+                                "try again shortly")
+            self.inbox.append(seq)
+            self.lock.notify()
+
+    def cancel(self, seq: Sequence) -> None:
+        seq.cancelled = True
+        with self.lock:
+            self.lock.notify()
+
+    def close(self) -> None:
+        with self.lock:
+            self.stopped = True
+            self.lock.notify()
+        self.thread.join(timeout=30)
+
+    @property
+    def steps(self) -> int:
+        return self.scheduler.steps
+
+    @property
+    def load(self) -> dict:
+        return {"active": len(self.scheduler.running), "waiting": len(self.scheduler.waiting) + len(self.inbox),
+                "slots": self.max_batch}
+
+    def _loop(self) -> None:
+        while True:
+            with self.lock:
+                while not self.stopped and not self.inbox and not self.scheduler.has_work:
+                    self.lock.wait()
+                if self.stopped:
+                    break
+                for seq in self.inbox:
+                    self.scheduler.add(seq)
+                self.inbox.clear()
+            try:
+                self.scheduler.step()
+            except Exception as e:  # a bug must not take the server down: fail the live sequences
+                log.exception("hymoe: engine step failed")
+                for seq in list(self.scheduler.running):
+                    seq.fail(f"internal error: {e}")
+                    self.scheduler.release(seq)

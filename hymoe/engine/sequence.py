@@ -1,0 +1,105 @@
+"""Sequence: one prompt and what has been generated for it; `accept(token)` decides how it goes on.
+
+Every client of the engine (generate, chat, `LLM`, the server, the benchmarks) makes Sequences and
+hands them to the scheduler, so EOS, stop strings, the length limit and streamed text are decided
+here and nowhere else.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Callable
+
+from hymoe.engine.sampler import SamplingParams
+from hymoe.tokenizer import Tokenizer
+
+_ids = itertools.count()
+
+
+class Sequence:
+    """The length limit: a sequence ends when its cache slot is full (`max_len` positions); the token
+    sampled from the last position is still returned, as it needs no cache position of its own."""
+
+    def __init__(self, prompt: list[int], params: SamplingParams, eos_ids: tuple[int, ...], max_len: int,
+                 tokenizer: Tokenizer | None = None, on_event: Callable[[str, dict], None] | None = None,
+                 on_token: Callable[[int], None] | None = None):
+        self.id = next(_ids)
+        self.prompt, self.params, self.max_len, self.tokenizer = prompt, params, max_len, tokenizer
+        self.eos = frozenset() if params.is_eos_ignored else frozenset(eos_ids) | frozenset(params.extra_eos_ids)
+        self.on_event = on_event  # ("text", {"text"}) ... then ("done", {...}) or ("error", {"message"})
+        self.on_token = on_token  # every sampled token, EOS included, before anything else happens
+        self.gen = params.generator()  # this sequence's seeded torch.Generator, or None
+        self.token_ids: list[int] = []  # generated, without the EOS token that ended it
+        self.text = ""  # the generated text, cut before a stop string
+        self.finish_reason: str | None = None  # "stop" | "length" once finished
+        self.slot = -1  # its KV cache slot while the scheduler runs it (chat presets one it reuses)
+        self.cached = 0  # tokens whose keys and values are in that slot
+        self.cancelled = False
+        self.sent = 0  # characters of text already streamed
+        self.t_submit, self.t_first, self.t_done = time.perf_counter(), None, None
+
+    @property
+    def history(self) -> list[int]:
+        """Every token so far, as the repetition penalty sees them."""
+        return self.prompt + self.token_ids
+
+    @property
+    def is_prefilled(self) -> bool:
+        return self.cached >= len(self.prompt)
+
+    @property
+    def is_streamed(self) -> bool:
+        """Text is decoded after every token only where someone reads it then (or stop strings need it)."""
+        return self.tokenizer is not None and (self.on_event is not None or bool(self.params.stop))
+
+    def usage(self) -> dict:
+        return {"prompt_tokens": len(self.prompt), "completion_tokens": len(self.token_ids),
+                "total_tokens": len(self.prompt) + len(self.token_ids)}
+
+    def accept(self, token: int) -> None:
+        """Take the next sampled token: EOS, then stop strings, then the length limit; stream new text."""
+        if self.t_first is None:
+            self.t_first = time.perf_counter()
+        if self.on_token is not None:
+            self.on_token(token)
+        if token in self.eos:
+            return self._finish("stop")
+        self.token_ids.append(token)
+        if self.is_streamed:
+            self.text = self.tokenizer.decode(self.token_ids)
+            cuts = [self.text.index(s) for s in self.params.stop if s in self.text]
+            if cuts:
+                self.text = self.text[: min(cuts)]
+                return self._finish("stop")
+        if len(self.token_ids) >= self.params.max_new_tokens or len(self.prompt) + len(self.token_ids) > self.max_len:
+            return self._finish("length")
+        self._stream()
+
+    def fail(self, message: str) -> None:
+        self.finish_reason, self.t_done = "error", time.perf_counter()
+        if self.on_event is not None:
+            self.on_event("error", {"message": message})
+
+    def _stream(self) -> None:
+        """Send the text that can no longer change: hold back an unfinished UTF-8 character and
+        anything that may be the beginning of a stop string."""
+        if self.on_event is None:
+            return
+        hold = max((len(s) - 1 for s in self.params.stop), default=0)
+        end = len(self.text) - hold
+        while end > self.sent and self.text[end - 1] == "\ufffd":
+            end -= 1
+        if end > self.sent:
+            self.on_event("text", {"text": self.text[self.sent:end]})
+            self.sent = end
+
+    def _finish(self, reason: str) -> None:
+        self.finish_reason, self.t_done = reason, time.perf_counter()
+        if self.tokenizer is not None and not self.is_streamed:
+            self.text = self.tokenizer.decode(self.token_ids)
+        if self.on_event is None:
+            return
+        if len(self.text) > self.sent:
+            self.on_event("text", {"text": self.text[self.sent:]})
+            self.sent = len(self.text)
+        self.on_event("done", {"finish_reason": reason, "usage": self.usage()})
