@@ -1,0 +1,120 @@
+"""The one engine loop (engine/scheduler.py) and the sequence record (engine/sequence.py) that every
+client shares: chunked prefill, waiting for slots, cancelling, streamed text, chat's slot reuse."""
+import pytest
+
+import hymoe
+from hymoe.engine.chat import ChatSession
+from hymoe.engine.sampler import SamplingParams
+from hymoe.engine.scheduler import Scheduler
+from hymoe.engine.sequence import Sequence
+
+GREEDY = SamplingParams(max_new_tokens=10, is_eos_ignored=True)
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory):
+    from hymoe.default_model import ensure_default_model
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        return hymoe.load(ensure_default_model(), dtype="float32", progress=False, max_context=128)
+
+
+def _prompts(llm):
+    texts = ["And God said unto Moses,", "In the beginning", "The Lord is my shepherd; I shall not want."]
+    return [llm.tokenizer.encode(t) for t in texts]
+
+
+def _run(llm, prompts, slots: int, chunk: int | None, params=GREEDY) -> list[Sequence]:
+    sched = Scheduler(llm.runner(slots, llm.max_context), prefill_chunk=chunk)
+    seqs = [llm.sequence(p, params) for p in prompts]
+    for s in seqs:
+        sched.add(s)
+    sched.run()
+    assert sorted(sched.free) == list(range(slots)) and not sched.running  # every slot came back
+    return seqs
+
+
+def test_chunked_prefill_and_waiting_for_slots_give_the_same_tokens(llm):
+    """Prompts read 3 tokens per step, and 3 sequences sharing 2 slots, decode what each decodes alone."""
+    alone = [llm.generate(p, max_new_tokens=10, is_eos_ignored=True) for p in _prompts(llm)]
+    for slots, chunk in ((3, None), (3, 3), (2, 5), (1, 2)):
+        got = [s.token_ids for s in _run(llm, _prompts(llm), slots, chunk)]
+        assert got == alone, (slots, chunk)
+
+
+def test_a_sequence_waits_until_a_slot_is_free(llm):
+    sched = Scheduler(llm.runner(1, llm.max_context))
+    a, b = (llm.sequence(p, GREEDY) for p in _prompts(llm)[:2])
+    sched.add(a)
+    sched.add(b)
+    sched.step()
+    assert a.slot == 0 and b.slot == -1 and list(sched.waiting) == [b]
+    done = []
+    while sched.has_work:
+        done += sched.step()
+    assert done == [a, b] and len(b.token_ids) == 10
+
+
+def test_cancelled_sequences_free_their_slot(llm):
+    sched = Scheduler(llm.runner(2, llm.max_context))
+    a, b, c = (llm.sequence(p, GREEDY) for p in _prompts(llm))
+    for s in (a, b, c):
+        sched.add(s)
+    sched.step()
+    a.cancelled = c.cancelled = True  # one running, one waiting
+    sched.step()
+    assert a not in sched.running and c not in sched.waiting and 0 in sched.free
+    sched.run()
+    assert len(b.token_ids) == 10 and len(a.token_ids) < 10 and not c.token_ids
+
+
+def test_length_limit_is_the_cache(llm):
+    """A sequence ends when its slot is full; the token sampled at the last position is returned."""
+    prompt = _prompts(llm)[0]
+    seq, = _run(llm, [prompt], 1, None, SamplingParams(max_new_tokens=500, is_eos_ignored=True))
+    assert seq.finish_reason == "length" and len(prompt) + len(seq.token_ids) == llm.max_context + 1
+
+
+def test_streamed_text_holds_back_a_possible_stop_string(llm):
+    prompt = _prompts(llm)[0]
+    free, = _run(llm, [prompt], 1, None, SamplingParams(max_new_tokens=16, is_eos_ignored=True))
+    stop = free.text[6:9]
+    events = []
+    seq = llm.sequence(prompt, SamplingParams(max_new_tokens=16, is_eos_ignored=True, stop=(stop,)),
+                       on_event=lambda kind, data: events.append((kind, data)))
+    sched = Scheduler(llm.runner(1, llm.max_context))
+    sched.add(seq)
+    sched.run()
+    texts = [d["text"] for k, d in events if k == "text"]
+    assert "".join(texts) == free.text[: free.text.index(stop)] == seq.text
+    assert events[-1][0] == "done" and events[-1][1]["finish_reason"] == "stop"
+    assert not any(stop in t for t in texts)
+
+
+def test_eos_ends_the_sequence_and_is_not_returned(llm):
+    prompt = _prompts(llm)[1]
+    free, = _run(llm, [prompt], 1, None)
+    params = SamplingParams(max_new_tokens=10, extra_eos_ids=(free.token_ids[2],))
+    seq, = _run(llm, [prompt], 1, 4, params)
+    assert seq.token_ids == free.token_ids[:2] and seq.finish_reason == "stop"
+
+
+def test_chat_reuses_its_slot_and_survives_a_failed_reply(llm, monkeypatch):
+    session = ChatSession(llm, SamplingParams(max_new_tokens=6, is_eos_ignored=True))
+    first = session.reply("Who was Moses?")
+    cached = list(session.cached)
+    assert cached and session.scheduler.free == [0]
+    fed = []
+    forward = session.scheduler.runner.forward
+    monkeypatch.setattr(session.scheduler.runner, "forward",
+                        lambda rows, tokens, starts, **kw: fed.append(starts[0]) or forward(rows, tokens, starts, **kw))
+    session.reply("And Aaron?")
+    assert fed[0] == len(cached)  # the second turn starts where the first left its cache
+    monkeypatch.setattr(session.scheduler.runner, "forward", lambda *a, **kw: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        session.reply("Again?")
+    assert session.scheduler.free == [0] and not session.scheduler.has_work
+    monkeypatch.setattr(session.scheduler.runner, "forward", forward)
+    session.reset()
+    assert session.reply("Who was Moses?") == first
