@@ -108,14 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(args):
     from hymoe.default_model import ensure_default_model
     from hymoe.engine.llm import LLM
+    from hymoe.placement.options import PlacementOptions
 
     path = args.model or ensure_default_model()
-    return LLM(path, dtype=args.dtype, device=args.device, max_context=args.max_context,
-               progress=sys.stderr.isatty(), experts=args.experts, experts_format=args.experts_format,
-               threads=args.threads, placement=args.placement, gpu_experts=args.gpu_experts,
-               expert_stats=args.expert_stats, defer_experts=args.defer_experts,
-               gpu_prefill_threshold=args.gpu_prefill_threshold, cuda_graphs=not args.eager,
-               dense_format=args.dense_format, kv_dtype=args.kv_dtype)
+    return LLM(path, PlacementOptions.from_args(args), args.max_context, progress=sys.stderr.isatty())
 
 
 def _sampling(args, llm):

@@ -15,7 +15,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from hymoe.engine.llm import LLM
+from hymoe.engine.llm import load
 from hymoe.layers.moe import MoE
 
 try:
@@ -80,7 +80,7 @@ def main() -> None:
         source = random_model(args.random, args.layers, args.experts_type)
     else:
         source = args.model
-    llm = LLM(source, placement=args.placement, threads=args.threads, dtype=args.dtype, progress=False,
+    llm = load(source, placement=args.placement, threads=args.threads, dtype=args.dtype, progress=False,
               max_context=args.context + 2 * args.steps + 8)
     runner = llm.runner(1, args.context + 2 * args.steps + 8)
     runner.forward([0], [[(7 * i) % llm.config.vocab_size for i in range(args.context)]], [0])

@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import hymoe
-from hymoe.engine.llm import LLM
+from hymoe.engine.llm import LLM, load
 from hymoe.engine.sampler import SamplingParams
 
 ROOT = Path(hymoe.__file__).parent
@@ -64,7 +64,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    llm = LLM(_demo(), progress=False, experts="torch", placement="cpu")
+    llm = load(_demo(), progress=False, experts="torch", placement="cpu")
     seen = traced_step(llm)
     rows = sorted(((f, len(lines)) for f, lines in seen.items()), key=lambda r: (-r[1], r[0]))
     engine = [(f, n) for f, n in rows if f.startswith(ENGINE)]

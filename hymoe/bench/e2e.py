@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from hymoe.engine.llm import LLM
+from hymoe.engine.llm import LLM, load
 from hymoe.errors import HymoeError
 from hymoe.engine.sampler import SamplingParams
 from hymoe.experts import native
@@ -135,7 +135,7 @@ def bench_e2e(path, placements: list[str], prompt_tokens: int, gen_tokens: int, 
         theirs = LlamaCppPeer(str(path), prompt_tokens + gen_tokens, threads or (probe.threads if probe else 1))
     rows, peer_runs = [], []
     for variant, placement, kw in runs:  # one model in memory at a time
-        llm = LLM(path, dtype=dtype, placement=placement, threads=threads, progress=False,
+        llm = load(path, dtype=dtype, placement=placement, threads=threads, progress=False,
                   max_context=prompt_tokens + gen_tokens + 1, dense_format=dense_format, **kw)
         ids = _prompt(llm.config.vocab_size, prompt_tokens)
         measured, paired, per_token = [], [], cpu_bytes_per_token(llm)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import time
 
-from hymoe.engine.llm import LLM
+from hymoe.engine.llm import LLM, load
 from hymoe.experts.gpu_prefill import GpuPrefillExperts
 from hymoe.layers.moe import MoE
 
@@ -26,7 +26,7 @@ def _prefill_s(llm: LLM, ids: list[int], reps: int = 2) -> float:
 
 
 def bench_prefill(path, lengths: list[int], threads: int | None = None, dtype: str | None = None) -> list[dict]:
-    llm = LLM(path, dtype=dtype, placement="hybrid", threads=threads, progress=False,
+    llm = load(path, dtype=dtype, placement="hybrid", threads=threads, progress=False,
               max_context=max(lengths) + 1, gpu_prefill_threshold=1)
     streaming = [m for m in llm.model.modules() if isinstance(m, MoE) and isinstance(m.experts, GpuPrefillExperts)]
     rng = random.Random(0)

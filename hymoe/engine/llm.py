@@ -19,6 +19,7 @@ from hymoe.models import build_model
 from hymoe.layers.moe import MoE
 from hymoe.placement import (EngineSlot, default_dtype, default_kv_dtype, hot_experts_on_gpu, parse_gpu_experts,
                              place_experts, place_layers, resolve_placement)
+from hymoe.placement.options import PlacementOptions
 from hymoe.placement.kernels import check_dense_format, place_dense, place_small_ops, quantize_dense
 
 DEFAULT_MAX_CONTEXT = 4096
@@ -35,30 +36,27 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
 
 
 class LLM:
-    def __init__(self, path: str | Path | ModelFiles, dtype: str | torch.dtype | None = None, device: str | None = None,
-                 max_context: int | None = None, progress: bool = True, experts: str = "auto",
-                 experts_format: str | None = None, threads: int | None = None, placement: str | None = None,
-                 gpu_experts: int | str = 0, expert_stats: str | Path | None = None, defer_experts: int = 0,
-                 gpu_prefill_threshold: int = 0, cuda_graphs: bool = True, dense_format: str | None = None,
-                 kv_dtype: str | torch.dtype | None = None):
+    def __init__(self, path: str | Path | ModelFiles, options: PlacementOptions | None = None,
+                 max_context: int | None = None, progress: bool = True):
+        o = self.options = options or PlacementOptions()
         files = path if isinstance(path, ModelFiles) else open_model(path)
         self.config: ModelConfig = files.config
-        self.placement = resolve_placement(placement, self.config, device)
-        self.dtype = parse_dtype(dtype) or default_dtype(files, self.placement)
-        self.kv_dtype = parse_dtype(kv_dtype) or default_kv_dtype(files, self.placement, self.dtype)
+        self.placement = resolve_placement(o.placement, self.config, o.device)
+        self.dtype = parse_dtype(o.dtype) or default_dtype(files, self.placement)
+        self.kv_dtype = parse_dtype(o.kv_dtype) or default_kv_dtype(files, self.placement, self.dtype)
         self.device = self.placement.device
         with torch.device("meta"):
             model = build_model(self.config)
         self.model = load_weights(model, files.source, self.dtype, self.device, progress)
         on_gpu = place_layers(self.model, self.placement, self.dtype)
-        engine = EngineSlot(threads, self.placement.is_async)
-        quantize_dense(self.model, self.placement.targets, check_dense_format(dense_format))
+        engine = EngineSlot(o.threads, self.placement.is_async)
+        quantize_dense(self.model, self.placement.targets, check_dense_format(o.dense_format))
         self.dense_kernels = place_dense(self.model, self.dtype, engine)  # {"native": 96, ...}
         place_small_ops(self.model, self.dtype, engine)
-        count, budget = parse_gpu_experts(gpu_experts)
-        hot = hot_experts_on_gpu(self.model, self.placement, count, self.dtype, budget, expert_stats)
-        place_experts(self.model, experts, experts_format, threads, placement=self.placement, keep=on_gpu,
-                      hot=hot, defer=defer_experts, gpu_prefill_threshold=gpu_prefill_threshold, engine=engine)
+        count, budget = parse_gpu_experts(o.gpu_experts)
+        hot = hot_experts_on_gpu(self.model, self.placement, count, self.dtype, budget, o.expert_stats)
+        place_experts(self.model, o.experts, o.experts_format, o.threads, placement=self.placement, keep=on_gpu,
+                      hot=hot, defer=o.defer_experts, gpu_prefill_threshold=o.gpu_prefill_threshold, engine=engine)
         # a CPU placement whose pool computes the dense layers too: it shares the cores with torch per step
         is_cpu_pool = engine.engine is not None and not engine.is_async and bool(self.dense_kernels.get("native"))
         is_all_native = all(getattr(layer.self_attn, "kernel", None) is not None for layer in self.model.layers)
@@ -66,8 +64,7 @@ class LLM:
             if is_cpu_pool else None
         # what computes the routed experts, e.g. "native", or "native+torch" for a layer split
         kinds = {m.experts.label for m in self.model.modules() if isinstance(m, MoE)}
-        self.experts_backend = "+".join(sorted(kinds)) + (f", {defer_experts} deferred" if defer_experts else "")
-        self.cuda_graphs = cuda_graphs  # decode steps captured per batch size where CUDA runs the dense part
+        self.experts_backend = "+".join(sorted(kinds)) + (f", {o.defer_experts} deferred" if o.defer_experts else "")
         self.tokenizer = files.tokenizer
         self.generation_defaults = files.generation_defaults
         self.max_context = min(max_context or DEFAULT_MAX_CONTEXT, self.config.max_position_embeddings)
@@ -91,7 +88,7 @@ class LLM:
             raise HymoeError(f"token id {bad[0]} is outside the vocabulary of {self.config.vocab_size}")
 
     def runner(self, num_slots: int, max_len: int) -> Runner:
-        return Runner(self.model, num_slots, max_len, self.dtype, self.device, is_graphed=self.cuda_graphs,
+        return Runner(self.model, num_slots, max_len, self.dtype, self.device, is_graphed=self.options.cuda_graphs,
                       step_scope=self._step_scope, kv_dtype=self.kv_dtype)
 
     def sequence(self, prompt: list[int], params: SamplingParams, on_event=None) -> Sequence:
@@ -117,5 +114,6 @@ class LLM:
         return self.generate_batch([list(token_ids)], params)[0][0].token_ids
 
 
-def load(path: str | Path, dtype: str | torch.dtype | None = None, device: str | None = None, **kw) -> LLM:
-    return LLM(path, dtype=dtype, device=device, **kw)
+def load(path: str | Path, max_context: int | None = None, progress: bool = True, **options) -> LLM:
+    """hymoe.load(path, dtype="bfloat16", placement="hybrid", ...): keywords are PlacementOptions' fields."""
+    return LLM(path, PlacementOptions(**options), max_context, progress)

@@ -1,0 +1,32 @@
+"""PlacementOptions: every choice about where and how a model computes, carried as one value from
+the command line (or `hymoe.load`'s keywords) to the runtime that applies them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementOptions:
+    placement: str | None = None  # cpu | hybrid | layers:N | gpu | a rules file (default: hybrid with a GPU)
+    device: str | None = None  # the GPU side's device, e.g. cuda:1 (default: cuda when there is one)
+    dtype: str | torch.dtype | None = None  # compute dtype (default: placement.default_dtype)
+    kv_dtype: str | torch.dtype | None = None  # KV cache dtype (default: placement.default_kv_dtype)
+    dense_format: str | None = None  # quantize the non-expert linears at load (default: as stored)
+    experts: str = "auto"  # routed-expert backend: auto, native, torch
+    experts_format: str | None = None  # quantize routed experts at load (default: as stored)
+    threads: int | None = None  # native engine threads (default: all cores)
+    gpu_experts: int | str = 0  # hot experts per layer on the GPU, or a memory budget ("4GiB")
+    expert_stats: str | None = None  # routing statistics that choose them (`hymoe calibrate`)
+    defer_experts: int = 0  # each token's K lowest-weighted CPU experts finish during the next layer
+    gpu_prefill_threshold: int = 0  # prompts this long stream expert weights to the GPU (0: off)
+    cuda_graphs: bool = True  # decode steps replayed as CUDA graphs where CUDA runs the dense part
+
+    @classmethod
+    def from_args(cls, args) -> "PlacementOptions":
+        """The options an argparse namespace carries (the CLI's model arguments; --eager: no graphs)."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+        if getattr(args, "eager", False):
+            values["cuda_graphs"] = False
+        return cls(**values)
