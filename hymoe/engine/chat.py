@@ -43,13 +43,13 @@ class ChatSession:
                 on_text(data["text"])
 
         seq = Sequence(ids, params, self.llm.eos_ids, self.llm.max_context, tok, on_event=show)
-        seq.slot, seq.cached = 0, common  # the slot that holds the conversation so far
+        seq.cached = common  # the scheduler's one slot holds the conversation so far
         self.cached = []  # until the reply completes, the slot's contents are unknown
         self.scheduler.add(seq)
         try:
             self.scheduler.run()
         finally:
-            self.scheduler.release(seq)  # a reply that failed or was interrupted must not keep the slot
+            self.scheduler.abort(seq)  # a reply that failed or was interrupted must not keep the slot
         self.cached = seq.history[: seq.cached]
         self.messages.append({"role": "assistant", "content": seq.text})
         return seq.text

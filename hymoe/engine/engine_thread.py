@@ -28,6 +28,7 @@ class EngineThread:
         self.inbox: list[Sequence] = []  # submitted, not yet handed to the scheduler (which only this thread touches)
         self.lock = threading.Condition()
         self.stopped = False
+        self.steps = 0
         self.thread = threading.Thread(target=self._loop, name="hymoe-engine", daemon=True)
         self.thread.start()
 
@@ -52,10 +53,6 @@ class EngineThread:
         self.thread.join(timeout=30)
 
     @property
-    def steps(self) -> int:
-        return self.scheduler.steps
-
-    @property
     def load(self) -> dict:
         return {"active": len(self.scheduler.running), "waiting": len(self.scheduler.waiting) + len(self.inbox),
                 "slots": self.max_batch}
@@ -71,9 +68,10 @@ class EngineThread:
                     self.scheduler.add(seq)
                 self.inbox.clear()
             try:
+                self.steps += 1
                 self.scheduler.step()
             except Exception as e:  # a bug must not take the server down: fail the live sequences
                 log.exception("hymoe: engine step failed")
                 for seq in list(self.scheduler.running):
                     seq.fail(f"internal error: {e}")
-                    self.scheduler.release(seq)
+                    self.scheduler.abort(seq)

@@ -9,6 +9,8 @@ work (the runner does) and makes every decision through `Sequence.accept`.
 """
 from __future__ import annotations
 
+import bisect
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -35,6 +37,12 @@ class Timings:
     def decode_tokens_per_s(self) -> float:
         return self.decode_tokens / self.decode_s if self.decode_s else 0.0
 
+    def add(self, is_prefill: bool, seconds: float, tokens: int) -> None:
+        if is_prefill:
+            self.prefill_s, self.prefill_tokens = self.prefill_s + seconds, self.prefill_tokens + tokens
+        else:
+            self.decode_s, self.decode_tokens = self.decode_s + seconds, self.decode_tokens + tokens
+
 
 class Scheduler:
     def __init__(self, runner: Runner, prefill_chunk: int | None = None):
@@ -43,9 +51,10 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.timings = Timings()
-        self.steps = 0
 
     def add(self, seq: Sequence) -> None:
+        """seq.cached > 0 says its first tokens are already in the slot it will get: for a scheduler
+        of one slot (chat), whose slot keeps the conversation between replies."""
         self.waiting.append(seq)
 
     @property
@@ -54,74 +63,56 @@ class Scheduler:
 
     def step(self) -> list[Sequence]:
         """One engine step; returns the sequences that ended in it."""
-        self.steps += 1
         self._admit()
-        reading = self._prefill_chunks()  # [(seq, prompt tokens to read now)]
-        if reading:
-            self._forward(reading, is_prefill=True)
-        decoding = [(s, s.token_ids[-1:]) for s in self.running if s.token_ids and s.finish_reason is None]
-        if decoding:
-            self._forward(decoding, is_prefill=False)
-        return self._retire()
+        self._forward(self._prefill_chunks(), is_prefill=True)
+        self._forward([(s, s.token_ids[-1:]) for s in self.running if s.is_decoding], is_prefill=False)
+        done = [s for s in self.running if s.finish_reason is not None]
+        self.release(*done)
+        return done
+
+    def _admit(self) -> None:
+        """Forget cancelled sequences; give waiting ones free slots, first come first served."""
+        self.waiting = deque(s for s in self.waiting if not s.cancelled)
+        self.release(*[s for s in self.running if s.cancelled])
+        while self.waiting and self.free:
+            self.running.append(self.waiting.popleft())
+            self.running[-1].slot = self.free.pop(0)
+
+    def _prefill_chunks(self) -> list[tuple[Sequence, list[int]]]:
+        """Prompt tokens to read in this step: up to prefill_chunk in all, first come first served."""
+        budget, reading = self.prefill_chunk or sys.maxsize, []
+        for seq in self.running:
+            if (n := min(budget, len(seq.prompt) - seq.cached)) > 0:
+                reading.append((seq, seq.prompt[seq.cached:seq.cached + n]))
+                budget -= n
+        return reading
+
+    def _forward(self, batch: list[tuple[Sequence, list[int]]], is_prefill: bool) -> None:
+        """One forward pass; each sequence that has read its whole prompt samples its next token."""
+        if not batch:
+            return
+        t0 = time.perf_counter()
+        logits = self.runner.forward([s.slot for s, _ in batch], [t for _, t in batch], [s.cached for s, _ in batch])
+        for (seq, tokens), row in zip(batch, logits):  # row: [V]
+            seq.cached += len(tokens)
+            if seq.is_prefilled:
+                seq.accept(sample(row, seq.params, seq.history, seq.gen))
+        self.timings.add(is_prefill, time.perf_counter() - t0, sum(len(t) for _, t in batch))
 
     def run(self) -> None:
         """Step until every sequence added has ended."""
         while self.has_work:
             self.step()
 
-    def release(self, seq: Sequence) -> None:
-        """Forget seq, waiting or running, and free its slot."""
+    def release(self, *seqs: Sequence) -> None:
+        """Running sequences leave; their slots are free."""
+        for seq in seqs:
+            self.running.remove(seq)
+            bisect.insort(self.free, seq.slot)
+
+    def abort(self, seq: Sequence) -> None:
+        """Forget seq wherever it is (a failed step, an interrupted reply)."""
         if seq in self.waiting:
             self.waiting.remove(seq)
         if seq in self.running:
-            self.running.remove(seq)
-            self.free.append(seq.slot)
-            self.free.sort()
-
-    def _admit(self) -> None:
-        for seq in [s for s in self.waiting if s.cancelled]:
-            self.waiting.remove(seq)
-        for seq in [s for s in self.running if s.cancelled]:
             self.release(seq)
-        for seq in list(self.waiting):
-            if not self.free:
-                break
-            wanted = seq.slot if seq.slot >= 0 else self.free[0]  # chat reuses the slot holding its prefix
-            if wanted in self.free:
-                self.free.remove(wanted)
-                seq.slot = wanted
-                self.waiting.remove(seq)
-                self.running.append(seq)
-
-    def _prefill_chunks(self) -> list[tuple[Sequence, list[int]]]:
-        budget = self.prefill_chunk if self.prefill_chunk is not None else float("inf")
-        reading = []
-        for seq in self.running:
-            if not seq.is_prefilled and budget > 0:
-                n = int(min(budget, len(seq.prompt) - seq.cached))
-                reading.append((seq, seq.prompt[seq.cached:seq.cached + n]))
-                budget -= n
-        return reading
-
-    def _forward(self, batch: list[tuple[Sequence, list[int]]], is_prefill: bool) -> None:
-        """One forward pass over the batch; each sequence that has read its whole prompt samples a token."""
-        t0 = time.perf_counter()
-        logits = self.runner.forward([s.slot for s, _ in batch], [t for _, t in batch],
-                                     [s.cached for s, _ in batch])  # [B, V]
-        for (seq, tokens), row in zip(batch, logits):
-            seq.cached += len(tokens)
-            if seq.is_prefilled:
-                seq.accept(sample(row, seq.params, seq.history, seq.gen))
-        spent, fed = time.perf_counter() - t0, sum(len(t) for _, t in batch)
-        if is_prefill:
-            self.timings.prefill_s += spent
-            self.timings.prefill_tokens += fed
-        else:
-            self.timings.decode_s += spent
-            self.timings.decode_tokens += fed
-
-    def _retire(self) -> list[Sequence]:
-        done = [s for s in self.running if s.finish_reason is not None]
-        for seq in done:
-            self.release(seq)
-        return done

@@ -48,6 +48,11 @@ class Sequence:
         return self.cached >= len(self.prompt)
 
     @property
+    def is_decoding(self) -> bool:
+        """Its last sampled token is to be fed back."""
+        return bool(self.token_ids) and self.finish_reason is None
+
+    @property
     def is_streamed(self) -> bool:
         """Text is decoded after every token only where someone reads it then (or stop strings need it)."""
         return self.tokenizer is not None and (self.on_event is not None or bool(self.params.stop))

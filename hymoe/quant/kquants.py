@@ -6,6 +6,8 @@ own: per sub-block, quantize, then refit scale and offset by least squares to th
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 QK = 256  # values per super-block
@@ -104,6 +106,40 @@ def quantize_q6_k(x: np.ndarray) -> np.ndarray:
 QUANTIZERS = {"Q4_K": quantize_q4_k, "Q5_K": quantize_q5_k, "Q6_K": quantize_q6_k}
 
 
+def _grid_search(y: np.ndarray, grid_t, g2_t, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """y [G, 8] -> the best IQ1_S grid index per group and its squared error."""
+    import torch
+
+    idx = np.empty(len(y), np.int64)
+    err = np.empty(len(y), np.float32)
+    for a in range(0, len(y), chunk):
+        yc = torch.from_numpy(np.ascontiguousarray(y[a:a + chunk]))
+        score = torch.addmm(-g2_t, yc, grid_t.T, alpha=2.0)  # [c, 2048]: maximise 2 y.g - |g|^2
+        best, i = score.max(1)
+        idx[a:a + chunk] = i.numpy()
+        err[a:a + chunk] = ((yc ** 2).sum(1) - best).numpy()
+    return idx, err
+
+
+def _shift_and_scale(sub: np.ndarray, amax: np.ndarray, search, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """sub [S, 32] -> each sub-block's scale and shift sign (+-1) of least error: both shifts times
+    a ladder of scales around the largest magnitude, each with its best grid vectors."""
+    n_sub = sub.shape[0]
+    best_err = np.full(n_sub, np.inf, np.float32)
+    best_scale = np.zeros(n_sub, np.float32)
+    best_sign = np.ones(n_sub, np.float32)
+    for sign in (1.0, -1.0):
+        for f in (0.45, 0.55, 0.65, 0.75, 0.85, 1.0, 1.15):
+            s = amax * f  # [S]
+            y = (sub / s[:, None] - sign * delta).reshape(-1, 8)
+            _, err = search(y)
+            err = err.reshape(n_sub, 4).sum(1) * s ** 2
+            better = err < best_err
+            best_err, best_scale, best_sign = (np.where(better, err, best_err), np.where(better, s, best_scale),
+                                               np.where(better, sign, best_sign))
+    return best_scale, best_sign
+
+
 def quantize_iq1_s(x: np.ndarray, chunk: int = 16384) -> np.ndarray:
     """IQ1_S (1.5625 bits per weight): per 32 values a 3-bit scale and a shift of +-1/8, per 8 values
     one of 2048 ternary grid vectors. Searched exhaustively: for each sub-block, both shifts and a
@@ -118,36 +154,13 @@ def quantize_iq1_s(x: np.ndarray, chunk: int = 16384) -> np.ndarray:
     blocks = x.reshape(-1, QK).astype(np.float32)
     sub = blocks.reshape(-1, 32)  # [S, 32]
     n_sub = sub.shape[0]
-    amax = np.abs(sub).max(1) + 1e-30
+    amax = np.abs(sub).max(1) + 1e-30  # [S]
 
     import torch  # its matmul and argmax use every core
 
     grid_t, g2_t = torch.from_numpy(grid), torch.from_numpy(g2)
-
-    def search(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """y [G, 8] -> best grid index per group and its squared error."""
-        idx = np.empty(len(y), np.int64)
-        err = np.empty(len(y), np.float32)
-        for a in range(0, len(y), chunk):
-            yc = torch.from_numpy(np.ascontiguousarray(y[a:a + chunk]))
-            score = torch.addmm(-g2_t, yc, grid_t.T, alpha=2.0)  # [c, 2048]: maximise 2 y.g - |g|^2
-            best, i = score.max(1)
-            idx[a:a + chunk] = i.numpy()
-            err[a:a + chunk] = ((yc ** 2).sum(1) - best).numpy()
-        return idx, err
-
-    best_err = np.full(n_sub, np.inf, np.float32)
-    best_scale = np.zeros(n_sub, np.float32)
-    best_sign = np.ones(n_sub, np.float32)
-    for sign in (1.0, -1.0):
-        for f in (0.45, 0.55, 0.65, 0.75, 0.85, 1.0, 1.15):
-            s = amax * f  # [S]
-            y = (sub / s[:, None] - sign * IQ1_S.delta).reshape(-1, 8)
-            _, err = search(y)
-            err = err.reshape(n_sub, 4).sum(1) * s ** 2
-            better = err < best_err
-            best_err, best_scale, best_sign = (np.where(better, err, best_err), np.where(better, s, best_scale),
-                                               np.where(better, sign, best_sign))
+    search = functools.partial(_grid_search, grid_t=grid_t, g2_t=g2_t, chunk=chunk)
+    best_scale, best_sign = _shift_and_scale(sub, amax, search, IQ1_S.delta)
     # refit each sub-block's scale to its chosen levels, then quantize the scales: s = d * (2k + 1)
     y = (sub / best_scale[:, None] - best_sign[:, None] * IQ1_S.delta).reshape(-1, 8)
     idx, _ = search(y)
