@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from hymoe.errors import say_once
-from hymoe.experts.base import ExpertBackend
+from hymoe.experts.base import ExpertBackend, StoredWeights
 from hymoe.experts.torch_backend import TorchExperts
 from hymoe.quant.formats import dequantize
 
@@ -42,6 +42,9 @@ class DequantExperts(ExpertBackend):
 
     def nbytes(self) -> int:
         return sum(t.numel() for t in (self.gate, self.up, self.down))
+
+    def stored_weights(self) -> StoredWeights:
+        return StoredWeights(self.gate, self.up, self.down, self.formats, self.hidden, self.inter)
 
     def submit(self, hidden, topk_ids, topk_weights) -> None:
         for f in self.formats:  # said once, when the slow path first runs
