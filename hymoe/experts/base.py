@@ -102,6 +102,12 @@ class ExpertWrapper(ExpertBackend):
     def nbytes(self) -> int:
         return self.wrapped.nbytes()
 
+    def twin(self) -> "ExpertWrapper":
+        """This wrapper around a twin of the wrapped backend: a job of each can be in flight."""
+        twin = copy.copy(self)
+        twin.wrapped = self.wrapped.twin()
+        return twin
+
     def stored_weights(self) -> StoredWeights | None:
         return self.wrapped.stored_weights()
 

@@ -25,11 +25,6 @@ class GpuPrefillExperts(ExpertWrapper):
         self.chunk = max(1, CHUNK_BYTES // (self.stored.nbytes() // self.stored.num_experts))
         self._out: torch.Tensor | None = None
 
-    def twin(self) -> "GpuPrefillExperts":
-        twin = GpuPrefillExperts(self.wrapped.twin(), self.gpu, self.threshold, self.dtype)
-        twin.chunk = self.chunk
-        return twin
-
     def submit(self, hidden, topk_ids, topk_weights) -> None:
         if hidden.shape[0] < self.threshold:
             self._out = None

@@ -5,8 +5,6 @@ GPU computes the hot pairs meanwhile, and the two partial sums are added.
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from hymoe.experts.base import ExpertBackend, ExpertWrapper
@@ -31,11 +29,6 @@ class SplitExperts(ExpertWrapper):
     @property
     def label(self) -> str:
         return self.wrapped.label + "+gpu-hot"
-
-    def twin(self) -> "SplitExperts":
-        twin = copy.copy(self)
-        twin.wrapped, twin._gpu_out = self.wrapped.twin(), None
-        return twin
 
     def nbytes(self) -> int:
         return self.wrapped.nbytes() + self.gpu.nbytes()
