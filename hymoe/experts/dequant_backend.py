@@ -53,7 +53,7 @@ class DequantExperts(ExpertBackend):
         ids, w = topk_ids.cpu(), topk_weights.float().cpu()
         out = torch.zeros_like(x)
         h, i = self.hidden, self.inter
-        for e in torch.unique(ids).tolist():  # a loop over the experts in use, never over tokens
+        for e in torch.unique(ids[ids >= 0]).tolist():  # the experts in use (-1: a pair computed elsewhere)
             rows, slots = (ids == e).nonzero(as_tuple=True)
             xs = x[rows]  # [n_e, H]
             g = xs @ _tile(self.gate[e], self.formats[0], i, h).T

@@ -22,7 +22,8 @@ class SplitExperts(ExpertWrapper):
 
     def __init__(self, wrapped: ExpertBackend, gpu: TorchExperts, hot: list[int], num_experts: int):
         self.wrapped, self.gpu = wrapped, gpu  # wrapped holds every expert; gpu the hot ones, in `hot` order
-        self.local = torch.full((num_experts,), -1, dtype=torch.long)  # expert id -> row of `gpu`, or -1
+        # expert id -> row of `gpu`, or -1; one more entry, -1, which an id of -1 indexes
+        self.local = torch.full((num_experts + 1,), -1, dtype=torch.long)
         self.local[torch.tensor(hot)] = torch.arange(len(hot))
         self._gpu_out: torch.Tensor | None = None
 
