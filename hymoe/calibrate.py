@@ -34,7 +34,7 @@ def calibrate(llm, ids: list[int], context: int = 512) -> dict:
             llm.logits(ids[start:start + context])
     finally:
         for i, m in layers.items():
-            m.experts = counters[i].cpu
+            m.experts = counters[i].wrapped
     return {"format": STATS_FORMAT, "num_experts": llm.config.num_experts, "tokens": len(ids),
             "num_experts_per_tok": llm.config.num_experts_per_tok,
             "layers": {str(i): c.counts.tolist() for i, c in counters.items()}}

@@ -39,8 +39,8 @@ def test_prompts_past_the_threshold_compute_on_the_gpu_side(tiny_model, monkeypa
     calls = []
     for x in layers:
         x.chunk = 5  # several chunks of experts per layer (16 experts)
-    real = layers[0].cpu.submit
-    monkeypatch.setattr(layers[0].cpu, "submit", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    real = layers[0].wrapped.submit
+    monkeypatch.setattr(layers[0].wrapped, "submit", lambda *a: calls.append(a[0].shape[0]) or real(*a))
     want = cpu.logits(PROMPT)
     assert (llm.logits(PROMPT) - want).abs().max().item() <= bound  # 37 tokens: the GPU side
     assert calls == []

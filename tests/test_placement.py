@@ -164,3 +164,45 @@ def test_gpu_resident_hot_experts_agree_with_cpu(tiny_model, name):
         cpu.generate(PROMPT, max_new_tokens=12, is_eos_ignored=True)
     with pytest.raises(HymoeError, match="needs --placement hybrid"):
         hymoe.load(hf_dir, progress=False, placement="cpu", gpu_experts=2)
+
+
+STACK_RULES = r"""
+rules:
+  - {match: 'layers\.1\.mlp\.experts', device: gpu}
+  - {match: 'layers\.\d+\.mlp\.experts', device: cpu}
+  - {match: '.*', device: gpu}
+"""
+
+
+def test_wrappers_nest_in_their_order_around_each_cpu_side_layer(tiny_model, tmp_path):
+    """hybrid with every wrapper: deferral around the hot-expert split around GPU prefill around the
+    native engine, as placement.WRAPPERS orders them. 8 of 16 experts hot puts layer 1's last expert
+    on the GPU side, where no pair that deferral marked -1 may reach it. A layer whose experts a rule
+    puts on the GPU (layer 1 here, by index) stays unwrapped, and the CPU-side layer after it, the
+    only and last one, defers nothing."""
+    from hymoe.experts.base import cpu_part
+    from hymoe.experts.deferral import DeferredExperts
+    from hymoe.experts.gpu_prefill import GpuPrefillExperts
+    from hymoe.experts.split import SplitExperts
+    from hymoe.experts.torch_backend import TorchExperts
+
+    hf_dir, _ = tiny_model("deepseek_v3")  # MoE layers 1 and 2
+    kw = dict(dtype="float32", progress=False, defer_experts=1)
+    want = hymoe.load(hf_dir, placement="cpu", **kw).logits(PROMPT)
+    llm = hymoe.load(hf_dir, placement="hybrid", gpu_experts=8, gpu_prefill_threshold=16, **kw)
+    stacks = [m.experts for m in llm.model.modules() if isinstance(m, MoE)]
+    nesting = [DeferredExperts, SplitExperts, GpuPrefillExperts, NativeExperts]
+    assert [[type(s), type(s.wrapped), type(s.wrapped.wrapped), type(cpu_part(s))] for s in stacks] == [nesting] * 2
+    assert [(s.is_first, s.is_last) for s in stacks] == [(True, False), (False, True)]
+    assert int(stacks[0].wrapped.local[15]) >= 0  # layer 1's last expert is hot
+    assert (llm.logits(PROMPT) - want).abs().max().item() <= 1e-4  # 37 tokens: streamed to the GPU side
+    assert (llm.logits(PROMPT[:10]) - want[:10]).abs().max().item() <= 1e-4  # 10: on the CPU engine
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(STACK_RULES)
+    llm = hymoe.load(hf_dir, placement=str(rules), gpu_experts=8, **kw)
+    kept, placed = (m.experts for m in llm.model.modules() if isinstance(m, MoE))
+    assert type(kept) is TorchExperts
+    assert [type(placed), type(placed.wrapped), placed.is_first, placed.is_last] == [DeferredExperts, SplitExperts,
+                                                                                     True, True]
+    plain = hymoe.load(hf_dir, dtype="float32", progress=False, placement="cpu").logits(PROMPT)
+    assert (llm.logits(PROMPT) - plain).abs().max().item() <= 1e-4

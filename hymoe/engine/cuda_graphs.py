@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from hymoe.errors import say_once
-from hymoe.experts.native import NativeExperts
+from hymoe.experts.base import NotCapturable
 from hymoe.kv.cache import Step
 from hymoe.layers.moe import MoE
 
@@ -57,11 +57,16 @@ class DecodeGraphs:
 
     def __init__(self, model, cache, max_len: int, device: torch.device):
         self.model, self.cache, self.max_len, self.device = model, cache, max_len, device
-        layers = [m.experts for m in model.modules() if isinstance(m, MoE)]
-        self.engines = {x.engine for x in layers if isinstance(x, NativeExperts)}
+        self.engines, refusals = set(), set()  # the engines whose host calls the graph makes
+        for m in model.modules():
+            if isinstance(m, MoE):
+                try:
+                    self.engines.add(m.experts.graph_engine())
+                except NotCapturable as e:
+                    refusals.add(str(e))
         self.reason = None
-        if not all(isinstance(x, NativeExperts) for x in layers):
-            self.reason = "routed experts other than the plain native engine (hot experts, deferral, GPU prefill)"
+        if refusals:
+            self.reason = f"routed experts that cannot be captured ({', '.join(sorted(refusals))})"
             say_once(f"CUDA graphs off, decoding eagerly: {self.reason}")
         self.graphs: dict[int, tuple] = {}
         self.warmed: set[int] = set()

@@ -7,13 +7,15 @@ from hymoe.experts.base import ExpertBackend, ExpertWrapper
 
 
 class CountingExperts(ExpertWrapper):
-    def __init__(self, inner: ExpertBackend, num_experts: int):
-        self.cpu, self.counts = inner, torch.zeros(num_experts, dtype=torch.long)  # [E] tokens routed
+    capture_refusal = "routing counts"
+
+    def __init__(self, wrapped: ExpertBackend, num_experts: int):
+        self.wrapped, self.counts = wrapped, torch.zeros(num_experts, dtype=torch.long)  # [E] tokens routed
 
     def submit(self, hidden, topk_ids, topk_weights) -> None:
         ids = topk_ids.reshape(-1)
         self.counts += torch.bincount(ids[ids >= 0].cpu(), minlength=self.counts.numel())
-        self.cpu.submit(hidden, topk_ids, topk_weights)
+        self.wrapped.submit(hidden, topk_ids, topk_weights)
 
     def sync(self) -> torch.Tensor:
-        return self.cpu.sync()
+        return self.wrapped.sync()

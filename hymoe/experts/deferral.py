@@ -22,25 +22,30 @@ class DeferralChain:
 
 
 class DeferredExperts(ExpertWrapper):
-    def __init__(self, cpu: ExpertBackend, chain: DeferralChain, num_deferred: int, is_first: bool, is_last: bool):
-        self.cpu, self.later = cpu, cpu.twin()  # two jobs of this layer may be in flight
+    capture_refusal = "expert deferral"
+
+    def __init__(self, wrapped: ExpertBackend, chain: DeferralChain, num_deferred: int, is_first: bool, is_last: bool):
+        self.wrapped, self.later = wrapped, wrapped.twin()  # two jobs of this layer may be in flight
         self.chain, self.num_deferred, self.is_first, self.is_last = chain, num_deferred, is_first, is_last
         self._deferred = None
+
+    def twin(self) -> "DeferredExperts":
+        return DeferredExperts(self.wrapped.twin(), self.chain, self.num_deferred, self.is_first, self.is_last)
 
     def submit(self, hidden, topk_ids, topk_weights) -> None:
         if self.is_first:
             self.chain.take()  # a forward that failed midway may have left a job behind
         if self.is_last or self.num_deferred <= 0:
-            self.cpu.submit(hidden, topk_ids, topk_weights)
+            self.wrapped.submit(hidden, topk_ids, topk_weights)
             self._deferred = None
             return
         lowest = topk_weights.argsort(dim=-1)[:, : self.num_deferred]  # [T, K] the K lowest-weighted
         is_later = torch.zeros_like(topk_ids, dtype=torch.bool).scatter_(1, lowest, True)
-        self.cpu.submit(hidden, topk_ids.masked_fill(is_later, -1), topk_weights)
+        self.wrapped.submit(hidden, topk_ids.masked_fill(is_later, -1), topk_weights)
         self._deferred = (hidden, topk_ids.masked_fill(~is_later, -1), topk_weights)
 
     def sync(self) -> torch.Tensor:
-        out = self.cpu.sync()
+        out = self.wrapped.sync()
         earlier = self.chain.take()  # the previous MoE layer's deferred experts
         if earlier is not None:
             out = out + earlier.to(out.device)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from hymoe.errors import say_once
-from hymoe.experts.base import ExpertBackend
+from hymoe.experts.base import ExpertBackend, StoredWeights
 from hymoe.experts.torch_backend import TorchExperts
 from hymoe.quant.formats import dequantize
 
@@ -43,6 +43,9 @@ class DequantExperts(ExpertBackend):
     def nbytes(self) -> int:
         return sum(t.numel() for t in (self.gate, self.up, self.down))
 
+    def stored_weights(self) -> StoredWeights:
+        return StoredWeights(self.gate, self.up, self.down, self.formats, self.hidden, self.inter)
+
     def submit(self, hidden, topk_ids, topk_weights) -> None:
         for f in self.formats:  # said once, when the slow path first runs
             say_once(f"no native kernel for {f} experts; dequantizing one expert at a time (slow)")
@@ -50,7 +53,7 @@ class DequantExperts(ExpertBackend):
         ids, w = topk_ids.cpu(), topk_weights.float().cpu()
         out = torch.zeros_like(x)
         h, i = self.hidden, self.inter
-        for e in torch.unique(ids).tolist():  # a loop over the experts in use, never over tokens
+        for e in torch.unique(ids[ids >= 0]).tolist():  # the experts in use (-1: a pair computed elsewhere)
             rows, slots = (ids == e).nonzero(as_tuple=True)
             xs = x[rows]  # [n_e, H]
             g = xs @ _tile(self.gate[e], self.formats[0], i, h).T

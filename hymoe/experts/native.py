@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from hymoe.errors import HymoeError
-from hymoe.experts.base import ExpertBackend
+from hymoe.experts.base import ExpertBackend, StoredWeights
 from hymoe.quant.formats import qtype, row_bytes
 
 log = logging.getLogger("hymoe")
@@ -230,6 +230,13 @@ class NativeExperts(ExpertBackend):
     def twin(self) -> "NativeExperts":
         """A second handle on the same weights with its own buffers (a second job in flight)."""
         return NativeExperts(self.engine, self.gate, self.up, self.down, self.formats, self.hidden, self.inter)
+
+    def stored_weights(self) -> StoredWeights:
+        return StoredWeights(self.gate, self.up, self.down, self.formats, self.hidden, self.inter)
+
+    def graph_engine(self) -> NativeEngine:
+        """Captured: submit() and sync() see `engine.capture` set and record their host steps there."""
+        return self.engine
 
     def submit(self, hidden, topk_ids, topk_weights) -> None:
         if self.engine.capture is not None:

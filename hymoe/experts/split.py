@@ -5,8 +5,6 @@ GPU computes the hot pairs meanwhile, and the two partial sums are added.
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from hymoe.experts.base import ExpertBackend, ExpertWrapper
@@ -20,29 +18,27 @@ def uniform_hot(num_experts: int, n: int, layer: int) -> list[int]:
 
 
 class SplitExperts(ExpertWrapper):
-    def __init__(self, cpu: ExpertBackend, gpu: TorchExperts, hot: list[int], num_experts: int):
-        self.cpu, self.gpu = cpu, gpu  # cpu holds every expert; gpu holds the hot ones, in `hot` order
-        self.local = torch.full((num_experts,), -1, dtype=torch.long)  # expert id -> row of `gpu`, or -1
+    capture_refusal = "hot experts on the GPU"
+
+    def __init__(self, wrapped: ExpertBackend, gpu: TorchExperts, hot: list[int], num_experts: int):
+        self.wrapped, self.gpu = wrapped, gpu  # wrapped holds every expert; gpu the hot ones, in `hot` order
+        # expert id -> row of `gpu`, or -1; one more entry, -1, which an id of -1 indexes
+        self.local = torch.full((num_experts + 1,), -1, dtype=torch.long)
         self.local[torch.tensor(hot)] = torch.arange(len(hot))
         self._gpu_out: torch.Tensor | None = None
 
     @property
     def label(self) -> str:
-        return self.cpu.label + "+gpu-hot"
-
-    def twin(self) -> "SplitExperts":
-        twin = copy.copy(self)
-        twin.cpu, twin._gpu_out = self.cpu.twin(), None
-        return twin
+        return self.wrapped.label + "+gpu-hot"
 
     def nbytes(self) -> int:
-        return self.cpu.nbytes() + self.gpu.nbytes()
+        return self.wrapped.nbytes() + self.gpu.nbytes()
 
     def submit(self, hidden, topk_ids, topk_weights) -> None:
         local = self.local.to(topk_ids.device)[topk_ids]  # [T, K] row on the GPU side, or -1
-        self.cpu.submit(hidden, topk_ids.masked_fill(local >= 0, -1), topk_weights)
+        self.wrapped.submit(hidden, topk_ids.masked_fill(local >= 0, -1), topk_weights)
         self._gpu_out = self.gpu.compute(hidden, local, topk_weights)
 
     def sync(self) -> torch.Tensor:
         gpu_out, self._gpu_out = self._gpu_out, None
-        return self.cpu.sync().to(gpu_out.device) + gpu_out
+        return self.wrapped.sync().to(gpu_out.device) + gpu_out

@@ -2,7 +2,8 @@
 
 Rules (rules.py, presets/) say which device each unit goes to; this moves the dense parts, puts
 routed experts on the native CPU engine (in a chosen GGUF format: the stored one in place, or
-quantized at load) or the torch backend, adds GPU-resident hot experts and expert deferral.
+quantized at load) or the torch backend, and wraps them (WRAPPERS, in order): GPU prefill,
+GPU-resident hot experts, expert deferral. Layers are named by their index in model.layers.
 """
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ def default_kv_dtype(files, placement: Placement, dtype: torch.dtype) -> torch.d
 
 def place_layers(model, placement: Placement, dtype: torch.dtype) -> set[int]:
     """Move each layer's dense part and the ends to their devices, and routed experts placed on
-    the GPU there as torch weights; returns the ids of those MoE layers."""
+    the GPU there as torch weights; returns the indices of those MoE layers."""
     kept = set()
     for i, layer in enumerate(model.layers):
         layer.to(placement.device_of(f"layers.{i}.self_attn"))
@@ -109,7 +110,7 @@ def place_layers(model, placement: Placement, dtype: torch.dtype) -> set[int]:
             ex = layer.mlp.experts
             ex = ex.to_torch(dtype) if isinstance(ex, DequantExperts) else ex
             layer.mlp.experts = ex.to(placement.gpu)
-            kept.add(id(layer.mlp))
+            kept.add(i)
     for end in (model.embed_tokens, model.norm, model.lm_head):
         end.to(placement.device)
     return kept
@@ -133,9 +134,9 @@ def parse_gpu_experts(value: str | int | None) -> tuple[int, int]:
 
 
 def hot_experts_on_gpu(model, placement: Placement, n: int, dtype: torch.dtype, budget: int = 0,
-                       stats: str | None = None) -> dict:
+                       stats: str | None = None) -> dict[int, tuple[list[int], TorchExperts]]:
     """Each CPU-side MoE layer's n hot experts (or as many as `budget` bytes hold, shared evenly by
-    the layers), copied to the GPU in `dtype`: {id(MoE): (expert ids, TorchExperts)} for place_experts.
+    the layers), copied to the GPU in `dtype`: {layer index: (expert ids, TorchExperts)} for place_experts.
     The hot ones are the most used in the routing statistics file `stats`, or spread evenly without one."""
     from hymoe.calibrate import hottest, load_stats, moe_layers
     from hymoe.experts.split import uniform_hot
@@ -168,7 +169,7 @@ def hot_experts_on_gpu(model, placement: Placement, n: int, dtype: torch.dtype, 
             chosen = TorchExperts(ex.gate[idx], ex.up[idx], ex.down[idx])
         else:  # GGUF blocks: dequantize only the hot experts
             chosen = ex.subset(hot).to_torch(dtype)
-        out[id(m)] = (hot, chosen.to(placement.gpu))
+        out[i] = (hot, chosen.to(placement.gpu))
     return out
 
 
@@ -185,13 +186,15 @@ class EngineSlot:
 
 
 def place_experts(model, backend: str = "auto", fmt: str | None = None, threads: int | None = None,
-                  placement: Placement | None = None, keep: set[int] = frozenset(), hot: dict | None = None,
-                  defer: int = 0, gpu_prefill_threshold: int = 0, engine: EngineSlot | None = None) -> str:
+                  placement: Placement | None = None, keep: set[int] = frozenset(),
+                  hot: dict[int, tuple] | None = None, defer: int = 0, gpu_prefill_threshold: int = 0,
+                  engine: EngineSlot | None = None) -> str:
     """Put every CPU-side MoE layer's experts on `backend` ('auto', 'native', 'torch'), unless the
-    placement's rule for that layer names another backend or format; returns the backends used.
+    placement's rule for that layer names another backend or format, then wrap them (WRAPPERS);
+    returns the backends used.
 
     A layer arrives as TorchExperts (float weights) or DequantExperts (GGUF blocks in place).
-    MoE layers whose id is in `keep` stay as they are (experts placed on the GPU); those in `hot`
+    MoE layers whose index is in `keep` stay as they are (experts placed on the GPU); those in `hot`
     (from hot_experts_on_gpu) get their GPU-resident experts beside the CPU ones. defer > 0 wraps
     the CPU-side layers for expert deferral (experts/deferral.py). gpu_prefill_threshold > 0 computes
     prompts of that many tokens or more on the GPU side (experts/gpu_prefill.py).
@@ -200,34 +203,45 @@ def place_experts(model, backend: str = "auto", fmt: str | None = None, threads:
         raise HymoeError(f"unknown experts backend {backend!r} (use auto, native or torch)")
     targets = placement.targets if placement else {}
     engine = engine or EngineSlot(threads, placement.is_async if placement else False)
-    used = set()
     dtype = next(model.parameters()).dtype
-    for i, layer in enumerate(model.layers):
-        module = layer.mlp
-        if not isinstance(module, MoE) or id(module) in keep:
-            continue
+    layers = [i for i, layer in enumerate(model.layers) if isinstance(layer.mlp, MoE) and i not in keep]
+    wrapping = Wrapping(model.cfg, placement, dtype, layers, hot or {}, defer, gpu_prefill_threshold)
+    used = set()
+    for i in layers:
+        module = model.layers[i].mlp
         target = targets.get(f"layers.{i}.mlp.experts")
         layer_backend, layer_fmt = _backend(target and target.backend or backend, target and target.format or fmt)
         used.add(layer_backend)
         module.experts = _place(module.experts, engine() if layer_backend == "native" else None, layer_fmt, dtype,
                                 model.cfg)
-        if gpu_prefill_threshold > 0:
-            module.experts = _prefill_on_gpu(module.experts, placement, gpu_prefill_threshold, dtype)
-        if hot and id(module) in hot:
-            from hymoe.experts.split import SplitExperts
-
-            ids, gpu = hot[id(module)]
-            module.experts = SplitExperts(module.experts, gpu, ids, model.cfg.num_experts)
-    if defer:
-        _defer(model, defer, keep)
+        for wrap in WRAPPERS:
+            module.experts = wrap(module.experts, i, wrapping)
     return "+".join(sorted(used))
 
 
-def _prefill_on_gpu(experts, placement: Placement | None, threshold: int, dtype: torch.dtype):
+class Wrapping:
+    """What the wrappers of one model's CPU-side expert layers (`layers`, by index) are told."""
+
+    def __init__(self, cfg, placement: Placement | None, dtype: torch.dtype, layers: list[int], hot: dict,
+                 defer: int, gpu_prefill_threshold: int):
+        from hymoe.experts.deferral import DeferralChain
+
+        if defer and not 0 < defer < cfg.num_experts_per_tok:
+            raise HymoeError(f"--defer-experts {defer}: must be between 1 and {cfg.num_experts_per_tok - 1} "
+                             f"(the model routes each token to {cfg.num_experts_per_tok} experts)")
+        self.cfg, self.placement, self.dtype, self.layers, self.hot = cfg, placement, dtype, layers, hot
+        self.defer, self.gpu_prefill_threshold = defer, gpu_prefill_threshold
+        self.chain = DeferralChain()  # the job one deferring layer leaves to the next
+
+
+def gpu_prefill(experts, layer: int, w: Wrapping):
+    """Prompts of gpu_prefill_threshold tokens or more stream this layer's stored blocks to the GPU."""
     from hymoe.experts.gpu_prefill import GpuPrefillExperts
     from hymoe.quant.torch_dequant import TORCH_DEQUANT_FORMATS
 
-    if placement is None or not placement.is_async:
+    if w.gpu_prefill_threshold <= 0:
+        return experts
+    if w.placement is None or not w.placement.is_async:
         raise HymoeError("--gpu-prefill-threshold needs --placement hybrid (experts on the CPU, the rest on the GPU)")
     if not isinstance(experts, native.NativeExperts):
         return experts
@@ -235,7 +249,31 @@ def _prefill_on_gpu(experts, placement: Placement | None, threshold: int, dtype:
     if missing:
         say_once(f"no GPU dequantizer for {missing[0]} experts; long prompts compute them on the CPU")
         return experts
-    return GpuPrefillExperts(experts, placement.gpu, threshold, dtype)
+    return GpuPrefillExperts(experts, w.placement.gpu, w.gpu_prefill_threshold, w.dtype)
+
+
+def split_hot(experts, layer: int, w: Wrapping):
+    """This layer's hot experts (hot_experts_on_gpu) computed on the GPU beside the CPU job."""
+    from hymoe.experts.split import SplitExperts
+
+    if layer not in w.hot:
+        return experts
+    ids, gpu = w.hot[layer]
+    return SplitExperts(experts, gpu, ids, w.cfg.num_experts)
+
+
+def deferral(experts, layer: int, w: Wrapping):
+    """Each token's `defer` lowest-weighted experts finish during the next layer (the last defers none)."""
+    from hymoe.experts.deferral import DeferredExperts
+
+    if not w.defer:
+        return experts
+    return DeferredExperts(experts, w.chain, w.defer, is_first=layer == w.layers[0], is_last=layer == w.layers[-1])
+
+
+# The wrappers around each CPU-side layer's experts, innermost first: deferral hands the split
+# its pairs marked -1, and the split hands GPU prefill the CPU side's.
+WRAPPERS = (gpu_prefill, split_hot, deferral)
 
 
 def _backend(backend: str, fmt: str | None) -> tuple[str, str | None]:
@@ -248,18 +286,6 @@ def _backend(backend: str, fmt: str | None) -> tuple[str, str | None]:
     if fmt is not None and fmt.upper() not in NATIVE_FORMATS:
         raise HymoeError(f"the native experts backend has no format {fmt!r} (use one of {', '.join(NATIVE_FORMATS)})")
     return backend, fmt and fmt.upper()
-
-
-def _defer(model, k: int, keep: set[int]) -> None:
-    from hymoe.experts.deferral import DeferralChain, DeferredExperts
-
-    if not 0 < k < model.cfg.num_experts_per_tok:
-        raise HymoeError(f"--defer-experts {k}: must be between 1 and {model.cfg.num_experts_per_tok - 1} "
-                         f"(the model routes each token to {model.cfg.num_experts_per_tok} experts)")
-    layers = [m for m in model.modules() if isinstance(m, MoE) and id(m) not in keep]
-    chain = DeferralChain()
-    for j, m in enumerate(layers):
-        m.experts = DeferredExperts(m.experts, chain, k, is_first=j == 0, is_last=j == len(layers) - 1)
 
 
 def _place(experts, engine, fmt: str | None, dtype: torch.dtype, cfg):
