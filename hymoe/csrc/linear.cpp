@@ -10,15 +10,16 @@ namespace {
 
 const int kTokenBlock = 64;  // tokens per kernel call, as in the MoE job (the batch tiles take 64)
 
-// Rows per work unit: about 8 units per thread over all parts, 16 to 512 rows (whole tiles of 16).
-// At batch sizes past one token block, 64 rows: a unit's rows stay in L2 while its token blocks
-// pass over them.
+const int kUnitsPerThread = 8;  // enough units that a thread slowed by a neighbour holds no one up
+const int kMaxRows = 512;       // as the MoE job's units: long contiguous ranges stream best
+
+// Rows per work unit: about kUnitsPerThread units per thread over all parts, 16 to kMaxRows rows
+// (whole tiles of 16). At batch sizes past one token block, 64 rows: a unit's rows stay in L2
+// while its token blocks pass over them.
 int unit_rows(int total_rows, int num_tokens, int threads) {
     if (num_tokens > kTokenBlock) return 64;
-    int per = getenv("HYMOE_UPT") ? atoi(getenv("HYMOE_UPT")) : 8;
-    int mx = getenv("HYMOE_MAXR") ? atoi(getenv("HYMOE_MAXR")) : 512;
-    int r = total_rows / std::max(1, per * threads);
-    r = std::max(16, std::min(mx, r));
+    int r = total_rows / std::max(1, kUnitsPerThread * threads);
+    r = std::max(16, std::min(kMaxRows, r));
     return (r + 15) / 16 * 16;
 }
 
