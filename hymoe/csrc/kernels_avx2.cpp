@@ -1,12 +1,12 @@
 // AVX2 + FMA + F16C kernels, compiled with those flags only and chosen at run time (x86-64 CPUs
 // without AVX512, such as AMD Zen 2/3). 32 weights per step; one row against one token at a time.
-// Formats not listed in fill_avx2 keep the portable kernels. No C++ library here (see common.h).
+// No C++ library here (see common.h).
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
-#include "common.h"
 #include "iq1s.h"
 #include "k_scales.h"
+#include "kernels.h"
 #include "simd_avx2.h"
 
 namespace {
@@ -248,33 +248,25 @@ float dot_float(const uint8_t* w, const void* act, int n) {
     return s;
 }
 
-template <float (*Dot)(const uint8_t*, const void*, int), int kBlock>
-void rows(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
-          size_t out_stride) {
-    (void)kBlock;
+template <float (*Dot)(const uint8_t*, const void*, int)>
+int rows(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
+         size_t out_stride) {
     for (int r = 0; r < nrows; r++)
         for (int t = 0; t < ntok; t++) out[t * out_stride + r] = Dot(w + r * row_bytes, acts[t], n);
+    return nrows;
 }
 
 }  // namespace
 
-void fill_avx2(KernelTable* t) {
-    t->name = "avx2";
-    fill_avx2_attn(t);
-    t->rows[F32] = rows<dot_float<F32>, 1>;
-    t->rows[F16] = rows<dot_float<F16>, 1>;
-    t->rows[BF16] = rows<dot_float<BF16>, 1>;
-    t->rows[Q8_0] = rows<dot_q8_0, 32>;
-    t->rows[Q4_0] = rows<dot_q4_0, 32>;
-    t->rows[Q4_K] = rows<dot_qk45<false>, 256>;
-    t->rows[Q5_K] = rows<dot_qk45<true>, 256>;
-    t->rows[Q6_K] = rows<dot_q6_k, 256>;
-    t->rows[TQ2_0] = rows<dot_tq2_0, 256>;
-    t->rows[TQ1_0] = rows<dot_tq1_0, 256>;
-    t->rows[IQ1_S] = rows<dot_iq1_s, 256>;
-    fill_avx2_tiled(t);
-}
-#else
-#include "common.h"
-void fill_avx2(KernelTable*) {}
+const RowsFn avx2::rows_f32 = rows<dot_float<F32>>;
+const RowsFn avx2::rows_f16 = rows<dot_float<F16>>;
+const RowsFn avx2::rows_bf16 = rows<dot_float<BF16>>;
+const RowsFn avx2::rows_q8_0 = rows<dot_q8_0>;
+const RowsFn avx2::rows_q4_0 = rows<dot_q4_0>;
+const RowsFn avx2::rows_q4_k = rows<dot_qk45<false>>;
+const RowsFn avx2::rows_q5_k = rows<dot_qk45<true>>;
+const RowsFn avx2::rows_q6_k = rows<dot_q6_k>;
+const RowsFn avx2::rows_iq1_s = rows<dot_iq1_s>;
+const RowsFn avx2::rows_tq2_0 = rows<dot_tq2_0>;
+const RowsFn avx2::rows_tq1_0 = rows<dot_tq1_0>;
 #endif

@@ -30,7 +30,7 @@ int linear_check(const LinearArgs& a, const KernelTable& kt) {
     int rows = 0;
     for (int p = 0; p < a.num_parts; p++) {
         const LinearPart& part = a.parts[p];
-        if (part.fmt < 0 || part.fmt >= FMT_SLOTS || !kt.rows[part.fmt] || !fmt_row_bytes(part.fmt, 256)) return -1;
+        if (!has_format(kt, part.fmt) || !fmt_row_bytes(part.fmt, 256)) return -1;
         if (a.n % fmt_block_size(part.fmt) || (a.n % 32 && !fmt_is_float(part.fmt)) || part.rows < 1) return -2;
         rows += part.rows;
     }
@@ -95,8 +95,8 @@ void linear_run(const LinearArgs& a, const KernelTable& kt, Pool& pool, LinearSc
         for (int tb = 0; tb < T; tb += kTokenBlock) {
             const int nt = std::min(kTokenBlock, T - tb);
             hint.next = tb + kTokenBlock < T ? w : unit_weights(pool.next_unit());
-            kt.rows[part.fmt](w, rb, nr, acts + tb, nt, n, a.out + (size_t)tb * a.out_stride + col + r0,
-                              (size_t)a.out_stride);
+            run_rows(kt, part.fmt, w, rb, nr, acts + tb, nt, n, a.out + (size_t)tb * a.out_stride + col + r0,
+                     (size_t)a.out_stride);
         }
     });
 }

@@ -61,6 +61,7 @@ def library() -> ctypes.CDLL | None:
     lib.hymoe_read_gbps.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
     lib.hymoe_rows.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
                                ctypes.c_int, ctypes.c_void_p]
+    lib.hymoe_bench_tune.argtypes = [ctypes.c_char_p, ctypes.c_int]
     forced = os.environ.get("HYMOE_ISA")  # lets CI run the whole suite on the portable path
     if forced:
         set_isa(forced, lib)
@@ -75,6 +76,18 @@ def set_isa(name: str, lib: ctypes.CDLL | None = None) -> str:
         raise HymoeError(f"unknown ISA {name!r} (use one of {', '.join(ISAS)})")
     lib.hymoe_force_isa(ISAS[name])
     return lib.hymoe_isa_name().decode()
+
+
+def bench_tune(name: str, value: int = -1) -> int:
+    """Benchmarks only: sets one of the kernels' tuning values (Tuning in hymoe/csrc/common.h) for
+    this process, or only reads it (value < 0); returns the value it had."""
+    lib = library()
+    if lib is None:
+        raise HymoeError("the native CPU kernels are not built")
+    old = lib.hymoe_bench_tune(name.encode(), value)
+    if old < 0:
+        raise HymoeError(f"unknown kernel tuning value {name!r} (see Tuning in hymoe/csrc/common.h)")
+    return old
 
 
 def isa_name() -> str:
