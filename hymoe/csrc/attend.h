@@ -100,7 +100,7 @@ void attend_chunk(const float* q, int N, int per_group, int d, const void* keys,
         m[h] = best;
         l[h] = total;
         // the output in slices of a compile-time number of vectors, which then stay in registers
-        // over the chunk's values (a run-time count left them in memory: 3x slower)
+        // over the chunk's values (with a run-time count they stay in memory: 3x slower)
         const float* vg = pv + (size_t)(h / per_group) * S * d;
         float* oh = out + (size_t)h * d;
         for (int i0 = 0; i0 < d;) {

@@ -1,8 +1,8 @@
 // Grouped-query attention on the CPU in one call on the engine's pool: per-head q/k RMSNorm, rotary
 // embedding, the new keys and values written into the cache, and attention over each token's
-// cached positions, chunk by chunk (flash-decoding). In torch a decode step was ~30 small
-// operations per layer, whose fixed costs outweighed the arithmetic at one token; for prompts,
-// torch's threads spun between its operations on the cores the engine's pool computes on.
+// cached positions, chunk by chunk (flash-decoding). In torch a decode step is ~30 small
+// operations per layer, whose fixed costs outweigh the arithmetic at one token; for prompts,
+// torch's threads spin between its operations on the cores the engine's pool computes on.
 #include "attention.h"
 
 #include <math.h>

@@ -1,4 +1,5 @@
-// Shared definitions of the native expert kernels: GGUF block layouts, activation layout, kernel table.
+// Shared definitions of the native kernels: GGUF block layouts, the activation layout, the kernels'
+// signatures and their tuning values.
 // No STL here: this header is included by the ISA-specific translation units, which must not
 // instantiate inline library code (it could be merged with a generic copy and run on the wrong CPU).
 #pragma once
@@ -120,8 +121,8 @@ struct ScratchBuffer {
 
 // Prefetch hand-over between one thread's consecutive kernel calls. A kernel fetches ahead of
 // the block it reads; past the end of its row range those bytes belong to rows that another work
-// unit reads much later (at decode that was up to 8% of the down projection's traffic, fetched
-// for nothing), and the next range starts cold. So the MoE job names the range a thread reads
+// unit reads much later (at decode up to 8% of the down projection's traffic would be fetched for
+// nothing), and the next range would start cold. So the MoE job names the range a thread reads
 // next, and a kernel's prefetch stream runs on into it instead. A kernel that ignores the hint is
 // still correct; only prefetching depends on it.
 struct RangeHint {
@@ -132,9 +133,9 @@ RangeHint& range_hint();  // this thread's (defined in moe.cpp)
 
 // The rows a batch kernel reads after its current tile (the next tile, or the range named by
 // RangeHint after the last one), fetched into L2 a line at a time while the tile is computed:
-// spread over the compute, not in a burst when the tile is built. BF16, one core, 32 tokens,
-// 768 x 2048, cold weights: 145 -> 164 GFLOP/s (171 warm); the MoE layer at the qwen3 shape,
-// batch 512: 260 -> 316 GFLOP/s. (__builtin_prefetch: this header is also built without SIMD.)
+// spread over the compute, not in a burst when the tile is built, so the loads overlap the
+// arithmetic (the BF16 tile on cold weights then runs within 5% of its warm speed; a burst costs
+// it 12-18%). (__builtin_prefetch: this header is also built without SIMD.)
 struct NextTile {
     const char *p = nullptr, *end = nullptr;
     int every = 1, count = 1, lines = 1;  // `lines` lines every `every` steps

@@ -31,7 +31,7 @@ struct FormatKernels {
     int Tuning::*tile_from;  // tokens per call from which the tile takes a call
 };
 
-// ---- portable: plain C++ (kernels_generic.cpp), for every CPU ------------------------------------
+// ---- portable: plain C++ (kernels_generic.cpp), for every CPU -----------------------------------
 const FormatKernels kPortable[] = {
     // format  per-row kernel
     {F32,      portable::rows_f32},
@@ -48,7 +48,7 @@ const FormatKernels kPortable[] = {
 };
 
 #if defined(__x86_64__) || defined(_M_X64)
-// ---- AVX2 + FMA + F16C (Haswell and later, Zen 1-3) ------------------------------------------
+// ---- AVX2 + FMA + F16C (Haswell and later, Zen 1-3) ---------------------------------------------
 const FormatKernels kAvx2[] = {
     // format  per-row kernel     batch tile          from tokens
     {F32,      avx2::rows_f32,    avx2::tile_f32,     &Tuning::float_tile_from},
@@ -64,7 +64,7 @@ const FormatKernels kAvx2[] = {
     {TQ1_0,    avx2::rows_tq1_0,  avx2::tile_tq1_0,   &Tuning::avx2_tile_from},
 };
 
-// ---- AVX512 F/BW/VL + VNNI (Cascade Lake and later, Zen 4) ------------------------------------
+// ---- AVX512 F/BW/VL + VNNI (Cascade Lake and later, Zen 4) --------------------------------------
 // Float batches keep AVX2's f32 tile: it converts each weight once per call, where these per-row
 // kernels convert it once per token.
 const FormatKernels kAvx512[] = {
@@ -82,7 +82,7 @@ const FormatKernels kAvx512[] = {
     {TQ1_0,    avx512::rows_tq1_0,  avx512::tile_tq1_0,  &Tuning::avx512_tile_from},
 };
 
-// ---- AVX512-BF16 on top of AVX512 (Cooper Lake, Sapphire Rapids, Zen 4) ------------------------
+// ---- AVX512-BF16 on top of AVX512 (Cooper Lake, Sapphire Rapids, Zen 4) -------------------------
 // BF16 batches by vdpbf16ps; the calls it does not take (over 64 tokens, rows not of 32s) go on
 // to the f32 tile below.
 const FormatKernels kAvx512Bf16[] = {

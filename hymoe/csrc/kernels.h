@@ -29,8 +29,8 @@ extern const AttendFn attend;  // kernels_avx2_attn.cpp: head widths of 8s
 }  // namespace avx2
 
 namespace avx512 {
-// kernels_avx512.cpp: per-row kernels, rows in passes of 4 against up to 4 tokens; n % 16 == 0
-// (float) or n % 64 == 0 (quantized)
+// kernels_avx512.cpp: per-row kernels, each row's weights unpacked once for up to 4 tokens;
+// rows of 16s (float) or 64s (quantized)
 extern const RowsFn rows_f32, rows_f16, rows_bf16, rows_q8_0, rows_q4_0, rows_iq1_s;
 // kernels_avx512_k.cpp: the formats of 256-weight blocks against per-256 activations
 extern const RowsFn rows_q4_k, rows_q5_k, rows_q6_k, rows_tq2_0, rows_tq1_0;

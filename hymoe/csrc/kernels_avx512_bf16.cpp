@@ -48,7 +48,8 @@ void tokens(const uint8_t* tile, int pairs, const uint32_t* const* a, float* out
 
 int rows_bf16(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
               size_t out_stride) {
-    uint8_t* tile = ntok > 64 || n % 32 ? nullptr : t_bf16.reserve((size_t)n * 64 + (size_t)64 * n * 2 + (size_t)n * 64);
+    uint8_t* tile =
+        ntok > 64 || n % 32 ? nullptr : t_bf16.reserve((size_t)n * 64 + (size_t)64 * n * 2 + (size_t)n * 64);
     if (!tile) return 0;
     uint8_t* act = tile + (size_t)n * 64;
     uint8_t* pad = act + (size_t)64 * n * 2;
@@ -81,7 +82,7 @@ int rows_bf16(const uint8_t* w, size_t row_bytes, int nrows, const void* const* 
         const size_t ds = nr == kRows ? out_stride : kRows;
         const int steps = pairs * ((ntok + kNT - 1) / kNT);  // the compute's calls of next.step()
         NextTile next = range.next_of(w + (size_t)r * row_bytes, steps);
-        balanced_token_groups<kNT>(ntok, [&](auto nt, int t) {  // (9 tokens: +8-13% against 8 + 1)
+        balanced_token_groups<kNT>(ntok, [&](auto nt, int t) {  // (9 tokens as 4 + 5: 8-13% faster than 8 + 1)
             tokens<decltype(nt)::value>(tile, pairs, a + t, dst + t * ds, ds, next);
         });
         if (nr < kRows)

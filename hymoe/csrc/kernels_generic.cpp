@@ -5,7 +5,7 @@
 #include "iq1s_grid.h"
 #include "kernels.h"
 
-// Shared by every table so that all paths see the same int8 activations.
+// Every ISA's activation layout starts with this one, so all paths see the same int8 activations.
 void quantize_portable(const float* x, int n, void* out) {
     uint8_t* p = (uint8_t*)out;
     int8_t* qs = (int8_t*)p;

@@ -135,16 +135,15 @@ struct Job {
         int max_np = 0;
         for (int ei = 0; ei < ne; ei++) max_np = std::max(max_np, pair_start[ei + 1] - pair_start[ei]);
         const bool is_blocked = max_np > kTokenBlock;
-        const int r1 = std::max(rows_per_unit(I, ne, pool.size()),
-                                std::min(is_blocked ? kRowsSmall : g_tuning.gate_rows, I * ne / (4 * pool.size()) / 4 * 4));
+        const int most1 = is_blocked ? kRowsSmall : g_tuning.gate_rows;
+        const int r1 = std::max(rows_per_unit(I, ne, pool.size()), std::min(most1, I * ne / (4 * pool.size()) / 4 * 4));
         const int chunks1 = (I + r1 - 1) / r1;
         const size_t gate_rb = row_bytes(a.fmt_gate, H), up_rb = row_bytes(a.fmt_up, H);
         // Each kernel call names the rows its thread reads next (RangeHint in common.h), so its
         // prefetches run on into them. At a unit's end that is the unit the next claim would get:
         // a guess, as another thread may claim it first (and then finds those lines in this
-        // core's L2 or L3, not lost). One-process A/B, qwen3-30b-a3b batch 1, fraction of the
-        // paired probe: Q4_K 0.825 -> 0.880, Q8_0 0.882 -> 0.918, TQ2_0 0.669 -> 0.745 (hand-over
-        // within a unit); the guess across units then 0.851 -> 0.881, 0.885 -> 0.905, 0.707 -> 0.800.
+        // core's L2 or L3, not lost). At decode each hand-over is worth a few points of bandwidth
+        // (qwen3 shape, batch 1: 4-8 within a unit, 2-9 more across units).
         auto unit_gate = [&](int unit) -> const uint8_t* {  // the first rows a phase 1 unit reads
             if (unit >= ne * chunks1) return nullptr;
             return a.gate + experts[unit / chunks1] * a.gate_stride + (unit % chunks1) * r1 * gate_rb;
@@ -182,8 +181,8 @@ struct Job {
         });
 
         // phase 3: down rows, unit = chunk of H rows across all experts; weighted sum into out
-        const int r3 = std::max(rows_per_unit(H, 1, pool.size()),
-                                std::min(is_blocked ? kRowsSmall : g_tuning.down_rows, H / (4 * pool.size()) / 4 * 4));
+        const int most3 = is_blocked ? kRowsSmall : g_tuning.down_rows;
+        const int r3 = std::max(rows_per_unit(H, 1, pool.size()), std::min(most3, H / (4 * pool.size()) / 4 * 4));
         const int chunks3 = (H + r3 - 1) / r3;
         const size_t down_rb = row_bytes(a.fmt_down, I);
         auto unit_down = [&](int unit) -> const uint8_t* {  // the first rows a phase 3 unit reads

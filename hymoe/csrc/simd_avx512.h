@@ -82,7 +82,7 @@ static inline void transpose16x8_dwords(const uint8_t* src, size_t stride, uint8
 
 // 16 rows x 16 dwords (a whole 64-byte line of each row) -> 16 vectors at dst: vector q = dword q
 // of every row, lane i = row i. Each line is loaded once: rows 4 KiB apart share an L1 set, so
-// reading them in two 32-byte halves fetched most lines twice.
+// read in two 32-byte halves, most lines would be fetched twice.
 static inline void transpose16x16_dwords(const uint8_t* src, size_t stride, uint8_t* dst) {
     __m512i r[16], t[16], u[16];
     for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512((const void*)(src + stride * i));
@@ -137,11 +137,11 @@ static inline float hsum(__m256 v) {
 // NR rows x NT tokens per pass: each row's weights are unpacked once for NT tokens, and each
 // token's activations are loaded once for NR rows.
 // Kernels read rows in contiguous ranges and fetch (into L2) ahead of the block they read. A pass
-// reads NR rows side by side, so the bytes prefetch_bytes past row i's block often lie in a row of the
-// same pass, which is being read anyway (Q8_0 rows of 7168 weights are 7.6 KB: three of four
-// prefetches were wasted and the next pass started cold). So each row fetches the same column of
-// the row a whole number of passes (at least Tuning::prefetch_bytes) ahead, and a range's first
-// `ahead` bytes, which nothing fetches, are fetched up front.
+// reads NR rows side by side, so a flat distance past row i's block often lands in a row of the
+// same pass, which is being read anyway (Q8_0 rows of 7168 weights are 7.6 KB: three of four such
+// prefetches would be wasted, and the next pass would start cold). So each row fetches the same
+// column of the row a whole number of passes (at least Tuning::prefetch_bytes) ahead, and a
+// range's first `ahead` bytes, which nothing fetches, are fetched up front.
 static inline size_t rows_ahead(size_t row_bytes, int nr) {
     const size_t pass = row_bytes * (size_t)nr;
     return ((size_t)g_tuning.prefetch_bytes + pass - 1) / pass * pass;

@@ -180,8 +180,8 @@ class NativeEngine:
     def step_scope(self, tokens_per_row: int, is_all_native: bool = False):
         """A forward pass of a CPU placement whose dense layers this pool computes too. torch runs
         the small operations between jobs single-threaded and the pool's helpers spin between jobs:
-        torch's own threads, spinning after each of their operations, fought the pool for the cores
-        (qwen3-shaped 16 layers, 2 cores: 50 -> 33 ms per decode step). That holds for every step
+        torch's own threads, spinning after each of their operations, would fight the pool for the
+        cores (a third of a qwen3-shaped decode step on 2 cores). That holds for every step
         when attention runs here too (is_all_native); otherwise long steps give torch every thread
         for its attention and let the helpers sleep between jobs."""
         if tokens_per_row > 16 and not is_all_native:
