@@ -1,11 +1,11 @@
-"""A/B kernel variants in one process, alternating, so a shared machine's noise hits both alike.
+"""Compare kernel tuning values in one process, alternating, so a shared machine's noise hits every
+variant alike (`hymoe bench experts --tune` runs one variant per process).
 
-    python scripts/kernel_ab.py Q8_0 qwen3-30b-a3b 8192:4:1,4096:4:1
+    python scripts/kernel_ab.py Q8_0 qwen3-30b-a3b prefetch_bytes=8192 prefetch_bytes=4096,down_rows=256
 
-Each variant is prefetch_bytes:rows_per_pass:head_prefetch[:down_rows[:gate_rows[:tile_min[:pass_ahead]]]],
-the knobs of hymoe_tune 0-6 (0-2 and 6 in the AVX512 kernels, 3-4 the MoE job's work units, 5 the
-fewest tokens per expert for the batch tiles).
-Prints each variant's median fraction of the streaming-read bandwidth at batch 1, cold weights.
+Each variant is a comma list of NAME=VALUE (the names: Tuning in hymoe/csrc/common.h); a name a
+variant leaves out keeps its default. Prints each variant's median fraction of the streaming-read
+bandwidth at batch 1, cold weights.
 """
 import statistics
 import sys
@@ -18,20 +18,21 @@ from hymoe.bench.machine import read_gbps
 from hymoe.experts import native
 
 
-def main(fmt: str, shape: str, variants: str, rounds: int = 6, calls: int = 40) -> None:
+def main(fmt: str, shape: str, *variants: str, rounds: int = 6, calls: int = 40) -> None:
     hidden, _, _, k = SHAPES[shape]
     engine = native.NativeEngine(2, is_async=False)
     layers, experts, per_expert = cold_layers(engine, shape, fmt, max_gb=4.0)
     num_layers = len(layers)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, hidden)
-    knobs = [tuple(map(int, v.split(":"))) for v in variants.split(",")]
-    results = {v: [] for v in knobs}
+    knobs = [{name: int(value) for name, value in (pair.split("=") for pair in v.split(","))} for v in variants]
+    defaults = {name: native.bench_tune(name) for v in knobs for name in v}
+    results = {v: [] for v in variants}
     bandwidth = read_gbps(engine)
     for _ in range(rounds):
-        for v in knobs:
-            for key, value in enumerate(v):
-                engine.lib.hymoe_tune(key, value)
+        for v, values in zip(variants, knobs):
+            for name, default in defaults.items():
+                native.bench_tune(name, values.get(name, default))
             speeds = []
             for it in range(calls):
                 ids, w = _routing(1, k, experts, gen)
@@ -42,8 +43,8 @@ def main(fmt: str, shape: str, variants: str, rounds: int = 6, calls: int = 40) 
                 speeds.append(len(torch.unique(ids)) * per_expert / (time.perf_counter() - t0) / 1e9)
             results[v].append(statistics.median(speeds) / bandwidth)
     print(f"{fmt} {shape} bandwidth {bandwidth:.1f} GB/s: " +
-          "  ".join(f"{':'.join(map(str, v))} -> {statistics.median(r):.3f}" for v, r in results.items()))
+          "  ".join(f"{v} -> {statistics.median(r):.3f}" for v, r in results.items()))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:])

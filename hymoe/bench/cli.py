@@ -25,6 +25,8 @@ def _experts_parser(bsub) -> None:
     be.add_argument("--backend", default="native", choices=["native", "torch", "llama.cpp"],
                     help="llama.cpp: its own MoE graph (ggml) on the same blocks, the peer")
     be.add_argument("--isa", choices=["generic", "avx2", "avx512"], help="force a kernel path")
+    be.add_argument("--tune", metavar="NAME=VALUE,...", help="override kernel tuning values for this run, to compare "
+                    "them (the names: Tuning in hymoe/csrc/common.h)")
     be.add_argument("--max-gb", type=float, default=8.0, help="memory for one layer's experts")
     be.add_argument("--json", action="store_true", help="print one JSON object (a list for several batches)")
     be.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -93,6 +95,17 @@ def _counts(text: str, flag: str) -> list[int]:
     return values
 
 
+def _tuning(text: str) -> dict[str, int]:
+    """--tune's NAME=VALUE pairs."""
+    out = {}
+    for pair in text.split(","):
+        name, _, value = pair.partition("=")
+        if not name or not value.isdigit():
+            raise HymoeError(f"--tune takes NAME=VALUE pairs with VALUE a count, got {pair!r}")
+        out[name.strip()] = int(value)
+    return out
+
+
 def cmd_bench(args) -> None:
     if args.bench == "serve":
         return cmd_bench_serve(args)
@@ -107,9 +120,13 @@ def cmd_bench(args) -> None:
 
     if args.isa:
         native.set_isa(args.isa)
+    tune = _tuning(args.tune) if args.tune else {}
+    for name, value in tune.items():
+        native.bench_tune(name, value)
     batches = _counts(args.batch, "--batch")
     results = bench_experts(args.shape, args.format.upper(), batches, args.threads, args.backend, args.max_gb)
     for r in results:
+        r["tune"] = tune  # the kernel tuning values this run changed from their defaults
         batch = r["batch"]
         print(f"{r['shape']} {r['format']} batch {batch:>4} ({r['backend']}, {r['isa']}, {r['threads']} threads): "
               f"{r['layer_ms']:.3f} ms/layer, weights {r['weight_gbps']:.1f} GB/s of {r['bandwidth_gbps']:.1f} "

@@ -1,5 +1,5 @@
 // Attention over one chunk of cached positions, for every query head of a token at once
-// (KernelTable::attend), written once over a small vector type (Vec512, Vec256) and included by
+// (AttendFn, common.h), written once over a small vector type (Vec512, Vec256) and included by
 // the AVX512 and AVX2 kernel files. The chunk's cache rows (all kv heads, float32 or fp16) are
 // read front to back once, so a chunk streams from memory; the chunks' partial results are merged
 // by attention.cpp (flash-decoding). Internal linkage only.
@@ -100,7 +100,7 @@ void attend_chunk(const float* q, int N, int per_group, int d, const void* keys,
         m[h] = best;
         l[h] = total;
         // the output in slices of a compile-time number of vectors, which then stay in registers
-        // over the chunk's values (a run-time count left them in memory: 3x slower)
+        // over the chunk's values (with a run-time count they stay in memory: 3x slower)
         const float* vg = pv + (size_t)(h / per_group) * S * d;
         float* oh = out + (size_t)h * d;
         for (int i0 = 0; i0 < d;) {
@@ -113,20 +113,14 @@ void attend_chunk(const float* q, int N, int per_group, int d, const void* keys,
     }
 }
 
-// A kernel table's attend for vector type Vec: heads whose width the vectors do not divide go to
-// the kernel it replaced (the portable one, or AVX2's under AVX512).
+// The attend kernel for vector type Vec: 0 for heads whose width the vectors do not divide, which
+// dispatch.cpp then hands to a narrower ISA's kernel.
 template <class Vec>
-struct AttendPath {
-    static inline KernelTable::AttendFn replaced = nullptr;
-    static void run(const float* q, int N, int per_group, int d, const void* keys, const void* values, int is_f16,
-                    int64_t stride, int S, float scale, float* out, float* m, float* l, float* scratch) {
-        if (d % Vec::W) return replaced(q, N, per_group, d, keys, values, is_f16, stride, S, scale, out, m, l, scratch);
-        attend_chunk<Vec>(q, N, per_group, d, keys, values, is_f16, stride, S, scale, out, m, l, scratch);
-    }
-    static void install(KernelTable* t) {
-        replaced = t->attend;
-        t->attend = run;
-    }
-};
+int attend_vec(const float* q, int N, int per_group, int d, const void* keys, const void* values, int is_f16,
+               int64_t stride, int S, float scale, float* out, float* m, float* l, float* scratch) {
+    if (d % Vec::W) return 0;
+    attend_chunk<Vec>(q, N, per_group, d, keys, values, is_f16, stride, S, scale, out, m, l, scratch);
+    return 1;
+}
 
 }  // namespace

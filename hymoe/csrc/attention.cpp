@@ -1,8 +1,8 @@
 // Grouped-query attention on the CPU in one call on the engine's pool: per-head q/k RMSNorm, rotary
 // embedding, the new keys and values written into the cache, and attention over each token's
-// cached positions, chunk by chunk (flash-decoding). In torch a decode step was ~30 small
-// operations per layer, whose fixed costs outweighed the arithmetic at one token; for prompts,
-// torch's threads spun between its operations on the cores the engine's pool computes on.
+// cached positions, chunk by chunk (flash-decoding). In torch a decode step is ~30 small
+// operations per layer, whose fixed costs outweigh the arithmetic at one token; for prompts,
+// torch's threads spin between its operations on the cores the engine's pool computes on.
 #include "attention.h"
 
 #include <math.h>
@@ -117,9 +117,9 @@ void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<fl
         const size_t elem = a.is_f16 ? 2 : 4, at = (size_t)(slot * slot_stride + first * pos_stride) * elem;
         static thread_local std::vector<float> work;
         work.resize((size_t)(N + 2 * G * D) * n);
-        kt.attend(q_all + (size_t)bt * N * D, N, per_group, D, (const char*)a.k_cache + at,
-                  (const char*)a.v_cache + at, a.is_f16, pos_stride, (int)n, a.scale,
-                  outs + ((size_t)bt * chunks + c) * part, m, l, work.data());
+        run_attend(kt, q_all + (size_t)bt * N * D, N, per_group, D, (const char*)a.k_cache + at,
+                   (const char*)a.v_cache + at, a.is_f16, pos_stride, (int)n, a.scale,
+                   outs + ((size_t)bt * chunks + c) * part, m, l, work.data());
     });
 
     // phase 3, per token: the chunks merged, each weighted by exp(its maximum - the overall one)

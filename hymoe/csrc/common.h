@@ -1,4 +1,5 @@
-// Shared definitions of the native expert kernels: GGUF block layouts, activation layout, kernel table.
+// Shared definitions of the native kernels: GGUF block layouts, the activation layout, the kernels'
+// signatures and their tuning values.
 // No STL here: this header is included by the ISA-specific translation units, which must not
 // instantiate inline library code (it could be merged with a generic copy and run on the wrong CPU).
 #pragma once
@@ -120,8 +121,8 @@ struct ScratchBuffer {
 
 // Prefetch hand-over between one thread's consecutive kernel calls. A kernel fetches ahead of
 // the block it reads; past the end of its row range those bytes belong to rows that another work
-// unit reads much later (at decode that was up to 8% of the down projection's traffic, fetched
-// for nothing), and the next range starts cold. So the MoE job names the range a thread reads
+// unit reads much later (at decode up to 8% of the down projection's traffic would be fetched for
+// nothing), and the next range would start cold. So the MoE job names the range a thread reads
 // next, and a kernel's prefetch stream runs on into it instead. A kernel that ignores the hint is
 // still correct; only prefetching depends on it.
 struct RangeHint {
@@ -132,9 +133,9 @@ RangeHint& range_hint();  // this thread's (defined in moe.cpp)
 
 // The rows a batch kernel reads after its current tile (the next tile, or the range named by
 // RangeHint after the last one), fetched into L2 a line at a time while the tile is computed:
-// spread over the compute, not in a burst when the tile is built. BF16, one core, 32 tokens,
-// 768 x 2048, cold weights: 145 -> 164 GFLOP/s (171 warm); the MoE layer at the qwen3 shape,
-// batch 512: 260 -> 316 GFLOP/s. (__builtin_prefetch: this header is also built without SIMD.)
+// spread over the compute, not in a burst when the tile is built, so the loads overlap the
+// arithmetic (the BF16 tile on cold weights then runs within 5% of its warm speed; a burst costs
+// it 12-18%). (__builtin_prefetch: this header is also built without SIMD.)
 struct NextTile {
     const char *p = nullptr, *end = nullptr;
     int every = 1, count = 1, lines = 1;  // `lines` lines every `every` steps
@@ -234,49 +235,49 @@ static inline ActView act_view(const void* base, int n) {
     return v;
 }
 
-// out[t * out_stride + r] = dot(row r0 + r of W, activation t) for r < nrows, t < ntok.
+// The kernels' signatures (kernels.h lists them per ISA; dispatch.cpp chooses).
+// A rows kernel: out[t * out_stride + r] = dot(row r of W, activation t) for r < k, t < ntok, for
+// the k rows it takes from the front of the range (all, its whole tiles, or none: 0), returned.
 // acts[t] points at a float row (F32/F16/BF16 weights) or at a quantised activation (others).
-typedef void (*RowsFn)(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok,
-                       int n, float* out, size_t out_stride);
+typedef int (*RowsFn)(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok,
+                      int n, float* out, size_t out_stride);
+// Writes an ISA's activation layout, act_bytes(n) long; every layout starts with the portable one
+// above, so a kernel of a lower ISA may read any table's activations.
 typedef void (*QuantizeFn)(const float* x, int n, void* act);
+typedef size_t (*ActBytesFn)(int n);
+typedef void (*SiluMulFn)(float* g, const float* u, int n);  // g = silu(g) * u
+// Attention of a token's N query heads q [N][d] (per_group of them per kv head) over a chunk of
+// S cached positions, rows `stride` elements apart (float32, or fp16 with is_f16), kv head g
+// at g * d in a row: per head the chunk's score maximum m, sum of exp(score - m) l and
+// unnormalised output out [N][d] (attention.cpp merges the chunks). 0 for a head width d the
+// kernel does not take. scratch: (N + 2 * G * d) * S floats, G = N / per_group.
+typedef int (*AttendFn)(const float* q, int N, int per_group, int d, const void* keys, const void* values,
+                        int is_f16, int64_t stride, int S, float scale, float* out, float* m, float* l,
+                        float* scratch);
+typedef uint64_t (*ReadFn)(const uint8_t* p, int64_t bytes);  // streams bytes (bandwidth probe)
 
 enum { FMT_SLOTS = 40 };
-// Each table's quantize() writes its own activation layout, act_bytes(n) long; it always starts
-// with the portable layout above, so a table may hand any row shape to the portable kernels.
-struct KernelTable {
-    RowsFn rows[FMT_SLOTS];
-    QuantizeFn quantize;
-    void (*silu_mul)(float* g, const float* u, int n);  // g = silu(g) * u
-    // Attention of a token's N query heads q [N][d] (per_group of them per kv head) over a chunk of
-    // S cached positions, rows `stride` elements apart (float32, or fp16 with is_f16), kv head g
-    // at g * d in a row: per head the chunk's score maximum m, sum of exp(score - m) l and
-    // unnormalised output out [N][d] (attention.cpp merges the chunks).
-    // scratch: (N + 2 * G * d) * S floats, G = N / per_group.
-    typedef void (*AttendFn)(const float* q, int N, int per_group, int d, const void* keys, const void* values,
-                             int is_f16, int64_t stride, int S, float scale, float* out, float* m, float* l,
-                             float* scratch);
-    AttendFn attend;
-    uint64_t (*read)(const uint8_t* p, int64_t bytes);  // streams bytes (bandwidth probe)
-    size_t (*act_bytes)(int n);
-    const char* name;
-};
-
 static inline bool fmt_is_float(int f) { return f == F32 || f == F16 || f == BF16; }
 
 void quantize_portable(const float* x, int n, void* act);  // the portable activation layout
 void quantize_k_portable(const float* x, int n, void* act);  // only its per-256 part
-void fill_generic(KernelTable* t);
-void fill_avx2(KernelTable* t);    // overrides what it speeds up; needs AVX2+FMA+F16C
-void fill_avx2_tiled(KernelTable* t);  // its batch kernels (after fill_avx2: it keeps those for small batches)
-void fill_avx2_float(KernelTable* t);  // F32/F16/BF16 batches (after every per-row float kernel: it keeps them)
-void fill_avx512(KernelTable* t);  // needs AVX512F/BW/VL/VNNI
-void fill_avx512_k(KernelTable* t);  // its K-quant kernels
-void fill_avx512_attn(KernelTable* t);  // its decode attention
-void fill_avx2_attn(KernelTable* t);    // the AVX2 decode attention
-void fill_avx512_tiled(KernelTable* t);  // its batch kernels (after the others: it keeps them for small batches)
-void fill_avx512_bf16(KernelTable* t);   // BF16 batches with vdpbf16ps; needs AVX512_BF16 too
-void tune_avx512_bf16(int min_tokens);
-void tune_avx512_tiled(int min_tokens);
-void tune_avx2_tiled(int min_tokens);
-void tune_avx512(int key, int value);  // A/B knobs: 0 prefetch distance, 1 rows per pass, 2 head prefetch,
-                                      // 6 prefetch whole passes ahead
+
+// The values that fit the kernels to a machine, as production runs them (measured on Zen 4). Only
+// benchmarks change them (hymoe_bench_tune: `hymoe bench experts --tune name=value`), to compare
+// values in one process; dispatch.cpp holds the instance.
+struct Tuning {
+    // AVX512 per-row kernels: bytes a row stream fetches ahead of the block it reads (rounded up to
+    // whole passes of rows, simd_avx512.h): enough lines in flight to cover DRAM latency.
+    int prefetch_bytes = 8192;
+    // Rows per MoE work unit at most, when each expert has one token block: large units stream long
+    // contiguous ranges (Q8_0 at batch 1, Qwen3 shape: 0.77 of bandwidth at 512 rows, 0.71 at 64).
+    int gate_rows = 512, down_rows = 512;
+    // Tokens per call from which a batch tile takes a call instead of the per-row kernels: the
+    // tile's repacking is shared by the call's tokens, so it pays from a few of them on.
+    int avx512_tile_from = 6;     // AVX512's per-row kernels already reuse a row for 4 tokens
+    int avx2_tile_from = 2;       // AVX2's per-row kernels take one row and one token at a time
+    int avx2_q8_0_tile_from = 4;  // AVX2's Q8_0 per-row kernel is leaner than the others'
+    int float_tile_from = 2;      // the f32 tile (kernels_avx2_float.cpp)
+    int bf16_tile_from = 2;       // the vdpbf16ps tile (kernels_avx512_bf16.cpp)
+};
+extern Tuning g_tuning;

@@ -1,12 +1,12 @@
 // AVX2 + FMA + F16C kernels, compiled with those flags only and chosen at run time (x86-64 CPUs
 // without AVX512, such as AMD Zen 2/3). 32 weights per step; one row against one token at a time.
-// Formats not listed in fill_avx2 keep the portable kernels. No C++ library here (see common.h).
+// No C++ library here (see common.h).
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
-#include "common.h"
 #include "iq1s.h"
 #include "k_scales.h"
+#include "kernels.h"
 #include "simd_avx2.h"
 
 namespace {
@@ -60,8 +60,8 @@ float dot_q4_0(const uint8_t* w, const void* act, int n) {
 }
 
 // Sub-block scales and mins unpacked in vector registers (k_scales.h) and the float sums kept in a
-// vector until the row ends: the scalar unpacking and a reduction per 256 weights had made this
-// kernel compute-bound at ~45% of bandwidth.
+// vector until the row ends: scalar unpacking and a reduction per 256 weights would make this
+// kernel compute-bound (at ~45% of bandwidth).
 template <bool kFive>
 float dot_qk45(const uint8_t* w, const void* act, int n) {
     ActView a = act_view(act, n);
@@ -165,7 +165,8 @@ float dot_tq2_0(const uint8_t* w, const void* act, int n) {
 // TQ1_0 (1.69 bits): the digits of qs[0..31] are weights 32k + l (k < 5), those of qs[32..47]
 // weights 160 + 16k + l and those of qh[0..3] weights 240 + 4k + l (k < 4; see tiles.h). One vector
 // holds qs[32..47] and qh side by side, so its k-th digits meet one activation vector built of the
-// two matching runs (zeros past them). Sums as TQ2_0's; the portable kernel did 1.0 GB/s per core.
+// two matching runs (zeros past them). Sums as TQ2_0's. (The portable kernel reads 1 GB/s per
+// core, this one about 4.)
 float dot_tq1_0(const uint8_t* w, const void* act, int n) {
     ActView a = act_view(act, n);
     const BlockTQ1_0* b = (const BlockTQ1_0*)w;
@@ -225,8 +226,9 @@ inline __m256 load8_float(const uint8_t* w, int i) {  // weights i..i+7 as f32
     return FMT == F16 ? _mm256_cvtph_ps(h) : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-// four sums, not one chain of FMAs (4 cycles each), and a prefetch per line: deepseek-v3 BF16 batch 1
-// on the AVX2 path 32.2 -> 29.6 ms per layer (0.63 -> 0.69 of bandwidth; qwen3 F16 unchanged, 0.90)
+// four sums, not one chain of FMAs (4 cycles each), and a prefetch per line: with one chain the
+// FMAs' latency, not the bandwidth, bounds long BF16 rows (deepseek-v3 batch 1: 0.63 of bandwidth
+// against 0.69)
 template <int FMT>
 float dot_float(const uint8_t* w, const void* act, int n) {
     const float* x = (const float*)act;
@@ -248,33 +250,25 @@ float dot_float(const uint8_t* w, const void* act, int n) {
     return s;
 }
 
-template <float (*Dot)(const uint8_t*, const void*, int), int kBlock>
-void rows(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
-          size_t out_stride) {
-    (void)kBlock;
+template <float (*Dot)(const uint8_t*, const void*, int)>
+int rows(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
+         size_t out_stride) {
     for (int r = 0; r < nrows; r++)
         for (int t = 0; t < ntok; t++) out[t * out_stride + r] = Dot(w + r * row_bytes, acts[t], n);
+    return nrows;
 }
 
 }  // namespace
 
-void fill_avx2(KernelTable* t) {
-    t->name = "avx2";
-    fill_avx2_attn(t);
-    t->rows[F32] = rows<dot_float<F32>, 1>;
-    t->rows[F16] = rows<dot_float<F16>, 1>;
-    t->rows[BF16] = rows<dot_float<BF16>, 1>;
-    t->rows[Q8_0] = rows<dot_q8_0, 32>;
-    t->rows[Q4_0] = rows<dot_q4_0, 32>;
-    t->rows[Q4_K] = rows<dot_qk45<false>, 256>;
-    t->rows[Q5_K] = rows<dot_qk45<true>, 256>;
-    t->rows[Q6_K] = rows<dot_q6_k, 256>;
-    t->rows[TQ2_0] = rows<dot_tq2_0, 256>;
-    t->rows[TQ1_0] = rows<dot_tq1_0, 256>;
-    t->rows[IQ1_S] = rows<dot_iq1_s, 256>;
-    fill_avx2_tiled(t);
-}
-#else
-#include "common.h"
-void fill_avx2(KernelTable*) {}
+const RowsFn avx2::rows_f32 = rows<dot_float<F32>>;
+const RowsFn avx2::rows_f16 = rows<dot_float<F16>>;
+const RowsFn avx2::rows_bf16 = rows<dot_float<BF16>>;
+const RowsFn avx2::rows_q8_0 = rows<dot_q8_0>;
+const RowsFn avx2::rows_q4_0 = rows<dot_q4_0>;
+const RowsFn avx2::rows_q4_k = rows<dot_qk45<false>>;
+const RowsFn avx2::rows_q5_k = rows<dot_qk45<true>>;
+const RowsFn avx2::rows_q6_k = rows<dot_q6_k>;
+const RowsFn avx2::rows_iq1_s = rows<dot_iq1_s>;
+const RowsFn avx2::rows_tq2_0 = rows<dot_tq2_0>;
+const RowsFn avx2::rows_tq1_0 = rows<dot_tq1_0>;
 #endif

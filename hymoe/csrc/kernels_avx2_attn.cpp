@@ -1,6 +1,7 @@
-// AVX2 decode attention (KernelTable::attend_chunk): attend.h over 8-float vectors.
+// AVX2 decode attention (AttendFn, common.h): attend.h over 8-float vectors.
 #if defined(__x86_64__) || defined(_M_X64)
 #include "attend.h"
+#include "kernels.h"
 
 namespace {
 
@@ -43,8 +44,5 @@ struct Vec256 {
 
 }  // namespace
 
-void fill_avx2_attn(KernelTable* t) { AttendPath<Vec256>::install(t); }
-#else
-#include "common.h"
-void fill_avx2_attn(KernelTable*) {}
+const AttendFn avx2::attend = attend_vec<Vec256>;
 #endif

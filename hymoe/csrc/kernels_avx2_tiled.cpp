@@ -4,13 +4,11 @@
 // 2 x 63 x 127 fits, Q8_0's codes (q + 128) would saturate, so Q8_0 has a signed variant.
 // Compiled with the AVX2 flags only; no C++ library (common.h).
 #if defined(__x86_64__) || defined(_M_X64)
+#include "kernels.h"
 #include "simd_avx2.h"
 #include "tiles.h"
 
 namespace {
-
-RowsFn g_rows_kernel[FMT_SLOTS];  // the per-row kernels: small batches and remainder rows
-int g_tiled_min = 2;              // tokens from which the tile pays (A/B, qwen3 Q4_K batch 64: 2 > 4 > 8)
 
 // kSigned (Q8_0): the tile holds signed values (DQ8_0T<true>) and each product takes the weight's
 // sign onto the broadcast activation (|w| x sign(a, w), as ggml's AVX2 Q8_0 dot): pair sums stay
@@ -80,33 +78,15 @@ struct Avx2 {
     }
 };
 
-template <class D, int FMT, bool kAct256, bool kSigned = false>
-void rows_avx2(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
-               size_t out_stride) {
-    // Q8_0's per-row kernel is leaner than the others': break-even at 4 tokens (A/B, qwen3 batch 128:
-    // from 2 -> 140, 4 -> 144, 8 -> 122 GFLOP/s; per-row 95)
-    const int min_tokens = kSigned && g_tiled_min < 4 ? 4 : g_tiled_min;
-    rows_tiled16<Avx2<kSigned>, D, kAct256>(g_rows_kernel[FMT], min_tokens, w, row_bytes, nrows, acts, ntok, n, out,
-                                            out_stride);
-}
-
 }  // namespace
 
-void tune_avx2_tiled(int value) { g_tiled_min = value; }
-
-void fill_avx2_tiled(KernelTable* t) {
-    for (int f = 0; f < FMT_SLOTS; f++) g_rows_kernel[f] = t->rows[f];
-    t->rows[Q8_0] = rows_avx2<DQ8_0T<true>, Q8_0, false, true>;
-    t->rows[Q4_0] = rows_avx2<DQ4_0, Q4_0, false>;
-    t->rows[IQ1_S] = rows_avx2<DIQ1_S, IQ1_S, false>;
-    t->rows[Q4_K] = rows_avx2<DQ45<false>, Q4_K, true>;
-    t->rows[Q5_K] = rows_avx2<DQ45<true>, Q5_K, true>;
-    t->rows[TQ2_0] = rows_avx2<DTQ2_0, TQ2_0, true>;
-    t->rows[TQ1_0] = rows_avx2<DTQ1_0, TQ1_0, true>;
-    t->rows[Q6_K] = rows_avx2<DQ6_K, Q6_K, true>;
-}
-#else
-#include "common.h"
-void fill_avx2_tiled(KernelTable*) {}
-void tune_avx2_tiled(int) {}
+// Q8_0 as signed bytes (its codes q + 128 would saturate vpmaddubsw), the others as codes
+const RowsFn avx2::tile_q8_0 = rows_tiled16<Avx2<true>, DQ8_0T<true>, false>;
+const RowsFn avx2::tile_q4_0 = rows_tiled16<Avx2<false>, DQ4_0, false>;
+const RowsFn avx2::tile_iq1_s = rows_tiled16<Avx2<false>, DIQ1_S, false>;
+const RowsFn avx2::tile_q4_k = rows_tiled16<Avx2<false>, DQ45<false>, true>;
+const RowsFn avx2::tile_q5_k = rows_tiled16<Avx2<false>, DQ45<true>, true>;
+const RowsFn avx2::tile_tq2_0 = rows_tiled16<Avx2<false>, DTQ2_0, true>;
+const RowsFn avx2::tile_tq1_0 = rows_tiled16<Avx2<false>, DTQ1_0, true>;
+const RowsFn avx2::tile_q6_k = rows_tiled16<Avx2<false>, DQ6_K, true>;
 #endif

@@ -11,15 +11,10 @@
 #include <math.h>
 
 #include "iq1s.h"
+#include "kernels.h"
 #include "simd_avx512.h"
 
-namespace hymoe_avx512 {
-int kPrefetch = 8192, kRowsDecode = 4, kHead = 1, kPassAhead = 1;
-}  // namespace hymoe_avx512
-
 namespace {
-
-RowsFn g_portable[FMT_SLOTS];  // the portable kernels, for row lengths that are not a multiple of 64
 
 // ---- activations: the portable layout, then per 64 values: 16 lane scales, 16 lane sums, then
 // (rows of 256s) the per-256 values in Q4_K/Q5_K chunk order; see extras_at and paired_at
@@ -266,11 +261,12 @@ struct QTile {
     }
 };
 
-template <class F, int FMT>
-void rows_q(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
-            size_t out_stride) {
-    if (n % 64) return g_portable[FMT](w, row_bytes, nrows, acts, ntok, n, out, out_stride);
+template <class F>
+int rows_q(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
+           size_t out_stride) {
+    if (n % 64) return 0;
     rows_tiled<QTile, F>(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
+    return nrows;
 }
 
 // ---- float weights: bandwidth-light formats, plain FMA against float activations ---------------
@@ -285,7 +281,7 @@ inline __m512 load16(const uint8_t* row, int i) {
 template <int FMT, int NT>
 void rows_float_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n, float* out,
                      size_t out_stride) {
-    const Ahead fetch(w, nrows * row_bytes, kPrefetch);
+    const Ahead fetch(w, nrows * row_bytes, g_tuning.prefetch_bytes);
     for (int r = 0; r < nrows; r++) {
         const uint8_t* row = w + r * row_bytes;
         __m512 acc[NT];
@@ -300,9 +296,9 @@ void rows_float_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* 
 }
 
 template <int FMT>
-void rows_float(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n,
-                float* out, size_t out_stride) {
-    if (n % 16) return g_portable[FMT](w, row_bytes, nrows, acts, ntok, n, out, out_stride);
+int rows_float(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n,
+               float* out, size_t out_stride) {
+    if (n % 16) return 0;
     TokenGroups groups(w);
     int t = 0;
     for (; t + kTile <= ntok; t += kTile) {
@@ -313,36 +309,19 @@ void rows_float(const uint8_t* w, size_t row_bytes, int nrows, const void* const
         groups.next_group(t + 1 == ntok);
         rows_float_tile<FMT, 1>(w, row_bytes, nrows, acts + t, n, out + t * out_stride, out_stride);
     }
+    return nrows;
 }
 
 }  // namespace
 
-void tune_avx512(int key, int value) {
-    if (key == 0) kPrefetch = value;
-    if (key == 1) kRowsDecode = value;
-    if (key == 2) kHead = value;
-    if (key == 6) kPassAhead = value;
-}
-
-void fill_avx512(KernelTable* t) {
-    for (int f = 0; f < FMT_SLOTS; f++) g_portable[f] = t->rows[f];
-    t->name = "avx512-vnni";
-    t->quantize = quantize_avx512;
-    t->act_bytes = act_bytes_avx512;
-    t->silu_mul = silu_mul_avx512;
-    t->read = read_avx512;
-    t->rows[F32] = rows_float<F32>;
-    t->rows[F16] = rows_float<F16>;
-    t->rows[BF16] = rows_float<BF16>;
-    t->rows[Q8_0] = rows_q<FQ8_0, Q8_0>;
-    t->rows[Q4_0] = rows_q<FQ4_0, Q4_0>;
-    t->rows[IQ1_S] = rows_q<FIQ1_S, IQ1_S>;
-    fill_avx512_k(t);
-    fill_avx512_attn(t);
-    fill_avx512_tiled(t);
-}
-#else
-#include "common.h"
-void fill_avx512(KernelTable*) {}
-void tune_avx512(int, int) {}
+const RowsFn avx512::rows_f32 = rows_float<F32>;
+const RowsFn avx512::rows_f16 = rows_float<F16>;
+const RowsFn avx512::rows_bf16 = rows_float<BF16>;
+const RowsFn avx512::rows_q8_0 = rows_q<FQ8_0>;
+const RowsFn avx512::rows_q4_0 = rows_q<FQ4_0>;
+const RowsFn avx512::rows_iq1_s = rows_q<FIQ1_S>;
+const QuantizeFn avx512::quantize = quantize_avx512;
+const ActBytesFn avx512::act_bytes = act_bytes_avx512;
+const SiluMulFn avx512::silu_mul = silu_mul_avx512;
+const ReadFn avx512::read = read_avx512;
 #endif

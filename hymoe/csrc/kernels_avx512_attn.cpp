@@ -1,7 +1,8 @@
-// AVX512 decode attention (KernelTable::attend_chunk): attend.h over 16-float vectors.
+// AVX512 decode attention (AttendFn, common.h): attend.h over 16-float vectors.
 #if defined(__x86_64__) || defined(_M_X64)
 #include "simd_avx512.h"
 #include "attend.h"
+#include "kernels.h"
 
 namespace {
 
@@ -25,8 +26,5 @@ struct Vec512 {
 
 }  // namespace
 
-void fill_avx512_attn(KernelTable* t) { AttendPath<Vec512>::install(t); }
-#else
-#include "common.h"
-void fill_avx512_attn(KernelTable*) {}
+const AttendFn avx512::attend = attend_vec<Vec512>;
 #endif

@@ -2,6 +2,7 @@
 // per-256 activations, compiled with the AVX512 flags only.
 #if defined(__x86_64__) || defined(_M_X64)
 #include "k_scales.h"
+#include "kernels.h"
 #include "simd_avx512.h"
 
 namespace {
@@ -276,13 +277,11 @@ void tq1_rows(const uint8_t* w, size_t row_bytes, int nrows, const ActView* a, c
     }
 }
 
-RowsFn g_tq1_portable;  // rows not a multiple of 256, or no buffer
-
-void rows_tq1(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
-              size_t out_stride) {
+int rows_tq1(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
+             size_t out_stride) {
     const int units = n / 256;
     int8_t* perm = (int8_t*)t_tq1.reserve((size_t)4 * units * 320);
-    if (n % 256 || !perm) return g_tq1_portable(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
+    if (n % 256 || !perm) return 0;
     TokenGroups groups(w);
     for (int t0 = 0; t0 < ntok; t0 += 4) {  // the row codes are decoded once for up to 4 tokens
         const int nt = ntok - t0 < 4 ? ntok - t0 : 4;
@@ -300,6 +299,7 @@ void rows_tq1(const uint8_t* w, size_t row_bytes, int nrows, const void* const* 
             default: tq1_rows<1>(w, row_bytes, nrows, a, perm, units, o, out_stride); break;
         }
     }
+    return nrows;
 }
 
 template <class F, int NR, int NT>
@@ -310,23 +310,18 @@ struct KTile {
     }
 };
 
-template <class F, int FMT>
-void rows_k(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
-            size_t out_stride) {
+template <class F>
+int rows_k(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
+           size_t out_stride) {
     rows_tiled<KTile, F>(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
+    return nrows;
 }
 
 }  // namespace
 
-void fill_avx512_k(KernelTable* t) {
-    t->rows[Q4_K] = rows_k<KQ45<false>, Q4_K>;
-    t->rows[Q5_K] = rows_k<KQ45<true>, Q5_K>;
-    t->rows[Q6_K] = rows_k<KQ6, Q6_K>;
-    t->rows[TQ2_0] = rows_k<KTQ2, TQ2_0>;
-    g_tq1_portable = t->rows[TQ1_0];
-    t->rows[TQ1_0] = rows_tq1;
-}
-#else
-#include "common.h"
-void fill_avx512_k(KernelTable*) {}
+const RowsFn avx512::rows_q4_k = rows_k<KQ45<false>>;
+const RowsFn avx512::rows_q5_k = rows_k<KQ45<true>>;
+const RowsFn avx512::rows_q6_k = rows_k<KQ6>;
+const RowsFn avx512::rows_tq2_0 = rows_k<KTQ2>;
+const RowsFn avx512::rows_tq1_0 = rows_tq1;
 #endif

@@ -2,15 +2,10 @@
 // that the SIMD paths are tested against.
 #include <math.h>
 
-#include "common.h"
 #include "iq1s_grid.h"
+#include "kernels.h"
 
-namespace {
-
-// ---- activations ----------------------------------------------------------------------------
-}  // namespace
-
-// Shared by every table so that all paths see the same int8 activations.
+// Every ISA's activation layout starts with this one, so all paths see the same int8 activations.
 void quantize_portable(const float* x, int n, void* out) {
     uint8_t* p = (uint8_t*)out;
     int8_t* qs = (int8_t*)p;
@@ -61,8 +56,6 @@ void quantize_k_portable(const float* x, int n, void* out) {
 
 namespace {
 
-void quantize_generic(const float* x, int n, void* out) { quantize_portable(x, n, out); }
-
 uint64_t read_generic(const uint8_t* buf, int64_t bytes) {
     const uint64_t* p = (const uint64_t*)buf;
     uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
@@ -72,7 +65,7 @@ uint64_t read_generic(const uint8_t* buf, int64_t bytes) {
     return a0 ^ a1 ^ a2 ^ a3;
 }
 
-void attend_generic(const float* q, int N, int per_group, int d, const void* keys, const void* values, int is_f16,
+int attend_generic(const float* q, int N, int per_group, int d, const void* keys, const void* values, int is_f16,
                     int64_t stride, int S, float scale, float* out, float* m, float* l, float* scratch) {
     // the portable path: each needed value converted to float as it is read
     auto at = [&](const void* rows, int64_t i) {
@@ -98,6 +91,7 @@ void attend_generic(const float* q, int N, int per_group, int d, const void* key
         m[h] = best;
         l[h] = total;
     }
+    return 1;
 }
 
 void silu_mul_generic(float* g, const float* u, int n) {
@@ -272,31 +266,26 @@ float dot_tq1_0(const uint8_t* w, const void* a, int n) {  // against per-256 ac
 }
 
 template <float (*Dot)(const uint8_t*, const void*, int)>
-void rows(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n,
-          float* out, size_t out_stride) {
+int rows(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n,
+         float* out, size_t out_stride) {
     for (int r = 0; r < nrows; r++)
         for (int t = 0; t < ntok; t++) out[t * out_stride + r] = Dot(w + r * row_bytes, acts[t], n);
+    return nrows;
 }
 
 }  // namespace
 
-void fill_generic(KernelTable* t) {
-    memset(t, 0, sizeof(*t));
-    t->name = "generic";
-    t->quantize = quantize_generic;
-    t->act_bytes = act_bytes;
-    t->silu_mul = silu_mul_generic;
-    t->attend = attend_generic;
-    t->read = read_generic;
-    t->rows[F32] = rows<dot_f32>;
-    t->rows[F16] = rows<dot_f16>;
-    t->rows[BF16] = rows<dot_bf16>;
-    t->rows[Q8_0] = rows<dot_q8_0>;
-    t->rows[Q4_0] = rows<dot_q4_0>;
-    t->rows[Q4_K] = rows<dot_qk45<false>>;
-    t->rows[Q5_K] = rows<dot_qk45<true>>;
-    t->rows[Q6_K] = rows<dot_q6_k>;
-    t->rows[IQ1_S] = rows<dot_iq1_s>;
-    t->rows[TQ2_0] = rows<dot_tq2_0>;
-    t->rows[TQ1_0] = rows<dot_tq1_0>;
-}
+const RowsFn portable::rows_f32 = rows<dot_f32>;
+const RowsFn portable::rows_f16 = rows<dot_f16>;
+const RowsFn portable::rows_bf16 = rows<dot_bf16>;
+const RowsFn portable::rows_q8_0 = rows<dot_q8_0>;
+const RowsFn portable::rows_q4_0 = rows<dot_q4_0>;
+const RowsFn portable::rows_q4_k = rows<dot_qk45<false>>;
+const RowsFn portable::rows_q5_k = rows<dot_qk45<true>>;
+const RowsFn portable::rows_q6_k = rows<dot_q6_k>;
+const RowsFn portable::rows_iq1_s = rows<dot_iq1_s>;
+const RowsFn portable::rows_tq2_0 = rows<dot_tq2_0>;
+const RowsFn portable::rows_tq1_0 = rows<dot_tq1_0>;
+const SiluMulFn portable::silu_mul = silu_mul_generic;
+const AttendFn portable::attend = attend_generic;
+const ReadFn portable::read = read_generic;

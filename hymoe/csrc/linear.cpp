@@ -10,15 +10,16 @@ namespace {
 
 const int kTokenBlock = 64;  // tokens per kernel call, as in the MoE job (the batch tiles take 64)
 
-// Rows per work unit: about 8 units per thread over all parts, 16 to 512 rows (whole tiles of 16).
-// At batch sizes past one token block, 64 rows: a unit's rows stay in L2 while its token blocks
-// pass over them.
+const int kUnitsPerThread = 8;  // enough units that a thread slowed by a neighbour holds no one up
+const int kMaxRows = 512;       // as the MoE job's units: long contiguous ranges stream best
+
+// Rows per work unit: about kUnitsPerThread units per thread over all parts, 16 to kMaxRows rows
+// (whole tiles of 16). At batch sizes past one token block, 64 rows: a unit's rows stay in L2
+// while its token blocks pass over them.
 int unit_rows(int total_rows, int num_tokens, int threads) {
     if (num_tokens > kTokenBlock) return 64;
-    int per = getenv("HYMOE_UPT") ? atoi(getenv("HYMOE_UPT")) : 8;
-    int mx = getenv("HYMOE_MAXR") ? atoi(getenv("HYMOE_MAXR")) : 512;
-    int r = total_rows / std::max(1, per * threads);
-    r = std::max(16, std::min(mx, r));
+    int r = total_rows / std::max(1, kUnitsPerThread * threads);
+    r = std::max(16, std::min(kMaxRows, r));
     return (r + 15) / 16 * 16;
 }
 
@@ -29,7 +30,7 @@ int linear_check(const LinearArgs& a, const KernelTable& kt) {
     int rows = 0;
     for (int p = 0; p < a.num_parts; p++) {
         const LinearPart& part = a.parts[p];
-        if (part.fmt < 0 || part.fmt >= FMT_SLOTS || !kt.rows[part.fmt] || !fmt_row_bytes(part.fmt, 256)) return -1;
+        if (!has_format(kt, part.fmt) || !fmt_row_bytes(part.fmt, 256)) return -1;
         if (a.n % fmt_block_size(part.fmt) || (a.n % 32 && !fmt_is_float(part.fmt)) || part.rows < 1) return -2;
         rows += part.rows;
     }
@@ -94,8 +95,8 @@ void linear_run(const LinearArgs& a, const KernelTable& kt, Pool& pool, LinearSc
         for (int tb = 0; tb < T; tb += kTokenBlock) {
             const int nt = std::min(kTokenBlock, T - tb);
             hint.next = tb + kTokenBlock < T ? w : unit_weights(pool.next_unit());
-            kt.rows[part.fmt](w, rb, nr, acts + tb, nt, n, a.out + (size_t)tb * a.out_stride + col + r0,
-                              (size_t)a.out_stride);
+            run_rows(kt, part.fmt, w, rb, nr, acts + tb, nt, n, a.out + (size_t)tb * a.out_stride + col + r0,
+                     (size_t)a.out_stride);
         }
     });
 }

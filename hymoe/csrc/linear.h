@@ -3,7 +3,7 @@
 #pragma once
 #include <vector>
 
-#include "common.h"
+#include "dispatch.h"
 #include "pool.h"
 
 extern "C" {

@@ -12,37 +12,12 @@
 #include <vector>
 
 #include "attention.h"
-#include "common.h"
+#include "dispatch.h"
 #include "linear.h"
 #include "pool.h"
 #include "route.h"
 
-int detect_isa();
-bool detect_avx512_bf16();
-
 namespace {
-
-struct Tables {
-    KernelTable generic, active;
-    int isa = 0;
-    Tables() { select(-1); }
-    void select(int forced) {
-        fill_generic(&generic);
-        active = generic;
-        int hw = detect_isa();
-        isa = forced >= 0 && forced < hw ? forced : hw;
-        if (isa >= 1) fill_avx2(&active);
-        if (isa >= 2) fill_avx512(&active);
-        // float weights in batches, over whichever per-row kernels are in place (on AVX512 too: its
-        // f32 tile beats the AVX512 per-row kernels, qwen3 F16 batch 512: 139 -> 157 GFLOP/s)
-        if (isa >= 1) fill_avx2_float(&active);
-        if (isa >= 2 && detect_avx512_bf16()) fill_avx512_bf16(&active);
-    }
-};
-Tables& tables() {
-    static Tables t;
-    return t;
-}
 
 size_t row_bytes(int fmt, int n) {
     switch (fmt) {
@@ -98,10 +73,8 @@ struct MoeArgs {
 namespace {
 
 const int kTokenBlock = 64;  // tokens per kernel call: their activations stay in L2 while rows stream
-// Rows per work unit at most: large units stream long contiguous ranges (A/B at batch 1: Q8_0 0.71
-// -> 0.77 of bandwidth at the Qwen3 shape from 64 to 512 rows); when an expert has several token
-// blocks, small units keep their rows in L2 between blocks.
-int g_down_rows = 512, g_gate_rows = 512;
+// Rows per work unit at most when an expert has several token blocks: small units keep their rows
+// in L2 between blocks (with one block, Tuning::gate_rows and down_rows).
 const int kRowsSmall = 64;
 
 struct Job {
@@ -162,16 +135,15 @@ struct Job {
         int max_np = 0;
         for (int ei = 0; ei < ne; ei++) max_np = std::max(max_np, pair_start[ei + 1] - pair_start[ei]);
         const bool is_blocked = max_np > kTokenBlock;
-        const int r1 = std::max(rows_per_unit(I, ne, pool.size()),
-                                std::min(is_blocked ? kRowsSmall : g_gate_rows, I * ne / (4 * pool.size()) / 4 * 4));
+        const int most1 = is_blocked ? kRowsSmall : g_tuning.gate_rows;
+        const int r1 = std::max(rows_per_unit(I, ne, pool.size()), std::min(most1, I * ne / (4 * pool.size()) / 4 * 4));
         const int chunks1 = (I + r1 - 1) / r1;
         const size_t gate_rb = row_bytes(a.fmt_gate, H), up_rb = row_bytes(a.fmt_up, H);
         // Each kernel call names the rows its thread reads next (RangeHint in common.h), so its
         // prefetches run on into them. At a unit's end that is the unit the next claim would get:
         // a guess, as another thread may claim it first (and then finds those lines in this
-        // core's L2 or L3, not lost). One-process A/B, qwen3-30b-a3b batch 1, fraction of the
-        // paired probe: Q4_K 0.825 -> 0.880, Q8_0 0.882 -> 0.918, TQ2_0 0.669 -> 0.745 (hand-over
-        // within a unit); the guess across units then 0.851 -> 0.881, 0.885 -> 0.905, 0.707 -> 0.800.
+        // core's L2 or L3, not lost). At decode each hand-over is worth a few points of bandwidth
+        // (qwen3 shape, batch 1: 4-8 within a unit, 2-9 more across units).
         auto unit_gate = [&](int unit) -> const uint8_t* {  // the first rows a phase 1 unit reads
             if (unit >= ne * chunks1) return nullptr;
             return a.gate + experts[unit / chunks1] * a.gate_stride + (unit % chunks1) * r1 * gate_rb;
@@ -187,9 +159,9 @@ struct Job {
             for (int tb = 0; tb < np; tb += kTokenBlock) {
                 int nt = std::min(kTokenBlock, np - tb);
                 hint.next = uw;
-                kt->rows[a.fmt_gate](gw, gate_rb, nr, gx + tb, nt, H, g.data() + (size_t)(p0 + tb) * I + r0, I);
+                run_rows(*kt, a.fmt_gate, gw, gate_rb, nr, gx + tb, nt, H, g.data() + (size_t)(p0 + tb) * I + r0, I);
                 hint.next = tb + kTokenBlock < np ? gw : unit_gate(pool.next_unit());
-                kt->rows[a.fmt_up](uw, up_rb, nr, ux + tb, nt, H, u.data() + (size_t)(p0 + tb) * I + r0, I);
+                run_rows(*kt, a.fmt_up, uw, up_rb, nr, ux + tb, nt, H, u.data() + (size_t)(p0 + tb) * I + r0, I);
             }
         });
 
@@ -209,8 +181,8 @@ struct Job {
         });
 
         // phase 3: down rows, unit = chunk of H rows across all experts; weighted sum into out
-        const int r3 = std::max(rows_per_unit(H, 1, pool.size()),
-                                std::min(is_blocked ? kRowsSmall : g_down_rows, H / (4 * pool.size()) / 4 * 4));
+        const int most3 = is_blocked ? kRowsSmall : g_tuning.down_rows;
+        const int r3 = std::max(rows_per_unit(H, 1, pool.size()), std::min(most3, H / (4 * pool.size()) / 4 * 4));
         const int chunks3 = (H + r3 - 1) / r3;
         const size_t down_rb = row_bytes(a.fmt_down, I);
         auto unit_down = [&](int unit) -> const uint8_t* {  // the first rows a phase 3 unit reads
@@ -230,7 +202,7 @@ struct Job {
                 for (int tb = 0; tb < np; tb += kTokenBlock) {
                     int nt = std::min(kTokenBlock, np - tb);
                     hint.next = tb + kTokenBlock < np ? dw : next_dw;
-                    kt->rows[a.fmt_down](dw, down_rb, nr, &h_ptr[p0 + tb], nt, I, tmp.data(), r3);
+                    run_rows(*kt, a.fmt_down, dw, down_rb, nr, &h_ptr[p0 + tb], nt, I, tmp.data(), r3);
                     for (int j = 0; j < nt; j++) {
                         int p = p0 + tb + j;
                         float w = pair_weight[p];
@@ -265,22 +237,6 @@ struct Engine {
 
 extern "C" {
 
-// Internal knobs for A/B runs of variants in one process: 0-2 and 6 see tune_avx512; 3, 4 the most rows
-// per work unit of the down and gate/up phases; 5 the fewest tokens per expert for the batch tiles
-// (AVX512 and AVX2 alike), 7 for the BF16 tile (scripts/kernel_ab.py).
-__attribute__((visibility("default"))) void hymoe_tune(int key, int value) {
-    if (key == 3) g_down_rows = value;
-    else if (key == 4) g_gate_rows = value;
-    else if (key == 5) tune_avx512_tiled(value), tune_avx2_tiled(value);
-    else if (key == 7) tune_avx512_bf16(value);
-    else tune_avx512(key, value);
-}
-__attribute__((visibility("default"))) int hymoe_isa() { return tables().isa; }
-__attribute__((visibility("default"))) const char* hymoe_isa_name() { return tables().active.name; }
-__attribute__((visibility("default"))) void hymoe_force_isa(int isa) { tables().select(isa); }
-__attribute__((visibility("default"))) int hymoe_has_format(int fmt) {
-    return fmt >= 0 && fmt < FMT_SLOTS && tables().active.rows[fmt] != nullptr;
-}
 __attribute__((visibility("default"))) int64_t hymoe_row_bytes(int fmt, int n) {
     return n % block_size(fmt) ? -1 : (int64_t)row_bytes(fmt, n);
 }
@@ -294,7 +250,7 @@ __attribute__((visibility("default"))) double hymoe_engine_busy_seconds(void* e)
 // split into blocks, -3 an expert id out of range
 static int submit_error(const MoeArgs& a) {
     for (int f : {a.fmt_gate, a.fmt_up, a.fmt_down})
-        if (!hymoe_has_format(f)) return -1;
+        if (!has_format(kernels(), f)) return -1;
     if (a.hidden % block_size(a.fmt_gate) || a.hidden % block_size(a.fmt_up) || a.inter % block_size(a.fmt_down))
         return -2;
     // activations are quantized in blocks of 32 for the quantized formats
@@ -327,7 +283,7 @@ static int moe_submit(void* engine, const MoeArgs* args, int is_async) {
     const int P = a.num_tokens * a.topk;
     Job& job = eng->job;
     job.a = a;
-    job.kt = &tables().active;
+    job.kt = &kernels();
     // counting sort of (token, k) pairs by expert; experts in ascending order
     std::vector<int> count(a.num_experts + 1, 0);
     for (int p = 0; p < P; p++)
@@ -386,7 +342,7 @@ __attribute__((visibility("default"))) double hymoe_read_gbps(void* engine, cons
         auto t0 = std::chrono::steady_clock::now();
         for (int r = 0; r < reps; r++) {
             eng->pool.parallel_for((int)num_chunks, [&](int c, int thread) {
-                sink[thread * 8] ^= tables().active.read(buf + (int64_t)c * chunk, chunk);
+                sink[thread * 8] ^= kernels().read(buf + (int64_t)c * chunk, chunk);
             });
         }
         seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -407,7 +363,7 @@ __attribute__((visibility("default"))) int hymoe_linear(void* engine, LinearArgs
     args->num_tokens = num_tokens;
     args->x = x;
     args->out = out;
-    const KernelTable& kt = tables().active;
+    const KernelTable& kt = kernels();
     if (int bad = linear_check(*args, kt)) return bad;
     eng->pool.wake();
     eng->pool.run([&] { linear_run(*args, kt, eng->pool, eng->linear); });
@@ -430,7 +386,7 @@ __attribute__((visibility("default"))) int hymoe_gqa_attention(void* engine, con
     Engine* eng = (Engine*)engine;
     if (int bad = gqa_check(*args)) return bad;
     eng->pool.wake();
-    eng->pool.run([&] { gqa_run(*args, tables().active, eng->pool, eng->attention); });
+    eng->pool.run([&] { gqa_run(*args, kernels(), eng->pool, eng->attention); });
     return 0;
 }
 
@@ -458,8 +414,8 @@ __attribute__((visibility("default"))) void hymoe_rms_norm(const float* x, const
 // The kernels themselves, for tests: out[t, r] for rows of one matrix against activations x[t].
 __attribute__((visibility("default"))) int hymoe_rows(int fmt, const uint8_t* w, int nrows, int n, const float* x,
                                                       int ntok, float* out) {
-    if (!hymoe_has_format(fmt) || n % block_size(fmt) || n % 32) return -1;
-    const KernelTable& kt = tables().active;
+    const KernelTable& kt = kernels();
+    if (!has_format(kt, fmt) || n % block_size(fmt) || n % 32) return -1;
     range_hint() = RangeHint();  // no MoE job's hint carries over
     std::vector<uint8_t> q(fmt_is_float(fmt) ? 0 : ntok * kt.act_bytes(n));
     std::vector<float> r(fmt == BF16 ? (size_t)ntok * n : 0);
@@ -475,7 +431,7 @@ __attribute__((visibility("default"))) int hymoe_rows(int fmt, const uint8_t* w,
             ptr[t] = q.data() + t * kt.act_bytes(n);
         }
     }
-    kt.rows[fmt](w, row_bytes(fmt, n), nrows, ptr.data(), ntok, n, out, nrows);
+    run_rows(kt, fmt, w, row_bytes(fmt, n), nrows, ptr.data(), ntok, n, out, nrows);
     return 0;
 }
 

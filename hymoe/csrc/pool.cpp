@@ -29,9 +29,8 @@ static const int kYieldSpins = 256;
 // two threads never share a core's SMT siblings while a core is free). Empty: do not pin (not
 // Linux, HYMOE_PIN=0, or more threads than allowed CPUs, where the scheduler must share them out).
 // Pinned, a helper that wakes after an idle spell runs on its own core; unpinned, a scheduler
-// that packs threads (as this CI machine's does) put it on the caller's core, and a layer after
-// 10 ms idle took 1.30-1.38 ms against 0.96-0.98 ms pinned (qwen3 Q4_K batch 1; no change after
-// 0-1 ms idle).
+// that packs threads may put it on the caller's core (a qwen3 Q4_K layer at batch 1 after 10 ms
+// idle: about 1.35 ms against 0.97 pinned).
 static std::vector<int> pin_cpus(int threads) {
     std::vector<int> cpus;
 #ifdef __linux__

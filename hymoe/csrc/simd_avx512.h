@@ -5,16 +5,12 @@
 
 #include "common.h"
 
-namespace hymoe_avx512 {
-extern int kPrefetch;   // bytes ahead of the block being read (tunable: hymoe_tune)
-extern int kRowsDecode; // rows per pass for a single token
-extern int kHead;       // prefetch the head of each row range
-extern int kPassAhead;  // prefetch whole passes ahead (0: kPrefetch bytes ahead, the old way, for A/B)
-const int kTile = 4;    // tokens per pass
-}  // namespace hymoe_avx512
-
 namespace {
-using namespace hymoe_avx512;
+
+const int kTile = 4;        // tokens per pass
+// rows per pass for a single token: its activations load once for 4 rows, and DRAM serves several
+// concurrent row streams faster than one
+const int kRowsDecode = 4;
 
 // The AVX512 activation layout: the portable one, then
 //   [pad to 64][dexp: n/64 x 16 f32][ns4: n/4 i32][dsum: n/32 f32][paired: n i8, rows of 256s only]
@@ -86,7 +82,7 @@ static inline void transpose16x8_dwords(const uint8_t* src, size_t stride, uint8
 
 // 16 rows x 16 dwords (a whole 64-byte line of each row) -> 16 vectors at dst: vector q = dword q
 // of every row, lane i = row i. Each line is loaded once: rows 4 KiB apart share an L1 set, so
-// reading them in two 32-byte halves fetched most lines twice.
+// read in two 32-byte halves, most lines would be fetched twice.
 static inline void transpose16x16_dwords(const uint8_t* src, size_t stride, uint8_t* dst) {
     __m512i r[16], t[16], u[16];
     for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512((const void*)(src + stride * i));
@@ -141,15 +137,14 @@ static inline float hsum(__m256 v) {
 // NR rows x NT tokens per pass: each row's weights are unpacked once for NT tokens, and each
 // token's activations are loaded once for NR rows.
 // Kernels read rows in contiguous ranges and fetch (into L2) ahead of the block they read. A pass
-// reads NR rows side by side, so the bytes kPrefetch past row i's block often lie in a row of the
-// same pass, which is being read anyway (Q8_0 rows of 7168 weights are 7.6 KB: three of four
-// prefetches were wasted and the next pass started cold). So each row fetches the same column of
-// the row a whole number of passes (at least kPrefetch bytes) ahead, and a range's first `ahead`
-// bytes, which nothing fetches, are fetched up front.
+// reads NR rows side by side, so a flat distance past row i's block often lands in a row of the
+// same pass, which is being read anyway (Q8_0 rows of 7168 weights are 7.6 KB: three of four such
+// prefetches would be wasted, and the next pass would start cold). So each row fetches the same
+// column of the row a whole number of passes (at least Tuning::prefetch_bytes) ahead, and a
+// range's first `ahead` bytes, which nothing fetches, are fetched up front.
 static inline size_t rows_ahead(size_t row_bytes, int nr) {
-    if (!kPassAhead) return (size_t)kPrefetch;
     const size_t pass = row_bytes * (size_t)nr;
-    return ((size_t)kPrefetch + pass - 1) / pass * pass;
+    return ((size_t)g_tuning.prefetch_bytes + pass - 1) / pass * pass;
 }
 // One kernel call's prefetch stream over its row range [w, w + bytes): `ahead` bytes past the
 // block being read, running on into the range the thread reads next (RangeHint) rather than past
@@ -164,7 +159,7 @@ struct Ahead {
         const bool is_fetched = h.fetched == w;
         h.next = nullptr;
         h.fetched = bytes >= ahead ? next : nullptr;
-        if (!kHead || is_fetched) return;
+        if (is_fetched) return;
         const size_t head = ahead < bytes ? ahead : bytes;
         for (size_t l = 0; l < head; l += 64) _mm_prefetch((const char*)w + l, _MM_HINT_T1);
     }
@@ -219,11 +214,7 @@ static inline void rows_tiled(const uint8_t* w, size_t row_bytes, int nrows, con
     switch (ntok - t) {
         case 3: rows_split<Tile, F, 2, 3>(w, row_bytes, nrows, acts + t, n, o, out_stride); break;
         case 2: rows_split<Tile, F, 2, 2>(w, row_bytes, nrows, acts + t, n, o, out_stride); break;
-        case 1:
-            if (kRowsDecode == 1) rows_split<Tile, F, 1, 1>(w, row_bytes, nrows, acts + t, n, o, out_stride);
-            else if (kRowsDecode == 2) rows_split<Tile, F, 2, 1>(w, row_bytes, nrows, acts + t, n, o, out_stride);
-            else rows_split<Tile, F, 4, 1>(w, row_bytes, nrows, acts + t, n, o, out_stride);
-            break;
+        case 1: rows_split<Tile, F, kRowsDecode, 1>(w, row_bytes, nrows, acts + t, n, o, out_stride); break;
         default: break;
     }
 }

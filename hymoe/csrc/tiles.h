@@ -28,9 +28,9 @@ const int kLanes = 16;  // rows per tile
 
 inline float tile_h2f(uint16_t h) { return _cvtsh_ss(h); }
 
-// a decoder's 8 block scales and mins, computed in vectors, into the tile's [block][row] arrays.
-// Scalar int-to-float conversions there carried a false dependency each: IQ1_S's decode at
-// deepseek-v3 batch 352 went 1.34 -> 0.78 s per layer with its scales in vectors.
+// a decoder's 8 block scales and mins, computed in vectors, into the tile's [block][row] arrays:
+// scalar int-to-float conversions carry a false dependency each (in vectors, IQ1_S's batches take
+// little more than half the time).
 inline void store_scales8(__m256 sc8, __m256 mn8, float* sc, float* mn, int stride) {
     alignas(32) float t[16];
     _mm256_store_ps(t, sc8);
@@ -215,19 +215,19 @@ struct Tile {
 };
 thread_local Tile t_tile;
 
-// Rows [0, nrows) against ntok tokens through tiles; rows past the last whole tile, small batches
-// and shapes the tile does not take go to the per-row kernel `fallback`. Isa provides
+// Rows [0, nrows) against ntok tokens through tiles: returns the rows computed, those of the whole
+// tiles (0 for a shape the tile does not take); dispatch.cpp hands the rest to a per-row kernel.
+// Isa provides
 //   transpose(stage, dst): 16 rows x 32 code bytes (row i at stage + 256 i) -> 8 x 64 bytes, vector
 //     q = bytes 4q..4q+3 of every row, row i at byte 4i;
 //   tokens<NT, kBlock>(tile, blocks, aq, ad, ads, out, out_stride, next): out[t][0..15] for NT tokens,
 //     calling next.step() once per block;
 //   kNT, the tokens per pass.
 template <class Isa, class D, bool kAct256>
-void rows_tiled16(RowsFn fallback, int min_tokens, const uint8_t* w, size_t row_bytes, int nrows,
-                  const void* const* acts, int ntok, int n, float* out, size_t out_stride) {
+int rows_tiled16(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n,
+                 float* out, size_t out_stride) {
     Tile& tile = t_tile;
-    if (ntok < min_tokens || n % 256 || nrows < kLanes || ntok > 64 || !tile.reserve(n))
-        return fallback(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
+    if (n % 256 || nrows < kLanes || ntok > 64 || !tile.reserve(n)) return 0;
     tile.carve(n);
     const int blocks = n / D::kBlock, per256 = 256 / D::kBlock;
     // per token: int8 values in k order and, per block, their scale and scale * sum
@@ -271,8 +271,7 @@ void rows_tiled16(RowsFn fallback, int min_tokens, const uint8_t* w, size_t row_
         });
     }
     range.hand_over();
-    if (main < nrows)
-        fallback(w + (size_t)main * row_bytes, row_bytes, nrows - main, acts, ntok, n, out + main, out_stride);
+    return main;
 }
 
 }  // namespace

@@ -61,6 +61,7 @@ def library() -> ctypes.CDLL | None:
     lib.hymoe_read_gbps.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
     lib.hymoe_rows.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
                                ctypes.c_int, ctypes.c_void_p]
+    lib.hymoe_bench_tune.argtypes = [ctypes.c_char_p, ctypes.c_int]
     forced = os.environ.get("HYMOE_ISA")  # lets CI run the whole suite on the portable path
     if forced:
         set_isa(forced, lib)
@@ -75,6 +76,18 @@ def set_isa(name: str, lib: ctypes.CDLL | None = None) -> str:
         raise HymoeError(f"unknown ISA {name!r} (use one of {', '.join(ISAS)})")
     lib.hymoe_force_isa(ISAS[name])
     return lib.hymoe_isa_name().decode()
+
+
+def bench_tune(name: str, value: int = -1) -> int:
+    """Benchmarks only: sets one of the kernels' tuning values (Tuning in hymoe/csrc/common.h) for
+    this process, or only reads it (value < 0); returns the value it had."""
+    lib = library()
+    if lib is None:
+        raise HymoeError("the native CPU kernels are not built")
+    old = lib.hymoe_bench_tune(name.encode(), value)
+    if old < 0:
+        raise HymoeError(f"unknown kernel tuning value {name!r} (see Tuning in hymoe/csrc/common.h)")
+    return old
 
 
 def isa_name() -> str:
@@ -167,8 +180,8 @@ class NativeEngine:
     def step_scope(self, tokens_per_row: int, is_all_native: bool = False):
         """A forward pass of a CPU placement whose dense layers this pool computes too. torch runs
         the small operations between jobs single-threaded and the pool's helpers spin between jobs:
-        torch's own threads, spinning after each of their operations, fought the pool for the cores
-        (qwen3-shaped 16 layers, 2 cores: 50 -> 33 ms per decode step). That holds for every step
+        torch's own threads, spinning after each of their operations, would fight the pool for the
+        cores (a third of a qwen3-shaped decode step on 2 cores). That holds for every step
         when attention runs here too (is_all_native); otherwise long steps give torch every thread
         for its attention and let the helpers sleep between jobs."""
         if tokens_per_row > 16 and not is_all_native:
