@@ -10,9 +10,9 @@ import torch
 
 from hymoe.config import ModelConfig
 from hymoe.errors import HymoeError
-from hymoe.experts.host_memory import host_bytes
 from hymoe.loader.gguf_file import GGUFModelFile, TensorInfo
 from hymoe.loader.gguf_names import GGUFNames, merge_kv_b, permute_rows
+from hymoe.loader.host_memory import host_bytes
 from hymoe.quant.formats import FLOAT_DTYPES, dequantize, row_bytes
 
 
