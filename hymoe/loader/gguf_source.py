@@ -1,8 +1,8 @@
 """A GGUF model as a TensorSource: dense tensors by their HF names, experts as raw GGUF blocks.
 
-Dense (non-expert) tensors are dequantized with gguf-py on request (the loader then casts them to
-the compute dtype of their device). Routed experts stay in the file's blocks, zero copy, for the
-CPU expert engine.
+Dense (non-expert) tensors are dequantized with gguf-py on request (models/assemble.py then casts
+them to the compute dtype of their device). Routed experts stay in the file's blocks, zero copy,
+for the CPU expert engine.
 """
 from __future__ import annotations
 
