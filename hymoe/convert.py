@@ -25,8 +25,8 @@ from hymoe.loader.gguf_meta import GGUF_ARCH, write_metadata
 from hymoe.loader.gguf_names import GGUFNames, permute_rows, split_kv_b
 from hymoe.loader.gguf_tokenizer import write_tokenizer
 from hymoe.loader.open import open_model
-from hymoe.loader.weights import checked, stacked_projection
 from hymoe.models import build_model
+from hymoe.models.assemble import checked, stacked_projection
 from hymoe.quant.formats import qtype, row_bytes
 from hymoe.quant.encode import encode
 

@@ -30,8 +30,8 @@ def test_sharded_checkpoint_with_index_loads_identically(tiny_model, tmp_path):
 
 def test_float32_dense_weights_are_views_of_the_file(tiny_model):
     from hymoe.config import load_hf_config
-    from hymoe.loader.weights import load_weights
     from hymoe.models import build_model
+    from hymoe.models.assemble import load_weights
 
     model_dir, _ = tiny_model("mixtral")
     source = SafetensorsDir(model_dir)

@@ -80,7 +80,7 @@ class RandomSource:
         return self.cache[name]
 
     def raw(self, name: str):
-        """A matrix as random blocks of the dense format (the loader keeps them, as a GGUF file's)."""
+        """A matrix as random blocks of the dense format (assembly keeps them, as a GGUF file's)."""
         shape = self.shapes.get(name)
         if self.dense_format is None or shape is None or len(shape) != 2 or shape[1] % 256:
             return None

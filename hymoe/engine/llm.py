@@ -14,7 +14,7 @@ from hymoe.engine.scheduler import Timings
 from hymoe.engine.sequence import Sequence
 from hymoe.errors import HymoeError
 from hymoe.loader.open import ModelFiles, open_model
-from hymoe.loader.weights import load_weights
+from hymoe.models.assemble import load_weights
 from hymoe.models import build_model
 from hymoe.layers.moe import MoE
 from hymoe.placement import (EngineSlot, default_dtype, default_kv_dtype, hot_experts_on_gpu, parse_gpu_experts,

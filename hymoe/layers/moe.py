@@ -18,7 +18,7 @@ class MoE(nn.Module):
         self.shared_expert_gate = shared_gate
         if shared_gate is not None:
             shared_gate.keeps_float = True  # one row that scales a whole expert: llama.cpp keeps it F32 too
-        self.experts: ExpertBackend | None = None  # set by the loader: weights live outside the module tree
+        self.experts: ExpertBackend | None = None  # set by models/assemble.py: weights live outside the module tree
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])  # [B*T, H]

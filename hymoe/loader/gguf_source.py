@@ -1,8 +1,8 @@
 """A GGUF model as a TensorSource: dense tensors by their HF names, experts as raw GGUF blocks.
 
-Dense (non-expert) tensors are dequantized with gguf-py on request (the loader then casts them to
-the compute dtype of their device). Routed experts stay in the file's blocks, zero copy, for the
-CPU expert engine.
+Dense (non-expert) tensors are dequantized with gguf-py on request (models/assemble.py then casts
+them to the compute dtype of their device). Routed experts stay in the file's blocks, zero copy,
+for the CPU expert engine.
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 
 from hymoe.config import ModelConfig
 from hymoe.errors import HymoeError
-from hymoe.experts.host_memory import host_bytes
 from hymoe.loader.gguf_file import GGUFModelFile, TensorInfo
 from hymoe.loader.gguf_names import GGUFNames, merge_kv_b, permute_rows
+from hymoe.loader.host_memory import host_bytes
 from hymoe.quant.formats import FLOAT_DTYPES, dequantize, row_bytes
 
 

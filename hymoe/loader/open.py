@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -12,10 +13,22 @@ from hymoe.errors import HymoeError
 from hymoe.tokenizer import Tokenizer, generation_defaults
 
 
+class TensorSource(Protocol):
+    """Named tensors, by the checkpoint's Hugging Face names, as views of the file where possible.
+
+    A source may also offer `raw(name)` (a matrix in its stored block format), `packed_experts(names)`
+    (one layer's stacked experts as blocks), `label(name)` (where a tensor lives, for errors) and
+    `experts_type` (the ExpertBackend class for its packed experts); models/assemble.py uses them.
+    """
+
+    def __contains__(self, name: str) -> bool: ...
+    def get(self, name: str) -> torch.Tensor: ...
+
+
 @dataclass
 class ModelFiles:
     config: ModelConfig
-    source: object  # a TensorSource
+    source: TensorSource
     tokenizer: Tokenizer | None
     dtype: torch.dtype  # the compute dtype the checkpoint calls for
     generation_defaults: dict = field(default_factory=dict)

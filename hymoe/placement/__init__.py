@@ -15,9 +15,9 @@ import torch
 from hymoe.errors import HymoeError, say_once
 from hymoe.experts import native
 from hymoe.experts.dequant_backend import DequantExperts
-from hymoe.experts.host_memory import host_copy
 from hymoe.experts.torch_backend import TorchExperts
 from hymoe.layers.moe import MoE
+from hymoe.loader.host_memory import host_copy
 from hymoe.placement.rules import load_rules, plan
 from hymoe.quant.formats import FLOAT_DTYPES, NATIVE_FORMATS, qtype
 

@@ -7,78 +7,22 @@ step). Errors use OpenAI's error JSON with a 4xx code; the server keeps serving.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import uuid
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field, ValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
 
-from hymoe.engine.sampler import SamplingParams
-from hymoe.errors import HymoeError
 from hymoe.engine.engine_thread import EngineThread, QueueFull
+from hymoe.engine.sampler import SamplingParams
 from hymoe.engine.sequence import Sequence
+from hymoe.errors import HymoeError
+from hymoe.serve import ollama, openai_routes
+from hymoe.serve.protocol import ApiError, error_body
 
 PAGE = Path(__file__).with_name("page.html")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
-                 headers: dict | None = None):
-        self.status, self.message, self.code, self.param, self.headers = status, message, code, param, headers
-
-
-def error_body(message: str, kind: str = "invalid_request_error", code: str | None = None, param: str | None = None):
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-# ---- OpenAI request bodies (unknown fields are accepted and ignored, as OpenAI-compatible servers do)
-
-class ChatMessage(BaseModel):
-    role: str
-    content: str | list[dict[str, Any]] | None = None
-
-
-class SamplingFields(BaseModel):
-    model: str
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    n: int = Field(default=1, ge=1)
-
-
-class ChatBody(SamplingFields):
-    messages: list[ChatMessage]
-
-
-class CompletionBody(SamplingFields):
-    prompt: str | list[int]
-
-
-async def parse_body(http: HttpRequest, model: type[BaseModel]):
-    """The JSON body as `model`, whatever Content-Type the client sent (curl users often send none)."""
-    raw = await http.body()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(400, "Request body is not valid JSON") from None
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first.get("loc", ())) or None
-        raise ApiError(400, f"Invalid request: {where or 'body'}: {first.get('msg', 'invalid value')}",
-                       param=where) from None
 
 
 class Server:
@@ -165,8 +109,6 @@ class Server:
 
 
 def build_app(server: Server) -> FastAPI:
-    from hymoe.serve import ollama, openai_routes
-
     app = FastAPI(title="hymoe", docs_url=None, redoc_url=None)
     app.state.server = server
 
@@ -203,15 +145,3 @@ def build_app(server: Server) -> FastAPI:
     app.include_router(openai_routes.router)
     app.include_router(ollama.router)
     return app
-
-
-def sse(obj: dict) -> str:
-    return f"data: {json.dumps(obj)}\n\n"
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
-
-
-def stream(gen) -> StreamingResponse:
-    return StreamingResponse(gen, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

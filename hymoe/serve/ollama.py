@@ -7,35 +7,10 @@ from datetime import datetime, timezone
 
 from fastapi import APIRouter, Request as HttpRequest
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
 
-from hymoe.serve.app import ChatMessage, parse_body
+from hymoe.serve.protocol import OllamaBody, OllamaChat, OllamaGenerate, parse_body
 
 router = APIRouter()
-
-
-class Options(BaseModel):
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = None
-    num_predict: int | None = None
-    stop: list[str] | None = None
-
-
-class OllamaBody(BaseModel):
-    model: str
-    stream: bool = True
-    options: Options = Field(default_factory=Options)
-
-
-class OllamaChat(OllamaBody):
-    messages: list[ChatMessage]
-
-
-class OllamaGenerate(OllamaBody):
-    prompt: str
-    system: str | None = None
-    raw: bool = False
 
 
 def _now() -> str:

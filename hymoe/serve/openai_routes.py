@@ -6,7 +6,7 @@ import time
 from fastapi import APIRouter, Request as HttpRequest
 from fastapi.responses import JSONResponse
 
-from hymoe.serve.app import ApiError, ChatBody, CompletionBody, new_id, parse_body, sse, stream
+from hymoe.serve.protocol import ApiError, ChatBody, CompletionBody, new_id, parse_body, sse, stream
 
 router = APIRouter()
 

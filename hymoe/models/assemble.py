@@ -1,11 +1,10 @@
-"""Fill a model built on the meta device with checkpoint tensors, by the family's rename table.
+"""Assemble a model from named tensors: fill a model built on the meta device from a loader's
+TensorSource, by the family's rename table.
 
 Dense weights become parameters (a view of the mmap when the dtype already matches); each MoE
 layer's experts are stacked into [E, ...] tensors and handed to an ExpertBackend.
 """
 from __future__ import annotations
-
-from typing import Protocol
 
 import torch
 from torch import nn
@@ -17,15 +16,11 @@ from hymoe.experts.dequant_backend import DequantExperts
 from hymoe.experts.torch_backend import TorchExperts
 from hymoe.layers.linear import QuantEmbedding, QuantLinear
 from hymoe.layers.moe import MoE
+from hymoe.loader.open import TensorSource
 from hymoe.models.decoder import Decoder
 from hymoe.quant.formats import row_bytes
 
 FLOAT32_PARAMS = (".mlp.gate.weight", ".e_score_correction_bias")  # routing stays float32, as in the reference
-
-
-class TensorSource(Protocol):
-    def __contains__(self, name: str) -> bool: ...
-    def get(self, name: str) -> torch.Tensor: ...
 
 
 def checked(source: TensorSource, name: str, shape: torch.Size) -> torch.Tensor:
