@@ -106,12 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args):
-    from hymoe.default_model import ensure_default_model
-    from hymoe.engine.llm import LLM
-    from hymoe.placement.options import PlacementOptions
+    from hymoe.engine.llm import load_from_args
 
-    path = args.model or ensure_default_model()
-    return LLM(path, PlacementOptions.from_args(args), args.max_context, progress=sys.stderr.isatty())
+    return load_from_args(args)
 
 
 def _sampling(args, llm):

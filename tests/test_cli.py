@@ -43,6 +43,8 @@ def test_generate_greedy_is_deterministic_and_seeded_sampling_repeats(tiny_model
     (["generate", "{tiny}", "--prompt-ids", "1", "--dtype", "int3"], "unknown dtype"),
     (["bench", "experts", "--format", "Q5_0"], "no benchmark weights for format Q5_0"),
     (["bench", "experts", "--shape", "llama-7b"], "unknown shape"),
+    (["bench", "experts", "--tune", "bogus=3"], "unknown kernel tuning value 'bogus'"),
+    (["bench", "experts", "--tune", "3"], "NAME=VALUE"),
 ])
 def test_bad_input_is_one_line_and_nonzero(tiny_model, args, message):
     d = tiny_model("mixtral")[0]

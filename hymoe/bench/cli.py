@@ -198,15 +198,14 @@ def cmd_bench_prefill(args) -> None:
 
 
 def cmd_bench_serve(args) -> None:
-    from hymoe.cli import _load
-
     from hymoe.bench.serve import bench_serve
+    from hymoe.engine.llm import load_from_args
 
     users = _counts(args.users, "--users")
     if args.gen_tokens < 2:
         raise HymoeError("--gen-tokens must be at least 2")
     args.max_context = args.max_context or 512
-    results = bench_serve(_load(args), users, args.gen_tokens)
+    results = bench_serve(load_from_args(args), users, args.gen_tokens)
     base = results[0]["aggregate_tokens_per_s"]
     for r in results:
         print(f"{r['users']} users: {r['aggregate_tokens_per_s']:.1f} tok/s aggregate "

@@ -89,6 +89,38 @@ def cold_layers(engine, shape: str, fmt: str, backend: str = "native", max_gb: f
     return layers, allocated, per_expert
 
 
+def _timed_calls(engine, layers, probe, x, k: int, allocated: int, per_expert: int, backend: str, iters: int,
+                 gen) -> tuple[list[float], list[int], list[float]]:
+    """Time layer calls on batch x [B, H], cycling through the cold layers, each right after a
+    streaming read of a cold probe slice: (seconds, weight bytes read, probe GB/s) per call."""
+    n_iter, threads = iters or 40, engine.threads
+    slices = probe.numel() // PROBE_BYTES
+    times, bytes_read, probes = [], [], []
+    t_start = time.perf_counter()
+    for it in range(n_iter + 2):
+        if not iters and len(times) >= 3 and time.perf_counter() - t_start > 3.0:
+            break  # enough for a median: big batches take seconds per call
+        ids, w = _routing(x.shape[0], k, allocated, gen)
+        experts = layers[it % len(layers)]
+        s = (it % slices) * PROBE_BYTES
+        if backend == "torch":  # its OpenMP workers spin ~10 ms after a parallel op: not during the
+            time.sleep(0.02)    # probe (native calls go without: an idle pause slows the next call)
+        if backend == "llama.cpp":  # ggml's pool polls between graphs: parked during the probe
+            llama_peer.pause(threads)
+        probe_gbps = engine.read_gbps(probe[s:s + PROBE_BYTES], 1)
+        if backend == "llama.cpp":  # polling again when the layer starts, as between llama.cpp's
+            llama_peer.resume(threads)  # layers (its threads compute attention too, never sleep)
+            time.sleep(0.002)
+        t0 = time.perf_counter()
+        experts.submit(x, ids, w)
+        experts.sync()
+        if it >= 2:  # two warm-up calls
+            times.append(time.perf_counter() - t0)
+            bytes_read.append(len(torch.unique(ids)) * per_expert)
+            probes.append(probe_gbps)
+    return times, bytes_read, probes
+
+
 def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None = None, backend: str = "native",
                   max_gb: float = 8.0, iters: int = 0, seed: int = 0) -> list[dict]:
     """One row per batch size; the weights and the machine figures are shared by all of them."""
@@ -104,7 +136,6 @@ def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None 
     threads = engine.threads
     torch.set_num_threads(threads)
     layers, allocated, per_expert = cold_layers(engine, shape, fmt, backend, max_gb, seed)
-    num_layers = len(layers)
     # read every weight once (the pages settle: faults, huge-page collapsing), then measure the
     # machine, so bandwidth and GEMM figures come from the same moment as the timings
     for layer in layers:
@@ -117,35 +148,12 @@ def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None 
     # median of the pairs' ratios and the bandwidth the median of the paired reads.
     probe = host_bytes(cold_bytes()).fill_(1)  # a slice comes round again after >= 1 GiB of reads
     engine.read_gbps(probe, 1)  # touch every page
-    slices = probe.numel() // PROBE_BYTES
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for batch in batches:
         x = torch.randn(batch, hidden, generator=gen)
-        n_iter = iters or 40
-        times, bytes_read, probes = [], [], []
-        t_start = time.perf_counter()
-        for it in range(n_iter + 2):
-            if not iters and len(times) >= 3 and time.perf_counter() - t_start > 3.0:
-                break  # enough for a median: big batches take seconds per call
-            ids, w = _routing(batch, k, allocated, gen)
-            experts = layers[it % num_layers]
-            s = (it % slices) * PROBE_BYTES
-            if backend == "torch":  # its OpenMP workers spin ~10 ms after a parallel op: not during the
-                time.sleep(0.02)    # probe (native calls go without: an idle pause slows the next call)
-            if backend == "llama.cpp":  # ggml's pool polls between graphs: parked during the probe
-                llama_peer.pause(threads)
-            probe_gbps = engine.read_gbps(probe[s:s + PROBE_BYTES], 1)
-            if backend == "llama.cpp":  # polling again when the layer starts, as between llama.cpp's
-                llama_peer.resume(threads)  # layers (its threads compute attention too, never sleep)
-                time.sleep(0.002)
-            t0 = time.perf_counter()
-            experts.submit(x, ids, w)
-            experts.sync()
-            if it >= 2:  # two warm-up calls
-                times.append(time.perf_counter() - t0)
-                bytes_read.append(len(torch.unique(ids)) * per_expert)
-                probes.append(probe_gbps)
+        times, bytes_read, probes = _timed_calls(engine, layers, probe, x, k, allocated, per_expert, backend,
+                                                 iters, gen)
         layer_s = statistics.median(times)
         weight_gbps = statistics.median(b / t for b, t in zip(bytes_read, times)) / 1e9
         fraction = statistics.median(b / t / 1e9 / g for b, t, g in zip(bytes_read, times, probes))
@@ -154,7 +162,7 @@ def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None 
         rows.append({
             "shape": shape, "format": fmt, "batch": batch, "threads": threads, "backend": backend,
             "isa": {"native": native.isa_name(), "torch": "torch", "llama.cpp": "ggml-cpu"}[backend],
-            "experts_allocated": allocated, "layers_allocated": num_layers, "layer_ms": round(layer_s * 1e3, 3),
+            "experts_allocated": allocated, "layers_allocated": len(layers), "layer_ms": round(layer_s * 1e3, 3),
             "weight_gbps": round(weight_gbps, 2), "bandwidth_gbps": round(bandwidth_now, 2),
             "bandwidth_start_gbps": round(bandwidth, 2),
             "fraction": round(fraction, 3), "tokens_per_s": round(batch / layer_s, 1),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 
 import torch
@@ -117,3 +118,11 @@ class LLM:
 def load(path: str | Path, max_context: int | None = None, progress: bool = True, **options) -> LLM:
     """hymoe.load(path, dtype="bfloat16", placement="hybrid", ...): keywords are PlacementOptions' fields."""
     return LLM(path, PlacementOptions(**options), max_context, progress)
+
+
+def load_from_args(args) -> LLM:
+    """The model a command line names (the bundled demo model if none), placed as its options say."""
+    from hymoe.default_model import ensure_default_model
+
+    path = args.model or ensure_default_model()
+    return LLM(path, PlacementOptions.from_args(args), args.max_context, progress=sys.stderr.isatty())
