@@ -176,7 +176,7 @@ rules:
 
 def test_wrappers_nest_in_their_order_around_each_cpu_side_layer(tiny_model, tmp_path):
     """hybrid with every wrapper: deferral around the hot-expert split around GPU prefill around the
-    native engine, as placement.WRAPPERS orders them. 8 of 16 experts hot puts layer 1's last expert
+    native engine, as placement.experts.WRAPPERS orders them. 8 of 16 experts hot puts layer 1's last expert
     on the GPU side, where no pair that deferral marked -1 may reach it. A layer whose experts a rule
     puts on the GPU (layer 1 here, by index) stays unwrapped, and the CPU-side layer after it, the
     only and last one, defers nothing."""

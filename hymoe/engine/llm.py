@@ -18,8 +18,8 @@ from hymoe.loader.open import ModelFiles, open_model
 from hymoe.models.assemble import load_weights
 from hymoe.models import build_model
 from hymoe.layers.moe import MoE
-from hymoe.placement import (EngineSlot, default_dtype, default_kv_dtype, hot_experts_on_gpu, parse_gpu_experts,
-                             place_experts, place_layers, resolve_placement)
+from hymoe.placement import default_dtype, default_kv_dtype, place_layers, resolve_placement
+from hymoe.placement.experts import EngineSlot, hot_experts_on_gpu, parse_gpu_experts, place_experts
 from hymoe.placement.options import PlacementOptions
 from hymoe.placement.kernels import check_dense_format, place_dense, place_small_ops, quantize_dense
 
