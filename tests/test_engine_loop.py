@@ -25,7 +25,7 @@ def _prompts(llm):
     return [llm.tokenizer.encode(t) for t in texts]
 
 
-def _run(llm, prompts, slots: int, chunk: int | None, params=GREEDY) -> list[Sequence]:
+def _run(llm, prompts, slots: int, chunk: int = 512, params=GREEDY) -> list[Sequence]:
     sched = Scheduler(llm.runner(slots, llm.max_context), prefill_chunk=chunk)
     seqs = [llm.sequence(p, params) for p in prompts]
     for s in seqs:
@@ -38,7 +38,7 @@ def _run(llm, prompts, slots: int, chunk: int | None, params=GREEDY) -> list[Seq
 def test_chunked_prefill_and_waiting_for_slots_give_the_same_tokens(llm):
     """Prompts read 3 tokens per step, and 3 sequences sharing 2 slots, decode what each decodes alone."""
     alone = [llm.generate(p, max_new_tokens=10, is_eos_ignored=True) for p in _prompts(llm)]
-    for slots, chunk in ((3, None), (3, 3), (2, 5), (1, 2)):
+    for slots, chunk in ((3, 512), (3, 3), (2, 5), (1, 2)):
         got = [s.token_ids for s in _run(llm, _prompts(llm), slots, chunk)]
         assert got == alone, (slots, chunk)
 
@@ -72,13 +72,13 @@ def test_cancelled_sequences_free_their_slot(llm):
 def test_length_limit_is_the_cache(llm):
     """A sequence ends when its slot is full; the token sampled at the last position is returned."""
     prompt = _prompts(llm)[0]
-    seq, = _run(llm, [prompt], 1, None, SamplingParams(max_new_tokens=500, is_eos_ignored=True))
+    seq, = _run(llm, [prompt], 1, 512, SamplingParams(max_new_tokens=500, is_eos_ignored=True))
     assert seq.finish_reason == "length" and len(prompt) + len(seq.token_ids) == llm.max_context + 1
 
 
 def test_streamed_text_holds_back_a_possible_stop_string(llm):
     prompt = _prompts(llm)[0]
-    free, = _run(llm, [prompt], 1, None, SamplingParams(max_new_tokens=16, is_eos_ignored=True))
+    free, = _run(llm, [prompt], 1, 512, SamplingParams(max_new_tokens=16, is_eos_ignored=True))
     stop = free.text[6:9]
     events = []
     seq = llm.sequence(prompt, SamplingParams(max_new_tokens=16, is_eos_ignored=True, stop=(stop,)),
@@ -94,7 +94,7 @@ def test_streamed_text_holds_back_a_possible_stop_string(llm):
 
 def test_eos_ends_the_sequence_and_is_not_returned(llm):
     prompt = _prompts(llm)[1]
-    free, = _run(llm, [prompt], 1, None)
+    free, = _run(llm, [prompt], 1)
     params = SamplingParams(max_new_tokens=10, extra_eos_ids=(free.token_ids[2],))
     seq, = _run(llm, [prompt], 1, 4, params)
     assert seq.token_ids == free.token_ids[:2] and seq.finish_reason == "stop"

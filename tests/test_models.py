@@ -36,6 +36,33 @@ def test_prefill_logits_match_transformers(pair):
     assert (got - ref).abs().max().item() <= 1e-4
 
 
+def test_chunked_prefill_matches_transformers_and_bounds_the_masks(pair, monkeypatch):
+    """A prompt read 7 tokens per pass (LLM.logits, and generate through the scheduler) gives HF's
+    logits, and no pass builds a mask for more than its chunk of the prompt."""
+    from hymoe.kv.cache import Step
+
+    ours, hf = pair
+    ids = _ids(48, 1)
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0].float()
+    widths, build = [], Step.build
+
+    def recorded(positions, *a, **kw):  # positions [B, T]: T is the pass's width
+        widths.append(positions.shape[1])
+        return build(positions, *a, **kw)
+
+    monkeypatch.setattr(Step, "build", staticmethod(recorded))
+    monkeypatch.setattr(ours, "prefill_chunk", 7)
+    got = ours.logits(ids)
+    assert (got - ref).abs().max().item() <= 1e-4
+    assert len(widths) == 7 and max(widths) == 7
+    widths.clear()
+    chunked = ours.generate(ids, max_new_tokens=4, is_eos_ignored=True)
+    assert max(widths) == 7 and widths.count(7) == 6  # 6 chunks of 7 and one of 6, then 3 decode steps
+    monkeypatch.setattr(ours, "prefill_chunk", 512)
+    assert chunked == ours.generate(ids, max_new_tokens=4, is_eos_ignored=True)
+
+
 def test_decode_with_cache_matches_transformers_decode(pair):
     ours, hf = pair
     ids = _ids(24, 2)

@@ -15,7 +15,7 @@ class ChatSession:
         if llm.tokenizer is None:
             raise HymoeError("chat needs a tokenizer, and this model has none")
         self.llm, self.params, self.system = llm, params, system
-        self.scheduler = Scheduler(llm.runner(1, llm.max_context))
+        self.scheduler = Scheduler(llm.runner(1, llm.max_context), llm.prefill_chunk)
         self.reset()
 
     def reset(self) -> None:

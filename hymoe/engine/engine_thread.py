@@ -20,11 +20,11 @@ class QueueFull(HymoeError):
 
 
 class EngineThread:
-    def __init__(self, llm, max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = 256):
+    def __init__(self, llm, max_batch: int = 8, max_queue: int = 64):
         if llm.tokenizer is None:
             raise HymoeError("serving needs a tokenizer, and this model has none")
         self.llm, self.max_batch, self.max_queue = llm, max_batch, max_queue
-        self.scheduler = Scheduler(llm.runner(max_batch, llm.max_context), prefill_chunk)
+        self.scheduler = Scheduler(llm.runner(max_batch, llm.max_context), llm.prefill_chunk)
         self.inbox: list[Sequence] = []  # submitted, not yet handed to the scheduler (which only this thread touches)
         self.lock = threading.Condition()
         self.stopped = False

@@ -11,7 +11,7 @@ from hymoe.config import ModelConfig
 from hymoe.engine.generate import generate
 from hymoe.engine.runner import Runner
 from hymoe.engine.sampler import SamplingParams
-from hymoe.engine.scheduler import Timings
+from hymoe.engine.scheduler import PREFILL_CHUNK, Timings
 from hymoe.engine.sequence import Sequence
 from hymoe.errors import HymoeError
 from hymoe.loader.open import ModelFiles, open_model
@@ -69,6 +69,9 @@ class LLM:
         self.tokenizer = files.tokenizer
         self.generation_defaults = files.generation_defaults
         self.max_context = min(max_context or DEFAULT_MAX_CONTEXT, self.config.max_position_embeddings)
+        # prompt tokens per forward pass, for every client; a pass streams experts to the GPU only
+        # from --gpu-prefill-threshold tokens, so chunks are at least that long
+        self.prefill_chunk = max(PREFILL_CHUNK, o.gpu_prefill_threshold)
 
     @property
     def eos_ids(self) -> tuple[int, ...]:
@@ -97,9 +100,9 @@ class LLM:
         return Sequence(prompt, params, self.eos_ids, self.max_context, self.tokenizer, on_event)
 
     def logits(self, token_ids: list[int]) -> torch.Tensor:
-        """One prefill: float32 CPU logits [T, V] for every position."""
+        """One prefill, in chunks: float32 CPU logits [T, V] for every position."""
         self.check_prompt(list(token_ids))
-        return self.runner(1, len(token_ids)).forward([0], [list(token_ids)], [0], is_all_logits=True)[0]
+        return self.runner(1, len(token_ids)).all_logits([0], [list(token_ids)], self.prefill_chunk)[0]
 
     def generate_batch(self, prompts: list[list[int]], params: SamplingParams,
                        on_token=None) -> tuple[list[Sequence], Timings]:
@@ -107,7 +110,7 @@ class LLM:
             self.check_prompt(p)
         max_len = min(self.max_context, max(len(p) for p in prompts) + params.max_new_tokens)
         return generate(self.runner(len(prompts), max_len), prompts, params, self.eos_ids, self.tokenizer,
-                        on_token=on_token)
+                        on_token=on_token, prefill_chunk=self.prefill_chunk)
 
     def generate(self, token_ids: list[int], max_new_tokens: int = 64, temperature: float = 0.0,
                  **sampling) -> list[int]:

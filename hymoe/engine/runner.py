@@ -54,3 +54,16 @@ class Runner:
             if not is_all_logits:
                 hidden = hidden[torch.arange(num_rows), torch.tensor(lens) - 1]  # [B, H]: each row's last
             return self.model.head(hidden).cpu()
+
+    def all_logits(self, rows: list[int], tokens: list[list[int]], chunk: int) -> list[torch.Tensor]:
+        """Every position's float32 logits of tokens[b], written to slot rows[b] from position 0:
+        [T_b, V] per row. The prompt goes `chunk` positions per pass, so no pass holds more than
+        chunk x S attention scores or masks however long the prompt is."""
+        out: list[list[torch.Tensor]] = [[] for _ in tokens]
+        for c in range(0, max(map(len, tokens)), chunk):
+            live = [b for b, t in enumerate(tokens) if len(t) > c]
+            logits = self.forward([rows[b] for b in live], [tokens[b][c:c + chunk] for b in live], [c] * len(live),
+                                  is_all_logits=True)  # [B, <=chunk, V]
+            for i, b in enumerate(live):
+                out[b].append(logits[i, : len(tokens[b][c:c + chunk])])
+        return [torch.cat(parts) for parts in out]

@@ -1,16 +1,15 @@
 """The one engine loop: continuous batching with chunked prefill, for every client.
 
 Each `step()` admits waiting sequences into free KV slots, runs (a) one prefill chunk for the
-sequences still reading their prompt, at most `prefill_chunk` tokens in all (None: whole prompts
-in one pass), so a long prompt never freezes the others, then (b) one batched decode step for
-every sequence that is generating: one forward pass, so each needed expert's weights are read once
-for all of them. A sequence holds its slot from admission to its end. The scheduler does no tensor
-work (the runner does) and makes every decision through `Sequence.accept`.
+sequences still reading their prompt, at most `prefill_chunk` tokens in all, so a long prompt
+neither freezes the others nor builds masks of its whole length, then (b) one batched decode step
+for every sequence that is generating: one forward pass, so each needed expert's weights are read
+once for all of them. A sequence holds its slot from admission to its end. The scheduler does no
+tensor work (the runner does) and makes every decision through `Sequence.accept`.
 """
 from __future__ import annotations
 
 import bisect
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -44,8 +43,13 @@ class Timings:
             self.decode_s, self.decode_tokens = self.decode_s + seconds, self.decode_tokens + tokens
 
 
+# Prompt tokens read per step, as llama.cpp's default micro-batch: enough tokens per expert for the
+# batch tiles, and a chunk's [T, S] masks and scores stay bounded at any prompt length.
+PREFILL_CHUNK = 512
+
+
 class Scheduler:
-    def __init__(self, runner: Runner, prefill_chunk: int | None = None):
+    def __init__(self, runner: Runner, prefill_chunk: int = PREFILL_CHUNK):
         self.runner, self.prefill_chunk = runner, prefill_chunk
         self.free = list(range(runner.cache.num_slots))  # lowest first: slots 0..B-1 in order need no gather
         self.waiting: deque[Sequence] = deque()
@@ -80,7 +84,7 @@ class Scheduler:
 
     def _prefill_chunks(self) -> list[tuple[Sequence, list[int]]]:
         """Prompt tokens to read in this step: up to prefill_chunk in all, first come first served."""
-        budget, reading = self.prefill_chunk or sys.maxsize, []
+        budget, reading = self.prefill_chunk, []
         for seq in self.running:
             if (n := min(budget, len(seq.prompt) - seq.cached)) > 0:
                 reading.append((seq, seq.prompt[seq.cached:seq.cached + n]))

@@ -50,9 +50,8 @@ def perplexity(score: Scorer, ids: list[int], context: int, stride: int | None =
 
 
 def llm_scorer(llm) -> Scorer:
-    """hymoe's own scorer: all windows of one call in one batched prefill."""
+    """hymoe's own scorer: all windows of one call in one batched prefill, in chunks."""
     def score(wins: list[list[int]]) -> list[torch.Tensor]:
-        out = llm.runner(len(wins), max(len(w) for w in wins)).forward(
-            list(range(len(wins))), wins, [0] * len(wins), is_all_logits=True)
-        return [out[b, : len(w)] for b, w in enumerate(wins)]
+        runner = llm.runner(len(wins), max(len(w) for w in wins))
+        return runner.all_logits(list(range(len(wins))), wins, llm.prefill_chunk)
     return score
