@@ -63,3 +63,10 @@ def test_chat_streams_keeps_history_and_resets(cache_env):
     r = hymoe("chat", "--max-new-tokens", 4, stdin="hello\nagain\n/reset\nonce more\n/exit\n", env=cache_env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("> ") >= 4 and "(conversation cleared)" in r.stdout
+
+
+def test_bench_serve_shared_prefix_reuses_the_prefix(cache_env):
+    r = hymoe("bench", "serve", "--shared-prefix", 100, "--json", env=cache_env)
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout.strip().splitlines()[-1])
+    assert row["cached_tokens"] == 100 and set(row) >= {"ttft_first_ms", "ttft_second_ms", "ttft_ratio"}

@@ -62,7 +62,8 @@ def test_cancelled_sequences_free_their_slot(llm):
     for s in (a, b, c):
         sched.add(s)
     sched.step()
-    a.cancelled = c.cancelled = True  # one running, one waiting
+    a.cancel()  # running
+    c.cancel()  # waiting
     sched.step()
     assert a not in sched.running and c not in sched.waiting and 0 in sched.free
     sched.run()
@@ -103,7 +104,7 @@ def test_eos_ends_the_sequence_and_is_not_returned(llm):
 def test_chat_reuses_its_slot_and_survives_a_failed_reply(llm, monkeypatch):
     session = ChatSession(llm, SamplingParams(max_new_tokens=6, is_eos_ignored=True))
     first = session.reply("Who was Moses?")
-    cached = list(session.cached)
+    cached = list(session.scheduler.held[0])
     assert cached and session.scheduler.free == [0]
     fed = []
     forward = session.scheduler.runner.forward
@@ -114,7 +115,32 @@ def test_chat_reuses_its_slot_and_survives_a_failed_reply(llm, monkeypatch):
     monkeypatch.setattr(session.scheduler.runner, "forward", lambda *a, **kw: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         session.reply("Again?")
-    assert session.scheduler.free == [0] and not session.scheduler.has_work
+    assert session.scheduler.free == [0] and not session.scheduler.has_work and session.scheduler.held[0] == []
     monkeypatch.setattr(session.scheduler.runner, "forward", forward)
     session.reset()
     assert session.reply("Who was Moses?") == first
+
+
+def test_a_prompt_sharing_a_slots_prefix_reuses_it(llm):
+    """The second prompt's shared prefix is not computed again, and it decodes what it decodes alone."""
+    head = llm.tokenizer.encode("In the beginning God created the heaven and the earth. And the earth was")
+    first, second = head + llm.tokenizer.encode(" without form"), head + llm.tokenizer.encode(" void; and")
+    alone, = _run(llm, [second], 1)
+    sched = Scheduler(llm.runner(2, llm.max_context))
+    fed = []
+    forward = sched.runner.forward
+    sched.runner.forward = lambda rows, tokens, starts, **kw: fed.append((rows, starts)) or forward(rows, tokens,
+                                                                                                   starts, **kw)
+    for prompt in (first, second):
+        seq = llm.sequence(prompt, GREEDY)
+        sched.add(seq)
+        sched.run()
+    common = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
+    assert seq.slot == 0 and seq.reused == common >= len(head) - 1
+    assert seq.usage()["prompt_tokens_details"]["cached_tokens"] == common
+    assert fed[-10] == ([0], [common])  # its prefill starts after the shared prefix (then 9 decode steps)
+    assert seq.token_ids == alone.token_ids
+    other = llm.sequence(llm.tokenizer.encode("Blessed are the meek"), GREEDY)
+    sched.add(other)
+    sched.run()
+    assert other.slot == 1 and other.reused == 0  # nothing shared: the least recently used slot

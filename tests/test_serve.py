@@ -147,6 +147,21 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(live, body,
     assert _chat(live.client(), "Amen", max_tokens=2).choices[0].message.content is not None
 
 
+def test_a_shared_prefix_is_reported_as_cached_tokens(live, llm):
+    """A second request that begins with a first one's prompt reuses the KV its slot kept."""
+    system = "Thou shalt answer in the words of the prophets, briefly, and in the manner of the scribes of old."
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "Who was Aaron?"}]
+    c = live.client()
+    first = c.chat.completions.create(model="hymoe-demo", messages=messages, temperature=0, max_tokens=4)
+    messages[-1]["content"] = "Who was Miriam?"
+    second = c.chat.completions.create(model="hymoe-demo", messages=messages, temperature=0, max_tokens=4)
+    ids = [llm.tokenizer.apply_chat_template([messages[0], {"role": "user", "content": q}])
+           for q in ("Who was Aaron?", "Who was Miriam?")]
+    shared = next(i for i, (a, b) in enumerate(zip(*ids)) if a != b)  # the system prompt and "Who was"
+    assert second.usage.prompt_tokens_details.cached_tokens == shared
+    assert first.usage.prompt_tokens_details.cached_tokens < shared
+
+
 def test_openai_client_sees_typed_errors(live):
     with pytest.raises(openai.NotFoundError):
         live.client().chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])

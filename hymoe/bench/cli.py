@@ -81,6 +81,8 @@ def _other_parsers(bsub, add_model_args) -> None:
     add_model_args(bs)
     bs.add_argument("--users", default="1,2,4,8", help="comma list of concurrent users")
     bs.add_argument("--gen-tokens", type=int, default=64, help="tokens each user decodes")
+    bs.add_argument("--shared-prefix", type=int, metavar="N", help="instead: time to first token of a request "
+                    "sharing its first N tokens with the previous one, against the previous one's")
     bs.add_argument("--json", action="store_true", help="print a JSON list, one object per user count")
 
 
@@ -198,8 +200,20 @@ def cmd_bench_prefill(args) -> None:
 
 
 def cmd_bench_serve(args) -> None:
-    from hymoe.bench.serve import bench_serve
+    from hymoe.bench.serve import bench_serve, bench_shared_prefix
     from hymoe.engine.llm import load_from_args
+
+    if args.shared_prefix is not None:
+        if args.shared_prefix < 1:
+            raise HymoeError("--shared-prefix must be at least 1")
+        args.max_context = max(args.max_context or 0, args.shared_prefix + 64)
+        row = bench_shared_prefix(load_from_args(args), args.shared_prefix)
+        print(f"shared prefix of {row['shared_prefix']} tokens: time to first token {row['ttft_first_ms']:.0f} ms, "
+              f"then {row['ttft_second_ms']:.0f} ms ({row['ttft_ratio']:.3f}x; {row['cached_tokens']} tokens reused)",
+              file=sys.stderr)
+        if args.json:
+            print(json.dumps(row))
+        return
 
     users = _counts(args.users, "--users")
     if args.gen_tokens < 2:

@@ -2,10 +2,12 @@
 
 Each user sends one prompt and decodes `gen_tokens` tokens (EOS ignored, greedy). Reported per N:
 aggregate decode tokens/s (all users' tokens over the wall time), per-user decode tokens/s (after
-each one's first token) and time to first token.
+each one's first token) and time to first token. With a shared prefix: time to first token of a
+request whose prompt begins with the previous one's.
 """
 from __future__ import annotations
 
+import random
 import statistics
 import threading
 import time
@@ -46,3 +48,29 @@ def _run(sched: EngineThread, llm, n: int, gen_tokens: int) -> dict:
             "per_user_tokens_per_s": round(statistics.mean(per_user), 2),
             "ttft_ms": round(1000 * statistics.mean(r.t_first - r.t_submit for r in reqs), 1),
             "ttft_max_ms": round(1000 * max(r.t_first - r.t_submit for r in reqs), 1), "wall_s": round(wall, 3)}
+
+
+def bench_shared_prefix(llm, prefix_tokens: int, gen_tokens: int = 8) -> dict:
+    """Two requests, one after the other, that share their first `prefix_tokens` tokens: the second
+    finds them in the slot the first left and computes only its own tail (time to first token)."""
+    rng = random.Random(0)
+    prefix = [rng.randrange(llm.config.vocab_size) for _ in range(prefix_tokens)]
+    sched = EngineThread(llm, max_batch=2, max_queue=2)
+    try:
+        _one(sched, llm, [1, 2, 3], 2)  # warm-up, in the other slot's place
+        first = _one(sched, llm, prefix + [5, 6, 7], gen_tokens)
+        second = _one(sched, llm, prefix + [8, 9], gen_tokens)
+    finally:
+        sched.close()
+    ttft = [1000 * (s.t_first - s.t_submit) for s in (first, second)]
+    return {"shared_prefix": prefix_tokens, "ttft_first_ms": round(ttft[0], 1), "ttft_second_ms": round(ttft[1], 1),
+            "ttft_ratio": round(ttft[1] / ttft[0], 3), "cached_tokens": second.reused}
+
+
+def _one(sched: EngineThread, llm, ids: list[int], gen_tokens: int):
+    done = threading.Event()
+    seq = llm.sequence(ids, SamplingParams(max_new_tokens=gen_tokens, is_eos_ignored=True),
+                       lambda kind, data: kind in ("done", "error") and done.set())
+    sched.submit(seq)
+    done.wait()
+    return seq

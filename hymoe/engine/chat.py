@@ -1,4 +1,5 @@
-"""A chat conversation that keeps its KV cache between turns: each turn prefills only what changed."""
+"""A chat conversation: the scheduler's one slot keeps the conversation's KV between turns, so each turn
+prefills only what follows the prefix it shares with the last one."""
 from __future__ import annotations
 
 import dataclasses
@@ -20,7 +21,6 @@ class ChatSession:
 
     def reset(self) -> None:
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
-        self.cached: list[int] = []  # token ids whose keys/values sit in the cache, in order
 
     def reply(self, text: str, on_text: Callable[[str], None] | None = None) -> str:
         tok = self.llm.tokenizer
@@ -29,12 +29,6 @@ class ChatSession:
             raise HymoeError(f"the conversation has {len(ids)} tokens; the context holds "
                              f"{self.llm.max_context} (use /reset)")
         self.messages.append({"role": "user", "content": text})
-        common = 0
-        for a, b in zip(self.cached, ids):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(ids) - 1)  # at least one new token gives the next logits
         params = dataclasses.replace(
             self.params, max_new_tokens=min(self.params.max_new_tokens, self.llm.max_context - len(ids)))
 
@@ -43,13 +37,10 @@ class ChatSession:
                 on_text(data["text"])
 
         seq = Sequence(ids, params, self.llm.eos_ids, self.llm.max_context, tok, on_event=show)
-        seq.cached = common  # the scheduler's one slot holds the conversation so far
-        self.cached = []  # until the reply completes, the slot's contents are unknown
         self.scheduler.add(seq)
         try:
             self.scheduler.run()
         finally:
             self.scheduler.abort(seq)  # a reply that failed or was interrupted must not keep the slot
-        self.cached = seq.history[: seq.cached]
         self.messages.append({"role": "assistant", "content": seq.text})
         return seq.text

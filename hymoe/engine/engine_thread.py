@@ -42,7 +42,7 @@ class EngineThread:
             self.lock.notify()
 
     def cancel(self, seq: Sequence) -> None:
-        seq.cancelled = True
+        seq.cancel()
         with self.lock:
             self.lock.notify()
 

@@ -9,7 +9,6 @@ tensor work (the runner does) and makes every decision through `Sequence.accept`
 """
 from __future__ import annotations
 
-import bisect
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -51,14 +50,15 @@ PREFILL_CHUNK = 512
 class Scheduler:
     def __init__(self, runner: Runner, prefill_chunk: int = PREFILL_CHUNK):
         self.runner, self.prefill_chunk = runner, prefill_chunk
-        self.free = list(range(runner.cache.num_slots))  # lowest first: slots 0..B-1 in order need no gather
+        # free slots, least recently used first (slots 0..B-1 in order need no gather), and the
+        # tokens each one holds: a sequence whose prompt begins with them does not compute them again
+        self.free = list(range(runner.cache.num_slots))
+        self.held: list[list[int]] = [[] for _ in self.free]
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.timings = Timings()
 
     def add(self, seq: Sequence) -> None:
-        """seq.cached > 0 says its first tokens are already in the slot it will get: for a scheduler
-        of one slot (chat), whose slot keeps the conversation between replies."""
         self.waiting.append(seq)
 
     @property
@@ -77,16 +77,15 @@ class Scheduler:
     def _admit(self) -> None:
         """Forget cancelled sequences; give waiting ones free slots, first come first served."""
         self.waiting = deque(s for s in self.waiting if not s.cancelled)
-        self.release(*[s for s in self.running if s.cancelled])
         while self.waiting and self.free:
             self.running.append(self.waiting.popleft())
-            self.running[-1].slot = self.free.pop(0)
+            self._take_slot(self.running[-1])
 
     def _prefill_chunks(self) -> list[tuple[Sequence, list[int]]]:
         """Prompt tokens to read in this step: up to prefill_chunk in all, first come first served."""
         budget, reading = self.prefill_chunk, []
         for seq in self.running:
-            if (n := min(budget, len(seq.prompt) - seq.cached)) > 0:
+            if not seq.cancelled and (n := min(budget, len(seq.prompt) - seq.cached)) > 0:
                 reading.append((seq, seq.prompt[seq.cached:seq.cached + n]))
                 budget -= n
         return reading
@@ -109,14 +108,29 @@ class Scheduler:
             self.step()
 
     def release(self, *seqs: Sequence) -> None:
-        """Running sequences leave; their slots are free."""
+        """Running sequences leave; their slots are free and keep what they hold."""
         for seq in seqs:
             self.running.remove(seq)
-            bisect.insort(self.free, seq.slot)
+            self.held[seq.slot] = seq.history[: seq.cached]
+            self.free.append(seq.slot)
 
     def abort(self, seq: Sequence) -> None:
-        """Forget seq wherever it is (a failed step, an interrupted reply)."""
+        """Forget seq wherever it is (a failed step, an interrupted reply); what its slot holds is
+        unknown after a pass that failed midway."""
         if seq in self.waiting:
             self.waiting.remove(seq)
         if seq in self.running:
             self.release(seq)
+            self.held[seq.slot] = []
+
+    def _take_slot(self, seq: Sequence) -> None:
+        """The free slot holding the longest prefix of seq's prompt (on a tie, the least recently
+        used); the last prompt token is always computed, for its logits."""
+        def shared(slot: int) -> int:
+            return next((i for i, (a, b) in enumerate(zip(self.held[slot], seq.prompt)) if a != b),
+                        min(len(self.held[slot]), len(seq.prompt)))
+
+        slot = max(self.free, key=shared)
+        self.free.remove(slot)
+        seq.slot = slot
+        seq.cached = seq.reused = min(shared(slot), len(seq.prompt) - 1)

@@ -34,6 +34,7 @@ class Sequence:
         self.finish_reason: str | None = None  # "stop" | "length" once finished
         self.slot = -1  # its KV cache slot while the scheduler runs it (chat presets one it reuses)
         self.cached = 0  # tokens whose keys and values are in that slot
+        self.reused = 0  # prompt tokens found already in the slot it got (not computed again)
         self.cancelled = False
         self.sent = 0  # characters of text already streamed
         self.t_submit, self.t_first, self.t_done = time.perf_counter(), None, None
@@ -59,7 +60,13 @@ class Sequence:
 
     def usage(self) -> dict:
         return {"prompt_tokens": len(self.prompt), "completion_tokens": len(self.token_ids),
-                "total_tokens": len(self.prompt) + len(self.token_ids)}
+                "total_tokens": len(self.prompt) + len(self.token_ids),
+                "prompt_tokens_details": {"cached_tokens": self.reused}}
+
+    def cancel(self) -> None:
+        """The client is gone: the scheduler frees the slot at its next step; no more events."""
+        self.cancelled = True
+        self.finish_reason = self.finish_reason or "cancelled"
 
     def accept(self, token: int) -> None:
         """Take the next sampled token: EOS, then stop strings, then the length limit; stream new text."""
