@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 and /api")
     sv.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (KV slots)")
     sv.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503 + Retry-After")
+    sv.add_argument("--max-request-bytes", type=int, default=8 << 20, metavar="N",
+                    help="refuse request bodies over N bytes with 413 (default: 8 MiB)")
     sv.add_argument("--name", help="model name clients use (default: the model's directory or file name)")
     cal = sub.add_parser("calibrate", help="routing statistics over a text (which experts to keep on the GPU)")
     _add_model_args(cal)
@@ -209,12 +211,13 @@ def cmd_serve(args) -> None:
     from hymoe.default_model import ensure_default_model
     from hymoe.serve.app import Server, build_app
 
-    if args.max_batch < 1 or args.max_queue < 0:
-        raise HymoeError("--max-batch must be at least 1 and --max-queue at least 0")
+    if args.max_batch < 1 or args.max_queue < 0 or args.max_request_bytes < 1:
+        raise HymoeError("--max-batch and --max-request-bytes must be at least 1 and --max-queue at least 0")
     llm = _load(args)
     path = Path(args.model or ensure_default_model())
     name = args.name or ("hymoe-demo" if not args.model else path.stem if path.is_file() else path.name)
-    server = Server(llm, name, api_key=args.api_key, max_batch=args.max_batch, max_queue=args.max_queue)
+    server = Server(llm, name, api_key=args.api_key, max_batch=args.max_batch, max_queue=args.max_queue,
+                    max_request_bytes=args.max_request_bytes)
     print(f"hymoe: serving {name} on http://{args.host}:{args.port} (OpenAI /v1, Ollama /api, chat page /)",
           file=sys.stderr)
     uvicorn.run(build_app(server), host=args.host, port=args.port, log_level="warning")

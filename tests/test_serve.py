@@ -138,6 +138,15 @@ def test_cancel_mid_stream_frees_the_slot(live):
     (json.dumps({"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}), 404, "does not exist"),
     (json.dumps({"model": "hymoe-demo", "messages": [{"role": "user", "content": "hi"}], "temperature": -1}), 400,
      "temperature"),
+    ('{"model": "hymoe-demo", "messages": ' + "[" * 100_000 + "]" * 100_000 + "}", 400, "nested too deeply"),
+    (json.dumps({"model": "hymoe-demo", "messages": [{"role": "user", "content": "hi"}], "seed": 2**64}), 400, "seed"),
+    (json.dumps({"model": "hymoe-demo", "messages": [{"role": "user", "content": "hi"}], "seed": -2**63 - 1}), 400,
+     "seed"),
+    ('{"model": "hymoe-demo", "messages": [{"role": "user", "content": "\\ud800"}]}', 400, "UTF-8"),
+    (json.dumps({"model": "hymoe-demo", "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}),
+     400, "messages.0.content"),
+    (json.dumps({"model": "hymoe-demo", "messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]}),
+     400, "messages.0.content"),
 ])
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(live, body, status, fragment):
     r = httpx.post(live.url + "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
@@ -162,6 +171,24 @@ def test_a_shared_prefix_is_reported_as_cached_tokens(live, llm):
     assert first.usage.prompt_tokens_details.cached_tokens < shared
 
 
+def test_a_body_past_the_limit_is_refused_with_413(live):
+    big = json.dumps({"model": "hymoe-demo", "messages": [{"role": "user", "content": "a" * (9 << 20)}]})
+    r = httpx.post(live.url + "/v1/chat/completions", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "bytes" in r.json()["error"]["message"]
+    assert _chat(live.client(), "Amen", max_tokens=2).choices[0].message.content is not None
+
+
+def test_a_dropped_non_streamed_request_frees_its_slot(live):
+    body = {"model": "hymoe-demo", "messages": [{"role": "user", "content": "And it came to pass"}],
+            "max_tokens": 480, "temperature": 0}  # seconds of decoding: longer than the wait below
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(live.url + "/v1/chat/completions", json=body, timeout=1.0)
+    deadline = time.time() + 2.5  # the server looks at the connection every second
+    while live.server.scheduler.load["active"] and time.time() < deadline:
+        time.sleep(0.1)
+    assert live.server.scheduler.load["active"] == 0
+
+
 def test_openai_client_sees_typed_errors(live):
     with pytest.raises(openai.NotFoundError):
         live.client().chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
@@ -176,6 +203,10 @@ def test_api_key_is_enforced(llm):
             s.client("wrong").models.list()
         assert httpx.get(s.url + "/api/tags").status_code == 401
         assert _chat(s.client("sesame"), "Amen", max_tokens=2).choices[0].message.content is not None
+        # the scheme is case-insensitive (RFC 7235); the key is not
+        assert httpx.get(s.url + "/api/tags", headers={"Authorization": "bearer sesame"}).status_code == 200
+        assert httpx.get(s.url + "/api/tags", headers={"Authorization": "Bearer Sesame"}).status_code == 401
+        assert httpx.get(s.url + "/api/tags", headers={"Authorization": "Basic sesame"}).status_code == 401
     finally:
         s.stop()
 
@@ -217,6 +248,7 @@ def test_a_hundred_concurrent_requests_complete_or_are_refused_properly(live):
 
     codes = asyncio.run(all_of_them())
     assert len(codes) == 100 and set(codes) <= {200, 503} and codes.count(200) >= 16
+    assert codes.count(200) >= 8 + 16  # every slot and the whole queue before the first refusal
     assert live.server.scheduler.load["active"] == 0
 
 

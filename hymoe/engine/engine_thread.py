@@ -35,9 +35,10 @@ class EngineThread:
     def submit(self, seq: Sequence) -> None:
         self.llm.check_prompt(seq.prompt)
         with self.lock:
-            if len(self.inbox) + len(self.scheduler.waiting) >= self.max_queue:
-                raise QueueFull(f"{len(self.inbox) + len(self.scheduler.waiting)} requests are waiting; "
-                                "try again shortly")
+            # waiting: submitted and not running, less those about to take a free slot
+            queued = len(self.inbox) + len(self.scheduler.waiting) - len(self.scheduler.free)
+            if queued >= self.max_queue:
+                raise QueueFull(f"{queued} requests are waiting; try again shortly")
             self.inbox.append(seq)
             self.lock.notify()
 

@@ -7,6 +7,7 @@ step). Errors use OpenAI's error JSON with a 4xx code; the server keeps serving.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 from pathlib import Path
 
@@ -20,15 +21,16 @@ from hymoe.engine.sampler import SamplingParams
 from hymoe.engine.sequence import Sequence
 from hymoe.errors import HymoeError
 from hymoe.serve import ollama, openai_routes
-from hymoe.serve.protocol import ApiError, error_body
+from hymoe.serve.protocol import MAX_REQUEST_BYTES, ApiError, error_body
 
 PAGE = Path(__file__).with_name("page.html")
 
 
 class Server:
     def __init__(self, llm, model_name: str, api_key: str | None = None, max_batch: int = 8,
-                 max_queue: int = 64, default_max_tokens: int = 256):
+                 max_queue: int = 64, default_max_tokens: int = 256, max_request_bytes: int = MAX_REQUEST_BYTES):
         self.llm, self.model_name, self.api_key = llm, model_name, api_key
+        self.max_request_bytes = max_request_bytes
         self.default_max_tokens = default_max_tokens
         self.scheduler = EngineThread(llm, max_batch=max_batch, max_queue=max_queue)
         self.created = int(time.time())
@@ -79,14 +81,21 @@ class Server:
         return req, queue
 
     async def events(self, req: Sequence, queue: asyncio.Queue, http: HttpRequest):
-        """Yield (kind, data) until done; cancel the request if the client goes away."""
+        """Yield (kind, data) until done; cancel the request if the client goes away (looked at
+        every second, also while events flow: a non-streamed client only waits)."""
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
         try:
             while True:
                 try:
                     kind, data = await asyncio.wait_for(queue.get(), timeout=1.0)
                 except asyncio.TimeoutError:
+                    kind = None
+                if loop.time() - checked >= 1.0:
+                    checked = loop.time()
                     if await http.is_disconnected():
                         return
+                if kind is None:
                     continue
                 yield kind, data
                 if kind in ("done", "error"):
@@ -111,12 +120,13 @@ class Server:
 def build_app(server: Server) -> FastAPI:
     app = FastAPI(title="hymoe", docs_url=None, redoc_url=None)
     app.state.server = server
+    app.state.max_request_bytes = server.max_request_bytes
 
     @app.middleware("http")
     async def require_key(request: HttpRequest, call_next):
         if server.api_key and request.url.path.startswith(("/v1", "/api")):
-            auth = request.headers.get("authorization", "")
-            if auth != f"Bearer {server.api_key}":
+            scheme, _, key = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), server.api_key.encode()):
                 return JSONResponse(error_body("Incorrect or missing API key", "authentication_error",
                                                "invalid_api_key"), status_code=401)
         return await call_next(request)

@@ -1,6 +1,7 @@
 """Ollama API: /api/tags, /api/version, /api/chat, /api/generate (NDJSON streaming), as Open WebUI calls them."""
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import datetime, timezone
@@ -72,7 +73,7 @@ async def _run(s, http, ids, body: OllamaBody, key: str):
 async def chat(http: HttpRequest):
     s, body = http.app.state.server, await parse_body(http, OllamaChat)
     s.check_model(body.model)
-    ids = s.chat_ids([m.model_dump() for m in body.messages])
+    ids = await asyncio.to_thread(s.chat_ids, [m.model_dump() for m in body.messages])  # off the event loop
     return await _run(s, http, ids, body, "message")
 
 
@@ -83,9 +84,10 @@ async def generate(http: HttpRequest):
     if not body.prompt:  # Ollama clients send an empty prompt to load a model
         return {"model": body.model, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
     if body.raw:
-        ids = s.llm.tokenizer.encode(body.prompt)
+        ids = await asyncio.to_thread(s.llm.tokenizer.encode, body.prompt)
     else:
         msgs = ([{"role": "system", "content": body.system}] if body.system else []) + \
                [{"role": "user", "content": body.prompt}]
-        ids = s.chat_ids(msgs) if s.llm.tokenizer.has_chat_template else s.llm.tokenizer.encode(body.prompt)
+        ids = await asyncio.to_thread(s.chat_ids, msgs) if s.llm.tokenizer.has_chat_template else \
+            await asyncio.to_thread(s.llm.tokenizer.encode, body.prompt)
     return await _run(s, http, ids, body, "response")

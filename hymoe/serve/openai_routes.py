@@ -1,6 +1,7 @@
 """OpenAI API: /v1/models, /v1/chat/completions, /v1/completions (streaming SSE and not)."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 from fastapi import APIRouter, Request as HttpRequest
@@ -86,7 +87,7 @@ async def _run(s, http, ids, params, body, kind: str):
 async def chat_completions(http: HttpRequest):
     s, body = _server(http), await parse_body(http, ChatBody)
     params = _prepare(s, body)
-    ids = s.chat_ids([m.model_dump() for m in body.messages])
+    ids = await asyncio.to_thread(s.chat_ids, [m.model_dump() for m in body.messages])  # off the event loop
     return await _run(s, http, ids, params, body, "chat")
 
 
@@ -97,7 +98,7 @@ async def completions(http: HttpRequest):
     if isinstance(body.prompt, str):
         if not body.prompt:
             raise ApiError(400, "'prompt' must not be empty", param="prompt")
-        ids = s.llm.tokenizer.encode(body.prompt)
+        ids = await asyncio.to_thread(s.llm.tokenizer.encode, body.prompt)
     else:
         ids = list(body.prompt)
         if not ids or any(not 0 <= i < s.llm.config.vocab_size for i in ids):

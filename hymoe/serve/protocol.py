@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import Request as HttpRequest
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 
 class ApiError(Exception):
@@ -25,9 +25,24 @@ def error_body(message: str, kind: str = "invalid_request_error", code: str | No
 
 # ---- OpenAI request bodies (unknown fields are accepted and ignored, as OpenAI-compatible servers do)
 
+SEED = dict(ge=-2**63, le=2**64 - 1)  # what torch.Generator.manual_seed takes
+MAX_REQUEST_BYTES = 8 << 20  # a 128K-token prompt is under 1 MB of text
+
+
+class ContentPart(BaseModel):
+    type: str
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _text_has_text(self):
+        if self.type == "text" and self.text is None:
+            raise ValueError("a text content part needs a string 'text'")
+        return self
+
+
 class ChatMessage(BaseModel):
     role: str
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
 
 
 class SamplingFields(BaseModel):
@@ -36,7 +51,7 @@ class SamplingFields(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, **SEED)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
@@ -56,7 +71,7 @@ class CompletionBody(SamplingFields):
 class Options(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, **SEED)
     num_predict: int | None = None
     stop: list[str] | None = None
 
@@ -77,13 +92,29 @@ class OllamaGenerate(OllamaBody):
     raw: bool = False
 
 
+async def read_body(http: HttpRequest, limit: int = MAX_REQUEST_BYTES) -> bytes:
+    """The body, refused with 413 past `limit` bytes before more than that is read."""
+    declared = http.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"The request body holds {declared} bytes; this server takes up to {limit}")
+    raw = bytearray()
+    async for part in http.stream():
+        raw += part
+        if len(raw) > limit:
+            raise ApiError(413, f"The request body holds more than {limit} bytes, the most this server takes")
+    return bytes(raw)
+
+
 async def parse_body(http: HttpRequest, model: type[BaseModel]):
     """The JSON body as `model`, whatever Content-Type the client sent (curl users often send none)."""
-    raw = await http.body()
+    raw = await read_body(http, getattr(http.app.state, "max_request_bytes", MAX_REQUEST_BYTES))
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(400, "Request body is not valid JSON") from None
+        json.dumps(data, ensure_ascii=False).encode("utf-8")  # refuses unpaired surrogates ("\ud800")
+    except (json.JSONDecodeError, UnicodeDecodeError, UnicodeEncodeError):
+        raise ApiError(400, "Request body is not valid JSON in UTF-8") from None
+    except RecursionError:
+        raise ApiError(400, "Request body is nested too deeply") from None
     try:
         return model.model_validate(data)
     except ValidationError as e:
