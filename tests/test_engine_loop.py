@@ -144,3 +144,38 @@ def test_a_prompt_sharing_a_slots_prefix_reuses_it(llm):
     sched.add(other)
     sched.run()
     assert other.slot == 1 and other.reused == 0  # nothing shared: the least recently used slot
+
+
+THREADS_SCRIPT = """
+import sys, threading
+import hymoe
+llm = hymoe.load(sys.argv[1], dtype="float32", progress=False)
+prompts = [[5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16]]
+want = [llm.generate(p, max_new_tokens=12, is_eos_ignored=True) for p in prompts]
+got, errors = {}, []
+def work(i):
+    try:
+        for _ in range(3):
+            got.setdefault(i, []).append([llm.generate(p, max_new_tokens=12, is_eos_ignored=True) for p in prompts])
+            llm.logits(prompts[i % 3])
+    except Exception as e:
+        errors.append(repr(e))
+threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+for t in threads: t.start()
+for t in threads: t.join()
+assert not errors, errors
+assert all(run == want for runs in got.values() for run in runs), "threads changed the tokens"
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("name", ["deepseek_v3", "qwen3_moe"])
+def test_one_llm_from_three_threads(tiny_model, name):
+    """Each pass takes the model's lock, so threads sharing an LLM neither crash nor mix their tokens
+    (run in a subprocess: the failure this guards against was a SIGSEGV)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", THREADS_SCRIPT, str(tiny_model(name)[0])], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

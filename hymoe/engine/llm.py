@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -72,6 +73,7 @@ class LLM:
         # prompt tokens per forward pass, for every client; a pass streams experts to the GPU only
         # from --gpu-prefill-threshold tokens, so chunks are at least that long
         self.prefill_chunk = max(PREFILL_CHUNK, o.gpu_prefill_threshold)
+        self._lock = threading.Lock()  # one forward pass at a time, from any thread (Runner.forward)
 
     @property
     def eos_ids(self) -> tuple[int, ...]:
@@ -93,7 +95,7 @@ class LLM:
 
     def runner(self, num_slots: int, max_len: int) -> Runner:
         return Runner(self.model, num_slots, max_len, self.dtype, self.device, is_graphed=self.options.cuda_graphs,
-                      step_scope=self._step_scope, kv_dtype=self.kv_dtype)
+                      step_scope=self._step_scope, kv_dtype=self.kv_dtype, lock=self._lock)
 
     def sequence(self, prompt: list[int], params: SamplingParams, on_event=None) -> Sequence:
         """A sequence for a scheduler whose slots hold the model's whole context (EngineThread)."""

@@ -5,6 +5,7 @@ It makes no policy (what to run next is the caller's); it only packs, runs and p
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 
@@ -15,8 +16,11 @@ from hymoe.models.decoder import Decoder
 class Runner:
     def __init__(self, model: Decoder, num_slots: int, max_len: int, dtype: torch.dtype,
                  device: torch.device | str = "cpu", is_graphed: bool = False, step_scope=None,
-                 kv_dtype: torch.dtype | None = None):
+                 kv_dtype: torch.dtype | None = None, lock: threading.Lock | None = None):
         self.model, self.max_len, self.device = model, max_len, torch.device(device)
+        # one pass at a time on the model, whichever thread calls: every runner of one model shares
+        # its weights, its native engine and its staging buffers
+        self.lock = lock or threading.Lock()
         # how a pass of this many tokens per row shares the CPU (NativeEngine.step_scope), or None
         self.step_scope = step_scope
         self.cache = KVCache(model.cache_entries(), num_slots, max_len, kv_dtype or dtype, model.layer_devices())
@@ -26,13 +30,17 @@ class Runner:
 
             self.graphs = DecodeGraphs(model, self.cache, max_len, self.device)
 
-    @torch.inference_mode()
     def forward(self, rows: list[int], tokens: list[list[int]], starts: list[int],
                 is_all_logits: bool = False) -> torch.Tensor:
         """Append tokens[b] to cache slot rows[b] from position starts[b].
 
         Returns float32 CPU logits: [B, V] at each row's last token, or [B, T, V] with is_all_logits.
         """
+        with self.lock:
+            return self._pass(rows, tokens, starts, is_all_logits)
+
+    @torch.inference_mode()
+    def _pass(self, rows: list[int], tokens: list[list[int]], starts: list[int], is_all_logits: bool) -> torch.Tensor:
         if self.graphs is not None and not is_all_logits and all(len(t) == 1 for t in tokens):
             logits = self.graphs.run(rows, tokens, starts)
             if logits is not None:
