@@ -213,6 +213,7 @@ def cmd_serve(args) -> None:
 
     if args.max_batch < 1 or args.max_queue < 0 or args.max_request_bytes < 1:
         raise HymoeError("--max-batch and --max-request-bytes must be at least 1 and --max-queue at least 0")
+    sock = _listen(args.host, args.port)  # before the model loads: a bad or busy port fails at once
     llm = _load(args)
     path = Path(args.model or ensure_default_model())
     name = args.name or ("hymoe-demo" if not args.model else path.stem if path.is_file() else path.name)
@@ -220,8 +221,24 @@ def cmd_serve(args) -> None:
                     max_request_bytes=args.max_request_bytes)
     print(f"hymoe: serving {name} on http://{args.host}:{args.port} (OpenAI /v1, Ollama /api, chat page /)",
           file=sys.stderr)
-    uvicorn.run(build_app(server), host=args.host, port=args.port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(build_app(server), log_level="warning")).run(sockets=[sock])
     server.scheduler.close()
+
+
+def _listen(host: str, port: int):
+    import socket
+
+    if not 0 < port < 65536:
+        raise HymoeError(f"--port {port}: a TCP port is 1 to 65535")
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as e:
+        raise HymoeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
 
 
 def _read_text(name: str) -> str:

@@ -121,6 +121,8 @@ def convert(hf_dir: str | Path, out: str | Path, type: str = "Q8_0", experts_typ
     plan = _Plan(base, _check_type(experts_type) or base, _check_type(attn_type) or base)
     if not Path(hf_dir).is_dir():
         raise HymoeError(f"{hf_dir}: hymoe convert reads a Hugging Face model directory")
+    if not Path(out).parent.is_dir():
+        raise HymoeError(f"{out}: the directory {Path(out).parent} does not exist")
     files = open_model(hf_dir)
     cfg = files.config
     with torch.device("meta"):

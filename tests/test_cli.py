@@ -45,10 +45,20 @@ def test_generate_greedy_is_deterministic_and_seeded_sampling_repeats(tiny_model
     (["bench", "experts", "--shape", "llama-7b"], "unknown shape"),
     (["bench", "experts", "--tune", "bogus=3"], "unknown kernel tuning value 'bogus'"),
     (["bench", "experts", "--tune", "3"], "NAME=VALUE"),
+    (["serve", "--port", "80000"], "a TCP port is 1 to 65535"),
+    (["serve", "--port", "{busy}"], "cannot listen on 127.0.0.1"),
+    (["convert", "{tiny}", "/no/such/dir/out.gguf"], "does not exist"),
+    (["generate", "{tiny}", "--prompt-ids", "1", "--threads", "0"], "--threads 0: at least 1"),
 ])
 def test_bad_input_is_one_line_and_nonzero(tiny_model, args, message):
+    import socket
+
     d = tiny_model("mixtral")[0]
-    r = hymoe(*[a.replace("{tiny}", str(d)) for a in args])
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = str(busy.getsockname()[1])
+        r = hymoe(*[a.replace("{tiny}", str(d)).replace("{busy}", port) for a in args])
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr

@@ -6,6 +6,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from hymoe.errors import HymoeError
+
 
 @dataclass(frozen=True, slots=True)
 class PlacementOptions:
@@ -22,6 +24,12 @@ class PlacementOptions:
     defer_experts: int = 0  # each token's K lowest-weighted CPU experts finish during the next layer
     gpu_prefill_threshold: int = 0  # prompts this long stream expert weights to the GPU (0: off)
     cuda_graphs: bool = True  # decode steps replayed as CUDA graphs where CUDA runs the dense part
+
+    def __post_init__(self):
+        if self.threads is not None and self.threads < 1:
+            raise HymoeError(f"--threads {self.threads}: at least 1")
+        if self.defer_experts < 0 or self.gpu_prefill_threshold < 0:
+            raise HymoeError("--defer-experts and --gpu-prefill-threshold must be at least 0")
 
     @classmethod
     def from_args(cls, args) -> "PlacementOptions":
