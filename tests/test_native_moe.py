@@ -272,3 +272,33 @@ def test_pool_threads_pin_to_distinct_cpus(threads, pin, want):
         assert sorted(masks) == [[cpus[0]], [cpus[1]]]
     else:
         assert all(m == cpus for m in masks)
+
+
+@pytest.mark.parametrize("case", ["narrow hidden", "3-D hidden", "short ids", "short weights", "float ids"])
+def test_bad_shapes_are_refused_before_the_engine(engine, case):
+    """The engine reads T x K ids and weights and T rows of H values: every other shape is a
+    HymoeError in Python, never a read past a buffer."""
+    raw, _ = layer(("Q8_0",) * 3)
+    ex = native.NativeExperts(engine, *raw, ("Q8_0",) * 3, H, I)
+    x, ids, w = torch.randn(4, H), torch.randint(0, E, (4, 2)), torch.rand(4, 2)
+    x, ids, w = {"narrow hidden": (x[:, : H // 2], ids, w), "3-D hidden": (x[None], ids, w),
+                 "short ids": (x, ids[:2], w), "short weights": (x, ids, w[:, :1]),
+                 "float ids": (x, ids.float(), w)}[case]
+    with pytest.raises(HymoeError, match="experts take"):
+        ex.submit(x, ids, w)
+    ex.submit(*(torch.randn(4, H), torch.randint(0, E, (4, 2)), torch.rand(4, 2)))  # the engine still works
+    assert ex.sync().shape == (4, H)
+
+
+@pytest.mark.parametrize("shape", [(2, 0), (2, 100), (3,)])
+def test_bare_rows_refuses_shapes_it_cannot_compute(shape):
+    weight = random_weights("Q8_0", 8, 256)
+    with pytest.raises(HymoeError):
+        native.rows("Q8_0", weight, torch.randn(*shape))
+
+
+def test_a_non_contiguous_expert_tensor_is_named_as_such(engine):
+    raw, _ = layer(("Q8_0",) * 3)
+    gate = torch.cat([raw[0], raw[0]], dim=1)[:, : raw[0].shape[1]]  # the same bytes per expert, strided
+    with pytest.raises(HymoeError, match="not contiguous"):
+        native.NativeExperts(engine, gate, raw[1], raw[2], ("Q8_0",) * 3, H, I)

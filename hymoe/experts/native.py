@@ -98,6 +98,12 @@ def isa_name() -> str:
 def rows(fmt: str, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The bare kernel, for tests: weight [R, row_bytes] uint8 in fmt, x [T, n] float32 -> [T, R]."""
     lib = library()
+    if x.dim() != 2 or x.shape[1] == 0 or weight.dim() != 2 or weight.dtype != torch.uint8:
+        raise HymoeError(f"rows takes weight [R, row_bytes] uint8 and x [T, n>0]; got {tuple(weight.shape)} "
+                         f"{weight.dtype} and {tuple(x.shape)}")
+    if weight.shape[1] != row_bytes(fmt, x.shape[1]) or not weight.is_contiguous():
+        raise HymoeError(f"{fmt} rows of {x.shape[1]} values take {row_bytes(fmt, x.shape[1])} contiguous bytes "
+                         f"each; the weight has {weight.shape[1]}")
     x = x.float().contiguous()
     out = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
     rc = lib.hymoe_rows(int(qtype(fmt)), weight.data_ptr(), weight.shape[0], x.shape[1], x.data_ptr(),
@@ -222,8 +228,10 @@ class NativeExperts(ExpertBackend):
                                (down, formats[2], hidden, inter)):
             expected = rows_ * row_bytes(f, n)
             got = t[0].numel() * t.element_size()
-            if got != expected or not t.is_contiguous():
+            if got != expected:
                 raise HymoeError(f"{f} expert tensor holds {got} bytes per expert, expected {expected}")
+            if not t.is_contiguous():
+                raise HymoeError(f"{f} expert tensor of shape {tuple(t.shape)} is not contiguous")
             if engine.lib.hymoe_has_format(int(qtype(f))) == 0:
                 raise HymoeError(f"the native kernels have no {f} path")
         self.gate, self.up, self.down = gate, up, down
@@ -251,7 +259,19 @@ class NativeExperts(ExpertBackend):
         """Captured: submit() and sync() see `engine.capture` set and record their host steps there."""
         return self.engine
 
+    def _check(self, hidden, topk_ids, topk_weights) -> None:
+        """Shapes and dtypes before any pointer crosses: the engine reads T x K ids and weights and
+        T rows of H values from what it is given."""
+        if hidden.dim() != 2 or hidden.shape[1] != self.hidden:
+            raise HymoeError(f"experts take hidden [T, {self.hidden}]; got {tuple(hidden.shape)}")
+        if topk_ids.dim() != 2 or topk_ids.shape[0] != hidden.shape[0] or topk_weights.shape != topk_ids.shape:
+            raise HymoeError(f"experts take topk_ids and topk_weights [{hidden.shape[0]}, K]; got "
+                             f"{tuple(topk_ids.shape)} and {tuple(topk_weights.shape)}")
+        if topk_ids.is_floating_point() or not hidden.is_floating_point():
+            raise HymoeError(f"experts take float hidden and integer ids; got {hidden.dtype} and {topk_ids.dtype}")
+
     def submit(self, hidden, topk_ids, topk_weights) -> None:
+        self._check(hidden, topk_ids, topk_weights)
         if self.engine.capture is not None:
             return self._submit_captured(hidden, topk_ids, topk_weights)
         self.engine.lib.hymoe_engine_wake(self.engine.handle)  # threads wake while the inputs are staged
