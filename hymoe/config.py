@@ -5,6 +5,7 @@ Every model family maps its own field names onto these; layers read only ModelCo
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,7 +116,10 @@ def _eos(d: dict) -> tuple[int, ...]:
 
 
 def from_hf_dict(d: dict) -> ModelConfig:
-    """Map a Hugging Face config.json dict onto ModelConfig."""
+    """Map a Hugging Face config.json dict onto ModelConfig (a GGUF file's metadata comes here too),
+    and refuse, in one line, what no model can be."""
+    if not isinstance(d, dict):
+        raise HymoeError(f"config.json holds a {type(d).__name__}, not an object")
     model_type = d.get("model_type")
     if model_type not in FAMILIES:
         raise HymoeError(
@@ -124,9 +128,42 @@ def from_hf_dict(d: dict) -> ModelConfig:
     if d.get("hidden_act", "silu") != "silu":
         raise HymoeError(f"unsupported hidden_act {d['hidden_act']!r}: hymoe's experts compute SwiGLU (silu)")
     try:
-        return _FROM_HF[model_type](d)
+        cfg = _FROM_HF[model_type](d)
     except KeyError as e:
         raise HymoeError(f"config.json is missing the field {e.args[0]!r} needed for {model_type}") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise HymoeError(f"config.json has a value of the wrong type for {model_type}: {e}") from None
+    _validate(cfg)
+    return cfg
+
+
+def _validate(c: ModelConfig) -> None:
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise HymoeError(f"config: {what}")
+
+    sizes = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+             "max_position_embeddings")
+    for name in sizes:
+        value = getattr(c, name)
+        need(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+             f"{name} must be a positive integer, not {value!r}")
+    need(c.num_heads % c.num_kv_heads == 0, f"{c.num_heads} heads do not share {c.num_kv_heads} KV heads evenly")
+    for name, value in (("rms_norm_eps", c.rms_norm_eps), ("rope theta", c.rope.theta),
+                        ("rope factor", c.rope.factor), ("routed_scaling_factor", c.routed_scaling_factor)):
+        need(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+             f"{name} must be a positive finite number, not {value!r}")
+    need(c.num_experts > 0 and isinstance(c.num_experts_per_tok, int) and 0 < c.num_experts_per_tok <= c.num_experts,
+         f"{c.num_experts_per_tok} experts per token of {c.num_experts}: need 1 to {c.num_experts}")
+    need(c.moe_intermediate_size > 0, f"moe_intermediate_size must be positive, not {c.moe_intermediate_size!r}")
+    need(c.scoring in ("softmax", "sigmoid"), f"unknown expert scoring {c.scoring!r} (softmax or sigmoid)")
+    need(c.num_groups >= 1 and c.num_experts % c.num_groups == 0 and 1 <= c.topk_groups <= c.num_groups,
+         f"{c.num_experts} experts in {c.num_groups} groups, {c.topk_groups} chosen: groups must divide the "
+         "experts and at most all groups be chosen")
+    need(c.topk_groups * (c.num_experts // c.num_groups) >= c.num_experts_per_tok,
+         f"{c.topk_groups} groups of {c.num_experts // c.num_groups} experts hold fewer than the "
+         f"{c.num_experts_per_tok} chosen per token")
+    need(all(isinstance(i, int) and i >= 0 for i in c.eos_token_ids), f"eos_token_id {c.eos_token_ids!r}")
 
 
 def _num_experts(d: dict, *names: str) -> int:

@@ -94,6 +94,8 @@ def test_missing_metadata_key(good):
     ("llama.attention.head_count_kv", 3, "do not split"),
     ("llama.expert_used_count", 9, "per token"),
     ("general.architecture", "gpt2", "unsupported GGUF architecture"),
+    ("llama.attention.layer_norm_rms_epsilon", -1.0, "rms_norm_eps must be a positive finite number"),
+    ("llama.rope.freq_base", 0.0, "rope theta must be a positive finite number"),
 ])
 def test_metadata_that_disagrees_with_the_tensors(good, key, value, match):
     from gguf_edit import rewrite

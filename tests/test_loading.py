@@ -114,3 +114,25 @@ def test_prompt_longer_than_context(tiny_model):
 def test_generation_stops_at_the_context(tiny_model):
     llm = hymoe.load(tiny_model("mixtral")[0], dtype="float32", max_context=16, progress=False)
     assert len(llm.generate(list(range(10)), max_new_tokens=50, is_eos_ignored=True)) == 7
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: [c], "holds a list, not an object"),
+    (lambda c: {**c, "num_hidden_layers": -1}, "num_layers must be a positive integer"),
+    (lambda c: {**c, "hidden_size": "64"}, "hidden_size must be a positive integer"),
+    (lambda c: {**c, "num_experts_per_tok": 0}, "experts per token"),
+    (lambda c: {**c, "num_experts_per_tok": 99}, "experts per token"),
+    (lambda c: {**c, "rms_norm_eps": -1}, "rms_norm_eps must be a positive finite number"),
+    (lambda c: {**c, "eos_token_id": "end"}, "wrong type"),
+    (lambda c: {**c, "n_group": 3, "topk_group": 1}, "groups must divide the experts"),
+    (lambda c: {**c, "n_group": 4, "topk_group": 5}, "groups must divide the experts"),
+])
+def test_a_config_no_model_can_have_is_one_line(tiny_model, tmp_path, edit, match):
+    """Validated in one place (config.py), for HF directories and GGUF metadata alike."""
+    import json
+
+    d = _copy(tiny_model("deepseek_v3")[0], tmp_path / "m")
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps(edit(config)))
+    with pytest.raises(HymoeError, match=match):
+        hymoe.load(d, progress=False)

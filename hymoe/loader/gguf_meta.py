@@ -103,7 +103,10 @@ def hf_dict_from_gguf(meta: dict, tensors: dict, path) -> dict:
     if not n_experts or not used or used > n_experts:
         raise HymoeError(f"{path}: {m.arch} with {n_experts} experts, {used} per token: hymoe runs MoE models only")
     if m.arch == "deepseek2":
-        is_v3 = m.get("expert_gating_func", _SOFTMAX) == _SIGMOID
+        gating = m.get("expert_gating_func", _SOFTMAX)
+        if gating not in (_SOFTMAX, _SIGMOID):
+            raise HymoeError(f"{path}: unknown expert_gating_func {gating!r} (1: softmax, 2: sigmoid)")
+        is_v3 = gating == _SIGMOID
         rope_dim = m.int("rope.dimension_count")
         # files from before the MLA split store per-head sizes in key_length/value_length
         k_len = m.int("attention.key_length_mla") if m.get("attention.key_length_mla") else m.int("attention.key_length")
