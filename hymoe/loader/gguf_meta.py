@@ -84,6 +84,13 @@ def _check_shapes(d: dict, tensors: dict, path) -> None:
         raise HymoeError(f"{path}: the metadata says {n} layers; the tensors disagree")
 
 
+def _gating(m, path) -> int:
+    gating = m.get("expert_gating_func", _SOFTMAX)
+    if gating not in (_SOFTMAX, _SIGMOID):
+        raise HymoeError(f"{path}: unknown expert_gating_func {gating!r} (1: softmax, 2: sigmoid)")
+    return gating
+
+
 def hf_dict_from_gguf(meta: dict, tensors: dict, path) -> dict:
     """GGUF metadata -> a config.json-style dict for `from_hf_dict`."""
     m = _Meta(meta, path)
@@ -103,10 +110,7 @@ def hf_dict_from_gguf(meta: dict, tensors: dict, path) -> dict:
     if not n_experts or not used or used > n_experts:
         raise HymoeError(f"{path}: {m.arch} with {n_experts} experts, {used} per token: hymoe runs MoE models only")
     if m.arch == "deepseek2":
-        gating = m.get("expert_gating_func", _SOFTMAX)
-        if gating not in (_SOFTMAX, _SIGMOID):
-            raise HymoeError(f"{path}: unknown expert_gating_func {gating!r} (1: softmax, 2: sigmoid)")
-        is_v3 = gating == _SIGMOID
+        is_v3 = _gating(m, path) == _SIGMOID
         rope_dim = m.int("rope.dimension_count")
         # files from before the MLA split store per-head sizes in key_length/value_length
         k_len = m.int("attention.key_length_mla") if m.get("attention.key_length_mla") else m.int("attention.key_length")
