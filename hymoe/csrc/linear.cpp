@@ -25,16 +25,19 @@ int unit_rows(int total_rows, int num_tokens, int threads) {
 
 }  // namespace
 
-int linear_check(const LinearArgs& a, const KernelTable& kt) {
+int linear_check(const LinearArgs& a, const KernelTable& kt, int64_t x_len, int64_t out_len) {
     if (a.num_parts < 1 || a.num_parts > kMaxParts || a.num_tokens < 1 || a.n < 1) return -2;
-    int rows = 0;
+    int64_t rows = 0;
     for (int p = 0; p < a.num_parts; p++) {
         const LinearPart& part = a.parts[p];
         if (!has_format(kt, part.fmt) || !fmt_row_bytes(part.fmt, 256)) return -1;
         if (a.n % fmt_block_size(part.fmt) || (a.n % 32 && !fmt_is_float(part.fmt)) || part.rows < 1) return -2;
+        if (!part.w || (int64_t)part.rows * (int64_t)fmt_row_bytes(part.fmt, a.n) > part.w_bytes) return -4;
         rows += part.rows;
     }
-    return rows == a.out_stride ? 0 : -2;
+    if (rows != a.out_stride) return -2;
+    const int64_t T = a.num_tokens;
+    return !a.x || !a.out || T * a.n > x_len || T * a.out_stride > out_len ? -4 : 0;
 }
 
 void linear_run(const LinearArgs& a, const KernelTable& kt, Pool& pool, LinearScratch& s) {

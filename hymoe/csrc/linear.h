@@ -13,6 +13,7 @@ extern "C" {
 struct LinearPart {
     int32_t fmt, rows;
     const uint8_t* w;  // rows x row_bytes(fmt, n)
+    int64_t w_bytes;   // what the caller gave: the rows must fit
 };
 enum { kMaxParts = 4 };
 struct LinearArgs {
@@ -33,7 +34,8 @@ struct LinearScratch {
     std::vector<const void*> xq_ptr, xr_ptr, xf_ptr;
 };
 
-// 0, or -1 a format without kernels, -2 rows that do not split into blocks.
-int linear_check(const LinearArgs& a, const KernelTable& kt);
+// 0, or -1 a format without kernels, -2 rows that do not split into blocks, -4 a weight, x (x_len
+// floats) or out (out_len floats) smaller than the sizes say.
+int linear_check(const LinearArgs& a, const KernelTable& kt, int64_t x_len, int64_t out_len);
 // Runs inside a pool job (pool.run / pool.submit).
 void linear_run(const LinearArgs& a, const KernelTable& kt, Pool& pool, LinearScratch& s);

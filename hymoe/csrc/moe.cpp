@@ -66,6 +66,7 @@ struct MoeArgs {
     const uint8_t* up;      // [E] x [I rows of H]
     const uint8_t* down;    // [E] x [H rows of I]
     int64_t gate_stride, up_stride, down_stride;  // bytes per expert
+    int64_t gate_bytes, up_bytes, down_bytes;     // what the caller gave: every expert must lie inside
 };
 
 }  // extern "C"
@@ -219,6 +220,10 @@ struct Job {
 struct Engine {
     Pool pool;
     Job job;
+    // The thread inside an entry point now, and the one whose job was submitted last: the job, the
+    // scratch buffers and the pool serve one caller at a time (see Claim).
+    std::atomic<std::thread::id> user{std::thread::id()};
+    std::thread::id job_owner;
     LinearScratch linear;
     std::vector<float> attention;  // the rotated queries of a decode attention call
     // seconds spent inside MoE jobs since creation: the CPU side's busy time, which the end-to-end
@@ -233,6 +238,33 @@ struct Engine {
     }
 };
 
+// Claims the engine for the calling thread during one entry point. Refused (ok() false) while
+// another thread is inside one, or while another thread's job still runs: two threads sharing
+// an engine would overwrite each other's job and buffers (a hang or a crash), so the second is
+// told, and the caller serializes (hymoe's runners hold the model's lock for a forward pass).
+class Claim {
+  public:
+    explicit Claim(Engine* e) : e_(e) {
+        std::thread::id none, me = std::this_thread::get_id();
+        ok_ = e->user.compare_exchange_strong(none, me);
+        if (ok_ && e->job_owner != me && !e->pool.is_done()) {
+            e->user.store(std::thread::id());
+            ok_ = false;
+        }
+    }
+    ~Claim() {
+        if (ok_) e_->user.store(std::thread::id());
+    }
+    bool ok() const { return ok_; }
+
+  private:
+    Engine* e_;
+    bool ok_;
+};
+
+const int kBusy = -5;  // another thread holds the engine
+const int kSmall = -4;  // a buffer smaller than its sizes, or a size out of range
+
 }  // namespace
 
 extern "C" {
@@ -246,11 +278,26 @@ __attribute__((visibility("default"))) void hymoe_engine_destroy(void* e) { dele
 __attribute__((visibility("default"))) int hymoe_engine_threads(void* e) { return ((Engine*)e)->pool.size(); }
 __attribute__((visibility("default"))) double hymoe_engine_busy_seconds(void* e) { return ((Engine*)e)->busy_s.load(); }
 
+// Whether each expert's rows lie inside the tensor the caller gave (n values per row).
+static bool experts_inside(const MoeArgs& a, int fmt, int rows, int n, int64_t stride, int64_t bytes) {
+    return stride >= (int64_t)rows * (int64_t)row_bytes(fmt, n) && stride <= bytes / a.num_experts;
+}
+
 // 0, or why the arguments cannot be computed: -1 a format without kernels, -2 rows that do not
-// split into blocks, -3 an expert id out of range
-static int submit_error(const MoeArgs& a) {
+// split into blocks, -3 an expert id out of range, -4 (kSmall) a buffer smaller than its sizes.
+// x and out hold x_len and out_len floats, ids and weights pairs_len values each.
+static int submit_error(const MoeArgs& a, int64_t x_len, int64_t pairs_len, int64_t out_len) {
     for (int f : {a.fmt_gate, a.fmt_up, a.fmt_down})
         if (!has_format(kernels(), f)) return -1;
+    if (a.num_tokens < 0 || a.topk < 1 || a.topk > 1024 || a.hidden < 1 || a.inter < 1 || a.num_experts < 1)
+        return kSmall;
+    const int64_t T = a.num_tokens;
+    if (T * a.hidden > x_len || T * a.topk > pairs_len || T * a.hidden > out_len) return kSmall;
+    if (T && (!a.x || !a.ids || !a.weights || !a.out)) return kSmall;
+    if (!experts_inside(a, a.fmt_gate, a.inter, a.hidden, a.gate_stride, a.gate_bytes) ||
+        !experts_inside(a, a.fmt_up, a.inter, a.hidden, a.up_stride, a.up_bytes) ||
+        !experts_inside(a, a.fmt_down, a.hidden, a.inter, a.down_stride, a.down_bytes))
+        return kSmall;
     if (a.hidden % block_size(a.fmt_gate) || a.hidden % block_size(a.fmt_up) || a.inter % block_size(a.fmt_down))
         return -2;
     // activations are quantized in blocks of 32 for the quantized formats
@@ -270,11 +317,11 @@ __attribute__((visibility("default"))) void hymoe_engine_wake(void* e) { ((Engin
 // Validates, groups tokens by expert, and starts the job: on the pool's driver thread, returning at
 // once (is_async: the caller drives a GPU meanwhile), or in the calling thread, which then works
 // as the pool's first thread and saves two thread wake-ups per layer (CPU-only). 0 = started.
-static int moe_submit(void* engine, const MoeArgs* args, int is_async) {
-    Engine* eng = (Engine*)engine;
+static int moe_submit(Engine* eng, const MoeArgs* args, int64_t x_len, int64_t pairs_len, int64_t out_len,
+                      int is_async) {
     eng->pool.sync();  // the previous job owns the buffers until it is done
     const MoeArgs& a = *args;
-    const int bad = submit_error(a);
+    const int bad = submit_error(a, x_len, pairs_len, out_len);
     if (bad) {
         eng->pool.cancel_wake();
         return bad;
@@ -305,6 +352,7 @@ static int moe_submit(void* engine, const MoeArgs* args, int is_async) {
         job.pair_token[slot] = p / a.topk;
         job.pair_weight[slot] = a.weights[p];
     }
+    eng->job_owner = std::this_thread::get_id();
     if (is_async)
         eng->pool.submit([eng] { eng->run_timed(); });
     else
@@ -314,17 +362,22 @@ static int moe_submit(void* engine, const MoeArgs* args, int is_async) {
 
 // The entry point: the per-layer fields stay in *args between calls, the per-call ones come as
 // arguments (one foreign call from Python instead of six field stores and a call: ~11 us when the
-// layer before has flushed the caches).
+// layer before has flushed the caches). x_len, pairs_len, out_len: the floats in x and out, the
+// values in ids and weights (each), which the sizes must fit.
 __attribute__((visibility("default"))) int hymoe_moe_start(void* engine, MoeArgs* args, int num_tokens, int topk,
                                                            const float* x, const int64_t* ids,
-                                                           const float* weights, float* out, int is_async) {
+                                                           const float* weights, float* out, int64_t x_len,
+                                                           int64_t pairs_len, int64_t out_len, int is_async) {
+    Engine* eng = (Engine*)engine;
+    Claim claim(eng);
+    if (!claim.ok()) return kBusy;
     args->num_tokens = num_tokens;
     args->topk = topk;
     args->x = x;
     args->ids = ids;
     args->weights = weights;
     args->out = out;
-    return moe_submit(engine, args, is_async);
+    return moe_submit(eng, args, x_len, pairs_len, out_len, is_async);
 }
 
 __attribute__((visibility("default"))) void hymoe_moe_sync(void* engine) { ((Engine*)engine)->pool.sync(); }
@@ -335,6 +388,8 @@ __attribute__((visibility("default"))) int hymoe_moe_is_done(void* engine) { ret
 __attribute__((visibility("default"))) double hymoe_read_gbps(void* engine, const uint8_t* buf, int64_t bytes,
                                                               int reps) {
     Engine* eng = (Engine*)engine;
+    Claim claim(eng);
+    if (!claim.ok() || bytes < 0 || reps < 1) return -1;
     const int64_t chunk = 1 << 20, num_chunks = bytes / chunk;
     std::vector<uint64_t> sink(eng->pool.size() * 8, 0);
     double seconds = 0;
@@ -354,36 +409,53 @@ __attribute__((visibility("default"))) double hymoe_read_gbps(void* engine, cons
     return (double)num_chunks * chunk * reps / seconds / 1e9;
 }
 
-// A dense linear layer (or up to kMaxParts sharing an input) in the calling thread, the pool's
-// threads helping, after any job in flight. The per-layer fields stay in *args between calls.
-// 0, or -1 a format without kernels, -2 rows that do not split into blocks.
-__attribute__((visibility("default"))) int hymoe_linear(void* engine, LinearArgs* args, int num_tokens,
-                                                        const float* x, float* out) {
-    Engine* eng = (Engine*)engine;
+static int linear_call(Engine* eng, LinearArgs* args, int num_tokens, const float* x, int64_t x_len, float* out,
+                       int64_t out_len) {
     args->num_tokens = num_tokens;
     args->x = x;
     args->out = out;
     const KernelTable& kt = kernels();
-    if (int bad = linear_check(*args, kt)) return bad;
+    if (int bad = linear_check(*args, kt, x_len, out_len)) return bad;
     eng->pool.wake();
     eng->pool.run([&] { linear_run(*args, kt, eng->pool, eng->linear); });
     return 0;
 }
 
+// A dense linear layer (or up to kMaxParts sharing an input) in the calling thread, the pool's
+// threads helping, after any job in flight. The per-layer fields stay in *args between calls; x
+// and out hold x_len and out_len floats. 0, or -1 a format without kernels, -2 rows that do not
+// split into blocks, -4 a buffer smaller than its sizes, -5 another thread holds the engine.
+__attribute__((visibility("default"))) int hymoe_linear(void* engine, LinearArgs* args, int num_tokens,
+                                                        const float* x, int64_t x_len, float* out,
+                                                        int64_t out_len) {
+    Claim claim((Engine*)engine);
+    if (!claim.ok()) return kBusy;
+    return linear_call((Engine*)engine, args, num_tokens, x, x_len, out, out_len);
+}
+
 // A router: its logits by the linear job (float32 weights), then each token's top-k (route.cpp),
-// in one foreign call. 0, or the linear's or the routing's error.
+// in one foreign call; logits hold num_tokens x the linear's rows. 0, or the linear's or the
+// routing's error.
 __attribute__((visibility("default"))) int hymoe_router(void* engine, LinearArgs* linear, RouteArgs* route,
-                                                        int num_tokens, const float* x, float* logits) {
-    if (int bad = hymoe_linear(engine, linear, num_tokens, x, logits)) return bad;
+                                                        int num_tokens, const float* x, int64_t x_len,
+                                                        float* logits) {
+    Claim claim((Engine*)engine);
+    if (!claim.ok()) return kBusy;
+    if (route->num_experts != linear->out_stride) return kSmall;
+    const int64_t logits_len = (int64_t)num_tokens * linear->out_stride;
+    if (int bad = linear_call((Engine*)engine, linear, num_tokens, x, x_len, logits, logits_len)) return bad;
     route->num_tokens = num_tokens;
     route->logits = logits;
     return route_tokens(route);
 }
 
 // Grouped-query attention (attention.cpp) in the calling thread, the pool's threads
-// helping. 0, or -1 bad sizes, -2 a slot or position outside the cache.
+// helping. 0, or -1 bad sizes, -2 a slot or position outside the cache, -5 another thread holds
+// the engine.
 __attribute__((visibility("default"))) int hymoe_gqa_attention(void* engine, const GqaArgs* args) {
     Engine* eng = (Engine*)engine;
+    Claim claim(eng);
+    if (!claim.ok()) return kBusy;
     if (int bad = gqa_check(*args)) return bad;
     eng->pool.wake();
     eng->pool.run([&] { gqa_run(*args, kernels(), eng->pool, eng->attention); });
@@ -411,11 +483,17 @@ __attribute__((visibility("default"))) void hymoe_rms_norm(const float* x, const
     }
 }
 
-// The kernels themselves, for tests: out[t, r] for rows of one matrix against activations x[t].
-__attribute__((visibility("default"))) int hymoe_rows(int fmt, const uint8_t* w, int nrows, int n, const float* x,
-                                                      int ntok, float* out) {
+// The kernels themselves, for tests: out[t, r] for rows of one matrix against activations x[t];
+// w, x and out hold w_bytes, x_len and out_len. 0, or -1 a format or width without kernels, -4 a
+// buffer smaller than its sizes.
+__attribute__((visibility("default"))) int hymoe_rows(int fmt, const uint8_t* w, int64_t w_bytes, int nrows, int n,
+                                                      const float* x, int64_t x_len, int ntok, float* out,
+                                                      int64_t out_len) {
     const KernelTable& kt = kernels();
-    if (!has_format(kt, fmt) || n % block_size(fmt) || n % 32) return -1;
+    if (!has_format(kt, fmt) || n < 1 || n % block_size(fmt) || n % 32) return -1;
+    if (nrows < 0 || ntok < 0 || (int64_t)nrows * (int64_t)row_bytes(fmt, n) > w_bytes ||
+        (int64_t)ntok * n > x_len || (int64_t)ntok * nrows > out_len)
+        return kSmall;
     range_hint() = RangeHint();  // no MoE job's hint carries over
     std::vector<uint8_t> q(fmt_is_float(fmt) ? 0 : ntok * kt.act_bytes(n));
     std::vector<float> r(fmt == BF16 ? (size_t)ntok * n : 0);

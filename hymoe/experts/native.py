@@ -26,7 +26,14 @@ class _MoeArgs(ctypes.Structure):
     _fields_ = [(n, ctypes.c_int32) for n in ("num_tokens", "hidden", "inter", "topk", "num_experts",
                                               "fmt_gate", "fmt_up", "fmt_down")] + \
                [(n, ctypes.c_void_p) for n in ("x", "ids", "weights", "out", "gate", "up", "down")] + \
-               [(n, ctypes.c_int64) for n in ("gate_stride", "up_stride", "down_stride")]
+               [(n, ctypes.c_int64) for n in ("gate_stride", "up_stride", "down_stride", "gate_bytes", "up_bytes",
+                                              "down_bytes")]
+
+# What the C side's codes mean where every entry point shares them (csrc/moe.cpp)
+BUSY = -5
+NATIVE_ERRORS = {-4: "a buffer smaller than its sizes reached the native engine",
+                 BUSY: "the native engine is busy with another thread's work: one engine serves one thread at "
+                       "a time (share an LLM between threads through its own methods, which take its lock)"}
 
 
 _lib: ctypes.CDLL | None = None
@@ -51,7 +58,9 @@ def library() -> ctypes.CDLL | None:
     lib.hymoe_engine_busy_seconds.restype = ctypes.c_double
     lib.hymoe_engine_busy_seconds.argtypes = [ctypes.c_void_p]
     vp = ctypes.c_void_p
-    lib.hymoe_moe_start.argtypes = [vp, ctypes.POINTER(_MoeArgs), ctypes.c_int, ctypes.c_int, vp, vp, vp, vp, ctypes.c_int]
+    i64 = ctypes.c_int64
+    lib.hymoe_moe_start.argtypes = [vp, ctypes.POINTER(_MoeArgs), ctypes.c_int, ctypes.c_int, vp, vp, vp, vp,
+                                    i64, i64, i64, ctypes.c_int]
     lib.hymoe_engine_wake.argtypes = [ctypes.c_void_p]
     lib.hymoe_engine_linger.argtypes = [ctypes.c_void_p, ctypes.c_int]
     lib.hymoe_moe_sync.argtypes = [ctypes.c_void_p]
@@ -59,8 +68,7 @@ def library() -> ctypes.CDLL | None:
     lib.hymoe_row_bytes.restype = ctypes.c_int64
     lib.hymoe_read_gbps.restype = ctypes.c_double
     lib.hymoe_read_gbps.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
-    lib.hymoe_rows.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
-                               ctypes.c_int, ctypes.c_void_p]
+    lib.hymoe_rows.argtypes = [ctypes.c_int, vp, i64, ctypes.c_int, ctypes.c_int, vp, i64, ctypes.c_int, vp, i64]
     lib.hymoe_bench_tune.argtypes = [ctypes.c_char_p, ctypes.c_int]
     forced = os.environ.get("HYMOE_ISA")  # lets CI run the whole suite on the portable path
     if forced:
@@ -98,16 +106,18 @@ def isa_name() -> str:
 def rows(fmt: str, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The bare kernel, for tests: weight [R, row_bytes] uint8 in fmt, x [T, n] float32 -> [T, R]."""
     lib = library()
-    if x.dim() != 2 or x.shape[1] == 0 or weight.dim() != 2 or weight.dtype != torch.uint8:
-        raise HymoeError(f"rows takes weight [R, row_bytes] uint8 and x [T, n>0]; got {tuple(weight.shape)} "
-                         f"{weight.dtype} and {tuple(x.shape)}")
+    if x.dim() != 2 or x.shape[1] == 0 or not x.is_floating_point() or weight.dim() != 2 or weight.dtype != torch.uint8:
+        raise HymoeError(f"rows takes weight [R, row_bytes] uint8 and float x [T, n>0]; got {tuple(weight.shape)} "
+                         f"{weight.dtype} and {tuple(x.shape)} {x.dtype}")
     if weight.shape[1] != row_bytes(fmt, x.shape[1]) or not weight.is_contiguous():
         raise HymoeError(f"{fmt} rows of {x.shape[1]} values take {row_bytes(fmt, x.shape[1])} contiguous bytes "
                          f"each; the weight has {weight.shape[1]}")
     x = x.float().contiguous()
     out = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
-    rc = lib.hymoe_rows(int(qtype(fmt)), weight.data_ptr(), weight.shape[0], x.shape[1], x.data_ptr(),
-                        x.shape[0], out.data_ptr())
+    rc = lib.hymoe_rows(int(qtype(fmt)), weight.data_ptr(), weight.numel(), weight.shape[0], x.shape[1],
+                        x.data_ptr(), x.numel(), x.shape[0], out.data_ptr(), out.numel())
+    if rc in NATIVE_ERRORS:
+        raise HymoeError(NATIVE_ERRORS[rc])
     if rc:
         raise HymoeError(f"the native kernels cannot compute {fmt} rows of {x.shape[1]}")
     return out
@@ -207,7 +217,10 @@ class NativeEngine:
 
     def read_gbps(self, buf: torch.Tensor, reps: int = 3) -> float:
         """Streaming-read bandwidth over buf (make it far larger than the last-level cache)."""
-        return self.lib.hymoe_read_gbps(self.handle, buf.data_ptr(), buf.numel() * buf.element_size(), reps)
+        gbps = self.lib.hymoe_read_gbps(self.handle, buf.data_ptr(), buf.numel() * buf.element_size(), reps)
+        if gbps < 0:
+            raise HymoeError(NATIVE_ERRORS[BUSY])
+        return gbps
 
     def __del__(self):
         if getattr(self, "handle", None):
@@ -242,7 +255,8 @@ class NativeExperts(ExpertBackend):
         self._args = _MoeArgs(0, hidden, inter, 0, self.num_experts, *(int(qtype(f)) for f in formats),
                               0, 0, 0, 0, gate.data_ptr(), up.data_ptr(), down.data_ptr(),
                               gate[0].numel() * gate.element_size(), up[0].numel() * up.element_size(),
-                              down[0].numel() * down.element_size())
+                              down[0].numel() * down.element_size(),
+                              *(t.numel() * t.element_size() for t in (gate, up, down)))
         self._args_ref = ctypes.byref(self._args)
 
     def nbytes(self) -> int:
@@ -267,8 +281,10 @@ class NativeExperts(ExpertBackend):
         if topk_ids.dim() != 2 or topk_ids.shape[0] != hidden.shape[0] or topk_weights.shape != topk_ids.shape:
             raise HymoeError(f"experts take topk_ids and topk_weights [{hidden.shape[0]}, K]; got "
                              f"{tuple(topk_ids.shape)} and {tuple(topk_weights.shape)}")
-        if topk_ids.is_floating_point() or not hidden.is_floating_point():
-            raise HymoeError(f"experts take float hidden and integer ids; got {hidden.dtype} and {topk_ids.dtype}")
+        if topk_ids.is_floating_point() or topk_ids.is_complex() or topk_ids.dtype is torch.bool or \
+                not hidden.is_floating_point() or topk_weights.is_complex():
+            raise HymoeError(f"experts take float hidden, integer ids and real weights; got {hidden.dtype}, "
+                             f"{topk_ids.dtype} and {topk_weights.dtype}")
 
     def submit(self, hidden, topk_ids, topk_weights) -> None:
         self._check(hidden, topk_ids, topk_weights)
@@ -290,10 +306,11 @@ class NativeExperts(ExpertBackend):
     def _start(self, x, ids, w, out) -> None:
         engine = self.engine
         rc = engine.lib.hymoe_moe_start(engine.handle, self._args_ref, x.shape[0], ids.shape[1], x.data_ptr(),
-                                        ids.data_ptr(), w.data_ptr(), out.data_ptr(), engine.is_async)
+                                        ids.data_ptr(), w.data_ptr(), out.data_ptr(), x.numel(),
+                                        min(ids.numel(), w.numel()), out.numel(), engine.is_async)
         if rc:
             raise HymoeError({-1: "unsupported expert format", -2: "expert rows do not split into blocks",
-                              -3: "an expert id is out of range"}.get(rc, f"native MoE failed ({rc})"))
+                              -3: "an expert id is out of range", **NATIVE_ERRORS}.get(rc, f"native MoE failed ({rc})"))
 
     def _submit_captured(self, hidden, topk_ids, topk_weights) -> None:
         """While a decode step is captured as CUDA graph segments: the copies to host memory close

@@ -9,6 +9,7 @@ import ctypes
 import torch
 
 from hymoe.errors import HymoeError
+from hymoe.experts.native import NATIVE_ERRORS
 
 _i32, _i64, _f32, _p = ctypes.c_int32, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
 
@@ -21,11 +22,10 @@ class _GqaArgs(ctypes.Structure):
                                   "positions", "out")]
 
 
-def _rows(t: torch.Tensor, width: int) -> tuple[torch.Tensor, int]:
+def _rows(t: torch.Tensor, b: int, n: int, width: int) -> tuple[torch.Tensor, int]:
     """t [B, T, width] float32 CPU as rows of `width` values a fixed stride apart: (t, stride)."""
-    b, n = t.shape[0], t.shape[1]
-    if t.dtype is not torch.float32 or not t.is_cpu or t.shape[2] != width:
-        raise HymoeError(f"native attention takes float32 CPU rows of {width}, got {t.dtype} {list(t.shape)}")
+    if t.dtype is not torch.float32 or not t.is_cpu or t.shape != (b, n, width):
+        raise HymoeError(f"native attention takes float32 CPU rows [{b}, {n}, {width}], got {t.dtype} {list(t.shape)}")
     if t.stride(2) != 1 or (b > 1 and t.stride(0) != n * t.stride(1)):
         t = t.contiguous()
     return t, t.stride(1)
@@ -40,11 +40,14 @@ class StepInputs:
 
     def get(self, step, cos_sin, head_dim: int):
         if self.key is not step:
-            b, t = step.positions.shape
             positions = step.positions.contiguous()
             slots = None if step.rows is None else step.rows.contiguous()
-            if positions.dtype is not torch.int64 or (slots is not None and slots.shape != (b,)):
+            if positions.dim() != 2 or positions.dtype is not torch.int64 or \
+                    (slots is not None and (slots.shape != positions.shape[:1] or slots.dtype is not torch.int64)):
                 raise HymoeError("native attention needs int64 positions [B, T] and slots [B]")
+            b, t = positions.shape
+            if any(c.numel() != b * t * (head_dim // 2) or not c.is_floating_point() for c in cos_sin):
+                raise HymoeError(f"native attention needs cos and sin of {b * t} x {head_dim // 2} values")
             cos, sin = (c.reshape(b * t, head_dim // 2).float().contiguous() for c in cos_sin)
             self.key, self.value = step, (positions, slots, cos, sin)
         return self.value
@@ -68,9 +71,11 @@ class NativeGqaAttention:
         self._args_ref = ctypes.byref(self._args)
 
     def __call__(self, q, k, v, step, cache: dict, cos_sin) -> torch.Tensor:
+        if q.dim() != 3:
+            raise HymoeError(f"native attention takes q [B, T, N*D], got {list(q.shape)}")
         b, t, _ = q.shape
         n, g, d = self.heads, self.kv_heads, self.head_dim
-        (q, qs), (k, ks), (v, vs) = _rows(q, n * d), _rows(k, g * d), _rows(v, g * d)
+        (q, qs), (k, ks), (v, vs) = _rows(q, b, t, n * d), _rows(k, b, t, g * d), _rows(v, b, t, g * d)
         kc, vc = cache["k"], cache["v"]
         if kc.dtype not in (torch.float32, torch.float16) or vc.dtype is not kc.dtype or not kc.is_contiguous() \
                 or not vc.is_contiguous() or kc.shape[2:] != (g, d) or vc.shape != kc.shape or not kc.is_cpu:
@@ -87,6 +92,8 @@ class NativeGqaAttention:
         a.k_cache, a.v_cache, a.out = kc.data_ptr(), vc.data_ptr(), out.data_ptr()
         a.slots, a.positions = 0 if slots is None else slots.data_ptr(), positions.data_ptr()
         rc = self.engine.lib.hymoe_gqa_attention(self.engine.handle, self._args_ref)
+        if rc in NATIVE_ERRORS:
+            raise HymoeError(NATIVE_ERRORS[rc])
         if rc:
             raise HymoeError(f"native attention refused its arguments ({rc}: a slot or position outside the cache)")
         return out

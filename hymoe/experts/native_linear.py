@@ -12,13 +12,14 @@ import ctypes
 import torch
 
 from hymoe.errors import HymoeError
+from hymoe.experts.native import NATIVE_ERRORS
 from hymoe.quant.formats import FLOAT_DTYPES, qtype, row_bytes
 
 MAX_PARTS = 4
 
 
 class _Part(ctypes.Structure):
-    _fields_ = [("fmt", ctypes.c_int32), ("rows", ctypes.c_int32), ("w", ctypes.c_void_p)]
+    _fields_ = [("fmt", ctypes.c_int32), ("rows", ctypes.c_int32), ("w", ctypes.c_void_p), ("w_bytes", ctypes.c_int64)]
 
 
 class _LinearArgs(ctypes.Structure):
@@ -30,7 +31,7 @@ def _bind(lib) -> None:
     if getattr(lib, "_linear_bound", False):
         return
     vp = ctypes.c_void_p
-    lib.hymoe_linear.argtypes = [vp, ctypes.POINTER(_LinearArgs), ctypes.c_int, vp, vp]
+    lib.hymoe_linear.argtypes = [vp, ctypes.POINTER(_LinearArgs), ctypes.c_int, vp, ctypes.c_int64, vp, ctypes.c_int64]
     lib.hymoe_rms_norm.argtypes = [vp, vp, vp, ctypes.c_int, ctypes.c_int, ctypes.c_float]
     lib.hymoe_rms_norm.restype = None
     lib._linear_bound = True
@@ -39,8 +40,9 @@ def _bind(lib) -> None:
 def checked_weight(weight: torch.Tensor, fmt: str, rows: int, n: int) -> torch.Tensor:
     """The bytes a kernel will read: uint8, contiguous, on the CPU, exactly rows x row_bytes."""
     if weight.dtype != torch.uint8 or weight.device.type != "cpu" or not weight.is_contiguous():
+        layout = "contiguous" if weight.is_contiguous() else "strided"
         raise HymoeError(f"a native {fmt} weight must be contiguous uint8 CPU bytes "
-                         f"(got {weight.dtype} on {weight.device})")
+                         f"(got {layout} {weight.dtype} on {weight.device})")
     expected = rows * row_bytes(fmt, n)
     if weight.numel() != expected:
         raise HymoeError(f"a {fmt} weight of {rows} rows of {n} holds {expected} bytes, got {weight.numel()}")
@@ -67,7 +69,7 @@ class NativeLinear:
         self.out_features = sum(self.splits)
         self._args = _LinearArgs(0, n, len(weights), self.out_features)
         for i, (fmt, rows, w) in enumerate(weights):
-            self._args.parts[i] = _Part(int(qtype(fmt)), rows, w.data_ptr())
+            self._args.parts[i] = _Part(int(qtype(fmt)), rows, w.data_ptr(), w.numel())
         self._args_ref = ctypes.byref(self._args)
 
     def checked_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,8 +85,10 @@ class NativeLinear:
         out = torch.empty(x.shape[0], self.out_features)
         if x.shape[0] == 0:
             return out
-        rc = self.engine.lib.hymoe_linear(self.engine.handle, self._args_ref, x.shape[0], x.data_ptr(),
-                                          out.data_ptr())
+        rc = self.engine.lib.hymoe_linear(self.engine.handle, self._args_ref, x.shape[0], x.data_ptr(), x.numel(),
+                                          out.data_ptr(), out.numel())
+        if rc in NATIVE_ERRORS:
+            raise HymoeError(NATIVE_ERRORS[rc])
         if rc:
             raise HymoeError(f"the native linear cannot compute these weights ({rc})")
         return out
@@ -95,6 +99,8 @@ class NativeRMSNorm:
 
     def __init__(self, lib, weight: torch.Tensor, eps: float):
         _bind(lib)
+        if weight.dim() != 1 or not weight.is_floating_point():
+            raise HymoeError(f"a native RMSNorm takes a float weight [n], got {weight.dtype} {list(weight.shape)}")
         self.lib, self.eps = lib, eps
         self.weight = weight.detach().float().contiguous()
         self.n = self.weight.numel()
@@ -131,7 +137,7 @@ class NativeRouter:
         grouped = cfg.topk_method in ("noaux_tc", "group_limited_greedy") and cfg.num_groups > 1
         rule = (2 if cfg.topk_method == "noaux_tc" else 1) if grouped else 0
         lib.hymoe_router.argtypes = [ctypes.c_void_p, ctypes.POINTER(_LinearArgs), ctypes.POINTER(_RouteArgs),
-                                     ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+                                     ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
         self.lib, self.k = lib, cfg.num_experts_per_tok
         self._args = _RouteArgs(0, cfg.num_experts, self.k, int(cfg.scoring == "sigmoid"), rule, cfg.num_groups,
                                 cfg.topk_groups, int(cfg.is_norm_topk_prob), cfg.routed_scaling_factor,
@@ -147,7 +153,9 @@ class NativeRouter:
             return ids, weights
         self._args.ids, self._args.weights = ids.data_ptr(), weights.data_ptr()
         rc = self.lib.hymoe_router(self.logits.engine.handle, self.logits._args_ref, self._args_ref, t, x.data_ptr(),
-                                   logits.data_ptr())
+                                   x.numel(), logits.data_ptr())
+        if rc in NATIVE_ERRORS:
+            raise HymoeError(NATIVE_ERRORS[rc])
         if rc:
             raise HymoeError(f"the native router refused its sizes ({rc})")
         return ids, weights
