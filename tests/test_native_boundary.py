@@ -174,3 +174,37 @@ def test_read_gbps_refuses_while_another_thread_holds_the_engine():
     assert caught and "another thread" in str(caught[0].value)
     assert engine.read_gbps(torch.empty(1 << 20)) > 0
     assert ctypes.sizeof(native._MoeArgs) == 8 * 4 + 7 * 8 + 6 * 8  # the C struct's layout, mirrored
+
+
+class _Lying:
+    """The library, but hymoe_gqa_attention gets one length shortened by one value."""
+
+    def __init__(self, lib, field):
+        self.lib, self.field = lib, field
+
+    def __getattr__(self, name):
+        return getattr(self.lib, name)
+
+    def hymoe_gqa_attention(self, handle, args_ref):
+        args = args_ref._obj
+        setattr(args, self.field, getattr(args, self.field) - 1)
+        return self.lib.hymoe_gqa_attention(handle, args_ref)
+
+
+@pytest.mark.parametrize("field", ["q_len", "k_len", "v_len", "rope_len", "cache_len", "out_len", "positions_len"])
+def test_attention_refuses_lengths_short_of_its_sizes(field):
+    from types import SimpleNamespace
+    from hymoe.experts.native_attention import NativeGqaAttention
+    engine = native.NativeEngine(2, is_async=False)
+    attn = SimpleNamespace(num_heads=4, num_kv_heads=2, head_dim=16, is_qk_norm=False, q_norm=None, k_norm=None,
+                           rope=SimpleNamespace(is_interleaved=False))
+    layer = NativeGqaAttention(engine, attn, window=0)
+    b, t = 2, 3
+    step = SimpleNamespace(positions=torch.arange(t).repeat(b, 1), rows=None, kv_len=t)
+    cache = {"k": torch.zeros(b, 9, 2, 16), "v": torch.zeros(b, 9, 2, 16)}
+    args = (torch.randn(b, t, 64), torch.randn(b, t, 32), torch.randn(b, t, 32), step, cache,
+            (torch.randn(b, t, 8), torch.randn(b, t, 8)))
+    assert layer(*args).shape == (b, t, 64)
+    layer.engine = SimpleNamespace(lib=_Lying(engine.lib, field), handle=engine.handle)
+    with pytest.raises(HymoeError, match="smaller than its sizes"):
+        layer(*args)

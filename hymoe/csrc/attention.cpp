@@ -39,11 +39,26 @@ void store(void* cache, int64_t at, const float* x, int n, bool is_f16) {
     for (int i = 0; i < n; i++) dst[i] = f32_to_fp16(x[i]);
 }
 
+// Whether a buffer of `len` values is shorter than `rows` rows of `width`, `stride` apart.
+bool short_of(int64_t len, int64_t rows, int64_t stride, int64_t width) {
+    return stride < width || (rows - 1) * stride + width > len;
+}
+
+bool buffer_error(const GqaArgs& a) {
+    const int64_t BT = (int64_t)a.num_rows * a.tokens, G = a.kv_heads, D = a.head_dim;
+    if (a.num_slots < 1 || a.max_len < 0) return true;
+    return short_of(a.q_len, BT, a.q_stride, a.heads * D) || short_of(a.k_len, BT, a.k_stride, G * D) ||
+           short_of(a.v_len, BT, a.v_stride, G * D) || BT * (D / 2) > a.rope_len ||
+           (int64_t)a.num_slots * (a.max_len + 1) * G * D > a.cache_len || BT * a.heads * D > a.out_len ||
+           BT > a.positions_len || (a.slots && a.num_rows > a.slots_len);
+}
+
 }  // namespace
 
 int gqa_check(const GqaArgs& a) {
     if (a.num_rows < 1 || a.tokens < 1 || a.heads < 1 || a.kv_heads < 1 || a.heads % a.kv_heads) return -1;
     if (a.head_dim < 2 || a.head_dim % 2 || a.head_dim > 1024 || (a.is_f16 != 0 && a.is_f16 != 1) || a.kv_len < 1 || a.kv_len > a.max_len + 1) return -1;
+    if (buffer_error(a)) return -4;
     for (int b = 0; b < a.num_rows; b++) {
         const int64_t slot = a.slots ? a.slots[b] : b;
         if (slot < 0 || slot >= a.num_slots) return -2;

@@ -21,10 +21,12 @@ struct GqaArgs {
     const int64_t* slots;                    // [B] cache slot per row, or null: row b in slot b
     const int64_t* positions;                // [B, T]
     float* out;                              // [B*T, N*D]
+    // what each buffer holds (values), which the sizes above must fit
+    int64_t q_len, k_len, v_len, rope_len, cache_len, out_len, positions_len, slots_len;
 };
 }
 
-// 0, or -1 bad sizes, -2 a slot or position outside the cache
+// 0, or -1 bad sizes, -2 a slot or position outside the cache, -4 a buffer smaller than the sizes
 int gqa_check(const GqaArgs& a);
 // Runs inside a pool job.
 void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<float>& scratch);

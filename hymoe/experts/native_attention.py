@@ -19,7 +19,9 @@ class _GqaArgs(ctypes.Structure):
                                     "is_interleaved", "num_slots", "max_len", "is_f16")] + \
                [("eps", _f32), ("scale", _f32)] + [(n, _i64) for n in ("q_stride", "k_stride", "v_stride")] + \
                [(n, _p) for n in ("q", "k", "v", "q_norm", "k_norm", "cos", "sin", "k_cache", "v_cache", "slots",
-                                  "positions", "out")]
+                                  "positions", "out")] + \
+               [(n, _i64) for n in ("q_len", "k_len", "v_len", "rope_len", "cache_len", "out_len", "positions_len",
+                                    "slots_len")]
 
 
 def _rows(t: torch.Tensor, b: int, n: int, width: int) -> tuple[torch.Tensor, int]:
@@ -29,6 +31,11 @@ def _rows(t: torch.Tensor, b: int, n: int, width: int) -> tuple[torch.Tensor, in
     if t.stride(2) != 1 or (b > 1 and t.stride(0) != n * t.stride(1)):
         t = t.contiguous()
     return t, t.stride(1)
+
+
+def _extent(t: torch.Tensor) -> int:
+    """The values from t's first element to the end of its storage: what the C side may read."""
+    return t.untyped_storage().nbytes() // t.element_size() - t.storage_offset()
 
 
 class StepInputs:
@@ -91,6 +98,10 @@ class NativeGqaAttention:
         a.q, a.k, a.v, a.cos, a.sin = q.data_ptr(), k.data_ptr(), v.data_ptr(), cos.data_ptr(), sin.data_ptr()
         a.k_cache, a.v_cache, a.out = kc.data_ptr(), vc.data_ptr(), out.data_ptr()
         a.slots, a.positions = 0 if slots is None else slots.data_ptr(), positions.data_ptr()
+        a.q_len, a.k_len, a.v_len = _extent(q), _extent(k), _extent(v)  # strided views of a fused projection
+        a.rope_len = min(cos.numel(), sin.numel())
+        a.cache_len, a.out_len, a.positions_len = min(kc.numel(), vc.numel()), out.numel(), positions.numel()
+        a.slots_len = 0 if slots is None else slots.numel()
         rc = self.engine.lib.hymoe_gqa_attention(self.engine.handle, self._args_ref)
         if rc in NATIVE_ERRORS:
             raise HymoeError(NATIVE_ERRORS[rc])
