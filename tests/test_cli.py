@@ -80,3 +80,23 @@ def test_bench_serve_shared_prefix_reuses_the_prefix(cache_env):
     assert r.returncode == 0, r.stderr
     row = json.loads(r.stdout.strip().splitlines()[-1])
     assert row["cached_tokens"] == 100 and set(row) >= {"ttft_first_ms", "ttft_second_ms", "ttft_ratio"}
+
+
+def test_bench_context_reports_mla_kv_bytes_per_length(tiny_model):
+    """KV per position is MLA's (R + Dr) x layers x dtype; lengths come back in ascending order."""
+    d = tiny_model("deepseek_v3")[0]
+    r = hymoe("bench", "context", d, "--tokens", "200,40", "--gen-tokens", 3, "--dtype", "float32", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout.strip().splitlines()[-1])
+    per_token = (32 + 8) * 3 * 4  # kv_lora_rank + qk_rope_head_dim, 3 layers, float32 cache
+    assert [row["tokens"] for row in rows] == [40, 200]
+    for row in rows:
+        assert row["kv_bytes_per_token"] == per_token and row["kv_bytes"] == per_token * (row["tokens"] + 3)
+        assert row["prefill_tokens_per_s"] > 0 and row["decode_tokens_per_s"] > 0
+        assert row["peak_rss_bytes"] >= row["rss_after_load_bytes"] > 0
+
+
+def test_bench_context_refuses_lengths_past_the_context(tiny_model):
+    d = tiny_model("deepseek_v3")[0]
+    r = hymoe("bench", "context", d, "--tokens", "600")
+    assert r.returncode != 0 and "context holds 512" in r.stderr and "Traceback" not in r.stderr

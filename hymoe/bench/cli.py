@@ -1,4 +1,4 @@
-"""`hymoe bench experts|e2e|prefill|gguf|serve`: the benchmark commands' arguments and runners
+"""`hymoe bench experts|e2e|prefill|context|gguf|serve`: the benchmark commands' arguments and runners
 (hymoe/cli.py dispatches here). JSON with --json; figures in docs/."""
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ def add_bench_parsers(sub, add_model_args) -> None:
     bsub = b.add_subparsers(dest="bench", required=True)
     _experts_parser(bsub)
     _e2e_parser(bsub)
+    _context_parser(bsub)
     _other_parsers(bsub, add_model_args)
 
 
@@ -55,6 +56,24 @@ def _e2e_parser(bsub) -> None:
                     "times and report medians (default: 1)")
     b2.add_argument("--json", action="store_true", help="print a JSON list, one object per placement")
     b2.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _context_parser(bsub) -> None:
+    bc = bsub.add_parser("context", help="prefill and decode tokens/s, KV bytes and peak memory per context length")
+    bc.add_argument("model", nargs="?", help="HF model directory or .gguf file (default: the bundled demo model)")
+    bc.add_argument("--tokens", default="1024,4096", help="comma list of prompt lengths (default: 1024,4096)")
+    bc.add_argument("--gen-tokens", type=int, default=16, help="tokens decoded after each prompt (default: 16)")
+    bc.add_argument("--kv-policy", default="full", choices=["full"], help="what the cache keeps (default: full)")
+    bc.add_argument("--placement", default="cpu", help="cpu, gpu or hybrid (default: cpu)")
+    bc.add_argument("--threads", type=int, help="CPU threads for the native experts (default: all cores)")
+    bc.add_argument("--dtype", help="compute dtype (default: the checkpoint's)")
+    bc.add_argument("--kv-dtype", help="cache dtype (default: the placement's)")
+    bc.add_argument("--random", metavar="SHAPE", help="random weights at a real model's full width (see bench e2e)")
+    bc.add_argument("--layers", type=int, default=2, help="layers of the --random model (default: 2)")
+    bc.add_argument("--experts-type", default="Q4_K", help="routed experts' format in the --random model")
+    bc.add_argument("--dense-type", help="the --random model's other matrices as blocks of this format")
+    bc.add_argument("--json", action="store_true", help="print a JSON list, one object per length")
+    bc.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def _other_parsers(bsub, add_model_args) -> None:
@@ -115,6 +134,8 @@ def cmd_bench(args) -> None:
         return cmd_bench_e2e(args)
     if args.bench == "prefill":
         return cmd_bench_prefill(args)
+    if args.bench == "context":
+        return cmd_bench_context(args)
     if args.bench == "gguf":
         return cmd_bench_gguf(args)
     from hymoe.bench.experts import bench_experts
@@ -195,6 +216,27 @@ def cmd_bench_prefill(args) -> None:
         print(f"{r['prompt_tokens']:>6} tokens: experts on the CPU {r['cpu_experts_tokens_per_s']:.0f} tok/s, "
               f"streamed to {r['gpu']} {r['gpu_stream_tokens_per_s']:.0f} tok/s", file=sys.stderr)
     print(f"threshold: {rows[0]['threshold'] or 'none of these lengths'}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(rows))
+
+
+def cmd_bench_context(args) -> None:
+    from hymoe.bench.context import bench_context
+    from hymoe.engine.llm import load
+
+    lengths = _counts(args.tokens, "--tokens")
+    if args.gen_tokens < 2:
+        raise HymoeError("--gen-tokens must be at least 2")
+    llm = load(_bench_model(args), max_context=max(lengths) + args.gen_tokens + 1, progress=False,
+               placement=args.placement, threads=args.threads, dtype=args.dtype, kv_dtype=args.kv_dtype)
+    if max(lengths) + args.gen_tokens > llm.max_context:
+        raise HymoeError(f"the model's context holds {llm.max_context} positions; --tokens asks for {max(lengths)} "
+                         f"+ {args.gen_tokens}")
+    rows = bench_context(llm, lengths, args.gen_tokens, args.kv_policy)
+    for r in rows:
+        print(f"{r['tokens']:>7} tokens: prefill {r['prefill_tokens_per_s']:.1f} tok/s, decode "
+              f"{r['decode_tokens_per_s']:.2f} tok/s, KV {r['kv_bytes'] / 2**20:.1f} MiB "
+              f"({r['kv_bytes_per_token']} B/token), peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB", file=sys.stderr)
     if args.json:
         print(json.dumps(rows))
 
