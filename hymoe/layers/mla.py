@@ -7,11 +7,11 @@ up-projection applied after attention, so each step costs O(S * R) per head.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hymoe.config import ModelConfig
 from hymoe.kv.cache import KVCache, Step
+from hymoe.layers.attend import attend_blocked
 from hymoe.layers.linear import project
 from hymoe.layers.norm import RMSNorm
 from hymoe.layers.rope import Rope, yarn_mscale
@@ -72,9 +72,7 @@ class MLAttention(nn.Module):
             scores = torch.matmul(query, cached.transpose(-1, -2)).float() * self.scale  # [B, N, T, S]
             probs = scores.masked_fill(~step.mask, float("-inf")).softmax(-1).to(query.dtype)
             out = torch.matmul(probs, cached[..., :r])  # [B, N, T, R]
-        else:  # prefill: SDPA does not hold all [T, S] scores of every head at once
-            out = F.scaled_dot_product_attention(
-                query, cached, cached[..., :r], attn_mask=step.mask, scale=self.scale, enable_gqa=True,
-            )  # [B, N, T, R]
+        else:  # prefill: scores one block of keys at a time, the latent read once for all heads
+            out = attend_blocked(query[:, None], cached, cached[..., :r], step.mask, self.scale)[:, 0]  # [B, N, T, R]
         out = torch.einsum("bntr,nvr->btnv", out, w_uv)  # [B, T, N, Dv]
         return self.o_proj(out.reshape(b, t, n * self.v_dim))

@@ -1,0 +1,43 @@
+"""Attention of many queries over a long cache in blocks of keys, with an online softmax.
+
+torch's CPU SDPA with a mask materialises every head's [T, S] scores, and with `enable_gqa` a copy
+of the keys per query head: a 512-token chunk of a DeepSeek-V3 prompt at 8K positions took 9 GiB.
+Here the scores exist one block of keys at a time, and a kv head's keys (MLA: the one latent) are
+read once for all its query heads, so a chunk's working memory is bounded by the block, not by S.
+"""
+from __future__ import annotations
+
+import torch
+
+# scores held at once, in float32 values: a block of keys is sized so its scores stay under this
+SCORE_BUDGET = 16 << 20
+
+
+def attend_blocked(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                   scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale, masked) v for grouped heads.
+
+    q [B, G, H, T, D]: H query heads per kv head; keys [B, G, S, D]; values [B, G, S, Dv];
+    mask [B, 1, T, S] bool (True: may attend), the same for every head. Returns [B, G, H, T, Dv]
+    in q's dtype; scores, weights and sums are float32.
+    """
+    b, g, h, t, d = q.shape
+    s, dv = keys.shape[2], values.shape[-1]
+    rows = q.reshape(b, g, h * t, d)  # [B, G, H*T, D]: every query of a kv head against its keys
+    block = max(64, SCORE_BUDGET // max(1, b * g * h * t))
+    top = torch.full((b, g, h * t, 1), float("-inf"))  # running max of each row's scores
+    total = torch.zeros(b, g, h * t, 1)  # running sum of exp(score - top)
+    acc = torch.zeros(b, g, h * t, dv)  # running sum of exp(score - top) * v
+    for s0 in range(0, s, block):
+        k, v = keys[:, :, s0:s0 + block], values[:, :, s0:s0 + block]  # [B, G, kb, D], [B, G, kb, Dv]
+        scores = torch.matmul(rows, k.transpose(-1, -2)).float() * scale  # [B, G, H*T, kb]
+        allowed = mask[:, :, None, :, s0:s0 + block]  # [B, 1, 1, T, kb]
+        scores = scores.view(b, g, h, t, -1).masked_fill(~allowed, float("-inf")).view(b, g, h * t, -1)
+        new_top = torch.maximum(top, scores.amax(-1, keepdim=True))
+        safe = torch.where(torch.isinf(new_top), torch.zeros_like(new_top), new_top)  # rows with nothing yet
+        weights = torch.exp(scores - safe)  # [B, G, H*T, kb]
+        fade = torch.exp(top - safe)  # rescales what earlier blocks summed
+        total = total * fade + weights.sum(-1, keepdim=True)
+        acc = acc * fade + torch.matmul(weights.to(v.dtype), v).float()
+        top = new_top
+    return (acc / total.clamp_min(1e-30)).to(q.dtype).view(b, g, h, t, dv)  # a row with no key: zeros
