@@ -25,9 +25,9 @@ def attend_blocked(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, ma
     s, dv = keys.shape[2], values.shape[-1]
     rows = q.reshape(b, g, h * t, d)  # [B, G, H*T, D]: every query of a kv head against its keys
     block = max(64, SCORE_BUDGET // max(1, b * g * h * t))
-    top = torch.full((b, g, h * t, 1), float("-inf"))  # running max of each row's scores
-    total = torch.zeros(b, g, h * t, 1)  # running sum of exp(score - top)
-    acc = torch.zeros(b, g, h * t, dv)  # running sum of exp(score - top) * v
+    top = torch.full((b, g, h * t, 1), float("-inf"), device=q.device)  # running max of each row's scores
+    total = torch.zeros(b, g, h * t, 1, device=q.device)  # running sum of exp(score - top)
+    acc = torch.zeros(b, g, h * t, dv, device=q.device)  # running sum of exp(score - top) * v
     for s0 in range(0, s, block):
         k, v = keys[:, :, s0:s0 + block], values[:, :, s0:s0 + block]  # [B, G, kb, D], [B, G, kb, Dv]
         scores = torch.matmul(rows, k.transpose(-1, -2)).float() * scale  # [B, G, H*T, kb]

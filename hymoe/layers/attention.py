@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hymoe.config import ModelConfig
@@ -53,7 +54,10 @@ class GQAttention(nn.Module):
         mask = step.window_mask if self.is_sliding else step.mask  # [B, 1, T, S]
         if t <= 16:  # decode: a few matmuls; SDPA's CPU kernel costs ~1 ms per call for one query
             out = self._attend_small(q, keys, values, mask)
-        else:  # prefill: scores one block of keys at a time, each kv head's keys read once for its queries
+        elif q.is_cuda:  # prefill on a GPU: SDPA's memory-efficient kernel takes the mask
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask,
+                                                 scale=self.head_dim ** -0.5, enable_gqa=True)  # [B, N, T, D]
+        else:  # prefill on the CPU: scores one block of keys at a time, each kv head's keys read once
             g = self.num_kv_heads
             grouped = q.transpose(1, 2).reshape(b, g, self.num_heads // g, t, self.head_dim)  # [B, G, N/G, T, D]
             out = attend_blocked(grouped, keys, values, mask, self.head_dim ** -0.5).flatten(1, 2)  # [B, N, T, D]

@@ -7,6 +7,7 @@ up-projection applied after attention, so each step costs O(S * R) per head.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hymoe.config import ModelConfig
@@ -68,11 +69,11 @@ class MLAttention(nn.Module):
         w_uk, w_uv = w[:, : self.nope_dim], w[:, self.nope_dim:]  # [N, Dn, R], [N, Dv, R]
         q_latent = torch.einsum("btnd,ndr->bntr", q_nope, w_uk)  # [B, N, T, R]
         query = torch.cat((q_latent, q_rot.transpose(1, 2)), dim=-1)  # [B, N, T, R+Dr]
-        if t <= 16:  # decode: one shared key head broadcast by matmul, 4 kernels instead of SDPA's
-            scores = torch.matmul(query, cached.transpose(-1, -2)).float() * self.scale  # [B, N, T, S]
-            probs = scores.masked_fill(~step.mask, float("-inf")).softmax(-1).to(query.dtype)
-            out = torch.matmul(probs, cached[..., :r])  # [B, N, T, R]
-        else:  # prefill: scores one block of keys at a time, the latent read once for all heads
+        if t > 16 and query.is_cuda:  # prefill on a GPU: SDPA's memory-efficient kernel takes the mask
+            out = F.scaled_dot_product_attention(query, cached, cached[..., :r], attn_mask=step.mask, scale=self.scale,
+                                                 enable_gqa=True)  # [B, N, T, R]
+        else:  # the heads as rows against the one latent: no copy of the cache per head (a broadcast
+            # matmul made one: 1.2 GiB and 3.7 s per step at 8K positions); prefill in blocks of keys
             out = attend_blocked(query[:, None], cached, cached[..., :r], step.mask, self.scale)[:, 0]  # [B, N, T, R]
         out = torch.einsum("bntr,nvr->btnv", out, w_uv)  # [B, T, N, Dv]
         return self.o_proj(out.reshape(b, t, n * self.v_dim))
