@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     g.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     _add_sampling_args(g, 64)
-    c = sub.add_parser("chat", help="interactive chat (/reset, /exit)")
+    c = sub.add_parser("chat", help="interactive chat (/help lists its commands; Ctrl-C stops a reply)")
     _add_model_args(c)
     c.add_argument("--system", help="system prompt")
     _add_sampling_args(c, 256)
@@ -163,28 +163,10 @@ def cmd_generate(args) -> None:
 
 def cmd_chat(args) -> None:
     from hymoe.engine.chat import ChatSession
+    from hymoe.repl import run
 
     llm = _load(args)
-    session = ChatSession(llm, _sampling(args, llm), system=args.system)
-    print("hymoe chat: /reset clears the conversation, /exit quits", file=sys.stderr)
-    while True:
-        try:
-            line = input("> ")
-        except EOFError:
-            break
-        if line.strip() == "/exit":
-            break
-        if line.strip() == "/reset":
-            session.reset()
-            print("(conversation cleared)")
-            continue
-        if not line.strip():
-            continue
-        try:
-            session.reply(line, on_text=lambda s: print(s, end="", flush=True))
-        except HymoeError as e:
-            print(f"\nhymoe: {e}", file=sys.stderr)
-        print()
+    run(ChatSession(llm, _sampling(args, llm), system=args.system))
 
 
 def cmd_convert(args) -> None:

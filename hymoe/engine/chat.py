@@ -19,8 +19,11 @@ class ChatSession:
         self.scheduler = Scheduler(llm.runner(1, llm.max_context), llm.prefill_chunk)
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, system: str | None = None) -> None:
+        """A new conversation; with `system`, under that system prompt from now on."""
+        self.system = system if system is not None else self.system
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
+        self.last_tokens = 0  # tokens of the last reply
 
     def reply(self, text: str, on_text: Callable[[str], None] | None = None) -> str:
         tok = self.llm.tokenizer
@@ -42,5 +45,7 @@ class ChatSession:
             self.scheduler.run()
         finally:
             self.scheduler.abort(seq)  # a reply that failed or was interrupted must not keep the slot
-        self.messages.append({"role": "assistant", "content": seq.text})
+            # an interrupted reply (Ctrl-C) stays in the conversation as far as it got
+            self.messages.append({"role": "assistant", "content": seq.text})
+            self.last_tokens = len(seq.token_ids)
         return seq.text
