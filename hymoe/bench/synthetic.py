@@ -25,11 +25,13 @@ CONFIGS = {
         moe_intermediate_size=2048, num_attention_heads=128, num_key_value_heads=128, n_routed_experts=256,
         n_shared_experts=1, num_experts_per_tok=8, n_group=8, topk_group=4, q_lora_rank=1536, kv_lora_rank=512,
         qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, routed_scaling_factor=2.5,
-        norm_topk_prob=True, max_position_embeddings=4096, rope_theta=10000.0, first_k_dense_replace=1),
+        norm_topk_prob=True, max_position_embeddings=163840, rope_theta=10000.0, first_k_dense_replace=1,
+        rope_scaling=dict(type="yarn", factor=40, original_max_position_embeddings=4096, beta_fast=32, beta_slow=1,
+                          mscale=1.0, mscale_all_dim=1.0)),
     "qwen3-30b-a3b": dict(
         model_type="qwen3_moe", vocab_size=151936, hidden_size=2048, intermediate_size=6144,
         moe_intermediate_size=768, num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128,
-        num_experts_per_tok=8, norm_topk_prob=True, max_position_embeddings=4096, rope_theta=1e6),
+        num_experts_per_tok=8, norm_topk_prob=True, max_position_embeddings=40960, rope_theta=1e6),
 }
 
 
