@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from hymoe import __version__
 from hymoe.bench.cli import add_bench_parsers, cmd_bench
 from hymoe.errors import HymoeError
 
@@ -50,6 +51,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, max_new: int) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hymoe", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"hymoe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="complete a prompt")
     _add_model_args(g)
@@ -99,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     ep = evsub.add_parser("ppl", help="perplexity of a text, with a sliding window")
     _add_model_args(ep)
     ep.add_argument("--text", required=True, help="UTF-8 text file")
-    ep.add_argument("--context", type=int, default=512, help="window length in tokens (default: 512)")
+    ep.add_argument("--context", type=int, help="window length in tokens (default: the model's trained context, "
+                    "at most 4096; the demo model: 256)")
     ep.add_argument("--stride", type=int, help="tokens scored per window after the first (default: context/2)")
     ep.add_argument("--max-tokens", type=int, help="score only the first N tokens of the text")
     ep.add_argument("--json", action="store_true", help='print {"ppl", "tokens"} on the last line')
@@ -253,17 +256,20 @@ def cmd_calibrate(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from hymoe.eval.ppl import llm_scorer, perplexity
+    from hymoe.default_model import ensure_default_model
+    from hymoe.eval.ppl import llm_scorer, perplexity, trained_context
 
     text = _read_text(args.text)
-    args.max_context = max(args.max_context or 0, args.context)
+    args.model = args.model or str(ensure_default_model())
+    args.max_context = max(args.max_context or 0, args.context or 0) or None
     llm = _load(args)
+    args.context = args.context or trained_context(args.model, llm.config)
     if llm.tokenizer is None:
         raise HymoeError("this model has no tokenizer")
     if args.context > llm.config.max_position_embeddings:
         raise HymoeError(f"--context {args.context} exceeds the model's {llm.config.max_position_embeddings} positions")
     ids = llm.tokenizer.encode(text)[: args.max_tokens]
-    ppl, n = perplexity(llm_scorer(llm), ids, args.context, args.stride)
+    ppl, n = perplexity(llm_scorer(llm), ids, args.context, args.stride, progress=sys.stderr.isatty())
     print(f"perplexity {ppl:.4f} over {n} tokens (context {args.context})", file=sys.stderr)
     if args.json:
         print(json.dumps({"ppl": round(ppl, 6), "tokens": n, "context": args.context}))

@@ -53,3 +53,17 @@ def test_sliding_windows_equal_transformers_on_each_window(tiny_model):
         count += end - first
     assert n == count == 69
     assert ppl == pytest.approx(math.exp(total / count), rel=1e-5)
+
+
+def test_the_default_window_is_the_context_the_model_was_trained_on(tmp_path, tiny_model):
+    """The demo model trained on 256-token windows (its training record says so); other models
+    take the positions their config declares, at most 4096."""
+    from hymoe.default_model import DEMO_MODEL_DIR
+    from hymoe.eval.ppl import trained_context
+    from hymoe.loader.open import open_model
+
+    assert trained_context(DEMO_MODEL_DIR, open_model(DEMO_MODEL_DIR).config) == 256
+    d = tiny_model("qwen3_moe")[0]
+    assert trained_context(d, open_model(d).config) == 512  # tiny models declare 512 positions
+    (tmp_path / "training.json").write_text("{not json")
+    assert trained_context(tmp_path, open_model(d).config) == 512

@@ -147,7 +147,8 @@ def cmd_bench(args) -> None:
     for name, value in tune.items():
         native.bench_tune(name, value)
     batches = _counts(args.batch, "--batch")
-    results = bench_experts(args.shape, args.format.upper(), batches, args.threads, args.backend, args.max_gb)
+    results = bench_experts(args.shape, args.format.upper(), batches, args.threads, args.backend, args.max_gb,
+                            progress=sys.stderr.isatty())
     for r in results:
         r["tune"] = tune  # the kernel tuning values this run changed from their defaults
         batch = r["batch"]

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from tqdm import tqdm
 
 from hymoe.bench import llama_peer
 from hymoe.bench.llama_peer import LlamaCppExperts
@@ -62,7 +63,7 @@ def _routing(batch: int, k: int, experts: int, gen: torch.Generator):
 
 
 def cold_layers(engine, shape: str, fmt: str, backend: str = "native", max_gb: float = 8.0,
-                seed: int = 0) -> tuple[list, int, int]:
+                seed: int = 0, progress: bool = False) -> tuple[list, int, int]:
     """Random layers of a model shape: as many as make the working set larger than the cache
     (calls rotate through them), each with as many experts as max_gb allows.
 
@@ -73,7 +74,8 @@ def cold_layers(engine, shape: str, fmt: str, backend: str = "native", max_gb: f
     per_expert = 2 * inter * row_bytes(fmt, hidden) + hidden * row_bytes(fmt, inter)
     allocated = max(k, min(num_experts, int(max_gb * 2**30 // per_expert)))
     layers = []
-    for j in range(max(1, -(-cold_bytes() // (allocated * per_expert)))):
+    count = max(1, -(-cold_bytes() // (allocated * per_expert)))
+    for j in tqdm(range(count), desc=f"random {fmt} layers", unit="layer", disable=not progress, leave=False):
         if backend == "llama.cpp":  # its own tensors, filled with the same blocks
             layers.append(LlamaCppExperts(fmt, allocated, hidden, inter, engine.threads,
                                           lambda dst, i, j=j: fill_random(dst, fmt, seed + 3 * j + i)))
@@ -122,7 +124,7 @@ def _timed_calls(engine, layers, probe, x, k: int, allocated: int, per_expert: i
 
 
 def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None = None, backend: str = "native",
-                  max_gb: float = 8.0, iters: int = 0, seed: int = 0) -> list[dict]:
+                  max_gb: float = 8.0, iters: int = 0, seed: int = 0, progress: bool = False) -> list[dict]:
     """One row per batch size; the weights and the machine figures are shared by all of them."""
     if shape not in SHAPES:
         raise HymoeError(f"unknown shape {shape!r} (use one of {', '.join(SHAPES)})")
@@ -135,7 +137,7 @@ def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None 
     engine = native.NativeEngine(threads, is_async=False)  # CPU-only: the calling thread works too
     threads = engine.threads
     torch.set_num_threads(threads)
-    layers, allocated, per_expert = cold_layers(engine, shape, fmt, backend, max_gb, seed)
+    layers, allocated, per_expert = cold_layers(engine, shape, fmt, backend, max_gb, seed, progress)
     # read every weight once (the pages settle: faults, huge-page collapsing), then measure the
     # machine, so bandwidth and GEMM figures come from the same moment as the timings
     for layer in layers:
@@ -150,7 +152,7 @@ def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None 
     engine.read_gbps(probe, 1)  # touch every page
     gen = torch.Generator().manual_seed(seed)
     rows = []
-    for batch in batches:
+    for batch in tqdm(batches, desc="timing", unit="batch", disable=not progress, leave=False):
         x = torch.randn(batch, hidden, generator=gen)
         times, bytes_read, probes = _timed_calls(engine, layers, probe, x, k, allocated, per_expert, backend,
                                                  iters, gen)

@@ -8,10 +8,13 @@ scored by the very same code.
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Callable
 
 import torch
+from tqdm import tqdm
 
 from hymoe.errors import HymoeError
 
@@ -33,13 +36,13 @@ def windows(n: int, context: int, stride: int | None = None) -> list[tuple[int, 
 
 
 def perplexity(score: Scorer, ids: list[int], context: int, stride: int | None = None,
-               batch: int = 8) -> tuple[float, int]:
+               batch: int = 8, progress: bool = False) -> tuple[float, int]:
     """(ppl, number of scored tokens)."""
     if len(ids) < 2:
         raise HymoeError("the text has fewer than 2 tokens")
     spans = windows(len(ids), context, stride)
     nll, count = 0.0, 0
-    for i in range(0, len(spans), batch):
+    for i in tqdm(range(0, len(spans), batch), desc="scoring", unit="batch", disable=not progress, leave=False):
         chunk = spans[i:i + batch]
         for (begin, end, first), logits in zip(chunk, score([ids[b:e] for b, e, _ in chunk])):
             targets = torch.tensor(ids[first:end])  # token t is predicted at position t - 1
@@ -55,3 +58,16 @@ def llm_scorer(llm) -> Scorer:
         runner = llm.runner(len(wins), max(len(w) for w in wins))
         return runner.all_logits(list(range(len(wins))), wins, llm.prefill_chunk)
     return score
+
+
+def trained_context(model_dir, config) -> int:
+    """The window a model was trained on: a bundled model's training record says (the demo model:
+    256), otherwise the positions its config declares (llama.cpp's n_ctx_train), at most 4096 so a
+    default run stays minutes on a CPU."""
+    record = Path(model_dir) / "training.json" if Path(model_dir).is_dir() else None
+    if record is not None and record.is_file():
+        try:
+            return int(json.loads(record.read_text())["args"]["seq"])
+        except (ValueError, KeyError, TypeError):
+            pass
+    return min(config.max_position_embeddings, 4096)
