@@ -1,4 +1,4 @@
-"""`hymoe generate|chat|serve|eval|convert|inspect|bench`: the command line. User errors print one line and exit 1 (--debug: traceback)."""
+"""`hymoe generate|chat|serve|eval|convert|inspect|list|bench`: the command line. User errors print one line and exit 1 (--debug: traceback)."""
 from __future__ import annotations
 
 import argparse
@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--experts-type", help="type for the routed experts (default: --type)")
     cv.add_argument("--attn-type", help="type for attention weights (default: --type)")
     cv.add_argument("--debug", action="store_true", help="show tracebacks")
+    ls = sub.add_parser("list", help="models found in the local Hugging Face cache (hymoe downloads nothing)")
+    ls.add_argument("--json", action="store_true", help="print a JSON list")
+    ls.add_argument("--debug", action="store_true", help="show tracebacks")
     ins = sub.add_parser("inspect", help="architecture, parameters, formats and memory of a model")
     ins.add_argument("model", nargs="?", help="HF model directory or .gguf file (default: the bundled demo model)")
     ins.add_argument("--placement", default="cpu", help="cpu, hybrid, layers:N or gpu (see generate --help)")
@@ -275,7 +278,20 @@ def cmd_eval(args) -> None:
         print(json.dumps({"ppl": round(ppl, 6), "tokens": n, "context": args.context}))
 
 
-COMMANDS = {"generate": cmd_generate, "eval": cmd_eval, "calibrate": cmd_calibrate, "serve": cmd_serve, "chat": cmd_chat, "bench": cmd_bench, "convert": cmd_convert,
+def cmd_list(args) -> None:
+    from hymoe.hub import cache_dir, cached_models
+
+    rows = cached_models()
+    if args.json:
+        print(json.dumps(rows))
+        return
+    print(f"{len(rows)} models in {cache_dir()}", file=sys.stderr)
+    for r in rows:
+        files = f"  ({', '.join(r['files'])})" if r["files"] else ""
+        print(f"{r['name']:<48} {r['kind']:<5} {r['size_bytes'] / 1e9:8.2f} GB{files}")
+
+
+COMMANDS = {"generate": cmd_generate, "eval": cmd_eval, "calibrate": cmd_calibrate, "serve": cmd_serve, "chat": cmd_chat, "bench": cmd_bench, "convert": cmd_convert, "list": cmd_list,
             "inspect": cmd_inspect}
 
 

@@ -10,6 +10,7 @@ import torch
 
 from hymoe.config import ModelConfig, load_hf_config
 from hymoe.errors import HymoeError
+from hymoe.hub import resolve
 from hymoe.tokenizer import Tokenizer, generation_defaults
 
 
@@ -43,9 +44,8 @@ def _hf_dtype(model_dir: Path) -> torch.dtype:
 
 
 def open_model(path: str | Path) -> ModelFiles:
-    path = Path(path)
-    if not path.exists():
-        raise HymoeError(f"{path}: no such file or directory")
+    """A directory or .gguf path, or a hub repo id in the local Hugging Face cache (hymoe/hub.py)."""
+    path = resolve(path)
     if path.is_dir():
         from hymoe.loader.safetensors_dir import SafetensorsDir
 
