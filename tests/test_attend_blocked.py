@@ -13,13 +13,15 @@ def plain(q, keys, values, mask, scale):
     return torch.einsum("bghts,bgsv->bghtv", scores.softmax(-1), values.double())
 
 
-@pytest.mark.parametrize("b, g, h, t, s, budget", [(1, 1, 8, 16, 300, 4096), (2, 2, 3, 7, 129, 64 * 21),
-                                                   (1, 4, 2, 33, 1000, 1), (1, 1, 1, 1, 5, 1 << 20)])
+@pytest.mark.parametrize("b, g, h, t, s, budget, block", [(1, 1, 8, 16, 300, 4096, 64), (2, 2, 3, 7, 129, 64 * 21, 50),
+                                                          (1, 4, 2, 33, 1000, 1, 2048), (1, 1, 1, 1, 5, 1 << 20, 2),
+                                                          (1, 1, 16, 5, 777, 5 * 100 * 3, 100)])
 @pytest.mark.parametrize("window", [0, 37])
-def test_blocked_attention_equals_the_plain_formula(monkeypatch, b, g, h, t, s, budget, window):
-    """Several blocks of keys (a small budget: blocks of 64), blocks a row sees nothing in (the
-    sliding window), ragged last blocks, one kv head or several."""
+def test_blocked_attention_equals_the_plain_formula(monkeypatch, b, g, h, t, s, budget, block, window):
+    """Several blocks of keys, query heads in groups (the budget), blocks a row sees nothing in
+    (the sliding window), ragged last blocks, one kv head or several."""
     monkeypatch.setattr(attend, "SCORE_BUDGET", budget)
+    monkeypatch.setattr(attend, "KEY_BLOCK", block)
     torch.manual_seed(s + t)
     q, keys, values = torch.randn(b, g, h, t, 24), torch.randn(b, g, s, 24), torch.randn(b, g, s, 40)
     positions = torch.arange(s - t, s).repeat(b, 1)  # [B, T]: the chunk ends the cache

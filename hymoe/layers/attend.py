@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import torch
 
-# scores held at once, in float32 values: a block of keys is sized so its scores stay under this
+# scores held at once, in float32 values; keys are taken KEY_BLOCK at a time (narrower matmuls run
+# far below the CPU's peak) and query heads as many at a time as keep the scores under the budget
 SCORE_BUDGET = 16 << 20
+KEY_BLOCK = 2048
 
 
 def attend_blocked(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
@@ -21,10 +23,18 @@ def attend_blocked(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, ma
     mask [B, 1, T, S] bool (True: may attend), the same for every head. Returns [B, G, H, T, Dv]
     in q's dtype; scores, weights and sums are float32.
     """
+    b, g, h, t, _ = q.shape
+    block = min(KEY_BLOCK, keys.shape[2])
+    heads = max(1, min(h, SCORE_BUDGET // (b * g * t * block)))
+    parts = [_attend_heads(q[:, :, h0:h0 + heads], keys, values, mask, scale, block) for h0 in range(0, h, heads)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+
+def _attend_heads(q, keys, values, mask, scale: float, block: int) -> torch.Tensor:
+    """attend_blocked for a few query heads, one block of keys at a time (the online softmax)."""
     b, g, h, t, d = q.shape
     s, dv = keys.shape[2], values.shape[-1]
-    rows = q.reshape(b, g, h * t, d)  # [B, G, H*T, D]: every query of a kv head against its keys
-    block = max(64, SCORE_BUDGET // max(1, b * g * h * t))
+    rows = q.reshape(b, g, h * t, d)  # [B, G, H*T, D]: these heads' queries against their kv head's keys
     top = torch.full((b, g, h * t, 1), float("-inf"), device=q.device)  # running max of each row's scores
     total = torch.zeros(b, g, h * t, 1, device=q.device)  # running sum of exp(score - top)
     acc = torch.zeros(b, g, h * t, dv, device=q.device)  # running sum of exp(score - top) * v
