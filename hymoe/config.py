@@ -4,6 +4,7 @@ Every model family maps its own field names onto these; layers read only ModelCo
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -121,18 +122,22 @@ def from_hf_dict(d: dict) -> ModelConfig:
     if not isinstance(d, dict):
         raise HymoeError(f"config.json holds a {type(d).__name__}, not an object")
     model_type = d.get("model_type")
-    if model_type not in FAMILIES:
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
         raise HymoeError(
             f"unsupported architecture {model_type!r}; supported model_type: {', '.join(FAMILIES)}"
         )
     if d.get("hidden_act", "silu") != "silu":
-        raise HymoeError(f"unsupported hidden_act {d['hidden_act']!r}: hymoe's experts compute SwiGLU (silu)")
+        raise HymoeError(f"unsupported hidden_act {d.get('hidden_act')!r}: hymoe's experts compute SwiGLU (silu)")
+    layers = d.get("num_hidden_layers")
+    if not isinstance(layers, int) or isinstance(layers, bool) or not 0 < layers <= 10_000:
+        # checked first: it sizes the per-layer tuples built below
+        raise HymoeError(f"config: num_layers must be a positive integer (at most 10000), not {layers!r}")
     try:
         cfg = _FROM_HF[model_type](d)
     except KeyError as e:
         raise HymoeError(f"config.json is missing the field {e.args[0]!r} needed for {model_type}") from None
-    except (TypeError, ValueError, AttributeError) as e:
-        raise HymoeError(f"config.json has a value of the wrong type for {model_type}: {e}") from None
+    except (TypeError, ValueError, AttributeError, ZeroDivisionError, OverflowError) as e:
+        raise HymoeError(f"config.json has a value of the wrong type or range for {model_type}: {e}") from None
     _validate(cfg)
     return cfg
 
@@ -146,8 +151,17 @@ def _validate(c: ModelConfig) -> None:
              "max_position_embeddings")
     for name in sizes:
         value = getattr(c, name)
-        need(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        need(isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**31,
              f"{name} must be a positive integer, not {value!r}")
+    # every other count: a list or a string where a number belongs must not reach a comparison
+    for f in dataclasses.fields(c):
+        value = getattr(c, f.name)
+        if f.type in ("int", "int | None") and not (value is None and f.type == "int | None"):
+            need(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31,
+                 f"{f.name} must be a non-negative integer below 2^31, not {value!r}")
+    # per-head sizes size tables built before any weight is read (rotary frequencies)
+    for name in ("head_dim", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
+        need(getattr(c, name) <= 1 << 16, f"{name} {getattr(c, name)} is larger than any model's")
     need(c.num_heads % c.num_kv_heads == 0, f"{c.num_heads} heads do not share {c.num_kv_heads} KV heads evenly")
     for name, value in (("rms_norm_eps", c.rms_norm_eps), ("rope theta", c.rope.theta),
                         ("rope factor", c.rope.factor), ("routed_scaling_factor", c.routed_scaling_factor)):

@@ -23,8 +23,9 @@ class Tokenizer:
         logging.getLogger("transformers").setLevel(logging.ERROR)
         try:
             return Tokenizer(AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True))
-        except (OSError, ValueError) as e:
-            raise HymoeError(f"{model_dir}: cannot load the tokenizer ({e})") from None
+        except Exception as e:  # noqa: BLE001 - the tokenizers library raises bare Exceptions on a bad file
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise HymoeError(f"{model_dir}: cannot load the tokenizer ({first})") from None
 
     def encode(self, text: str) -> list[int]:
         return self.hf.encode(text)
@@ -53,6 +54,13 @@ def generation_defaults(model_dir: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise HymoeError(f"{path}: not valid JSON") from None
+    if not isinstance(d, dict):
+        raise HymoeError(f"{path}: not a JSON object")
+    eos = d.get("eos_token_id")
+    if eos is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                   for i in (eos if isinstance(eos, list) else [eos])):
+        raise HymoeError(f"{path}: eos_token_id must be a token id or a list of them, got {eos!r}")
+    return d

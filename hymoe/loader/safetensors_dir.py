@@ -6,6 +6,7 @@ of the weights exists only where a dtype conversion or an expert stack needs one
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import struct
 from pathlib import Path
@@ -19,6 +20,38 @@ _DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _entry(path, name: str, e, data_bytes: int) -> tuple[torch.dtype, list[int], int, int]:
+    """One header entry, checked: (dtype, shape, begin, end) with its bytes inside the data section."""
+    if not isinstance(e, dict):
+        raise HymoeError(f"{path}: tensor {name} has a header entry that is not an object")
+    dtype = _DTYPES.get(e.get("dtype")) if isinstance(e.get("dtype"), str) else None
+    if dtype is None:
+        raise HymoeError(f"{path}: tensor {name} has unsupported dtype {e.get('dtype')!r}")
+    shape, offsets = e.get("shape"), e.get("data_offsets")
+    if not isinstance(shape, list) or not all(_is_count(s) for s in shape):
+        raise HymoeError(f"{path}: tensor {name} has no valid shape (got {shape!r})")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+        raise HymoeError(f"{path}: tensor {name} has no valid data_offsets (got {offsets!r})")
+    begin, end = offsets
+    if end - begin != math.prod(shape) * dtype.itemsize or begin > end:
+        raise HymoeError(f"{path}: tensor {name} has a size that disagrees with its shape")
+    if end > data_bytes:
+        raise HymoeError(f"{path}: truncated file: tensor {name} lies past the end of the file")
+    return dtype, shape, begin, end
+
+
+def _check_disjoint(path, entries: dict) -> None:
+    """Tensors whose bytes overlap are a corrupt header (a write through one would change another)."""
+    spans = sorted((begin, end, name) for name, (_, _, begin, end) in entries.items() if end > begin)
+    for (_, end, name), (begin, _, other) in zip(spans, spans[1:]):
+        if begin < end:
+            raise HymoeError(f"{path}: tensors {name} and {other} overlap in the file")
 
 
 class SafetensorsFile:
@@ -37,22 +70,14 @@ class SafetensorsFile:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise HymoeError(f"{path}: corrupt safetensors header") from None
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+        if not isinstance(header, dict):
+            raise HymoeError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, not an object)")
         header.pop("__metadata__", None)
         self._base = 8 + n
         self.entries: dict[str, tuple[torch.dtype, list[int], int, int]] = {}
         for name, e in header.items():
-            dtype = _DTYPES.get(e.get("dtype"))
-            if dtype is None:
-                raise HymoeError(f"{path}: tensor {name} has unsupported dtype {e.get('dtype')!r}")
-            begin, end = e["data_offsets"]
-            numel = 1
-            for s in e["shape"]:
-                numel *= s
-            if end - begin != numel * dtype.itemsize or begin > end:
-                raise HymoeError(f"{path}: tensor {name} has a size that disagrees with its shape")
-            if self._base + end > size:
-                raise HymoeError(f"{path}: truncated file: tensor {name} lies past the end of the file")
-            self.entries[name] = (dtype, e["shape"], begin, end)
+            self.entries[name] = _entry(path, name, e, size - self._base)
+        _check_disjoint(path, self.entries)
 
     def get(self, name: str) -> torch.Tensor:
         dtype, shape, begin, end = self.entries[name]
@@ -63,17 +88,26 @@ class SafetensorsFile:
         return t.view(shape)
 
 
+def _read_index(index: Path) -> dict[str, str]:
+    """model.safetensors.index.json's weight_map: tensor name -> shard file, in this directory."""
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        weight_map = None
+    if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str) and v and "/" not in v
+                                                   for k, v in weight_map.items()):
+        raise HymoeError(f"{index}: not a valid safetensors index (weight_map must map names to shard files)")
+    return weight_map
+
+
 class SafetensorsDir:
     """All tensors of a model directory, looked up by their on-disk name."""
 
     def __init__(self, model_dir: Path):
         model_dir = Path(model_dir)
         index = model_dir / "model.safetensors.index.json"
-        if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError):
-                raise HymoeError(f"{index}: not a valid safetensors index") from None
+        weight_map = _read_index(index) if index.is_file() else None
+        if weight_map is not None:
             names = sorted(set(weight_map.values()))
         else:
             names = sorted(p.name for p in model_dir.glob("*.safetensors"))
@@ -86,7 +120,11 @@ class SafetensorsDir:
                 raise HymoeError(f"{path}: shard named in the index is missing")
             shard = SafetensorsFile(path)
             for name in shard.entries:
+                if weight_map is not None and weight_map.get(name) != fname:
+                    raise HymoeError(f"{index}: tensor {name} of {fname} is not in the index (or under another shard)")
                 self._where[name] = shard
+        if weight_map is not None and (missing := sorted(set(weight_map) - set(self._where))):
+            raise HymoeError(f"{index}: names {missing[0]} in {weight_map[missing[0]]}, which does not hold it")
 
     def __contains__(self, name: str) -> bool:
         return name in self._where

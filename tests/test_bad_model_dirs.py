@@ -1,0 +1,138 @@
+"""Broken Hugging Face model directories (issue 24's reproducers): one HymoeError naming the file and
+the problem; never a traceback, and nothing that loads when it should not."""
+import json
+import shutil
+import struct
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import save_file
+
+import hymoe
+from hymoe.errors import HymoeError
+
+
+def read_header(path):
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8:8 + n]), data[8 + n:]
+
+
+def write_header(path, header, body):
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + body)
+
+
+def first_tensor(header) -> str:
+    return next(k for k in header if k != "__metadata__")
+
+
+@pytest.fixture
+def model_dir(tiny_model, tmp_path):
+    d = tmp_path / "m"
+    shutil.copytree(tiny_model("qwen3_moe")[0], d)
+    return d
+
+
+def _edit_header(edit):
+    def apply(d):
+        path = d / "model.safetensors"
+        header, body = read_header(path)
+        write_header(path, edit(header), body)
+    return apply
+
+
+def _entry(change):
+    def edit(header):
+        change(header[first_tensor(header)])
+        return header
+    return _edit_header(edit)
+
+
+def _overlap(header):
+    names = [k for k in header if k != "__metadata__" and header[k]["data_offsets"][1] > header[k]["data_offsets"][0]]
+    a, b = sorted(names, key=lambda k: header[k]["data_offsets"][0])[:2]
+    size = header[b]["data_offsets"][1] - header[b]["data_offsets"][0]
+    begin = header[a]["data_offsets"][0]
+    if header[a]["data_offsets"][1] - begin >= size:  # b's bytes moved onto a's, sizes kept
+        header[b]["data_offsets"] = [begin, begin + size]
+    else:
+        header[a]["data_offsets"] = [header[b]["data_offsets"][0], header[b]["data_offsets"][0] + header[a]["data_offsets"][1] - begin]
+    return header
+
+
+def _index(weight_map):
+    def apply(d):
+        (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map(d)}))
+    return apply
+
+
+def _all_but_one(d):
+    header, _ = read_header(d / "model.safetensors")
+    names = [k for k in header if k != "__metadata__"]
+    return {k: "model.safetensors" for k in names[1:]}
+
+
+def _write(name, text):
+    def apply(d):
+        (d / name).write_text(text)
+    return apply
+
+
+CASES = {
+    "header a list": (_edit_header(lambda h: [h]), "not an object"),
+    "header a string": (_edit_header(lambda h: "weights"), "not an object"),
+    "entry without data_offsets": (_entry(lambda e: e.pop("data_offsets")), "no valid data_offsets"),
+    "entry without shape": (_entry(lambda e: e.pop("shape")), "no valid shape"),
+    "negative offsets": (_entry(lambda e: e.update(data_offsets=[-8, e["data_offsets"][1] - 8])), "data_offsets"),
+    "string offsets": (_entry(lambda e: e.update(data_offsets=[str(o) for o in e["data_offsets"]])), "data_offsets"),
+    "entry a number": (_edit_header(lambda h: {**h, first_tensor(h): 7}), "not an object"),
+    "overlapping tensors": (_edit_header(_overlap), "overlap"),
+    "index weight_map a list": (_index(lambda d: ["model.safetensors"]), "not a valid safetensors index"),
+    "index leaving out a tensor": (_index(_all_but_one), "is not in the index"),
+    "index naming a tensor no shard holds": (_index(lambda d: {**{k: "model.safetensors" for k in _all_keys(d)},
+                                                               "model.extra.weight": "model.safetensors"}),
+                                             "does not hold it"),
+    "tokenizer.json {}": (_write("tokenizer.json", "{}"), "cannot load the tokenizer"),
+    "generation eos a string": (_write("generation_config.json", '{"eos_token_id": "2"}'), "eos_token_id"),
+    "generation config a list": (_write("generation_config.json", "[1, 2]"), "not a JSON object"),
+}
+
+
+def _all_keys(d):
+    header, _ = read_header(d / "model.safetensors")
+    return [k for k in header if k != "__metadata__"]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_broken_directory_is_one_line(model_dir, case):
+    corrupt, message = CASES[case]
+    corrupt(model_dir)
+    with pytest.raises(HymoeError, match=message) as err:
+        llm = hymoe.load(model_dir, progress=False)
+        llm.generate([1, 2, 3], max_new_tokens=2)  # a load that should have failed fails here at the latest
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("case", ["header a list", "index leaving out a tensor", "tokenizer.json {}"])
+def test_the_cli_says_it_in_one_line(model_dir, case):
+    CASES[case][0](model_dir)
+    r = subprocess.run([sys.executable, "-m", "hymoe.cli", "generate", str(model_dir), "--prompt", "hi"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and CASES[case][1] in r.stderr
+
+
+def test_a_valid_sharded_directory_still_loads(model_dir):
+    names = _all_keys(model_dir)
+    from safetensors.torch import load_file
+
+    tensors = load_file(model_dir / "model.safetensors")
+    half = len(names) // 2
+    save_file({k: tensors[k] for k in names[:half]}, model_dir / "a.safetensors")
+    save_file({k: tensors[k] for k in names[half:]}, model_dir / "b.safetensors")
+    (model_dir / "model.safetensors").unlink()
+    weight_map = {k: ("a" if i < half else "b") + ".safetensors" for i, k in enumerate(names)}
+    (model_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    assert hymoe.load(model_dir, progress=False).generate([1, 2, 3], max_new_tokens=2)
