@@ -49,6 +49,25 @@ def _add_sampling_args(p: argparse.ArgumentParser, max_new: int) -> None:
     p.add_argument("--ignore-eos", action="store_true")
 
 
+def _add_quality_parsers(sub) -> None:
+    cal = sub.add_parser("calibrate", help="routing statistics over a text (which experts to keep on the GPU)")
+    _add_model_args(cal)
+    cal.add_argument("--prompts", required=True, metavar="FILE", help="UTF-8 text routed through the model")
+    cal.add_argument("--out", default="expert-stats.json", help="statistics file (default: expert-stats.json)")
+    cal.add_argument("--context", type=int, default=512, help="tokens per forward pass (default: 512)")
+    cal.add_argument("--max-tokens", type=int, help="route only the first N tokens of the text")
+    ev = sub.add_parser("eval", help="quality evaluations")
+    evsub = ev.add_subparsers(dest="eval", required=True)
+    ep = evsub.add_parser("ppl", help="perplexity of a text, with a sliding window")
+    _add_model_args(ep)
+    ep.add_argument("--text", required=True, help="UTF-8 text file")
+    ep.add_argument("--context", type=int, help="window length in tokens (default: the model's trained context, "
+                    "at most 4096; the demo model: 256)")
+    ep.add_argument("--stride", type=int, help="tokens scored per window after the first (default: context/2)")
+    ep.add_argument("--max-tokens", type=int, help="score only the first N tokens of the text")
+    ep.add_argument("--json", action="store_true", help='print {"ppl", "tokens"} on the last line')
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hymoe", description=__doc__)
     parser.add_argument("--version", action="version", version=f"hymoe {__version__}")
@@ -93,22 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-request-bytes", type=int, default=8 << 20, metavar="N",
                     help="refuse request bodies over N bytes with 413 (default: 8 MiB)")
     sv.add_argument("--name", help="model name clients use (default: the model's directory or file name)")
-    cal = sub.add_parser("calibrate", help="routing statistics over a text (which experts to keep on the GPU)")
-    _add_model_args(cal)
-    cal.add_argument("--prompts", required=True, metavar="FILE", help="UTF-8 text routed through the model")
-    cal.add_argument("--out", default="expert-stats.json", help="statistics file (default: expert-stats.json)")
-    cal.add_argument("--context", type=int, default=512, help="tokens per forward pass (default: 512)")
-    cal.add_argument("--max-tokens", type=int, help="route only the first N tokens of the text")
-    ev = sub.add_parser("eval", help="quality evaluations")
-    evsub = ev.add_subparsers(dest="eval", required=True)
-    ep = evsub.add_parser("ppl", help="perplexity of a text, with a sliding window")
-    _add_model_args(ep)
-    ep.add_argument("--text", required=True, help="UTF-8 text file")
-    ep.add_argument("--context", type=int, help="window length in tokens (default: the model's trained context, "
-                    "at most 4096; the demo model: 256)")
-    ep.add_argument("--stride", type=int, help="tokens scored per window after the first (default: context/2)")
-    ep.add_argument("--max-tokens", type=int, help="score only the first N tokens of the text")
-    ep.add_argument("--json", action="store_true", help='print {"ppl", "tokens"} on the last line')
+    _add_quality_parsers(sub)
     add_bench_parsers(sub, _add_model_args)
     return parser
 

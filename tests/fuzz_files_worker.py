@@ -1,0 +1,105 @@
+"""Mutated model files, loaded one after another; run by tests/test_fuzz_files.py in a subprocess:
+`python tests/fuzz_files_worker.py gguf|safetensors SOURCE WORKDIR SEED N`. Before each case it
+prints `case I`, then `ok` (it loaded and decoded a token) or `refused: <one line>` (a HymoeError);
+anything else (a traceback, a signal, a hang) is the failure the parent reports."""
+import json
+import random
+import shutil
+import struct
+import sys
+from pathlib import Path
+
+import hymoe
+from hymoe.errors import HymoeError
+
+INTERESTING = [0, 1, 2, 7, 255, 2**16, 2**31 - 1, 2**31, 2**32 - 1, 2**63 - 1, 2**64 - 1]
+
+
+def mutate_bytes(r: random.Random, data: bytearray, region: int) -> str:
+    """One mutation in the first `region` bytes (headers, metadata, tensor tables) or anywhere."""
+    kind = r.choice(["flip", "flip", "word", "word", "truncate", "splice", "zero"])
+    end = min(len(data), region) if r.random() < 0.85 else len(data)
+    at = r.randrange(max(1, end - 8))
+    if kind == "flip":
+        data[at] ^= 1 << r.randrange(8)
+    elif kind == "word":
+        size = r.choice([4, 8])
+        data[at:at + size] = (r.choice(INTERESTING) % (1 << (8 * size))).to_bytes(size, "little")
+    elif kind == "truncate":
+        del data[r.randrange(len(data)):]
+    elif kind == "splice":
+        n = r.randrange(1, 64)
+        src = r.randrange(max(1, len(data) - n))
+        data[at:at + n] = data[src:src + n]
+    else:
+        data[at:at + r.randrange(1, 256)] = bytes(r.randrange(1, 256))
+    return f"{kind}@{at}"
+
+
+def gguf_case(r: random.Random, source: Path, work: Path) -> Path:
+    data = bytearray(source.read_bytes())
+    for _ in range(r.choice([1, 1, 2, 4])):
+        mutate_bytes(r, data, 64 << 10)
+    out = work / "case.gguf"
+    out.write_bytes(bytes(data))
+    return out
+
+
+def _json_mutation(r: random.Random, value):
+    """A value of another type or range, where a loader might trust the original's."""
+    return r.choice([None, -1, 0, 2**40, 1.5, float("nan"), "x", [], {}, [value], True, -value if
+                     isinstance(value, (int, float)) and not isinstance(value, bool) else value])
+
+
+def safetensors_case(r: random.Random, source: Path, work: Path) -> Path:
+    d = work / "case"
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(source, d)
+    target = r.choice(["weights", "weights", "config", "tokenizer", "generation"])
+    if target == "weights":
+        path = d / "model.safetensors"
+        data = bytearray(path.read_bytes())
+        (n,) = struct.unpack("<Q", data[:8])
+        if r.random() < 0.5:  # edit the header as JSON
+            header = json.loads(data[8:8 + n])
+            name = r.choice([k for k in header if k != "__metadata__"])
+            field = r.choice(["dtype", "shape", "data_offsets", None])
+            if field is None:
+                header[name] = _json_mutation(r, header[name])
+            else:
+                header[name][field] = _json_mutation(r, header[name][field])
+            raw = json.dumps(header).encode()
+            data = bytearray(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+        else:
+            mutate_bytes(r, data, 8 + n)
+        path.write_bytes(bytes(data))
+    else:
+        name = {"config": "config.json", "tokenizer": "tokenizer_config.json",
+                "generation": "generation_config.json"}[target]
+        path = d / name
+        doc = json.loads(path.read_text()) if path.is_file() else {}
+        key = r.choice(sorted(doc) or ["eos_token_id"])
+        doc[key] = _json_mutation(r, doc.get(key, 1))
+        path.write_text(json.dumps(doc))
+    return d
+
+
+def main():
+    kind, source, work, seed, count = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    r = random.Random(seed)
+    make = gguf_case if kind == "gguf" else safetensors_case
+    for i in range(count):
+        print(f"case {i}", flush=True)
+        path = make(r, source, work)
+        try:
+            llm = hymoe.load(path, progress=False, max_context=64)
+            llm.generate([1, 2, 3], max_new_tokens=2)
+            print("ok", flush=True)
+        except HymoeError as err:
+            message = str(err)
+            assert "\n" not in message, f"a multi-line error: {message!r}"
+            print(f"refused: {message}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
