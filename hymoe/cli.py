@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-request-bytes", type=int, default=8 << 20, metavar="N",
                     help="refuse request bodies over N bytes with 413 (default: 8 MiB)")
     sv.add_argument("--name", help="model name clients use (default: the model's directory or file name)")
+    sv.add_argument("--request-timeout", type=float, default=30.0, metavar="SECONDS",
+                    help="a request's headers and body must arrive within this time, else 408 (default: 30)")
     _add_quality_parsers(sub)
     add_bench_parsers(sub, _add_model_args)
     return parser
@@ -201,8 +203,11 @@ def cmd_serve(args) -> None:
     import uvicorn
 
     from hymoe.default_model import ensure_default_model
+    from hymoe.serve import timeouts
     from hymoe.serve.app import Server, build_app
 
+    if args.request_timeout <= 0:
+        raise HymoeError("--request-timeout must be positive")
     if args.max_batch < 1 or args.max_queue < 0 or args.max_request_bytes < 1:
         raise HymoeError("--max-batch and --max-request-bytes must be at least 1 and --max-queue at least 0")
     sock = _listen(args.host, args.port)  # before the model loads: a bad or busy port fails at once
@@ -213,7 +218,7 @@ def cmd_serve(args) -> None:
                     max_request_bytes=args.max_request_bytes)
     print(f"hymoe: serving {name} on http://{args.host}:{args.port} (OpenAI /v1, Ollama /api, chat page /)",
           file=sys.stderr)
-    uvicorn.Server(uvicorn.Config(build_app(server), log_level="warning")).run(sockets=[sock])
+    uvicorn.Server(timeouts.config(build_app(server), args.request_timeout, log_level="warning")).run(sockets=[sock])
     server.scheduler.close()
 
 

@@ -22,17 +22,18 @@ PROMPTS = ["And God said", "In the beginning", "The Lord is my shepherd", "Bless
 
 
 class LiveServer:
-    def __init__(self, llm, **kw):
+    def __init__(self, llm, request_timeout: float = 30.0, **kw):
         import uvicorn
 
+        from hymoe.serve import timeouts
         from hymoe.serve.app import Server, build_app
 
         self.server = Server(llm, "hymoe-demo", **kw)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        self.uv = uvicorn.Server(uvicorn.Config(build_app(self.server), host="127.0.0.1", port=self.port,
-                                                log_level="warning"))
+        self.uv = uvicorn.Server(timeouts.config(build_app(self.server), request_timeout, host="127.0.0.1",
+                                                 port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.uv.run, daemon=True)
         self.thread.start()
         while not self.uv.started:
@@ -178,7 +179,12 @@ def test_a_body_past_the_limit_is_refused_with_413(live):
     assert _chat(live.client(), "Amen", max_tokens=2).choices[0].message.content is not None
 
 
-def test_a_dropped_non_streamed_request_frees_its_slot(live):
+def test_a_dropped_non_streamed_request_frees_its_slot(live, monkeypatch):
+    """The server cancels it (it does not just run to its end: that passed on a fast machine while
+    starlette's BaseHTTPMiddleware hid every disconnect)."""
+    cancelled = []
+    cancel = live.server.scheduler.cancel
+    monkeypatch.setattr(live.server.scheduler, "cancel", lambda req: cancelled.append(req) or cancel(req))
     body = {"model": "hymoe-demo", "messages": [{"role": "user", "content": "And it came to pass"}],
             "max_tokens": 480, "temperature": 0}  # seconds of decoding: longer than the wait below
     with pytest.raises(httpx.ReadTimeout):
@@ -187,6 +193,7 @@ def test_a_dropped_non_streamed_request_frees_its_slot(live):
     while live.server.scheduler.load["active"] and time.time() < deadline:
         time.sleep(0.1)
     assert live.server.scheduler.load["active"] == 0
+    assert len(cancelled) == 1 and len(cancelled[0].token_ids) < 480
 
 
 def test_openai_client_sees_typed_errors(live):

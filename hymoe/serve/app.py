@@ -117,19 +117,31 @@ class Server:
         return "".join(text), done
 
 
+class RequireKey:
+    """Bearer key on /v1 and /api, as plain ASGI: starlette's BaseHTTPMiddleware hides the client's
+    disconnect from the routes (Request.is_disconnected never sees it), so a dropped request
+    would keep computing until its end."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith(("/v1", "/api")):
+            scheme, _, key = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(key.strip(), self.key):
+                response = JSONResponse(error_body("Incorrect or missing API key", "authentication_error",
+                                                   "invalid_api_key"), status_code=401)
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 def build_app(server: Server) -> FastAPI:
     app = FastAPI(title="hymoe", docs_url=None, redoc_url=None)
     app.state.server = server
     app.state.max_request_bytes = server.max_request_bytes
 
-    @app.middleware("http")
-    async def require_key(request: HttpRequest, call_next):
-        if server.api_key and request.url.path.startswith(("/v1", "/api")):
-            scheme, _, key = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), server.api_key.encode()):
-                return JSONResponse(error_body("Incorrect or missing API key", "authentication_error",
-                                               "invalid_api_key"), status_code=401)
-        return await call_next(request)
+    if server.api_key:
+        app.add_middleware(RequireKey, key=server.api_key)
 
     @app.exception_handler(ApiError)
     async def api_error(request, e: ApiError):

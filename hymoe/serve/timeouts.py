@@ -1,0 +1,59 @@
+"""A deadline on each request's arrival: uvicorn times out only idle keep-alive connections, so a
+client that sends half its headers, or a Content-Length it never delivers, held its connection
+(and an asyncio task) forever. Here every request must arrive whole, headers and body, within
+`request_timeout` seconds of its first byte (of the connection, for the first one); otherwise the
+server answers 408 and closes the connection. Time spent computing the answer does not count.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+REQUEST_TIMEOUT = 30.0
+_BODY = b'{"error": {"message": "the request did not arrive in time", "type": "invalid_request_error"}}\n'
+_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                     b"content-length: %d\r\n\r\n%s" % (len(_BODY), _BODY))
+
+
+class _DeadlineProtocol(H11Protocol):
+    request_timeout = REQUEST_TIMEOUT
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        self._deadline = self.loop.call_later(self.request_timeout, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None and self.conn.their_state is h11.IDLE:
+            self._arm()  # the next request on a kept-alive connection begins
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE and self.conn.their_state is not h11.SEND_BODY:
+            self._disarm()  # the request has arrived whole (or the connection is done with)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
+            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE) and not (self.cycle and self.cycle.response_started):
+                self.transport.write(_TIMEOUT_RESPONSE)
+            self.transport.close()
+
+
+def config(app, request_timeout: float = REQUEST_TIMEOUT, **kw) -> uvicorn.Config:
+    """uvicorn's Config for hymoe's app: the h11 protocol with the request deadline."""
+    protocol = type("DeadlineProtocol", (_DeadlineProtocol,), {"request_timeout": request_timeout})
+    return uvicorn.Config(app, http=protocol, **kw)
