@@ -100,3 +100,12 @@ def test_bench_context_refuses_lengths_past_the_context(tiny_model):
     d = tiny_model("deepseek_v3")[0]
     r = hymoe("bench", "context", d, "--tokens", "600")
     assert r.returncode != 0 and "context holds 512" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_serve_soak_reports_memory_and_no_lost_request(cache_env):
+    r = hymoe("bench", "serve", "--soak", 12, "--users", 2, "--json", env=cache_env)
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout.strip().splitlines()[-1])
+    assert row["requests"] > 0 and row["failed"] == 0 and row["lost"] == 0 and row["slots_held_at_end"] == 0
+    assert len(row["rss_samples"]) >= 2 and all(s["rss_bytes"] > 0 for s in row["rss_samples"])
+    assert isinstance(row["rss_growth_after_warmup"], float)

@@ -102,6 +102,8 @@ def _other_parsers(bsub, add_model_args) -> None:
     bs.add_argument("--gen-tokens", type=int, default=64, help="tokens each user decodes")
     bs.add_argument("--shared-prefix", type=int, metavar="N", help="instead: time to first token of a request "
                     "sharing its first N tokens with the previous one, against the previous one's")
+    bs.add_argument("--soak", type=float, metavar="SECONDS", help="instead: the HTTP server under a steady mixed "
+                    "load from --users users (the largest count) for SECONDS, RSS sampled every 10 s")
     bs.add_argument("--json", action="store_true", help="print a JSON list, one object per user count")
 
 
@@ -242,6 +244,21 @@ def cmd_bench_context(args) -> None:
         print(json.dumps(rows))
 
 
+def _soak(args, users: int) -> None:
+    from hymoe.bench.soak import soak
+    from hymoe.engine.llm import load_from_args
+
+    if args.soak <= 0:
+        raise HymoeError("--soak must be a positive number of seconds")
+    args.max_context = args.max_context or 512
+    row = soak(load_from_args(args), args.soak, users)
+    print(f"{row['users']} users for {row['seconds']:.0f} s: {row['requests']} requests, {row['failed']} failed, "
+          f"{row['lost']} lost; RSS {row['rss_after_warmup_bytes'] / 2**20:.0f} MiB after warm-up, "
+          f"{row['rss_end_bytes'] / 2**20:.0f} MiB at the end ({row['rss_growth_after_warmup']:+.1%})", file=sys.stderr)
+    if args.json:
+        print(json.dumps(row))
+
+
 def cmd_bench_serve(args) -> None:
     from hymoe.bench.serve import bench_serve, bench_shared_prefix
     from hymoe.engine.llm import load_from_args
@@ -259,6 +276,8 @@ def cmd_bench_serve(args) -> None:
         return
 
     users = _counts(args.users, "--users")
+    if args.soak is not None:
+        return _soak(args, max(users))
     if args.gen_tokens < 2:
         raise HymoeError("--gen-tokens must be at least 2")
     args.max_context = args.max_context or 512
