@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import Request as HttpRequest
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, ValidationError, model_validator
+from starlette.requests import ClientDisconnect
 
 
 class ApiError(Exception):
@@ -98,10 +99,13 @@ async def read_body(http: HttpRequest, limit: int = MAX_REQUEST_BYTES) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"The request body holds {declared} bytes; this server takes up to {limit}")
     raw = bytearray()
-    async for part in http.stream():
-        raw += part
-        if len(raw) > limit:
-            raise ApiError(413, f"The request body holds more than {limit} bytes, the most this server takes")
+    try:
+        async for part in http.stream():
+            raw += part
+            if len(raw) > limit:
+                raise ApiError(413, f"The request body holds more than {limit} bytes, the most this server takes")
+    except ClientDisconnect:  # gone before its body arrived (or timed out: 408): no one to answer
+        raise ApiError(400, "The client left before sending its whole body") from None
     return bytes(raw)
 
 
