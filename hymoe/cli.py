@@ -25,6 +25,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    "Q6_K, ... (default: as stored: a GGUF's block formats, an HF checkpoint's floats)")
     p.add_argument("--kv-dtype", help="KV cache dtype: float32, bfloat16, float16 (default: the compute dtype; "
                    "float16 for a GGUF file computed on the CPU, as llama.cpp)")
+    p.add_argument("--kv-memory", metavar="SIZE|FRACTION", help="KV pool of a server or chat: a size (8GiB) or a "
+                   "fraction of free memory (0.5) (default: --max-batch sequences of the whole context)")
+    p.add_argument("--kv-block-size", type=int, metavar="N", help="positions per KV block (default: 64)")
     p.add_argument("--threads", type=int, help="CPU threads for the native experts (default: all cores)")
     p.add_argument("--gpu-experts", default="0", metavar="N|SIZE",
                    help="with --placement hybrid: also keep N experts per layer on the GPU, or as many as a "

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from hymoe.errors import HymoeError
+from hymoe.kv.cache import KVCache
 from hymoe.loader.open import open_model
 from hymoe.models import build_model
 from hymoe.placement import default_dtype, default_kv_dtype, resolve_placement
@@ -127,7 +128,8 @@ def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = 
     for i, layer in enumerate(entries):  # each layer's cache lives with its attention
         kv_layer = ctx * sum(int(torch.Size(s).numel()) for s in layer.values()) * kv_dtype.itemsize
         devices[plan.targets[f"layers.{i}.self_attn"].device] += kv_layer
-    kv = ctx * sum(int(torch.Size(s).numel()) for layer in entries for s in layer.values()) * kv_dtype.itemsize
+    kv_position = KVCache.position_bytes(entries, kv_dtype)  # one position, every layer
+    kv = ctx * kv_position
     devices = {d: b for d, b in devices.items() if b or d == "cpu"}  # the CPU always appears
     if "gpu" in devices and torch.cuda.is_available():
         total_gpu = torch.cuda.mem_get_info(plan.gpu)[1]
@@ -143,7 +145,8 @@ def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = 
         "placement": placement, "compute_dtype": str(compute).removeprefix("torch."), "kv_context": ctx,
         "kv_dtype": str(kv_dtype).removeprefix("torch."),
         "dense_bytes_stored": dense_stored, "dense_bytes_placed": dense_on_devices,
-        "experts_bytes": routed["bytes"], "kv_bytes": kv, "devices": devices, "plan": describe(plan.targets),
+        "experts_bytes": routed["bytes"], "kv_bytes": kv,
+        "kv_position_bytes": kv_position, "kv_positions_per_gib": 2**30 // kv_position, "devices": devices, "plan": describe(plan.targets),
     }
 
 
@@ -176,7 +179,8 @@ def report(d: dict) -> str:
               f"  non-expert weights: {_size(d['dense_bytes_stored'])} stored -> {_size(d['dense_bytes_placed'])} "
               f"placed (block formats kept where a kernel computes them, the rest in {d['compute_dtype']})",
               f"  routed experts: {_size(d['experts_bytes'])} (kept in their stored format, CPU memory)",
-              f"  KV cache: {_size(d['kv_bytes'])}"]
+              f"  KV cache: {_size(d['kv_bytes'])} ({d['kv_positions_per_gib']:,} positions per GiB, "
+              f"{d['kv_position_bytes']:,} bytes each: size a server's pool with --kv-memory)"]
     lines += ["  plan:"] + [f"    {line}" for line in d["plan"]]
     lines += [f"  {dev}: {_size(b)}" for dev, b in d["devices"].items()]
     return "\n".join(lines)

@@ -107,19 +107,20 @@ class Cases:
 
     def attention(self):
         r = self.r
-        # a call takes eleven tensors: each is mutated less often, so that valid calls occur too
+        # a call takes twelve tensors: each is mutated less often, so that valid calls occur too
         tensor = functools.partial(globals()["tensor"], calm=4.0)
 
         heads, kv, d = 4, 2, 16
         attn = SimpleNamespace(num_heads=heads, num_kv_heads=kv, head_dim=d, is_qk_norm=False, q_norm=None,
                                k_norm=None, rope=SimpleNamespace(is_interleaved=False))
         layer = NativeGqaAttention(self.sync_engine, attn, window=r.choice([0, 0, 3]))
-        b, t, slots, max_len = r.choice([1, 2]), r.choice([1, 3]), 2, 16
-        positions = tensor(r, (b, t), torch.int64, -2, max_len + 2)
-        step = SimpleNamespace(positions=positions, rows=tensor(r, (b,), torch.int64, -1, slots + 1)
-                               if r.random() < 0.5 else None, kv_len=r.choice([1, 4, max_len + 1, max_len + 3, 0]))
-        cache = {"k": tensor(r, (slots, max_len + 1, kv, d), r.choice([torch.float32, torch.float16])), "v": None}
-        cache["v"] = torch.zeros_like(cache["k"]) if r.random() < 0.9 else tensor(r, (slots, max_len, kv, d))
+        b, t, blocks, bs, width = r.choice([1, 2]), r.choice([1, 3]), 4, 5, r.choice([2, 4])
+        positions = tensor(r, (b, t), torch.int64, -2, width * bs + 2)
+        step = SimpleNamespace(positions=positions, table=tensor(r, (b, width), torch.int64, -1, blocks + 1),
+                               slots=tensor(r, (b, t), torch.int64, -2, blocks * bs + 2),
+                               kv_len=r.choice([1, 4, width * bs, width * bs + 3, 0]))
+        cache = {"k": tensor(r, (blocks, bs, kv, d), r.choice([torch.float32, torch.float16])), "v": None}
+        cache["v"] = torch.zeros_like(cache["k"]) if r.random() < 0.9 else tensor(r, (blocks, bs - 1, kv, d))
         cos_sin = tuple(tensor(r, (b, t, d // 2)) for _ in range(2))
         layer(tensor(r, (b, t, heads * d)), tensor(r, (b, t, kv * d)), tensor(r, (b, t, kv * d)), step, cache, cos_sin)
 

@@ -13,7 +13,7 @@ from hymoe.errors import HymoeError
 from hymoe.experts import native
 from hymoe.experts.native_attention import NativeGqaAttention
 from hymoe.experts.native_linear import NativeLinear, NativeRMSNorm, NativeRouter
-from hymoe.kv.cache import KVCache, Step
+from hymoe.kv.cache import KVCache, Step, slots_of
 from hymoe.layers.attention import GQAttention
 from hymoe.layers.linear import QuantLinear
 from hymoe.layers.norm import RMSNorm
@@ -138,17 +138,18 @@ def _gqa(is_qk_norm: bool, is_interleaved: bool) -> GQAttention:
     (True, False, 0, torch.float32), (False, True, 0, torch.float32), (True, False, 5, torch.float32),
     (True, False, 0, torch.float16), (False, True, 6, torch.float16)])
 def test_native_decode_attention_equals_the_torch_layer(engine, isa, is_qk_norm, is_interleaved, window, cache):
-    """Two rows in swapped cache slots, a prompt, steps of 1 and 3 tokens, then a long chunk (and a
-    sliding window); a float16 cache holds what torch's rounding stores."""
+    """Two rows through shuffled block tables (blocks of 7 positions, which no step's length is a
+    multiple of), a prompt, steps of 1 and 3 tokens, then a long chunk (and a sliding window); a
+    float16 cache holds what torch's rounding stores."""
     attn = _gqa(is_qk_norm, is_interleaved)
     attn.is_sliding = bool(window)
-    caches = [KVCache([attn.cache_entries()], 2, 64, cache).layers[0] for _ in range(2)]
-    rows = torch.tensor([1, 0])
+    caches = [KVCache([attn.cache_entries()], 16, 7, cache).layers[0] for _ in range(2)]
     gen = torch.Generator().manual_seed(6)
+    table = torch.randperm(16, generator=gen).view(2, 8)  # [B, M]: 8 blocks of 7 hold each row's 54 positions
     start = 0
     for t in (9, 1, 3, 1, 40):
         positions = torch.arange(start, start + t).repeat(2, 1)
-        step = Step.build(positions, start + t, rows, window or None)
+        step = Step.build(positions, start + t, table, slots_of(positions, table, 7), window or None)
         x = torch.randn(2, t, 96, generator=gen)
         cos_sin = attn.rope.cos_sin(positions, torch.float32)
         attn.kernel = None

@@ -1,5 +1,6 @@
 """The one engine loop (engine/scheduler.py) and the sequence record (engine/sequence.py) that every
-client shares: chunked prefill, waiting for slots, cancelling, streamed text, chat's slot reuse."""
+client shares: chunked prefill, waiting for rows, cancelling, streamed text, reuse of cached KV blocks by
+chat's next turn and by prompts that share a prefix."""
 import pytest
 
 import hymoe
@@ -17,7 +18,8 @@ def llm(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-        return hymoe.load(ensure_default_model(), dtype="float32", progress=False, max_context=128)
+        # blocks of 8 positions: prompts span several, and share them in whole blocks
+        return hymoe.load(ensure_default_model(), dtype="float32", progress=False, max_context=128, kv_block_size=8)
 
 
 def _prompts(llm):
@@ -101,28 +103,39 @@ def test_eos_ends_the_sequence_and_is_not_returned(llm):
     assert seq.token_ids == free.token_ids[:2] and seq.finish_reason == "stop"
 
 
-def test_chat_reuses_its_slot_and_survives_a_failed_reply(llm, monkeypatch):
+def _shared(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def test_chat_reuses_its_blocks_and_survives_a_failed_reply(llm, monkeypatch):
     session = ChatSession(llm, SamplingParams(max_new_tokens=6, is_eos_ignored=True))
+    seqs, add = [], session.scheduler.add
+    monkeypatch.setattr(session.scheduler, "add", lambda seq: seqs.append(seq) or add(seq))
     first = session.reply("Who was Moses?")
-    cached = list(session.scheduler.held[0])
-    assert cached and session.scheduler.free == [0]
+    held = seqs[0].history[:-1]  # the last sampled token was never fed back
+    pool = session.scheduler.blocks
+    assert session.scheduler.free == [0] and not pool.tables
+    assert len(pool.idle) == len(held) // 8  # its full blocks stay cached, referenced by nobody
     fed = []
     forward = session.scheduler.runner.forward
     monkeypatch.setattr(session.scheduler.runner, "forward",
                         lambda rows, tokens, starts, **kw: fed.append(starts[0]) or forward(rows, tokens, starts, **kw))
     session.reply("And Aaron?")
-    assert fed[0] == len(cached)  # the second turn starts where the first left its cache
+    want = min(_shared(held, seqs[1].prompt), len(seqs[1].prompt) - 1) // 8 * 8
+    assert want >= 8 and fed[0] == seqs[1].reused == want  # the second turn starts after the blocks it shares
     monkeypatch.setattr(session.scheduler.runner, "forward", lambda *a, **kw: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         session.reply("Again?")
-    assert session.scheduler.free == [0] and not session.scheduler.has_work and session.scheduler.held[0] == []
+    assert session.scheduler.free == [0] and not session.scheduler.has_work and not pool.tables
+    assert not any(pool.refs)
     monkeypatch.setattr(session.scheduler.runner, "forward", forward)
     session.reset()
     assert session.reply("Who was Moses?") == first
+    assert seqs[-1].reused == (len(seqs[0].prompt) - 1) // 8 * 8  # all but its last block found again
 
 
-def test_a_prompt_sharing_a_slots_prefix_reuses_it(llm):
-    """The second prompt's shared prefix is not computed again, and it decodes what it decodes alone."""
+def test_a_prompt_sharing_a_prefix_reuses_its_blocks(llm):
+    """The second prompt's shared whole blocks are not computed again, and it decodes what it decodes alone."""
     head = llm.tokenizer.encode("In the beginning God created the heaven and the earth. And the earth was")
     first, second = head + llm.tokenizer.encode(" without form"), head + llm.tokenizer.encode(" void; and")
     alone, = _run(llm, [second], 1)
@@ -135,15 +148,15 @@ def test_a_prompt_sharing_a_slots_prefix_reuses_it(llm):
         seq = llm.sequence(prompt, GREEDY)
         sched.add(seq)
         sched.run()
-    common = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
-    assert seq.slot == 0 and seq.reused == common >= len(head) - 1
+    common = _shared(first, second) // 8 * 8
+    assert seq.slot == 1 and seq.reused == common >= 8  # the least recently used row: blocks are shared, not rows
     assert seq.usage()["prompt_tokens_details"]["cached_tokens"] == common
-    assert fed[-10] == ([0], [common])  # its prefill starts after the shared prefix (then 9 decode steps)
+    assert fed[-10] == ([1], [common])  # its prefill starts after the shared blocks (then 9 decode steps)
     assert seq.token_ids == alone.token_ids
     other = llm.sequence(llm.tokenizer.encode("Blessed are the meek"), GREEDY)
     sched.add(other)
     sched.run()
-    assert other.slot == 1 and other.reused == 0  # nothing shared: the least recently used slot
+    assert other.slot == 0 and other.reused == 0  # nothing shared
 
 
 THREADS_SCRIPT = """

@@ -191,7 +191,8 @@ class _Lying:
         return self.lib.hymoe_gqa_attention(handle, args_ref)
 
 
-@pytest.mark.parametrize("field", ["q_len", "k_len", "v_len", "rope_len", "cache_len", "out_len", "positions_len"])
+@pytest.mark.parametrize("field", ["q_len", "k_len", "v_len", "rope_len", "cache_len", "out_len", "positions_len",
+                                   "slots_len", "table_len"])
 def test_attention_refuses_lengths_short_of_its_sizes(field):
     from types import SimpleNamespace
     from hymoe.experts.native_attention import NativeGqaAttention
@@ -200,7 +201,9 @@ def test_attention_refuses_lengths_short_of_its_sizes(field):
                            rope=SimpleNamespace(is_interleaved=False))
     layer = NativeGqaAttention(engine, attn, window=0)
     b, t = 2, 3
-    step = SimpleNamespace(positions=torch.arange(t).repeat(b, 1), rows=None, kv_len=t)
+    table = torch.tensor([[1], [0]])  # [B, M]: one block of 9 positions per row
+    step = SimpleNamespace(positions=torch.arange(t).repeat(b, 1), table=table,
+                           slots=table * 9 + torch.arange(t), kv_len=t)
     cache = {"k": torch.zeros(b, 9, 2, 16), "v": torch.zeros(b, 9, 2, 16)}
     args = (torch.randn(b, t, 64), torch.randn(b, t, 32), torch.randn(b, t, 32), step, cache,
             (torch.randn(b, t, 8), torch.randn(b, t, 8)))

@@ -158,8 +158,9 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(live, body,
 
 
 def test_a_shared_prefix_is_reported_as_cached_tokens(live, llm):
-    """A second request that begins with a first one's prompt reuses the KV its slot kept."""
-    system = "Thou shalt answer in the words of the prophets, briefly, and in the manner of the scribes of old."
+    """A second request that begins with a first one's prompt reuses the KV blocks it left: the
+    shared prefix in whole blocks (the system prompt spans several)."""
+    system = "Thou shalt answer in the words of the prophets, briefly, and in the manner of the scribes of old. " * 8
     messages = [{"role": "system", "content": system}, {"role": "user", "content": "Who was Aaron?"}]
     c = live.client()
     first = c.chat.completions.create(model="hymoe-demo", messages=messages, temperature=0, max_tokens=4)
@@ -168,7 +169,8 @@ def test_a_shared_prefix_is_reported_as_cached_tokens(live, llm):
     ids = [llm.tokenizer.apply_chat_template([messages[0], {"role": "user", "content": q}])
            for q in ("Who was Aaron?", "Who was Miriam?")]
     shared = next(i for i, (a, b) in enumerate(zip(*ids)) if a != b)  # the system prompt and "Who was"
-    assert second.usage.prompt_tokens_details.cached_tokens == shared
+    bs = llm.options.kv_block_size
+    assert shared >= 2 * bs and second.usage.prompt_tokens_details.cached_tokens == shared // bs * bs
     assert first.usage.prompt_tokens_details.cached_tokens < shared
 
 

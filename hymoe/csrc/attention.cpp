@@ -46,25 +46,40 @@ bool short_of(int64_t len, int64_t rows, int64_t stride, int64_t width) {
 
 bool buffer_error(const GqaArgs& a) {
     const int64_t BT = (int64_t)a.num_rows * a.tokens, G = a.kv_heads, D = a.head_dim;
-    if (a.num_slots < 1 || a.max_len < 0) return true;
+    if (a.num_blocks < 1 || a.block_size < 1 || a.table_width < 1 || !a.table || !a.slots) return true;
     return short_of(a.q_len, BT, a.q_stride, a.heads * D) || short_of(a.k_len, BT, a.k_stride, G * D) ||
            short_of(a.v_len, BT, a.v_stride, G * D) || BT * (D / 2) > a.rope_len ||
-           (int64_t)a.num_slots * (a.max_len + 1) * G * D > a.cache_len || BT * a.heads * D > a.out_len ||
-           BT > a.positions_len || (a.slots && a.num_rows > a.slots_len);
+           (int64_t)a.num_blocks * a.block_size * G * D > a.cache_len || BT * a.heads * D > a.out_len ||
+           BT > a.positions_len || BT > a.slots_len || (int64_t)a.num_rows * a.table_width > a.table_len;
+}
+
+// The running (out, m, l) of N heads and another part's, merged: each weighted by exp(its maximum
+// - the larger one), as the chunks are in phase 3.
+void merge(float* out, float* m, float* l, const float* out2, const float* m2, const float* l2, int N, int D) {
+    for (int h = 0; h < N; h++) {
+        const float best = std::max(m[h], m2[h]), w = expf(m[h] - best), w2 = expf(m2[h] - best);
+        for (int i = 0; i < D; i++) out[(size_t)h * D + i] = out[(size_t)h * D + i] * w + out2[(size_t)h * D + i] * w2;
+        l[h] = l[h] * w + l2[h] * w2;
+        m[h] = best;
+    }
 }
 
 }  // namespace
 
 int gqa_check(const GqaArgs& a) {
     if (a.num_rows < 1 || a.tokens < 1 || a.heads < 1 || a.kv_heads < 1 || a.heads % a.kv_heads) return -1;
-    if (a.head_dim < 2 || a.head_dim % 2 || a.head_dim > 1024 || (a.is_f16 != 0 && a.is_f16 != 1) || a.kv_len < 1 || a.kv_len > a.max_len + 1) return -1;
+    if (a.head_dim < 2 || a.head_dim % 2 || a.head_dim > 1024 || (a.is_f16 != 0 && a.is_f16 != 1)) return -1;
     if (buffer_error(a)) return -4;
+    if (a.kv_len < 1 || a.kv_len > (int64_t)a.table_width * a.block_size) return -1;
+    const int64_t used = (a.kv_len + a.block_size - 1) / a.block_size, cells = (int64_t)a.num_blocks * a.block_size;
     for (int b = 0; b < a.num_rows; b++) {
-        const int64_t slot = a.slots ? a.slots[b] : b;
-        if (slot < 0 || slot >= a.num_slots) return -2;
+        for (int64_t j = 0; j < used; j++) {
+            const int64_t block = a.table[b * (int64_t)a.table_width + j];
+            if (block < 0 || block >= a.num_blocks) return -2;
+        }
         for (int t = 0; t < a.tokens; t++) {
-            const int64_t pos = a.positions[b * a.tokens + t];
-            if (pos < 0 || pos > a.max_len) return -2;  // max_len: the scratch column of padding
+            const int64_t bt = (int64_t)b * a.tokens + t;
+            if (a.positions[bt] < 0 || a.slots[bt] < 0 || a.slots[bt] >= cells) return -2;
         }
     }
     return 0;
@@ -73,7 +88,7 @@ int gqa_check(const GqaArgs& a) {
 void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<float>& scratch) {
     const int B = a.num_rows, T = a.tokens, N = a.heads, G = a.kv_heads, D = a.head_dim;
     const int BT = B * T, per_group = N / G;
-    const int64_t pos_stride = (int64_t)G * D, slot_stride = (int64_t)(a.max_len + 1) * pos_stride;
+    const int64_t pos_stride = (int64_t)G * D, bs = a.block_size;
     static thread_local std::vector<float> queries;
     queries.resize((size_t)BT * N * D);
     float* q_all = queries.data();  // [BT, N, D]: the queries after norm and rotation
@@ -81,11 +96,9 @@ void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<fl
     // phase 1, per token: queries normalised and rotated; keys normalised, rotated and stored;
     // values stored
     pool.parallel_for(BT, [&](int bt, int) {
-        const int b = bt / T;
-        const int64_t slot = a.slots ? a.slots[b] : b, pos = a.positions[bt];
         const float *cos = a.cos + (size_t)bt * (D / 2), *sin = a.sin + (size_t)bt * (D / 2);
         float tmp[1024], k[1024];
-        const int64_t at = slot * slot_stride + pos * pos_stride;  // this position's row, in elements
+        const int64_t at = a.slots[bt] * pos_stride;  // this token's row, in elements
         for (int n = 0; n < N; n++) {
             float* q = q_all + ((size_t)bt * N + n) * D;
             memcpy(q, a.q + (size_t)bt * a.q_stride + (size_t)n * D, sizeof(float) * D);
@@ -128,13 +141,23 @@ void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<fl
             for (int h = 0; h < N; h++) m[h] = -INFINITY, l[h] = 0.f;
             return;
         }
-        const int64_t slot = a.slots ? a.slots[b] : b;
-        const size_t elem = a.is_f16 ? 2 : 4, at = (size_t)(slot * slot_stride + first * pos_stride) * elem;
-        static thread_local std::vector<float> work;
-        work.resize((size_t)(N + 2 * G * D) * n);
-        run_attend(kt, q_all + (size_t)bt * N * D, N, per_group, D, (const char*)a.k_cache + at,
-                   (const char*)a.v_cache + at, a.is_f16, pos_stride, (int)n, a.scale,
-                   outs + ((size_t)bt * chunks + c) * part, m, l, work.data());
+        // the chunk block by block: the first part straight into its outputs, the rest merged in
+        const size_t elem = a.is_f16 ? 2 : 4;
+        static thread_local std::vector<float> work, other;
+        work.resize((size_t)(N + 2 * G * D) * std::min<int64_t>(n, bs));
+        other.resize(part + 2 * N);
+        float* o = outs + ((size_t)bt * chunks + c) * part;
+        for (int64_t p = first; p < first + n;) {
+            const int64_t block = a.table[b * (int64_t)a.table_width + p / bs], off = p % bs;
+            const int64_t take = std::min(first + n - p, bs - off);
+            const size_t at = (size_t)((block * bs + off) * pos_stride) * elem;
+            const bool is_first = p == first;
+            float *po = is_first ? o : other.data(), *pm = is_first ? m : po + part, *pl = is_first ? l : pm + N;
+            run_attend(kt, q_all + (size_t)bt * N * D, N, per_group, D, (const char*)a.k_cache + at,
+                       (const char*)a.v_cache + at, a.is_f16, pos_stride, (int)take, a.scale, po, pm, pl, work.data());
+            if (!is_first) merge(o, m, l, po, pm, pl, N, D);
+            p += take;
+        }
     });
 
     // phase 3, per token: the chunks merged, each weighted by exp(its maximum - the overall one)

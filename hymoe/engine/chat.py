@@ -1,5 +1,5 @@
-"""A chat conversation: the scheduler's one slot keeps the conversation's KV between turns, so each turn
-prefills only what follows the prefix it shares with the last one."""
+"""A chat conversation: the full KV blocks of each turn stay cached (kv/blocks.py), so the next turn
+prefills only what follows the blocks it shares with the last one."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +16,7 @@ class ChatSession:
         if llm.tokenizer is None:
             raise HymoeError("chat needs a tokenizer, and this model has none")
         self.llm, self.params, self.system = llm, params, system
-        self.scheduler = Scheduler(llm.runner(1, llm.max_context), llm.prefill_chunk)
+        self.scheduler = Scheduler(llm.pool_runner(1), llm.prefill_chunk)
         self.reset()
 
     def reset(self, system: str | None = None) -> None:
@@ -44,7 +44,7 @@ class ChatSession:
         try:
             self.scheduler.run()
         finally:
-            self.scheduler.abort(seq)  # a reply that failed or was interrupted must not keep the slot
+            self.scheduler.abort(seq)  # a reply that failed or was interrupted must not keep its row
             # an interrupted reply (Ctrl-C) stays in the conversation as far as it got
             self.messages.append({"role": "assistant", "content": seq.text})
             self.last_tokens = len(seq.token_ids)

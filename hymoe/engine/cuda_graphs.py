@@ -6,8 +6,8 @@ engine, the next segment (the shared experts) runs on the GPU meanwhile, a host 
 the engine, and the following segment begins by copying its result back. Replay is the list of
 segments and host steps in order: a few launches per layer instead of a hundred kernels.
 
-Attention reads the whole cache under a mask (its length must not change between replays), and
-the step's inputs are copied into static buffers. Any step that cannot be captured runs eagerly,
+Attention reads every position a row's block table can hold, under a mask (the length must not
+change between replays); the step's inputs, block tables included, are copied into static buffers. Any step that cannot be captured runs eagerly,
 and hymoe says once why.
 """
 from __future__ import annotations
@@ -72,29 +72,32 @@ class DecodeGraphs:
         self.warmed: set[int] = set()
         self.pool = torch.cuda.graph_pool_handle()
 
-    def run(self, rows: list[int], tokens: list[list[int]], starts: list[int]) -> torch.Tensor | None:
-        """Logits [B, V] (float32, CPU) of one decode step, or None: run it eagerly."""
-        b = len(rows)
+    def run(self, ids: torch.Tensor, positions: torch.Tensor, table: torch.Tensor,
+            slots: torch.Tensor) -> torch.Tensor | None:
+        """Logits [B, V] (float32, CPU) of one decode step, or None: run it eagerly. ids, positions
+        and slots [B, 1], table [B, M] (M fixed per runner): CPU int64."""
+        b = ids.shape[0]
         if self.reason is not None:
             return None
         if b not in self.graphs:
             if b not in self.warmed:  # the first step of a size runs eagerly: kernels and handles set up
                 self.warmed.add(b)
                 return None
-            self.graphs[b] = self._capture(b)
+            self.graphs[b] = self._capture(b, table.shape[1])
             if self.graphs[b] is None:
                 return None
-        ids, positions, row_t, capture, logits = self.graphs[b]
-        ids.copy_(torch.tensor(tokens, dtype=torch.long))
-        positions.copy_(torch.tensor(starts, dtype=torch.long)[:, None])
-        row_t.copy_(torch.tensor(rows, dtype=torch.long))
+        inputs, capture, logits = self.graphs[b]
+        for static, value in zip(inputs, (ids, positions, table, slots)):
+            static.copy_(value)
         capture.replay()
         return logits.float().cpu()
 
-    def _capture(self, b: int):
-        ids = torch.zeros(b, 1, dtype=torch.long, device=self.device)
-        positions = torch.zeros(b, 1, dtype=torch.long, device=self.device)
-        row_t = torch.arange(b, dtype=torch.long, device=self.device)
+    def _capture(self, b: int, width: int):
+        long = dict(dtype=torch.long, device=self.device)
+        ids, positions = torch.zeros(b, 1, **long), torch.zeros(b, 1, **long)
+        # the scratch block until the first replay's inputs: capturing writes nothing a row holds
+        slots = torch.full((b, 1), self.cache.scratch * self.cache.block_size, **long)
+        table = torch.full((b, width), self.cache.scratch, **long)
         capture = Capture(self.pool)
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -103,7 +106,7 @@ class DecodeGraphs:
         try:
             with torch.cuda.stream(stream), torch.inference_mode():
                 capture.begin()
-                step = Step.build(positions, self.max_len, row_t, self.model.cfg.sliding_window)
+                step = Step.build(positions, self.max_len, table, slots, self.model.cfg.sliding_window)
                 hidden = self.model(ids, step, self.cache)  # [B, 1, H]
                 logits = self.model.head(hidden[:, 0])  # [B, V]
                 capture.end()
@@ -116,4 +119,4 @@ class DecodeGraphs:
             for engine in self.engines:
                 engine.capture = None
         torch.cuda.current_stream(self.device).wait_stream(stream)
-        return ids, positions, row_t, capture, logits
+        return (ids, positions, table, slots), capture, logits

@@ -1,6 +1,7 @@
 """The scheduler on a thread of its own, for clients that submit from other threads (the server,
 `hymoe bench serve`). Sequences join and leave between steps; their events go back through each
-sequence's callback, from the engine thread. KV memory is `max_batch` slots of the model's context;
+sequence's callback, from the engine thread. KV memory is a pool of blocks
+(`--kv-memory`, default: `max_batch` times the model's context) shared by up to `max_batch` rows;
 past `max_queue` waiting sequences a submit is refused (QueueFull).
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ class EngineThread:
         if llm.tokenizer is None:
             raise HymoeError("serving needs a tokenizer, and this model has none")
         self.llm, self.max_batch, self.max_queue = llm, max_batch, max_queue
-        self.scheduler = Scheduler(llm.runner(max_batch, llm.max_context), llm.prefill_chunk)
+        self.scheduler = Scheduler(llm.pool_runner(max_batch), llm.prefill_chunk)
         self.inbox: list[Sequence] = []  # submitted, not yet handed to the scheduler (which only this thread touches)
         self.lock = threading.Condition()
         self.stopped = False
@@ -35,7 +36,7 @@ class EngineThread:
     def submit(self, seq: Sequence) -> None:
         self.llm.check_prompt(seq.prompt)
         with self.lock:
-            # waiting: submitted and not running, less those about to take a free slot
+            # waiting: submitted and not running, less those about to take a free row
             queued = len(self.inbox) + len(self.scheduler.waiting) - len(self.scheduler.free)
             if queued >= self.max_queue:
                 raise QueueFull(f"{queued} requests are waiting; try again shortly")

@@ -18,6 +18,7 @@ from hymoe.errors import HymoeError
 from hymoe.loader.open import ModelFiles, open_model
 from hymoe.models.assemble import load_weights
 from hymoe.models import build_model
+from hymoe.kv.sizing import pool_blocks
 from hymoe.layers.moe import MoE
 from hymoe.placement import default_dtype, default_kv_dtype, place_layers, resolve_placement
 from hymoe.placement.experts import EngineSlot, hot_experts_on_gpu, parse_gpu_experts, place_experts
@@ -93,9 +94,20 @@ class LLM:
         if bad:
             raise HymoeError(f"token id {bad[0]} is outside the vocabulary of {self.config.vocab_size}")
 
-    def runner(self, num_slots: int, max_len: int) -> Runner:
+    def runner(self, num_slots: int, max_len: int, num_blocks: int | None = None) -> Runner:
+        """num_slots rows of up to max_len positions; KV blocks for all of them unless num_blocks."""
         return Runner(self.model, num_slots, max_len, self.dtype, self.device, is_graphed=self.options.cuda_graphs,
-                      step_scope=self._step_scope, kv_dtype=self.kv_dtype, lock=self._lock)
+                      step_scope=self._step_scope, kv_dtype=self.kv_dtype, lock=self._lock,
+                      block_size=self.options.kv_block_size, num_blocks=num_blocks)
+
+    def pool_runner(self, num_slots: int) -> Runner:
+        """The runner of a long-lived scheduler (server, chat): rows of the whole context, over a
+        pool of the size --kv-memory gives (default: every row's whole context)."""
+        num_blocks = None
+        if self.options.kv_memory is not None:
+            num_blocks = pool_blocks(self.options.kv_memory, self.model.cache_entries(), self.model.layer_devices(),
+                                     self.kv_dtype, self.options.kv_block_size)
+        return self.runner(num_slots, self.max_context, num_blocks)
 
     def sequence(self, prompt: list[int], params: SamplingParams, on_event=None) -> Sequence:
         """A sequence for a scheduler whose slots hold the model's whole context (EngineThread)."""

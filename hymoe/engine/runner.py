@@ -9,21 +9,32 @@ import threading
 
 import torch
 
-from hymoe.kv.cache import KVCache, Step
+from hymoe.kv.blocks import BlockPool
+from hymoe.kv.cache import KVCache, Step, slots_of
 from hymoe.models.decoder import Decoder
+
+# positions per KV block: a prompt shares cached blocks whole, and attention reads a block at a time
+DEFAULT_BLOCK_SIZE = 64
 
 
 class Runner:
+    """num_slots rows (sequences computed at once), each up to max_len positions, over a pool of
+    num_blocks KV blocks of block_size positions (default: enough for every row's max_len)."""
+
     def __init__(self, model: Decoder, num_slots: int, max_len: int, dtype: torch.dtype,
                  device: torch.device | str = "cpu", is_graphed: bool = False, step_scope=None,
-                 kv_dtype: torch.dtype | None = None, lock: threading.Lock | None = None):
-        self.model, self.max_len, self.device = model, max_len, torch.device(device)
+                 kv_dtype: torch.dtype | None = None, lock: threading.Lock | None = None,
+                 block_size: int = DEFAULT_BLOCK_SIZE, num_blocks: int | None = None):
+        self.model, self.num_slots, self.max_len, self.device = model, num_slots, max_len, torch.device(device)
         # one pass at a time on the model, whichever thread calls: every runner of one model shares
         # its weights, its native engine and its staging buffers
         self.lock = lock or threading.Lock()
         # how a pass of this many tokens per row shares the CPU (NativeEngine.step_scope), or None
         self.step_scope = step_scope
-        self.cache = KVCache(model.cache_entries(), num_slots, max_len, kv_dtype or dtype, model.layer_devices())
+        self.table_width = -(-max_len // block_size)  # blocks of a row at its longest
+        self.blocks = BlockPool(num_blocks or num_slots * self.table_width, block_size)
+        self.cache = KVCache(model.cache_entries(), self.blocks.num_blocks, block_size, kv_dtype or dtype,
+                             model.layer_devices())
         self.graphs = None
         if is_graphed and self.device.type == "cuda":  # decode steps as CUDA graphs, per batch size
             from hymoe.engine.cuda_graphs import DecodeGraphs
@@ -32,7 +43,8 @@ class Runner:
 
     def forward(self, rows: list[int], tokens: list[list[int]], starts: list[int],
                 is_all_logits: bool = False) -> torch.Tensor:
-        """Append tokens[b] to cache slot rows[b] from position starts[b].
+        """Write tokens[b] to row rows[b] from position starts[b] (at most the row's length: what
+        follows is replaced).
 
         Returns float32 CPU logits: [B, V] at each row's last token, or [B, T, V] with is_all_logits.
         """
@@ -41,27 +53,47 @@ class Runner:
 
     @torch.inference_mode()
     def _pass(self, rows: list[int], tokens: list[list[int]], starts: list[int], is_all_logits: bool) -> torch.Tensor:
-        if self.graphs is not None and not is_all_logits and all(len(t) == 1 for t in tokens):
-            logits = self.graphs.run(rows, tokens, starts)
-            if logits is not None:
-                return logits
         lens = [len(t) for t in tokens]
-        num_rows, width = len(tokens), max(lens)
         assert all(s + n <= self.max_len for s, n in zip(starts, lens)), "caller checks the context"
+        for row, start, n in zip(rows, starts, lens):
+            for src, dst in self.blocks.prepare(row, start, start + n):
+                self.cache.copy_block(src, dst)
+        ids, positions, table, slots = self._inputs(rows, tokens, starts)
+        if self.graphs is not None and not is_all_logits and all(n == 1 for n in lens):
+            logits = self.graphs.run(ids, positions, table, slots)
+            if logits is not None:
+                self._commit(rows, tokens, starts)
+                return logits
+        kv_len = max(s + n for s, n in zip(starts, lens))
+        dev = self.device
+        step = Step.build(positions.to(dev), kv_len, table.to(dev), slots.to(dev), self.model.cfg.sliding_window)
+        with self.step_scope(max(lens)) if self.step_scope else contextlib.nullcontext():
+            hidden = self.model(ids.to(dev), step, self.cache)  # [B, T, H]
+            if not is_all_logits:
+                hidden = hidden[torch.arange(len(rows)), torch.tensor(lens) - 1]  # [B, H]: each row's last
+            logits = self.model.head(hidden).cpu()
+        self._commit(rows, tokens, starts)
+        return logits
+
+    def _inputs(self, rows: list[int], tokens: list[list[int]], starts: list[int]) -> tuple[torch.Tensor, ...]:
+        """ids, positions, slots [B, T] and the rows' block tables [B, M] (CPU, int64); padding
+        tokens sit at position max_len (they attend anything) and write to the scratch block."""
+        num_rows, width, bs = len(tokens), max(map(len, tokens)), self.blocks.block_size
         ids = torch.zeros(num_rows, width, dtype=torch.long)
-        positions = torch.full((num_rows, width), self.max_len, dtype=torch.long)  # pads -> scratch column
-        for b, (toks, start) in enumerate(zip(tokens, starts)):
+        positions = torch.full((num_rows, width), self.max_len, dtype=torch.long)
+        table = torch.full((num_rows, self.table_width), self.cache.scratch, dtype=torch.long)
+        for b, (toks, start, row) in enumerate(zip(tokens, starts, rows)):
             ids[b, : len(toks)] = torch.tensor(toks, dtype=torch.long)
             positions[b, : len(toks)] = torch.arange(start, start + len(toks))
-        kv_len = max(s + n for s, n in zip(starts, lens))
-        is_in_order = rows == list(range(num_rows))
-        row_t = None if is_in_order else torch.tensor(rows, dtype=torch.long, device=self.device)
-        step = Step.build(positions.to(self.device), kv_len, row_t, self.model.cfg.sliding_window)
-        with self.step_scope(width) if self.step_scope else contextlib.nullcontext():
-            hidden = self.model(ids.to(self.device), step, self.cache)  # [B, T, H]
-            if not is_all_logits:
-                hidden = hidden[torch.arange(num_rows), torch.tensor(lens) - 1]  # [B, H]: each row's last
-            return self.model.head(hidden).cpu()
+            blocks = self.blocks.table(row)
+            table[b, : len(blocks)] = torch.tensor(blocks, dtype=torch.long)
+        is_pad = positions >= self.max_len
+        slots = slots_of(positions.masked_fill(is_pad, 0), table, bs).masked_fill(is_pad, self.cache.scratch * bs)
+        return ids, positions, table, slots
+
+    def _commit(self, rows: list[int], tokens: list[list[int]], starts: list[int]) -> None:
+        for row, toks, start in zip(rows, tokens, starts):
+            self.blocks.commit(row, start, toks)
 
     def all_logits(self, rows: list[int], tokens: list[list[int]], chunk: int) -> list[torch.Tensor]:
         """Every position's float32 logits of tokens[b], written to slot rows[b] from position 0:

@@ -1,11 +1,14 @@
 """The one engine loop: continuous batching with chunked prefill, for every client.
 
-Each `step()` admits waiting sequences into free KV slots, runs (a) one prefill chunk for the
+Each `step()` admits waiting sequences into free rows, runs (a) one prefill chunk for the
 sequences still reading their prompt, at most `prefill_chunk` tokens in all, so a long prompt
 neither freezes the others nor builds masks of its whole length, then (b) one batched decode step
 for every sequence that is generating: one forward pass, so each needed expert's weights are read
-once for all of them. A sequence holds its slot from admission to its end. The scheduler does no
-tensor work (the runner does) and makes every decision through `Sequence.accept`.
+once for all of them. A sequence holds its row (a block table) from admission to its end; it is
+admitted with the cached blocks of its prompt's prefix and room for the rest of its prompt, and
+takes a block whenever its last fills. Where the pool has none left, the sequence ends as at its
+length limit ("length"). The scheduler does no tensor work (the runner does) and makes every
+decision through `Sequence`.
 """
 from __future__ import annotations
 
@@ -50,10 +53,8 @@ PREFILL_CHUNK = 512
 class Scheduler:
     def __init__(self, runner: Runner, prefill_chunk: int = PREFILL_CHUNK):
         self.runner, self.prefill_chunk = runner, prefill_chunk
-        # free slots, least recently used first (slots 0..B-1 in order need no gather), and the
-        # tokens each one holds: a sequence whose prompt begins with them does not compute them again
-        self.free = list(range(runner.cache.num_slots))
-        self.held: list[list[int]] = [[] for _ in self.free]
+        self.blocks = runner.blocks  # which KV blocks each row holds, and the cached prefixes
+        self.free = list(range(runner.num_slots))  # rows for sequences to come, least recently used first
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.timings = Timings()
@@ -75,24 +76,23 @@ class Scheduler:
         return done
 
     def _admit(self) -> None:
-        """Forget cancelled sequences; give waiting ones free slots, first come first served."""
+        """Forget cancelled sequences; give waiting ones free rows, first come first served."""
         self.waiting = deque(s for s in self.waiting if not s.cancelled)
-        while self.waiting and self.free:
+        while self.waiting and self.free and self._take_slot(self.waiting[0]):
             self.running.append(self.waiting.popleft())
-            self._take_slot(self.running[-1])
 
     def _prefill_chunks(self) -> list[tuple[Sequence, list[int]]]:
         """Prompt tokens to read in this step: up to prefill_chunk in all, first come first served."""
         budget, reading = self.prefill_chunk, []
         for seq in self.running:
-            if not seq.cancelled and (n := min(budget, len(seq.prompt) - seq.cached)) > 0:
+            if seq.finish_reason is None and (n := min(budget, len(seq.prompt) - seq.cached)) > 0:
                 reading.append((seq, seq.prompt[seq.cached:seq.cached + n]))
                 budget -= n
         return reading
 
     def _forward(self, batch: list[tuple[Sequence, list[int]]], is_prefill: bool) -> None:
         """One forward pass; each sequence that has read its whole prompt samples its next token."""
-        if not batch:
+        if not (batch := self._extend(batch)):
             return
         t0 = time.perf_counter()
         logits = self.runner.forward([s.slot for s, _ in batch], [t for _, t in batch], [s.cached for s, _ in batch])
@@ -108,29 +108,42 @@ class Scheduler:
             self.step()
 
     def release(self, *seqs: Sequence) -> None:
-        """Running sequences leave; their slots are free and keep what they hold."""
+        """Running sequences leave; their rows are free, and their full blocks stay cached."""
         for seq in seqs:
             self.running.remove(seq)
-            self.held[seq.slot] = seq.history[: seq.cached]
+            self.blocks.release(seq.slot)
             self.free.append(seq.slot)
 
     def abort(self, seq: Sequence) -> None:
-        """Forget seq wherever it is (a failed step, an interrupted reply); what its slot holds is
-        unknown after a pass that failed midway."""
+        """Forget seq wherever it is (a failed step, an interrupted reply). Blocks are registered
+        only after the pass that filled them, so what stays cached is whole."""
         if seq in self.waiting:
             self.waiting.remove(seq)
         if seq in self.running:
             self.release(seq)
-            self.held[seq.slot] = []
 
-    def _take_slot(self, seq: Sequence) -> None:
-        """The free slot holding the longest prefix of seq's prompt (on a tie, the least recently
-        used); the last prompt token is always computed, for its logits."""
-        def shared(slot: int) -> int:
-            return next((i for i, (a, b) in enumerate(zip(self.held[slot], seq.prompt)) if a != b),
-                        min(len(self.held[slot]), len(seq.prompt)))
+    def _take_slot(self, seq: Sequence) -> bool:
+        """Give seq the least recently used free row, with the cached blocks of its prompt's prefix
+        and room for the rest of the prompt. False while the pool is short of room (others still
+        run); a prompt larger than the whole pool fails instead."""
+        slot = self.free[0]
+        seq.cached = seq.reused = self.blocks.share(slot, seq.prompt)
+        if not self.blocks.reserve(slot, len(seq.prompt)):
+            self.blocks.release(slot)
+            if self.running:
+                return False
+            seq.cached = seq.reused = 0
+            seq.fail(f"the prompt needs {self.blocks.blocks_for(len(seq.prompt))} KV blocks of "
+                     f"{self.blocks.block_size} positions; the pool holds {self.blocks.num_blocks}")
+        seq.slot = self.free.pop(0)
+        return True
 
-        slot = max(self.free, key=shared)
-        self.free.remove(slot)
-        seq.slot = slot
-        seq.cached = seq.reused = min(shared(slot), len(seq.prompt) - 1)
+    def _extend(self, batch: list[tuple[Sequence, list[int]]]) -> list[tuple[Sequence, list[int]]]:
+        """The batch, less the sequences the pool has no block left for (they end, "length")."""
+        kept = []
+        for seq, tokens in batch:
+            if self.blocks.reserve(seq.slot, seq.cached + len(tokens)):
+                kept.append((seq, tokens))
+            else:
+                seq.out_of_memory()
+        return kept

@@ -17,8 +17,8 @@ _ids = itertools.count()
 
 
 class Sequence:
-    """The length limit: a sequence ends when its cache slot is full (`max_len` positions); the token
-    sampled from the last position is still returned, as it needs no cache position of its own."""
+    """The length limit: a sequence ends when it holds `max_len` positions; the token sampled from
+    the last position is still returned, as it needs no cache position of its own."""
 
     def __init__(self, prompt: list[int], params: SamplingParams, eos_ids: tuple[int, ...], max_len: int,
                  tokenizer: Tokenizer | None = None, on_event: Callable[[str, dict], None] | None = None,
@@ -32,9 +32,9 @@ class Sequence:
         self.token_ids: list[int] = []  # generated, without the EOS token that ended it
         self.text = ""  # the generated text, cut before a stop string
         self.finish_reason: str | None = None  # "stop" | "length" once finished
-        self.slot = -1  # its KV cache slot while the scheduler runs it (chat presets one it reuses)
-        self.cached = 0  # tokens whose keys and values are in that slot
-        self.reused = 0  # prompt tokens found already in the slot it got (not computed again)
+        self.slot = -1  # its row (a KV block table) while the scheduler runs it
+        self.cached = 0  # tokens whose keys and values its row holds
+        self.reused = 0  # prompt tokens found in cached blocks (not computed again)
         self.cancelled = False
         self.sent = 0  # characters of text already streamed
         self.t_submit, self.t_first, self.t_done = time.perf_counter(), None, None
@@ -86,6 +86,10 @@ class Sequence:
         if len(self.token_ids) >= self.params.max_new_tokens or len(self.prompt) + len(self.token_ids) > self.max_len:
             return self._finish("length")
         self._stream()
+
+    def out_of_memory(self) -> None:
+        """The KV pool has no block for its next position: it ends as at its length limit."""
+        self._finish("length")
 
     def fail(self, message: str) -> None:
         self.finish_reason, self.t_done = "error", time.perf_counter()

@@ -16,12 +16,13 @@ _i32, _i64, _f32, _p = ctypes.c_int32, ctypes.c_int64, ctypes.c_float, ctypes.c_
 
 class _GqaArgs(ctypes.Structure):
     _fields_ = [(n, _i32) for n in ("num_rows", "tokens", "heads", "kv_heads", "head_dim", "kv_len", "window",
-                                    "is_interleaved", "num_slots", "max_len", "is_f16")] + \
+                                    "is_interleaved", "num_blocks", "block_size", "table_width",
+                                    "is_f16")] + \
                [("eps", _f32), ("scale", _f32)] + [(n, _i64) for n in ("q_stride", "k_stride", "v_stride")] + \
-               [(n, _p) for n in ("q", "k", "v", "q_norm", "k_norm", "cos", "sin", "k_cache", "v_cache", "slots",
-                                  "positions", "out")] + \
+               [(n, _p) for n in ("q", "k", "v", "q_norm", "k_norm", "cos", "sin", "k_cache", "v_cache", "table",
+                                  "slots", "positions", "out")] + \
                [(n, _i64) for n in ("q_len", "k_len", "v_len", "rope_len", "cache_len", "out_len", "positions_len",
-                                    "slots_len")]
+                                    "slots_len", "table_len")]
 
 
 def _rows(t: torch.Tensor, b: int, n: int, width: int) -> tuple[torch.Tensor, int]:
@@ -39,7 +40,7 @@ def _extent(t: torch.Tensor) -> int:
 
 
 class StepInputs:
-    """What every layer of one forward pass reads alike (positions, rows, rotation), converted once
+    """What every layer of one forward pass reads alike (positions, block tables, rotation), converted once
     per step and shared by the model's attention kernels."""
 
     def __init__(self):
@@ -47,16 +48,15 @@ class StepInputs:
 
     def get(self, step, cos_sin, head_dim: int):
         if self.key is not step:
-            positions = step.positions.contiguous()
-            slots = None if step.rows is None else step.rows.contiguous()
-            if positions.dim() != 2 or positions.dtype is not torch.int64 or \
-                    (slots is not None and (slots.shape != positions.shape[:1] or slots.dtype is not torch.int64)):
-                raise HymoeError("native attention needs int64 positions [B, T] and slots [B]")
+            positions, table, slots = (t.contiguous() for t in (step.positions, step.table, step.slots))
+            if positions.dim() != 2 or table.dim() != 2 or table.shape[0] != positions.shape[0] or \
+                    slots.shape != positions.shape or any(t.dtype is not torch.int64 for t in (positions, table, slots)):
+                raise HymoeError("native attention needs int64 positions and slots [B, T] and block tables [B, M]")
             b, t = positions.shape
             if any(c.numel() != b * t * (head_dim // 2) or not c.is_floating_point() for c in cos_sin):
                 raise HymoeError(f"native attention needs cos and sin of {b * t} x {head_dim // 2} values")
             cos, sin = (c.reshape(b * t, head_dim // 2).float().contiguous() for c in cos_sin)
-            self.key, self.value = step, (positions, slots, cos, sin)
+            self.key, self.value = step, (positions, table, slots, cos, sin)
         return self.value
 
 
@@ -72,7 +72,7 @@ class NativeGqaAttention:
         # float32 copies of the per-head norms (the layer's may be in another dtype)
         self.norms = tuple(None if m is None else m.weight.detach().float().contiguous() for m in norms)
         # the per-layer fields, set once; __call__ sets the rest
-        self._args = _GqaArgs(0, 0, n, g, d, 0, window, int(attn.rope.is_interleaved), 0, 0, 0,
+        self._args = _GqaArgs(0, 0, n, g, d, 0, window, int(attn.rope.is_interleaved), 0, 0, 0, 0,
                               norms[0].eps if norms[0] is not None else 0.0, d ** -0.5)
         self._args.q_norm, self._args.k_norm = (0 if w is None else w.data_ptr() for w in self.norms)
         self._args_ref = ctypes.byref(self._args)
@@ -87,24 +87,25 @@ class NativeGqaAttention:
         if kc.dtype not in (torch.float32, torch.float16) or vc.dtype is not kc.dtype or not kc.is_contiguous() \
                 or not vc.is_contiguous() or kc.shape[2:] != (g, d) or vc.shape != kc.shape or not kc.is_cpu:
             raise HymoeError("native attention needs contiguous float32 or float16 CPU KV caches of this layer's shape")
-        positions, slots, cos, sin = self.inputs.get(step, cos_sin, d)
+        positions, table, slots, cos, sin = self.inputs.get(step, cos_sin, d)
         if positions.shape != (b, t):
             raise HymoeError(f"native attention got positions of shape {list(positions.shape)} for [{b}, {t}] tokens")
         out = torch.empty(b, t, n * d)
         a = self._args
-        a.num_rows, a.tokens, a.kv_len, a.num_slots, a.max_len = b, t, step.kv_len, kc.shape[0], kc.shape[1] - 1
+        a.num_rows, a.tokens, a.kv_len = b, t, step.kv_len
+        a.num_blocks, a.block_size, a.table_width = kc.shape[0], kc.shape[1], table.shape[1]
         a.is_f16 = int(kc.dtype is torch.float16)
         a.q_stride, a.k_stride, a.v_stride = qs, ks, vs
         a.q, a.k, a.v, a.cos, a.sin = q.data_ptr(), k.data_ptr(), v.data_ptr(), cos.data_ptr(), sin.data_ptr()
         a.k_cache, a.v_cache, a.out = kc.data_ptr(), vc.data_ptr(), out.data_ptr()
-        a.slots, a.positions = 0 if slots is None else slots.data_ptr(), positions.data_ptr()
+        a.table, a.slots, a.positions = table.data_ptr(), slots.data_ptr(), positions.data_ptr()
         a.q_len, a.k_len, a.v_len = _extent(q), _extent(k), _extent(v)  # strided views of a fused projection
         a.rope_len = min(cos.numel(), sin.numel())
         a.cache_len, a.out_len, a.positions_len = min(kc.numel(), vc.numel()), out.numel(), positions.numel()
-        a.slots_len = 0 if slots is None else slots.numel()
+        a.slots_len, a.table_len = slots.numel(), table.numel()
         rc = self.engine.lib.hymoe_gqa_attention(self.engine.handle, self._args_ref)
         if rc in NATIVE_ERRORS:
             raise HymoeError(NATIVE_ERRORS[rc])
         if rc:
-            raise HymoeError(f"native attention refused its arguments ({rc}: a slot or position outside the cache)")
+            raise HymoeError(f"native attention refused its arguments ({rc}: a block, slot or position outside the cache)")
         return out

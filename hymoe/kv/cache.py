@@ -1,4 +1,5 @@
-"""Preallocated KV cache: one buffer per layer and entry, rows = sequence slots, columns = positions.
+"""Paged KV cache: one pool of fixed-size blocks per layer and entry; each sequence reaches its
+positions through a block table (kv/blocks.py decides which blocks it holds).
 
 Each attention layer declares what it stores (`cache_entries`): GQA keeps k and v, MLA keeps only
 its compressed latent, which is what makes DeepSeek's cache small.
@@ -15,13 +16,14 @@ class Step:
     """Where one forward pass reads and writes: the same for every layer."""
 
     positions: torch.Tensor  # [B, T] absolute position of each new token
-    rows: torch.Tensor | None  # [B] cache slot of each batch row; None = slots 0..B-1 in order
-    kv_len: int  # S: positions 0..S-1 are attended
+    table: torch.Tensor  # [B, M] int64 block holding each row's positions j*bs..(j+1)*bs-1
+    slots: torch.Tensor  # [B, T] int64 where each token's entries go: block * bs + offset
+    kv_len: int  # S: positions 0..S-1 are attended (S <= M * bs)
     mask: torch.Tensor  # [B, 1, T, S] bool, True = may attend
     window_mask: torch.Tensor | None = None  # the same, limited to a sliding window (layers that use one)
 
     @staticmethod
-    def build(positions: torch.Tensor, kv_len: int, rows: torch.Tensor | None = None,
+    def build(positions: torch.Tensor, kv_len: int, table: torch.Tensor, slots: torch.Tensor,
               window: int | None = None) -> "Step":
         keys = torch.arange(kv_len, device=positions.device)
         mask = keys <= positions[..., None]  # [B, T, S] causal over absolute positions
@@ -30,37 +32,56 @@ class Step:
             window_mask = mask & (keys > positions[..., None] - window)
             window_mask |= (positions >= kv_len)[..., None]  # padding rows: anything, so no row is empty
             window_mask = window_mask[:, None]
-        return Step(positions, rows, kv_len, mask[:, None], window_mask)
+        return Step(positions, table, slots, kv_len, mask[:, None], window_mask)
 
     def to(self, device: torch.device) -> "Step":
         """The same step for layers on another device (layer-split placements)."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Step(move(self.positions), move(self.rows), self.kv_len, move(self.mask), move(self.window_mask))
+        return Step(move(self.positions), move(self.table), move(self.slots), self.kv_len, move(self.mask),
+                    move(self.window_mask))
+
+
+def slots_of(positions: torch.Tensor, table: torch.Tensor, block_size: int) -> torch.Tensor:
+    """positions [B, T] -> [B, T] where their entries go: the block table [B, M] gives, per row,
+    the block of each block_size positions; the slot is block * block_size + offset."""
+    return table.gather(1, positions // block_size) * block_size + positions % block_size
 
 
 class KVCache:
-    """Buffers have one scratch column past max_len: padding tokens write there and nothing reads it."""
+    """Per layer: name -> [num_blocks + 1, block_size, *entry]. The last block is scratch: padding
+    tokens write there and table entries past a row's length point there; masks hide it."""
 
-    def __init__(self, layer_entries: list[dict[str, tuple[int, ...]]], num_slots: int, max_len: int,
+    def __init__(self, layer_entries: list[dict[str, tuple[int, ...]]], num_blocks: int, block_size: int,
                  dtype: torch.dtype, device: torch.device | str | list = "cpu"):
-        self.num_slots, self.max_len = num_slots, max_len
+        self.num_blocks, self.block_size = num_blocks, block_size
         devices = device if isinstance(device, list) else [device] * len(layer_entries)  # one per layer
-        # per layer: name -> [slots, max_len, *entry_shape], on that layer's device
         self.layers = [
-            {name: torch.zeros(num_slots, max_len + 1, *shape, dtype=dtype, device=dev)
+            {name: torch.zeros(num_blocks + 1, block_size, *shape, dtype=dtype, device=dev)
              for name, shape in entries.items()}
             for entries, dev in zip(layer_entries, devices)
         ]
 
+    @property
+    def scratch(self) -> int:
+        return self.num_blocks
+
+    @staticmethod
+    def position_bytes(layer_entries: list[dict[str, tuple[int, ...]]], dtype: torch.dtype) -> int:
+        """Bytes one position takes across every layer."""
+        return sum(int(torch.Size(s).numel()) for layer in layer_entries for s in layer.values()) * dtype.itemsize
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for layer in self.layers for t in layer.values())
 
+    def copy_block(self, src: int, dst: int) -> None:
+        for layer in self.layers:
+            for buf in layer.values():
+                buf[dst] = buf[src]
+
     @staticmethod
     def write_read(buf: torch.Tensor, new: torch.Tensor, step: Step) -> torch.Tensor:
-        """Store new [B, T, ...] at the step's positions, return rows' cached [B, S, ...]."""
-        if step.rows is None:  # slots 0..B-1: a view, no gather
-            batch = torch.arange(new.shape[0], device=buf.device)
-            buf[batch[:, None], step.positions] = new.to(buf.dtype)
-            return buf[: new.shape[0], : step.kv_len]
-        buf[step.rows[:, None], step.positions] = new.to(buf.dtype)
-        return buf[step.rows, : step.kv_len]
+        """Store new [B, T, ...] at the step's slots; return each row's positions [B, S, ...]."""
+        flat = buf.view(-1, *buf.shape[2:])  # [(num_blocks + 1) * bs, ...]
+        flat[step.slots.flatten()] = new.flatten(0, 1).to(buf.dtype)
+        num = -(-step.kv_len // buf.shape[1])  # blocks that hold positions 0..S-1
+        return buf[step.table[:, :num]].flatten(1, 2)[:, : step.kv_len]  # [B, num * bs, ...] -> [B, S, ...]

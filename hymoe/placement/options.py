@@ -15,6 +15,8 @@ class PlacementOptions:
     device: str | None = None  # the GPU side's device, e.g. cuda:1 (default: cuda when there is one)
     dtype: str | torch.dtype | None = None  # compute dtype (default: placement.default_dtype)
     kv_dtype: str | torch.dtype | None = None  # KV cache dtype (default: placement.default_kv_dtype)
+    kv_memory: str | None = None  # a server's or chat's KV pool: "8GiB", or a fraction of free memory "0.5"
+    kv_block_size: int = 64  # positions per KV block (prefixes are shared in whole blocks)
     dense_format: str | None = None  # quantize the non-expert linears at load (default: as stored)
     experts: str = "auto"  # routed-expert backend: auto, native, torch
     experts_format: str | None = None  # quantize routed experts at load (default: as stored)
@@ -28,6 +30,8 @@ class PlacementOptions:
     def __post_init__(self):
         if self.threads is not None and self.threads < 1:
             raise HymoeError(f"--threads {self.threads}: at least 1")
+        if self.kv_block_size < 1:
+            raise HymoeError(f"--kv-block-size {self.kv_block_size}: at least 1")
         if self.defer_experts < 0 or self.gpu_prefill_threshold < 0:
             raise HymoeError("--defer-experts and --gpu-prefill-threshold must be at least 0")
 
