@@ -7,7 +7,6 @@ from torch import nn
 
 from hymoe.config import ModelConfig
 from hymoe.kv.cache import KVCache, Step
-from hymoe.layers.attend import attend_blocked
 from hymoe.layers.linear import project
 from hymoe.layers.norm import RMSNorm
 from hymoe.layers.rope import Rope
@@ -54,13 +53,10 @@ class GQAttention(nn.Module):
         mask = step.window_mask if self.is_sliding else step.mask  # [B, 1, T, S]
         if t <= 16:  # decode: a few matmuls; SDPA's CPU kernel costs ~1 ms per call for one query
             out = self._attend_small(q, keys, values, mask)
-        elif q.is_cuda:  # prefill on a GPU: SDPA's memory-efficient kernel takes the mask
+        else:  # prefill: SDPA (torch's flash kernel on the CPU: 2.5-3.7x faster here than attend_blocked
+            # for a Qwen3 shape, 32 heads over 4, float32; MLA's one wide latent head is the other way round)
             out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask,
                                                  scale=self.head_dim ** -0.5, enable_gqa=True)  # [B, N, T, D]
-        else:  # prefill on the CPU: scores one block of keys at a time, each kv head's keys read once
-            g = self.num_kv_heads
-            grouped = q.transpose(1, 2).reshape(b, g, self.num_heads // g, t, self.head_dim)  # [B, G, N/G, T, D]
-            out = attend_blocked(grouped, keys, values, mask, self.head_dim ** -0.5).flatten(1, 2)  # [B, N, T, D]
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
     def _attend_small(self, q, keys, values, mask) -> torch.Tensor:
