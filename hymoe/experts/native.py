@@ -36,6 +36,11 @@ NATIVE_ERRORS = {-4: "a buffer smaller than its sizes reached the native engine"
                        "a time (share an LLM between threads through its own methods, which take its lock)"}
 
 
+def native_error(rc: int, refused: str) -> HymoeError:
+    """The error for a native call's non-zero code: one every entry point shares, or `refused`."""
+    return HymoeError(NATIVE_ERRORS.get(rc, refused))
+
+
 _lib: ctypes.CDLL | None = None
 _lib_tried = False
 
@@ -116,10 +121,8 @@ def rows(fmt: str, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     out = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
     rc = lib.hymoe_rows(int(qtype(fmt)), weight.data_ptr(), weight.numel(), weight.shape[0], x.shape[1],
                         x.data_ptr(), x.numel(), x.shape[0], out.data_ptr(), out.numel())
-    if rc in NATIVE_ERRORS:
-        raise HymoeError(NATIVE_ERRORS[rc])
     if rc:
-        raise HymoeError(f"the native kernels cannot compute {fmt} rows of {x.shape[1]}")
+        raise native_error(rc, f"the native kernels cannot compute {fmt} rows of {x.shape[1]}")
     return out
 
 
@@ -309,8 +312,8 @@ class NativeExperts(ExpertBackend):
                                         ids.data_ptr(), w.data_ptr(), out.data_ptr(), x.numel(),
                                         min(ids.numel(), w.numel()), out.numel(), engine.is_async)
         if rc:
-            raise HymoeError({-1: "unsupported expert format", -2: "expert rows do not split into blocks",
-                              -3: "an expert id is out of range", **NATIVE_ERRORS}.get(rc, f"native MoE failed ({rc})"))
+            raise native_error(rc, {-1: "unsupported expert format", -2: "expert rows do not split into blocks",
+                                    -3: "an expert id is out of range"}.get(rc, f"native MoE failed ({rc})"))
 
     def _submit_captured(self, hidden, topk_ids, topk_weights) -> None:
         """While a decode step is captured as CUDA graph segments: the copies to host memory close

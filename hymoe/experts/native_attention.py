@@ -9,7 +9,7 @@ import ctypes
 import torch
 
 from hymoe.errors import HymoeError
-from hymoe.experts.native import NATIVE_ERRORS
+from hymoe.experts.native import native_error
 
 _i32, _i64, _f32, _p = ctypes.c_int32, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
 
@@ -104,8 +104,6 @@ class NativeGqaAttention:
         a.cache_len, a.out_len, a.positions_len = min(kc.numel(), vc.numel()), out.numel(), positions.numel()
         a.slots_len, a.table_len = slots.numel(), table.numel()
         rc = self.engine.lib.hymoe_gqa_attention(self.engine.handle, self._args_ref)
-        if rc in NATIVE_ERRORS:
-            raise HymoeError(NATIVE_ERRORS[rc])
         if rc:
-            raise HymoeError(f"native attention refused its arguments ({rc}: a block, slot or position outside the cache)")
+            raise native_error(rc, f"native attention refused its arguments ({rc}: a block, slot or position outside the cache)")
         return out

@@ -12,7 +12,7 @@ import ctypes
 import torch
 
 from hymoe.errors import HymoeError
-from hymoe.experts.native import NATIVE_ERRORS
+from hymoe.experts.native import native_error
 from hymoe.quant.formats import FLOAT_DTYPES, qtype, row_bytes
 
 MAX_PARTS = 4
@@ -87,10 +87,8 @@ class NativeLinear:
             return out
         rc = self.engine.lib.hymoe_linear(self.engine.handle, self._args_ref, x.shape[0], x.data_ptr(), x.numel(),
                                           out.data_ptr(), out.numel())
-        if rc in NATIVE_ERRORS:
-            raise HymoeError(NATIVE_ERRORS[rc])
         if rc:
-            raise HymoeError(f"the native linear cannot compute these weights ({rc})")
+            raise native_error(rc, f"the native linear cannot compute these weights ({rc})")
         return out
 
 
@@ -154,8 +152,6 @@ class NativeRouter:
         self._args.ids, self._args.weights = ids.data_ptr(), weights.data_ptr()
         rc = self.lib.hymoe_router(self.logits.engine.handle, self.logits._args_ref, self._args_ref, t, x.data_ptr(),
                                    x.numel(), logits.data_ptr())
-        if rc in NATIVE_ERRORS:
-            raise HymoeError(NATIVE_ERRORS[rc])
         if rc:
-            raise HymoeError(f"the native router refused its sizes ({rc})")
+            raise native_error(rc, f"the native router refused its sizes ({rc})")
         return ids, weights
