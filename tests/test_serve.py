@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,21 +21,11 @@ PROMPTS = ["And God said", "In the beginning", "The Lord is my shepherd", "Bless
 
 class LiveServer:
     def __init__(self, llm, request_timeout: float = 30.0, **kw):
-        import uvicorn
-
         from hymoe.serve import timeouts
         from hymoe.serve.app import Server, build_app
 
         self.server = Server(llm, "hymoe-demo", **kw)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.uv = uvicorn.Server(timeouts.config(build_app(self.server), request_timeout, host="127.0.0.1",
-                                                 port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.uv.run, daemon=True)
-        self.thread.start()
-        while not self.uv.started:
-            time.sleep(0.05)
+        self.uv, self.thread, self.port = timeouts.start_on_loopback(build_app(self.server), request_timeout)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def client(self, key="none") -> "openai.OpenAI":

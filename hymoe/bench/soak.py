@@ -9,7 +9,6 @@ exception), lost when no answer came at all before its timeout.
 from __future__ import annotations
 
 import random
-import socket
 import statistics
 import threading
 import time
@@ -18,13 +17,12 @@ from collections import Counter
 import httpx
 import uvicorn
 
+from hymoe.bench.serve import PROMPTS
 from hymoe.serve import timeouts
 from hymoe.serve.app import Server, build_app
 
 SAMPLE_S = 10.0
 MODEL = "hymoe-demo"
-PROMPTS = ["And God said unto Moses,", "In the beginning was the Word,", "The Lord is my shepherd;",
-           "Blessed are the meek:", "And it came to pass in those days,"]
 
 
 def rss_bytes() -> int:
@@ -75,13 +73,7 @@ def _one(client: httpx.Client, r: random.Random) -> str:
 
 def _serve(llm, users: int) -> tuple[uvicorn.Server, Server, str]:
     server = Server(llm, MODEL, max_batch=users, max_queue=4 * users)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    uv = uvicorn.Server(timeouts.config(build_app(server), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=uv.run, daemon=True).start()
-    while not uv.started:
-        time.sleep(0.05)
+    uv, _, port = timeouts.start_on_loopback(build_app(server))
     return uv, server, f"http://127.0.0.1:{port}"
 
 

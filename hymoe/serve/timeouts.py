@@ -3,10 +3,14 @@ client that sends half its headers, or a Content-Length it never delivers, held 
 (and an asyncio task) forever. Here every request must arrive whole, headers and body, within
 `request_timeout` seconds of its first byte (of the connection, for the first one); otherwise the
 server answers 408 and closes the connection. Time spent computing the answer does not count.
+`start_on_loopback` runs the app with it in a thread (the soak benchmark and the tests).
 """
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+import time
 
 import h11
 import uvicorn
@@ -57,3 +61,17 @@ def config(app, request_timeout: float = REQUEST_TIMEOUT, **kw) -> uvicorn.Confi
     """uvicorn's Config for hymoe's app: the h11 protocol with the request deadline."""
     protocol = type("DeadlineProtocol", (_DeadlineProtocol,), {"request_timeout": request_timeout})
     return uvicorn.Config(app, http=protocol, **kw)
+
+
+def start_on_loopback(app, request_timeout: float = REQUEST_TIMEOUT) -> tuple[uvicorn.Server, threading.Thread, int]:
+    """The app served on a free loopback port by a thread of this process (benchmarks and tests):
+    (server, its thread, port), returned once it accepts connections."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(config(app, request_timeout, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    return server, thread, port
