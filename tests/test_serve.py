@@ -204,6 +204,8 @@ def test_api_key_is_enforced(llm):
         assert httpx.get(s.url + "/api/tags", headers={"Authorization": "bearer sesame"}).status_code == 200
         assert httpx.get(s.url + "/api/tags", headers={"Authorization": "Bearer Sesame"}).status_code == 401
         assert httpx.get(s.url + "/api/tags", headers={"Authorization": "Basic sesame"}).status_code == 401
+        two = [("Authorization", "Bearer sesame"), ("Authorization", "Bearer other")]
+        assert httpx.get(s.url + "/api/tags", headers=two).status_code == 401
     finally:
         s.stop()
 

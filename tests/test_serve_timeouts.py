@@ -1,5 +1,6 @@
 """Connections whose request never arrives whole are answered 408 and closed (issue 24, item 3);
 they never hold the server, and time spent answering does not count."""
+import json
 import socket
 import time
 
@@ -62,3 +63,18 @@ def test_time_spent_answering_does_not_count(quick):
         t0 = time.monotonic()
         out = _chat(client, "In the beginning", max_tokens=400)
         assert out.usage.completion_tokens == 400 and time.monotonic() - t0 > 1.5 * TIMEOUT
+
+
+@pytest.mark.parametrize("raw, status", [
+    (b"GARBAGE\r\n\r\n", 400),  # not HTTP: was uvicorn's plain-text 400
+    (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: upgrade, close\r\nUpgrade: websocket\r\n\r\n", 200),  # no
+    # route is a WebSocket: was a plain-text 400 from the websockets protocol, which has no request deadline
+    (b"POST /v1/chat/completions/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}", 404),
+    # was a bodiless 307 to the path without the slash
+])
+def test_odd_http_gets_a_json_answer(quick, raw, status):
+    got, _ = _send_and_wait(quick, raw)
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status) and b"content-type: application/json" in head.lower()
+    answer = json.loads(body)
+    assert answer["data"][0]["id"] == "hymoe-demo" if status == 200 else answer["error"]["message"]

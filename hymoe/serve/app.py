@@ -127,7 +127,9 @@ class RequireKey:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"].startswith(("/v1", "/api")):
-            scheme, _, key = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+            # two keys are refused: a proxy in front and we might each check a different one
+            sent = [v for k, v in scope["headers"] if k == b"authorization"]
+            scheme, _, key = (sent[0] if len(sent) == 1 else b"").partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(key.strip(), self.key):
                 response = JSONResponse(error_body("Incorrect or missing API key", "authentication_error",
                                                    "invalid_api_key"), status_code=401)
@@ -136,7 +138,8 @@ class RequireKey:
 
 
 def build_app(server: Server) -> FastAPI:
-    app = FastAPI(title="hymoe", docs_url=None, redoc_url=None)
+    # a path with a stray '/' is a JSON 404, not a bodiless 307 that API clients (httpx) do not follow
+    app = FastAPI(title="hymoe", docs_url=None, redoc_url=None, redirect_slashes=False)
     app.state.server = server
     app.state.max_request_bytes = server.max_request_bytes
 

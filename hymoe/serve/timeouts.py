@@ -17,9 +17,17 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 REQUEST_TIMEOUT = 30.0
-_BODY = b'{"error": {"message": "the request did not arrive in time", "type": "invalid_request_error"}}\n'
-_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-                     b"content-length: %d\r\n\r\n%s" % (len(_BODY), _BODY))
+
+
+def _refusal(status: str, message: str) -> bytes:
+    """A whole JSON error answer that closes the connection, written before any response began."""
+    body = b'{"error": {"message": "%s", "type": "invalid_request_error"}}\n' % message.encode()
+    return (b"HTTP/1.1 %s\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%s" % (status.encode(), len(body), body))
+
+
+_TIMEOUT_RESPONSE = _refusal("408 Request Timeout", "the request did not arrive in time")
+_BAD_HTTP_RESPONSE = _refusal("400 Bad Request", "the request is not valid HTTP/1.1")
 
 
 class _DeadlineProtocol(H11Protocol):
@@ -49,6 +57,12 @@ class _DeadlineProtocol(H11Protocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def send_400_response(self, msg: str) -> None:
+        """h11 could not parse the request: OpenAI's error JSON, not uvicorn's plain text."""
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            self.transport.write(_BAD_HTTP_RESPONSE)
+        self.transport.close()
+
     def _expire(self) -> None:
         self._deadline = None
         if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
@@ -58,9 +72,11 @@ class _DeadlineProtocol(H11Protocol):
 
 
 def config(app, request_timeout: float = REQUEST_TIMEOUT, **kw) -> uvicorn.Config:
-    """uvicorn's Config for hymoe's app: the h11 protocol with the request deadline."""
+    """uvicorn's Config for hymoe's app: the h11 protocol with the request deadline. No route is a
+    WebSocket, so an Upgrade header is ignored (ws="none") rather than handed to uvicorn's websockets
+    protocol, which answers in plain text and has no deadline."""
     protocol = type("DeadlineProtocol", (_DeadlineProtocol,), {"request_timeout": request_timeout})
-    return uvicorn.Config(app, http=protocol, **kw)
+    return uvicorn.Config(app, http=protocol, ws="none", **kw)
 
 
 def start_on_loopback(app, request_timeout: float = REQUEST_TIMEOUT) -> tuple[uvicorn.Server, threading.Thread, int]:
