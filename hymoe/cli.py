@@ -221,8 +221,10 @@ def cmd_serve(args) -> None:
                     max_request_bytes=args.max_request_bytes)
     print(f"hymoe: serving {name} on http://{args.host}:{args.port} (OpenAI /v1, Ollama /api, chat page /)",
           file=sys.stderr)
-    uvicorn.Server(timeouts.config(build_app(server), args.request_timeout, log_level="warning")).run(sockets=[sock])
-    server.scheduler.close()
+    try:
+        uvicorn.Server(timeouts.config(build_app(server), args.request_timeout, log_level="warning")).run(sockets=[sock])
+    finally:  # uvicorn raises ctrl-C's KeyboardInterrupt again once it has shut down
+        server.scheduler.close()
 
 
 def _listen(host: str, port: int):
