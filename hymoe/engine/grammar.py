@@ -28,23 +28,26 @@ class Grammars:
     """Compiles grammars for one tokenizer and vocabulary; xgrammar caches compiled schemas."""
 
     def __init__(self, hf_tokenizer, vocab_size: int, stop_ids: tuple[int, ...]):
-        import xgrammar as xgr
+        try:
+            import xgrammar as xgr
+        except ImportError:
+            raise HymoeError("constrained decoding needs xgrammar: pip install 'hymoe[grammar]'") from None
 
         info = xgr.TokenizerInfo.from_huggingface(hf_tokenizer, vocab_size=vocab_size, stop_token_ids=list(stop_ids))
         self.compiler = xgr.GrammarCompiler(info)
         self.vocab_size = vocab_size
 
-    def json_schema(self, schema: dict | bool) -> "Grammar":
+    def json_schema(self, schema: dict | bool, is_strict: bool = True) -> "Grammar":
         """Compact JSON (no free whitespace): an untrained model cannot pad forever, and the object
-        ends as soon as it is closed."""
+        ends as soon as it is closed. Strict (as vLLM): no properties or items beyond the schema's."""
         try:
             text = json.dumps(schema)
-            return Grammar(self.compiler.compile_json_schema(text, any_whitespace=False, strict_mode=False))
+            return Grammar(self.compiler.compile_json_schema(text, any_whitespace=False, strict_mode=is_strict))
         except (RuntimeError, ValueError, TypeError) as e:
             raise GrammarError(f"the JSON schema is not supported: {_one_line(e)}") from None
 
     def json_object(self) -> "Grammar":
-        return self.json_schema({"type": "object"})
+        return self.json_schema({"type": "object"}, is_strict=False)  # strict, it would allow only {}
 
 
 class Grammar:
