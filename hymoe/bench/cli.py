@@ -104,9 +104,9 @@ def _other_parsers(bsub, add_model_args) -> None:
                     "sharing its first N tokens with the previous one, against the previous one's")
     bs.add_argument("--soak", type=float, metavar="SECONDS", help="instead: the HTTP server under a steady mixed "
                     "load from --users users (the largest count) for SECONDS, RSS sampled every 10 s")
-    bs.add_argument("--response-format", choices=["text", "json_object", "json_schema"], default="text",
-                    help="with json_object or json_schema: decode tokens/s with and without that constraint, "
-                    "alternately, and its overhead")
+    bs.add_argument("--response-format", choices=["text", "json_schema"], default="text",
+                    help="json_schema: decode tokens/s with and without a JSON schema constraint, alternately, "
+                    "and its overhead")
     bs.add_argument("--json", action="store_true", help="print a JSON list, one object per user count")
 
 
