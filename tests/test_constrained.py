@@ -186,3 +186,24 @@ def test_auto_tool_calls_are_read_from_the_text():
     stream = ToolStream(plan)
     sent = "".join(stream.feed(p) for p in ["Let ", "me look.<tool", '_call>{"name": "tool_0", ', '"arguments": {}}'])
     assert sent == "Let me look." and stream.finish() == ("", [{"name": "tool_0", "arguments": {}}])
+
+
+def test_tools_reach_the_chat_template(live):
+    """A template that renders tools gets them (and earlier calls' arguments as objects); one that
+    does not gets them in a system message."""
+    server, hf = live.server, live.server.llm.tokenizer.hf
+    tool = random_tool(random.Random(32), 0)
+    call = {"id": "call_1", "type": "function", "function": {"name": "tool_0", "arguments": '{"a": 1}'}}
+    msgs = [{"role": "user", "content": "Go."}, {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "content": "done", "tool_call_id": "call_1"}]
+    plain = hf.decode(server.chat_ids(msgs, [tool]))
+    assert '"name": "tool_0"' in plain and plain.index("tool_0") < plain.index("Go.")
+    saved = hf.chat_template
+    hf.chat_template = ("{% for t in tools %}[TOOL {{ t.function.name }}]{% endfor %}{% for m in messages %}"
+                        "{% for c in m.tool_calls or [] %}[CALL {{ c.function.arguments.a }}]{% endfor %}"
+                        "{{ m.content }}{% endfor %}")
+    try:
+        text = hf.decode(server.chat_ids(msgs, [tool]))
+    finally:
+        hf.chat_template = saved
+    assert text.startswith("[TOOL tool_0]") and "[CALL 1]" in text
