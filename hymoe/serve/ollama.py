@@ -41,7 +41,7 @@ async def _run(s, http, ids, body: OllamaBody, key: str, plan: structured.ToolPl
     o = body.options
     params = s.params(o.num_predict if o.num_predict and o.num_predict > 0 else None, o.temperature, o.top_p,
                       o.seed, o.stop)
-    params.grammar = structured.ollama_grammar(s.llm, body.format)
+    params.grammar = await asyncio.to_thread(structured.ollama_grammar, s.llm, body.format)  # off the loop
     plan = plan or structured.ToolPlan(None)
     req, queue = s.start(ids, params)
     t0 = time.perf_counter_ns()

@@ -103,7 +103,7 @@ async def _run(s, http, ids, params, body, kind: str, plan: structured.ToolPlan 
 async def chat_completions(http: HttpRequest):
     s, body = _server(http), await parse_body(http, ChatBody)
     plan = structured.ToolPlan(body.tools, body.tool_choice)
-    params = _prepare(s, body, plan)
+    params = await asyncio.to_thread(_prepare, s, body, plan)  # a schema may take a while to compile
     ids = await asyncio.to_thread(s.chat_ids, [m.model_dump() for m in body.messages], plan.tools)  # off the loop
     return await _run(s, http, ids, params, body, "chat", plan)
 
@@ -111,7 +111,7 @@ async def chat_completions(http: HttpRequest):
 @router.post("/v1/completions")
 async def completions(http: HttpRequest):
     s, body = _server(http), await parse_body(http, CompletionBody)
-    params = _prepare(s, body)
+    params = await asyncio.to_thread(_prepare, s, body)  # a schema may take a while to compile
     if isinstance(body.prompt, str):
         if not body.prompt:
             raise ApiError(400, "'prompt' must not be empty", param="prompt")
