@@ -114,15 +114,17 @@ def test_streamed_tool_call_deltas_reassemble_the_call(live):
     tool = random_tool(random.Random(27), 0)
     kw = dict(tools=[tool], tool_choice="required")
     whole = _chat(live.client(), **kw).choices[0].message.tool_calls[0]
-    calls, finish = {}, []
+    calls, finish, pieces = {}, [], 0
     for ch in _chat(live.client(), stream=True, **kw):
         delta = ch.choices[0].delta
         assert not delta.content
         for d in delta.tool_calls or []:
             c = calls.setdefault(d.index, {"id": d.id, "name": d.function.name, "arguments": ""})
             c["arguments"] += d.function.arguments or ""
+            pieces += bool(d.function.arguments)
         finish += [ch.choices[0].finish_reason] if ch.choices[0].finish_reason else []
     assert finish == ["tool_calls"] and list(calls) == [0]
+    assert pieces > 1  # the arguments stream as they are written
     assert calls[0]["id"].startswith("call_") and calls[0]["name"] == whole.function.name
     assert json.loads(calls[0]["arguments"]) == json.loads(whole.function.arguments)
 
@@ -207,3 +209,19 @@ def test_tools_reach_the_chat_template(live):
     finally:
         hf.chat_template = saved
     assert text.startswith("[TOOL tool_0]") and "[CALL 1]" in text
+
+
+def test_a_forced_call_streams_its_arguments_and_a_cut_one_keeps_what_it_has():
+    plan = ToolPlan([random_tool(random.Random(33), 0)], "required")
+    stream, args = ToolStream(plan), []
+    for piece in ['{"name": "to', 'ol_0", "arguments": {"a"', ': 1}', "}"]:
+        assert stream.feed(piece) == ""
+        args += [d["tool_calls"][0]["function"]["arguments"] for d in stream.openai_deltas()]
+    rest, calls = stream.finish()
+    args += [d["tool_calls"][0]["function"]["arguments"] for d in stream.openai_deltas(True, calls)]
+    # the last character waits: it may close the call
+    assert rest == "" and calls == [{"name": "tool_0", "arguments": {"a": 1}}] and args == ["", '{"a', '": 1', "}"]
+    cut = ToolStream(plan)
+    cut.feed('{"name": "tool_0", "arguments": {"a": 1')
+    deltas = cut.openai_deltas() + cut.openai_deltas(True, cut.finish()[1])
+    assert "".join(d["tool_calls"][0]["function"]["arguments"] for d in deltas) == '{"a": 1'

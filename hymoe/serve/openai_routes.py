@@ -69,11 +69,13 @@ async def _run(s, http, ids, params, body, kind: str, plan: structured.ToolPlan 
                 if ev == "text":
                     if text := tools.feed(data["text"]):  # held back while it may be a tool call
                         yield sse(chunk(text, None))
+                    for delta in tools.openai_deltas():
+                        yield sse(chunk(None, None, delta=delta))
                 elif ev == "done":
                     rest, calls = tools.finish()
                     if rest:
                         yield sse(chunk(rest, None))
-                    for delta in structured.openai_call_deltas(calls):
+                    for delta in tools.openai_deltas(is_done=True, calls=calls):
                         yield sse(chunk(None, None, delta=delta))
                     yield sse(chunk(None, "tool_calls" if calls else data["finish_reason"]))
                     if include_usage:

@@ -17,6 +17,8 @@ from hymoe.serve.protocol import ApiError
 
 TAG, END_TAG = "<tool_call>", "</tool_call>"
 _BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+# a forced call as the grammar writes it (compact JSON, properties in the schema's order)
+_FORCED_HEAD = re.compile(r'\{"name": "([^"\\]*)", "arguments": ')
 
 
 def _compile(llm, build, param: str):
@@ -167,13 +169,20 @@ def openai_calls(calls: list[dict]) -> list[dict]:
              "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}} for c in calls]
 
 
+def _head_delta(i: int, name: str) -> dict:
+    return {"tool_calls": [{"index": i, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                            "function": {"name": name, "arguments": ""}}]}
+
+
+def _args_delta(i: int, text: str) -> dict:
+    return {"tool_calls": [{"index": i, "function": {"arguments": text}}]}
+
+
 def openai_call_deltas(calls: list[dict]) -> list[dict]:
     """Streamed as OpenAI does: per call, its id and name with empty arguments, then the arguments."""
     deltas = []
-    for i, c in enumerate(openai_calls(calls)):
-        deltas.append({"tool_calls": [{"index": i, "id": c["id"], "type": "function",
-                                       "function": {"name": c["function"]["name"], "arguments": ""}}]})
-        deltas.append({"tool_calls": [{"index": i, "function": {"arguments": c["function"]["arguments"]}}]})
+    for i, c in enumerate(calls):
+        deltas += [_head_delta(i, c["name"]), _args_delta(i, json.dumps(c["arguments"]))]
     return deltas
 
 
@@ -187,6 +196,7 @@ class ToolStream:
 
     def __init__(self, plan: ToolPlan):
         self.plan, self.text, self.sent = plan, "", 0
+        self.args_sent = -1  # a forced call streamed as it is written: characters of its arguments sent
 
     def feed(self, piece: str) -> str:
         self.text += piece
@@ -204,8 +214,22 @@ class ToolStream:
         """(the text still to send, the calls)."""
         content, calls = self.plan.parse(self.text)
         content = content or ""
-        rest = content[self.sent:] if content.startswith(self.text[:self.sent]) else ""
+        rest = content[self.sent:] if content.startswith(self.text[:self.sent]) and self.args_sent < 0 else ""
         return rest, calls
+
+    def openai_deltas(self, is_done: bool = False, calls: list[dict] | None = None) -> list[dict]:
+        """OpenAI tool_call deltas: a forced call's arguments as they are written (all but the last
+        character, which may close the call); read calls at the end."""
+        if self.plan.forced and (head := _FORCED_HEAD.match(self.text)):
+            deltas = [_head_delta(0, head.group(1))] if self.args_sent < 0 else []
+            self.args_sent = max(self.args_sent, 0)
+            args = self.text[head.end():].rstrip()
+            end = len(args) - 1 if not is_done or calls else len(args)  # a cut call: all it has
+            if end > self.args_sent:
+                deltas.append(_args_delta(0, args[self.args_sent:end]))
+                self.args_sent = end
+            return deltas
+        return openai_call_deltas(calls) if is_done and calls else []
 
     def _send(self, end: int) -> str:
         out = self.text[self.sent:end] if end > self.sent else ""
