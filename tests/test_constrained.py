@@ -171,6 +171,9 @@ def test_ollama_format_and_tools(live):
     r = client.chat(model="hymoe-demo", messages=[{"role": "user", "content": "Answer."}], format=schema,
                     options={"temperature": 0, "num_predict": MAX_TOKENS})
     jsonschema.validate(json.loads(r.message.content), schema)
+    parts = client.chat(model="hymoe-demo", messages=[{"role": "user", "content": "Answer."}], format=schema,
+                        options={"temperature": 0, "num_predict": MAX_TOKENS}, stream=True)
+    assert "".join(p.message.content for p in parts) == r.message.content
     g = client.generate(model="hymoe-demo", prompt="Answer.", format="json",
                         options={"temperature": 0, "num_predict": MAX_TOKENS})
     assert isinstance(json.loads(g.response), dict)
