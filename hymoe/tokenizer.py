@@ -37,10 +37,16 @@ class Tokenizer:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.hf, "chat_template", None))
 
-    def apply_chat_template(self, messages: list[dict]) -> list[int]:
+    @property
+    def renders_tools(self) -> bool:
+        """The chat template shows the model the `tools` it is given."""
+        return self.has_chat_template and "tools" in str(self.hf.chat_template)
+
+    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         if not self.has_chat_template:
             raise HymoeError("this model's tokenizer has no chat template")
-        out = self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        extra = {"tools": tools} if tools else {}
+        out = self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **extra)
         return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
 
     @property

@@ -104,6 +104,9 @@ def _other_parsers(bsub, add_model_args) -> None:
                     "sharing its first N tokens with the previous one, against the previous one's")
     bs.add_argument("--soak", type=float, metavar="SECONDS", help="instead: the HTTP server under a steady mixed "
                     "load from --users users (the largest count) for SECONDS, RSS sampled every 10 s")
+    bs.add_argument("--response-format", choices=["text", "json_schema"], default="text",
+                    help="json_schema: decode tokens/s with and without a JSON schema constraint, alternately, "
+                    "and its overhead")
     bs.add_argument("--json", action="store_true", help="print a JSON list, one object per user count")
 
 
@@ -259,6 +262,19 @@ def _soak(args, users: int) -> None:
         print(json.dumps(row))
 
 
+def _constrained(args, users: list[int]) -> None:
+    from hymoe.bench.serve import bench_constrained
+    from hymoe.engine.llm import load_from_args
+
+    rows = bench_constrained(load_from_args(args), users, args.gen_tokens, args.response_format)
+    for r in rows:
+        print(f"{r['users']} users, {r['response_format']}: {r['free_aggregate_tokens_per_s']:.1f} tok/s free, "
+              f"{r['constrained_aggregate_tokens_per_s']:.1f} constrained ({r['overhead']:+.1%} overhead; "
+              f"medians of {r['rounds']} alternating runs)", file=sys.stderr)
+    if args.json:
+        print(json.dumps(rows))
+
+
 def cmd_bench_serve(args) -> None:
     from hymoe.bench.serve import bench_serve, bench_shared_prefix
     from hymoe.engine.llm import load_from_args
@@ -281,6 +297,8 @@ def cmd_bench_serve(args) -> None:
     if args.gen_tokens < 2:
         raise HymoeError("--gen-tokens must be at least 2")
     args.max_context = args.max_context or 512
+    if args.response_format != "text":
+        return _constrained(args, users)
     results = bench_serve(load_from_args(args), users, args.gen_tokens)
     base = results[0]["aggregate_tokens_per_s"]
     for r in results:

@@ -10,6 +10,7 @@ import torch
 
 from hymoe.config import ModelConfig
 from hymoe.engine.generate import generate
+from hymoe.engine.grammar import Grammars
 from hymoe.engine.runner import Runner
 from hymoe.engine.sampler import SamplingParams
 from hymoe.engine.scheduler import PREFILL_CHUNK, Timings
@@ -84,6 +85,13 @@ class LLM:
         if self.tokenizer is not None:
             ids |= set(self.tokenizer.eos_ids)
         return tuple(sorted(ids))
+
+    @functools.cached_property
+    def grammars(self) -> Grammars:
+        """Compiles constrained-decoding grammars for this model's tokenizer (built on first use)."""
+        if self.tokenizer is None:
+            raise HymoeError("constrained decoding needs a tokenizer, and this model has none")
+        return Grammars(self.tokenizer.hf, self.config.vocab_size, self.eos_ids)
 
     def check_prompt(self, ids: list[int]) -> None:
         if not ids:

@@ -17,6 +17,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     is_eos_ignored: bool = False
     extra_eos_ids: tuple[int, ...] = field(default=())
+    grammar: object | None = None  # a compiled grammar (engine/grammar.py): the output must match it
 
     def generator(self) -> torch.Generator | None:
         if self.seed is None:

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from hymoe.engine.grammar import Masker
 from hymoe.engine.runner import Runner
 from hymoe.engine.sampler import sample
 from hymoe.engine.sequence import Sequence
@@ -58,6 +59,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.timings = Timings()
+        self.masker = Masker()  # the token bitmask of the constrained sequences
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -96,6 +98,9 @@ class Scheduler:
             return
         t0 = time.perf_counter()
         logits = self.runner.forward([s.slot for s, _ in batch], [t for _, t in batch], [s.cached for s, _ in batch])
+        # rows that sample now under a grammar: one batched bitmask op, no loop over the vocabulary
+        rows = [i for i, (s, t) in enumerate(batch) if s.matcher is not None and s.cached + len(t) >= len(s.prompt)]
+        self.masker.apply(logits, rows, [batch[i][0].matcher for i in rows])
         for (seq, tokens), row in zip(batch, logits):  # row: [V]
             seq.cached += len(tokens)
             if seq.is_prefilled:

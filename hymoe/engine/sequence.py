@@ -29,6 +29,8 @@ class Sequence:
         self.on_event = on_event  # ("text", {"text"}) ... then ("done", {...}) or ("error", {"message"})
         self.on_token = on_token  # every sampled token, EOS included, before anything else happens
         self.gen = params.generator()  # this sequence's seeded torch.Generator, or None
+        # its own grammar state: the scheduler masks its logits by it, accept() advances it
+        self.matcher = params.grammar.matcher() if params.grammar is not None else None
         self.token_ids: list[int] = []  # generated, without the EOS token that ended it
         self.text = ""  # the generated text, cut before a stop string
         self.finish_reason: str | None = None  # "stop" | "length" once finished
@@ -74,6 +76,11 @@ class Sequence:
             self.t_first = time.perf_counter()
         if self.on_token is not None:
             self.on_token(token)
+        if self.matcher is not None:
+            is_taken = self.matcher.accept_token(token)
+            assert is_taken, "the mask lets through only tokens the grammar takes"
+            if self.matcher.is_terminated():  # it took a stop token: the output is complete
+                return self._finish("stop")
         if token in self.eos:
             return self._finish("stop")
         self.token_ids.append(token)

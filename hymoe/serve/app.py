@@ -20,7 +20,7 @@ from hymoe.engine.engine_thread import EngineThread, QueueFull
 from hymoe.engine.sampler import SamplingParams
 from hymoe.engine.sequence import Sequence
 from hymoe.errors import HymoeError
-from hymoe.serve import ollama, openai_routes
+from hymoe.serve import ollama, openai_routes, structured
 from hymoe.serve.protocol import MAX_REQUEST_BYTES, ApiError, error_body
 
 PAGE = Path(__file__).with_name("page.html")
@@ -42,7 +42,7 @@ class Server:
             raise ApiError(404, f"The model '{name}' does not exist; this server has '{self.model_name}'",
                            "model_not_found", "model")
 
-    def chat_ids(self, messages: list[dict]) -> list[int]:
+    def chat_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         if not messages:
             raise ApiError(400, "'messages' must not be empty", param="messages")
         flat = []
@@ -53,8 +53,12 @@ class Server:
             if m.get("role") not in ("system", "user", "assistant", "tool", "developer"):
                 raise ApiError(400, f"unknown message role {m.get('role')!r}", param="messages")
             flat.append({"role": "system" if m["role"] == "developer" else m["role"], "content": content})
+            flat[-1].update({k: m[k] for k in ("tool_calls", "tool_call_id", "name") if m.get(k) is not None})
+        tok = self.llm.tokenizer
+        if tools and not tok.renders_tools:  # a template without tools: they go in a system message
+            flat.insert(0, {"role": "system", "content": structured.describe_tools(tools)})
         try:
-            return self.llm.tokenizer.apply_chat_template(flat)
+            return tok.apply_chat_template(structured.template_messages(flat), tools if tok.renders_tools else None)
         except HymoeError as e:
             raise ApiError(400, str(e), param="messages") from None
 

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from fastapi import APIRouter, Request as HttpRequest
 from fastapi.responses import StreamingResponse
 
+from hymoe.serve import structured
 from hymoe.serve.protocol import OllamaBody, OllamaChat, OllamaGenerate, parse_body
 
 router = APIRouter()
@@ -36,15 +37,19 @@ async def tags(http: HttpRequest):
                                                   "parameter_size": "", "quantization_level": ""}}]}
 
 
-async def _run(s, http, ids, body: OllamaBody, key: str):
+async def _run(s, http, ids, body: OllamaBody, key: str, plan: structured.ToolPlan | None = None):
     o = body.options
     params = s.params(o.num_predict if o.num_predict and o.num_predict > 0 else None, o.temperature, o.top_p,
                       o.seed, o.stop)
+    params.grammar = await asyncio.to_thread(structured.ollama_grammar, s.llm, body.format)  # off the loop
+    plan = plan or structured.ToolPlan(None)
     req, queue = s.start(ids, params)
     t0 = time.perf_counter_ns()
 
-    def piece(text: str) -> dict:
+    def piece(text: str, calls: list[dict] | None = None) -> dict:
         body_ = {"role": "assistant", "content": text} if key == "message" else text
+        if calls:
+            body_["tool_calls"] = structured.ollama_calls(calls)
         return {"model": body.model, "created_at": _now(), key: body_, "done": False}
 
     def final(done: dict) -> dict:
@@ -55,17 +60,23 @@ async def _run(s, http, ids, body: OllamaBody, key: str):
 
     if body.stream:
         async def gen():
+            tools = structured.ToolStream(plan)
             async for ev, data in s.events(req, queue, http):
                 if ev == "text":
-                    yield json.dumps(piece(data["text"])) + "\n"
+                    if text := tools.feed(data["text"]):  # held back while it may be a tool call
+                        yield json.dumps(piece(text)) + "\n"
                 elif ev == "done":
+                    rest, calls = tools.finish()
+                    if rest or calls:
+                        yield json.dumps(piece(rest, calls)) + "\n"
                     yield json.dumps(final(data)) + "\n"
                 else:
                     yield json.dumps({"error": data["message"]}) + "\n"
         return StreamingResponse(gen(), media_type="application/x-ndjson")
     text, done = await s.collect(req, queue, http)
     out = final(done or {"finish_reason": "cancelled", "usage": req.usage()})
-    out[key] = {"role": "assistant", "content": text} if key == "message" else text
+    content, calls = plan.parse(text)
+    out[key] = piece(content or "", calls)[key] if key == "message" else text
     return out
 
 
@@ -73,8 +84,9 @@ async def _run(s, http, ids, body: OllamaBody, key: str):
 async def chat(http: HttpRequest):
     s, body = http.app.state.server, await parse_body(http, OllamaChat)
     s.check_model(body.model)
-    ids = await asyncio.to_thread(s.chat_ids, [m.model_dump() for m in body.messages])  # off the event loop
-    return await _run(s, http, ids, body, "message")
+    plan = structured.ToolPlan(body.tools)
+    ids = await asyncio.to_thread(s.chat_ids, [m.model_dump() for m in body.messages], plan.tools)  # off the loop
+    return await _run(s, http, ids, body, "message", plan)
 
 
 @router.post("/api/generate")

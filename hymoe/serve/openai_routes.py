@@ -7,6 +7,7 @@ import time
 from fastapi import APIRouter, Request as HttpRequest
 from fastapi.responses import JSONResponse
 
+from hymoe.serve import structured
 from hymoe.serve.protocol import ApiError, ChatBody, CompletionBody, new_id, parse_body, sse, stream
 
 router = APIRouter()
@@ -30,23 +31,27 @@ async def model(name: str, http: HttpRequest):
     return {"id": s.model_name, "object": "model", "created": s.created, "owned_by": "hymoe"}
 
 
-def _prepare(s, body):
+def _prepare(s, body, plan: structured.ToolPlan | None = None):
     s.check_model(body.model)
     if body.n != 1:
         raise ApiError(400, "only n=1 is supported", param="n")
-    return s.params(body.max_completion_tokens or body.max_tokens, body.temperature, body.top_p, body.seed,
-                    body.stop)
+    params = s.params(body.max_completion_tokens or body.max_tokens, body.temperature, body.top_p, body.seed,
+                      body.stop)
+    # a forced tool call's grammar wins over response_format
+    params.grammar = (plan and plan.grammar(s.llm)) or structured.openai_grammar(s.llm, body.response_format)
+    return params
 
 
-async def _run(s, http, ids, params, body, kind: str):
+async def _run(s, http, ids, params, body, kind: str, plan: structured.ToolPlan | None = None):
     """kind: 'chat' or 'text'. Streams SSE chunks or returns one JSON object."""
     req, queue = s.start(ids, params)
+    plan = plan or structured.ToolPlan(None)
     rid, created = new_id("chatcmpl" if kind == "chat" else "cmpl"), int(time.time())
     obj = "chat.completion" if kind == "chat" else "text_completion"
 
-    def chunk(text: str | None, finish: str | None, first: bool = False) -> dict:
+    def chunk(text: str | None, finish: str | None, first: bool = False, delta: dict | None = None) -> dict:
         if kind == "chat":
-            delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
+            delta = delta or ({"role": "assistant", "content": ""} if first else ({"content": text} if text else {}))
             choice = {"index": 0, "delta": delta, "finish_reason": finish}
         else:
             choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
@@ -57,13 +62,22 @@ async def _run(s, http, ids, params, body, kind: str):
         include_usage = bool((body.stream_options or {}).get("include_usage"))
 
         async def gen():
+            tools = structured.ToolStream(plan)
             if kind == "chat":
                 yield sse(chunk(None, None, first=True))
             async for ev, data in s.events(req, queue, http):
                 if ev == "text":
-                    yield sse(chunk(data["text"], None))
+                    if text := tools.feed(data["text"]):  # held back while it may be a tool call
+                        yield sse(chunk(text, None))
+                    for delta in tools.openai_deltas():
+                        yield sse(chunk(None, None, delta=delta))
                 elif ev == "done":
-                    yield sse(chunk(None, data["finish_reason"]))
+                    rest, calls = tools.finish()
+                    if rest:
+                        yield sse(chunk(rest, None))
+                    for delta in tools.openai_deltas(is_done=True, calls=calls):
+                        yield sse(chunk(None, None, delta=delta))
+                    yield sse(chunk(None, "tool_calls" if calls else data["finish_reason"]))
                     if include_usage:
                         yield sse({"id": rid, "object": obj + ".chunk", "created": created, "model": s.model_name,
                                    "choices": [], "usage": data["usage"]})
@@ -76,7 +90,11 @@ async def _run(s, http, ids, params, body, kind: str):
     content, done = await s.collect(req, queue, http)
     if done is None:  # the client went away
         return JSONResponse({}, status_code=499)
-    choice = ({"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": done["finish_reason"],
+    content, calls = plan.parse(content)
+    message = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = structured.openai_calls(calls)
+    choice = ({"index": 0, "message": message, "finish_reason": "tool_calls" if calls else done["finish_reason"],
                "logprobs": None} if kind == "chat" else
               {"index": 0, "text": content, "finish_reason": done["finish_reason"], "logprobs": None})
     return {"id": rid, "object": obj, "created": created, "model": s.model_name, "choices": [choice],
@@ -86,15 +104,16 @@ async def _run(s, http, ids, params, body, kind: str):
 @router.post("/v1/chat/completions")
 async def chat_completions(http: HttpRequest):
     s, body = _server(http), await parse_body(http, ChatBody)
-    params = _prepare(s, body)
-    ids = await asyncio.to_thread(s.chat_ids, [m.model_dump() for m in body.messages])  # off the event loop
-    return await _run(s, http, ids, params, body, "chat")
+    plan = structured.ToolPlan(body.tools, body.tool_choice)
+    params = await asyncio.to_thread(_prepare, s, body, plan)  # a schema may take a while to compile
+    ids = await asyncio.to_thread(s.chat_ids, [m.model_dump() for m in body.messages], plan.tools)  # off the loop
+    return await _run(s, http, ids, params, body, "chat", plan)
 
 
 @router.post("/v1/completions")
 async def completions(http: HttpRequest):
     s, body = _server(http), await parse_body(http, CompletionBody)
-    params = _prepare(s, body)
+    params = await asyncio.to_thread(_prepare, s, body)  # a schema may take a while to compile
     if isinstance(body.prompt, str):
         if not body.prompt:
             raise ApiError(400, "'prompt' must not be empty", param="prompt")

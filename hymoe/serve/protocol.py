@@ -44,6 +44,9 @@ class ContentPart(BaseModel):
 class ChatMessage(BaseModel):
     role: str
     content: str | list[ContentPart] | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's earlier calls, for the chat template
+    tool_call_id: str | None = None  # a tool message answers this call
+    name: str | None = None
 
 
 class SamplingFields(BaseModel):
@@ -57,10 +60,13 @@ class SamplingFields(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     n: int = Field(default=1, ge=1)
+    response_format: dict[str, Any] | None = None
 
 
 class ChatBody(SamplingFields):
     messages: list[ChatMessage]
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
 
 class CompletionBody(SamplingFields):
@@ -81,10 +87,12 @@ class OllamaBody(BaseModel):
     model: str
     stream: bool = True
     options: Options = Field(default_factory=Options)
+    format: str | dict[str, Any] | None = None  # "json" or a JSON schema: the output is constrained to it
 
 
 class OllamaChat(OllamaBody):
     messages: list[ChatMessage]
+    tools: list[dict[str, Any]] | None = None
 
 
 class OllamaGenerate(OllamaBody):
