@@ -20,7 +20,7 @@ from hymoe.engine.engine_thread import EngineThread, QueueFull
 from hymoe.engine.sampler import SamplingParams
 from hymoe.engine.sequence import Sequence
 from hymoe.errors import HymoeError
-from hymoe.serve import metrics, ollama, ollama_models, openai_routes
+from hymoe.serve import embeddings, metrics, ollama, ollama_models, openai_routes
 from hymoe.serve.access import RequestLog, count_sequence
 from hymoe.serve.protocol import MAX_REQUEST_BYTES, ApiError, error_body
 
@@ -176,5 +176,6 @@ def build_app(server: Server) -> FastAPI:
     app.include_router(openai_routes.router)
     app.include_router(ollama.router)
     app.include_router(ollama_models.router)
+    app.include_router(embeddings.router)
     app.include_router(metrics.router)
     return app
