@@ -31,7 +31,7 @@ def server():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "hymoe.cli", "serve", "--port", str(port), "--max-context", "256",
-                             "--max-batch", "4", "--request-timeout", "2"],
+                             "--max-batch", "4", "--request-timeout", "2", "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
