@@ -6,6 +6,7 @@ Computed once at load from the opened files; reading the card costs nothing per 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,12 @@ def weight_files(path: Path | None) -> list[Path]:
     """The .gguf file, or a directory's safetensors shards; none for files opened by the caller."""
     if path is None:
         return []
-    return [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+    if path.is_file():
+        return [path]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():  # the shards it names: a directory may also hold a consolidated copy
+        return sorted({path / name for name in json.loads(index.read_text())["weight_map"].values()})
+    return sorted(path.glob("*.safetensors"))
 
 
 def _digest(files: list[Path]) -> str:
