@@ -20,6 +20,8 @@ VALID = {  # route -> a valid body that decodes a few tokens
     "/api/chat": {"model": "hymoe-demo", "messages": [{"role": "user", "content": "Amen"}], "stream": False,
                   "options": {"num_predict": 3}},
     "/api/generate": {"model": "hymoe-demo", "prompt": "And God said", "stream": False, "options": {"num_predict": 3}},
+    "/v1/embeddings": {"model": "hymoe-demo", "input": ["Amen", "And God said"], "encoding_format": "float"},
+    "/api/embed": {"model": "hymoe-demo", "input": "Amen", "truncate": True},
 }
 ODD = [None, True, -1, 0, 2**63, -2**64, 1e308, -0.5, "", "x" * 5000, "\ud800", [], [1, "a"], {}, {"a": {"b": []}},
        [[[[[]]]]], "NaN"]
