@@ -297,3 +297,30 @@ def test_access_log_line_and_quiet(live, llm, capfd):
         assert "hymoe: " not in capfd.readouterr().err
     finally:
         quiet.stop()
+
+
+@pytest.mark.parametrize("flags, is_logged", [([], True), (["--quiet"], False)])
+def test_cli_serve_logs_requests_unless_quiet(flags, is_logged):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "hymoe.cli", "serve", "--port", str(port), "--max-context", "128",
+                             "--max-batch", "1", *flags], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert httpx.get(f"http://127.0.0.1:{port}/api/tags").status_code == 200
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert ("hymoe: GET /api/tags 200 prompt=0 generated=0" in err) == is_logged, err[-2000:]
+    assert "GET /api/tags HTTP/1.1" not in err  # uvicorn's own access log stays off
