@@ -324,3 +324,31 @@ def test_cli_serve_logs_requests_unless_quiet(flags, is_logged):
         _, err = proc.communicate(timeout=30)
     assert ("hymoe: GET /api/tags 200 prompt=0 generated=0" in err) == is_logged, err[-2000:]
     assert "GET /api/tags HTTP/1.1" not in err  # uvicorn's own access log stays off
+
+
+@pytest.mark.parametrize("num_params, want", [(1_234_567, "1.2M"), (8_030_000_000, "8.0B"),
+                                              (671_026_419_200, "671B"), (999, "999"), (125_000_000, "125M")])
+def test_parameter_size_as_ollama_writes_it(num_params, want):
+    from hymoe.engine.model_card import ModelCard
+
+    assert ModelCard("gguf", [], 0, num_params, "", "").parameter_size == want
+
+
+def test_model_card_of_a_converted_gguf(tmp_path):
+    from hymoe.convert import convert
+    from hymoe.engine.model_card import model_card
+    from hymoe.loader.open import open_model
+
+    path = convert(ensure_default_model(), tmp_path / "m.gguf", type="Q8_0", progress=False)
+    files = open_model(path)
+    card = model_card(path, files)
+    _, params, _ = _stored(Path(ensure_default_model()))
+    assert (card.format, card.quantization_level, card.size) == ("gguf", "Q8_0", path.stat().st_size)
+    assert card.num_params == params and card.metadata["general.architecture"]
+    assert model_card(path, files).digest == card.digest
+    with open(path, "r+b") as f:  # one byte of the first MiB, which the digest reads, changed
+        f.seek((1 << 20) - 1)
+        byte = f.read(1)
+        f.seek((1 << 20) - 1)
+        f.write(bytes([byte[0] ^ 1]))
+    assert model_card(path, files).digest != card.digest
