@@ -44,7 +44,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter("hymoe_requests", "HTTP requests by route and status", ["route", "status"],
                                 registry=self.registry)
-        self.prompt_tokens = Counter("hymoe_prompt_tokens", "Prompt tokens of finished requests",
+        self.prompt_tokens = Counter("hymoe_prompt_tokens", "Prompt tokens of ended requests, embeddings included",
                                      registry=self.registry)
         self.generation_tokens = Counter("hymoe_generation_tokens", "Tokens generated", registry=self.registry)
         self.ttft = Histogram("hymoe_time_to_first_token_seconds", "From submission to the first sampled token",
