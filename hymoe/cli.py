@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--name", help="model name clients use (default: the model's directory or file name)")
     sv.add_argument("--request-timeout", type=float, default=30.0, metavar="SECONDS",
                     help="a request's headers and body must arrive within this time, else 408 (default: 30)")
+    sv.add_argument("--quiet", action="store_true", help="no access log line per request on stderr")
     _add_quality_parsers(sub)
     add_bench_parsers(sub, _add_model_args)
     return parser
@@ -218,7 +219,7 @@ def cmd_serve(args) -> None:
     path = Path(args.model or ensure_default_model())
     name = args.name or ("hymoe-demo" if not args.model else path.stem if path.is_file() else path.name)
     server = Server(llm, name, api_key=args.api_key, max_batch=args.max_batch, max_queue=args.max_queue,
-                    max_request_bytes=args.max_request_bytes)
+                    max_request_bytes=args.max_request_bytes, quiet=args.quiet)
     print(f"hymoe: serving {name} on http://{args.host}:{args.port} (OpenAI /v1, Ollama /api, chat page /)",
           file=sys.stderr)
     try:

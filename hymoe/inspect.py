@@ -49,18 +49,6 @@ def _unit(name: str, group: str) -> str:
     return f"layers.{m[1]}.self_attn" if group in ("attention", "norms") else f"layers.{m[1]}.mlp"
 
 
-def _stored(files) -> list[tuple[str, str, int, int]]:
-    """(name, format, numel, bytes) of every stored tensor."""
-    if files.gguf is not None:
-        return [(t.name, t.format, t.numel, t.data.numel()) for t in files.gguf.tensors.values()]
-    out = []
-    for name in files.source.keys():
-        dtype, shape = files.source.describe(name)
-        numel = int(torch.Size(shape).numel())
-        out.append((name, str(dtype).removeprefix("torch."), numel, numel * dtype.itemsize))
-    return out
-
-
 def _dense_bytes(name: str, fmt: str, numel: int, nbytes: int, target, compute: torch.dtype,
                  dense_format: str | None) -> int:
     """What a non-expert tensor holds on its device: linears and the embedding keep a block format
@@ -84,7 +72,7 @@ def _tally(files, plan, compute: torch.dtype, dense_format: str | None) -> tuple
     groups: dict[str, dict] = defaultdict(lambda: {"tensors": 0, "params": 0, "bytes": 0, "formats": defaultdict(int)})
     devices = {"gpu": 0, "cpu": 0}
     dense_on_devices = 0
-    for name, fmt, numel, nbytes in _stored(files):
+    for name, fmt, numel, nbytes in files.stored_tensors():
         group = _group(name)
         target = plan.targets[_unit(name, group)]
         if group == "routed experts":

@@ -20,6 +20,8 @@ VALID = {  # route -> a valid body that decodes a few tokens
     "/api/chat": {"model": "hymoe-demo", "messages": [{"role": "user", "content": "Amen"}], "stream": False,
                   "options": {"num_predict": 3}},
     "/api/generate": {"model": "hymoe-demo", "prompt": "And God said", "stream": False, "options": {"num_predict": 3}},
+    "/v1/embeddings": {"model": "hymoe-demo", "input": ["Amen", "And God said"], "encoding_format": "float"},
+    "/api/embed": {"model": "hymoe-demo", "input": "Amen", "truncate": True},
 }
 ODD = [None, True, -1, 0, 2**63, -2**64, 1e308, -0.5, "", "x" * 5000, "\ud800", [], [1, "a"], {}, {"a": {"b": []}},
        [[[[[]]]]], "NaN"]
@@ -31,7 +33,7 @@ def server():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "hymoe.cli", "serve", "--port", str(port), "--max-context", "256",
-                             "--max-batch", "4", "--request-timeout", "2"],
+                             "--max-batch", "4", "--request-timeout", "2", "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):

@@ -72,7 +72,7 @@ def _one(client: httpx.Client, r: random.Random) -> str:
 
 
 def _serve(llm, users: int) -> tuple[uvicorn.Server, Server, str]:
-    server = Server(llm, MODEL, max_batch=users, max_queue=4 * users)
+    server = Server(llm, MODEL, max_batch=users, max_queue=4 * users, quiet=True)  # no access log amid the report
     uv, _, port = timeouts.start_on_loopback(build_app(server))
     return uv, server, f"http://127.0.0.1:{port}"
 

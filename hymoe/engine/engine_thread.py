@@ -56,8 +56,14 @@ class EngineThread:
 
     @property
     def load(self) -> dict:
-        return {"active": len(self.scheduler.running), "waiting": len(self.scheduler.waiting) + len(self.inbox),
-                "slots": self.max_batch}
+        """Read from other threads without the lock: counts of a moment, for health and metrics.
+        kv_blocks_used: held by running sequences; kv_blocks_cached: kept only for prefix reuse."""
+        blocks, running = self.scheduler.blocks, list(self.scheduler.running)
+        cached = len(blocks.idle)
+        return {"active": len(running), "waiting": len(self.scheduler.waiting) + len(self.inbox),
+                "slots": self.max_batch, "kv_blocks_total": blocks.num_blocks,
+                "kv_blocks_used": blocks.num_blocks - len(blocks.free) - cached, "kv_blocks_cached": cached,
+                "kv_block_size": blocks.block_size, "kv_positions_used": sum(s.cached for s in running)}
 
     def _loop(self) -> None:
         while True:

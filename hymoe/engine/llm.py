@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -16,6 +17,8 @@ from hymoe.engine.sampler import SamplingParams
 from hymoe.engine.scheduler import PREFILL_CHUNK, Timings
 from hymoe.engine.sequence import Sequence
 from hymoe.errors import HymoeError
+from hymoe.engine.model_card import model_card
+from hymoe.hub import resolve
 from hymoe.loader.open import ModelFiles, open_model
 from hymoe.models.assemble import load_weights
 from hymoe.models import build_model
@@ -42,8 +45,11 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
 class LLM:
     def __init__(self, path: str | Path | ModelFiles, options: PlacementOptions | None = None,
                  max_context: int | None = None, progress: bool = True):
+        t0 = time.perf_counter()
         o = self.options = options or PlacementOptions()
+        path = path if isinstance(path, ModelFiles) else resolve(path)
         files = path if isinstance(path, ModelFiles) else open_model(path)
+        self.card = model_card(None if isinstance(path, ModelFiles) else path, files)
         self.config: ModelConfig = files.config
         self.placement = resolve_placement(o.placement, self.config, o.device)
         self.dtype = parse_dtype(o.dtype) or default_dtype(files, self.placement)
@@ -76,6 +82,7 @@ class LLM:
         # from --gpu-prefill-threshold tokens, so chunks are at least that long
         self.prefill_chunk = max(PREFILL_CHUNK, o.gpu_prefill_threshold)
         self._lock = threading.Lock()  # one forward pass at a time, from any thread (Runner.forward)
+        self.load_seconds = time.perf_counter() - t0
 
     @property
     def eos_ids(self) -> tuple[int, ...]:
@@ -102,9 +109,10 @@ class LLM:
         if bad:
             raise HymoeError(f"token id {bad[0]} is outside the vocabulary of {self.config.vocab_size}")
 
-    def runner(self, num_slots: int, max_len: int, num_blocks: int | None = None) -> Runner:
+    def runner(self, num_slots: int, max_len: int, num_blocks: int | None = None, is_graphed: bool = True) -> Runner:
         """num_slots rows of up to max_len positions; KV blocks for all of them unless num_blocks."""
-        return Runner(self.model, num_slots, max_len, self.dtype, self.device, is_graphed=self.options.cuda_graphs,
+        return Runner(self.model, num_slots, max_len, self.dtype, self.device,
+                      is_graphed=is_graphed and self.options.cuda_graphs,
                       step_scope=self._step_scope, kv_dtype=self.kv_dtype, lock=self._lock,
                       block_size=self.options.kv_block_size, num_blocks=num_blocks)
 
@@ -125,6 +133,20 @@ class LLM:
         """One prefill, in chunks: float32 CPU logits [T, V] for every position."""
         self.check_prompt(list(token_ids))
         return self.runner(1, len(token_ids)).all_logits([0], [list(token_ids)], self.prefill_chunk)[0]
+
+    def embed(self, token_ids: list[int]) -> torch.Tensor:
+        """float32 CPU [H]: the mean over positions of the final hidden states (after the last norm),
+        L2-normalized. Its own one-row runner, `prefill_chunk` tokens per pass, each pass under the
+        model's lock: a running scheduler only waits between its steps, and its KV pool is untouched."""
+        ids = list(token_ids)
+        self.check_prompt(ids)
+        runner = self.runner(1, len(ids), is_graphed=False)  # nothing to decode: no CUDA graphs to capture
+        total = torch.zeros(self.config.hidden_size, dtype=torch.float64)
+        for c in range(0, len(ids), self.prefill_chunk):
+            hidden = runner.forward([0], [ids[c:c + self.prefill_chunk]], [c], is_hidden=True)[0]  # [T, H]
+            total += hidden.double().sum(0)
+        mean = total / len(ids)
+        return (mean / mean.norm().clamp_min(1e-12)).float()
 
     def generate_batch(self, prompts: list[list[int]], params: SamplingParams,
                        on_token=None) -> tuple[list[Sequence], Timings]:

@@ -42,17 +42,19 @@ class Runner:
             self.graphs = DecodeGraphs(model, self.cache, max_len, self.device)
 
     def forward(self, rows: list[int], tokens: list[list[int]], starts: list[int],
-                is_all_logits: bool = False) -> torch.Tensor:
+                is_all_logits: bool = False, is_hidden: bool = False) -> torch.Tensor:
         """Write tokens[b] to row rows[b] from position starts[b] (at most the row's length: what
         follows is replaced).
 
-        Returns float32 CPU logits: [B, V] at each row's last token, or [B, T, V] with is_all_logits.
+        Returns float32 CPU logits: [B, V] at each row's last token, or [B, T, V] with is_all_logits;
+        with is_hidden, the final hidden states (after the last norm) instead: [B, T, H].
         """
         with self.lock:
-            return self._pass(rows, tokens, starts, is_all_logits)
+            return self._pass(rows, tokens, starts, is_all_logits or is_hidden, is_hidden)
 
     @torch.inference_mode()
-    def _pass(self, rows: list[int], tokens: list[list[int]], starts: list[int], is_all_logits: bool) -> torch.Tensor:
+    def _pass(self, rows: list[int], tokens: list[list[int]], starts: list[int], is_all_logits: bool,
+              is_hidden: bool = False) -> torch.Tensor:
         lens = [len(t) for t in tokens]
         assert all(s + n <= self.max_len for s, n in zip(starts, lens)), "caller checks the context"
         for row, start, n in zip(rows, starts, lens):
@@ -71,7 +73,7 @@ class Runner:
             hidden = self.model(ids.to(dev), step, self.cache)  # [B, T, H]
             if not is_all_logits:
                 hidden = hidden[torch.arange(len(rows)), torch.tensor(lens) - 1]  # [B, H]: each row's last
-            logits = self.model.head(hidden).cpu()
+            logits = hidden.float().cpu() if is_hidden else self.model.head(hidden).cpu()
         self._commit(rows, tokens, starts)
         return logits
 

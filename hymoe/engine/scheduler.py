@@ -81,7 +81,8 @@ class Scheduler:
         """Forget cancelled sequences; give waiting ones free rows, first come first served."""
         self.waiting = deque(s for s in self.waiting if not s.cancelled)
         while self.waiting and self.free and self._take_slot(self.waiting[0]):
-            self.running.append(self.waiting.popleft())
+            self.running.append(seq := self.waiting.popleft())
+            seq.t_admit = time.perf_counter()
 
     def _prefill_chunks(self) -> list[tuple[Sequence, list[int]]]:
         """Prompt tokens to read in this step: up to prefill_chunk in all, first come first served."""

@@ -40,6 +40,7 @@ class Sequence:
         self.cancelled = False
         self.sent = 0  # characters of text already streamed
         self.t_submit, self.t_first, self.t_done = time.perf_counter(), None, None
+        self.t_admit: float | None = None  # when it took a row: prompt evaluation begins
 
     @property
     def history(self) -> list[int]:

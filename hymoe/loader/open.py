@@ -35,6 +35,17 @@ class ModelFiles:
     generation_defaults: dict = field(default_factory=dict)
     gguf: object = None  # the GGUFModelFile, for GGUF models
 
+    def stored_tensors(self) -> list[tuple[str, str, int, int]]:
+        """(name, format, numel, bytes) of every stored tensor."""
+        if self.gguf is not None:
+            return [(t.name, t.format, t.numel, t.data.numel()) for t in self.gguf.tensors.values()]
+        out = []
+        for name in self.source.keys():
+            dtype, shape = self.source.describe(name)
+            numel = int(torch.Size(shape).numel())
+            out.append((name, str(dtype).removeprefix("torch."), numel, numel * dtype.itemsize))
+        return out
+
 
 def _hf_dtype(model_dir: Path) -> torch.dtype:
     d = json.loads((model_dir / "config.json").read_text())

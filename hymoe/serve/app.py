@@ -20,7 +20,8 @@ from hymoe.engine.engine_thread import EngineThread, QueueFull
 from hymoe.engine.sampler import SamplingParams
 from hymoe.engine.sequence import Sequence
 from hymoe.errors import HymoeError
-from hymoe.serve import ollama, openai_routes, structured
+from hymoe.serve import embeddings, metrics, ollama, ollama_models, openai_routes, structured
+from hymoe.serve.access import RequestLog, count_sequence
 from hymoe.serve.protocol import MAX_REQUEST_BYTES, ApiError, error_body
 
 PAGE = Path(__file__).with_name("page.html")
@@ -28,11 +29,13 @@ PAGE = Path(__file__).with_name("page.html")
 
 class Server:
     def __init__(self, llm, model_name: str, api_key: str | None = None, max_batch: int = 8,
-                 max_queue: int = 64, default_max_tokens: int = 256, max_request_bytes: int = MAX_REQUEST_BYTES):
-        self.llm, self.model_name, self.api_key = llm, model_name, api_key
+                 max_queue: int = 64, default_max_tokens: int = 256, max_request_bytes: int = MAX_REQUEST_BYTES,
+                 quiet: bool = False):
+        self.llm, self.model_name, self.api_key, self.quiet = llm, model_name, api_key, quiet
         self.max_request_bytes = max_request_bytes
         self.default_max_tokens = default_max_tokens
         self.scheduler = EngineThread(llm, max_batch=max_batch, max_queue=max_queue)
+        self.metrics = metrics.Metrics(self.scheduler)
         self.created = int(time.time())
 
     # ---- shared by both APIs
@@ -107,6 +110,7 @@ class Server:
         finally:
             if req.finish_reason is None:
                 self.scheduler.cancel(req)
+            count_sequence(http, req)
 
     async def collect(self, req: Sequence, queue: asyncio.Queue, http: HttpRequest) -> tuple[str, dict | None]:
         """The whole answer of a non-streamed request: (text, done event data or None if the client left)."""
@@ -149,6 +153,8 @@ def build_app(server: Server) -> FastAPI:
 
     if server.api_key:
         app.add_middleware(RequireKey, key=server.api_key)
+    # outermost: refused keys are counted and logged too
+    app.add_middleware(RequestLog, metrics=server.metrics, quiet=server.quiet)
 
     @app.exception_handler(ApiError)
     async def api_error(request, e: ApiError):
@@ -173,4 +179,7 @@ def build_app(server: Server) -> FastAPI:
 
     app.include_router(openai_routes.router)
     app.include_router(ollama.router)
+    app.include_router(ollama_models.router)
+    app.include_router(embeddings.router)
+    app.include_router(metrics.router)
     return app

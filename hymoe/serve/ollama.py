@@ -1,4 +1,4 @@
-"""Ollama API: /api/tags, /api/version, /api/chat, /api/generate (NDJSON streaming), as Open WebUI calls them."""
+"""Ollama API: /api/version, /api/chat, /api/generate (NDJSON streaming), as Open WebUI calls them."""
 from __future__ import annotations
 
 import asyncio
@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request as HttpRequest
 from fastapi.responses import StreamingResponse
 
 from hymoe.serve import structured
+from hymoe.serve.access import usage
 from hymoe.serve.protocol import OllamaBody, OllamaChat, OllamaGenerate, parse_body
 
 router = APIRouter()
@@ -26,15 +27,20 @@ async def version():
     return {"version": v("hymoe")}
 
 
-@router.get("/api/tags")
-async def tags(http: HttpRequest):
-    s = http.app.state.server
-    cfg = s.llm.config
-    return {"models": [{"name": f"{s.model_name}:latest", "model": f"{s.model_name}:latest",
-                        "modified_at": datetime.fromtimestamp(s.created, timezone.utc).isoformat(),
-                        "size": sum(p.numel() * p.element_size() for p in s.llm.model.parameters()),
-                        "digest": "", "details": {"format": "hymoe", "family": cfg.model_type,
-                                                  "parameter_size": "", "quantization_level": ""}}]}
+def durations(req, t0: float) -> dict:
+    """Ollama's counts and nanosecond timings. The model stays loaded, so load_duration is the time
+    before the prompt's evaluation began: reading the request and waiting for a KV row."""
+    now = time.perf_counter()
+    admit = req.t_admit or now
+    first = req.t_first or now
+    done = req.t_done or now
+    return {"total_duration": _ns(now - t0), "load_duration": _ns(admit - t0), "prompt_eval_count": len(req.prompt),
+            "prompt_eval_duration": _ns(first - admit), "eval_count": len(req.token_ids),
+            "eval_duration": _ns(done - first)}
+
+
+def _ns(seconds: float) -> int:
+    return max(0, int(seconds * 1e9))
 
 
 async def _run(s, http, ids, body: OllamaBody, key: str, plan: structured.ToolPlan | None = None):
@@ -44,7 +50,6 @@ async def _run(s, http, ids, body: OllamaBody, key: str, plan: structured.ToolPl
     params.grammar = await asyncio.to_thread(structured.ollama_grammar, s.llm, body.format)  # off the loop
     plan = plan or structured.ToolPlan(None)
     req, queue = s.start(ids, params)
-    t0 = time.perf_counter_ns()
 
     def piece(text: str, calls: list[dict] | None = None) -> dict:
         body_ = {"role": "assistant", "content": text} if key == "message" else text
@@ -54,8 +59,7 @@ async def _run(s, http, ids, body: OllamaBody, key: str, plan: structured.ToolPl
 
     def final(done: dict) -> dict:
         out = piece("")
-        out.update(done=True, done_reason=done["finish_reason"], total_duration=time.perf_counter_ns() - t0,
-                   prompt_eval_count=done["usage"]["prompt_tokens"], eval_count=done["usage"]["completion_tokens"])
+        out.update(done=True, done_reason=done["finish_reason"], **durations(req, usage(http)["t0"]))
         return out
 
     if body.stream:
@@ -94,7 +98,8 @@ async def generate(http: HttpRequest):
     s, body = http.app.state.server, await parse_body(http, OllamaGenerate)
     s.check_model(body.model)
     if not body.prompt:  # Ollama clients send an empty prompt to load a model
-        return {"model": body.model, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
+        return {"model": body.model, "created_at": _now(), "response": "", "done": True, "done_reason": "load",
+                "load_duration": int(s.llm.load_seconds * 1e9)}
     if body.raw:
         ids = await asyncio.to_thread(s.llm.tokenizer.encode, body.prompt)
     else:
