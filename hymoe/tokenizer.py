@@ -22,10 +22,12 @@ class Tokenizer:
 
         logging.getLogger("transformers").setLevel(logging.ERROR)
         try:
-            return Tokenizer(AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True))
+            hf = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+            # what every prompt does: a bad setting (model_max_length a string) fails here, not at the first prompt
+            hf.decode(hf.encode("Hello, world."))
+            return Tokenizer(hf)
         except Exception as e:  # noqa: BLE001 - the tokenizers library raises bare Exceptions on a bad file
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise HymoeError(f"{model_dir}: cannot load the tokenizer ({first})") from None
+            raise HymoeError(f"{model_dir}: cannot load the tokenizer ({one_line(e)})") from None
 
     def encode(self, text: str) -> list[int]:
         return self.hf.encode(text)
@@ -40,13 +42,23 @@ class Tokenizer:
     def apply_chat_template(self, messages: list[dict]) -> list[int]:
         if not self.has_chat_template:
             raise HymoeError("this model's tokenizer has no chat template")
-        out = self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        try:
+            out = self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        except Exception as e:  # noqa: BLE001 - the template is the model's code: jinja errors, raise_exception()
+            raise HymoeError(f"this model's chat template failed ({one_line(e)})") from None
         return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
 
     @property
     def eos_ids(self) -> tuple[int, ...]:
         eos = self.hf.eos_token_id
         return () if eos is None else (eos,)
+
+
+def one_line(e: Exception) -> str:
+    """An exception from a library, as the short first line of a message."""
+    lines = str(e).strip().splitlines()
+    text = f"{type(e).__name__}: {lines[0] if lines else ''}"
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def generation_defaults(model_dir: Path) -> dict:
