@@ -191,3 +191,22 @@ def test_a_broken_chat_template_fails_in_one_line_when_used(tokenizer_dir, templ
     with pytest.raises(HymoeError, match="this model's chat template failed") as err:
         llm.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
     assert "\n" not in str(err.value)
+
+
+def test_the_server_answers_a_broken_chat_template_with_400(tokenizer_dir):
+    import httpx
+
+    from hymoe.serve import timeouts
+    from hymoe.serve.app import Server, build_app
+
+    (tokenizer_dir / "chat_template.jinja").write_text("{{ raise_exception('roles must alternate') }}")
+    server = Server(hymoe.load(tokenizer_dir, progress=False), "broken-template")
+    uv, thread, port = timeouts.start_on_loopback(build_app(server))
+    try:
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60,
+                       json={"model": "broken-template", "messages": [{"role": "user", "content": "hi"}]})
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+        server.scheduler.close()
+    assert r.status_code == 400 and "chat template failed" in r.json()["error"]["message"], r.text
