@@ -61,6 +61,26 @@ def one_line(e: Exception) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def _is_id(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# generation_config.json fields the CLI and engine read -> (check, what each must be): a string temperature
+# reached a comparison in the CLI as a traceback
+_GENERATION_FIELDS = {
+    "do_sample": (lambda v: isinstance(v, bool), "true or false"),
+    "temperature": (lambda v: v is None or _is_number(v) and 0 <= v < float("inf"), "a number >= 0"),
+    "top_p": (lambda v: v is None or _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "top_k": (lambda v: v is None or _is_id(v), "an integer >= 0"),
+    "eos_token_id": (lambda v: v is None or _is_id(v) or isinstance(v, list) and all(map(_is_id, v)),
+                     "a token id or a list of them"),
+}
+
+
 def generation_defaults(model_dir: Path) -> dict:
     path = Path(model_dir) / "generation_config.json"
     if not path.is_file():
@@ -71,8 +91,7 @@ def generation_defaults(model_dir: Path) -> dict:
         raise HymoeError(f"{path}: not valid JSON") from None
     if not isinstance(d, dict):
         raise HymoeError(f"{path}: not a JSON object")
-    eos = d.get("eos_token_id")
-    if eos is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
-                                   for i in (eos if isinstance(eos, list) else [eos])):
-        raise HymoeError(f"{path}: eos_token_id must be a token id or a list of them, got {eos!r}")
+    for key, (ok, what) in _GENERATION_FIELDS.items():
+        if key in d and not ok(d[key]):
+            raise HymoeError(f"{path}: {key} must be {what}, got {json.dumps(d[key])[:40]}")
     return d

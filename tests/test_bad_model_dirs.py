@@ -116,6 +116,13 @@ CASES = {
                                        "eos_token_id .* outside the vocabulary"),
     "config bos past the vocabulary": (_json("config.json", lambda d: {**d, "bos_token_id": d["vocab_size"]}),
                                        "bos_token_id .* outside the vocabulary"),
+    "generation temperature a string": (_json("generation_config.json", lambda d: {**d, "temperature": "hot"}),
+                                        'generation_config.json: temperature must be a number >= 0, got "hot"'),
+    "generation top_p 2": (_json("generation_config.json", lambda d: {**d, "top_p": 2}), "top_p must be a number in"),
+    "generation top_k a string": (_json("generation_config.json", lambda d: {**d, "top_k": "x"}),
+                                  "top_k must be an integer >= 0"),
+    "generation do_sample a string": (_json("generation_config.json", lambda d: {**d, "do_sample": "yes"}),
+                                      "do_sample must be true or false"),
     "generation eos past the vocabulary": (_json("generation_config.json", lambda d: {**d, "eos_token_id": [10 ** 6]}),
                                            "generation_config.json.*end-of-sequence token 1000000"),
 }
