@@ -136,7 +136,8 @@ def _sampling(args, llm):
         raise HymoeError("--max-new-tokens must be at least 1")
     d = llm.generation_defaults
     is_sampled = d.get("do_sample", False)
-    temperature = args.temperature if args.temperature is not None else (d.get("temperature", 1.0) if is_sampled else 0.0)
+    default = 1.0 if d.get("temperature") is None else d["temperature"]  # a null temperature means the default
+    temperature = args.temperature if args.temperature is not None else (default if is_sampled else 0.0)
     if temperature < 0:
         raise HymoeError("--temperature must be >= 0")
     return SamplingParams(

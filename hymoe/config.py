@@ -178,6 +178,11 @@ def _validate(c: ModelConfig) -> None:
          f"{c.topk_groups} groups of {c.num_experts // c.num_groups} experts hold fewer than the "
          f"{c.num_experts_per_tok} chosen per token")
     need(all(isinstance(i, int) and i >= 0 for i in c.eos_token_ids), f"eos_token_id {c.eos_token_ids!r}")
+    # an id past the vocabulary never ends a sequence, or indexes past the embedding
+    need(all(i < c.vocab_size for i in c.eos_token_ids),
+         f"eos_token_id {list(c.eos_token_ids)} lies outside the vocabulary of {c.vocab_size} tokens")
+    need(c.bos_token_id is None or c.bos_token_id < c.vocab_size,
+         f"bos_token_id {c.bos_token_id} lies outside the vocabulary of {c.vocab_size} tokens")
 
 
 def _num_experts(d: dict, *names: str) -> int:
@@ -186,6 +191,14 @@ def _num_experts(d: dict, *names: str) -> int:
         if d.get(name) is not None:
             return int(d[name])
     raise KeyError(names[0])
+
+
+def _every(d: dict, name: str) -> int:
+    """A layer period (moe_layer_freq, decoder_sparse_step): 0 would divide by zero below, unnamed."""
+    v = d.get(name, 1)
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise HymoeError(f"config: {name} must be a positive integer, not {str(v)[:40]}")
+    return v
 
 
 def _common(d: dict, family: str) -> dict:
@@ -212,7 +225,7 @@ def _common(d: dict, family: str) -> dict:
 def _deepseek(d: dict) -> ModelConfig:
     n = d["num_hidden_layers"]
     is_v3 = d["model_type"] == "deepseek_v3"
-    first_dense, freq = d.get("first_k_dense_replace", 0), d.get("moe_layer_freq", 1)
+    first_dense, freq = d.get("first_k_dense_replace", 0), _every(d, "moe_layer_freq")
     num_experts = _num_experts(d, "n_routed_experts")
     cfg = ModelConfig(
         **_common(d, "deepseek"),
@@ -242,7 +255,7 @@ def _deepseek(d: dict) -> ModelConfig:
 
 def _qwen_moe(d: dict) -> ModelConfig:
     n = d["num_hidden_layers"]
-    step, only_mlp = d.get("decoder_sparse_step", 1), set(d.get("mlp_only_layers") or [])
+    step, only_mlp = _every(d, "decoder_sparse_step"), set(d.get("mlp_only_layers") or [])
     num_experts = _num_experts(d, "num_experts")
     is_qwen2 = d["model_type"] == "qwen2_moe"
     window = d.get("sliding_window") if d.get("use_sliding_window") else None

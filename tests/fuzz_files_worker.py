@@ -2,6 +2,7 @@
 `python tests/fuzz_files_worker.py gguf|safetensors SOURCE WORKDIR SEED N`. Before each case it
 prints `case I`, then `ok` (it loaded and decoded a token) or `refused: <one line>` (a HymoeError);
 anything else (a traceback, a signal, a hang) is the failure the parent reports."""
+import functools
 import json
 import random
 import shutil
@@ -13,6 +14,7 @@ import hymoe
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fuzz_cases import run_cases  # noqa: E402
+from gguf_edit import Typed, edit_raw  # noqa: E402
 
 INTERESTING = [0, 1, 2, 7, 255, 2**16, 2**31 - 1, 2**31, 2**32 - 1, 2**63 - 1, 2**64 - 1]
 
@@ -38,7 +40,41 @@ def mutate_bytes(r: random.Random, data: bytearray, region: int) -> str:
     return f"{kind}@{at}"
 
 
+# values of every GGUF type for a metadata key, including what gguf-py's writer refuses (an empty array)
+GGUF_VALUES = [Typed(4, 0), Typed(4, 2**32 - 1), Typed(5, -1), Typed(6, float("nan")), Typed(12, 1e300),
+               Typed(7, True), Typed(8, ""), Typed(8, "x\ny"), Typed(9, [], 4), Typed(9, [2, 3], 4),
+               Typed(9, ["a"], 8), Typed(10, 2**63)]
+
+
+def gguf_field_case(r: random.Random, source: Path, out: Path) -> None:
+    """One metadata value retyped, or one tensor retyped or renamed: a well-formed file that lies."""
+    def tensor(name, ne, t, data):
+        if name == target and r.random() < 0.5:
+            return [(name, ne, r.choice([24, 26, 28, 15, 1, 0]), data)]  # I8, I32, F64, Q8_K, F16, F32
+        if name == target:
+            return [(r.choice(["", "a\nb", name + "x", "token_embd.weight"]), ne, t, data)]
+
+    keys = list(_gguf_keys(source))
+    if r.random() < 0.6:
+        target, values = None, {r.choice(keys): r.choice(GGUF_VALUES)}
+    else:
+        from hymoe.loader.gguf_file import GGUFFile
+
+        target, values = r.choice(list(GGUFFile(source).tensors)), {}
+    edit_raw(source, out, values=values, tensors=tensor, alignment=r.choice([None, None, None, 1, 8, 64]))
+
+
+@functools.cache
+def _gguf_keys(source: Path) -> list[str]:
+    from hymoe.loader.gguf_file import GGUFFile
+
+    return [k for k in GGUFFile(source).metadata if not k.startswith("tokenizer.ggml.")]
+
+
 def gguf_case(r: random.Random, source: Path, work: Path) -> Path:
+    if r.random() < 0.25:
+        gguf_field_case(r, source, work / "case.gguf")
+        return work / "case.gguf"
     data = bytearray(source.read_bytes())
     for _ in range(r.choice([1, 1, 2, 4])):
         mutate_bytes(r, data, 64 << 10)
@@ -57,7 +93,7 @@ def safetensors_case(r: random.Random, source: Path, work: Path) -> Path:
     d = work / "case"
     shutil.rmtree(d, ignore_errors=True)
     shutil.copytree(source, d)
-    target = r.choice(["weights", "weights", "config", "tokenizer", "generation"])
+    target = r.choice(["weights", "weights", "config", "tokenizer", "generation", "template"])
     if target == "weights":
         path = d / "model.safetensors"
         data = bytearray(path.read_bytes())
@@ -65,8 +101,10 @@ def safetensors_case(r: random.Random, source: Path, work: Path) -> Path:
         if r.random() < 0.5:  # edit the header as JSON
             header = json.loads(data[8:8 + n])
             name = r.choice([k for k in header if k != "__metadata__"])
-            field = r.choice(["dtype", "shape", "data_offsets", None])
-            if field is None:
+            field = r.choice(["dtype", "dtype", "shape", "data_offsets", None])
+            if field == "dtype" and r.random() < 0.5:  # another dtype of the same width or not
+                header[name][field] = r.choice(["I32", "I16", "I8", "U8", "BOOL", "I64", "F64", "F16"])
+            elif field is None:
                 header[name] = _json_mutation(r, header[name])
             else:
                 header[name][field] = _json_mutation(r, header[name][field])
@@ -75,6 +113,9 @@ def safetensors_case(r: random.Random, source: Path, work: Path) -> Path:
         else:
             mutate_bytes(r, data, 8 + n)
         path.write_bytes(bytes(data))
+    elif target == "template":  # the template is the model's code: it may fail when run
+        (d / "chat_template.jinja").write_text(r.choice(["{% for %}", "{{ raise_exception('no') }}", "{{ x.y() }}",
+                                                         "{{ messages[0]['content'] }}", "{{ 1 / 0 }}"]))
     else:
         name = {"config": "config.json", "tokenizer": "tokenizer_config.json",
                 "generation": "generation_config.json"}[target]
@@ -94,6 +135,8 @@ def main():
     def case():
         llm = hymoe.load(make(r, source, work), progress=False, max_context=64)
         llm.generate([1, 2, 3], max_new_tokens=2)
+        if llm.tokenizer is not None and llm.tokenizer.has_chat_template:
+            llm.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
 
     run_cases(count, case)
 

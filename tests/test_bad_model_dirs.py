@@ -80,6 +80,13 @@ def _write(name, text):
     return apply
 
 
+def _json(name, edit):
+    def apply(d):
+        path = d / name
+        path.write_text(json.dumps(edit(json.loads(path.read_text()) if path.is_file() else {})))
+    return apply
+
+
 CASES = {
     "header a list": (_edit_header(lambda h: [h]), "not an object"),
     "header a string": (_edit_header(lambda h: "weights"), "not an object"),
@@ -97,6 +104,36 @@ CASES = {
     "tokenizer.json {}": (_write("tokenizer.json", "{}"), "cannot load the tokenizer"),
     "generation eos a string": (_write("generation_config.json", '{"eos_token_id": "2"}'), "eos_token_id"),
     "generation config a list": (_write("generation_config.json", "[1, 2]"), "not a JSON object"),
+    # found by h24-files' seeded mutation of directories
+    "integer weights": (_entry(lambda e: e.update(dtype="I32")), "holds int32 values, not floating point"),
+    "model_type a list": (_json("config.json", lambda d: {**d, "model_type": []}), r"unsupported architecture \[\]"),
+    "expert count infinite": (_json("config.json", lambda d: {**d, "num_experts": float("inf")}),
+                              "cannot convert float infinity"),
+    "2^40 layers": (_json("config.json", lambda d: {**d, "num_hidden_layers": 2 ** 40}), "num_layers must be"),
+    "decoder_sparse_step 0": (_json("config.json", lambda d: {**d, "decoder_sparse_step": 0}),
+                              "decoder_sparse_step must be a positive integer"),
+    "config eos past the vocabulary": (_json("config.json", lambda d: {**d, "eos_token_id": d["vocab_size"]}),
+                                       "eos_token_id .* outside the vocabulary"),
+    "config bos past the vocabulary": (_json("config.json", lambda d: {**d, "bos_token_id": d["vocab_size"]}),
+                                       "bos_token_id .* outside the vocabulary"),
+    "generation temperature a string": (_json("generation_config.json", lambda d: {**d, "temperature": "hot"}),
+                                        'generation_config.json: temperature must be a number >= 0, got "hot"'),
+    "generation top_p 2": (_json("generation_config.json", lambda d: {**d, "top_p": 2}), "top_p must be a number in"),
+    "generation top_k a string": (_json("generation_config.json", lambda d: {**d, "top_k": "x"}),
+                                  "top_k must be an integer >= 0"),
+    "generation do_sample a string": (_json("generation_config.json", lambda d: {**d, "do_sample": "yes"}),
+                                      "do_sample must be true or false"),
+    "generation eos past the vocabulary": (_json("generation_config.json", lambda d: {**d, "eos_token_id": [10 ** 6]}),
+                                           "generation_config.json.*end-of-sequence token 1000000"),
+}
+
+
+# cases that need a tokenizer: the trained tiny Mixtral of tests/gguf_models.py has one, with a chat template
+TOKENIZER_CASES = {
+    "model_max_length a string": (_json("tokenizer_config.json", lambda d: {**d, "model_max_length": "64"}),
+                                  "cannot load the tokenizer"),
+    "tokenizer eos past the vocabulary": (_json("tokenizer_config.json", lambda d: {**d, "eos_token": "<|new end|>"}),
+                                          "the tokenizer names end-of-sequence token"),
 }
 
 
@@ -112,6 +149,22 @@ def test_a_broken_directory_is_one_line(model_dir, case):
     with pytest.raises(HymoeError, match=message) as err:
         llm = hymoe.load(model_dir, progress=False)
         llm.generate([1, 2, 3], max_new_tokens=2)  # a load that should have failed fails here at the latest
+    assert "\n" not in str(err.value)
+
+
+@pytest.fixture
+def tokenizer_dir(gguf_model, tmp_path):
+    d = tmp_path / "t"
+    shutil.copytree(gguf_model("mixtral", "Q4_K")[0], d)
+    return d
+
+
+@pytest.mark.parametrize("case", list(TOKENIZER_CASES))
+def test_a_broken_tokenizer_setting_is_one_line_at_load(tokenizer_dir, case):
+    corrupt, message = TOKENIZER_CASES[case]
+    corrupt(tokenizer_dir)
+    with pytest.raises(HymoeError, match=message) as err:
+        hymoe.load(tokenizer_dir, progress=False)  # at load, not at the first prompt
     assert "\n" not in str(err.value)
 
 
@@ -136,3 +189,31 @@ def test_a_valid_sharded_directory_still_loads(model_dir):
     weight_map = {k: ("a" if i < half else "b") + ".safetensors" for i, k in enumerate(names)}
     (model_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     assert hymoe.load(model_dir, progress=False).generate([1, 2, 3], max_new_tokens=2)
+
+
+@pytest.mark.parametrize("template", ["{% for %}", "{{ raise_exception('roles must alternate') }}", "{{ x.y.z() }}"])
+def test_a_broken_chat_template_fails_in_one_line_when_used(tokenizer_dir, template):
+    (tokenizer_dir / "chat_template.jinja").write_text(template)
+    llm = hymoe.load(tokenizer_dir, progress=False)  # the template is the model's code: it fails when run
+    with pytest.raises(HymoeError, match="this model's chat template failed") as err:
+        llm.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
+    assert "\n" not in str(err.value)
+
+
+def test_the_server_answers_a_broken_chat_template_with_400(tokenizer_dir):
+    import httpx
+
+    from hymoe.serve import timeouts
+    from hymoe.serve.app import Server, build_app
+
+    (tokenizer_dir / "chat_template.jinja").write_text("{{ raise_exception('roles must alternate') }}")
+    server = Server(hymoe.load(tokenizer_dir, progress=False), "broken-template")
+    uv, thread, port = timeouts.start_on_loopback(build_app(server))
+    try:
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60,
+                       json={"model": "broken-template", "messages": [{"role": "user", "content": "hi"}]})
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+        server.scheduler.close()
+    assert r.status_code == 400 and "chat template failed" in r.json()["error"]["message"], r.text

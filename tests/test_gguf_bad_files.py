@@ -1,6 +1,7 @@
 """Broken GGUF files: one clear HymoeError naming the problem; never a crash, a hang or a huge allocation."""
 from __future__ import annotations
 
+import math
 import random
 import struct
 
@@ -8,6 +9,8 @@ import pytest
 
 import hymoe
 from hymoe.errors import HymoeError
+
+from gguf_edit import Typed
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +155,76 @@ def list_last_tensor(data: bytes) -> str:
         return list(GGUFFile(f.name).tensors)[-1]
     finally:
         os.unlink(f.name)
+
+
+def _retyped(target: str, typ: int, itemsize: float):
+    """tensors() for edit_raw: `target` stored as GGML type `typ` (zeros), its shape kept."""
+    def edit(name, ne, t, data):
+        if name == target:
+            return [(name, ne, typ, bytes(int(math.prod(ne) * itemsize)))]
+    return edit
+
+
+def _rows(target: str, rows: int):
+    def edit(name, ne, t, data):
+        if name == target:
+            return [(name, [ne[0], rows], t, data[:len(data) // ne[1] * rows])]
+    return edit
+
+
+def _renamed(old: str, new: str):
+    def edit(name, ne, t, data):
+        if name == old:
+            return [(new, ne, t, data)]
+    return edit
+
+
+def _padded(size: int):
+    """tensors() for edit_raw: `size` bytes before the embedding; under an alignment of 1, of sizes 2 and 3
+    at least one puts the F32 tensors that follow off a 4-byte boundary (main failed to view them)."""
+    def edit(name, ne, t, data):
+        if name == "token_embd.weight":
+            return [("pad", [size], 24, bytes(size)), (name, ne, t, data)]
+    return edit
+
+
+# What h24-files' seeded file mutation found, one case each: (values, tensors, alignment), match
+FOUND_BY_FUZZING = {
+    "alignment 1, 2 bytes before": (({}, _padded(2), 1), "general.alignment 1 is not a power of two of at least 8"),
+    "alignment 1, 3 bytes before": (({}, _padded(3), 1), "general.alignment 1 is not a power of two of at least 8"),
+    "alignment 2": (({}, None, 2), "general.alignment 2 is not a power of two of at least 8"),
+    "alignment 4": (({"general.pad": "xx"}, None, 4), "general.alignment 4 is not a power of two of at least 8"),
+    "split.count a list": (({"split.count": [2]}, None, None), r"split.count \[2\] is not a part count"),
+    "architecture a list": (({"general.architecture": [1, 2]}, None, None), r"unsupported GGUF architecture '\[1, 2\]'"),
+    "empty per-layer array": (({"llama.expert_count": Typed(9, [], 4)}, None, None), "llama.expert_count is an empty array"),
+    "chat template a number": (({"tokenizer.chat_template": 7}, None, None), "tokenizer.chat_template is not a string"),
+    "key with a newline": (({"llama.vocab\nsize": 300}, None, None), r"metadata key 'llama.vocab\\nsize' is not printable"),
+    "tensor name with a newline": (({}, _renamed("output_norm.weight", "output\nnorm.weight"), None),
+                                   r"tensor name 'output\\nnorm.weight' is not printable"),
+    "experts stored as I32": (({}, _retyped("blk.0.ffn_up_exps.weight", 26, 4), None),
+                              "blk.0.ffn_up_exps.weight is stored as I32, not a weight format"),
+    "norm stored as F64": (({}, _retyped("output_norm.weight", 28, 8), None),
+                           "output_norm.weight is stored as F64, not a weight format"),
+    "weight stored as Q8_K": (({}, _retyped("blk.0.attn_q.weight", 15, 292 / 256), None),
+                              "blk.0.attn_q.weight is stored as Q8_K, not a weight format"),
+    "q rows not in heads": (({}, _rows("blk.0.attn_q.weight", 34), None),
+                            "blk.0.attn_q.weight has 34 rows, which do not split into 4 heads"),
+    "an odd name is harmless": (({"general.name": [7]}, None, None), None),
+    "a key named like a tensor is harmless": (({"blk.0.attn_q.weight": "x"}, None, None), None),
+}
+
+
+@pytest.mark.parametrize("case", list(FOUND_BY_FUZZING))
+def test_what_file_fuzzing_found_is_one_line(good, case):
+    from gguf_edit import edit_raw
+
+    data, d = good
+    (values, tensors, alignment), match = FOUND_BY_FUZZING[case]
+    path = d / "found.gguf"
+    edit_raw(_write(d, data), path, values=values, tensors=tensors, alignment=alignment)
+    if match is None:
+        _load(path).logits([1, 2, 3])
+        return
+    with pytest.raises(HymoeError, match=match) as e:
+        _load(path).logits([1, 2, 3])
+    assert "\n" not in str(e.value)

@@ -73,6 +73,13 @@ class _Cursor:
         except UnicodeDecodeError:
             self.fail(f"{what} is not UTF-8")
 
+    def name(self, what: str) -> str:
+        """A key or tensor name: printable, as the spec's ASCII names are, so that a message naming it is one line."""
+        s = self.string(what)
+        if not s.isprintable():
+            self.fail(f"{what} {s[:80]!r} is not printable")
+        return s
+
     def value(self, t: int, key: str):
         if t in _SCALARS:
             return self.scalar(t, f"value of {key}")
@@ -119,19 +126,20 @@ class GGUFFile:
             cur.fail(f"truncated header: it claims {n_kv} keys and {n_tensors} tensors in {size} bytes")
         self.metadata: dict[str, object] = {}
         for _ in range(n_kv):
-            key = cur.string("metadata key")
+            key = cur.name("metadata key")
             self.metadata[key] = cur.value(cur.scalar(4, f"type of {key}"), key)
         infos = []
         for _ in range(n_tensors):
-            name = cur.string("tensor name")
+            name = cur.name("tensor name")
             n_dims = cur.scalar(4, f"dims of {name}")
             if not 1 <= n_dims <= MAX_DIMS:
                 cur.fail(f"tensor {name} has {n_dims} dimensions")
             ne = [cur.scalar(10, f"shape of {name}") for _ in range(n_dims)]
             infos.append((name, ne, cur.scalar(4, f"type of {name}"), cur.scalar(10, f"offset of {name}")))
         align = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-        if not isinstance(align, int) or align <= 0 or align & (align - 1):
-            cur.fail(f"general.alignment {align!r} is not a power of two")
+        # the spec asks for a multiple of 8: tensors of 4- and 8-byte values are views of the file
+        if isinstance(align, bool) or not isinstance(align, int) or align < 8 or align & (align - 1):
+            cur.fail(f"general.alignment {str(align)[:40]} is not a power of two of at least 8")
         start = -(-cur.pos // align) * align
         self.tensors: dict[str, TensorInfo] = {}
         with warnings.catch_warnings():  # torch warns that the buffer is not writable: it is not, by design
@@ -171,6 +179,8 @@ class GGUFModelFile:
         self.parts = [first]
         m = _SPLIT.match(path.name)
         count = first.metadata.get("split.count", 1)
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 99999:
+            raise HymoeError(f"{path}: GGUF split.count {str(count)[:40]} is not a part count")
         if count == 1 and not m:
             return
         if not m or int(m["i"]) != 1 or int(m["n"]) != count:
@@ -187,7 +197,7 @@ class GGUFModelFile:
             self.parts.append(part)
         expected = first.metadata.get("split.tensors.count")
         if expected is not None and expected != len(self.tensors):
-            raise HymoeError(f"{path}: the parts hold {len(self.tensors)} tensors, the metadata says {expected}")
+            raise HymoeError(f"{path}: the parts hold {len(self.tensors)} tensors, the metadata says {str(expected)[:40]}")
 
     def get(self, key: str, default=None):
         return self.metadata.get(key, default)

@@ -21,15 +21,16 @@ class _Meta:
     def __init__(self, meta: dict, path):
         self.meta, self.path = meta, path
         self.arch = meta.get("general.architecture")
-        if self.arch not in set(GGUF_ARCH.values()):
-            raise HymoeError(f"{path}: unsupported GGUF architecture {self.arch!r} "
+        if not isinstance(self.arch, str) or self.arch not in set(GGUF_ARCH.values()):
+            raise HymoeError(f"{path}: unsupported GGUF architecture {str(self.arch)[:40]!r} "
                              f"(supported: {', '.join(sorted(set(GGUF_ARCH.values())))})")
 
     def get(self, key: str, default=None):
         v = self.meta.get(f"{self.arch}.{key}", default)
         if isinstance(v, list):  # per-layer arrays: hymoe needs one value for every layer
             if len(set(v)) != 1:
-                raise HymoeError(f"{self.path}: {self.arch}.{key} differs between layers ({v[:4]}...)")
+                raise HymoeError(f"{self.path}: {self.arch}.{key} " +
+                                 (f"differs between layers ({v[:4]}...)" if v else "is an empty array"))
             v = v[0]
         return v
 

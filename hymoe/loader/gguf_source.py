@@ -13,7 +13,7 @@ from hymoe.errors import HymoeError
 from hymoe.loader.gguf_file import GGUFModelFile, TensorInfo
 from hymoe.loader.gguf_names import GGUFNames, merge_kv_b, permute_rows
 from hymoe.loader.host_memory import host_bytes
-from hymoe.quant.formats import FLOAT_DTYPES, dequantize, row_bytes
+from hymoe.quant.formats import FLOAT_DTYPES, dequantize, is_decodable, row_bytes
 
 
 def dequantize_tensor(t: TensorInfo) -> torch.Tensor:
@@ -29,7 +29,16 @@ class GGUFSource:
         t = self.file.tensors.get(name)
         if t is None:
             raise HymoeError(f"{self.file.path}: missing tensor {name}")
+        if not is_decodable(t.format):
+            raise HymoeError(f"{self.file.path}: tensor {name} is stored as {t.format}, not a weight format")
         return t
+
+    def _unpermuted(self, name: str, w: torch.Tensor, heads: int) -> torch.Tensor:
+        """q/k rows back in Hugging Face order; rows that do not split into the heads are a corrupt file."""
+        if w.shape[0] % (2 * heads):
+            raise HymoeError(f"{self.file.path}: tensor {name} has {w.shape[0]} rows, which do not split into "
+                             f"{heads} heads")
+        return permute_rows(w, heads, to_gguf=False)
 
     def __contains__(self, hf_name: str) -> bool:
         try:
@@ -50,18 +59,18 @@ class GGUFSource:
         if hf_name.endswith("shared_expert_gate.weight"):
             w = w.reshape(1, -1)  # llama.cpp stores the Qwen2-MoE shared gate as a vector
         heads = self.names.is_permuted(hf_name)
-        return permute_rows(w, heads, to_gguf=False) if heads else w
+        return self._unpermuted(name, w, heads) if heads else w
 
     def raw(self, hf_name: str) -> tuple[str, torch.Tensor] | None:
         """A dense weight in its stored block format, (format, uint8 [rows, row_bytes]) viewing the
         file; None for float formats and for tensors hymoe rebuilds (a merged kv_b, a vector gate)."""
         name = self.names.gguf(hf_name)
-        t = self.file.tensors.get(name)
+        t = self._tensor(name) if name in self.file.tensors else None
         if t is None or t.format in FLOAT_DTYPES or len(t.shape) != 2 or hf_name.endswith("shared_expert_gate.weight"):
             return None
         w = t.data.view(t.shape[0], row_bytes(t.format, t.shape[1]))
         heads = self.names.is_permuted(hf_name)  # whole rows move: the blocks themselves are untouched
-        return t.format, permute_rows(w, heads, to_gguf=False).contiguous() if heads else w
+        return t.format, self._unpermuted(name, w, heads).contiguous() if heads else w
 
     def packed_experts(self, hf_names: list[str]):
         """One layer's stacked (gate, up, down), by HF name, as uint8 [E, rows * row_bytes] + formats.

@@ -87,6 +87,8 @@ def tokenizer_from_gguf(meta: dict, path):
     for k, v in lists.items():
         if not isinstance(v, list) or not all(isinstance(x, kinds[k]) for x in v):
             raise HymoeError(f"{path}: GGUF tokenizer.ggml.{k} is not a list of {k}")
+    if not isinstance(meta.get("tokenizer.chat_template", ""), str):
+        raise HymoeError(f"{path}: GGUF tokenizer.chat_template is not a string")
     try:
         return _build(meta, tokens, kind, path)
     except HymoeError:

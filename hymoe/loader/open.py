@@ -54,6 +54,21 @@ def _hf_dtype(model_dir: Path) -> torch.dtype:
     return torch.float32 if name == "float32" else torch.bfloat16
 
 
+def _check_eos(files: ModelFiles, path: Path) -> ModelFiles:
+    """Every end-of-sequence id, from whichever file names it, must be a token of the model: one past the
+    vocabulary would never end a sequence."""
+    eos = files.generation_defaults.get("eos_token_id")
+    named = {"generation_config.json": eos if isinstance(eos, list) else [] if eos is None else [eos],
+             "the tokenizer": list(files.tokenizer.eos_ids) if files.tokenizer else []}
+    vocab = files.config.vocab_size
+    for where, ids in named.items():
+        bad = [i for i in ids if not (isinstance(i, int) and 0 <= i < vocab)]
+        if bad:
+            raise HymoeError(f"{path}: {where} names end-of-sequence token {str(bad[0])[:40]}, outside the "
+                             f"vocabulary of {vocab} tokens")
+    return files
+
+
 def open_model(path: str | Path) -> ModelFiles:
     """A directory or .gguf path, or a hub repo id in the local Hugging Face cache (hymoe/hub.py)."""
     path = resolve(path)
@@ -61,8 +76,8 @@ def open_model(path: str | Path) -> ModelFiles:
         from hymoe.loader.safetensors_dir import SafetensorsDir
 
         cfg = load_hf_config(path)
-        return ModelFiles(cfg, SafetensorsDir(path), Tokenizer.from_dir(path), _hf_dtype(path),
-                          generation_defaults(path))
+        return _check_eos(ModelFiles(cfg, SafetensorsDir(path), Tokenizer.from_dir(path), _hf_dtype(path),
+                                     generation_defaults(path)), path)
     if path.suffix != ".gguf":
         raise HymoeError(f"{path}: expected a Hugging Face model directory or a .gguf file")
     from hymoe.loader.gguf_file import GGUFModelFile
@@ -75,4 +90,4 @@ def open_model(path: str | Path) -> ModelFiles:
     hf_tok = tokenizer_from_gguf(g.metadata, path)
     embed = g.tensors.get("token_embd.weight")
     dtype = torch.float32 if embed is not None and embed.format == "F32" else torch.bfloat16
-    return ModelFiles(cfg, GGUFSource(g, cfg), Tokenizer(hf_tok) if hf_tok else None, dtype, gguf=g)
+    return _check_eos(ModelFiles(cfg, GGUFSource(g, cfg), Tokenizer(hf_tok) if hf_tok else None, dtype, gguf=g), path)

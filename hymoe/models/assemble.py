@@ -24,11 +24,13 @@ FLOAT32_PARAMS = (".mlp.gate.weight", ".e_score_correction_bias")  # routing sta
 
 
 def checked(source: TensorSource, name: str, shape: torch.Size) -> torch.Tensor:
-    """source[name], or a clear error when its shape is not the one the config implies."""
+    """source[name], or a clear error when its shape is not the one the config implies or it is not floats."""
     t = source.get(name)
+    label = source.label(name) if hasattr(source, "label") else name
     if tuple(t.shape) != tuple(shape):
-        label = source.label(name) if hasattr(source, "label") else name
         raise HymoeError(f"tensor {label} has shape {list(t.shape)}, the model's config says {list(shape)}")
+    if not t.dtype.is_floating_point:  # copied into a float parameter, integers or bools load as garbage, silently
+        raise HymoeError(f"tensor {label} holds {str(t.dtype).removeprefix('torch.')} values, not floating point")
     return t
 
 

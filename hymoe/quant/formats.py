@@ -1,6 +1,8 @@
 """GGUF block formats by name: block size and bytes per block, as gguf-py defines them."""
 from __future__ import annotations
 
+import functools
+
 import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
@@ -28,6 +30,22 @@ def dequantize(raw: torch.Tensor, name: str, shape: tuple[int, ...]) -> torch.Te
 
     values = gguf_dequantize(raw.contiguous().numpy(), qtype(name))
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(shape)
+
+
+@functools.cache
+def is_decodable(name: str) -> bool:
+    """Whether dequantize() reads this format: gguf-py decodes no integer tensor (I32) and not every block
+    format (F64, Q8_K), so a weight stored so is refused at load rather than failing mid-decode."""
+    if name in FLOAT_DTYPES:
+        return True
+    import numpy as np
+    from gguf.quants import dequantize as gguf_dequantize
+
+    try:
+        gguf_dequantize(np.zeros(GGML_QUANT_SIZES[qtype(name)][1], dtype=np.uint8), qtype(name))
+    except NotImplementedError:
+        return False
+    return True
 
 
 def row_bytes(name: str, n: int) -> int:
