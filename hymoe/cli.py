@@ -28,6 +28,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-memory", metavar="SIZE|FRACTION", help="KV pool of a server or chat: a size (8GiB) or a "
                    "fraction of free memory (0.5) (default: --max-batch sequences of the whole context)")
     p.add_argument("--kv-block-size", type=int, metavar="N", help="positions per KV block (default: 64)")
+    p.add_argument("--kv-policy", metavar="P", help="what each sequence's KV cache keeps: full; sink-window:S,W "
+                   "(the first S positions and the last W); h2o:B (B positions: the last B/2 and the older ones "
+                   "with the most attention weight) (default: full)")
     p.add_argument("--threads", type=int, help="CPU threads for the native experts (default: all cores)")
     p.add_argument("--gpu-experts", default="0", metavar="N|SIZE",
                    help="with --placement hybrid: also keep N experts per layer on the GPU, or as many as a "

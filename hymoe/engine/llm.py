@@ -94,11 +94,13 @@ class LLM:
         if bad:
             raise HymoeError(f"token id {bad[0]} is outside the vocabulary of {self.config.vocab_size}")
 
-    def runner(self, num_slots: int, max_len: int, num_blocks: int | None = None) -> Runner:
-        """num_slots rows of up to max_len positions; KV blocks for all of them unless num_blocks."""
+    def runner(self, num_slots: int, max_len: int, num_blocks: int | None = None, kv_policy=None) -> Runner:
+        """num_slots rows of up to max_len positions; KV blocks for all of them unless num_blocks;
+        each row keeping what kv_policy says (default: the load's --kv-policy)."""
         return Runner(self.model, num_slots, max_len, self.dtype, self.device, is_graphed=self.options.cuda_graphs,
                       step_scope=self._step_scope, kv_dtype=self.kv_dtype, lock=self._lock,
-                      block_size=self.options.kv_block_size, num_blocks=num_blocks)
+                      block_size=self.options.kv_block_size, num_blocks=num_blocks,
+                      kv_policy=kv_policy or self.options.kv_policy)
 
     def pool_runner(self, num_slots: int) -> Runner:
         """The runner of a long-lived scheduler (server, chat): rows of the whole context, over a

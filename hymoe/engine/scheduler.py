@@ -128,7 +128,7 @@ class Scheduler:
         run); a prompt larger than the whole pool fails instead."""
         slot = self.free[0]
         seq.cached = seq.reused = self.blocks.share(slot, seq.prompt)
-        if not self.blocks.reserve(slot, len(seq.prompt)):
+        if not self.runner.reserve(slot, seq.cached, len(seq.prompt) - seq.cached, first=self.prefill_chunk):
             self.blocks.release(slot)
             if self.running:
                 return False
@@ -142,7 +142,7 @@ class Scheduler:
         """The batch, less the sequences the pool has no block left for (they end, "length")."""
         kept = []
         for seq, tokens in batch:
-            if self.blocks.reserve(seq.slot, seq.cached + len(tokens)):
+            if self.runner.reserve(seq.slot, seq.cached, len(tokens)):
                 kept.append((seq, tokens))
             else:
                 seq.out_of_memory()

@@ -51,3 +51,22 @@ def _attend_heads(q, keys, values, mask, scale: float, block: int) -> torch.Tens
         acc = acc * fade + torch.matmul(weights.to(v.dtype), v).float()
         top = new_top
     return (acc / total.clamp_min(1e-30)).to(q.dtype).view(b, g, h, t, dv)  # a row with no key: zeros
+
+
+def attention_mass(q: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, scale: float,
+                   is_query: torch.Tensor) -> torch.Tensor:
+    """The softmax weight each key gets, summed over heads and real queries (H2O's score).
+
+    q [B, G, H, T, D], keys [B, G, S, D], mask [B, 1, T, S], is_query [B, T] bool -> [B, S] float32.
+    Queries go a few at a time, so the scores held stay under SCORE_BUDGET.
+    """
+    b, g, h, t, _ = q.shape
+    s = keys.shape[2]
+    out = torch.zeros(b, s, device=q.device)
+    step = max(1, SCORE_BUDGET // (b * g * h * max(s, 1)))
+    for t0 in range(0, t, step):
+        scores = torch.matmul(q[:, :, :, t0:t0 + step], keys[:, :, None].transpose(-1, -2)).float() * scale
+        scores = scores.masked_fill(~mask[:, :, None, t0:t0 + step], float("-inf"))  # [B, G, H, t, S]
+        probs = scores.softmax(-1).nan_to_num(0.0) * is_query[:, None, None, t0:t0 + step, None]
+        out += probs.sum((1, 2, 3))
+    return out

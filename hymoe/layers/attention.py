@@ -7,6 +7,7 @@ from torch import nn
 
 from hymoe.config import ModelConfig
 from hymoe.kv.cache import KVCache, Step
+from hymoe.layers.attend import attention_mass
 from hymoe.layers.linear import project
 from hymoe.layers.norm import RMSNorm
 from hymoe.layers.rope import Rope
@@ -40,7 +41,7 @@ class GQAttention(nn.Module):
                 cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         b, t, _ = x.shape
         q, k, v = project(x, self.q_proj, self.k_proj, self.v_proj)
-        if self.kernel is not None:
+        if self.kernel is not None and step.kept is None:  # the kernel takes slot s to hold position s
             return self.o_proj(self.kernel(q, k, v, step, cache, cos_sin))
         q = q.view(b, t, self.num_heads, self.head_dim)  # [B, T, N, D]
         k = k.view(b, t, self.num_kv_heads, self.head_dim)  # [B, T, G, D]
@@ -51,6 +52,9 @@ class GQAttention(nn.Module):
         keys = KVCache.write_read(cache["k"], k, step).transpose(1, 2).to(q.dtype)  # [B, G, S, D]
         values = KVCache.write_read(cache["v"], v, step).transpose(1, 2).to(q.dtype)
         mask = step.window_mask if self.is_sliding else step.mask  # [B, 1, T, S]
+        if step.mass is not None:  # a retention policy ranks positions by the weight they get
+            grouped = q.transpose(1, 2).reshape(b, self.num_kv_heads, -1, t, self.head_dim)  # [B, G, N/G, T, D]
+            step.mass += attention_mass(grouped, keys, mask, self.head_dim ** -0.5, step.is_query).to(step.mass.device)
         if t <= 16:  # decode: a few matmuls; SDPA's CPU kernel costs ~1 ms per call for one query
             out = self._attend_small(q, keys, values, mask)
         else:  # prefill: SDPA (torch's flash kernel on the CPU: 2.5-3.7x faster here than attend_blocked
