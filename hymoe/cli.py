@@ -72,6 +72,20 @@ def _add_quality_parsers(sub) -> None:
     ep.add_argument("--stride", type=int, help="tokens scored per window after the first (default: context/2)")
     ep.add_argument("--max-tokens", type=int, help="score only the first N tokens of the text")
     ep.add_argument("--json", action="store_true", help='print {"ppl", "tokens"} on the last line')
+    ek = evsub.add_parser("kv", help="a KV retention policy against the full cache: perplexity, top-1 agreement, "
+                          "KV bytes", description="Each window of the text is read in chunks of --chunk tokens "
+                          "per forward pass, once with the full cache and once under --policy, which acts between "
+                          "chunks (later tokens see only what it kept); both are scored on the same tokens.")
+    _add_model_args(ek)
+    ek.add_argument("--policy", required=True, help="sink-window:S,W or h2o:B (see generate --kv-policy)")
+    ek.add_argument("--text", required=True, help="UTF-8 text file")
+    ek.add_argument("--context", type=int, help="window length in tokens (default: as eval ppl)")
+    ek.add_argument("--stride", type=int, help="tokens scored per window after the first (default: context/2)")
+    ek.add_argument("--chunk", type=int, default=32, help="tokens per forward pass; the policy acts after each "
+                    "(default: 32)")
+    ek.add_argument("--max-tokens", type=int, help="score only the first N tokens of the text")
+    ek.add_argument("--json", action="store_true", help='print {"policy", "context", "ppl_full", "ppl_policy", '
+                    '"top1_agreement", "kv_bytes_full", "kv_bytes_policy", ...} on the last line')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,10 +303,24 @@ def cmd_eval(args) -> None:
     if args.context > llm.config.max_position_embeddings:
         raise HymoeError(f"--context {args.context} exceeds the model's {llm.config.max_position_embeddings} positions")
     ids = llm.tokenizer.encode(text)[: args.max_tokens]
+    if args.eval == "kv":
+        return _eval_kv(llm, ids, args)
     ppl, n = perplexity(llm_scorer(llm), ids, args.context, args.stride, progress=sys.stderr.isatty())
     print(f"perplexity {ppl:.4f} over {n} tokens (context {args.context})", file=sys.stderr)
     if args.json:
         print(json.dumps({"ppl": round(ppl, 6), "tokens": n, "context": args.context}))
+
+
+def _eval_kv(llm, ids: list[int], args) -> None:
+    from hymoe.eval.kv import eval_kv
+
+    r = eval_kv(llm, ids, args.policy, args.context, args.stride, args.chunk, progress=sys.stderr.isatty())
+    print(f"{r['policy']} over {r['tokens']} tokens (context {r['context']}, chunks of {r['chunk']}): perplexity "
+          f"{r['ppl_full']:.4f} full, {r['ppl_policy']:.4f} under the policy; top-1 agreement "
+          f"{r['top1_agreement']:.1%}; KV {r['kv_bytes_full']} bytes full, {r['kv_bytes_policy']} under the policy",
+          file=sys.stderr)
+    if args.json:
+        print(json.dumps(r))
 
 
 def cmd_list(args) -> None:

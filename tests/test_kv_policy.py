@@ -2,6 +2,7 @@
 (GQA and MLA) run through the runner under each policy, against plain softmax attention over
 exactly the positions the policy should keep, computed here; blocks going back to the pool; a
 policy row beside a full row; the prefix cache; bad policy strings."""
+import json
 import types
 
 import pytest
@@ -205,3 +206,23 @@ def test_bad_policies_are_refused_in_one_line(bad, capsys):
     assert main(["generate", "--prompt", "x", "--kv-policy", bad]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("hymoe: error: --kv-policy") and "\n" not in err
+
+
+def test_eval_kv_scores_both_caches_on_the_same_windows(capsys, tmp_path, monkeypatch):
+    """A policy that keeps all is full (same perplexity, all top-1s agree, same bytes); one that
+    keeps 16 of 64 positions holds fewer bytes."""
+    from hymoe.default_model import ensure_default_model
+
+    text = (ensure_default_model() / "heldout.txt").read_text()[:600]
+    (tmp_path / "t.txt").write_text(text)
+    out = {}
+    for policy in ("h2o:64", "sink-window:4,12"):
+        assert main(["eval", "kv", "--policy", policy, "--text", str(tmp_path / "t.txt"), "--context", "64",
+                     "--chunk", "16", "--kv-block-size", "8", "--dtype", "float32", "--json"]) == 0
+        out[policy] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    same, small = out["h2o:64"], out["sink-window:4,12"]
+    assert set(same) >= {"policy", "context", "ppl_full", "ppl_policy", "top1_agreement", "kv_bytes_full",
+                         "kv_bytes_policy"}
+    assert abs(same["ppl_policy"] - same["ppl_full"]) <= 1e-3 * same["ppl_full"] and same["top1_agreement"] == 1.0
+    assert same["kv_bytes_policy"] == same["kv_bytes_full"] == small["kv_bytes_full"]
+    assert small["kv_bytes_policy"] <= small["kv_bytes_full"] * 5 // 8 and small["ppl_full"] == same["ppl_full"]
