@@ -226,3 +226,14 @@ def test_eval_kv_scores_both_caches_on_the_same_windows(capsys, tmp_path, monkey
     assert abs(same["ppl_policy"] - same["ppl_full"]) <= 1e-3 * same["ppl_full"] and same["top1_agreement"] == 1.0
     assert same["kv_bytes_policy"] == same["kv_bytes_full"] == small["kv_bytes_full"]
     assert small["kv_bytes_policy"] <= small["kv_bytes_full"] * 5 // 8 and small["ppl_full"] == same["ppl_full"]
+
+
+def test_bench_context_reports_the_blocks_a_policy_row_held(tiny_model, capsys):
+    """A 200-token prompt read in one pass holds 4 blocks of 64 at its most; sink-window:8,24 then
+    keeps 32 positions, one block, through decoding."""
+    d = tiny_model("deepseek_v3")[0]
+    assert main(["bench", "context", str(d), "--tokens", "200", "--gen-tokens", "3", "--dtype", "float32",
+                 "--kv-policy", "sink-window:8,24", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])[0]
+    block = row["kv_bytes_per_token"] * 64
+    assert row["kv_policy"] == "sink-window:8,24" and row["kv_bytes"] == 4 * block and row["kv_bytes_kept"] == block
