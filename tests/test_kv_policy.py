@@ -140,6 +140,40 @@ def test_a_policy_row_beside_a_full_row_matches_attention_over_the_kept_position
     assert len(runner.blocks.table(0)) == -(-len(held.pos) // BS) < len(runner.blocks.table(1)) == 10
 
 
+def _reference_quest(attn, rope, x, blocks: int) -> torch.Tensor:
+    """Quest over x [L, H] (GQA): query p attends its own block of BS positions (up to p) and the
+    blocks - 1 earlier ones with the highest bound sum_heads sum_d max(q_d * max_k k_d, q_d * min_k k_d)."""
+    q, k, v = _qkv_gqa(attn, rope, x)  # [N, L, D]
+    outs = []
+    for p in range(len(x)):
+        own = p // BS
+        bound = [torch.maximum(q[:, p] * k[:, j * BS:(j + 1) * BS].amax(1),
+                               q[:, p] * k[:, j * BS:(j + 1) * BS].amin(1)).sum().item() for j in range(own)]
+        best = sorted(range(own), key=lambda j: -bound[j])[:blocks - 1] + [own]
+        seen = torch.tensor([i for j in sorted(best) for i in range(j * BS, min((j + 1) * BS, p + 1))])
+        probs = ((q[:, p:p + 1] @ k[:, seen].transpose(1, 2)) * attn.head_dim ** -0.5).softmax(-1)
+        outs.append((probs @ v[:, seen])[:, 0].reshape(-1))
+    return attn.o_proj(torch.stack(outs))
+
+
+def test_topk_blocks_matches_quest_over_the_chosen_blocks(tiny_model):
+    """topk-blocks:3 beside a full row: each query reads 3 of up to 10 blocks; nothing is evicted."""
+    model_dir, _ = tiny_model("qwen3_moe")
+    llm = hymoe.load(model_dir, dtype="float32", progress=False, experts="torch")
+    attn = llm.model.layers[0].self_attn
+    one = OneLayer(attn, llm.model.rope, llm.config, 256)
+    runner = Runner(one, 2, 64, torch.float32, block_size=BS, kv_policy="topk-blocks:3")
+    runner.retention.set_policy(1, Policy())
+    ids = torch.randint(0, 256, (2, sum(CHUNKS)), generator=torch.Generator().manual_seed(6)).tolist()
+    got = _run(runner, ids)
+    with torch.no_grad():
+        want = [_reference_quest(attn, one.rope, one.inputs[ids[0]], 3),
+                _reference(attn, one.rope, one.inputs[ids[1]], Policy(), False)]
+    for b in range(2):
+        assert (got[b] - want[b]).abs().max().item() <= 1e-4 * max(1.0, want[b].abs().max().item()), b
+    assert len(runner.blocks.table(0)) == 10 and runner.retention.held(0).pos == list(range(40))
+
+
 def test_blocks_go_back_to_the_pool(tiny_model):
     """sink-window:2,5 over 40 positions in blocks of 4: the row ends holding 3 blocks at most,
     the others are free again, and no block is registered for prefix sharing."""
@@ -168,7 +202,7 @@ def test_a_policy_that_keeps_everything_equals_full(demo, tiny_model):
     for llm in (demo, sliding):
         ids = torch.randint(0, 256, (30,), generator=torch.Generator().manual_seed(2)).tolist()
         want = llm.runner(1, 64).all_logits([0], [ids], 7)[0]
-        for policy in ("sink-window:0,100", "h2o:100"):
+        for policy in ("sink-window:0,100", "h2o:100", "topk-blocks:100"):
             got = llm.runner(1, 64, kv_policy=policy).all_logits([0], [ids], 7)[0]
             assert (got - want).abs().max().item() <= 1e-4
 
@@ -199,7 +233,7 @@ def test_the_prefix_cache_stays_correct_beside_policy_rows(demo):
     assert later.token_ids == demo.generate(prompt + [17], max_new_tokens=12, is_eos_ignored=True)
 
 
-@pytest.mark.parametrize("bad", ["sink-window:0,-1", "h2o:abc", "h2o:1", "sink-window:4", "lru:8", ""])
+@pytest.mark.parametrize("bad", ["sink-window:0,-1", "h2o:abc", "h2o:1", "sink-window:4", "topk-blocks:0", "lru:8", ""])
 def test_bad_policies_are_refused_in_one_line(bad, capsys):
     with pytest.raises(HymoeError, match="--kv-policy"):
         parse_policy(bad)

@@ -8,6 +8,8 @@ row's blocks. One block table serves every layer, so a decision holds for all la
 - sink-window:S,W: StreamingLLM: the first S positions (the attention sinks) and the last W.
 - h2o:B: H2O: B positions, the last B//2 (the recent window) and the B - B//2 older ones with the
   most attention weight, summed over every layer, head and query since they were written.
+- topk-blocks:K: Quest: nothing is evicted; each query, in each layer, attends only the K blocks
+  whose keys could score highest by their per-channel bounds, its own block always among them.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import torch
 
 from hymoe.errors import HymoeError
 
-USAGE = "use full, sink-window:S,W (S >= 0 first positions, W >= 1 last ones) or h2o:B (B >= 2 positions)"
+USAGE = ("use full, sink-window:S,W (S >= 0 first positions, W >= 1 last ones), h2o:B (B >= 2 positions) or "
+         "topk-blocks:K (K >= 1 blocks per query)")
 
 
 class Policy:
@@ -24,6 +27,7 @@ class Policy:
     name = "full"
     is_full = True
     needs_mass = False  # whether the passes must sum each key's attention weight for it
+    select_blocks = 0  # blocks each query attends (0: all of them)
 
     def keep(self, positions: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
         """positions [L] int64 (increasing), mass [L] float64 -> [L] bool, True = keep."""
@@ -64,8 +68,16 @@ class HeavyHitters(Policy):
         return kept
 
 
+class TopKBlocks(Policy):
+    is_full = False
+
+    def __init__(self, blocks: int):
+        self.select_blocks = blocks
+        self.name = f"topk-blocks:{blocks}"
+
+
 def parse_policy(text: str | Policy | None) -> Policy:
-    """'full' | 'sink-window:S,W' | 'h2o:B' -> a Policy; anything else: one line saying what is accepted."""
+    """'full' | 'sink-window:S,W' | 'h2o:B' | 'topk-blocks:K' -> a Policy; anything else: one line saying what is accepted."""
     if isinstance(text, Policy):
         return text
     if text is None or text == "full":
@@ -79,4 +91,6 @@ def parse_policy(text: str | Policy | None) -> Policy:
         return SinkWindow(*values)
     if name == "h2o" and values and len(values) == 1 and values[0] >= 2:
         return HeavyHitters(values[0])
+    if name == "topk-blocks" and values and len(values) == 1 and values[0] >= 1:
+        return TopKBlocks(values[0])
     raise HymoeError(f"--kv-policy {text!r}: {USAGE}")

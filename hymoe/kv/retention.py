@@ -70,8 +70,10 @@ class Retention:
                 kept[b, :a] = torch.tensor(self.rows[row].pos, dtype=torch.long)
                 kept[b, a:a + n] = positions[b, :n]
         is_mass = any(self.policy(r).needs_mass for r in rows)
+        select = torch.tensor([self.policy(r).select_blocks for r in rows])  # [B]
         return Step.build_kept(positions.to(device), kept.to(device), table.to(device), slots.to(device),
-                               (positions < max_len).to(device), window, is_mass)
+                               (positions < max_len).to(device), window, is_mass,
+                               select.to(device) if select.any() else None, self.pool.block_size)
 
     def after(self, rows: list[int], at: list[int], lens: list[int], positions: torch.Tensor,
               mass: torch.Tensor | None) -> None:
