@@ -30,7 +30,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-block-size", type=int, metavar="N", help="positions per KV block (default: 64)")
     p.add_argument("--kv-policy", metavar="P", help="what each sequence's KV cache keeps: full; sink-window:S,W "
                    "(the first S positions and the last W); h2o:B (B positions: the last B/2 and the older ones "
-                   "with the most attention weight) (default: full)")
+                   "with the most attention weight); topk-blocks:K (all; each query reads K blocks) (default: full)")
     p.add_argument("--threads", type=int, help="CPU threads for the native experts (default: all cores)")
     p.add_argument("--gpu-experts", default="0", metavar="N|SIZE",
                    help="with --placement hybrid: also keep N experts per layer on the GPU, or as many as a "
@@ -77,7 +77,7 @@ def _add_quality_parsers(sub) -> None:
                           "per forward pass, once with the full cache and once under --policy, which acts between "
                           "chunks (later tokens see only what it kept); both are scored on the same tokens.")
     _add_model_args(ek)
-    ek.add_argument("--policy", required=True, help="sink-window:S,W or h2o:B (see generate --kv-policy)")
+    ek.add_argument("--policy", required=True, help="sink-window:S,W, h2o:B or topk-blocks:K (see generate --help)")
     ek.add_argument("--text", required=True, help="UTF-8 text file")
     ek.add_argument("--context", type=int, help="window length in tokens (default: as eval ppl)")
     ek.add_argument("--stride", type=int, help="tokens scored per window after the first (default: context/2)")

@@ -63,8 +63,9 @@ def _context_parser(bsub) -> None:
     bc.add_argument("model", nargs="?", help="HF model directory or .gguf file (default: the bundled demo model)")
     bc.add_argument("--tokens", default="1024,4096", help="comma list of prompt lengths (default: 1024,4096)")
     bc.add_argument("--gen-tokens", type=int, default=16, help="tokens decoded after each prompt (default: 16)")
-    bc.add_argument("--kv-policy", default="full", metavar="P", help="what the cache keeps: full, sink-window:S,W "
-                    "or h2o:B (see generate --help); kv_bytes are then the blocks the row held (default: full)")
+    bc.add_argument("--kv-policy", default="full", metavar="P", help="what the cache keeps: full, sink-window:S,W, "
+                    "h2o:B or topk-blocks:K (see generate --help); kv_bytes are then the blocks the row held "
+                    "(default: full)")
     bc.add_argument("--placement", default="cpu", help="cpu, gpu or hybrid (default: cpu)")
     bc.add_argument("--threads", type=int, help="CPU threads for the native experts (default: all cores)")
     bc.add_argument("--dtype", help="compute dtype (default: the checkpoint's)")

@@ -77,7 +77,8 @@ class TopKBlocks(Policy):
 
 
 def parse_policy(text: str | Policy | None) -> Policy:
-    """'full' | 'sink-window:S,W' | 'h2o:B' | 'topk-blocks:K' -> a Policy; anything else: one line saying what is accepted."""
+    """'full' | 'sink-window:S,W' | 'h2o:B' | 'topk-blocks:K' -> a Policy; anything else: one line
+    saying what is accepted."""
     if isinstance(text, Policy):
         return text
     if text is None or text == "full":
