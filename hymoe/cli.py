@@ -28,6 +28,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-memory", metavar="SIZE|FRACTION", help="KV pool of a server or chat: a size (8GiB) or a "
                    "fraction of free memory (0.5) (default: --max-batch sequences of the whole context)")
     p.add_argument("--kv-block-size", type=int, metavar="N", help="positions per KV block (default: 64)")
+    p.add_argument("--kv-policy", metavar="P", help="what each sequence's KV cache keeps: full; sink-window:S,W "
+                   "(the first S positions and the last W); h2o:B (B positions: the last B/2 and the older ones "
+                   "with the most attention weight); topk-blocks:K (all; each query reads K blocks) (default: full)")
     p.add_argument("--threads", type=int, help="CPU threads for the native experts (default: all cores)")
     p.add_argument("--gpu-experts", default="0", metavar="N|SIZE",
                    help="with --placement hybrid: also keep N experts per layer on the GPU, or as many as a "
@@ -69,6 +72,20 @@ def _add_quality_parsers(sub) -> None:
     ep.add_argument("--stride", type=int, help="tokens scored per window after the first (default: context/2)")
     ep.add_argument("--max-tokens", type=int, help="score only the first N tokens of the text")
     ep.add_argument("--json", action="store_true", help='print {"ppl", "tokens"} on the last line')
+    ek = evsub.add_parser("kv", help="a KV retention policy against the full cache: perplexity, top-1 agreement, "
+                          "KV bytes", description="Each window of the text is read in chunks of --chunk tokens "
+                          "per forward pass, once with the full cache and once under --policy, which acts between "
+                          "chunks (later tokens see only what it kept); both are scored on the same tokens.")
+    _add_model_args(ek)
+    ek.add_argument("--policy", required=True, help="sink-window:S,W, h2o:B or topk-blocks:K (see generate --help)")
+    ek.add_argument("--text", required=True, help="UTF-8 text file")
+    ek.add_argument("--context", type=int, help="window length in tokens (default: as eval ppl)")
+    ek.add_argument("--stride", type=int, help="tokens scored per window after the first (default: context/2)")
+    ek.add_argument("--chunk", type=int, default=32, help="tokens per forward pass; the policy acts after each "
+                    "(default: 32)")
+    ek.add_argument("--max-tokens", type=int, help="score only the first N tokens of the text")
+    ek.add_argument("--json", action="store_true", help='print {"policy", "context", "ppl_full", "ppl_policy", '
+                    '"top1_agreement", "kv_bytes_full", "kv_bytes_policy", ...} on the last line')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,10 +305,24 @@ def cmd_eval(args) -> None:
     if args.context > llm.config.max_position_embeddings:
         raise HymoeError(f"--context {args.context} exceeds the model's {llm.config.max_position_embeddings} positions")
     ids = llm.tokenizer.encode(text)[: args.max_tokens]
+    if args.eval == "kv":
+        return _eval_kv(llm, ids, args)
     ppl, n = perplexity(llm_scorer(llm), ids, args.context, args.stride, progress=sys.stderr.isatty())
     print(f"perplexity {ppl:.4f} over {n} tokens (context {args.context})", file=sys.stderr)
     if args.json:
         print(json.dumps({"ppl": round(ppl, 6), "tokens": n, "context": args.context}))
+
+
+def _eval_kv(llm, ids: list[int], args) -> None:
+    from hymoe.eval.kv import eval_kv
+
+    r = eval_kv(llm, ids, args.policy, args.context, args.stride, args.chunk, progress=sys.stderr.isatty())
+    print(f"{r['policy']} over {r['tokens']} tokens (context {r['context']}, chunks of {r['chunk']}): perplexity "
+          f"{r['ppl_full']:.4f} full, {r['ppl_policy']:.4f} under the policy; top-1 agreement "
+          f"{r['top1_agreement']:.1%}; KV {r['kv_bytes_full']} bytes full, {r['kv_bytes_policy']} under the policy",
+          file=sys.stderr)
+    if args.json:
+        print(json.dumps(r))
 
 
 def cmd_list(args) -> None:

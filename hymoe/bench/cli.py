@@ -63,7 +63,9 @@ def _context_parser(bsub) -> None:
     bc.add_argument("model", nargs="?", help="HF model directory or .gguf file (default: the bundled demo model)")
     bc.add_argument("--tokens", default="1024,4096", help="comma list of prompt lengths (default: 1024,4096)")
     bc.add_argument("--gen-tokens", type=int, default=16, help="tokens decoded after each prompt (default: 16)")
-    bc.add_argument("--kv-policy", default="full", choices=["full"], help="what the cache keeps (default: full)")
+    bc.add_argument("--kv-policy", default="full", metavar="P", help="what the cache keeps: full, sink-window:S,W, "
+                    "h2o:B or topk-blocks:K (see generate --help); kv_bytes are then the blocks the row held "
+                    "(default: full)")
     bc.add_argument("--placement", default="cpu", help="cpu, gpu or hybrid (default: cpu)")
     bc.add_argument("--threads", type=int, help="CPU threads for the native experts (default: all cores)")
     bc.add_argument("--dtype", help="compute dtype (default: the checkpoint's)")
@@ -234,7 +236,8 @@ def cmd_bench_context(args) -> None:
     if args.gen_tokens < 2:
         raise HymoeError("--gen-tokens must be at least 2")
     llm = load(_bench_model(args), max_context=max(lengths) + args.gen_tokens + 1, progress=False,
-               placement=args.placement, threads=args.threads, dtype=args.dtype, kv_dtype=args.kv_dtype)
+               placement=args.placement, threads=args.threads, dtype=args.dtype, kv_dtype=args.kv_dtype,
+               kv_policy=args.kv_policy)
     if max(lengths) + args.gen_tokens > llm.max_context:
         raise HymoeError(f"the model's context holds {llm.max_context} positions; --tokens asks for {max(lengths)} "
                          f"+ {args.gen_tokens}")
@@ -242,6 +245,7 @@ def cmd_bench_context(args) -> None:
     for r in rows:
         print(f"{r['tokens']:>7} tokens: prefill {r['prefill_tokens_per_s']:.1f} tok/s, decode "
               f"{r['decode_tokens_per_s']:.2f} tok/s, KV {r['kv_bytes'] / 2**20:.1f} MiB "
+              f"({r['kv_bytes_kept'] / 2**20:.1f} MiB kept between passes) "
               f"({r['kv_bytes_per_token']} B/token), peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB", file=sys.stderr)
     if args.json:
         print(json.dumps(rows))

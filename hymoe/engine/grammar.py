@@ -68,12 +68,16 @@ class Masker:
     def __init__(self):
         self.bitmask: torch.Tensor | None = None
 
-    def apply(self, logits: torch.Tensor, rows: list[int], matchers: list) -> None:
-        """logits [B, V] float32 CPU, in place: rows[i] keeps only the tokens matchers[i] allows."""
+    def apply(self, logits: torch.Tensor, batch: list[tuple]) -> None:
+        """logits [B, V] float32 CPU, in place, for a pass over batch [(sequence, its tokens)]: each
+        sequence under a grammar that samples after this pass (it has read its whole prompt) keeps
+        only the tokens its matcher allows; no loop over the vocabulary."""
         import xgrammar as xgr
 
+        rows = [i for i, (s, t) in enumerate(batch) if s.matcher is not None and s.cached + len(t) >= len(s.prompt)]
         if not rows:
             return
+        matchers = [batch[i][0].matcher for i in rows]
         vocab = logits.shape[-1]
         if self.bitmask is None or self.bitmask.shape[0] < logits.shape[0] or \
                 self.bitmask.shape[1] != (vocab + 31) // 32:

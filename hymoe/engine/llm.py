@@ -109,12 +109,15 @@ class LLM:
         if bad:
             raise HymoeError(f"token id {bad[0]} is outside the vocabulary of {self.config.vocab_size}")
 
-    def runner(self, num_slots: int, max_len: int, num_blocks: int | None = None, is_graphed: bool = True) -> Runner:
-        """num_slots rows of up to max_len positions; KV blocks for all of them unless num_blocks."""
+    def runner(self, num_slots: int, max_len: int, num_blocks: int | None = None, is_graphed: bool = True,
+               kv_policy=None) -> Runner:
+        """num_slots rows of up to max_len positions; KV blocks for all of them unless num_blocks;
+        each row keeping what kv_policy says (default: the load's --kv-policy)."""
         return Runner(self.model, num_slots, max_len, self.dtype, self.device,
                       is_graphed=is_graphed and self.options.cuda_graphs,
                       step_scope=self._step_scope, kv_dtype=self.kv_dtype, lock=self._lock,
-                      block_size=self.options.kv_block_size, num_blocks=num_blocks)
+                      block_size=self.options.kv_block_size, num_blocks=num_blocks,
+                      kv_policy=kv_policy or self.options.kv_policy)
 
     def pool_runner(self, num_slots: int) -> Runner:
         """The runner of a long-lived scheduler (server, chat): rows of the whole context, over a
@@ -140,7 +143,8 @@ class LLM:
         model's lock: a running scheduler only waits between its steps, and its KV pool is untouched."""
         ids = list(token_ids)
         self.check_prompt(ids)
-        runner = self.runner(1, len(ids), is_graphed=False)  # nothing to decode: no CUDA graphs to capture
+        # nothing to decode: no CUDA graphs to capture; every position counts, whatever --kv-policy says
+        runner = self.runner(1, len(ids), is_graphed=False, kv_policy="full")
         total = torch.zeros(self.config.hidden_size, dtype=torch.float64)
         for c in range(0, len(ids), self.prefill_chunk):
             hidden = runner.forward([0], [ids[c:c + self.prefill_chunk]], [c], is_hidden=True)[0]  # [T, H]

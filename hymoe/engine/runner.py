@@ -10,7 +10,10 @@ import threading
 import torch
 
 from hymoe.kv.blocks import BlockPool
+from hymoe.errors import say_once
 from hymoe.kv.cache import KVCache, Step, slots_of
+from hymoe.kv.policy import Policy, parse_policy
+from hymoe.kv.retention import Retention
 from hymoe.models.decoder import Decoder
 
 # positions per KV block: a prompt shares cached blocks whole, and attention reads a block at a time
@@ -24,7 +27,8 @@ class Runner:
     def __init__(self, model: Decoder, num_slots: int, max_len: int, dtype: torch.dtype,
                  device: torch.device | str = "cpu", is_graphed: bool = False, step_scope=None,
                  kv_dtype: torch.dtype | None = None, lock: threading.Lock | None = None,
-                 block_size: int = DEFAULT_BLOCK_SIZE, num_blocks: int | None = None):
+                 block_size: int = DEFAULT_BLOCK_SIZE, num_blocks: int | None = None,
+                 kv_policy: Policy | str | None = None):
         self.model, self.num_slots, self.max_len, self.device = model, num_slots, max_len, torch.device(device)
         # one pass at a time on the model, whichever thread calls: every runner of one model shares
         # its weights, its native engine and its staging buffers
@@ -35,6 +39,8 @@ class Runner:
         self.blocks = BlockPool(num_blocks or num_slots * self.table_width, block_size)
         self.cache = KVCache(model.cache_entries(), self.blocks.num_blocks, block_size, kv_dtype or dtype,
                              model.layer_devices())
+        # what each row keeps between passes (--kv-policy; full: everything, as without a policy)
+        self.retention = Retention(self.blocks, self.cache, parse_policy(kv_policy), num_slots)
         self.graphs = None
         if is_graphed and self.device.type == "cuda":  # decode steps as CUDA graphs, per batch size
             from hymoe.engine.cuda_graphs import DecodeGraphs
@@ -57,6 +63,8 @@ class Runner:
               is_hidden: bool = False) -> torch.Tensor:
         lens = [len(t) for t in tokens]
         assert all(s + n <= self.max_len for s, n in zip(starts, lens)), "caller checks the context"
+        if not self.retention.is_plain(rows):
+            return self._policy_pass(rows, tokens, starts, is_all_logits, is_hidden)
         for row, start, n in zip(rows, starts, lens):
             for src, dst in self.blocks.prepare(row, start, start + n):
                 self.cache.copy_block(src, dst)
@@ -69,17 +77,57 @@ class Runner:
         kv_len = max(s + n for s, n in zip(starts, lens))
         dev = self.device
         step = Step.build(positions.to(dev), kv_len, table.to(dev), slots.to(dev), self.model.cfg.sliding_window)
-        with self.step_scope(max(lens)) if self.step_scope else contextlib.nullcontext():
-            hidden = self.model(ids.to(dev), step, self.cache)  # [B, T, H]
-            if not is_all_logits:
-                hidden = hidden[torch.arange(len(rows)), torch.tensor(lens) - 1]  # [B, H]: each row's last
-            logits = hidden.float().cpu() if is_hidden else self.model.head(hidden).cpu()
+        logits = self._logits(ids, step, lens, is_all_logits, is_hidden)
         self._commit(rows, tokens, starts)
         return logits
 
-    def _inputs(self, rows: list[int], tokens: list[list[int]], starts: list[int]) -> tuple[torch.Tensor, ...]:
+    def _logits(self, ids: torch.Tensor, step: Step, lens: list[int], is_all_logits: bool,
+                is_hidden: bool = False) -> torch.Tensor:
+        with self.step_scope(max(lens)) if self.step_scope else contextlib.nullcontext():
+            hidden = self.model(ids.to(self.device), step, self.cache)  # [B, T, H]
+            if not is_all_logits:
+                hidden = hidden[torch.arange(len(lens)), torch.tensor(lens) - 1]  # [B, H]: each row's last
+            return hidden.float().cpu() if is_hidden else self.model.head(hidden).cpu()
+
+    def _policy_pass(self, rows: list[int], tokens: list[list[int]], starts: list[int],
+                     is_all_logits: bool, is_hidden: bool = False) -> torch.Tensor:
+        """A pass with rows under a retention policy: they write from the slot after what they kept,
+        attend under a mask of what each slot holds, then the policies evict (kv/retention.py)."""
+        self._say_policy_limits()
+        lens = [len(t) for t in tokens]
+        at = [self.retention.slots_at(row, start) for row, start in zip(rows, starts)]  # each row's first slot
+        for row, a, n in zip(rows, at, lens):
+            for src, dst in self.blocks.prepare(row, a, a + n):
+                self.cache.copy_block(src, dst)
+        ids, positions, table, slots = self._inputs(rows, tokens, starts, at)
+        step = self.retention.step(rows, positions, table, slots, at, self.max_len, self.model.cfg.sliding_window,
+                                   self.device)
+        logits = self._logits(ids, step, lens, is_all_logits, is_hidden)
+        self._commit(rows, tokens, at)
+        self.retention.after(rows, at, lens, positions, step.mass)
+        return logits
+
+    def _say_policy_limits(self) -> None:
+        policy = self.retention.default
+        if any(getattr(layer.self_attn, "kernel", None) is not None for layer in self.model.layers):
+            say_once(f"--kv-policy {policy}: attention of batches with a policy row is computed in torch "
+                     "(the native GQA kernel takes slot s to hold position s)")
+        if self.graphs is not None:
+            say_once(f"--kv-policy {policy}: decode steps with a policy row run without CUDA graphs")
+
+    def reserve(self, row: int, start: int, n: int, first: int | None = None) -> bool:
+        """Blocks for n tokens of row from position start (kv/blocks.py: reserve). A policy row
+        needs room only for what it kept and, with `first`, its first pass of at most that many."""
+        if self.retention.policy(row).is_full:
+            return self.blocks.reserve(row, start + n)
+        held = len(self.retention.held(row).pos) if start else 0
+        return self.blocks.reserve(row, held + min(n, first or n))
+
+    def _inputs(self, rows: list[int], tokens: list[list[int]], starts: list[int],
+                at: list[int] | None = None) -> tuple[torch.Tensor, ...]:
         """ids, positions, slots [B, T] and the rows' block tables [B, M] (CPU, int64); padding
-        tokens sit at position max_len (they attend anything) and write to the scratch block."""
+        tokens sit at position max_len (they attend anything) and write to the scratch block. Row b's
+        tokens go to its slots from at[b] (default: their positions)."""
         num_rows, width, bs = len(tokens), max(map(len, tokens)), self.blocks.block_size
         ids = torch.zeros(num_rows, width, dtype=torch.long)
         positions = torch.full((num_rows, width), self.max_len, dtype=torch.long)
@@ -90,7 +138,8 @@ class Runner:
             blocks = self.blocks.table(row)
             table[b, : len(blocks)] = torch.tensor(blocks, dtype=torch.long)
         is_pad = positions >= self.max_len
-        slots = slots_of(positions.masked_fill(is_pad, 0), table, bs).masked_fill(is_pad, self.cache.scratch * bs)
+        index = positions if at is None else positions - torch.tensor(starts)[:, None] + torch.tensor(at)[:, None]
+        slots = slots_of(index.masked_fill(is_pad, 0), table, bs).masked_fill(is_pad, self.cache.scratch * bs)
         return ids, positions, table, slots
 
     def _commit(self, rows: list[int], tokens: list[list[int]], starts: list[int]) -> None:

@@ -81,8 +81,7 @@ class Scheduler:
         """Forget cancelled sequences; give waiting ones free rows, first come first served."""
         self.waiting = deque(s for s in self.waiting if not s.cancelled)
         while self.waiting and self.free and self._take_slot(self.waiting[0]):
-            self.running.append(seq := self.waiting.popleft())
-            seq.t_admit = time.perf_counter()
+            self.running.append(self.waiting.popleft())
 
     def _prefill_chunks(self) -> list[tuple[Sequence, list[int]]]:
         """Prompt tokens to read in this step: up to prefill_chunk in all, first come first served."""
@@ -99,9 +98,7 @@ class Scheduler:
             return
         t0 = time.perf_counter()
         logits = self.runner.forward([s.slot for s, _ in batch], [t for _, t in batch], [s.cached for s, _ in batch])
-        # rows that sample now under a grammar: one batched bitmask op, no loop over the vocabulary
-        rows = [i for i, (s, t) in enumerate(batch) if s.matcher is not None and s.cached + len(t) >= len(s.prompt)]
-        self.masker.apply(logits, rows, [batch[i][0].matcher for i in rows])
+        self.masker.apply(logits, batch)  # the constrained rows that sample now: one batched bitmask op
         for (seq, tokens), row in zip(batch, logits):  # row: [V]
             seq.cached += len(tokens)
             if seq.is_prefilled:
@@ -134,21 +131,21 @@ class Scheduler:
         run); a prompt larger than the whole pool fails instead."""
         slot = self.free[0]
         seq.cached = seq.reused = self.blocks.share(slot, seq.prompt)
-        if not self.blocks.reserve(slot, len(seq.prompt)):
+        if not self.runner.reserve(slot, seq.cached, len(seq.prompt) - seq.cached, first=self.prefill_chunk):
             self.blocks.release(slot)
             if self.running:
                 return False
             seq.cached = seq.reused = 0
             seq.fail(f"the prompt needs {self.blocks.blocks_for(len(seq.prompt))} KV blocks of "
                      f"{self.blocks.block_size} positions; the pool holds {self.blocks.num_blocks}")
-        seq.slot = self.free.pop(0)
+        seq.slot, seq.t_admit = self.free.pop(0), time.perf_counter()
         return True
 
     def _extend(self, batch: list[tuple[Sequence, list[int]]]) -> list[tuple[Sequence, list[int]]]:
         """The batch, less the sequences the pool has no block left for (they end, "length")."""
         kept = []
         for seq, tokens in batch:
-            if self.blocks.reserve(seq.slot, seq.cached + len(tokens)):
+            if self.runner.reserve(seq.slot, seq.cached, len(tokens)):
                 kept.append((seq, tokens))
             else:
                 seq.out_of_memory()

@@ -5,6 +5,8 @@ tokens), as vLLM and SGLang do, so two prompts that begin alike find the same bl
 request with the same system prompt, or the next turn of a chat, computes only what is new.
 Blocks nobody references stay cached until the pool needs them, least recently used first.
 A registered block is full and never written again; rows write only blocks they alone hold.
+Rows under a retention policy (kv/policy.py) are private: their slots stop matching their tokens'
+positions once the policy evicts, so they neither take cached blocks nor register their own.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ class BlockPool:
         self.tables: dict[int, list[int]] = {}  # row -> its blocks, in position order
         self.tokens: dict[int, list[int]] = {}  # row -> the tokens whose entries it holds
         self.chains: dict[int, list[bytes]] = {}  # row -> the keys of its full blocks
+        self.private: set[int] = set()  # rows that neither share nor register blocks (a retention policy)
 
     @property
     def available(self) -> int:
@@ -47,7 +50,7 @@ class BlockPool:
         all cached still computes its last block."""
         self.release(row)
         table, chain, parent = self.tables.setdefault(row, []), self.chains.setdefault(row, []), b""
-        for j in range((len(tokens) - 1) // self.block_size):
+        for j in range(0 if row in self.private else (len(tokens) - 1) // self.block_size):
             key = block_key(parent, tokens[j * self.block_size:(j + 1) * self.block_size])
             if (block := self.by_key.get(key)) is None:
                 break
@@ -83,6 +86,8 @@ class BlockPool:
         """tokens' entries are now in row from start on: register the blocks they fill."""
         held = self.tokens[row]
         held[start:] = tokens
+        if row in self.private:
+            return
         chain, table, bs = self.chains[row], self.tables[row], self.block_size
         for j in range(len(chain), len(held) // bs):
             chain.append(block_key(chain[-1] if chain else b"", held[j * bs:(j + 1) * bs]))
@@ -95,6 +100,21 @@ class BlockPool:
             self._unref(block)
         self.tokens.pop(row, None)
         self.chains.pop(row, None)
+
+    def compact(self, row: int, live: list[int]) -> None:
+        """A private row's entries at slots `live` (increasing) now sit at slots 0..len(live)-1: it
+        keeps the blocks those need, and the rest go back to the pool."""
+        assert row in self.private and all(self.refs[b] == 1 and self.keys[b] is None for b in self.tables[row])
+        self.tokens[row] = [self.tokens[row][i] for i in live]
+        self.trim(row, len(live))
+
+    def trim(self, row: int, slots: int) -> None:
+        """Row holds only the blocks its first `slots` slots need (a policy dropped the rest)."""
+        table = self.tables.get(row, [])
+        for block in reversed(table[self.blocks_for(slots):]):
+            self._unref(block)
+        del table[self.blocks_for(slots):]
+        del self.tokens.setdefault(row, [])[slots:]
 
     def table(self, row: int) -> list[int]:
         return self.tables.get(row, [])

@@ -21,6 +21,14 @@ class Step:
     kv_len: int  # S: positions 0..S-1 are attended (S <= M * bs)
     mask: torch.Tensor  # [B, 1, T, S] bool, True = may attend
     window_mask: torch.Tensor | None = None  # the same, limited to a sliding window (layers that use one)
+    # under a retention policy (kv/retention.py): slot s of a row holds position kept[b, s] (-1: none),
+    # no longer position s, so the mask is built from kept; native kernels that assume slot = position
+    # step aside when it is set
+    kept: torch.Tensor | None = None  # [B, S] int64
+    is_query: torch.Tensor | None = None  # [B, T] bool: real tokens (not padding), whose attention counts
+    mass: torch.Tensor | None = None  # [B, S] float32: attention weight per slot, summed by the layers (h2o)
+    select: torch.Tensor | None = None  # [B] int64: blocks of select_size slots each query attends (0: all)
+    select_size: int = 0
 
     @staticmethod
     def build(positions: torch.Tensor, kv_len: int, table: torch.Tensor, slots: torch.Tensor,
@@ -34,11 +42,27 @@ class Step:
             window_mask = window_mask[:, None]
         return Step(positions, table, slots, kv_len, mask[:, None], window_mask)
 
+    @staticmethod
+    def build_kept(positions: torch.Tensor, kept: torch.Tensor, table: torch.Tensor, slots: torch.Tensor,
+                   is_query: torch.Tensor, window: int | None = None, is_mass: bool = False,
+                   select: torch.Tensor | None = None, select_size: int = 0) -> "Step":
+        """A step whose rows hold the positions `kept` [B, S] (-1: an empty slot) at their slots."""
+        held = kept[:, None, :]  # [B, 1, S]
+        mask = (held >= 0) & (held <= positions[..., None])  # [B, T, S] causal over the held positions
+        window_mask = None
+        if window:
+            window_mask = (mask & ((held > positions[..., None] - window) | ~is_query[..., None]))[:, None]
+        mass = torch.zeros(kept.shape, dtype=torch.float32, device=kept.device) if is_mass else None
+        return Step(positions, table, slots, kept.shape[1], mask[:, None], window_mask, kept, is_query, mass, select,
+                    select_size)
+
     def to(self, device: torch.device) -> "Step":
-        """The same step for layers on another device (layer-split placements)."""
+        """The same step for layers on another device (layer-split placements); the mass they sum
+        stays one tensor."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Step(move(self.positions), move(self.table), move(self.slots), self.kv_len, move(self.mask),
-                    move(self.window_mask))
+                    move(self.window_mask), move(self.kept), move(self.is_query), self.mass, move(self.select),
+                    self.select_size)
 
 
 def slots_of(positions: torch.Tensor, table: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -77,6 +101,13 @@ class KVCache:
         for layer in self.layers:
             for buf in layer.values():
                 buf[dst] = buf[src]
+
+    def move_slots(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Entries at flat slots src [N] go to dst [N] in every layer (all read before any is written)."""
+        for layer in self.layers:
+            for buf in layer.values():
+                flat = buf.view(-1, *buf.shape[2:])  # [(num_blocks + 1) * bs, ...]
+                flat[dst.to(flat.device)] = flat[src.to(flat.device)]
 
     @staticmethod
     def write_read(buf: torch.Tensor, new: torch.Tensor, step: Step) -> torch.Tensor:

@@ -51,3 +51,53 @@ def _attend_heads(q, keys, values, mask, scale: float, block: int) -> torch.Tens
         acc = acc * fade + torch.matmul(weights.to(v.dtype), v).float()
         top = new_top
     return (acc / total.clamp_min(1e-30)).to(q.dtype).view(b, g, h, t, dv)  # a row with no key: zeros
+
+
+def attention_mass(q: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, scale: float,
+                   is_query: torch.Tensor) -> torch.Tensor:
+    """The softmax weight each key gets, summed over heads and real queries (H2O's score).
+
+    q [B, G, H, T, D], keys [B, G, S, D], mask [B, 1, T, S], is_query [B, T] bool -> [B, S] float32.
+    Queries go a few at a time, so the scores held stay under SCORE_BUDGET.
+    """
+    b, g, h, t, _ = q.shape
+    s = keys.shape[2]
+    out = torch.zeros(b, s, device=q.device)
+    step = max(1, SCORE_BUDGET // (b * g * h * max(s, 1)))
+    for t0 in range(0, t, step):
+        scores = torch.matmul(q[:, :, :, t0:t0 + step], keys[:, :, None].transpose(-1, -2)).float() * scale
+        scores = scores.masked_fill(~mask[:, :, None, t0:t0 + step], float("-inf"))  # [B, G, H, t, S]
+        probs = scores.softmax(-1).nan_to_num(0.0) * is_query[:, None, None, t0:t0 + step, None]
+        out += probs.sum((1, 2, 3))
+    return out
+
+
+def select_blocks(q: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, select: torch.Tensor,
+                  block: int) -> torch.Tensor:
+    """Quest: each query keeps of its mask only the select[b] blocks of `block` slots whose keys
+    could score highest, bounded per channel by the block's min and max key; its own block (the
+    last it may attend) always among them. select 0: the row's mask as it is.
+
+    q [B, G, H, T, D], keys [B, G, S, D], mask [B, 1, T, S], select [B] -> mask [B, 1, T, S].
+    """
+    b, g, _, t, d = q.shape
+    s = keys.shape[2]
+    nb = -(-s // block)
+    pad = nb * block - s
+    allowed = torch.nn.functional.pad(mask[:, 0], (0, pad)).view(b, t, nb, block).any(-1)  # [B, T, nb]
+    valid = torch.nn.functional.pad(mask[:, 0].any(1), (0, pad))[:, None, :, None]  # [B, 1, S', 1] slots in use
+    padded = torch.nn.functional.pad(keys.float(), (0, 0, 0, pad))  # [B, G, S', D]
+    top = padded.masked_fill(~valid, float("-inf")).view(b, g, nb, block, d).amax(3)  # [B, G, nb, D]
+    low = padded.masked_fill(~valid, float("inf")).view(b, g, nb, block, d).amin(3)
+    top, low = top.nan_to_num(0.0, 0.0, 0.0), low.nan_to_num(0.0, 0.0, 0.0)  # blocks with no key: no bound
+    qf = q.float()
+    # sum_d max(q_d top_d, q_d low_d) = relu(q) . top - relu(-q) . low, as two matmuls
+    bound = qf.clamp_min(0) @ top[:, :, None].transpose(-1, -2) - (-qf).clamp_min(0) @ low[:, :, None].transpose(-1, -2)
+    score = bound.sum((1, 2)).masked_fill(~allowed, float("-inf"))  # [B, T, nb]
+    own = nb - 1 - allowed.flip(-1).int().argmax(-1)  # [B, T] the last block each query may attend
+    score.scatter_(-1, own[..., None], float("inf"))
+    order = score.argsort(-1, descending=True)  # [B, T, nb]
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(nb, device=q.device).expand_as(order))
+    chosen = rank < torch.where(select > 0, select, nb)[:, None, None]  # [B, T, nb]
+    per_slot = chosen.repeat_interleave(block, -1)[..., :s]  # [B, T, S]
+    return mask & per_slot[:, None]

@@ -7,6 +7,7 @@ from torch import nn
 
 from hymoe.config import ModelConfig
 from hymoe.kv.cache import KVCache, Step
+from hymoe.layers.attend import attention_mass, select_blocks
 from hymoe.layers.linear import project
 from hymoe.layers.norm import RMSNorm
 from hymoe.layers.rope import Rope
@@ -40,7 +41,7 @@ class GQAttention(nn.Module):
                 cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         b, t, _ = x.shape
         q, k, v = project(x, self.q_proj, self.k_proj, self.v_proj)
-        if self.kernel is not None:
+        if self.kernel is not None and step.kept is None:  # the kernel takes slot s to hold position s
             return self.o_proj(self.kernel(q, k, v, step, cache, cos_sin))
         q = q.view(b, t, self.num_heads, self.head_dim)  # [B, T, N, D]
         k = k.view(b, t, self.num_kv_heads, self.head_dim)  # [B, T, G, D]
@@ -51,6 +52,8 @@ class GQAttention(nn.Module):
         keys = KVCache.write_read(cache["k"], k, step).transpose(1, 2).to(q.dtype)  # [B, G, S, D]
         values = KVCache.write_read(cache["v"], v, step).transpose(1, 2).to(q.dtype)
         mask = step.window_mask if self.is_sliding else step.mask  # [B, 1, T, S]
+        if step.kept is not None:  # a retention policy: topk-blocks narrows the mask, h2o weighs positions
+            mask = self._policy(q, keys, mask, step)
         if t <= 16:  # decode: a few matmuls; SDPA's CPU kernel costs ~1 ms per call for one query
             out = self._attend_small(q, keys, values, mask)
         else:  # prefill: SDPA (torch's flash kernel on the CPU: 2.5-3.7x faster here than attend_blocked
@@ -58,6 +61,17 @@ class GQAttention(nn.Module):
             out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask,
                                                  scale=self.head_dim ** -0.5, enable_gqa=True)  # [B, N, T, D]
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+    def _policy(self, q, keys, mask, step: Step) -> torch.Tensor:
+        """q [B, T, N, D], keys [B, G, S, D], mask [B, 1, T, S] -> the mask topk-blocks leaves (or mask);
+        adds each slot's attention weight to step.mass where h2o wants it."""
+        b, t, n, d = q.shape
+        grouped = q.transpose(1, 2).reshape(b, self.num_kv_heads, n // self.num_kv_heads, t, d)  # [B, G, N/G, T, D]
+        if step.select is not None:
+            mask = select_blocks(grouped, keys, mask, step.select, step.select_size)
+        if step.mass is not None:
+            step.mass += attention_mass(grouped, keys, mask, d ** -0.5, step.is_query).to(step.mass.device)
+        return mask
 
     def _attend_small(self, q, keys, values, mask) -> torch.Tensor:
         """q [B, T, N, D], keys/values [B, G, S, D], mask [B, 1, T, S] -> [B, N, T, D]."""

@@ -12,7 +12,7 @@ from torch import nn
 
 from hymoe.config import ModelConfig
 from hymoe.kv.cache import KVCache, Step
-from hymoe.layers.attend import attend_blocked
+from hymoe.layers.attend import attend_blocked, attention_mass, select_blocks
 from hymoe.layers.linear import project
 from hymoe.layers.norm import RMSNorm
 from hymoe.layers.rope import Rope, yarn_mscale
@@ -69,11 +69,16 @@ class MLAttention(nn.Module):
         w_uk, w_uv = w[:, : self.nope_dim], w[:, self.nope_dim:]  # [N, Dn, R], [N, Dv, R]
         q_latent = torch.einsum("btnd,ndr->bntr", q_nope, w_uk)  # [B, N, T, R]
         query = torch.cat((q_latent, q_rot.transpose(1, 2)), dim=-1)  # [B, N, T, R+Dr]
+        mask = step.mask  # [B, 1, T, S]
+        if step.select is not None:  # topk-blocks: each query reads only its best blocks of latents
+            mask = select_blocks(query[:, None], cached, mask, step.select, step.select_size)
+        if step.mass is not None:  # a retention policy ranks latent positions by the weight they get
+            step.mass += attention_mass(query[:, None], cached, mask, self.scale, step.is_query).to(step.mass.device)
         if t > 16 and query.is_cuda:  # prefill on a GPU: SDPA's memory-efficient kernel takes the mask
-            out = F.scaled_dot_product_attention(query, cached, cached[..., :r], attn_mask=step.mask, scale=self.scale,
+            out = F.scaled_dot_product_attention(query, cached, cached[..., :r], attn_mask=mask, scale=self.scale,
                                                  enable_gqa=True)  # [B, N, T, R]
         else:  # the heads as rows against the one latent: no copy of the cache per head (a broadcast
             # matmul made one: 1.2 GiB and 3.7 s per step at 8K positions); prefill in blocks of keys
-            out = attend_blocked(query[:, None], cached, cached[..., :r], step.mask, self.scale)[:, 0]  # [B, N, T, R]
+            out = attend_blocked(query[:, None], cached, cached[..., :r], mask, self.scale)[:, 0]  # [B, N, T, R]
         out = torch.einsum("bntr,nvr->btnv", out, w_uv)  # [B, T, N, Dv]
         return self.o_proj(out.reshape(b, t, n * self.v_dim))

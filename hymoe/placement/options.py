@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from hymoe.errors import HymoeError
+from hymoe.kv.policy import parse_policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +18,7 @@ class PlacementOptions:
     kv_dtype: str | torch.dtype | None = None  # KV cache dtype (default: placement.default_kv_dtype)
     kv_memory: str | None = None  # a server's or chat's KV pool: "8GiB", or a fraction of free memory "0.5"
     kv_block_size: int = 64  # positions per KV block (prefixes are shared in whole blocks)
+    kv_policy: str = "full"  # what each sequence's cache keeps: full, sink-window:S,W, h2o:B (kv/policy.py)
     dense_format: str | None = None  # quantize the non-expert linears at load (default: as stored)
     experts: str = "auto"  # routed-expert backend: auto, native, torch
     experts_format: str | None = None  # quantize routed experts at load (default: as stored)
@@ -32,6 +34,7 @@ class PlacementOptions:
             raise HymoeError(f"--threads {self.threads}: at least 1")
         if self.kv_block_size < 1:
             raise HymoeError(f"--kv-block-size {self.kv_block_size}: at least 1")
+        parse_policy(self.kv_policy)  # a bad policy is refused at load, in one line
         if self.defer_experts < 0 or self.gpu_prefill_threshold < 0:
             raise HymoeError("--defer-experts and --gpu-prefill-threshold must be at least 0")
 
