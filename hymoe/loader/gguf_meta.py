@@ -66,9 +66,23 @@ def _rope(m: _Meta) -> dict:
             # llama.cpp's converter stores 0.1 * mscale_all_dim for deepseek2
             mscale = m.float("rope.scaling.yarn_log_multiplier") / 0.1
             params.update(mscale=mscale, mscale_all_dim=mscale)
+        if m.arch == "deepseek2":
+            params.update(_deepseek2_yarn(params))
     elif kind not in ("none", "yarn", "linear"):
         raise HymoeError(f"{m.path}: unsupported rope scaling {kind!r}")
     return params
+
+
+def _deepseek2_yarn(params: dict) -> dict:
+    """llama.cpp's YaRN for deepseek2 files, said in transformers' terms (measured against llama.cpp)."""
+    # deepseek2 reads no yarn_beta_* keys: llama.cpp's defaults hold whatever the file says
+    fixed = dict(beta_fast=32.0, beta_slow=1.0)
+    if not params.get("mscale_all_dim"):
+        # No (or a zero) log multiplier: llama.cpp scales cos/sin by 1 + 0.1 ln(factor) and the
+        # attention scale by its square; transformers does both for mscale unset, mscale_all_dim 1.
+        # (An HF config without mscale_all_dim scales cos/sin only: there the two differ.)
+        fixed.update(mscale=None, mscale_all_dim=1.0)
+    return fixed
 
 
 def _check_shapes(d: dict, tensors: dict, path) -> None:
