@@ -132,6 +132,8 @@ def hf_dict_from_gguf(meta: dict, tensors: dict, path) -> dict:
         if k_len <= rope_dim:
             raise HymoeError(f"{path}: key length {k_len} leaves no room beside the rotary {rope_dim}")
         groups = m.int("expert_group_count", 1)
+        # llama.cpp adds exp_probs_b to the scores that choose experts whatever the gating (V3's rule)
+        is_biased = is_v3 or any(name.endswith("exp_probs_b.bias") for name in tensors)
         d.update(model_type="deepseek_v3" if is_v3 else "deepseek_v2",
                  q_lora_rank=m.int("attention.q_lora_rank", 0, 0) or None, kv_lora_rank=m.int("attention.kv_lora_rank"),
                  qk_rope_head_dim=rope_dim, qk_nope_head_dim=k_len - rope_dim, v_head_dim=v_len,
@@ -141,7 +143,7 @@ def hf_dict_from_gguf(meta: dict, tensors: dict, path) -> dict:
                  routed_scaling_factor=m.float("expert_weights_scale", 1.0) or 1.0,
                  norm_topk_prob=bool(m.get("expert_weights_norm", False)), n_group=groups,
                  topk_group=m.int("expert_group_used_count", groups),
-                 topk_method="noaux_tc" if is_v3 else ("group_limited_greedy" if groups > 1 else "greedy"),
+                 topk_method="noaux_tc" if is_biased else ("group_limited_greedy" if groups > 1 else "greedy"),
                  scoring_func="sigmoid" if is_v3 else "softmax", rope_interleave=True,
                  attention_bias="blk.0.attn_output.bias" in tensors, num_key_value_heads=heads)
         if n_experts % groups or d["topk_group"] > groups:
@@ -166,7 +168,15 @@ def hf_dict_from_gguf(meta: dict, tensors: dict, path) -> dict:
 
 
 def config_from_gguf(meta: dict, tensors: dict, path) -> ModelConfig:
-    return from_hf_dict(hf_dict_from_gguf(meta, tensors, path))
+    d = hf_dict_from_gguf(meta, tensors, path)
+    cfg = from_hf_dict(d)
+    if cfg.family == "deepseek":
+        # llama.cpp's deepseek2 routing (build_moe_ffn) differs from HF's DeepSeek-V2 port: it ranks
+        # expert groups by their best two scores whatever the gating (HF's group_limited_greedy:
+        # by the best one), and renormalises the weights when expert_weights_norm says so
+        cfg.group_score = "top2-sum"
+        cfg.is_norm_topk_prob = d["norm_topk_prob"]
+    return cfg
 
 
 def write_metadata(w: gguf.GGUFWriter, cfg: ModelConfig) -> None:
@@ -221,8 +231,9 @@ def _write_deepseek(w: gguf.GGUFWriter, cfg: ModelConfig) -> None:
         raise HymoeError("GGUF deepseek2 expresses only leading dense layers (moe_layer_freq must be 1)")
     if not cfg.rope.is_interleaved:
         raise HymoeError("GGUF deepseek2 rotates interleaved pairs; this model has rope_interleave=False")
-    if cfg.topk_method == "group_limited_greedy":
-        raise HymoeError("llama.cpp's deepseek2 has no DeepSeek-V2 group_limited_greedy routing")
+    if cfg.num_groups > 1 and cfg.topk_groups < cfg.num_groups and cfg.group_score != "top2-sum":
+        raise HymoeError("llama.cpp's deepseek2 ranks expert groups by their best two scores; this model's "
+                         "group_limited_greedy ranks them by the best one")
     w.add_head_count_kv(1)  # MLA runs as MQA over the latent, as llama.cpp's converter writes it
     w.add_leading_dense_block_count(dense)
     w.add_feed_forward_length(cfg.intermediate_size)
