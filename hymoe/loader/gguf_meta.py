@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gguf
 
-from hymoe.config import ModelConfig, from_hf_dict
+from hymoe.config import ModelConfig, RopeConfig, from_hf_dict
 from hymoe.errors import HymoeError
 
 # hymoe model_type -> llama.cpp architecture name
@@ -253,5 +253,20 @@ def _write_deepseek(w: gguf.GGUFWriter, cfg: ModelConfig) -> None:
                              else gguf.ExpertGatingFuncType.SOFTMAX)
     w.add_expert_group_count(cfg.num_groups)
     w.add_expert_group_used_count(cfg.topk_groups)
-    if cfg.rope.kind == "yarn" and cfg.rope.mscale_all_dim:
-        w.add_rope_scaling_yarn_log_mul(0.1 * cfg.rope.mscale_all_dim)
+    if cfg.rope.kind == "yarn":
+        _write_deepseek2_yarn(w, cfg.rope)
+
+
+def _write_deepseek2_yarn(w: gguf.GGUFWriter, r: RopeConfig) -> None:
+    """The two YaRN rules llama.cpp's deepseek2 has (see _deepseek2_yarn); any other is refused."""
+    if (r.beta_fast, r.beta_slow) != (32.0, 1.0):
+        raise HymoeError(f"llama.cpp's deepseek2 fixes the YaRN betas to 32 and 1; this model has {r.beta_fast} "
+                         f"and {r.beta_slow}")
+    # transformers' cos/sin factor: 1 when mscale and mscale_all_dim cancel, else 1 + 0.1 ln(factor)
+    is_cancelled = r.attention_factor is None and r.mscale and r.mscale == r.mscale_all_dim
+    is_plain_rope = r.attention_factor == 1.0 or is_cancelled
+    if r.mscale_all_dim and is_plain_rope:
+        w.add_rope_scaling_yarn_log_mul(0.1 * r.mscale_all_dim)  # the converter's convention
+    elif not (r.mscale_all_dim == 1.0 and r.attention_factor is None and not r.mscale):
+        raise HymoeError(f"llama.cpp's deepseek2 cannot express this YaRN scaling (mscale {r.mscale}, "
+                         f"mscale_all_dim {r.mscale_all_dim}, attention_factor {r.attention_factor})")
