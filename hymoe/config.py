@@ -73,8 +73,9 @@ class ModelConfig:
     moe_layers: tuple[bool, ...] = ()
     # routing
     scoring: str = "softmax"  # "softmax" | "sigmoid"
-    topk_method: str = "greedy"  # "greedy" | "group_limited_greedy" (V2: max) | "noaux_tc" (V3: top2 sum)
+    topk_method: str = "greedy"  # "greedy" | "group_limited_greedy" (V2) | "noaux_tc" (V3)
     num_groups: int = 1
+    group_score: str = "max"  # how groups are ranked: "max" (HF's V2) | "top2-sum" (V3, llama.cpp's deepseek2)
     topk_groups: int = 1
     is_norm_topk_prob: bool = False
     routed_scaling_factor: float = 1.0
@@ -171,6 +172,7 @@ def _validate(c: ModelConfig) -> None:
          f"{c.num_experts_per_tok} experts per token of {c.num_experts}: need 1 to {c.num_experts}")
     need(c.moe_intermediate_size > 0, f"moe_intermediate_size must be positive, not {c.moe_intermediate_size!r}")
     need(c.scoring in ("softmax", "sigmoid"), f"unknown expert scoring {c.scoring!r} (softmax or sigmoid)")
+    need(c.group_score in ("max", "top2-sum"), f"unknown group score {c.group_score!r} (max or top2-sum)")
     need(c.num_groups >= 1 and c.num_experts % c.num_groups == 0 and 1 <= c.topk_groups <= c.num_groups,
          f"{c.num_experts} experts in {c.num_groups} groups, {c.topk_groups} chosen: groups must divide the "
          "experts and at most all groups be chosen")
@@ -243,6 +245,7 @@ def _deepseek(d: dict) -> ModelConfig:
         topk_method=("noaux_tc" if is_v3 else d.get("topk_method") or "greedy"),
         num_groups=d.get("n_group") or 1,
         topk_groups=d.get("topk_group") or 1,
+        group_score="top2-sum" if is_v3 else "max",
         # HF's DeepSeek-V2 port never renormalises; V3 follows the config.
         is_norm_topk_prob=bool(d.get("norm_topk_prob", True)) if is_v3 else False,
         routed_scaling_factor=float(d.get("routed_scaling_factor") or 1.0),

@@ -20,7 +20,8 @@ def _vtype(v):
 
 
 def rewrite(src, dst, drop_keys=(), set_keys=None, tensors=None, **writer_kw):
-    """Copy src to dst; set_keys overrides or adds metadata; tensors(name, info) -> [(name, array, type)]."""
+    """Copy src to dst; set_keys overrides or adds metadata; tensors(name, info) -> [(name, array, type)]
+    in its place ([] drops it), or None to keep it."""
     g = GGUFFile(src)
     w = gguf.GGUFWriter(dst, g.metadata["general.architecture"], **writer_kw)
     meta = {**g.metadata, **(set_keys or {})}
@@ -33,7 +34,8 @@ def rewrite(src, dst, drop_keys=(), set_keys=None, tensors=None, **writer_kw):
         w.add_key_value(k, v, _vtype(v), sub_type=sub)
     for name, info in g.tensors.items():
         row = info.data.numpy().reshape(*info.shape[:-1], -1)
-        for new_name, arr, qt in (tensors(name, info) if tensors else None) or [(name, row, info.type)]:
+        out = tensors(name, info) if tensors else None  # None keeps the tensor, [] drops it
+        for new_name, arr, qt in [(name, row, info.type)] if out is None else out:
             w.add_tensor(new_name, np.ascontiguousarray(arr), raw_dtype=qt)
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -121,6 +121,29 @@ def test_native_router_equals_torch(engine, name):
     assert torch.allclose(weights, want_w, rtol=1e-5, atol=1e-6)
 
 
+
+def test_native_router_ranks_softmax_groups_as_configured(engine):
+    """Softmax groups ranked by their best score (HF's DeepSeek-V2) or the sum of their best two
+    (llama.cpp, for every deepseek2 GGUF): the native router chooses as the torch one under each."""
+    mla = dict(kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, q_lora_rank=None)
+    cfg = from_hf_dict(dict(model_type="deepseek_v2", n_routed_experts=16, num_experts_per_tok=4, n_group=8,
+                            topk_group=3, topk_method="group_limited_greedy", hidden_size=64, vocab_size=32,
+                            num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                            moe_intermediate_size=32, **mla))
+    router = Router(cfg)
+    gen = torch.Generator().manual_seed(4)
+    router.weight.data = torch.randn(router.weight.shape, generator=gen) * 0.1  # flat scores: the rules differ
+    x = torch.randn(32, 64, generator=gen)
+    chosen = {}
+    for rule in ("max", "top2-sum"):
+        cfg.group_score = rule
+        want_ids, want_w = router(x)
+        ids, weights = NativeRouter(engine, router)(x)
+        assert torch.equal(ids, want_ids), rule
+        assert torch.allclose(weights, want_w, rtol=1e-5, atol=1e-6), rule
+        chosen[rule] = ids.sort(-1).values
+    assert (chosen["max"] != chosen["top2-sum"]).any()
+
 def _gqa(is_qk_norm: bool, is_interleaved: bool) -> GQAttention:
     cfg = from_hf_dict(dict(model_type="qwen3_moe", hidden_size=96, num_attention_heads=6, num_key_value_heads=2,
                             head_dim=32, vocab_size=32, num_hidden_layers=1, intermediate_size=64,

@@ -39,6 +39,25 @@ def test_convert_refuses_what_gguf_cannot_express(tiny_model, tmp_path, name):
     assert not list(tmp_path.iterdir())  # nothing half-written is left behind
 
 
+@pytest.mark.parametrize("change,reason", [({"mscale_all_dim": None}, "cannot express this YaRN"),
+                                           ({"mscale": 1.0}, "cannot express this YaRN"),
+                                           ({"beta_fast": 16}, "betas to 32 and 1")])
+def test_convert_refuses_yarn_that_llama_cpp_deepseek2_computes_otherwise(tiny_model, tmp_path, change, reason):
+    """llama.cpp's deepseek2 knows two YaRN rules (tests/test_gguf_llama_cpp.py); transformers has more."""
+    import json
+    import shutil
+
+    hf_dir, _ = tiny_model("deepseek_v3_qlora_yarn")
+    shutil.copytree(hf_dir, tmp_path / "hf")
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    for params in ("rope_parameters", "rope_scaling"):
+        if cfg.get(params):
+            cfg[params] = {k: v for k, v in {**cfg[params], **change}.items() if v is not None}
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(HymoeError, match=reason):
+        convert(tmp_path / "hf", tmp_path / "m.gguf", type="F32", progress=False)
+
+
 @pytest.mark.parametrize("name", ["deepseek_v3", "qwen3_moe", "qwen2_moe", "mixtral"])
 def test_q8_0_gguf_agrees_with_the_hf_directory(gguf_model, name):
     from gguf_models import TEXT

@@ -84,3 +84,45 @@ def test_iq1_s_experts_written_by_hymoe_run_in_llama_cpp(gguf_model, tmp_path):
     hf_dir, _ = gguf_model("mixtral", "F16")
     path = convert(hf_dir, tmp_path / "iq1.gguf", type="Q8_0", experts_type="IQ1_S", progress=False)
     assert agreement(path, 200) >= 0.95
+
+
+def logit_error(path, positions: int = 200) -> float:
+    """max |hymoe - llama.cpp| / max |llama.cpp| over the teacher-forced logits of a held-back text."""
+    from gguf_models import TEXT
+
+    ours = hymoe.load(path, dtype="float32", progress=False)
+    ids = ours.tokenizer.encode(TEXT[5000:9000])[:positions]
+    want = llama_ref.logits(llama_ref.load(path), ids)
+    return float(np.abs(ours.logits(ids).numpy() - want).max() / np.abs(want).max())
+
+
+DS2 = "deepseek2."
+YARN = {DS2 + "rope.scaling.type": "yarn", DS2 + "rope.scaling.factor": 4.0,
+        DS2 + "rope.scaling.original_context_length": 128}
+
+
+@pytest.mark.parametrize("keys", [YARN, {**YARN, DS2 + "rope.scaling.yarn_log_multiplier": 0.0707},
+                                  {**YARN, DS2 + "rope.scaling.yarn_beta_fast": 4.0,
+                                   DS2 + "rope.scaling.yarn_beta_slow": 2.0}],
+                         ids=["no-log-multiplier", "log-multiplier", "betas-in-file"])
+def test_deepseek2_yarn_computes_as_llama_cpp(gguf_model, tmp_path, keys):
+    """Without a log multiplier llama.cpp scales the attention too; it reads no beta keys for deepseek2."""
+    from gguf_edit import rewrite
+
+    _, path = gguf_model("deepseek_v3", "F32")
+    rewrite(path, tmp_path / "yarn.gguf", set_keys=keys)
+    assert logit_error(tmp_path / "yarn.gguf") <= 2e-3  # 1e-4 measured; 0.07-0.12 with HF's rule
+
+
+@pytest.mark.parametrize("groups,used,is_norm,is_biased", [(2, 1, False, False), (4, 2, True, False),
+                                                           (2, 1, False, True)])
+def test_deepseek2_softmax_routing_computes_as_llama_cpp(gguf_model, tmp_path, groups, used, is_norm, is_biased):
+    """DeepSeek-V2/V2.5 files: softmax gating, expert groups ranked by their best two (HF's V2: the best one)."""
+    from gguf_edit import rewrite
+
+    _, path = gguf_model("deepseek_v3", "F32")
+    keys = {DS2 + "expert_gating_func": 1, DS2 + "expert_group_count": groups,
+            DS2 + "expert_group_used_count": used, DS2 + "expert_weights_norm": is_norm}
+    rewrite(path, tmp_path / "v2.gguf", set_keys=keys,
+            tensors=lambda name, _: [] if "exp_probs_b" in name and not is_biased else None)
+    assert logit_error(tmp_path / "v2.gguf") <= 2e-3  # 1e-4 measured; 0.08 with HF's V2 routing

@@ -7,7 +7,7 @@ extern "C" {
 struct RouteArgs {
     int32_t num_tokens, num_experts, topk;
     int32_t is_sigmoid;  // scores: sigmoid (DeepSeek-V3) or softmax
-    int32_t group_rule;  // 0 none, 1 a group's best score (V2), 2 the sum of its best two (V3)
+    int32_t group_rule;  // 0 none, 1 a group's best score (HF V2), 2 the sum of its best two (V3, GGUF)
     int32_t num_groups, topk_groups, is_norm;
     float scale;         // routed_scaling_factor
     const float* bias;   // [E] score-correction bias (chooses, never weighs), or null

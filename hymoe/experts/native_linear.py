@@ -133,7 +133,7 @@ class NativeRouter:
         bias = getattr(router, "e_score_correction_bias", None) if cfg.topk_method == "noaux_tc" else None
         self.bias = None if bias is None else bias.detach().float().contiguous()
         grouped = cfg.topk_method in ("noaux_tc", "group_limited_greedy") and cfg.num_groups > 1
-        rule = (2 if cfg.topk_method == "noaux_tc" else 1) if grouped else 0
+        rule = (2 if cfg.group_score == "top2-sum" else 1) if grouped else 0
         lib.hymoe_router.argtypes = [ctypes.c_void_p, ctypes.POINTER(_LinearArgs), ctypes.POINTER(_RouteArgs),
                                      ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
         self.lib, self.k = lib, cfg.num_experts_per_tok

@@ -29,10 +29,10 @@ class Router(nn.Module):
             choice = scores + self.e_score_correction_bias.float()
         if cfg.topk_method in ("noaux_tc", "group_limited_greedy") and cfg.num_groups > 1:
             grouped = choice.view(-1, cfg.num_groups, cfg.num_experts // cfg.num_groups)  # [T, Gr, E/Gr]
-            if cfg.topk_method == "noaux_tc":
-                group_scores = grouped.topk(2, dim=-1).values.sum(-1)  # V3: sum of the best two
-            else:
-                group_scores = grouped.max(dim=-1).values  # V2: best one
+            if cfg.group_score == "top2-sum":  # V3, and every deepseek2 GGUF: the sum of the best two
+                group_scores = grouped.topk(2, dim=-1).values.sum(-1)
+            else:  # HF's V2 group_limited_greedy: the best one
+                group_scores = grouped.max(dim=-1).values
             keep = group_scores.topk(cfg.topk_groups, dim=-1).indices  # [T, topk_groups]
             group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)
             choice = grouped.masked_fill(~group_mask[..., None], float("-inf")).view_as(choice)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gguf
 
-from hymoe.config import ModelConfig, from_hf_dict
+from hymoe.config import ModelConfig, RopeConfig, from_hf_dict
 from hymoe.errors import HymoeError
 
 # hymoe model_type -> llama.cpp architecture name
@@ -67,9 +67,23 @@ def _rope(m: _Meta) -> dict:
             # llama.cpp's converter stores 0.1 * mscale_all_dim for deepseek2
             mscale = m.float("rope.scaling.yarn_log_multiplier") / 0.1
             params.update(mscale=mscale, mscale_all_dim=mscale)
+        if m.arch == "deepseek2":
+            params.update(_deepseek2_yarn(params))
     elif kind not in ("none", "yarn", "linear"):
         raise HymoeError(f"{m.path}: unsupported rope scaling {kind!r}")
     return params
+
+
+def _deepseek2_yarn(params: dict) -> dict:
+    """llama.cpp's YaRN for deepseek2 files, said in transformers' terms (measured against llama.cpp)."""
+    # deepseek2 reads no yarn_beta_* keys: llama.cpp's defaults hold whatever the file says
+    fixed = dict(beta_fast=32.0, beta_slow=1.0)
+    if not params.get("mscale_all_dim"):
+        # No (or a zero) log multiplier: llama.cpp scales cos/sin by 1 + 0.1 ln(factor) and the
+        # attention scale by its square; transformers does both for mscale unset, mscale_all_dim 1.
+        # (An HF config without mscale_all_dim scales cos/sin only: there the two differ.)
+        fixed.update(mscale=None, mscale_all_dim=1.0)
+    return fixed
 
 
 def _check_shapes(d: dict, tensors: dict, path) -> None:
@@ -119,6 +133,8 @@ def hf_dict_from_gguf(meta: dict, tensors: dict, path) -> dict:
         if k_len <= rope_dim:
             raise HymoeError(f"{path}: key length {k_len} leaves no room beside the rotary {rope_dim}")
         groups = m.int("expert_group_count", 1)
+        # llama.cpp adds exp_probs_b to the scores that choose experts whatever the gating (V3's rule)
+        is_biased = is_v3 or any(name.endswith("exp_probs_b.bias") for name in tensors)
         d.update(model_type="deepseek_v3" if is_v3 else "deepseek_v2",
                  q_lora_rank=m.int("attention.q_lora_rank", 0, 0) or None, kv_lora_rank=m.int("attention.kv_lora_rank"),
                  qk_rope_head_dim=rope_dim, qk_nope_head_dim=k_len - rope_dim, v_head_dim=v_len,
@@ -128,7 +144,7 @@ def hf_dict_from_gguf(meta: dict, tensors: dict, path) -> dict:
                  routed_scaling_factor=m.float("expert_weights_scale", 1.0) or 1.0,
                  norm_topk_prob=bool(m.get("expert_weights_norm", False)), n_group=groups,
                  topk_group=m.int("expert_group_used_count", groups),
-                 topk_method="noaux_tc" if is_v3 else ("group_limited_greedy" if groups > 1 else "greedy"),
+                 topk_method="noaux_tc" if is_biased else ("group_limited_greedy" if groups > 1 else "greedy"),
                  scoring_func="sigmoid" if is_v3 else "softmax", rope_interleave=True,
                  attention_bias="blk.0.attn_output.bias" in tensors, num_key_value_heads=heads)
         if n_experts % groups or d["topk_group"] > groups:
@@ -153,7 +169,15 @@ def hf_dict_from_gguf(meta: dict, tensors: dict, path) -> dict:
 
 
 def config_from_gguf(meta: dict, tensors: dict, path) -> ModelConfig:
-    return from_hf_dict(hf_dict_from_gguf(meta, tensors, path))
+    d = hf_dict_from_gguf(meta, tensors, path)
+    cfg = from_hf_dict(d)
+    if cfg.family == "deepseek":
+        # llama.cpp's deepseek2 routing (build_moe_ffn) differs from HF's DeepSeek-V2 port: it ranks
+        # expert groups by their best two scores whatever the gating (HF's group_limited_greedy:
+        # by the best one), and renormalises the weights when expert_weights_norm says so
+        cfg.group_score = "top2-sum"
+        cfg.is_norm_topk_prob = d["norm_topk_prob"]
+    return cfg
 
 
 def write_metadata(w: gguf.GGUFWriter, cfg: ModelConfig) -> None:
@@ -208,8 +232,9 @@ def _write_deepseek(w: gguf.GGUFWriter, cfg: ModelConfig) -> None:
         raise HymoeError("GGUF deepseek2 expresses only leading dense layers (moe_layer_freq must be 1)")
     if not cfg.rope.is_interleaved:
         raise HymoeError("GGUF deepseek2 rotates interleaved pairs; this model has rope_interleave=False")
-    if cfg.topk_method == "group_limited_greedy":
-        raise HymoeError("llama.cpp's deepseek2 has no DeepSeek-V2 group_limited_greedy routing")
+    if cfg.num_groups > 1 and cfg.topk_groups < cfg.num_groups and cfg.group_score != "top2-sum":
+        raise HymoeError("llama.cpp's deepseek2 ranks expert groups by their best two scores; this model's "
+                         "group_limited_greedy ranks them by the best one")
     w.add_head_count_kv(1)  # MLA runs as MQA over the latent, as llama.cpp's converter writes it
     w.add_leading_dense_block_count(dense)
     w.add_feed_forward_length(cfg.intermediate_size)
@@ -229,5 +254,20 @@ def _write_deepseek(w: gguf.GGUFWriter, cfg: ModelConfig) -> None:
                              else gguf.ExpertGatingFuncType.SOFTMAX)
     w.add_expert_group_count(cfg.num_groups)
     w.add_expert_group_used_count(cfg.topk_groups)
-    if cfg.rope.kind == "yarn" and cfg.rope.mscale_all_dim:
-        w.add_rope_scaling_yarn_log_mul(0.1 * cfg.rope.mscale_all_dim)
+    if cfg.rope.kind == "yarn":
+        _write_deepseek2_yarn(w, cfg.rope)
+
+
+def _write_deepseek2_yarn(w: gguf.GGUFWriter, r: RopeConfig) -> None:
+    """The two YaRN rules llama.cpp's deepseek2 has (see _deepseek2_yarn); any other is refused."""
+    if (r.beta_fast, r.beta_slow) != (32.0, 1.0):
+        raise HymoeError(f"llama.cpp's deepseek2 fixes the YaRN betas to 32 and 1; this model has {r.beta_fast} "
+                         f"and {r.beta_slow}")
+    # transformers' cos/sin factor: 1 when mscale and mscale_all_dim cancel, else 1 + 0.1 ln(factor)
+    is_cancelled = r.attention_factor is None and r.mscale and r.mscale == r.mscale_all_dim
+    is_plain_rope = r.attention_factor == 1.0 or is_cancelled
+    if r.mscale_all_dim and is_plain_rope:
+        w.add_rope_scaling_yarn_log_mul(0.1 * r.mscale_all_dim)  # the converter's convention
+    elif not (r.mscale_all_dim == 1.0 and r.attention_factor is None and not r.mscale):
+        raise HymoeError(f"llama.cpp's deepseek2 cannot express this YaRN scaling (mscale {r.mscale}, "
+                         f"mscale_all_dim {r.mscale_all_dim}, attention_factor {r.attention_factor})")
