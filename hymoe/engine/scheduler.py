@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from hymoe.engine.grammar import Masker
 from hymoe.engine.runner import Runner
-from hymoe.engine.sampler import sample
+from hymoe.engine.sampler import Scored, sample
 from hymoe.engine.sequence import Sequence
 
 
@@ -99,13 +99,18 @@ class Scheduler:
             return
         t0 = time.perf_counter()
         logits = self.runner.forward([s.slot for s, _ in batch], [t for _, t in batch], [s.cached for s, _ in batch])
+        sampling = [i for i, (s, t) in enumerate(batch) if s.cached + len(t) >= len(s.prompt)]
+        # log-probabilities before the grammar's mask: the model's own distribution
+        asked = [i for i in sampling if batch[i][0].params.logprobs is not None]
+        scored = Scored(logits, asked, max((batch[i][0].params.logprobs for i in asked), default=0))
         # rows that sample now under a grammar: one batched bitmask op, no loop over the vocabulary
-        rows = [i for i, (s, t) in enumerate(batch) if s.matcher is not None and s.cached + len(t) >= len(s.prompt)]
+        rows = [i for i in sampling if batch[i][0].matcher is not None]
         self.masker.apply(logits, rows, [batch[i][0].matcher for i in rows])
-        for (seq, tokens), row in zip(batch, logits):  # row: [V]
+        for i, ((seq, tokens), row) in enumerate(zip(batch, logits)):  # row: [V]
             seq.cached += len(tokens)
             if seq.is_prefilled:
-                seq.accept(sample(row, seq.params, seq.history, seq.gen))
+                token = sample(row, seq.params, seq.history, seq.gen)
+                seq.accept(token, scored.entry(i, token, seq.params.logprobs or 0))
         self.timings.add(is_prefill, time.perf_counter() - t0, sum(len(t) for _, t in batch))
 
     def run(self) -> None:

@@ -1,0 +1,129 @@
+"""Log-probabilities (chat `logprobs`/`top_logprobs`, legacy `logprobs`), against the official openai
+client on a live server, checked against the model's own log_softmax computed here."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import torch
+
+openai = pytest.importorskip("openai")
+
+import hymoe  # noqa: E402
+from hymoe.default_model import ensure_default_model  # noqa: E402
+from hymoe.engine.sampler import SamplingParams  # noqa: E402
+from test_serve import LiveServer  # noqa: E402
+
+TOL = 2e-3  # float32: a batched decode step and one whole prefill differ in summation order
+MESSAGES = [{"role": "user", "content": "Who was Moses?"}]
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return hymoe.load(ensure_default_model(), dtype="float32", progress=False, max_context=512)
+
+
+@pytest.fixture(scope="module")
+def live(llm):
+    s = LiveServer(llm, max_batch=8, max_queue=16)
+    yield s
+    s.stop()
+
+
+def _reference(llm, prompt: list[int], n: int) -> tuple[list[int], torch.Tensor]:
+    """The greedy continuation and the log_softmax at each of its positions [n, V], from one prefill."""
+    ids = llm.generate(prompt, max_new_tokens=n)
+    lp = llm.logits(prompt + ids)[len(prompt) - 1:len(prompt) - 1 + len(ids)].log_softmax(-1)
+    return ids, lp
+
+
+def test_the_engine_reports_the_models_log_softmax(llm):
+    prompt = llm.tokenizer.encode("And God said")
+    seqs, _ = llm.generate_batch([prompt], SamplingParams(max_new_tokens=8, logprobs=4))
+    ids, lp = _reference(llm, prompt, 8)
+    got = seqs[0].logprobs
+    assert [t for t, _, _ in got] == seqs[0].token_ids == ids
+    for i, (token, logprob, top) in enumerate(got):
+        assert abs(logprob - float(lp[i, token])) < TOL
+        want = lp[i].topk(4)
+        assert [a for a, _ in top] == want.indices.tolist()
+        assert torch.allclose(torch.tensor([v for _, v in top]), want.values, atol=TOL)
+
+
+def test_chat_logprobs_equal_log_softmax_and_greedy_is_the_argmax(live, llm):
+    c = live.client()
+    r = c.chat.completions.create(model="hymoe-demo", messages=MESSAGES, temperature=0, max_tokens=12,
+                                  logprobs=True, top_logprobs=5)
+    content = r.choices[0].logprobs.content
+    ids, lp = _reference(llm, live.server.chat_ids(MESSAGES), 12)
+    assert len(content) == len(ids) == r.usage.completion_tokens
+    assert "".join(e.token for e in content) == r.choices[0].message.content
+    for i, e in enumerate(content):
+        assert e.token == llm.tokenizer.decode([ids[i]]) and e.bytes == list(e.token.encode())
+        assert abs(e.logprob - float(lp[i, ids[i]])) < TOL
+        values = [t.logprob for t in e.top_logprobs]
+        assert len(values) == 5 and values == sorted(values, reverse=True)
+        assert abs(values[0] - e.logprob) < 1e-6  # greedy: the chosen token is the most likely
+        assert torch.allclose(torch.tensor(values), lp[i].topk(5).values, atol=TOL)
+
+
+def test_streamed_logprobs_equal_the_whole_answers(live):
+    c = live.client()
+    kw = dict(model="hymoe-demo", messages=MESSAGES, temperature=0, max_tokens=16, logprobs=True, top_logprobs=3)
+    whole = c.chat.completions.create(**kw).choices[0].logprobs.content
+    chunks = list(c.chat.completions.create(stream=True, **kw))
+    streamed = [e for ch in chunks if ch.choices and ch.choices[0].logprobs for e in ch.choices[0].logprobs.content]
+    assert [(e.token, round(e.logprob, 4)) for e in streamed] == [(e.token, round(e.logprob, 4)) for e in whole]
+    assert [[t.token for t in e.top_logprobs] for e in streamed] == [[t.token for t in e.top_logprobs] for e in whole]
+
+
+def test_completion_logprobs_streamed_and_not(live, llm):
+    c = live.client()
+    kw = dict(model="hymoe-demo", prompt="And God said", temperature=0, max_tokens=10, logprobs=3)
+    r = c.completions.create(**kw)
+    lps = r.choices[0].logprobs
+    ids, lp = _reference(llm, llm.tokenizer.encode("And God said"), 10)
+    assert "".join(lps.tokens) == r.choices[0].text
+    assert lps.text_offset == [sum(len(t) for t in lps.tokens[:i]) for i in range(len(lps.tokens))]
+    for i, (logprob, top) in enumerate(zip(lps.token_logprobs, lps.top_logprobs)):
+        assert abs(logprob - float(lp[i, ids[i]])) < TOL
+        assert list(top.values()) == sorted(top.values(), reverse=True) and abs(max(top.values()) - logprob) < 1e-6
+    chunks = list(c.completions.create(stream=True, **kw))
+    tokens = [t for ch in chunks if ch.choices[0].logprobs for t in ch.choices[0].logprobs.tokens]
+    offsets = [o for ch in chunks if ch.choices[0].logprobs for o in ch.choices[0].logprobs.text_offset]
+    assert tokens == lps.tokens and offsets == lps.text_offset
+
+
+def test_sampled_logprobs_are_of_the_raw_distribution(live):
+    """At temperature 1.5 with top_p, the reported numbers are still the model's log-softmax: the
+    chosen token's logprob is at most the best alternative's, and the texts add up."""
+    r = live.client().chat.completions.create(model="hymoe-demo", messages=MESSAGES, temperature=1.5, top_p=0.9,
+                                              seed=3, max_tokens=12, logprobs=True, top_logprobs=2)
+    content = r.choices[0].logprobs.content
+    assert "".join(e.token for e in content) == r.choices[0].message.content
+    assert all(e.logprob <= e.top_logprobs[0].logprob + 1e-6 and e.logprob <= 0 for e in content)
+
+
+def test_no_logprobs_unless_asked(live):
+    c = live.client()
+    assert c.chat.completions.create(model="hymoe-demo", messages=MESSAGES, max_tokens=3).choices[0].logprobs is None
+    assert c.completions.create(model="hymoe-demo", prompt="Amen", max_tokens=3).choices[0].logprobs is None
+
+
+@pytest.mark.parametrize("path,extra,fragment", [
+    ("chat", {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ("chat", {"logprobs": True, "top_logprobs": -1}, "top_logprobs"),
+    ("chat", {"top_logprobs": 2}, "needs 'logprobs'"),
+    ("chat", {"logprobs": False, "top_logprobs": 2}, "needs 'logprobs'"),
+    ("chat", {"logprobs": "yes please"}, "logprobs"),
+    ("text", {"logprobs": 21}, "logprobs"),
+    ("text", {"logprobs": -1}, "logprobs"),
+])
+def test_bad_logprobs_are_400s_with_openai_errors(live, path, extra, fragment):
+    body = {"model": "hymoe-demo", "max_tokens": 2, **extra}
+    body.update({"messages": MESSAGES} if path == "chat" else {"prompt": "Amen"})
+    url = live.url + ("/v1/chat/completions" if path == "chat" else "/v1/completions")
+    r = httpx.post(url, content=json.dumps(body), headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert fragment in r.json()["error"]["message"] and r.json()["error"]["type"] == "invalid_request_error"
