@@ -78,9 +78,10 @@ class Scheduler:
         return done
 
     def _admit(self) -> None:
-        """Forget cancelled sequences; give waiting ones free rows, first come first served."""
+        """Forget cancelled sequences; give waiting ones free rows, first come first served (a
+        sibling waits, and those behind it, until its leader has read the shared prompt)."""
         self.waiting = deque(s for s in self.waiting if not s.cancelled)
-        while self.waiting and self.free and self._take_slot(self.waiting[0]):
+        while self.waiting and self.free and self.waiting[0].is_admissible and self._take_slot(self.waiting[0]):
             self.running.append(seq := self.waiting.popleft())
             seq.t_admit = time.perf_counter()
 

@@ -38,6 +38,9 @@ class Sequence:
         self.cached = 0  # tokens whose keys and values its row holds
         self.reused = 0  # prompt tokens found in cached blocks (not computed again)
         self.cancelled = False
+        # a sibling with the same prompt (n > 1): this one is admitted once the leader has read its
+        # prompt, so the prompt's full blocks are computed once and shared from the prefix cache
+        self.leader: Sequence | None = None
         self.sent = 0  # characters of text already streamed
         # per generated token, where params.logprobs asks: (token, logprob, [(token, logprob)] top)
         self.logprobs: list[tuple[int, float, list[tuple[int, float]]]] = []
@@ -53,6 +56,11 @@ class Sequence:
     @property
     def is_prefilled(self) -> bool:
         return self.cached >= len(self.prompt)
+
+    @property
+    def is_admissible(self) -> bool:
+        """Its leader, if any, has read its prompt (or ended): the cached blocks are there to share."""
+        return self.leader is None or self.leader.is_prefilled or self.leader.finish_reason is not None
 
     @property
     def is_decoding(self) -> bool:
