@@ -121,9 +121,91 @@ def test_no_logprobs_unless_asked(live):
     ("text", {"logprobs": -1}, "logprobs"),
 ])
 def test_bad_logprobs_are_400s_with_openai_errors(live, path, extra, fragment):
-    body = {"model": "hymoe-demo", "max_tokens": 2, **extra}
-    body.update({"messages": MESSAGES} if path == "chat" else {"prompt": "Amen"})
+    body = {"model": "hymoe-demo", "max_tokens": 2, **({"messages": MESSAGES} if path == "chat" else {"prompt": "Amen"})}
+    body.update(extra)
     url = live.url + ("/v1/chat/completions" if path == "chat" else "/v1/completions")
     r = httpx.post(url, content=json.dumps(body), headers={"Content-Type": "application/json"})
     assert r.status_code == 400, r.text
     assert fragment in r.json()["error"]["message"] and r.json()["error"]["type"] == "invalid_request_error"
+
+
+# ---- n > 1 and lists of prompts
+
+def _sampled(c, **kw):
+    return c.chat.completions.create(model="hymoe-demo", messages=MESSAGES, temperature=1.0, seed=11,
+                                     max_tokens=kw.pop("max_tokens", 12), **kw)
+
+
+def test_n_choices_are_indexed_seeded_apart_and_counted_once(live):
+    c = live.client()
+    one = _sampled(c)
+    three = _sampled(c, n=3)
+    assert [ch.index for ch in three.choices] == [0, 1, 2]
+    assert three.choices[0].message.content == one.choices[0].message.content  # choice 0 keeps the seed
+    assert len({ch.message.content for ch in three.choices}) > 1  # seed + j: they differ
+    again = _sampled(c, n=3)
+    assert [ch.message.content for ch in again.choices] == [ch.message.content for ch in three.choices]
+    assert three.usage.prompt_tokens == one.usage.prompt_tokens
+    assert three.usage.completion_tokens == sum(
+        len(live.server.llm.tokenizer.encode(ch.message.content)) for ch in three.choices) or \
+        three.usage.completion_tokens >= 3  # an EOS or a merge may make re-encoding differ
+    assert three.usage.total_tokens == three.usage.prompt_tokens + three.usage.completion_tokens
+
+
+def test_n_siblings_read_the_prompt_once(live, llm):
+    """The first choice reads the prompt; the others wait for it and share its full blocks from the
+    prefix cache, so they compute only the last, partial block."""
+    timings, block = live.server.scheduler.scheduler.timings, llm.options.kv_block_size
+    prompt = "Tell me, in order, of " + ", ".join(f"the {i}th generation of Adam" for i in range(36))
+    ids = live.server.chat_ids([{"role": "user", "content": prompt}])
+    assert 3 * block < len(ids) < 450
+    before = timings.prefill_tokens
+    r = live.client().chat.completions.create(model="hymoe-demo", messages=[{"role": "user", "content": prompt}],
+                                              n=4, max_tokens=2, temperature=1.0, seed=1)
+    read = timings.prefill_tokens - before
+    assert len(r.choices) == 4 and r.usage.prompt_tokens == len(ids)
+    assert len(ids) <= read <= len(ids) + 3 * block < 2 * len(ids)  # not 4 x the prompt
+
+
+def test_n_streamed_equals_not_streamed(live):
+    c = live.client()
+    whole = [ch.message.content for ch in _sampled(c, n=3, max_tokens=16).choices]
+    chunks = list(_sampled(c, n=3, max_tokens=16, stream=True, stream_options={"include_usage": True}))
+    texts, finishes = ["", "", ""], [0, 0, 0]
+    for ch in chunks:
+        for choice in ch.choices:
+            texts[choice.index] += choice.delta.content or ""
+            finishes[choice.index] += choice.finish_reason is not None
+    assert texts == whole and finishes == [1, 1, 1]
+    assert chunks[-1].usage.completion_tokens >= 3
+
+
+def test_completions_take_a_list_of_prompts_times_n(live):
+    c = live.client()
+    prompts = ["And God said", "In the beginning"]
+    r = c.completions.create(model="hymoe-demo", prompt=prompts, n=2, max_tokens=8, temperature=1.0, seed=5)
+    assert [ch.index for ch in r.choices] == [0, 1, 2, 3]
+    alone = c.completions.create(model="hymoe-demo", prompt=prompts[1], max_tokens=8, temperature=1.0, seed=6)
+    assert r.choices[3].text == alone.choices[0].text  # prompt-major; choice j of a prompt: seed + j
+    ids = [live.server.llm.tokenizer.encode(p) for p in prompts]
+    by_ids = c.completions.create(model="hymoe-demo", prompt=ids, max_tokens=8, temperature=0)
+    by_text = c.completions.create(model="hymoe-demo", prompt=prompts, max_tokens=8, temperature=0)
+    assert [ch.text for ch in by_ids.choices] == [ch.text for ch in by_text.choices]
+    assert by_text.usage.prompt_tokens == sum(len(i) for i in ids)
+
+
+@pytest.mark.parametrize("path,extra,fragment", [
+    ("chat", {"n": 0}, "n"),
+    ("chat", {"n": 1000}, "'n' must be at most 16"),
+    ("text", {"n": 17}, "'n' must be at most 16"),
+    ("text", {"n": 16, "max_tokens": 100_000}, "KV pool"),
+    ("text", {"prompt": []}, "prompt"),
+    ("text", {"prompt": [[]]}, "prompt"),
+    ("text", {"prompt": [""]}, "prompt"),
+    ("text", {"prompt": ["Amen", [1, 2]]}, "prompt"),
+    ("text", {"prompt": ["Amen", 7]}, "prompt"),
+    ("text", {"prompt": [10**9]}, "prompt"),
+    ("text", {"prompt": ["Amen"] * 5, "n": 16}, "at most 64"),
+])
+def test_bad_n_and_prompt_lists_are_400s(live, path, extra, fragment):
+    test_bad_logprobs_are_400s_with_openai_errors(live, path, extra, fragment)

@@ -85,7 +85,8 @@ class ChatBody(SamplingFields):
 
 
 class CompletionBody(SamplingFields):
-    prompt: str | list[int]
+    # one prompt (text or token ids) or a list of them; a list mixing the two is refused
+    prompt: str | list[int] | list[str] | list[list[int]]
     logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # OpenAI caps it at 5; vLLM at 20
 
     def logprobs_k(self) -> int | None:
