@@ -209,3 +209,40 @@ def test_completions_take_a_list_of_prompts_times_n(live):
 ])
 def test_bad_n_and_prompt_lists_are_400s(live, path, extra, fragment):
     test_bad_logprobs_are_400s_with_openai_errors(live, path, extra, fragment)
+
+
+# ---- echo
+
+def test_echo_prepends_the_prompt_and_its_logprobs(live, llm):
+    c = live.client()
+    prompt = "And God said"
+    ids = llm.tokenizer.encode(prompt)
+    plain = c.completions.create(model="hymoe-demo", prompt=prompt, max_tokens=6, temperature=0, logprobs=2)
+    r = c.completions.create(model="hymoe-demo", prompt=prompt, max_tokens=6, temperature=0, logprobs=2, echo=True)
+    text, lps = r.choices[0].text, r.choices[0].logprobs
+    assert text == prompt + plain.choices[0].text
+    assert len(lps.tokens) == len(ids) + len(plain.choices[0].logprobs.tokens)
+    assert lps.token_logprobs[0] is None and lps.top_logprobs[0] is None  # nothing precedes the first token
+    lp = llm.logits(ids).log_softmax(-1)  # position i predicts token i + 1
+    for i in range(1, len(ids)):
+        assert abs(lps.token_logprobs[i] - float(lp[i - 1, ids[i]])) < TOL
+        assert list(lps.top_logprobs[i].values()) == sorted(lps.top_logprobs[i].values(), reverse=True)
+    assert lps.token_logprobs[len(ids):] == pytest.approx(plain.choices[0].logprobs.token_logprobs, abs=1e-5)
+    chunks = list(c.completions.create(model="hymoe-demo", prompt=prompt, max_tokens=6, temperature=0, logprobs=2,
+                                       echo=True, stream=True))
+    assert "".join(ch.choices[0].text for ch in chunks) == text
+    streamed = [t for ch in chunks if ch.choices[0].logprobs for t in ch.choices[0].logprobs.token_logprobs]
+    assert streamed[0] is None and streamed[1:] == pytest.approx(lps.token_logprobs[1:], abs=1e-5)
+
+
+def test_echo_of_token_ids_and_of_several_prompts(live, llm):
+    c = live.client()
+    ids = [llm.tokenizer.encode("In the beginning"), llm.tokenizer.encode("Amen")]
+    r = c.completions.create(model="hymoe-demo", prompt=ids, n=2, max_tokens=3, temperature=0, echo=True)
+    assert [ch.index for ch in r.choices] == [0, 1, 2, 3]
+    assert all(ch.text.startswith(llm.tokenizer.decode(ids[0])) for ch in r.choices[:2])
+    assert all(ch.text.startswith(llm.tokenizer.decode(ids[1])) and ch.logprobs is None for ch in r.choices[2:])
+    texts = c.completions.create(model="hymoe-demo", prompt=["In the beginning", "Amen"], max_tokens=3,
+                                 temperature=0, echo=True)
+    assert [ch.text.split(" beginning")[0] for ch in texts.choices[:1]] == ["In the"]
+    assert texts.choices[1].text.startswith("Amen")

@@ -32,11 +32,11 @@ class Formatter:
         out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
         for t, lp, top in entries:
             out["tokens"].append(self.text(t))
-            out["token_logprobs"].append(lp)
+            out["token_logprobs"].append(lp)  # None: an echoed prompt's first token, as OpenAI
             alternatives: dict[str, float] = {}
             for a, alp in top:  # most likely first; of two with one text, the likelier stays
                 alternatives.setdefault(self.text(a), alp)
-            out["top_logprobs"].append(alternatives)
+            out["top_logprobs"].append(alternatives if lp is not None else None)
             out["text_offset"].append(self.offset)
             self.offset += len(self.text(t))
         return out

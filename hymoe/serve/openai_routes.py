@@ -77,8 +77,9 @@ def _usage(reqs: list) -> dict:
 class _Reply:
     """One response's id, object names and chunk shapes; kind: 'chat' or 'text'."""
 
-    def __init__(self, s, kind: str, body, count: int):
+    def __init__(self, s, kind: str, body, count: int, echo: list[tuple[str, list]] | None = None):
         self.s, self.kind, self.created = s, kind, int(time.time())
+        self.echo = echo  # per choice: the prompt's text and its tokens' logprob entries, to lead its text
         self.rid = new_id("chatcmpl" if kind == "chat" else "cmpl")
         self.obj = "chat.completion" if kind == "chat" else "text_completion"
         # one per choice: a completion's text_offset runs on along its own text
@@ -106,9 +107,11 @@ async def _stream(s, http, reqs, queue, reply: _Reply, plan: structured.ToolPlan
     """The SSE chunks of one streamed reply, each for one choice (its index); each carries the
     log-probabilities of its tokens."""
     tools = [structured.ToolStream(plan) for _ in reqs]
-    if reply.kind == "chat":
-        for i in range(len(reqs)):
+    for i in range(len(reqs)):
+        if reply.kind == "chat":
             yield sse(reply.chunk(i, None, None, first=True))
+        elif reply.echo is not None:
+            yield sse(reply.chunk(i, reply.echo[i][0], None, entries=reply.echo[i][1]))
     async for i, ev, data in s.events_many(reqs, queue, http):
         if ev == "text":
             text = tools[i].feed(data["text"])  # held back while it may be a tool call
@@ -132,9 +135,10 @@ async def _stream(s, http, reqs, queue, reply: _Reply, plan: structured.ToolPlan
 
 
 def _choice(reply: _Reply, i: int, req, content: str, done: dict, plan: structured.ToolPlan) -> dict:
-    lp = reply.logprobs(i, req.logprobs)
+    head, head_entries = reply.echo[i] if reply.echo is not None else ("", [])
+    lp = reply.logprobs(i, head_entries + req.logprobs)
     if reply.kind == "text":
-        return {"index": i, "text": content, "finish_reason": done["finish_reason"], "logprobs": lp}
+        return {"index": i, "text": head + content, "finish_reason": done["finish_reason"], "logprobs": lp}
     content, calls = plan.parse(content)
     message = {"role": "assistant", "content": content}
     if calls:
@@ -143,11 +147,11 @@ def _choice(reply: _Reply, i: int, req, content: str, done: dict, plan: structur
             "logprobs": lp}
 
 
-async def _run(s, http, jobs, body, kind: str, plan: structured.ToolPlan | None = None):
+async def _run(s, http, jobs, body, kind: str, plan: structured.ToolPlan | None = None, echo: list | None = None):
     """kind: 'chat' or 'text'. Streams SSE chunks or returns one JSON object."""
     reqs, queue = s.start_many(jobs)
     plan = plan or structured.ToolPlan(None)
-    reply = _Reply(s, kind, body, len(reqs))
+    reply = _Reply(s, kind, body, len(reqs), echo)
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         return stream(_stream(s, http, reqs, queue, reply, plan, include_usage))
@@ -167,14 +171,15 @@ async def chat_completions(http: HttpRequest):
     return await _run(s, http, _jobs(s, [ids], params, body.n), body, "chat", plan)
 
 
+def _listed(prompt) -> list:
+    """The prompts of a legacy completion, as a list: one string or token-id list is one prompt."""
+    return prompt if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)) else [prompt]
+
+
 def _prompt_ids(s, prompt) -> list[list[int]]:
     """The prompts of a legacy completion: a string, token ids, or a non-empty list of either."""
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
-        prompts = prompt
-    else:
-        prompts = [prompt]
     out = []
-    for p in prompts:
+    for p in _listed(prompt):
         if isinstance(p, str):
             if not p:
                 raise ApiError(400, "'prompt' must not be empty", param="prompt")
@@ -191,4 +196,15 @@ async def completions(http: HttpRequest):
     s, body = _server(http), await parse_body(http, CompletionBody)
     params = await asyncio.to_thread(_prepare, s, body)  # a schema may take a while to compile
     prompts = await asyncio.to_thread(_prompt_ids, s, body.prompt)  # tokenizing is off the loop
-    return await _run(s, http, _jobs(s, prompts, params, body.n), body, "text")
+    jobs = _jobs(s, prompts, params, body.n)
+    echo = None
+    if body.echo:  # a forward pass over each prompt where its logprobs are asked for: off the loop
+        heads = await asyncio.to_thread(_echo, s, body.prompt, prompts, body.logprobs)
+        echo = [head for head in heads for _ in range(body.n)]
+    return await _run(s, http, jobs, body, "text", echo=echo)
+
+
+def _echo(s, prompt, prompts: list[list[int]], k: int | None) -> list[tuple[str, list]]:
+    """Per prompt: its text as sent (token ids decoded) and, with logprobs, its tokens' entries."""
+    texts = [p if isinstance(p, str) else s.llm.tokenizer.decode(ids) for p, ids in zip(_listed(prompt), prompts)]
+    return [(text, s.llm.prompt_logprobs(ids, k) if k is not None else []) for text, ids in zip(texts, prompts)]

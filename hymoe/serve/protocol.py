@@ -88,6 +88,7 @@ class CompletionBody(SamplingFields):
     # one prompt (text or token ids) or a list of them; a list mixing the two is refused
     prompt: str | list[int] | list[str] | list[list[int]]
     logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # OpenAI caps it at 5; vLLM at 20
+    echo: bool = False  # the prompt's text (and with logprobs, its tokens') before each choice's
 
     def logprobs_k(self) -> int | None:
         return self.logprobs
