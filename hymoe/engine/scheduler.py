@@ -100,6 +100,11 @@ class Scheduler:
             return
         t0 = time.perf_counter()
         logits = self.runner.forward([s.slot for s, _ in batch], [t for _, t in batch], [s.cached for s, _ in batch])
+        self._sample(batch, logits)
+        self.timings.add(is_prefill, time.perf_counter() - t0, sum(len(t) for _, t in batch))
+
+    def _sample(self, batch: list[tuple[Sequence, list[int]]], logits) -> None:
+        """Each sequence that has now read its whole prompt samples its next token (logits: [B, V])."""
         sampling = [i for i, (s, t) in enumerate(batch) if s.cached + len(t) >= len(s.prompt)]
         # log-probabilities before the grammar's mask: the model's own distribution
         asked = [i for i in sampling if batch[i][0].params.logprobs is not None]
@@ -112,7 +117,6 @@ class Scheduler:
             if seq.is_prefilled:
                 token = sample(row, seq.params, seq.history, seq.gen)
                 seq.accept(token, scored.entry(i, token, seq.params.logprobs or 0))
-        self.timings.add(is_prefill, time.perf_counter() - t0, sum(len(t) for _, t in batch))
 
     def run(self) -> None:
         """Step until every sequence added has ended."""
