@@ -246,3 +246,17 @@ def test_echo_of_token_ids_and_of_several_prompts(live, llm):
                                  temperature=0, echo=True)
     assert [ch.text.split(" beginning")[0] for ch in texts.choices[:1]] == ["In the"]
     assert texts.choices[1].text.startswith("Amen")
+
+
+def test_n_choices_stream_their_own_logprobs(live):
+    c = live.client()
+    kw = dict(model="hymoe-demo", prompt="And God said", n=2, max_tokens=8, temperature=1.0, seed=9, logprobs=1)
+    whole = c.completions.create(**kw)
+    tokens, offsets = [[], []], [[], []]
+    for ch in c.completions.create(stream=True, **kw):
+        for choice in ch.choices:
+            if choice.logprobs:
+                tokens[choice.index] += choice.logprobs.tokens
+                offsets[choice.index] += choice.logprobs.text_offset
+    assert tokens == [ch.logprobs.tokens for ch in whole.choices]
+    assert offsets == [ch.logprobs.text_offset for ch in whole.choices]  # each choice's own text
