@@ -279,10 +279,46 @@ def test_chat_page_streams_in_headless_chromium(live, tmp_path):
         want = live.client().chat.completions.create(model="hymoe-demo", messages=history, temperature=0,
                                                      max_tokens=128)
         assert second == want.choices[0].message.content
+        _cut_stop_and_clear(live, browser)
         browser.screenshot(tmp_path / "page.png")
         assert (tmp_path / "page.png").stat().st_size > 1000
     finally:
         browser.close()
+
+
+def _cut_stop_and_clear(live, browser):
+    """A reply cut by max tokens says so; Stop aborts a stream and the server frees its row; Clear
+    empties the conversation, and the next message starts a new one."""
+    def send(text, max_tokens, temperature):
+        browser.eval(f"document.getElementById('max_tokens').value = '{max_tokens}';"
+                     f"document.getElementById('temperature').value = '{temperature}';"
+                     f"document.getElementById('prompt').value = '{text}';"
+                     "document.getElementById('send').click()")
+
+    send("Who was Abraham?", 3, 0)
+    browser.wait_for("document.body.dataset.replies === '3'")
+    assert "max tokens" in browser.eval("document.querySelector('#log > :last-child').textContent")
+    assert browser.eval("document.querySelector('#log > :last-child').className") == "note"
+    send("Tell me the whole story of Noah and the flood.", 480, 1)
+    browser.wait_for("document.body.dataset.state === 'streaming' && "
+                     "[...document.querySelectorAll('.assistant')].at(-1).textContent.length > 0")
+    assert live.server.scheduler.load["active"] == 1
+    browser.eval("document.getElementById('stop').click()")
+    browser.wait_for("document.body.dataset.state === 'idle'")
+    assert browser.eval("document.querySelector('#log > :last-child').textContent") == "(stopped)"
+    assert browser.eval("document.body.dataset.replies") == "4"
+    deadline = time.time() + 10
+    while live.server.scheduler.load["active"] and time.time() < deadline:  # the server sees the client leave
+        time.sleep(0.1)
+    assert live.server.scheduler.load["active"] == 0
+    browser.eval("document.getElementById('clear').click()")
+    assert browser.eval("document.getElementById('log').children.length") == 0
+    assert browser.eval("document.body.dataset.replies") == "0"
+    send("Who was Moses?", 8, 0)
+    browser.wait_for("document.body.dataset.replies === '1'")  # a new conversation: one exchange
+    alone = live.client().chat.completions.create(model="hymoe-demo", temperature=0, max_tokens=8,
+                                                  messages=[{"role": "user", "content": "Who was Moses?"}])
+    assert browser.eval("document.querySelector('.assistant').textContent") == alone.choices[0].message.content
 
 
 def test_bench_serve_and_serve_arguments():

@@ -33,14 +33,16 @@ class EngineThread:
         self.thread = threading.Thread(target=self._loop, name="hymoe-engine", daemon=True)
         self.thread.start()
 
-    def submit(self, seq: Sequence) -> None:
-        self.llm.check_prompt(seq.prompt)
+    def submit(self, *seqs: Sequence) -> None:
+        """Queue seqs (one request's: n choices, several prompts) all together, or none of them."""
+        for seq in seqs:
+            self.llm.check_prompt(seq.prompt)
         with self.lock:
             # waiting: submitted and not running, less those about to take a free row
             queued = len(self.inbox) + len(self.scheduler.waiting) - len(self.scheduler.free)
-            if queued >= self.max_queue:
+            if queued + len(seqs) - 1 >= self.max_queue:
                 raise QueueFull(f"{queued} requests are waiting; try again shortly")
-            self.inbox.append(seq)
+            self.inbox.extend(seqs)
             self.lock.notify()
 
     def cancel(self, seq: Sequence) -> None:

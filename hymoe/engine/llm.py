@@ -137,6 +137,26 @@ class LLM:
         self.check_prompt(list(token_ids))
         return self.runner(1, len(token_ids)).all_logits([0], [list(token_ids)], self.prefill_chunk)[0]
 
+    def prompt_logprobs(self, token_ids: list[int], k: int) -> list[tuple[int, float | None, list]]:
+        """Each prompt token's (token, logprob, k most likely (token, logprob)) given the tokens
+        before it, the first's logprob None: the model's raw log-softmax, as the sampler reports.
+        Its own one-row runner, a chunk per pass under the model's lock, as `embed`; [T, V] logits
+        are held a chunk at a time."""
+        ids = list(token_ids)
+        self.check_prompt(ids)
+        runner = self.runner(1, len(ids), is_graphed=False)
+        out: list[tuple[int, float | None, list]] = [(ids[0], None, [])]
+        for c in range(0, len(ids) - 1, self.prefill_chunk):
+            chunk = ids[c:c + self.prefill_chunk]
+            lp = runner.forward([0], [chunk], [c], is_all_logits=True)[0].float().log_softmax(-1)  # [T, V]
+            targets = torch.tensor(ids[c + 1:c + 1 + len(chunk)])  # the next tokens; the last has none
+            chosen = lp[torch.arange(len(targets)), targets].tolist()
+            top = lp[:len(targets)].topk(k) if k > 0 else None
+            for j, t in enumerate(targets.tolist()):
+                alternatives = [] if top is None else list(zip(top.indices[j].tolist(), top.values[j].tolist()))
+                out.append((t, chosen[j], alternatives))
+        return out
+
     def embed(self, token_ids: list[int]) -> torch.Tensor:
         """float32 CPU [H]: the mean over positions of the final hidden states (after the last norm),
         L2-normalized. Its own one-row runner, `prefill_chunk` tokens per pass, each pass under the

@@ -18,6 +18,8 @@ class SamplingParams:
     is_eos_ignored: bool = False
     extra_eos_ids: tuple[int, ...] = field(default=())
     grammar: object | None = None  # a compiled grammar (engine/grammar.py): the output must match it
+    # None: no log-probabilities; k >= 0: each sampled token's, with its k most likely alternatives
+    logprobs: int | None = None
 
     def generator(self) -> torch.Generator | None:
         if self.seed is None:
@@ -50,3 +52,23 @@ def sample(logits: torch.Tensor, p: SamplingParams, history: list[int], gen: tor
         logits = logits.scatter(0, order, sorted_logits.masked_fill(drop, float("-inf")))
     probs = logits.softmax(-1)
     return int(torch.multinomial(probs, 1, generator=gen))
+
+
+class Scored:
+    """Log-probabilities of the rows that asked, for one forward pass: one log_softmax and one topk
+    over those rows together. They are the model's raw distribution (before temperature, top-k/p,
+    penalties or a grammar's mask), as OpenAI and vLLM's default report them."""
+
+    def __init__(self, logits: torch.Tensor, rows: list[int], k: int):
+        self.where = {r: i for i, r in enumerate(rows)}  # batch row -> row of self.lp
+        self.lp = logits[rows].float().log_softmax(-1) if rows else None  # [R, V]
+        self.top = self.lp.topk(min(k, self.lp.shape[-1])) if rows and k > 0 else None  # ([R, k], [R, k])
+
+    def entry(self, row: int, token: int, k: int) -> tuple[int, float, list[tuple[int, float]]] | None:
+        """(token, its logprob, the k most likely (token, logprob), most likely first) or None."""
+        if row not in self.where:
+            return None
+        i = self.where[row]
+        top = [] if self.top is None or k == 0 else \
+            list(zip(self.top.indices[i, :k].tolist(), self.top.values[i, :k].tolist()))
+        return token, float(self.lp[i, token]), top

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from hymoe.engine.grammar import Masker
 from hymoe.engine.runner import Runner
-from hymoe.engine.sampler import sample
+from hymoe.engine.sampler import Scored, sample
 from hymoe.engine.sequence import Sequence
 
 
@@ -78,9 +78,10 @@ class Scheduler:
         return done
 
     def _admit(self) -> None:
-        """Forget cancelled sequences; give waiting ones free rows, first come first served."""
+        """Forget cancelled sequences; give waiting ones free rows, first come first served (a
+        sibling waits, and those behind it, until its leader has read the shared prompt)."""
         self.waiting = deque(s for s in self.waiting if not s.cancelled)
-        while self.waiting and self.free and self._take_slot(self.waiting[0]):
+        while self.waiting and self.free and self.waiting[0].is_admissible and self._take_slot(self.waiting[0]):
             self.running.append(self.waiting.popleft())
 
     def _prefill_chunks(self) -> list[tuple[Sequence, list[int]]]:
@@ -98,12 +99,21 @@ class Scheduler:
             return
         t0 = time.perf_counter()
         logits = self.runner.forward([s.slot for s, _ in batch], [t for _, t in batch], [s.cached for s, _ in batch])
+        self._sample(batch, logits)
+        self.timings.add(is_prefill, time.perf_counter() - t0, sum(len(t) for _, t in batch))
+
+    def _sample(self, batch: list[tuple[Sequence, list[int]]], logits) -> None:
+        """Each sequence that has now read its whole prompt samples its next token (logits: [B, V])."""
+        sampling = [i for i, (s, t) in enumerate(batch) if s.cached + len(t) >= len(s.prompt)]
+        # log-probabilities before the grammar's mask: the model's own distribution
+        asked = [i for i in sampling if batch[i][0].params.logprobs is not None]
+        scored = Scored(logits, asked, max((batch[i][0].params.logprobs for i in asked), default=0))
         self.masker.apply(logits, batch)  # the constrained rows that sample now: one batched bitmask op
-        for (seq, tokens), row in zip(batch, logits):  # row: [V]
+        for i, ((seq, tokens), row) in enumerate(zip(batch, logits)):  # row: [V]
             seq.cached += len(tokens)
             if seq.is_prefilled:
-                seq.accept(sample(row, seq.params, seq.history, seq.gen))
-        self.timings.add(is_prefill, time.perf_counter() - t0, sum(len(t) for _, t in batch))
+                token = sample(row, seq.params, seq.history, seq.gen)
+                seq.accept(token, scored.entry(i, token, seq.params.logprobs or 0))
 
     def run(self) -> None:
         """Step until every sequence added has ended."""

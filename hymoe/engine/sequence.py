@@ -38,7 +38,13 @@ class Sequence:
         self.cached = 0  # tokens whose keys and values its row holds
         self.reused = 0  # prompt tokens found in cached blocks (not computed again)
         self.cancelled = False
+        # a sibling with the same prompt (n > 1): this one is admitted once the leader has read its
+        # prompt, so the prompt's full blocks are computed once and shared from the prefix cache
+        self.leader: Sequence | None = None
         self.sent = 0  # characters of text already streamed
+        # per generated token, where params.logprobs asks: (token, logprob, [(token, logprob)] top)
+        self.logprobs: list[tuple[int, float, list[tuple[int, float]]]] = []
+        self.logprobs_sent = 0  # entries already streamed
         self.t_submit, self.t_first, self.t_done = time.perf_counter(), None, None
         self.t_admit: float | None = None  # when it took a row: prompt evaluation begins
 
@@ -50,6 +56,11 @@ class Sequence:
     @property
     def is_prefilled(self) -> bool:
         return self.cached >= len(self.prompt)
+
+    @property
+    def is_admissible(self) -> bool:
+        """Its leader, if any, has read its prompt (or ended): the cached blocks are there to share."""
+        return self.leader is None or self.leader.is_prefilled or self.leader.finish_reason is not None
 
     @property
     def is_decoding(self) -> bool:
@@ -71,8 +82,9 @@ class Sequence:
         self.cancelled = True
         self.finish_reason = self.finish_reason or "cancelled"
 
-    def accept(self, token: int) -> None:
-        """Take the next sampled token: EOS, then stop strings, then the length limit; stream new text."""
+    def accept(self, token: int, logprob: tuple | None = None) -> None:
+        """Take the next sampled token (and its log-probabilities, if asked for): EOS, then stop
+        strings, then the length limit; stream new text."""
         if self.t_first is None:
             self.t_first = time.perf_counter()
         if self.on_token is not None:
@@ -85,6 +97,8 @@ class Sequence:
         if token in self.eos:
             return self._finish("stop")
         self.token_ids.append(token)
+        if logprob is not None:  # only for tokens of the output: not the EOS or grammar end
+            self.logprobs.append(logprob)
         if self.is_streamed:
             self.text = self.tokenizer.decode(self.token_ids)
             cuts = [self.text.index(s) for s in self.params.stop if s in self.text]
@@ -114,8 +128,13 @@ class Sequence:
         while end > self.sent and self.text[end - 1] == "\ufffd":
             end -= 1
         if end > self.sent:
-            self.on_event("text", {"text": self.text[self.sent:end]})
+            self.on_event("text", {"text": self.text[self.sent:end], "logprobs": self._new_logprobs()})
             self.sent = end
+
+    def _new_logprobs(self) -> list:
+        """The entries not yet streamed: an event carries those of the tokens sampled before it."""
+        new, self.logprobs_sent = self.logprobs[self.logprobs_sent:], len(self.logprobs)
+        return new
 
     def _finish(self, reason: str) -> None:
         self.finish_reason, self.t_done = reason, time.perf_counter()
@@ -124,6 +143,7 @@ class Sequence:
         if self.on_event is None:
             return
         if len(self.text) > self.sent:
-            self.on_event("text", {"text": self.text[self.sent:]})
+            self.on_event("text", {"text": self.text[self.sent:], "logprobs": self._new_logprobs()})
             self.sent = len(self.text)
-        self.on_event("done", {"finish_reason": reason, "usage": self.usage()})
+        # entries of tokens whose text was held back, then cut (a stop string) or empty
+        self.on_event("done", {"finish_reason": reason, "usage": self.usage(), "logprobs": self._new_logprobs()})

@@ -22,10 +22,10 @@ def usage(http) -> dict:
     return http.scope.setdefault(_KEY, new_usage())
 
 
-def count_sequence(http, seq) -> None:
+def count_sequence(http, seq, is_prompt_counted: bool = True) -> None:
     """A generation request's sequence has ended (or was cancelled): its tokens and first-token time."""
     tally = usage(http)
-    tally["prompt"] += len(seq.prompt)
+    tally["prompt"] += len(seq.prompt) if is_prompt_counted else 0
     tally["generated"] += len(seq.token_ids)
     if seq.t_first is not None:
         tally["ttft"].append(seq.t_first - seq.t_submit)

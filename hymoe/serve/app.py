@@ -74,28 +74,44 @@ class Server:
                               top_p=1.0 if top_p is None else top_p, seed=seed, stop=stops)
 
     def start(self, ids: list[int], params: SamplingParams) -> tuple[Sequence, asyncio.Queue]:
+        reqs, queue = self.start_many([(ids, params)])
+        return reqs[0], queue
+
+    def start_many(self, jobs: list[tuple[list[int], SamplingParams]]) -> tuple[list[Sequence], asyncio.Queue]:
+        """One request's sequences (n choices of each prompt), submitted together; the queue gets
+        (index, kind, data). A later sequence of a prompt follows the first (its leader), so the
+        prompt is read once and shared from the prefix cache."""
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
-        req = self.llm.sequence(ids, params, lambda kind, data: loop.call_soon_threadsafe(queue.put_nowait, (kind, data)))
-        if len(ids) >= self.llm.max_context:
-            raise ApiError(400, f"The prompt has {len(ids)} tokens; this server's context holds "
-                                f"{self.llm.max_context}", "context_length_exceeded", "messages")
+        reqs, leaders = [], {}
+        for i, (ids, params) in enumerate(jobs):
+            if len(ids) >= self.llm.max_context:
+                raise ApiError(400, f"The prompt has {len(ids)} tokens; this server's context holds "
+                                    f"{self.llm.max_context}", "context_length_exceeded", "messages")
+            put = (lambda i: lambda kind, data: loop.call_soon_threadsafe(queue.put_nowait, (i, kind, data)))(i)
+            reqs.append(req := self.llm.sequence(ids, params, put))
+            req.leader = leaders.get(tuple(ids))
+            leaders.setdefault(tuple(ids), req)
         try:
-            self.scheduler.submit(req)
+            self.scheduler.submit(*reqs)
         except QueueFull as e:
             raise ApiError(503, str(e), "server_busy", headers={"Retry-After": "2"}) from None
         except HymoeError as e:
             raise ApiError(400, str(e)) from None
-        return req, queue
+        return reqs, queue
 
     async def events(self, req: Sequence, queue: asyncio.Queue, http: HttpRequest):
-        """Yield (kind, data) until done; cancel the request if the client goes away (looked at
-        every second, also while events flow: a non-streamed client only waits)."""
+        async for _, kind, data in self.events_many([req], queue, http):
+            yield kind, data
+
+    async def events_many(self, reqs: list[Sequence], queue: asyncio.Queue, http: HttpRequest):
+        """Yield (index, kind, data) until each has ended; cancel the unfinished if the client goes
+        away (looked at every second, also while events flow: a non-streamed client only waits)."""
         loop = asyncio.get_running_loop()
-        checked = loop.time()
+        checked, open_ = loop.time(), len(reqs)
         try:
-            while True:
+            while open_:
                 try:
-                    kind, data = await asyncio.wait_for(queue.get(), timeout=1.0)
+                    i, kind, data = await asyncio.wait_for(queue.get(), timeout=1.0)
                 except asyncio.TimeoutError:
                     kind = None
                 if loop.time() - checked >= 1.0:
@@ -104,25 +120,29 @@ class Server:
                         return
                 if kind is None:
                     continue
-                yield kind, data
-                if kind in ("done", "error"):
-                    return
+                yield i, kind, data
+                open_ -= kind in ("done", "error")
         finally:
-            if req.finish_reason is None:
-                self.scheduler.cancel(req)
-            count_sequence(http, req)
+            for req in reqs:
+                if req.finish_reason is None:
+                    self.scheduler.cancel(req)
+                count_sequence(http, req, is_prompt_counted=req.leader is None)  # a shared prompt once
 
     async def collect(self, req: Sequence, queue: asyncio.Queue, http: HttpRequest) -> tuple[str, dict | None]:
         """The whole answer of a non-streamed request: (text, done event data or None if the client left)."""
-        text, done = [], None
-        async for kind, data in self.events(req, queue, http):
+        return (await self.collect_many([req], queue, http))[0]
+
+    async def collect_many(self, reqs: list[Sequence], queue: asyncio.Queue,
+                           http: HttpRequest) -> list[tuple[str, dict | None]]:
+        texts, dones = [[] for _ in reqs], [None] * len(reqs)
+        async for i, kind, data in self.events_many(reqs, queue, http):
             if kind == "text":
-                text.append(data["text"])
+                texts[i].append(data["text"])
             elif kind == "done":
-                done = data
+                dones[i] = data
             else:
                 raise ApiError(500, data["message"], "internal_error")
-        return "".join(text), done
+        return [("".join(t), d) for t, d in zip(texts, dones)]
 
 
 class RequireKey:

@@ -63,14 +63,35 @@ class SamplingFields(BaseModel):
     response_format: dict[str, Any] | None = None
 
 
+MAX_TOP_LOGPROBS = 20  # as OpenAI's chat API
+
+
 class ChatBody(SamplingFields):
     messages: list[ChatMessage]
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self):
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("'top_logprobs' needs 'logprobs' set to true")
+        return self
+
+    def logprobs_k(self) -> int | None:
+        """What the engine is asked for: None, or how many alternatives per token."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionBody(SamplingFields):
-    prompt: str | list[int]
+    # one prompt (text or token ids) or a list of them; a list mixing the two is refused
+    prompt: str | list[int] | list[str] | list[list[int]]
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # OpenAI caps it at 5; vLLM at 20
+    echo: bool = False  # the prompt's text (and with logprobs, its tokens') before each choice's
+
+    def logprobs_k(self) -> int | None:
+        return self.logprobs
 
 
 # ---- Ollama request bodies (messages as OpenAI's)
