@@ -19,6 +19,15 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
+def llm():
+    """The bundled demo model in float32, loaded once for the server tests (a module may define its own)."""
+    import hymoe
+    from hymoe.default_model import ensure_default_model
+
+    return hymoe.load(ensure_default_model(), dtype="float32", progress=False, max_context=512)
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """tiny_model(name) -> (model_dir, hf_model), built once per session."""
     from tiny_models import make_model

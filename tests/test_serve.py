@@ -12,8 +12,6 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-import hymoe  # noqa: E402
-from hymoe.default_model import ensure_default_model  # noqa: E402
 
 PROMPTS = ["And God said", "In the beginning", "The Lord is my shepherd", "Blessed are the meek",
            "And Moses went up", "Let there be light", "Now the serpent was", "And it came to pass"]
@@ -35,11 +33,6 @@ class LiveServer:
         self.uv.should_exit = True
         self.thread.join(timeout=10)
         self.server.scheduler.close()
-
-
-@pytest.fixture(scope="module")
-def llm():
-    return hymoe.load(ensure_default_model(), dtype="float32", progress=False, max_context=512)
 
 
 @pytest.fixture(scope="module")

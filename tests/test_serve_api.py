@@ -18,16 +18,10 @@ openai = pytest.importorskip("openai")
 ollama = pytest.importorskip("ollama")
 prometheus_parser = pytest.importorskip("prometheus_client.parser")
 
-import hymoe  # noqa: E402
 from hymoe.default_model import ensure_default_model  # noqa: E402
 from test_serve import LiveServer  # noqa: E402
 
 MODEL = "hymoe-demo"
-
-
-@pytest.fixture(scope="module")
-def llm():
-    return hymoe.load(ensure_default_model(), dtype="float32", progress=False, max_context=512)
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,11 @@ import torch
 
 openai = pytest.importorskip("openai")
 
-import hymoe  # noqa: E402
-from hymoe.default_model import ensure_default_model  # noqa: E402
 from hymoe.engine.sampler import SamplingParams  # noqa: E402
 from test_serve import LiveServer  # noqa: E402
 
 TOL = 2e-3  # float32: a batched decode step and one whole prefill differ in summation order
 MESSAGES = [{"role": "user", "content": "Who was Moses?"}]
-
-
-@pytest.fixture(scope="module")
-def llm():
-    return hymoe.load(ensure_default_model(), dtype="float32", progress=False, max_context=512)
 
 
 @pytest.fixture(scope="module")
