@@ -73,6 +73,14 @@ class _Spec:
     name: str  # GGUF name
     shape: tuple[int, ...]
     fetch: Callable[[], torch.Tensor]  # float tensor of `shape`, read from the checkpoint when written
+    expert: Callable[[int], torch.Tensor] | None = None  # one expert of a stack, where stored apart
+
+    def encoded(self, fmt: str) -> np.ndarray:
+        """The tensor in fmt; a stack stored expert by expert is read and encoded one expert at a time
+        (an FP8 checkpoint's experts would otherwise be a whole float32 stack)."""
+        if self.expert is None:
+            return encode(self.fetch(), fmt)
+        return np.stack([encode(self.expert(j), fmt) for j in range(self.shape[0])])
 
 
 def _dense_specs(model, source, names: GGUFNames):
@@ -110,8 +118,11 @@ def _expert_specs(model, source, names: GGUFNames):
     for prefix, module in model.named_modules():
         if isinstance(module, MoE):
             for which, (name, shape) in enumerate(zip(model.stacked_expert_names(prefix), ((i, h), (i, h), (h, i)))):
+                one = model.checkpoint_name(f"{prefix}.experts.{{}}.{model.expert_names[which]}.weight")
+                expert = (lambda j, one=one, shape=shape: checked(source, one.format(j), torch.Size(shape))) \
+                    if one.format(0) in source else None
                 yield _Spec(names.gguf(name), (e, *shape), lambda prefix=prefix, which=which: stacked_projection(
-                    model, source, prefix, which))  # in the checkpoint's dtype: lossless, half of float32
+                    model, source, prefix, which), expert)  # in the checkpoint's dtype: lossless, half of float32
 
 
 def convert(hf_dir: str | Path, out: str | Path, type: str = "Q8_0", experts_type: str | None = None,
@@ -153,7 +164,7 @@ def convert(hf_dir: str | Path, out: str | Path, type: str = "Q8_0", experts_typ
         w.write_ti_data_to_file()
         for spec, fmt in tqdm(list(zip(specs, types)), desc=f"converting to {base}", unit="tensor",
                               disable=not progress):
-            w.write_tensor_data(encode(spec.fetch(), fmt))
+            w.write_tensor_data(spec.encoded(fmt))
     except BaseException:
         w.close()
         tmp.unlink(missing_ok=True)

@@ -19,6 +19,7 @@ from hymoe.engine.sequence import Sequence
 from hymoe.errors import HymoeError
 from hymoe.engine.model_card import model_card
 from hymoe.hub import resolve
+from hymoe.loader.fp8 import choose_experts_format
 from hymoe.loader.open import ModelFiles, open_model
 from hymoe.models.assemble import load_weights
 from hymoe.models import build_model
@@ -55,6 +56,7 @@ class LLM:
         self.dtype = parse_dtype(o.dtype) or default_dtype(files, self.placement)
         self.kv_dtype = parse_dtype(o.kv_dtype) or default_kv_dtype(files, self.placement, self.dtype)
         self.device = self.placement.device
+        choose_experts_format(files.source, o.experts_format, o.experts, self.dtype)
         with torch.device("meta"):
             model = build_model(self.config)
         self.model = load_weights(model, files.source, self.dtype, self.device, progress)

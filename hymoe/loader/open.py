@@ -73,10 +73,12 @@ def open_model(path: str | Path) -> ModelFiles:
     """A directory or .gguf path, or a hub repo id in the local Hugging Face cache (hymoe/hub.py)."""
     path = resolve(path)
     if path.is_dir():
+        from hymoe.loader.fp8 import fp8_aware
         from hymoe.loader.safetensors_dir import SafetensorsDir
 
         cfg = load_hf_config(path)
-        return _check_eos(ModelFiles(cfg, SafetensorsDir(path), Tokenizer.from_dir(path), _hf_dtype(path),
+        source = fp8_aware(SafetensorsDir(path), cfg, path)
+        return _check_eos(ModelFiles(cfg, source, Tokenizer.from_dir(path), _hf_dtype(path),
                                      generation_defaults(path)), path)
     if path.suffix != ".gguf":
         raise HymoeError(f"{path}: expected a Hugging Face model directory or a .gguf file")

@@ -213,7 +213,7 @@ def _place(experts, engine, fmt: str | None, dtype: torch.dtype, cfg):
     if isinstance(experts, DequantExperts):
         if engine is None:
             return experts.to_torch(dtype)
-        if fmt is None:
+        if fmt is None or all(f == fmt for f in experts.formats):  # already in the format asked for
             if all(engine.lib.hymoe_has_format(int(qtype(f))) for f in experts.formats):
                 return native.NativeExperts(engine, experts.gate, experts.up, experts.down, experts.formats,
                                             cfg.hidden_size, cfg.moe_intermediate_size)
