@@ -14,6 +14,7 @@ import torch
 
 from hymoe.errors import HymoeError
 from hymoe.kv.cache import KVCache
+from hymoe.loader.fp8 import DEFAULT_EXPERTS_FORMAT
 from hymoe.loader.open import open_model
 from hymoe.models import build_model
 from hymoe.placement import default_dtype, default_kv_dtype, resolve_placement
@@ -77,7 +78,9 @@ def _tally(files, plan, compute: torch.dtype, dense_format: str | None) -> tuple
         target = plan.targets[_unit(name, group)]
         if group == "routed experts":
             kept_stored = target.device == "cpu" and target.backend != "torch"
-            held = numel * row_bytes(target.format, 256) // 256 if target.format else nbytes  # quantized at load
+            # an FP8 checkpoint's experts are re-encoded at load (loader/fp8.py), never kept as FP8
+            load_format = target.format or (DEFAULT_EXPERTS_FORMAT if fmt.startswith("float8") else None)
+            held = numel * row_bytes(load_format, 256) // 256 if load_format else nbytes  # quantized at load
             devices[target.device] += held if kept_stored else numel * compute.itemsize
         else:
             placed = _dense_bytes(name, fmt, numel, nbytes, target, compute, dense_format)
@@ -134,6 +137,8 @@ def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = 
         "kv_dtype": str(kv_dtype).removeprefix("torch."),
         "dense_bytes_stored": dense_stored, "dense_bytes_placed": dense_on_devices,
         "experts_bytes": routed["bytes"], "kv_bytes": kv,
+        "experts_note": f"FP8: re-encoded to {DEFAULT_EXPERTS_FORMAT} at load unless --experts-format"
+        if any(f.startswith("float8") for f in routed.get("formats", {})) else "kept in their stored format",
         "kv_position_bytes": kv_position, "kv_positions_per_gib": 2**30 // kv_position, "devices": devices, "plan": describe(plan.targets),
     }
 
@@ -166,7 +171,7 @@ def report(d: dict) -> str:
               f"{d['kv_dtype']}):",
               f"  non-expert weights: {_size(d['dense_bytes_stored'])} stored -> {_size(d['dense_bytes_placed'])} "
               f"placed (block formats kept where a kernel computes them, the rest in {d['compute_dtype']})",
-              f"  routed experts: {_size(d['experts_bytes'])} (kept in their stored format, CPU memory)",
+              f"  routed experts: {_size(d['experts_bytes'])} stored ({d['experts_note']}; CPU memory)",
               f"  KV cache: {_size(d['kv_bytes'])} ({d['kv_positions_per_gib']:,} positions per GiB, "
               f"{d['kv_position_bytes']:,} bytes each: size a server's pool with --kv-memory)"]
     lines += ["  plan:"] + [f"    {line}" for line in d["plan"]]

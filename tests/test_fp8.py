@@ -215,3 +215,14 @@ def test_bad_fp8_checkpoints_are_refused_in_one_line(fp8_model, tmp_path, tensor
     with pytest.raises(HymoeError, match=match) as e:
         hymoe.load(path, dtype="float32", progress=False)
     assert "\n" not in str(e.value)
+
+
+def test_inspect_prices_fp8_experts_as_they_are_held(fp8_model):
+    """inspect reads headers only; an FP8 checkpoint's experts are held re-encoded (Q4_K), not as FP8."""
+    from hymoe.inspect import inspect_model, report
+
+    d = inspect_model(fp8_model[0], "cpu")
+    experts = d["groups"]["routed experts"]
+    assert set(experts["formats"]) == {"float8_e4m3fn"}
+    assert d["devices"]["cpu"] == d["dense_bytes_placed"] + d["kv_bytes"] + experts["params"] * 144 // 256
+    assert "FP8: re-encoded to Q4_K at load" in report(d)
