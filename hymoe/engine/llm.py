@@ -142,18 +142,15 @@ class LLM:
     def prompt_logprobs(self, token_ids: list[int], k: int) -> list[tuple[int, float | None, list]]:
         """Each prompt token's (token, logprob, k most likely (token, logprob)) given the tokens
         before it, the first's logprob None: the model's raw log-softmax, as the sampler reports.
-        Its own one-row runner, a chunk per pass under the model's lock, as `embed`; [T, V] logits
-        are held a chunk at a time."""
+        [T, V] logits are held a chunk at a time (`_passes`)."""
         ids = list(token_ids)
         self.check_prompt(ids)
-        runner = self.runner(1, len(ids), is_graphed=False)
         out: list[tuple[int, float | None, list]] = [(ids[0], None, [])]
-        for c in range(0, len(ids) - 1, self.prefill_chunk):
-            chunk = ids[c:c + self.prefill_chunk]
-            lp = runner.forward([0], [chunk], [c], is_all_logits=True)[0].float().log_softmax(-1)  # [T, V]
-            targets = torch.tensor(ids[c + 1:c + 1 + len(chunk)])  # the next tokens; the last has none
+        for c, logits in self._passes(ids[:-1]):  # the last token predicts nothing here
+            lp = logits.float().log_softmax(-1)  # [T, V]: position c + j predicts ids[c + j + 1]
+            targets = torch.tensor(ids[c + 1:c + 1 + len(lp)])
             chosen = lp[torch.arange(len(targets)), targets].tolist()
-            top = lp[:len(targets)].topk(k) if k > 0 else None
+            top = lp.topk(k) if k > 0 else None
             for j, t in enumerate(targets.tolist()):
                 alternatives = [] if top is None else list(zip(top.indices[j].tolist(), top.values[j].tolist()))
                 out.append((t, chosen[j], alternatives))
@@ -161,18 +158,26 @@ class LLM:
 
     def embed(self, token_ids: list[int]) -> torch.Tensor:
         """float32 CPU [H]: the mean over positions of the final hidden states (after the last norm),
-        L2-normalized. Its own one-row runner, `prefill_chunk` tokens per pass, each pass under the
-        model's lock: a running scheduler only waits between its steps, and its KV pool is untouched."""
+        L2-normalized."""
         ids = list(token_ids)
         self.check_prompt(ids)
-        # nothing to decode: no CUDA graphs to capture; every position counts, whatever --kv-policy says
-        runner = self.runner(1, len(ids), is_graphed=False, kv_policy="full")
         total = torch.zeros(self.config.hidden_size, dtype=torch.float64)
-        for c in range(0, len(ids), self.prefill_chunk):
-            hidden = runner.forward([0], [ids[c:c + self.prefill_chunk]], [c], is_hidden=True)[0]  # [T, H]
+        for _, hidden in self._passes(ids, is_hidden=True):  # [T, H]
             total += hidden.double().sum(0)
         mean = total / len(ids)
         return (mean / mean.norm().clamp_min(1e-12)).float()
+
+    def _passes(self, ids: list[int], is_hidden: bool = False):
+        """(start, [T, V] logits or, with is_hidden, [T, H] final hidden states) of ids, prefill_chunk
+        positions per pass on a one-row runner of their own, each pass under the model's lock: a
+        running scheduler only waits between its steps, and its KV pool is untouched. Every position
+        counts whatever --kv-policy says, and nothing is decoded, so no CUDA graphs are captured."""
+        if not ids:
+            return
+        runner = self.runner(1, len(ids), is_graphed=False, kv_policy="full")
+        for c in range(0, len(ids), self.prefill_chunk):
+            yield c, runner.forward([0], [ids[c:c + self.prefill_chunk]], [c], is_all_logits=True,
+                                    is_hidden=is_hidden)[0]
 
     def generate_batch(self, prompts: list[list[int]], params: SamplingParams,
                        on_token=None) -> tuple[list[Sequence], Timings]:
