@@ -4,7 +4,7 @@ import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize
 
-from hymoe.quant.formats import FLOAT_DTYPES, FP16_SCALE_OFFSETS
+from hymoe.quant.formats import FLOAT_DTYPES, sane_scales
 
 
 
@@ -34,9 +34,7 @@ def random_weights(fmt: str, rows: int, n: int, seed: int = 0, experts: int | No
     block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType[fmt]]
     nblocks = int(np.prod(lead)) * n // block
     raw = rng.integers(0, 256, size=(nblocks, nbytes), dtype=np.uint8)
-    for off in FP16_SCALE_OFFSETS[fmt]:
-        scale = (rng.uniform(0.2, 1.0, nblocks) * 0.01).astype(np.float16)
-        raw[:, off:off + 2] = scale.view(np.uint8).reshape(nblocks, 2)
+    sane_scales(raw, fmt, lambda count: rng.uniform(0.2, 1.0, count) * 0.01)
     if is_centered and fmt in ("Q4_K", "Q5_K"):
         raw[:, 2:4] = raw[:, 0:2]  # dmin = d
         sc = rng.integers(1, 4, size=(nblocks, 8)).astype(np.uint8)

@@ -20,7 +20,7 @@ from hymoe.errors import HymoeError
 from hymoe.experts import native
 from hymoe.loader.host_memory import host_bytes
 from hymoe.experts.torch_backend import TorchExperts
-from hymoe.quant.formats import FLOAT_DTYPES, FP16_SCALE_OFFSETS, row_bytes
+from hymoe.quant.formats import FLOAT_DTYPES, FP16_SCALE_OFFSETS, row_bytes, sane_scales
 
 PROBE_BYTES = 32 << 20  # one paired bandwidth read: ~1 ms
 
@@ -41,9 +41,7 @@ def fill_random(dst: np.ndarray, fmt: str, seed: int) -> None:
     else:
         block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType[fmt]]
         tile = rng.integers(0, 256, size=((16 << 20) // nbytes, nbytes), dtype=np.uint8)
-        for off in FP16_SCALE_OFFSETS[fmt]:
-            tile[:, off:off + 2] = (rng.uniform(1e-3, 1e-2, len(tile)).astype(np.float16)
-                                    .view(np.uint8).reshape(-1, 2))
+        sane_scales(tile, fmt, lambda count: rng.uniform(1e-3, 1e-2, count))
         tile = tile.reshape(-1)
     for off in range(0, dst.size, tile.size):
         dst[off:off + tile.size] = tile[:dst.size - off]

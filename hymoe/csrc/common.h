@@ -10,8 +10,9 @@
 
 // GGUF tensor type ids (ggml_type), the on-disk format of each expert matrix.
 enum Fmt : int {
-    F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14,
-    IQ1_S = 19, BF16 = 30, TQ1_0 = 34, TQ2_0 = 35,
+    F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q2_K = 10, Q3_K = 11, Q4_K = 12,
+    Q5_K = 13, Q6_K = 14, IQ2_XXS = 16, IQ2_XS = 17, IQ3_XXS = 18, IQ1_S = 19, IQ4_NL = 20, IQ3_S = 21,
+    IQ2_S = 22, IQ4_XS = 23, IQ1_M = 29, BF16 = 30, TQ1_0 = 34, TQ2_0 = 35,
 };
 
 // Block layouts, byte for byte as in GGUF (fp16 scales stored as raw uint16).
@@ -24,6 +25,20 @@ struct BlockQ6_K { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t 
 struct BlockIQ1_S { uint16_t d; uint8_t qs[32]; uint16_t qh[8]; };                // 50 B / 256
 struct BlockTQ2_0 { uint8_t qs[64]; uint16_t d; };                                // 66 B / 256
 struct BlockTQ1_0 { uint8_t qs[48]; uint8_t qh[4]; uint16_t d; };                 // 54 B / 256
+// the formats of llama.cpp's older files and of its low-bit "dynamic" mixes (decoders: lowbit*.h)
+struct BlockQ4_1 { uint16_t d, m; uint8_t qs[16]; };                              // 20 B / 32
+struct BlockQ5_0 { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; };                  // 22 B / 32
+struct BlockQ5_1 { uint16_t d, m; uint8_t qh[4]; uint8_t qs[16]; };               // 24 B / 32
+struct BlockIQ4_NL { uint16_t d; uint8_t qs[16]; };                               // 18 B / 32
+struct BlockQ2_K { uint8_t scales[16]; uint8_t qs[64]; uint16_t d, dmin; };       // 84 B / 256
+struct BlockQ3_K { uint8_t hmask[32]; uint8_t qs[64]; uint8_t scales[12]; uint16_t d; };  // 110 B
+struct BlockIQ4_XS { uint16_t d, scales_h; uint8_t scales_l[4]; uint8_t qs[128]; };       // 136 B
+struct BlockIQ2_XXS { uint16_t d; uint16_t qs[32]; };                             // 66 B / 256
+struct BlockIQ2_XS { uint16_t d; uint16_t qs[32]; uint8_t scales[8]; };           // 74 B / 256
+struct BlockIQ2_S { uint16_t d; uint8_t qs[64]; uint8_t qh[8]; uint8_t scales[8]; };      // 82 B
+struct BlockIQ3_XXS { uint16_t d; uint8_t qs[96]; };                              // 98 B / 256
+struct BlockIQ3_S { uint16_t d; uint8_t qs[64]; uint8_t qh[8]; uint8_t signs[32]; uint8_t scales[4]; };  // 110 B
+struct BlockIQ1_M { uint8_t qs[32]; uint8_t qh[16]; uint8_t scales[8]; };         // 56 B / 256
 #pragma pack(pop)
 
 static inline float fp16_to_f32(uint16_t h) {

@@ -45,6 +45,20 @@ const FormatKernels kPortable[] = {
     {IQ1_S,    portable::rows_iq1_s},
     {TQ2_0,    portable::rows_tq2_0},
     {TQ1_0,    portable::rows_tq1_0},
+    // the low-bit and older formats (lowbit.h; kernels_generic_lowbit.cpp)
+    {Q4_1,     portable::rows_q4_1},
+    {Q5_0,     portable::rows_q5_0},
+    {Q5_1,     portable::rows_q5_1},
+    {IQ4_NL,   portable::rows_iq4_nl},
+    {Q2_K,     portable::rows_q2_k},
+    {Q3_K,     portable::rows_q3_k},
+    {IQ4_XS,   portable::rows_iq4_xs},
+    {IQ2_XXS,  portable::rows_iq2_xxs},
+    {IQ2_XS,   portable::rows_iq2_xs},
+    {IQ2_S,    portable::rows_iq2_s},
+    {IQ3_XXS,  portable::rows_iq3_xxs},
+    {IQ3_S,    portable::rows_iq3_s},
+    {IQ1_M,    portable::rows_iq1_m},
 };
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -62,6 +76,19 @@ const FormatKernels kAvx2[] = {
     {IQ1_S,    avx2::rows_iq1_s,  avx2::tile_iq1_s,   &Tuning::avx2_tile_from},
     {TQ2_0,    avx2::rows_tq2_0,  avx2::tile_tq2_0,   &Tuning::avx2_tile_from},
     {TQ1_0,    avx2::rows_tq1_0,  avx2::tile_tq1_0,   &Tuning::avx2_tile_from},
+    {Q4_1,     avx2::rows_q4_1,    avx2::tile_q4_1,    &Tuning::avx2_tile_from},
+    {Q5_0,     avx2::rows_q5_0,    avx2::tile_q5_0,    &Tuning::avx2_tile_from},
+    {Q5_1,     avx2::rows_q5_1,    avx2::tile_q5_1,    &Tuning::avx2_tile_from},
+    {IQ4_NL,   avx2::rows_iq4_nl,  avx2::tile_iq4_nl,  &Tuning::avx2_tile_from},
+    {Q2_K,     avx2::rows_q2_k,    avx2::tile_q2_k,    &Tuning::avx2_tile_from},
+    {Q3_K,     avx2::rows_q3_k,    avx2::tile_q3_k,    &Tuning::avx2_tile_from},
+    {IQ4_XS,   avx2::rows_iq4_xs,  avx2::tile_iq4_xs,  &Tuning::avx2_tile_from},
+    {IQ2_XXS,  avx2::rows_iq2_xxs,  avx2::tile_iq2_xxs,  &Tuning::avx2_tile_from},
+    {IQ2_XS,   avx2::rows_iq2_xs,  avx2::tile_iq2_xs,  &Tuning::avx2_tile_from},
+    {IQ2_S,    avx2::rows_iq2_s,   avx2::tile_iq2_s,   &Tuning::avx2_tile_from},
+    {IQ3_XXS,  avx2::rows_iq3_xxs,  avx2::tile_iq3_xxs,  &Tuning::avx2_tile_from},
+    {IQ3_S,    avx2::rows_iq3_s,   avx2::tile_iq3_s,   &Tuning::avx2_tile_from},
+    {IQ1_M,    avx2::rows_iq1_m,   avx2::tile_iq1_m,   &Tuning::avx2_tile_from},
 };
 
 // ---- AVX512 F/BW/VL + VNNI (Cascade Lake and later, Zen 4) --------------------------------------
@@ -80,6 +107,19 @@ const FormatKernels kAvx512[] = {
     {IQ1_S,    avx512::rows_iq1_s,  avx512::tile_iq1_s,  &Tuning::avx512_tile_from},
     {TQ2_0,    avx512::rows_tq2_0,  avx512::tile_tq2_0,  &Tuning::avx512_tile_from},
     {TQ1_0,    avx512::rows_tq1_0,  avx512::tile_tq1_0,  &Tuning::avx512_tile_from},
+    {Q4_1,     avx512::rows_q4_1,    avx512::tile_q4_1,    &Tuning::avx512_tile_from},
+    {Q5_0,     avx512::rows_q5_0,    avx512::tile_q5_0,    &Tuning::avx512_tile_from},
+    {Q5_1,     avx512::rows_q5_1,    avx512::tile_q5_1,    &Tuning::avx512_tile_from},
+    {IQ4_NL,   avx512::rows_iq4_nl,  avx512::tile_iq4_nl,  &Tuning::avx512_tile_from},
+    {Q2_K,     avx512::rows_q2_k,    avx512::tile_q2_k,    &Tuning::avx512_tile_from},
+    {Q3_K,     avx512::rows_q3_k,    avx512::tile_q3_k,    &Tuning::avx512_tile_from},
+    {IQ4_XS,   avx512::rows_iq4_xs,  avx512::tile_iq4_xs,  &Tuning::avx512_tile_from},
+    {IQ2_XXS,  avx512::rows_iq2_xxs,  avx512::tile_iq2_xxs,  &Tuning::avx512_tile_from},
+    {IQ2_XS,   avx512::rows_iq2_xs,  avx512::tile_iq2_xs,  &Tuning::avx512_tile_from},
+    {IQ2_S,    avx512::rows_iq2_s,   avx512::tile_iq2_s,   &Tuning::avx512_tile_from},
+    {IQ3_XXS,  avx512::rows_iq3_xxs,  avx512::tile_iq3_xxs,  &Tuning::avx512_tile_from},
+    {IQ3_S,    avx512::rows_iq3_s,   avx512::tile_iq3_s,   &Tuning::avx512_tile_from},
+    {IQ1_M,    avx512::rows_iq1_m,   avx512::tile_iq1_m,   &Tuning::avx512_tile_from},
 };
 
 // ---- AVX512-BF16 on top of AVX512 (Cooper Lake, Sapphire Rapids, Zen 4) -------------------------
@@ -135,6 +175,9 @@ void stack(KernelTable& t, const Level& level) {
     }
     for (int i = 0; i < level.num_formats; i++) {
         const FormatKernels& f = level.formats[i];
+        // a format without a portable kernel (a low-bit decoder not written) gets none: the
+        // portable one is what takes every shape the others leave
+        if (&level != &kPortableLevel && !t.rows[f.fmt][0].fn) continue;
         RowsStep add[2];
         int n = 0;
         if (f.tile) add[n++] = RowsStep{f.tile, g_tuning.*f.tile_from};

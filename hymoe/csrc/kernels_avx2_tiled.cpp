@@ -7,6 +7,10 @@
 #include "kernels.h"
 #include "simd_avx2.h"
 #include "tiles.h"
+#include "lowbit_iq2.h"
+#include "lowbit_iq3.h"
+#include "lowbit_kquants.h"
+#include "lowbit_legacy.h"
 
 namespace {
 
@@ -14,7 +18,7 @@ namespace {
 // sign onto the broadcast activation (|w| x sign(a, w), as ggml's AVX2 Q8_0 dot): pair sums stay
 // below 2 x 128 x 127, so one vpmaddubsw per quad and 2 tokens per pass (the |w| take registers).
 // Otherwise codes are below 64 and two quads share one int16 sum: 4 x 63 x 127 < 32768.
-template <bool kSigned>
+template <bool kSigned, bool kMins = !kSigned>
 struct Avx2 {
     static const int kNT = kSigned ? 2 : 3;  // 4 x kNT accumulators + weights + constants in 16 ymm
 
@@ -69,7 +73,7 @@ struct Avx2 {
                 for (int t = 0; t < NT; t++) {
                     acc[h][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[h][t]), _mm256_mul_ps(sc, _mm256_set1_ps(ad[t][b])),
                                                 acc[h][t]);
-                    if (!kSigned) acc[h][t] = _mm256_fnmadd_ps(mn, _mm256_set1_ps(ads[t][b]), acc[h][t]);
+                    if (kMins) acc[h][t] = _mm256_fnmadd_ps(mn, _mm256_set1_ps(ads[t][b]), acc[h][t]);
                 }
             }
         }
@@ -77,6 +81,14 @@ struct Avx2 {
             for (int h = 0; h < 2; h++) _mm256_storeu_ps(out + t * out_stride + 8 * h, acc[h][t]);
     }
 };
+
+// The low-bit formats (lowbit.h): codes below 64 as codes, larger ones as signed bytes
+template <class D>
+constexpr RowsFn lowbit_tile() {
+    if constexpr (!D::kReady) return nullptr;
+    else if constexpr (D::kMaxCode < 64) return rows_tiled16<Avx2<false>, D, false>;
+    else return rows_tiled16<Avx2<true, true>, Signed<D>, false>;
+}
 
 }  // namespace
 
@@ -89,4 +101,17 @@ const RowsFn avx2::tile_q5_k = rows_tiled16<Avx2<false>, DQ45<true>, true>;
 const RowsFn avx2::tile_tq2_0 = rows_tiled16<Avx2<false>, DTQ2_0, true>;
 const RowsFn avx2::tile_tq1_0 = rows_tiled16<Avx2<false>, DTQ1_0, true>;
 const RowsFn avx2::tile_q6_k = rows_tiled16<Avx2<false>, DQ6_K, true>;
+const RowsFn avx2::tile_q4_1 = lowbit_tile<DQ4_1>();
+const RowsFn avx2::tile_q5_0 = lowbit_tile<DQ5_0>();
+const RowsFn avx2::tile_q5_1 = lowbit_tile<DQ5_1>();
+const RowsFn avx2::tile_iq4_nl = lowbit_tile<DIQ4_NL>();
+const RowsFn avx2::tile_q2_k = lowbit_tile<DQ2_K>();
+const RowsFn avx2::tile_q3_k = lowbit_tile<DQ3_K>();
+const RowsFn avx2::tile_iq4_xs = lowbit_tile<DIQ4_XS>();
+const RowsFn avx2::tile_iq2_xxs = lowbit_tile<DIQ2_XXS>();
+const RowsFn avx2::tile_iq2_xs = lowbit_tile<DIQ2_XS>();
+const RowsFn avx2::tile_iq2_s = lowbit_tile<DIQ2_S>();
+const RowsFn avx2::tile_iq3_xxs = lowbit_tile<DIQ3_XXS>();
+const RowsFn avx2::tile_iq3_s = lowbit_tile<DIQ3_S>();
+const RowsFn avx2::tile_iq1_m = lowbit_tile<DIQ1_M>();
 #endif

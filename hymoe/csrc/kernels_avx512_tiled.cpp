@@ -6,6 +6,10 @@
 #include "kernels.h"
 #include "simd_avx512.h"
 #include "tiles.h"
+#include "lowbit_iq2.h"
+#include "lowbit_iq3.h"
+#include "lowbit_kquants.h"
+#include "lowbit_legacy.h"
 
 namespace {
 
@@ -44,6 +48,12 @@ struct Avx512 {
     }
 };
 
+template <class D>
+constexpr RowsFn lowbit_tile() {  // the low-bit formats (lowbit.h), against per-32 activations
+    if constexpr (!D::kReady) return nullptr;
+    else return rows_tiled16<Avx512, D, false>;
+}
+
 }  // namespace
 
 const RowsFn avx512::tile_q8_0 = rows_tiled16<Avx512, DQ8_0, false>;
@@ -54,4 +64,17 @@ const RowsFn avx512::tile_q5_k = rows_tiled16<Avx512, DQ45<true>, true>;
 const RowsFn avx512::tile_tq2_0 = rows_tiled16<Avx512, DTQ2_0, true>;
 const RowsFn avx512::tile_tq1_0 = rows_tiled16<Avx512, DTQ1_0, true>;
 const RowsFn avx512::tile_q6_k = rows_tiled16<Avx512, DQ6_K, true>;
+const RowsFn avx512::tile_q4_1 = lowbit_tile<DQ4_1>();
+const RowsFn avx512::tile_q5_0 = lowbit_tile<DQ5_0>();
+const RowsFn avx512::tile_q5_1 = lowbit_tile<DQ5_1>();
+const RowsFn avx512::tile_iq4_nl = lowbit_tile<DIQ4_NL>();
+const RowsFn avx512::tile_q2_k = lowbit_tile<DQ2_K>();
+const RowsFn avx512::tile_q3_k = lowbit_tile<DQ3_K>();
+const RowsFn avx512::tile_iq4_xs = lowbit_tile<DIQ4_XS>();
+const RowsFn avx512::tile_iq2_xxs = lowbit_tile<DIQ2_XXS>();
+const RowsFn avx512::tile_iq2_xs = lowbit_tile<DIQ2_XS>();
+const RowsFn avx512::tile_iq2_s = lowbit_tile<DIQ2_S>();
+const RowsFn avx512::tile_iq3_xxs = lowbit_tile<DIQ3_XXS>();
+const RowsFn avx512::tile_iq3_s = lowbit_tile<DIQ3_S>();
+const RowsFn avx512::tile_iq1_m = lowbit_tile<DIQ1_M>();
 #endif

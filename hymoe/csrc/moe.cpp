@@ -31,13 +31,26 @@ size_t row_bytes(int fmt, int n) {
         case IQ1_S: return (size_t)n / 256 * sizeof(BlockIQ1_S);
         case TQ2_0: return (size_t)n / 256 * sizeof(BlockTQ2_0);
         case TQ1_0: return (size_t)n / 256 * sizeof(BlockTQ1_0);
+        case Q4_1: return (size_t)n / 32 * sizeof(BlockQ4_1);
+        case Q5_0: return (size_t)n / 32 * sizeof(BlockQ5_0);
+        case Q5_1: return (size_t)n / 32 * sizeof(BlockQ5_1);
+        case IQ4_NL: return (size_t)n / 32 * sizeof(BlockIQ4_NL);
+        case Q2_K: return (size_t)n / 256 * sizeof(BlockQ2_K);
+        case Q3_K: return (size_t)n / 256 * sizeof(BlockQ3_K);
+        case IQ4_XS: return (size_t)n / 256 * sizeof(BlockIQ4_XS);
+        case IQ2_XXS: return (size_t)n / 256 * sizeof(BlockIQ2_XXS);
+        case IQ2_XS: return (size_t)n / 256 * sizeof(BlockIQ2_XS);
+        case IQ2_S: return (size_t)n / 256 * sizeof(BlockIQ2_S);
+        case IQ3_XXS: return (size_t)n / 256 * sizeof(BlockIQ3_XXS);
+        case IQ3_S: return (size_t)n / 256 * sizeof(BlockIQ3_S);
+        case IQ1_M: return (size_t)n / 256 * sizeof(BlockIQ1_M);
         default: return 0;
     }
 }
 int block_size(int fmt) {
     switch (fmt) {
         case F32: case F16: case BF16: return 1;
-        case Q8_0: case Q4_0: return 32;
+        case Q8_0: case Q4_0: case Q4_1: case Q5_0: case Q5_1: case IQ4_NL: return 32;
         default: return 256;
     }
 }

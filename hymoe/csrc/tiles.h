@@ -195,6 +195,21 @@ struct DQ6_K {  // half h, group g, l < 32: weight 128h + 32g + l, 4 low bits in
     }
 };
 
+// A decoder's codes as signed bytes (code - 128), its mins moved to match: for kernels that
+// multiply signed weights (AVX2's vpmaddubsw would saturate on codes of 64 and more, lowbit.h)
+template <class D>
+struct Signed {
+    static const int kBlock = D::kBlock, kBytes = D::kBytes;
+    static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
+        D::decode(p, codes, sc, mn, stride);
+        for (int i = 0; i < 256; i += 32) {
+            const __m256i c = _mm256_loadu_si256((const __m256i*)(codes + i));
+            _mm256_storeu_si256((__m256i*)(codes + i), _mm256_xor_si256(c, _mm256_set1_epi8((char)0x80)));
+        }
+        for (int j = 0; j < 256 / kBlock; j++) mn[j * stride] -= 128.f * sc[j * stride];
+    }
+};
+
 // ---- the tile: per block of kBlock, kBlock / 4 x [16 rows x 4 code bytes]; then the scales and mins
 // [block][row], and the tokens' activation scales and scale * sum [token][block]
 struct Tile {
@@ -241,6 +256,11 @@ int rows_tiled16(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
             for (int b = 0; b < blocks; b++) {
                 d[b] = v.dk[b / per256];
                 s[b] = v.dk[b / per256] * (float)(D::kBlock == 16 ? v.bk16[b] : v.bk32[b]);
+            }
+        } else if (D::kBlock == 16) {  // blocks of 16 against per-32 activations (lowbit.h)
+            for (int b = 0; b < blocks; b++) {
+                d[b] = v.d[b / 2];
+                s[b] = v.d[b / 2] * (float)v.sum16[b];
             }
         } else {
             for (int b = 0; b < blocks; b++) {

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
@@ -25,7 +27,6 @@ def dequantize(raw: torch.Tensor, name: str, shape: tuple[int, ...]) -> torch.Te
     """uint8 GGUF blocks -> float32 `shape` (float formats are viewed; the rest decoded by gguf-py)."""
     if name in FLOAT_DTYPES:
         return raw.contiguous().view(FLOAT_DTYPES[name]).reshape(shape).float()
-    import numpy as np
     from gguf.quants import dequantize as gguf_dequantize
 
     values = gguf_dequantize(raw.contiguous().numpy(), qtype(name))
@@ -38,7 +39,6 @@ def is_decodable(name: str) -> bool:
     format (F64, Q8_K), so a weight stored so is refused at load rather than failing mid-decode."""
     if name in FLOAT_DTYPES:
         return True
-    import numpy as np
     from gguf.quants import dequantize as gguf_dequantize
 
     try:
@@ -57,4 +57,22 @@ def row_bytes(name: str, n: int) -> int:
 # byte offsets of the fp16 scale fields in one block; every other byte of a block is valid data
 # in any value, which is how benchmarks and tests make random weights
 FP16_SCALE_OFFSETS = {"Q8_0": (0,), "Q4_0": (0,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
-                      "IQ1_S": (0,), "TQ2_0": (64,), "TQ1_0": (52,)}
+                      "IQ1_S": (0,), "TQ2_0": (64,), "TQ1_0": (52,),
+                      "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "IQ4_NL": (0,), "Q2_K": (80, 82),
+                      "Q3_K": (108,), "IQ4_XS": (0,), "IQ2_XXS": (0,), "IQ2_XS": (0,), "IQ2_S": (0,),
+                      "IQ3_XXS": (0,), "IQ3_S": (0,), "IQ1_M": ()}
+
+
+def sane_scales(blocks: np.ndarray, fmt: str, draw) -> None:
+    """Give random blocks [nblocks, bytes] of fmt sane fp16 scales, in place: draw(nblocks) floats
+    for each field at FP16_SCALE_OFFSETS, or for IQ1_M once, into the top 4 bits of each of its 4
+    uint16 sub-block scale words (its only fp16 value is packed there; the other bits stay random)."""
+    if fmt == "IQ1_M":
+        bits = draw(len(blocks)).astype(np.float16).view(np.uint16)
+        words = blocks[:, 48:56].copy().view(np.uint16)  # [nblocks, 4]
+        for i in range(4):
+            words[:, i] = (words[:, i] & 0x0FFF) | (((bits >> (4 * i)) & 0xF) << 12)
+        blocks[:, 48:56] = words.view(np.uint8)
+        return
+    for off in FP16_SCALE_OFFSETS[fmt]:
+        blocks[:, off:off + 2] = draw(len(blocks)).astype(np.float16).view(np.uint8).reshape(-1, 2)

@@ -1,0 +1,30 @@
+// The decoder contract of the formats of llama.cpp's low-bit mixes and older files (Q2_K, Q3_K,
+// IQ4_XS, IQ4_NL, Q4_1, Q5_0, Q5_1, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_M). Each format is
+// a decoder, one for the portable path and one in AVX2 intrinsics, and generic kernels do the rest:
+// kernels_generic_lowbit.cpp (portable), kernels_avx2_lowbit.cpp and kernels_avx512.cpp (per-row,
+// decode), and the batch tiles of tiles.h (kernels_avx2_tiled.cpp, kernels_avx512_tiled.cpp).
+//
+// A decoder turns one unit of a row into byte codes, in k order, with a float scale and min per
+// block of kBlock weights (16 or 32), so that value = scale * code - min:
+//
+//   portable (lowbit_*_scalar.h):  struct P<FMT> {
+//       static const int kUnit;    // weights per decode() call: 32 or 256
+//       static const int kBlock;   // 16 or 32
+//       static const int kBytes;   // bytes of one unit
+//       static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn);  // kUnit codes,
+//   };                                                                               // kUnit / kBlock scales and mins
+//   AVX2 (lowbit_*.h, as tiles.h's):  struct D<FMT> {
+//       static const bool kReady;  // false: the format is not computed natively yet (no kernel exported)
+//       static const int kBlock, kBytes;  // kBytes: of 256 weights (8 blocks of a 32-weight format)
+//       static const int kMaxCode; // the largest code decode() writes (AVX2 picks its integer path by it)
+//       static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride);
+//   };                         // 256 codes; scale and min of block j at sc[j * stride], mn[j * stride]
+//
+// Activations are int8 per 32 with one float scale (the portable layout's qs, d, sum16), for every
+// one of these formats: llama.cpp multiplies the K-quants and IQ formats by int8 per 256 (Q8_K), so
+// the two agree to the activation rounding, not to float rounding (tests/test_llama_peer.py bounds).
+#pragma once
+#include "common.h"
+
+// IQ4_NL and IQ4_XS: the 16 values a 4-bit code stands for (ggml's kvalues_iq4nl)
+static const int8_t kIQ4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
