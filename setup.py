@@ -10,6 +10,9 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
+# the low-bit formats (csrc/lowbit.h) in groups, each with its AVX512 file and AVX2 and portable decoders
+LOWBIT_GROUPS = ("legacy", "kquants", "iq2", "iq3")
+LOWBIT_HEADERS = ["", *(f"_{g}{p}" for g in LOWBIT_GROUPS for p in ("", "_scalar"))]
 IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 BASE = ["-std=c++17", "-O3", "-fPIC", "-fvisibility=hidden", "-pthread", "-Wall", "-Wno-unused-function",
         "-Wno-maybe-uninitialized", "-Wno-uninitialized"]  # GCC 12 misreports its own AVX512 headers
@@ -20,6 +23,8 @@ ISA_FLAGS = {
 }
 ISA_FLAGS["kernels_avx512_k.cpp"] = ISA_FLAGS["kernels_avx512_tiled.cpp"] = ISA_FLAGS["kernels_avx512.cpp"]
 ISA_FLAGS["kernels_avx512_attn.cpp"] = ISA_FLAGS["kernels_avx512.cpp"]
+for g in LOWBIT_GROUPS:
+    ISA_FLAGS[f"kernels_avx512_{g}.cpp"] = ISA_FLAGS["kernels_avx512.cpp"]
 ISA_FLAGS["kernels_avx2_tiled.cpp"] = ISA_FLAGS["kernels_avx2_float.cpp"] = ISA_FLAGS["kernels_avx2.cpp"]
 ISA_FLAGS["kernels_avx2_attn.cpp"] = ISA_FLAGS["kernels_avx2_lowbit.cpp"] = ISA_FLAGS["kernels_avx2.cpp"]
 ISA_FLAGS["kernels_avx512_bf16.cpp"] = ISA_FLAGS["kernels_avx512.cpp"] + ["-mavx512bf16"]
@@ -28,10 +33,9 @@ ISA_FLAGS["kernels_avx512_bf16.cpp"] = ISA_FLAGS["kernels_avx512.cpp"] + ["-mavx
 OPTIONAL = {"kernels_avx512_bf16.cpp": "-DHYMOE_NO_AVX512_BF16"}
 SOURCES = ["dispatch.cpp", "moe.cpp", "linear.cpp", "attention.cpp", "route.cpp", "pool.cpp", "cpu.cpp", "kernels_generic.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp",
            "kernels_avx512_k.cpp", "kernels_avx512_attn.cpp", "kernels_avx512_tiled.cpp", "kernels_avx2_tiled.cpp", "kernels_avx2_float.cpp", "kernels_avx2_attn.cpp",
-           "kernels_avx512_bf16.cpp", "kernels_generic_lowbit.cpp", "kernels_avx2_lowbit.cpp"]
+           "kernels_avx512_bf16.cpp", "kernels_generic_lowbit.cpp", "kernels_avx2_lowbit.cpp",
+           *(f"kernels_avx512_{g}.cpp" for g in LOWBIT_GROUPS)]
 
-# the low-bit formats' decoders (lowbit.h): each group's AVX2 and portable header
-LOWBIT_HEADERS = ["", *(f"_{g}{p}" for g in ("legacy", "kquants", "iq2", "iq3") for p in ("", "_scalar"))]
 
 
 class BuildKernels(build_ext):
@@ -63,6 +67,6 @@ setup(
     ext_modules=[Extension("hymoe._kernels", [f"hymoe/csrc/{s}" for s in SOURCES],
                            depends=["hymoe/csrc/common.h", "hymoe/csrc/dispatch.h", "hymoe/csrc/kernels.h", "hymoe/csrc/linear.h", "hymoe/csrc/attention.h", "hymoe/csrc/attend.h", "hymoe/csrc/route.h", "hymoe/csrc/pool.h", "hymoe/csrc/iq1s_grid.h", "hymoe/csrc/iq1s.h",
                                     "hymoe/csrc/simd_avx512.h", "hymoe/csrc/simd_avx2.h", "hymoe/csrc/tiles.h",
-                                    "hymoe/csrc/k_scales.h", *(f"hymoe/csrc/lowbit{g}.h" for g in LOWBIT_HEADERS)])],
+                                    "hymoe/csrc/k_scales.h", "hymoe/csrc/rows_avx512.h", *(f"hymoe/csrc/lowbit{g}.h" for g in LOWBIT_HEADERS)])],
     cmdclass={"build_ext": BuildKernels},
 )

@@ -49,7 +49,7 @@ extern const SiluMulFn silu_mul;
 extern const ReadFn read;
 extern const AttendFn attend;  // kernels_avx512_attn.cpp: head widths of 16s
 // the low-bit and older formats (lowbit.h), null where not written: per-row kernels
-// (kernels_avx512.cpp; rows of 256s) and batch tiles (kernels_avx512_tiled.cpp)
+// (kernels_avx512_<group>.cpp; rows of 256s) and batch tiles (kernels_avx512_tiled.cpp)
 extern const RowsFn rows_q4_1, rows_q5_0, rows_q5_1, rows_iq4_nl, rows_q2_k, rows_q3_k, rows_iq4_xs, rows_iq2_xxs, rows_iq2_xs, rows_iq2_s, rows_iq3_xxs, rows_iq3_s, rows_iq1_m;
 extern const RowsFn tile_q4_1, tile_q5_0, tile_q5_1, tile_iq4_nl, tile_q2_k, tile_q3_k, tile_iq4_xs, tile_iq2_xxs, tile_iq2_xs, tile_iq2_s, tile_iq3_xxs, tile_iq3_s, tile_iq1_m;
 }  // namespace avx512
