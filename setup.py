@@ -12,7 +12,7 @@ from setuptools.command.build_ext import build_ext
 
 # the low-bit formats (csrc/lowbit.h) in groups, each with its AVX512 file and AVX2 and portable decoders
 LOWBIT_GROUPS = ("legacy", "kquants", "iq2", "iq3")
-LOWBIT_HEADERS = ["", *(f"_{g}{p}" for g in LOWBIT_GROUPS for p in ("", "_scalar"))]
+LOWBIT_HEADERS = ["", "_iq2_grids", "_iq3_grids", *(f"_{g}{p}" for g in LOWBIT_GROUPS for p in ("", "_scalar"))]
 IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 BASE = ["-std=c++17", "-O3", "-fPIC", "-fvisibility=hidden", "-pthread", "-Wall", "-Wno-unused-function",
         "-Wno-maybe-uninitialized", "-Wno-uninitialized"]  # GCC 12 misreports its own AVX512 headers
