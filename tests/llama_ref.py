@@ -43,3 +43,38 @@ def logits_tensor(model, ids: list[int]):
 def scorer(model):
     """llama.cpp's logits as a hymoe.eval.ppl scorer (windows -> logits, the same windows as hymoe)."""
     return lambda wins: [logits_tensor(model, w) for w in wins]
+
+
+def quantize(values: np.ndarray, fmt: str) -> np.ndarray:
+    """float32 [..., n] -> uint8 [..., row_bytes] blocks of fmt by llama.cpp's own quantizer
+    (ggml_quantize_chunk), with a uniform importance matrix: the IQ2, IQ3_XXS and IQ1 formats refuse
+    to quantize without one (llama_model_quantize too), and all weights matter alike here."""
+    import ctypes
+
+    from gguf.constants import GGMLQuantizationType
+
+    from hymoe.bench.llama_peer import ggml
+    from hymoe.quant.formats import row_bytes
+
+    lib = ggml()
+    fn = lib.ggml_quantize_chunk
+    fn.restype = ctypes.c_size_t
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                   ctypes.c_void_p]
+    n = values.shape[-1]
+    src = np.ascontiguousarray(values, dtype=np.float32).reshape(-1, n)
+    out = np.zeros((src.shape[0], row_bytes(fmt, n)), dtype=np.uint8)
+    importance = np.ones(n, dtype=np.float32)
+    written = fn(int(GGMLQuantizationType[fmt]), src.ctypes.data, out.ctypes.data, 0, src.shape[0], n,
+                 importance.ctypes.data)
+    assert written == out.nbytes, f"ggml_quantize_chunk wrote {written} bytes of {out.nbytes}"
+    return out.reshape(*values.shape[:-1], -1)
+
+
+def quantize_file(src, dst, ftype: int) -> None:
+    """llama.cpp's llama_model_quantize: src (a GGUF) -> dst with llama.cpp's own mix for ftype."""
+    import ctypes
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.nthread = ftype, 2
+    assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) == 0
