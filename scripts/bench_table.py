@@ -3,6 +3,7 @@
     python scripts/bench_table.py > table.jsonl
     python scripts/bench_table.py --only TQ1_0,Q4_K > some.jsonl     # some formats only
     python scripts/bench_table.py --batches 1 > decode.jsonl          # some batch sizes only
+    python scripts/bench_table.py --shapes deepseek-v3 > ds.jsonl     # some shapes only
     python scripts/bench_table.py --markdown table.jsonl [more.jsonl ...]   # the table in docs/kernels.md (medians)
 """
 import json
@@ -11,14 +12,18 @@ import subprocess
 import sys
 
 SHAPES = ["qwen3-30b-a3b", "deepseek-v3"]
+LOWBIT = ("Q2_K", "Q3_K", "IQ4_XS", "IQ4_NL", "Q4_1", "Q5_0", "Q5_1", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS",
+          "IQ3_S", "IQ1_M")
 RUNS = ([("native", f) for f in ("Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q4_0", "IQ1_S", "TQ2_0", "TQ1_0", "BF16")]
         + [("torch", "BF16")]
-        + [("llama.cpp", f) for f in ("Q8_0", "Q4_K", "IQ1_S", "TQ2_0", "TQ1_0")])  # the peer, on the same blocks
+        + [("llama.cpp", f) for f in ("Q8_0", "Q4_K", "IQ1_S", "TQ2_0", "TQ1_0")]  # the peer, on the same blocks
+        # llama.cpp's low-bit and older formats (csrc/lowbit.h), each next to the peer
+        + [(b, f) for f in LOWBIT for b in ("native", "llama.cpp")])
 BATCHES = "1,8,32,128,512"
 
 
-def run(only: list[str] | None = None, batches: str = BATCHES) -> None:
-    for shape in SHAPES:
+def run(only: list[str] | None = None, batches: str = BATCHES, shapes: list[str] = SHAPES) -> None:
+    for shape in shapes:
         for backend, fmt in RUNS:
             if only and fmt not in only:
                 continue
@@ -65,4 +70,5 @@ if __name__ == "__main__":
         markdown(sys.argv[2:])
     else:
         args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
-        run(args["--only"].split(",") if "--only" in args else None, args.get("--batches", BATCHES))
+        run(args["--only"].split(",") if "--only" in args else None, args.get("--batches", BATCHES),
+            args["--shapes"].split(",") if "--shapes" in args else SHAPES)
