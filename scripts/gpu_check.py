@@ -3,9 +3,13 @@
     python scripts/gpu_check.py [--out DIR]          # on the GPU machine: about 7 minutes, install included
     python scripts/gpu_check.py --dry-run [--out DIR]  # anywhere: every step at toy size on the CPU (~1 min)
 
+On a machine without a package index, carry the missing pure-Python dependencies as wheels in .whl/
+(gguf at least: `pip download --no-deps gguf==0.19.0 -d .whl`); the setup step installs them.
+
 Steps, each time-boxed, each failure recorded and the next step run:
-1. setup: builds the native kernels (pip install --no-deps --no-build-isolation -e .) where they are
-   not built yet, and lists the dependencies that do not import (carry them as wheels);
+1. setup: installs .whl/*.whl if there are any, builds the native kernels (pip install --no-deps
+   --no-build-isolation -e .) where they are not built yet, and lists the dependencies that do not
+   import;
 2. gpu_tests: pytest -m gpu;
 3. plan: `hymoe inspect`'s memory per device for each placement, on a header-only GGUF file of the
    very model step 4 runs;
@@ -87,6 +91,17 @@ def child_e2e(spec: dict, results: Path) -> None:
         with open(results, "a") as f:
             f.write(json.dumps(kw) + "\n")
 
+    import logging
+
+    from hymoe import errors
+
+    notes = []  # what hymoe said during a run (say_once): e.g. why CUDA graphs were off
+
+    class Notes(logging.Handler):
+        def emit(self, record):
+            notes.append(record.getMessage())
+
+    logging.getLogger("hymoe").addHandler(Notes())
     t0 = time.perf_counter()
     model = random_model(spec["shape"], spec["layers"], spec["experts_type"], spec["dense_type"])
     for variant in spec["variants"]:
@@ -99,6 +114,8 @@ def child_e2e(spec: dict, results: Path) -> None:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         before = _gpu_memory(torch)
+        errors._said.clear()  # each run says its own notices
+        notes.clear()
         t = time.perf_counter()
         try:
             _fault(variant)
@@ -113,7 +130,7 @@ def child_e2e(spec: dict, results: Path) -> None:
         memory = None if after is None else {"gpu_base_bytes": before[0], "gpu_peak_bytes": after[1] - before[0]}
         # the first run also paid for generating the random weights (shared by the runs after it)
         emit(event="done", variant=variant, rows=rows, memory=memory, seconds=round(time.perf_counter() - t, 1),
-             since_child_start=round(time.perf_counter() - t0, 1))
+             since_child_start=round(time.perf_counter() - t0, 1), notes=notes[:20])
 
 
 def _fault(variant: str) -> None:
@@ -206,6 +223,11 @@ def _kill(p: subprocess.Popen) -> None:
 
 
 def step_setup(budget_s: float, log: Log) -> dict:
+    wheels = sorted((ROOT / ".whl").glob("*.whl"))  # carried to a machine without a package index
+    if wheels:
+        run_step([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", *map(str, wheels)],
+                 min(120, budget_s), log, "pip install .whl/*.whl")
+        importlib.invalidate_caches()
     missing = []
     for name in DEPENDENCIES:
         try:
@@ -285,7 +307,7 @@ def step_e2e(spec: dict, deadline: float, log: Log, results: Path) -> tuple[dict
         children.append({"status": status, "seconds": round(time.perf_counter() - t, 1), "runs": len(events)})
         for e in events:
             if e["event"] == "done":
-                runs[e["variant"]] = {"status": "ok"} | {k: e[k] for k in ("rows", "memory", "seconds")}
+                runs[e["variant"]] = {"status": "ok"} | {k: e[k] for k in ("rows", "memory", "seconds", "notes")}
             elif e["event"] in ("failed", "skipped"):
                 runs[e["variant"]] = {"status": e["event"]} | {k: e[k] for k in ("error", "reason", "seconds") if k in e}
         handled = set(runs)
@@ -365,6 +387,10 @@ def summarize(out: dict) -> None:
             row |= {k: r["rows"][0].get(k) for k in ("prefill_tokens_per_s", "decode_tokens_per_s", "experts_busy",
                                                      "cpu_busy", "gpu_busy", "cuda_graphs", "decode_bandwidth_fraction")}
             row["seconds"] = r["seconds"]
+            # asked for, but refused (hot experts, deferral, GPU prefill) or failed to capture: said once
+            refused = [n for n in r.get("notes", []) if "CUDA graphs off" in n]
+            row["graphs"] = ("refused" if refused else "on") if row["cuda_graphs"] else "off"
+            row["graphs_note"] = refused[0] if refused else None
             peak = (r.get("memory") or {}).get("gpu_peak_bytes")
             planned = _planned_gpu(plan, variant)
             row |= {"gpu_peak_bytes": peak, "gpu_planned_bytes": planned,
@@ -381,7 +407,7 @@ def summarize(out: dict) -> None:
     if rate.get("hybrid") and rate.get(f"layers:{k}"):
         targets["hybrid_over_layers"] = {"value": round(rate["hybrid"] / rate[f"layers:{k}"], 2), "target": 3.0}
     hybrid = next((r for r in rows if r["variant"] == "hybrid" and r["status"] == "ok"), None)
-    if hybrid and hybrid.get("cuda_graphs") and hybrid.get("experts_busy") is not None:
+    if hybrid and hybrid.get("graphs") == "on" and hybrid.get("experts_busy") is not None:
         targets["cpu_busy_with_graphs"] = {"value": hybrid["experts_busy"], "target": 0.9}
     ratios = [r["peak_over_plan"] for r in rows if r.get("peak_over_plan")]
     if ratios:
@@ -410,10 +436,11 @@ def markdown(out: dict) -> str:
         if r["status"] != "ok":
             lines.append(f"| {r['variant']} | {r['status']}: {str(r.get('error'))[:80]} |||||||||")
             continue
-        lines.append(f"| {r['variant']} | {'on' if r['cuda_graphs'] else 'off'} | {f(r['prefill_tokens_per_s'])} | "
+        lines.append(f"| {r['variant']} | {r['graphs']} | {f(r['prefill_tokens_per_s'])} | "
                      f"{f(r['decode_tokens_per_s'], 2)} | {pct(r['experts_busy'])} | {pct(r['cpu_busy'])} | "
                      f"{pct(r['gpu_busy'])} | {gib(r['gpu_peak_bytes'])} | {gib(r['gpu_planned_bytes'])} | "
                      f"{f(r['peak_over_plan'], 3)} | {f(r['seconds'])} |")
+    lines += [f"- {r['variant']}: {r['graphs_note']}" for r in out.get("table", []) if r.get("graphs_note")]
     pre = out.get("e2e", {}).get("prefill")
     if pre and pre["status"] == "ok":
         p = pre["rows"][0]
