@@ -450,6 +450,9 @@ def markdown(out: dict) -> str:
                   f"{p['gpu_stream_tokens_per_s']:.0f} tok/s" + (f"; GPU peak {peak / GIB:.2f} GiB" if peak else "")]
     elif pre:
         lines += ["", f"prefill: {pre['status']}: {pre.get('error') or pre.get('reason')}"]
+    setup = out["steps"].get("setup") or {}
+    if setup.get("missing_packages"):
+        lines += ["", f"packages that do not import: {', '.join(setup['missing_packages'])} (carry wheels in .whl/)"]
     tests = out["steps"].get("gpu_tests")
     if tests:
         lines += ["", f"pytest -m gpu: {tests['status']}: {tests['summary']}"] + tests["failed"]
