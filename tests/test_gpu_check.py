@@ -46,11 +46,11 @@ def test_dry_run_runs_every_step(tmp_path):
 def test_a_failing_run_costs_only_itself(tmp_path):
     fault = "hybrid=crash;cpu+eager=raise;hybrid+eager=hang"
     d = _run(tmp_path, "--skip", "setup,gpu_tests,plan", "--variants", "cpu,hybrid,cpu+eager,hybrid+eager,layers:2",
-             "--run-limit", "8", env={"HYMOE_GPU_CHECK_FAULT": fault})
+             "--run-limit", "20", env={"HYMOE_GPU_CHECK_FAULT": fault})
     status = {v: r["status"] for v, r in d["e2e"].items()}
     assert status == {"cpu": "ok", "hybrid": "crashed", "cpu+eager": "failed", "hybrid+eager": "crashed",
                       "layers:2": "ok"}
-    assert "ran past 8" in d["e2e"]["hybrid+eager"]["error"]
+    assert "ran past 20" in d["e2e"]["hybrid+eager"]["error"]
     assert "fault injected" in d["e2e"]["cpu+eager"]["error"]
 
 
