@@ -83,10 +83,7 @@ def _data(name: str, shape: tuple[int, ...], fmt: str, seed: int) -> np.ndarray:
     return out
 
 
-def write_random_gguf(path: str | Path, shape: str, num_layers: int, experts_format: str = "Q4_K",
-                      dense_format: str = "Q4_K", num_experts: int | None = None, vocab_size: int | None = None,
-                      progress: bool = True) -> Path:
-    """A GGUF file of model `shape` (bench/synthetic.py's CONFIGS) with num_layers layers of random weights."""
+def _config(shape: str, num_layers: int, num_experts: int | None = None, vocab_size: int | None = None):
     if shape not in CONFIGS:
         raise HymoeError(f"unknown model shape {shape!r} (use one of {', '.join(CONFIGS)})")
     d = dict(CONFIGS[shape], num_hidden_layers=num_layers)
@@ -96,11 +93,13 @@ def write_random_gguf(path: str | Path, shape: str, num_layers: int, experts_for
         d["vocab_size"] = vocab_size
     if "first_k_dense_replace" in d:
         d["first_k_dense_replace"] = min(d["first_k_dense_replace"], num_layers - 1)
-    cfg = from_hf_dict(d)
-    tensors = _tensors(cfg, experts_format.upper(), dense_format.upper())
-    path = Path(path)
+    return from_hf_dict(d)
+
+
+def _write_header(path: Path, shape: str, cfg, tensors) -> gguf.GGUFWriter:
+    """Metadata, vocabulary and tensor table written; the tensor data is the caller's."""
     w = gguf.GGUFWriter(path, GGUF_ARCH[cfg.model_type])
-    w.add_name(f"random {shape} {num_layers} layers")
+    w.add_name(f"random {shape} {cfg.num_layers} layers")
     write_metadata(w, cfg)
     write_vocab(w, cfg.vocab_size)
     for name, shp, fmt in tensors:
@@ -112,7 +111,35 @@ def write_random_gguf(path: str | Path, shape: str, num_layers: int, experts_for
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
+    return w
+
+
+def write_random_gguf(path: str | Path, shape: str, num_layers: int, experts_format: str = "Q4_K",
+                      dense_format: str = "Q4_K", num_experts: int | None = None, vocab_size: int | None = None,
+                      progress: bool = True) -> Path:
+    """A GGUF file of model `shape` (bench/synthetic.py's CONFIGS) with num_layers layers of random weights."""
+    cfg = _config(shape, num_layers, num_experts, vocab_size)
+    tensors = _tensors(cfg, experts_format.upper(), dense_format.upper())
+    path = Path(path)
+    w = _write_header(path, shape, cfg, tensors)
     for j, (name, shp, fmt) in enumerate(tqdm(tensors, desc="writing", unit="tensor", disable=not progress)):
         w.write_tensor_data(_data(name, shp, fmt, seed=j))
     w.close()
+    return path
+
+
+def write_sparse_gguf(path: str | Path, shape: str, num_layers: int, experts_format: str = "Q4_K",
+                      dense_format: str = "Q4_K") -> Path:
+    """write_random_gguf's file with its data region left a hole (no disk, no time): for `hymoe
+    inspect`, which reads headers only, e.g. to plan the memory of a --random model of this shape."""
+    cfg = _config(shape, num_layers)
+    tensors = _tensors(cfg, experts_format.upper(), dense_format.upper())
+    path = Path(path)
+    _write_header(path, shape, cfg, tensors).close()
+    align = 32  # GGUF's default alignment of the data region and of each tensor in it
+    end = sum(-(-(int(np.prod(shp)) * 4 if fmt == "F32" else int(np.prod(shp[:-1])) * row_bytes(fmt, shp[-1]))
+                // align) * align for _, shp, fmt in tensors)
+    with open(path, "r+b") as f:
+        header = f.seek(0, 2)
+        f.truncate(-(-header // align) * align + end)
     return path

@@ -28,6 +28,16 @@ CONFIGS = {
         norm_topk_prob=True, max_position_embeddings=163840, rope_theta=10000.0, first_k_dense_replace=1,
         rope_scaling=dict(type="yarn", factor=40, original_max_position_embeddings=4096, beta_fast=32, beta_slow=1,
                           mscale=1.0, mscale_all_dim=1.0)),
+    # DeepSeek-V3's architecture (MLA, grouped routing, a shared expert) at toy width: every code path
+    # of the full shape in seconds on a CPU (scripts/gpu_check.py --dry-run); rows split into 256-blocks
+    "deepseek-v3-tiny": dict(
+        model_type="deepseek_v3", vocab_size=1024, hidden_size=256, intermediate_size=512,
+        moe_intermediate_size=256, num_attention_heads=4, num_key_value_heads=4, n_routed_experts=16,
+        n_shared_experts=1, num_experts_per_tok=4, n_group=4, topk_group=2, q_lora_rank=256, kv_lora_rank=256,
+        qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, routed_scaling_factor=2.5,
+        norm_topk_prob=True, max_position_embeddings=8192, rope_theta=10000.0, first_k_dense_replace=1,
+        rope_scaling=dict(type="yarn", factor=40, original_max_position_embeddings=4096, beta_fast=32, beta_slow=1,
+                          mscale=1.0, mscale_all_dim=1.0)),
     "qwen3-30b-a3b": dict(
         model_type="qwen3_moe", vocab_size=151936, hidden_size=2048, intermediate_size=6144,
         moe_intermediate_size=768, num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128,
@@ -68,6 +78,13 @@ class RandomSource:
 
     def __contains__(self, name: str) -> bool:
         return name in self.shapes
+
+    def keys(self):
+        return self.shapes.keys()
+
+    def describe(self, name: str) -> tuple[torch.dtype, torch.Size]:
+        """For ModelFiles.stored_tensors (the model card's counts): every tensor as its float shape."""
+        return torch.bfloat16, self.shapes[name]
 
     def get(self, name: str) -> torch.Tensor:
         if name not in self.cache:
