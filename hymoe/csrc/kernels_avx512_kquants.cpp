@@ -30,7 +30,7 @@ struct FQ2_K {
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 256, kBytes = sizeof(BlockQ2_K), kShift = -1;
-    static const bool kMins = false, kMins16 = true, kPrepAhead = false;
+    static const bool kMins = false, kMins16 = true, kPrepAhead = true;
     const uint8_t* qs;
     __m512 sc16, mn16;
     void prep(const uint8_t* p) {
@@ -56,7 +56,7 @@ struct FQ3_K {
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 256, kBytes = sizeof(BlockQ3_K), kShift = 2;
-    static const bool kMins = false, kPrepAhead = false;
+    static const bool kMins = false, kPrepAhead = true;
     const BlockQ3_K* b;
     __m512 sc16;
     void prep(const uint8_t* p) {
@@ -90,7 +90,7 @@ struct FIQ4_XS {
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 256, kBytes = sizeof(BlockIQ4_XS), kShift = 7;
-    static const bool kMins = false, kPrepAhead = false;
+    static const bool kMins = false, kPrepAhead = true;
     const uint8_t* qs;
     __m512 d8;  // lanes 0-7: the 8 blocks' scales
     void prep(const uint8_t* p) {
