@@ -61,17 +61,15 @@ struct FQ3_K {
     __m512 sc16;
     void prep(const uint8_t* p) {
         b = (const BlockQ3_K*)p;
-        // the 12 scale bytes (masked: the block may end the buffer 2 bytes later), widened to words:
-        // low nibbles of bytes 0-7 then their high ones; 2 high bits from bytes 8-11, shifted 0, 2, 4, 6
+        // the 12 scale bytes (masked: the block may end the buffer 2 bytes later) to 16 bytes: low
+        // nibbles of bytes 0-7 then their high ones, | 2 bits of byte 8 + j % 4 at 2 (j / 4) (a dword
+        // shift per group of 4: what comes in from the next byte is masked off), minus 32
         const __m128i x = _mm_maskz_loadu_epi8(0x0FFF, b->scales);
         const __m128i m4 = _mm_set1_epi8(0x0F);
         const __m128i lo = _mm_unpacklo_epi64(_mm_and_si128(x, m4), _mm_and_si128(_mm_srli_epi16(x, 4), m4));
-        const __m128i hb = _mm_shuffle_epi8(x, _mm_setr_epi8(8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11));
-        const __m256i hw = _mm256_srlv_epi16(_mm256_cvtepu8_epi16(hb),
-                                             _mm256_setr_epi16(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6));
-        const __m256i sw = _mm256_or_si256(_mm256_cvtepu8_epi16(lo),
-                                           _mm256_slli_epi16(_mm256_and_si256(hw, _mm256_set1_epi16(3)), 4));
-        const __m512i s = _mm512_sub_epi32(_mm512_cvtepu16_epi32(sw), _mm512_set1_epi32(32));
+        const __m128i hb = _mm_srlv_epi32(_mm_shuffle_epi8(x, _mm_set1_epi32(0x0B0A0908)), _mm_setr_epi32(0, 2, 4, 6));
+        const __m128i sb = _mm_or_si128(lo, _mm_slli_epi16(_mm_and_si128(hb, _mm_set1_epi8(3)), 4));
+        const __m512i s = _mm512_cvtepi8_epi32(_mm_sub_epi8(sb, _mm_set1_epi8(32)));
         sc16 = _mm512_mul_ps(_mm512_set1_ps(h2f(b->d)), _mm512_cvtepi32_ps(s));
     }
     __m512i chunk(int c, __m512& s) const {
