@@ -36,10 +36,12 @@ struct FQ2_K {
     void prep(const uint8_t* p) {
         const BlockQ2_K* b = (const BlockQ2_K*)p;
         qs = b->qs;
+        // scale and min by table: d x [0..15] and dmin x [0..15] indexed by the nibbles (vpermps
+        // takes an index's low 4 bits: no mask, no conversion of the 16 bytes)
         const __m512i s = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)b->scales));
-        const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128(*(const int*)&b->d));  // d, dmin: one dword
-        sc16 = _mm512_mul_ps(_mm512_broadcastss_ps(dm), _mm512_cvtepi32_ps(_mm512_and_si512(s, _mm512_set1_epi32(0xF))));
-        mn16 = _mm512_mul_ps(_mm512_broadcastss_ps(_mm_movehdup_ps(dm)), _mm512_cvtepi32_ps(_mm512_srli_epi32(s, 4)));
+        const __m512 ramp = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        sc16 = _mm512_permutexvar_ps(s, _mm512_mul_ps(ramp, _mm512_set1_ps(h2f(b->d))));
+        mn16 = _mm512_permutexvar_ps(_mm512_srli_epi32(s, 4), _mm512_mul_ps(ramp, _mm512_set1_ps(h2f(b->dmin))));
     }
     __m512i chunk(int c, __m512& s) const {
         s = lanes16_from(sc16, c);
