@@ -33,11 +33,12 @@ struct DQ2_K {  // value = d * (sc & 15) * q - dmin * (sc >> 4) (PQ2_K)
 
 // Q3_K's 16 scales, minus 32, as bytes: low nibbles of bytes 0-7 then their high ones, | 2 bits of
 // byte 8 + j % 4 at 2 (j / 4) (a dword shift per group of 4; what comes in from the next byte is
-// masked off). The 12 bytes are read masked-free from a copy: the block may end the buffer.
+// masked off). The 12 bytes are read as 8 + 4 (the block may end the buffer; a copy through memory
+// would stall on store forwarding).
 inline __m128i q3k_scales16(const uint8_t* scales) {
-    alignas(16) uint8_t raw[16] = {0};
-    memcpy(raw, scales, 12);
-    const __m128i x = _mm_load_si128((const __m128i*)raw);
+    int32_t tail;
+    memcpy(&tail, scales + 8, 4);
+    const __m128i x = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i*)scales), _mm_cvtsi32_si128(tail));
     const __m128i m4 = _mm_set1_epi8(0x0F);
     const __m128i lo = _mm_unpacklo_epi64(_mm_and_si128(x, m4), _mm_and_si128(_mm_srli_epi16(x, 4), m4));
     const __m128i hb = _mm_srlv_epi32(_mm_shuffle_epi8(x, _mm_set1_epi32(0x0B0A0908)), _mm_setr_epi32(0, 2, 4, 6));
