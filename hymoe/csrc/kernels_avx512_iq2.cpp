@@ -1,6 +1,11 @@
 // AVX512 per-row kernels of IQ2_XXS, IQ2_XS, IQ2_S (lowbit.h): a format's own F struct (rows_avx512.h) where one
 // is written, else the generic kernel over its decoder. Compiled with the AVX512 flags only; no C++
 // library (common.h).
+//
+// The three share one shape: a 64-weight chunk is 8 codebook entries of 8 weights, fetched by one
+// 8 x 64-bit gather (the codebook's lookups bound these kernels, not the 2.06-2.56 bits a weight
+// of the stream), its sign bits become a 64-bit mask, and the signed weight v goes in as the code
+// v + 128 with kShift 7 (the activations' sums seed the dot products with -128 x sum), so no mins.
 #if defined(__x86_64__) || defined(_M_X64)
 #include "kernels.h"
 #include "lowbit_iq2.h"
@@ -8,9 +13,121 @@
 
 namespace {
 
+// 64 codes v + 128 from 8 codebook entries (g) and their sign mask (bit k negates weight k)
+inline __m512i iq2_codes64(__m512i g, __mmask64 neg) {
+    const __m512i k80 = _mm512_set1_epi8((char)0x80);
+    return _mm512_mask_sub_epi8(_mm512_xor_si512(g, k80), neg, k80, g);  // 128 + g, or 128 - g
+}
+
+// 7-bit sign indices, one per 64-bit lane, to the mask of their sign bytes (ksigns: bit 7 is the
+// parity of the 7, computed here by folding rather than looked up: no 8 scalar loads per chunk)
+inline __mmask64 iq2_sign_mask(__m512i s7) {
+    __m512i x = _mm512_xor_si512(s7, _mm512_srli_epi64(s7, 4));
+    x = _mm512_xor_si512(x, _mm512_srli_epi64(x, 2));
+    x = _mm512_xor_si512(x, _mm512_srli_epi64(x, 1));
+    const __m512i sb = _mm512_or_si512(s7, _mm512_slli_epi64(_mm512_and_si512(x, _mm512_set1_epi64(1)), 7));
+    // each lane's sign byte to its 8 bytes, then byte k tests bit k
+    const __m512i bcast = _mm512_set4_epi32(0x08080808, 0x08080808, 0, 0);
+    const __m512i bits = _mm512_set1_epi64((long long)0x8040201008040201ULL);
+    return _mm512_test_epi8_mask(_mm512_shuffle_epi8(sb, bcast), bits);
+}
+
+// d * (0.5 + s) * 0.25 of the 16 4-bit scales of IQ2_XS and IQ2_S (block 2i: low nibble of byte i)
+inline __m512 iq2_scales16(uint16_t d, const uint8_t* scales) {
+    const __m128i x = _mm_loadl_epi64((const __m128i*)scales);
+    const __m128i m = _mm_set1_epi8(0x0F);
+    const __m128i s = _mm_unpacklo_epi8(_mm_and_si128(x, m), _mm_and_si128(_mm_srli_epi16(x, 4), m));
+    const __m512 f = _mm512_add_ps(_mm512_set1_ps(0.5f), _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(s)));
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(tile_h2f(d)), f), _mm512_set1_ps(0.25f));
+}
+
+// lane l of chunk c: the scale of block 4c + l / 4 (blocks of 16)
+inline __m512 iq2_lanes16(__m512 sc16, int c) {
+    const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(4 * c),
+                                         _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0));
+    return _mm512_permutexvar_ps(idx, sc16);
+}
+
+// IQ2_XXS: per 32 weights 8 bytes, 4 codebook indices then a word of 4 x 7 sign bits and the scale
+struct FIQ2_XXS {
+    static constexpr int blk_lo(int c) { return 2 * c; }
+    static constexpr int blk_hi(int c) { return 2 * c + 1; }
+    static const int kSU = 256, kBytes = sizeof(BlockIQ2_XXS), kShift = 7;
+    static const bool kMins = false, kPrepAhead = false;
+    const uint8_t* q;  // the 64 bytes after d
+    __m512 d8;         // lanes 0-7: the 8 blocks' scales
+    void prep(const uint8_t* p) {
+        q = p + 2;
+        // the scale words are the odd dwords of the 64 bytes: the top 4 bits of each
+        const __m512i w = _mm512_permutexvar_epi32(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 15, 13, 11, 9, 7, 5, 3, 1),
+                                                   _mm512_loadu_si512((const void*)q));
+        const __m512 f = _mm512_add_ps(_mm512_set1_ps(0.5f), _mm512_cvtepi32_ps(_mm512_srli_epi32(w, 28)));
+        d8 = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(tile_h2f(*(const uint16_t*)p)), f), _mm512_set1_ps(0.25f));
+    }
+    __m512i chunk(int c, __m512& s) const {
+        s = lanes_from(d8, 2 * c, 2 * c + 1);
+        const __m128i x = _mm_loadu_si128((const __m128i*)(q + 16 * c));  // two blocks: idx, signs, idx, signs
+        const __m128i pick = _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, -1, -1, -1, -1, -1, -1, -1, -1);
+        const __m512i g = _mm512_i64gather_epi64(_mm512_cvtepu8_epi64(_mm_shuffle_epi8(x, pick)), kIq2xxsGrid, 8);
+        const __m512i words = _mm512_permutexvar_epi64(_mm512_set_epi64(3, 3, 3, 3, 1, 1, 1, 1), _mm512_cvtepu32_epi64(_mm256_zextsi128_si256(x)));
+        const __m512i s7 = _mm512_and_si512(_mm512_srlv_epi64(words, _mm512_set_epi64(21, 14, 7, 0, 21, 14, 7, 0)),
+                                            _mm512_set1_epi64(127));
+        return iq2_codes64(g, iq2_sign_mask(s7));
+    }
+    __m256 mins() const { return _mm256_setzero_ps(); }
+};
+
+// IQ2_XS: per 8 weights a 16-bit word, 9-bit codebook index and 7 sign bits; 4-bit scales per 16
+struct FIQ2_XS {
+    static constexpr int blk_lo(int c) { return 2 * c; }
+    static constexpr int blk_hi(int c) { return 2 * c + 1; }
+    static const int kSU = 256, kBytes = sizeof(BlockIQ2_XS), kShift = 7;
+    static const bool kMins = false, kPrepAhead = false;
+    const BlockIQ2_XS* b;
+    __m512 sc16;
+    void prep(const uint8_t* p) {
+        b = (const BlockIQ2_XS*)p;
+        sc16 = iq2_scales16(b->d, b->scales);
+    }
+    __m512i chunk(int c, __m512& s) const {
+        s = iq2_lanes16(sc16, c);
+        const __m512i w = _mm512_cvtepu16_epi64(_mm_loadu_si128((const __m128i*)(b->qs + 8 * c)));
+        const __m512i g = _mm512_i64gather_epi64(_mm512_and_si512(w, _mm512_set1_epi64(511)), kIq2xsGrid, 8);
+        return iq2_codes64(g, iq2_sign_mask(_mm512_srli_epi64(w, 9)));
+    }
+    __m256 mins() const { return _mm256_setzero_ps(); }
+};
+
+// IQ2_S: per 8 weights index bits 0-7 (qs), bits 8-9 (qh, 2 per entry) and a byte of sign bits
+struct FIQ2_S {
+    static constexpr int blk_lo(int c) { return 2 * c; }
+    static constexpr int blk_hi(int c) { return 2 * c + 1; }
+    static const int kSU = 256, kBytes = sizeof(BlockIQ2_S), kShift = 7;
+    static const bool kMins = false, kPrepAhead = false;
+    const BlockIQ2_S* b;
+    __m512 sc16;
+    void prep(const uint8_t* p) {
+        b = (const BlockIQ2_S*)p;
+        sc16 = iq2_scales16(b->d, b->scales);
+    }
+    __m512i chunk(int c, __m512& s) const {
+        s = iq2_lanes16(sc16, c);
+        const __m512i lo = _mm512_cvtepu8_epi64(_mm_loadl_epi64((const __m128i*)(b->qs + 8 * c)));
+        uint16_t h;
+        memcpy(&h, b->qh + 2 * c, 2);
+        const __m512i hi = _mm512_and_si512(_mm512_srlv_epi64(_mm512_set1_epi64(h), _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0)),
+                                            _mm512_set1_epi64(3));
+        const __m512i g = _mm512_i64gather_epi64(_mm512_or_si512(lo, _mm512_slli_epi64(hi, 8)), kIq2sGrid, 8);
+        uint64_t neg;
+        memcpy(&neg, b->qs + 32 + 8 * c, 8);
+        return iq2_codes64(g, _cvtu64_mask64(neg));
+    }
+    __m256 mins() const { return _mm256_setzero_ps(); }
+};
+
 }  // namespace
 
-const RowsFn avx512::rows_iq2_xxs = lowbit_rows<DIQ2_XXS>();
-const RowsFn avx512::rows_iq2_xs = lowbit_rows<DIQ2_XS>();
-const RowsFn avx512::rows_iq2_s = lowbit_rows<DIQ2_S>();
+const RowsFn avx512::rows_iq2_xxs = rows_q<FIQ2_XXS>;
+const RowsFn avx512::rows_iq2_xs = rows_q<FIQ2_XS>;
+const RowsFn avx512::rows_iq2_s = rows_q<FIQ2_S>;
 #endif
