@@ -2,9 +2,9 @@
 // is written, else the generic kernel over its decoder. Compiled with the AVX512 flags only; no C++
 // library (common.h).
 //
-// The three share one shape: a 64-weight chunk is 8 codebook entries of 8 weights, fetched by one
-// 8 x 64-bit gather (the codebook's lookups bound these kernels, not the 2.06-2.56 bits a weight
-// of the stream), its sign bits become a 64-bit mask, and the signed weight v goes in as the code
+// The three share one shape: a 64-weight chunk is 8 codebook entries of 8 weights, fetched by 8
+// scalar loads (the codebook's lookups bound these kernels, not the 2.06-2.56 bits a weight of the
+// stream; an 8 x 64-bit gather decodes a chunk ~1.5x slower), its sign bits become a 64-bit mask, and the signed weight v goes in as the code
 // v + 128 with kShift 7 (the activations' sums seed the dot products with -128 x sum), so no mins.
 #if defined(__x86_64__) || defined(_M_X64)
 #include "kernels.h"
@@ -13,23 +13,31 @@
 
 namespace {
 
+// 8 sign indices of 7 bits (16-bit lanes) to the mask of their sign bytes (ksigns: bit 7 is the
+// parity of the 7), in one 128-bit register: single-issue operations, where 512-bit ones issue twice
+inline __mmask64 iq2_signs8(__m128i s7) {
+    __m128i x = _mm_xor_si128(s7, _mm_srli_epi16(s7, 4));
+    x = _mm_xor_si128(x, _mm_srli_epi16(x, 2));
+    x = _mm_xor_si128(x, _mm_srli_epi16(x, 1));
+    const __m128i sb = _mm_or_si128(s7, _mm_slli_epi16(_mm_and_si128(x, _mm_set1_epi16(1)), 7));
+    return _cvtu64_mask64((uint64_t)_mm_cvtsi128_si64(_mm_packus_epi16(sb, sb)));
+}
+
 // 64 codes v + 128 from 8 codebook entries (g) and their sign mask (bit k negates weight k)
 inline __m512i iq2_codes64(__m512i g, __mmask64 neg) {
     const __m512i k80 = _mm512_set1_epi8((char)0x80);
     return _mm512_mask_sub_epi8(_mm512_xor_si512(g, k80), neg, k80, g);  // 128 + g, or 128 - g
 }
 
-// 7-bit sign indices, one per 64-bit lane, to the mask of their sign bytes (ksigns: bit 7 is the
-// parity of the 7, computed here by folding rather than looked up: no 8 scalar loads per chunk)
-inline __mmask64 iq2_sign_mask(__m512i s7) {
-    __m512i x = _mm512_xor_si512(s7, _mm512_srli_epi64(s7, 4));
-    x = _mm512_xor_si512(x, _mm512_srli_epi64(x, 2));
-    x = _mm512_xor_si512(x, _mm512_srli_epi64(x, 1));
-    const __m512i sb = _mm512_or_si512(s7, _mm512_slli_epi64(_mm512_and_si512(x, _mm512_set1_epi64(1)), 7));
-    // each lane's sign byte to its 8 bytes, then byte k tests bit k
-    const __m512i bcast = _mm512_set4_epi32(0x08080808, 0x08080808, 0, 0);
-    const __m512i bits = _mm512_set1_epi64((long long)0x8040201008040201ULL);
-    return _mm512_test_epi8_mask(_mm512_shuffle_epi8(sb, bcast), bits);
+// 8 codebook entries by index, as 8 scalar loads (a gather's alternative)
+inline __m128i iq2_pair(const uint64_t* grid, unsigned i, unsigned j) {
+    // movq + movhps from memory: the entries go straight to the vector register, not through GPRs
+    return _mm_castps_si128(_mm_loadh_pi(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i*)(grid + i))), (const __m64*)(grid + j)));
+}
+inline __m512i iq2_lookup8(const uint64_t* grid, const unsigned* i) {
+    const __m256i lo = _mm256_set_m128i(iq2_pair(grid, i[2], i[3]), iq2_pair(grid, i[0], i[1]));
+    const __m256i hi = _mm256_set_m128i(iq2_pair(grid, i[6], i[7]), iq2_pair(grid, i[4], i[5]));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
 // d * (0.5 + s) * 0.25 of the 16 4-bit scales of IQ2_XS and IQ2_S (block 2i: low nibble of byte i)
@@ -66,13 +74,14 @@ struct FIQ2_XXS {
     }
     __m512i chunk(int c, __m512& s) const {
         s = lanes_from(d8, 2 * c, 2 * c + 1);
-        const __m128i x = _mm_loadu_si128((const __m128i*)(q + 16 * c));  // two blocks: idx, signs, idx, signs
-        const __m128i pick = _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, -1, -1, -1, -1, -1, -1, -1, -1);
-        const __m512i g = _mm512_i64gather_epi64(_mm512_cvtepu8_epi64(_mm_shuffle_epi8(x, pick)), kIq2xxsGrid, 8);
-        const __m512i words = _mm512_permutexvar_epi64(_mm512_set_epi64(3, 3, 3, 3, 1, 1, 1, 1), _mm512_cvtepu32_epi64(_mm256_zextsi128_si256(x)));
-        const __m512i s7 = _mm512_and_si512(_mm512_srlv_epi64(words, _mm512_set_epi64(21, 14, 7, 0, 21, 14, 7, 0)),
-                                            _mm512_set1_epi64(127));
-        return iq2_codes64(g, iq2_sign_mask(s7));
+        const uint8_t* e = q + 16 * c;  // two blocks: 4 indices, their signs word, 4 indices, signs
+        const __m128i x = _mm_loadu_si128((const __m128i*)e);
+        const unsigned ix[8] = {e[0], e[1], e[2], e[3], e[8], e[9], e[10], e[11]};
+        const __m512i g = iq2_lookup8(kIq2xxsGrid, ix);
+        const __m256i words = _mm256_permutevar8x32_epi32(_mm256_castsi128_si256(x), _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3));
+        const __m256i s7 = _mm256_and_si256(_mm256_srlv_epi32(words, _mm256_setr_epi32(0, 7, 14, 21, 0, 7, 14, 21)),
+                                            _mm256_set1_epi32(127));
+        return iq2_codes64(g, iq2_signs8(_mm256_cvtepi32_epi16(s7)));
     }
     __m256 mins() const { return _mm256_setzero_ps(); }
 };
@@ -91,9 +100,11 @@ struct FIQ2_XS {
     }
     __m512i chunk(int c, __m512& s) const {
         s = iq2_lanes16(sc16, c);
-        const __m512i w = _mm512_cvtepu16_epi64(_mm_loadu_si128((const __m128i*)(b->qs + 8 * c)));
-        const __m512i g = _mm512_i64gather_epi64(_mm512_and_si512(w, _mm512_set1_epi64(511)), kIq2xsGrid, 8);
-        return iq2_codes64(g, iq2_sign_mask(_mm512_srli_epi64(w, 9)));
+        const uint16_t* e = b->qs + 8 * c;
+        unsigned ix[8];
+        for (int k = 0; k < 8; k++) ix[k] = e[k] & 511;
+        const __m512i g = iq2_lookup8(kIq2xsGrid, ix);
+        return iq2_codes64(g, iq2_signs8(_mm_srli_epi16(_mm_loadu_si128((const __m128i*)e), 9)));
     }
     __m256 mins() const { return _mm256_setzero_ps(); }
 };
@@ -112,12 +123,12 @@ struct FIQ2_S {
     }
     __m512i chunk(int c, __m512& s) const {
         s = iq2_lanes16(sc16, c);
-        const __m512i lo = _mm512_cvtepu8_epi64(_mm_loadl_epi64((const __m128i*)(b->qs + 8 * c)));
         uint16_t h;
         memcpy(&h, b->qh + 2 * c, 2);
-        const __m512i hi = _mm512_and_si512(_mm512_srlv_epi64(_mm512_set1_epi64(h), _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0)),
-                                            _mm512_set1_epi64(3));
-        const __m512i g = _mm512_i64gather_epi64(_mm512_or_si512(lo, _mm512_slli_epi64(hi, 8)), kIq2sGrid, 8);
+        const uint8_t* e = b->qs + 8 * c;
+        unsigned ix[8];
+        for (int k = 0; k < 8; k++) ix[k] = e[k] | (((unsigned)h >> (2 * k)) & 3) << 8;
+        const __m512i g = iq2_lookup8(kIq2sGrid, ix);
         uint64_t neg;
         memcpy(&neg, b->qs + 32 + 8 * c, 8);
         return iq2_codes64(g, _cvtu64_mask64(neg));
