@@ -30,11 +30,13 @@ inline __m512i iq2_codes64(__m512i g, __mmask64 neg) {
 }
 
 // 8 codebook entries by index, as 8 scalar loads (a gather's alternative)
-inline __m128i iq2_pair(const uint64_t* grid, unsigned i, unsigned j) {
+template <class I>
+inline __m128i iq2_pair(const uint64_t* grid, I i, I j) {
     // movq + movhps from memory: the entries go straight to the vector register, not through GPRs
     return _mm_castps_si128(_mm_loadh_pi(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i*)(grid + i))), (const __m64*)(grid + j)));
 }
-inline __m512i iq2_lookup8(const uint64_t* grid, const unsigned* i) {
+template <class I>
+inline __m512i iq2_lookup8(const uint64_t* grid, const I* i) {
     const __m256i lo = _mm256_set_m128i(iq2_pair(grid, i[2], i[3]), iq2_pair(grid, i[0], i[1]));
     const __m256i hi = _mm256_set_m128i(iq2_pair(grid, i[6], i[7]), iq2_pair(grid, i[4], i[5]));
     return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
@@ -109,26 +111,33 @@ struct FIQ2_XS {
     __m256 mins() const { return _mm256_setzero_ps(); }
 };
 
-// IQ2_S: per 8 weights index bits 0-7 (qs), bits 8-9 (qh, 2 per entry) and a byte of sign bits
+// IQ2_S: per 8 weights index bits 0-7 (qs), bits 8-9 (qh, 2 per entry) and a byte of sign bits.
+// prep() joins the 32 10-bit indices in vector registers and stores them (as FIQ1_S does; a block
+// ahead, so the chunks' scalar loads find them out of the store queue): per entry in chunk() they
+// cost a shift, a mask and an or each, which made IQ2_S the slowest of the three
 struct FIQ2_S {
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 256, kBytes = sizeof(BlockIQ2_S), kShift = 7;
-    static const bool kMins = false, kPrepAhead = false;
+    static const bool kMins = false, kPrepAhead = true;
     const BlockIQ2_S* b;
     __m512 sc16;
+    alignas(64) uint16_t idx[32];
     void prep(const uint8_t* p) {
         b = (const BlockIQ2_S*)p;
         sc16 = iq2_scales16(b->d, b->scales);
+        const __m512i lo = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)b->qs));
+        // entry g: bits 2(g % 4) of qh[g / 4]
+        const __m512i qh = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)b->qh)));
+        const __m512i spread = _mm512_permutexvar_epi16(_mm512_srli_epi16(_mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16,
+                                                                                         15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), 2), qh);
+        const __m512i shift = _mm512_set4_epi32(0x00060004, 0x00020000, 0x00060004, 0x00020000);
+        const __m512i hi = _mm512_and_si512(_mm512_srlv_epi16(spread, shift), _mm512_set1_epi16(3));
+        _mm512_store_si512((void*)idx, _mm512_or_si512(lo, _mm512_slli_epi16(hi, 8)));
     }
     __m512i chunk(int c, __m512& s) const {
         s = iq2_lanes16(sc16, c);
-        uint16_t h;
-        memcpy(&h, b->qh + 2 * c, 2);
-        const uint8_t* e = b->qs + 8 * c;
-        unsigned ix[8];
-        for (int k = 0; k < 8; k++) ix[k] = e[k] | (((unsigned)h >> (2 * k)) & 3) << 8;
-        const __m512i g = iq2_lookup8(kIq2sGrid, ix);
+        const __m512i g = iq2_lookup8(kIq2sGrid, idx + 8 * c);
         uint64_t neg;
         memcpy(&neg, b->qs + 32 + 8 * c, 8);
         return iq2_codes64(g, _cvtu64_mask64(neg));
