@@ -2,10 +2,12 @@
 // is written, else the generic kernel over its decoder. Compiled with the AVX512 flags only; no C++
 // library (common.h).
 //
-// The three share one shape: a 64-weight chunk is 8 codebook entries of 8 weights, fetched by 8
-// scalar loads (the codebook's lookups bound these kernels, not the 2.06-2.56 bits a weight of the
-// stream; an 8 x 64-bit gather decodes a chunk ~1.5x slower), its sign bits become a 64-bit mask, and the signed weight v goes in as the code
-// v + 128 with kShift 7 (the activations' sums seed the dot products with -128 x sum), so no mins.
+// The three share one shape: prep() unpacks a block's indices and sign bytes with vector operations
+// where they are packed, and stores them a block ahead; a 64-weight chunk is then 8 codebook entries
+// of 8 weights, fetched by 8 scalar loads (the lookups bound these kernels, not the 2.06-2.56 bits
+// a weight of the stream; an 8 x 64-bit gather decodes a chunk ~1.5x slower on Zen 4), its 8 sign
+// bytes one 64-bit mask, and the signed weight v goes in as the code v + 128 with kShift 7 (the
+// activations' sums seed the dot products with -128 x sum), so no mins.
 #if defined(__x86_64__) || defined(_M_X64)
 #include "kernels.h"
 #include "lowbit_iq2.h"
@@ -13,14 +15,13 @@
 
 namespace {
 
-// 8 sign indices of 7 bits (16-bit lanes) to the mask of their sign bytes (ksigns: bit 7 is the
-// parity of the 7), in one 128-bit register: single-issue operations, where 512-bit ones issue twice
-inline __mmask64 iq2_signs8(__m128i s7) {
-    __m128i x = _mm_xor_si128(s7, _mm_srli_epi16(s7, 4));
-    x = _mm_xor_si128(x, _mm_srli_epi16(x, 2));
-    x = _mm_xor_si128(x, _mm_srli_epi16(x, 1));
-    const __m128i sb = _mm_or_si128(s7, _mm_slli_epi16(_mm_and_si128(x, _mm_set1_epi16(1)), 7));
-    return _cvtu64_mask64((uint64_t)_mm_cvtsi128_si64(_mm_packus_epi16(sb, sb)));
+// 32 sign indices of 7 bits (16-bit lanes) to their sign bytes (ksigns: bit 7 is the parity of the
+// 7, folded here rather than looked up), for prep() to store: a block's at once
+inline __m256i iq2_signs32(__m512i s7) {
+    __m512i x = _mm512_xor_si512(s7, _mm512_srli_epi16(s7, 4));
+    x = _mm512_xor_si512(x, _mm512_srli_epi16(x, 2));
+    x = _mm512_xor_si512(x, _mm512_srli_epi16(x, 1));
+    return _mm512_cvtepi16_epi8(_mm512_or_si512(s7, _mm512_slli_epi16(_mm512_and_si512(x, _mm512_set1_epi16(1)), 7)));
 }
 
 // 64 codes v + 128 from 8 codebook entries (g) and their sign mask (bit k negates weight k)
@@ -58,55 +59,65 @@ inline __m512 iq2_lanes16(__m512 sc16, int c) {
     return _mm512_permutexvar_ps(idx, sc16);
 }
 
-// IQ2_XXS: per 32 weights 8 bytes, 4 codebook indices then a word of 4 x 7 sign bits and the scale
+// IQ2_XXS: per 32 weights 8 bytes, 4 codebook indices then a word of 4 x 7 sign bits and the scale.
+// prep() turns the block's 32 sign indices into sign bytes in vector registers, stored a block
+// ahead (kPrepAhead) for chunk() to load as masks
 struct FIQ2_XXS {
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 256, kBytes = sizeof(BlockIQ2_XXS), kShift = 7;
-    static const bool kMins = false, kPrepAhead = false;
+    static const bool kMins = false, kPrepAhead = true;
     const uint8_t* q;  // the 64 bytes after d
     __m512 d8;         // lanes 0-7: the 8 blocks' scales
+    alignas(32) uint8_t signs[32];
     void prep(const uint8_t* p) {
         q = p + 2;
-        // the scale words are the odd dwords of the 64 bytes: the top 4 bits of each
-        const __m512i w = _mm512_permutexvar_epi32(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 15, 13, 11, 9, 7, 5, 3, 1),
-                                                   _mm512_loadu_si512((const void*)q));
-        const __m512 f = _mm512_add_ps(_mm512_set1_ps(0.5f), _mm512_cvtepi32_ps(_mm512_srli_epi32(w, 28)));
+        const __m512i all = _mm512_loadu_si512((const void*)q);
+        // the sign-and-scale words are the odd dwords of the 64 bytes, the scale their top 4 bits
+        const __m512i w = _mm512_permutexvar_epi32(_mm512_set_epi32(15, 15, 15, 15, 13, 13, 13, 13, 11, 11, 11, 11, 9, 9, 9, 9), all);
+        const __m512i v = _mm512_permutexvar_epi32(_mm512_set_epi32(7, 7, 7, 7, 5, 5, 5, 5, 3, 3, 3, 3, 1, 1, 1, 1), all);
+        const __m512i shift = _mm512_set4_epi32(21, 14, 7, 0);
+        const __m512i lo = _mm512_and_si512(_mm512_srlv_epi32(v, shift), _mm512_set1_epi32(127));  // entries 0-15
+        const __m512i hi = _mm512_and_si512(_mm512_srlv_epi32(w, shift), _mm512_set1_epi32(127));  // 16-31
+        const __m512i s7 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(lo)), _mm512_cvtepi32_epi16(hi), 1);
+        _mm256_store_si256((__m256i*)signs, iq2_signs32(s7));
+        const __m512i sw = _mm512_permutexvar_epi32(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 15, 13, 11, 9, 7, 5, 3, 1), all);
+        const __m512 f = _mm512_add_ps(_mm512_set1_ps(0.5f), _mm512_cvtepi32_ps(_mm512_srli_epi32(sw, 28)));
         d8 = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(tile_h2f(*(const uint16_t*)p)), f), _mm512_set1_ps(0.25f));
     }
     __m512i chunk(int c, __m512& s) const {
         s = lanes_from(d8, 2 * c, 2 * c + 1);
         const uint8_t* e = q + 16 * c;  // two blocks: 4 indices, their signs word, 4 indices, signs
-        const __m128i x = _mm_loadu_si128((const __m128i*)e);
-        const unsigned ix[8] = {e[0], e[1], e[2], e[3], e[8], e[9], e[10], e[11]};
-        const __m512i g = iq2_lookup8(kIq2xxsGrid, ix);
-        const __m256i words = _mm256_permutevar8x32_epi32(_mm256_castsi128_si256(x), _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3));
-        const __m256i s7 = _mm256_and_si256(_mm256_srlv_epi32(words, _mm256_setr_epi32(0, 7, 14, 21, 0, 7, 14, 21)),
-                                            _mm256_set1_epi32(127));
-        return iq2_codes64(g, iq2_signs8(_mm256_cvtepi32_epi16(s7)));
+        const uint8_t ix[8] = {e[0], e[1], e[2], e[3], e[8], e[9], e[10], e[11]};
+        uint64_t neg;
+        memcpy(&neg, signs + 8 * c, 8);
+        return iq2_codes64(iq2_lookup8(kIq2xxsGrid, ix), _cvtu64_mask64(neg));
     }
     __m256 mins() const { return _mm256_setzero_ps(); }
 };
 
-// IQ2_XS: per 8 weights a 16-bit word, 9-bit codebook index and 7 sign bits; 4-bit scales per 16
+// IQ2_XS: per 8 weights a 16-bit word, 9-bit codebook index and 7 sign bits; 4-bit scales per 16.
+// prep() splits the 32 words into indices and sign bytes in vector registers (as FIQ2_XXS)
 struct FIQ2_XS {
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 256, kBytes = sizeof(BlockIQ2_XS), kShift = 7;
-    static const bool kMins = false, kPrepAhead = false;
-    const BlockIQ2_XS* b;
+    static const bool kMins = false, kPrepAhead = true;
     __m512 sc16;
+    alignas(64) uint16_t idx[32];
+    alignas(32) uint8_t signs[32];
     void prep(const uint8_t* p) {
-        b = (const BlockIQ2_XS*)p;
+        const BlockIQ2_XS* b = (const BlockIQ2_XS*)p;
         sc16 = iq2_scales16(b->d, b->scales);
+        const __m512i w = _mm512_loadu_si512((const void*)b->qs);
+        _mm512_store_si512((void*)idx, _mm512_and_si512(w, _mm512_set1_epi16(511)));
+        _mm256_store_si256((__m256i*)signs, iq2_signs32(_mm512_srli_epi16(w, 9)));
     }
     __m512i chunk(int c, __m512& s) const {
         s = iq2_lanes16(sc16, c);
-        const uint16_t* e = b->qs + 8 * c;
-        unsigned ix[8];
-        for (int k = 0; k < 8; k++) ix[k] = e[k] & 511;
-        const __m512i g = iq2_lookup8(kIq2xsGrid, ix);
-        return iq2_codes64(g, iq2_signs8(_mm_srli_epi16(_mm_loadu_si128((const __m128i*)e), 9)));
+        uint64_t neg;
+        memcpy(&neg, signs + 8 * c, 8);
+        return iq2_codes64(iq2_lookup8(kIq2xsGrid, idx + 8 * c), _cvtu64_mask64(neg));
     }
     __m256 mins() const { return _mm256_setzero_ps(); }
 };
