@@ -125,7 +125,8 @@ struct FIQ2_XS {
 // IQ2_S: per 8 weights index bits 0-7 (qs), bits 8-9 (qh, 2 per entry) and a byte of sign bits.
 // prep() joins the 32 10-bit indices in vector registers and stores them (as FIQ1_S does; a block
 // ahead, so the chunks' scalar loads find them out of the store queue): per entry in chunk() they
-// cost a shift, a mask and an or each, which made IQ2_S the slowest of the three
+// cost a shift, a mask and an or each, which made IQ2_S the slowest of the three. Its sign bytes are
+// copied there too: read from the block at chunk() time they halved the experts' batch-1 speed
 struct FIQ2_S {
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
@@ -134,8 +135,10 @@ struct FIQ2_S {
     const BlockIQ2_S* b;
     __m512 sc16;
     alignas(64) uint16_t idx[32];
+    alignas(32) uint8_t signs[32];
     void prep(const uint8_t* p) {
         b = (const BlockIQ2_S*)p;
+        _mm256_store_si256((__m256i*)signs, _mm256_loadu_si256((const __m256i*)(b->qs + 32)));
         sc16 = iq2_scales16(b->d, b->scales);
         const __m512i lo = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)b->qs));
         // entry g: bits 2(g % 4) of qh[g / 4]
@@ -150,7 +153,7 @@ struct FIQ2_S {
         s = iq2_lanes16(sc16, c);
         const __m512i g = iq2_lookup8(kIq2sGrid, idx + 8 * c);
         uint64_t neg;
-        memcpy(&neg, b->qs + 32 + 8 * c, 8);
+        memcpy(&neg, signs + 8 * c, 8);
         return iq2_codes64(g, _cvtu64_mask64(neg));
     }
     __m256 mins() const { return _mm256_setzero_ps(); }
