@@ -19,6 +19,21 @@ static inline __m512i iq3_gather16(__m512i idx, const uint32_t* grid) {
     return _mm512_i32gather_epi32(idx, (const void*)grid, 4);
 }
 
+// the same from 16 byte indices by scalar loads, two entries per qword
+static inline __m512i iq3_lookup16(const uint8_t* q, const uint32_t* grid) {
+    auto pair = [grid, q](int k) -> long long { return (long long)(grid[q[k]] | (uint64_t)grid[q[k + 1]] << 32); };
+    return _mm512_set_epi64(pair(14), pair(12), pair(10), pair(8), pair(6), pair(4), pair(2), pair(0));
+}
+static inline __m512i iq3_lookup16(const uint16_t* i16, const uint32_t* grid) {
+    uint64_t q[4];
+    memcpy(q, i16, 32);
+    auto pair = [grid](uint64_t v, int k) -> long long {
+        return (long long)(grid[(v >> 16 * k) & 0xFFFF] | (uint64_t)grid[(v >> (16 * k + 16)) & 0xFFFF] << 32);
+    };
+    return _mm512_set_epi64(pair(q[3], 2), pair(q[3], 0), pair(q[2], 2), pair(q[2], 0), pair(q[1], 2), pair(q[1], 0),
+                            pair(q[0], 2), pair(q[0], 0));
+}
+
 // codes offset +- m: the bits of `signs` (one per byte) pick the minus
 static inline __m512i iq3_apply_signs(__m512i m, uint64_t signs, int offset) {
     const __m512i o = _mm512_set1_epi8((char)offset);
@@ -60,8 +75,7 @@ struct FIQ3_XXS {
     }
     __m512i chunk(int c, __m512& s) const {
         s = lanes_from(db, 2 * c, 2 * c + 1);
-        const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(qs + 16 * c)));
-        return iq3_apply_signs(iq3_gather16(idx, kIq3xxsGrid), signs[c], 64);
+        return iq3_apply_signs(iq3_lookup16(qs + 16 * c, kIq3xxsGrid), signs[c], 64);
     }
     __m256 mins() const { return _mm256_setzero_ps(); }
 };
@@ -72,9 +86,10 @@ struct FIQ3_S {
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 256, kBytes = sizeof(BlockIQ3_S), kShift = 4;
-    static const bool kMins = false, kPrepAhead = false;
+    static const bool kMins = false, kPrepAhead = true;  // indices are stored: read a unit later
     const BlockIQ3_S* b;
-    __m512 db;  // lanes 0-7: the 8 blocks' scales d (1 + 2 s)
+    __m512 db;                     // lanes 0-7: the 8 blocks' scales d (1 + 2 s)
+    alignas(64) uint16_t idx[64];  // the 9-bit indices, computed in vectors
     void prep(const uint8_t* p) {
         b = (const BlockIQ3_S*)p;
         uint32_t s4;
@@ -83,16 +98,18 @@ struct FIQ3_S {
                                              _mm256_set1_epi32(15));
         const __m256 odd = _mm256_cvtepi32_ps(_mm256_or_si256(_mm256_slli_epi32(nib, 1), _mm256_set1_epi32(1)));
         db = _mm512_castps256_ps512(_mm256_mul_ps(_mm256_set1_ps(h2f(b->d)), odd));
+        uint64_t qh;
+        memcpy(&qh, b->qh, 8);  // bit i: the 9th bit of index i
+        for (int h = 0; h < 2; h++) {
+            const __m512i lo = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(b->qs + 32 * h)));
+            _mm512_store_si512((void*)(idx + 32 * h), _mm512_mask_add_epi16(lo, (__mmask32)(qh >> 32 * h), lo, _mm512_set1_epi16(256)));
+        }
     }
     __m512i chunk(int c, __m512& s) const {
         s = lanes_from(db, 2 * c, 2 * c + 1);
-        uint16_t qh;
         uint64_t sg;
-        memcpy(&qh, b->qh + 2 * c, 2);  // bit k: the 9th index bit of lane k
         memcpy(&sg, b->signs + 8 * c, 8);
-        __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(b->qs + 16 * c)));
-        idx = _mm512_mask_or_epi32(idx, (__mmask16)qh, idx, _mm512_set1_epi32(256));
-        return iq3_apply_signs(iq3_gather16(idx, kIq3sGrid), sg, 16);
+        return iq3_apply_signs(iq3_lookup16(idx + 16 * c, kIq3sGrid), sg, 16);
     }
     __m256 mins() const { return _mm256_setzero_ps(); }
 };
