@@ -31,19 +31,18 @@ static inline __m256i iq3_look8(const I* q, const uint32_t* grid) {
     return _mm256_set_epi64x(pair(6), pair(4), pair(2), pair(0));
 }
 
-// IQ3_XXS's 32 sign bytes of a block (4 per 32 weights) in vectors: 7-bit fields, bit 7 their parity
-static inline void iq3xxs_signs(const uint8_t* aux_bytes, uint32_t* sg) {
+// IQ3_XXS's 32 sign bytes of a block, byte 4 ib + l for weights 32 ib + 8 l .. + 7, in one vector:
+// each scale word's four 7-bit fields spread to its four bytes, then each byte's parity as bit 7
+static inline __m256i iq3xxs_signs(const uint8_t* aux_bytes) {
     const __m256i aux = _mm256_loadu_si256((const __m256i*)aux_bytes);
-    __m256i all = _mm256_setzero_si256();
-    for (int l = 0; l < 4; l++) {
-        const __m256i f = _mm256_and_si256(_mm256_srli_epi32(aux, 7 * l), _mm256_set1_epi32(127));
-        __m256i q = _mm256_xor_si256(f, _mm256_srli_epi32(f, 4));
-        q = _mm256_xor_si256(q, _mm256_srli_epi32(q, 2));
-        q = _mm256_xor_si256(q, _mm256_srli_epi32(q, 1));
-        const __m256i ks = _mm256_or_si256(f, _mm256_slli_epi32(_mm256_and_si256(q, _mm256_set1_epi32(1)), 7));
-        all = _mm256_or_si256(all, _mm256_slli_epi32(ks, 8 * l));
-    }
-    _mm256_storeu_si256((__m256i*)sg, all);
+    __m256i f = _mm256_and_si256(aux, _mm256_set1_epi32(0x7F));
+    for (int l = 1; l < 4; l++)
+        f = _mm256_or_si256(f, _mm256_and_si256(_mm256_slli_epi32(aux, l), _mm256_set1_epi32(0x7F << 8 * l)));
+    // bit 0 of each byte ends as the parity of its 7 bits (bits from the next byte land above bit 3)
+    __m256i q = _mm256_xor_si256(f, _mm256_srli_epi32(f, 4));
+    q = _mm256_xor_si256(q, _mm256_srli_epi32(q, 2));
+    q = _mm256_xor_si256(q, _mm256_srli_epi32(q, 1));
+    return _mm256_or_si256(f, _mm256_slli_epi32(_mm256_and_si256(q, _mm256_set1_epi8(1)), 7));
 }
 
 struct DIQ3_XXS {  // codes 64 +- grid, scale db, min 64 db (PIQ3_XXS)
@@ -52,7 +51,7 @@ struct DIQ3_XXS {  // codes 64 +- grid, scale db, min 64 db (PIQ3_XXS)
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
         const BlockIQ3_XXS* b = (const BlockIQ3_XXS*)p;
         alignas(32) uint32_t sg[8];
-        iq3xxs_signs(b->qs + 64, sg);
+        _mm256_store_si256((__m256i*)sg, iq3xxs_signs(b->qs + 64));
         for (int ib = 0; ib < 8; ib++)
             _mm256_storeu_si256((__m256i*)(codes + 32 * ib), iq3_signed32(iq3_look8(b->qs + 8 * ib, kIq3xxsGrid), sg[ib], 64));
         const __m256i aux8 = _mm256_loadu_si256((const __m256i*)(b->qs + 64));
