@@ -7,8 +7,8 @@
 // IQ3_S 4.6 GB/s of blocks per core in cache, against 3.7 with one 16-lane gather per chunk). The
 // lookups, not the arithmetic, bound these kernels at decode: in cache one core runs IQ3_XXS at
 // ~3.7 GB/s and IQ3_S ~4.5 (Q4_1: 11.8), so two cores stay near 7-9 GB/s, well under DRAM's 30-50.
-// The signs, a bit per weight, are a 64-bit mask that turns offset + m into offset - m in one masked subtract. The offset is a power of
-// 2 (64, 16), so the integer kernel takes it as kShift and no mins are needed. IQ1_M looks up
+// The signs, a bit per weight, are a 64-bit mask that turns offset + m into offset - m in one
+// masked subtract. The offset is a power of 2 (64, 16), so the integer kernel takes it as kShift and no mins are needed. IQ1_M looks up
 // IQ1_S's codebook (iq1s.h) as IQ1_S does; its per-8 delta is folded into the codes (lowbit_iq3.h).
 #if defined(__x86_64__) || defined(_M_X64)
 #include "kernels.h"
