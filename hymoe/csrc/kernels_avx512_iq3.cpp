@@ -6,7 +6,7 @@
 // magnitudes: a chunk's 16 are scalar loads paired into qwords and assembled into a vector (Zen 4:
 // IQ3_S 4.6 GB/s of blocks per core in cache, against 3.7 with one 16-lane gather per chunk). The
 // lookups, not the arithmetic, bound these kernels at decode: in cache one core runs IQ3_XXS at
-// ~3.7 GB/s and IQ3_S ~4.5 (Q4_1: 11.8), so two cores stay near 7-9 GB/s, well under DRAM's 30-50.
+// ~3.9 GB/s and IQ3_S ~4.5 (Q4_1: 11.8), so two cores stay near 7-9 GB/s, well under DRAM's 30-50.
 // The signs, a bit per weight, are a 64-bit mask that turns offset + m into offset - m in one
 // masked subtract. The offset is a power of 2 (64, 16), so the integer kernel takes it as kShift and no mins are needed. IQ1_M looks up
 // IQ1_S's codebook (iq1s.h) as IQ1_S does; its per-8 delta is folded into the codes (lowbit_iq3.h).
@@ -17,12 +17,7 @@
 
 namespace {
 
-// the grid entries of a chunk's 16 byte indices, two per qword (lanes 0-15: dwords)
-static inline __m512i iq3_lookup16(const uint8_t* q, const uint32_t* grid) {
-    auto pair = [grid, q](int k) -> long long { return (long long)(grid[q[k]] | (uint64_t)grid[q[k + 1]] << 32); };
-    return _mm512_set_epi64(pair(14), pair(12), pair(10), pair(8), pair(6), pair(4), pair(2), pair(0));
-}
-// the same from 16-bit indices (IQ3_S: 9 bits, computed in prep)
+// the grid entries of a chunk's 16 indices (widened to 16 bits in prep), two per qword
 static inline __m512i iq3_lookup16(const uint16_t* i16, const uint32_t* grid) {
     uint64_t q[4];
     memcpy(q, i16, 32);
@@ -49,9 +44,12 @@ struct FIQ3_XXS {
     const uint8_t* qs;
     __m512 db;                      // lanes 0-7: the 8 blocks' scales
     alignas(32) uint64_t signs[4];  // byte 4 ib + l: the signs of weights 32 ib + 8 l .. + 7
+    alignas(64) uint16_t idx[64];   // the indices widened: 16-bit loads feed the lookups best
     void prep(const uint8_t* p) {
         const BlockIQ3_XXS* b = (const BlockIQ3_XXS*)p;
         qs = b->qs;
+        for (int h = 0; h < 2; h++)
+            _mm512_store_si512((void*)(idx + 32 * h), _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(b->qs + 32 * h))));
         const __m256i aux = _mm256_loadu_si256((const __m256i*)(b->qs + 64));
         const __m256 ls = _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(aux, 28)), _mm256_set1_ps(0.5f));
         db = _mm512_castps256_ps512(_mm256_mul_ps(_mm256_set1_ps(0.5f * h2f(b->d)), ls));
@@ -59,7 +57,7 @@ struct FIQ3_XXS {
     }
     __m512i chunk(int c, __m512& s) const {
         s = lanes_from(db, 2 * c, 2 * c + 1);
-        return iq3_apply_signs(iq3_lookup16(qs + 16 * c, kIq3xxsGrid), signs[c], 64);
+        return iq3_apply_signs(iq3_lookup16(idx + 16 * c, kIq3xxsGrid), signs[c], 64);
     }
     __m256 mins() const { return _mm256_setzero_ps(); }
 };
