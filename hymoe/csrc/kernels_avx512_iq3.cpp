@@ -41,13 +41,11 @@ struct FIQ3_XXS {
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 256, kBytes = sizeof(BlockIQ3_XXS), kShift = 6;
     static const bool kMins = false, kPrepAhead = true;  // signs are stored: read a unit later
-    const uint8_t* qs;
     __m512 db;                      // lanes 0-7: the 8 blocks' scales
     alignas(32) uint64_t signs[4];  // byte 4 ib + l: the signs of weights 32 ib + 8 l .. + 7
     alignas(64) uint16_t idx[64];   // the indices widened: 16-bit loads feed the lookups best
     void prep(const uint8_t* p) {
         const BlockIQ3_XXS* b = (const BlockIQ3_XXS*)p;
-        qs = b->qs;
         for (int h = 0; h < 2; h++)
             _mm512_store_si512((void*)(idx + 32 * h), _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(b->qs + 32 * h))));
         const __m256i aux = _mm256_loadu_si256((const __m256i*)(b->qs + 64));
