@@ -22,8 +22,8 @@ def random_weights(fmt: str, rows: int, n: int, seed: int = 0, experts: int | No
                    is_centered: bool = False) -> torch.Tensor:
     """uint8 [(experts,) rows, row_bytes]: random blocks with sane scales.
 
-    is_centered: K-quant mins chosen to cancel the mean of q, as a quantizer would for zero-mean
-    weights (random mins give biased weights whose products cancel badly).
+    is_centered: mins (Q4_K, Q5_K, Q4_1, Q5_1) chosen to cancel the mean of q, as a quantizer would
+    for zero-mean weights (random mins give biased weights whose products cancel badly).
     """
     rng = np.random.default_rng(seed)
     lead = (experts, rows) if experts else (rows,)
@@ -35,6 +35,9 @@ def random_weights(fmt: str, rows: int, n: int, seed: int = 0, experts: int | No
     nblocks = int(np.prod(lead)) * n // block
     raw = rng.integers(0, 256, size=(nblocks, nbytes), dtype=np.uint8)
     sane_scales(raw, fmt, lambda count: rng.uniform(0.2, 1.0, count) * 0.01)
+    if is_centered and fmt in ("Q4_1", "Q5_1"):  # m = -d x the mean code
+        d = raw[:, 0:2].copy().view(np.float16).astype(np.float32)
+        raw[:, 2:4] = (-d * (7.5 if fmt == "Q4_1" else 15.5)).astype(np.float16).view(np.uint8)
     if is_centered and fmt in ("Q4_K", "Q5_K"):
         raw[:, 2:4] = raw[:, 0:2]  # dmin = d
         sc = rng.integers(1, 4, size=(nblocks, 8)).astype(np.uint8)

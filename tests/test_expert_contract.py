@@ -23,6 +23,7 @@ from hymoe.experts.gpu_prefill import GpuPrefillExperts
 from hymoe.experts.split import SplitExperts
 from hymoe.experts.torch_backend import TorchExperts
 from hymoe.quant.formats import NATIVE_FORMATS, qtype
+from test_lowbit_kernels import LOWBIT
 from quant_utils import dequant, random_weights
 
 E, H, I, K, T = 8, 256, 256, 4, 20  # T = 20: past the native kernels' tile threshold on most experts
@@ -31,7 +32,8 @@ GPU = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the CPU st
 HAS_NATIVE = native.library() is not None
 # error bound relative to the largest output: the native kernels quantize activations (test_native_moe.py)
 BOUND = {"F32": 1e-5, "F16": 1e-5, "BF16": 0.01, "Q8_0": 0.02, "Q4_0": 0.02, "Q4_K": 0.04, "Q5_K": 0.04,
-         "Q6_K": 0.04, "IQ1_S": 0.03, "TQ2_0": 0.03, "TQ1_0": 0.03}
+         "Q6_K": 0.04, "IQ1_S": 0.03, "TQ2_0": 0.03, "TQ1_0": 0.03,
+         **dict.fromkeys(LOWBIT, 0.02)}  # activations per 32 (csrc/lowbit.h)
 
 
 @functools.lru_cache(maxsize=None)

@@ -11,6 +11,7 @@ import torch
 from hymoe.errors import HymoeError
 from hymoe.experts import native
 from hymoe.experts.torch_backend import TorchExperts
+from test_lowbit_kernels import LOWBIT
 from quant_utils import dequant, random_weights
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="native kernels not built")
@@ -22,7 +23,8 @@ pytestmark = pytest.mark.skipif(native.library() is None, reason="native kernels
 # GEMM do the same), measured here at 0.26-0.35% of the largest output; the exact arithmetic
 # is pinned by test_native_moe_equals_step_by_step_emulation.
 BOUND = {"F32": 1e-5, "F16": 1e-5, "BF16": 0.01, "Q8_0": 0.02, "Q4_0": 0.02, "Q4_K": 0.04, "Q5_K": 0.04,
-         "Q6_K": 0.04, "IQ1_S": 0.03, "TQ2_0": 0.03, "TQ1_0": 0.03}
+         "Q6_K": 0.04, "IQ1_S": 0.03, "TQ2_0": 0.03, "TQ1_0": 0.03,
+         **dict.fromkeys(LOWBIT, 0.02)}  # activations per 32 (csrc/lowbit.h)
 K_QUANTS = {"Q4_K", "Q5_K", "Q6_K", "TQ2_0", "TQ1_0"}  # activations per 256
 E, H, I = 12, 512, 256
 
@@ -53,8 +55,9 @@ def quantized(x: torch.Tensor, fmt: str) -> torch.Tensor:
     return (q * d).reshape_as(x)
 
 
-def emulated(x, ids, w, formats, dense):
-    """The fused layer computed step by step in float64, with the kernels' activation quantization."""
+def emulated(x, ids, w, formats, dense, margins=None):
+    """The fused layer computed step by step in float64, with the kernels' activation quantization.
+    margins (a list) receives, per h, how far its scaled values come to a rounding tie (x.5)."""
     gate, up, down = (t.double() for t in dense)
     out = torch.zeros(x.shape[0], down.shape[1], dtype=torch.float64)
     for t in range(x.shape[0]):
@@ -63,6 +66,10 @@ def emulated(x, ids, w, formats, dense):
             g = quantized(x[t:t + 1], formats[0]).double() @ gate[e].T
             u = quantized(x[t:t + 1], formats[1]).double() @ up[e].T
             h = (torch.nn.functional.silu(g) * u).float()
+            if margins is not None and formats[2] not in ("F32", "F16", "BF16"):
+                b = h.reshape(-1, 256 if formats[2] in K_QUANTS else 32).double()
+                scaled = b * 127 / b.abs().amax(-1, keepdim=True)
+                margins.append(((scaled - scaled.floor() - 0.5).abs()).min().item())
             out[t] += float(w[t, j]) * (quantized(h, formats[2]).double() @ down[e].T)[0]
     return out
 
@@ -97,10 +104,17 @@ def test_native_moe_equals_step_by_step_emulation(engine, fmt):
     raw = [random_weights(f, rows, n, seed=j, experts=E, is_centered=True)
            for j, (f, rows, n) in enumerate(zip(formats, (I, I, H), (H, H, I)))]
     dense = [dequant(f, w_, n) for f, w_, n in zip(formats, raw, (H, H, I))]
-    x = torch.randn(5, H, generator=torch.Generator().manual_seed(7))
     ids, w = routing(5, 3, 11)
+    # the kernels compute h in float32, the emulation in float64: an h that lands within float
+    # rounding of an int8 rounding tie may round either way, and one such code moves the output
+    # far past rounding. Such inputs cannot test exactness, so the first x without one is used.
+    for seed in range(7, 17):
+        x = torch.randn(5, H, generator=torch.Generator().manual_seed(seed))
+        margins = []
+        want = emulated(x, ids, w, formats, dense, margins)
+        if min(margins, default=1.0) > 1e-4:
+            break
     got = run(native.NativeExperts(engine, *raw, formats, H, I), x, ids, w).double()
-    want = emulated(x, ids, w, formats, dense)
     assert ((got - want).abs().max() / want.abs().max()).item() < 1e-4
 
 

@@ -13,7 +13,10 @@ from hymoe.errors import HymoeError
 # formats the native expert kernels compute in place; any other GGUF type is dequantized per expert
 # the float formats and their torch dtypes
 FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-NATIVE_FORMATS = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "IQ1_S", "TQ2_0", "TQ1_0")
+NATIVE_FORMATS = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "IQ1_S", "TQ2_0", "TQ1_0",
+                  # llama.cpp's low-bit mixes and older files (csrc/lowbit.h)
+                  "Q2_K", "Q3_K", "IQ4_XS", "IQ4_NL", "Q4_1", "Q5_0", "Q5_1", "IQ2_XXS", "IQ2_XS", "IQ2_S",
+                  "IQ3_XXS", "IQ3_S", "IQ1_M")
 
 
 def qtype(name: str) -> GGMLQuantizationType:
