@@ -78,3 +78,23 @@ def quantize_file(src, dst, ftype: int) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype, params.nthread = ftype, 2
     assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) == 0
+
+
+def with_quantized_experts(src, f16, dst, fmt: str):
+    """src (a GGUF) rewritten to dst with its routed experts quantized to fmt by quantize() from the
+    same model's F16 file: for the formats llama_model_quantize makes only with an importance matrix."""
+    from gguf.constants import GGMLQuantizationType
+    from gguf_edit import rewrite
+
+    from hymoe.loader.gguf_file import GGUFFile
+
+    source = GGUFFile(f16).tensors
+
+    def experts(name, info):
+        if "_exps" not in name:
+            return None
+        values = source[name].data.numpy().view(np.float16).astype(np.float32)
+        return [(name, quantize(values.reshape(*info.shape), fmt), GGMLQuantizationType[fmt])]
+
+    rewrite(src, dst, tensors=experts)
+    return dst

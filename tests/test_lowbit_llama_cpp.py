@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import collections
 
-import numpy as np
 import pytest
-from gguf.constants import GGMLQuantizationType
 from test_gguf_llama_cpp import agreement
 
 from hymoe.loader.gguf_file import GGUFFile
@@ -42,19 +40,8 @@ def test_llama_cpp_quantized_file_agrees(gguf_model, tmp_path, ftype):
 
 @pytest.mark.parametrize("fmt", NEEDS_IMATRIX)
 def test_experts_quantized_by_ggml_agree(gguf_model, tmp_path, fmt):
-    from gguf_edit import rewrite
-
     _, f16 = gguf_model("deepseek_v3", "F16")
     _, q8 = gguf_model("deepseek_v3", "Q8_0")
-    source = GGUFFile(f16).tensors
-
-    def experts(name, info):
-        if "_exps" not in name:
-            return None
-        values = source[name].data.numpy().view(np.float16).astype(np.float32)  # [E, rows, n]
-        return [(name, llama_ref.quantize(values.reshape(*info.shape), fmt), GGMLQuantizationType[fmt])]
-
-    path = tmp_path / f"{fmt}.gguf"
-    rewrite(q8, path, tensors=experts)
+    path = llama_ref.with_quantized_experts(q8, f16, tmp_path / f"{fmt}.gguf", fmt)
     assert set(expert_types(path)) == {fmt}
     assert agreement(path, 200) >= 0.95
