@@ -41,7 +41,7 @@ def test_generate_greedy_is_deterministic_and_seeded_sampling_repeats(tiny_model
     (["generate", "{tiny}", "--prompt-ids", "1,2,3", "--max-context", "2"], "context holds 2"),
     (["generate", "{tiny}", "--prompt-ids", "1,99999"], "outside the vocabulary"),
     (["generate", "{tiny}", "--prompt-ids", "1", "--dtype", "int3"], "unknown dtype"),
-    (["bench", "experts", "--format", "Q5_0"], "no benchmark weights for format Q5_0"),
+    (["bench", "experts", "--format", "Q8_1"], "no benchmark weights for format Q8_1"),
     (["bench", "experts", "--shape", "llama-7b"], "unknown shape"),
     (["bench", "experts", "--tune", "bogus=3"], "unknown kernel tuning value 'bogus'"),
     (["bench", "experts", "--tune", "3"], "NAME=VALUE"),

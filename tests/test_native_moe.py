@@ -184,7 +184,8 @@ print(native.isa_name())
 
 
 def test_formats_without_a_kernel_take_the_dequantizing_path(caplog):
-    """Q5_0 / Q2_K experts: computed correctly from their blocks, and hymoe says so once."""
+    """The dequantizing backend (what a GGUF type without a native kernel takes: none a MoE file
+    uses), here on two formats gguf-py decodes: correct from their blocks, and said once."""
     import logging
 
     import numpy as np
