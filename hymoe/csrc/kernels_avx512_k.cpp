@@ -1,4 +1,4 @@
-// AVX512-VNNI kernels for the formats with 256-weight blocks (Q4_K, Q5_K, Q6_K, TQ2_0) against
+// AVX512-VNNI kernels for the formats with 256-weight blocks (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, TQ2_0) against
 // per-256 activations, compiled with the AVX512 flags only.
 #if defined(__x86_64__) || defined(_M_X64)
 #include "k_scales.h"
@@ -91,6 +91,101 @@ struct KQ6 {
     __m512 correction(const int16_t* bk16, const int16_t*) const {
         __m256i m = _mm256_madd_epi16(_mm512_castsi512_si256(sc), _mm256_loadu_si256((const __m256i*)bk16));
         return _mm512_zextps256_ps512(_mm256_mul_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(-32.f)));
+    }
+};
+
+// Q2_K and Q3_K's 2-bit planes: chunk c is half c / 2 of the unit (qs[32h..32h+31]), its weights
+// 0-31 at bits 4(c % 2), weights 32-63 at bits 4(c % 2) + 2; one broadcast, one shift, one mask
+inline __m512i k_low2_chunk(const uint8_t* qs, int c) {
+    const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(qs + 32 * (c / 2))));
+    const __m512i shift = _mm512_inserti64x4(_mm512_set1_epi64(4 * (c % 2)), _mm256_set1_epi64x(4 * (c % 2) + 2), 1);
+    return _mm512_and_si512(_mm512_srlv_epi64(v, shift), _mm512_set1_epi8(3));
+}
+
+// the int16 scales of chunk c's four groups of 16 weights (8 int16 lanes each) from a unit's 16
+inline __m512i scales16_of(__m512i sc, int c) {
+    const __m512i g = _mm512_set_epi64(0x0003000300030003LL, 0x0003000300030003LL, 0x0002000200020002LL,
+                                       0x0002000200020002LL, 0x0001000100010001LL, 0x0001000100010001LL, 0, 0);
+    return _mm512_permutexvar_epi16(_mm512_add_epi16(g, _mm512_set1_epi16((short)(4 * c))), sc);
+}
+
+// Q2_K: value = d * (sc & 15) * q - dmin * (sc >> 4) per block of 16, codes q 0..3: the 4-bit
+// scales applied in integer, the mins against the int16 activation sums per 16 (as KQ6's offset)
+struct KQ2 {
+    static const bool kPackPairs = false;
+    static const int kBytes = sizeof(BlockQ2_K);
+    static const bool kUnitScales = false;
+    static const bool kPaired = false;
+    static const bool kSeedSum = false;
+    static constexpr int blk_lo(int c) { return 2 * c; }
+    static constexpr int blk_hi(int c) { return 2 * c + 1; }
+    const uint8_t* qs;
+    __m512i sc;  // int16 x16 in the low half
+    __m256i mn;  // int16 x16
+    float dd, dm;
+    void prep(const uint8_t* p) {
+        const BlockQ2_K* b = (const BlockQ2_K*)p;
+        qs = b->qs;
+        const __m128i s = _mm_loadu_si128((const __m128i*)b->scales);
+        sc = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(s, _mm_set1_epi8(0x0F))));
+        mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4), _mm_set1_epi8(0x0F)));
+        uint32_t dd2;  // d and dmin, both fp16: one conversion
+        memcpy(&dd2, p + 80, 4);
+        const __m128 both = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd2));
+        dd = _mm_cvtss_f32(both);
+        dm = _mm_cvtss_f32(_mm_movehdup_ps(both));
+    }
+    __m512i scales16(int c) const { return scales16_of(sc, c); }
+    __m512i chunk(int c) const { return k_low2_chunk(qs, c); }
+    float d() const { return dd; }
+    float corr_scale() const { return -dm; }
+    // sum_g min_g * bsum16_g (8 int32 lanes), scaled by -dmin through corr_scale
+    __m512 correction(const int16_t* bk16, const int16_t*) const {
+        return _mm512_zextps256_ps512(_mm256_cvtepi32_ps(_mm256_madd_epi16(mn, _mm256_loadu_si256((const __m256i*)bk16))));
+    }
+};
+
+// Q3_K: value = d * (sc - 32) * (q - 4), q the 2-bit plane | the hmask bit << 2 as codes 0..7, the
+// signed 6-bit scales applied in integer, the offset 4 against the int16 activation sums per 16.
+// Weights 32j..32j+31 hold bit j of hmask[0..31]: a 64-bit rotate by 2 - j puts it at bit 2 of the
+// same byte, whatever j.
+struct KQ3 {
+    static const bool kPackPairs = false;
+    static const int kBytes = sizeof(BlockQ3_K);
+    static const bool kUnitScales = false;
+    static const bool kPaired = false;
+    static const bool kSeedSum = false;
+    static constexpr int blk_lo(int c) { return 2 * c; }
+    static constexpr int blk_hi(int c) { return 2 * c + 1; }
+    const BlockQ3_K* b;
+    __m512i sc;  // int16 x16 in the low half
+    float dd;
+    void prep(const uint8_t* p) {
+        b = (const BlockQ3_K*)p;
+        // the 12 scale bytes (masked: the block may end the buffer 2 bytes later) to 16 bytes: low
+        // nibbles of bytes 0-7 then their high ones, | 2 bits of byte 8 + j % 4 at 2 (j / 4) (a dword
+        // shift per group of 4: what comes in from the next byte is masked off), minus 32
+        const __m128i x = _mm_maskz_loadu_epi8(0x0FFF, b->scales);
+        const __m128i m4 = _mm_set1_epi8(0x0F);
+        const __m128i lo = _mm_unpacklo_epi64(_mm_and_si128(x, m4), _mm_and_si128(_mm_srli_epi16(x, 4), m4));
+        const __m128i hb = _mm_srlv_epi32(_mm_shuffle_epi8(x, _mm_set1_epi32(0x0B0A0908)), _mm_setr_epi32(0, 2, 4, 6));
+        const __m128i sb = _mm_or_si128(lo, _mm_slli_epi16(_mm_and_si128(hb, _mm_set1_epi8(3)), 4));
+        sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_sub_epi8(sb, _mm_set1_epi8(32))));
+        dd = h2f(b->d);
+    }
+    __m512i scales16(int c) const { return scales16_of(sc, c); }
+    __m512i chunk(int c) const {
+        const __m512i hm = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)b->hmask));
+        const __m512i rot = _mm512_inserti64x4(_mm512_set1_epi64((66 - 2 * c) % 64), _mm256_set1_epi64x((65 - 2 * c) % 64), 1);
+        // low2 | (rotated & 4): one ternary logic op (0xF8: A | (B & C))
+        return _mm512_ternarylogic_epi32(k_low2_chunk(b->qs, c), _mm512_rolv_epi64(hm, rot), _mm512_set1_epi8(4), 0xF8);
+    }
+    float d() const { return dd; }
+    float corr_scale() const { return -4.f * dd; }
+    // codes are q + 4: subtract 4 * sum_g scale_g * bsum16_g (the -4 d through corr_scale)
+    __m512 correction(const int16_t* bk16, const int16_t*) const {
+        const __m256i m = _mm256_madd_epi16(_mm512_castsi512_si256(sc), _mm256_loadu_si256((const __m256i*)bk16));
+        return _mm512_zextps256_ps512(_mm256_cvtepi32_ps(m));
     }
 };
 
@@ -322,6 +417,8 @@ int rows_k(const uint8_t* w, size_t row_bytes, int nrows, const void* const* act
 const RowsFn avx512::rows_q4_k = rows_k<KQ45<false>>;
 const RowsFn avx512::rows_q5_k = rows_k<KQ45<true>>;
 const RowsFn avx512::rows_q6_k = rows_k<KQ6>;
+const RowsFn avx512::rows_q2_k = rows_k<KQ2>;
+const RowsFn avx512::rows_q3_k = rows_k<KQ3>;
 const RowsFn avx512::rows_tq2_0 = rows_k<KTQ2>;
 const RowsFn avx512::rows_tq1_0 = rows_tq1;
 #endif
