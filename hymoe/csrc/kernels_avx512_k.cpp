@@ -19,6 +19,8 @@ struct KQ45 {
     static const bool kPaired = true;  // chunks pair sub-blocks 2 apart: activations from the paired copy
     static const bool kPackPairs = true;
     static const bool kSeedSum = false;
+    static const bool kSeedCorr = false;  // seed(): the offset correction in the integer dot
+    static const bool kShortChain = false;
     static constexpr int blk_lo(int c) { return 4 * (c / 2) + c % 2; }
     static constexpr int blk_hi(int c) { return blk_lo(c) + 2; }
     const uint8_t *qs, *qh;
@@ -63,6 +65,8 @@ struct KQ6 {
     static const bool kUnitScales = false;
     static const bool kPaired = false;
     static const bool kSeedSum = false;
+    static const bool kSeedCorr = false;  // seed(): the offset correction in the integer dot
+    static const bool kShortChain = false;
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     const BlockQ6_K* b;
@@ -117,6 +121,8 @@ struct KQ2 {
     static const bool kUnitScales = false;
     static const bool kPaired = false;
     static const bool kSeedSum = false;
+    static const bool kSeedCorr = false;  // seed(): the offset correction in the integer dot
+    static const bool kShortChain = true;
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     const uint8_t* qs;
@@ -155,6 +161,8 @@ struct KQ3 {
     static const bool kUnitScales = false;
     static const bool kPaired = false;
     static const bool kSeedSum = false;
+    static const bool kSeedCorr = true;
+    static const bool kShortChain = false;
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     const BlockQ3_K* b;
@@ -181,11 +189,12 @@ struct KQ3 {
         return _mm512_ternarylogic_epi32(k_low2_chunk(b->qs, c), _mm512_rolv_epi64(hm, rot), _mm512_set1_epi8(4), 0xF8);
     }
     float d() const { return dd; }
-    float corr_scale() const { return -4.f * dd; }
-    // codes are q + 4: subtract 4 * sum_g scale_g * bsum16_g (the -4 d through corr_scale)
-    __m512 correction(const int16_t* bk16, const int16_t*) const {
+    float corr_scale() const { return 0.f; }  // unused: kSeedCorr
+    __m512 correction(const int16_t*, const int16_t*) const { return _mm512_setzero_ps(); }
+    // codes are q + 4: the dot starts at -4 * sum_g scale_g * bsum16_g (lanes 0-7), in integer
+    __m512i seed(const int16_t* bk16) const {
         const __m256i m = _mm256_madd_epi16(_mm512_castsi512_si256(sc), _mm256_loadu_si256((const __m256i*)bk16));
-        return _mm512_zextps256_ps512(_mm256_cvtepi32_ps(m));
+        return _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(m, 2)));
     }
 };
 
@@ -199,6 +208,8 @@ struct KTQ2 {
     // codes carry +1 and the scale is one per 256, so the offset is minus the activations' sum in
     // the integer dot itself: computed once per token, not per row (correction() is then unused)
     static const bool kSeedSum = true;
+    static const bool kSeedCorr = false;
+    static const bool kShortChain = false;
     // chunk c is 2-bit field c of all 64 bytes: weights 32c.. (bytes 0-31) and 128 + 32c.. (32-63),
     // so the 64 bytes are loaded once and each chunk costs one shift and one mask
     static constexpr int blk_lo(int c) { return c; }
@@ -256,7 +267,10 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
             for (int t = 0; t < NT; t++) {
                 __m512i seed = _mm512_setzero_si512();
                 if (F::kSeedSum) seed = minus_sum256(a[t].bk32 + 8 * u);
-                for (int i = 0; i < NR; i++) dot[i][t] = seed;
+                for (int i = 0; i < NR; i++) {
+                    if constexpr (F::kSeedCorr) dot[i][t] = f[i].seed(a[t].bk16 + 16 * u);
+                    else dot[i][t] = seed;
+                }
             }
             if constexpr (F::kPackPairs) {
                 // two chunks per step: codes x activations by vpdpbusd (sums of 4 fit int16), packed
@@ -297,9 +311,19 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
             for (int t = 0; t < NT; t++) {
                 const float da = a[t].dk[u];
                 for (int i = 0; i < NR; i++) {
+                    if constexpr (F::kShortChain) {
+                        // the block's sum off the accumulator's chain, then one add to it: few bytes a
+                        // block (Q2_K) leave no time for two dependent multiply-adds a block and row
+                        __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(dot[i][t]), _mm512_set1_ps(f[i].d() * da));
+                        if (!F::kSeedSum && !F::kSeedCorr)
+                            v = _mm512_mask3_fmadd_ps(f[i].correction(a[t].bk16 + 16 * u, a[t].bk32 + 8 * u),
+                                                      _mm512_set1_ps(da * f[i].corr_scale()), v, 0x00FF);
+                        acc[i][t] = _mm512_add_ps(acc[i][t], v);
+                        continue;
+                    }
                     acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][t]), _mm512_set1_ps(f[i].d() * da), acc[i][t]);
                     // the correction goes straight into lanes 0-7 (a separate accumulator spilled at NR 4)
-                    if (!F::kSeedSum)
+                    if (!F::kSeedSum && !F::kSeedCorr)
                         acc[i][t] = _mm512_mask3_fmadd_ps(f[i].correction(a[t].bk16 + 16 * u, a[t].bk32 + 8 * u),
                                                           _mm512_set1_ps(da * f[i].corr_scale()), acc[i][t], 0x00FF);
                 }
