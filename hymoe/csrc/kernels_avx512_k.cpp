@@ -21,6 +21,7 @@ struct KQ45 {
     static const bool kSeedSum = false;
     static const bool kSeedCorr = false;  // seed(): the offset correction in the integer dot
     static const bool kShortChain = false;
+    static const bool kTQ2Order = false;  // activations per chunk c: 32c.. and 128 + 32c.. (a copy)
     static constexpr int blk_lo(int c) { return 4 * (c / 2) + c % 2; }
     static constexpr int blk_hi(int c) { return blk_lo(c) + 2; }
     const uint8_t *qs, *qh;
@@ -67,6 +68,7 @@ struct KQ6 {
     static const bool kSeedSum = false;
     static const bool kSeedCorr = false;  // seed(): the offset correction in the integer dot
     static const bool kShortChain = false;
+    static const bool kTQ2Order = false;  // activations per chunk c: 32c.. and 128 + 32c.. (a copy)
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     const BlockQ6_K* b;
@@ -114,26 +116,31 @@ inline __m512i scales16_of(__m512i sc, int c) {
 }
 
 // Q2_K: value = d * (sc & 15) * q - dmin * (sc >> 4) per block of 16, codes q 0..3: the 4-bit
-// scales applied in integer, the mins against the int16 activation sums per 16 (as KQ6's offset)
+// scales applied in integer, the mins against the int16 activation sums per 16 (as KQ6's offset).
+// Its 2-bit planes are TQ2_0's: chunk c is field c of the 64 qs bytes (weights 32c.. and 128 + 32c..,
+// activations from a copy in that order: kTQ2Order), so each 128-bit lane of a chunk is one block
+// of 16 and two chunks go through vpdpbusd, vpackssdw (sums of 4 codes: at most 4 x 3 x 127) and
+// one vpdpwssd with the scales picked by an in-lane vpshufb (as Q4_K).
 struct KQ2 {
-    static const bool kPackPairs = false;
+    static const bool kPackPairs = true;
     static const int kBytes = sizeof(BlockQ2_K);
     static const bool kUnitScales = false;
     static const bool kPaired = false;
     static const bool kSeedSum = false;
-    static const bool kSeedCorr = false;  // seed(): the offset correction in the integer dot
+    static const bool kSeedCorr = false;
     static const bool kShortChain = true;
-    static constexpr int blk_lo(int c) { return 2 * c; }
-    static constexpr int blk_hi(int c) { return 2 * c + 1; }
-    const uint8_t* qs;
-    __m512i sc;  // int16 x16 in the low half
-    __m256i mn;  // int16 x16
+    static const bool kTQ2Order = true;
+    static constexpr int blk_lo(int c) { return c; }
+    static constexpr int blk_hi(int c) { return c + 4; }
+    __m512i q;
+    __m512i sc4;  // the 16 scale bytes in each 128-bit lane
+    __m256i mn;   // int16 x16
     float dd, dm;
     void prep(const uint8_t* p) {
         const BlockQ2_K* b = (const BlockQ2_K*)p;
-        qs = b->qs;
+        q = _mm512_loadu_si512((const void*)b->qs);
         const __m128i s = _mm_loadu_si128((const __m128i*)b->scales);
-        sc = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(s, _mm_set1_epi8(0x0F))));
+        sc4 = _mm512_and_si512(_mm512_broadcast_i32x4(s), _mm512_set1_epi8(0x0F));
         mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4), _mm_set1_epi8(0x0F)));
         uint32_t dd2;  // d and dmin, both fp16: one conversion
         memcpy(&dd2, p + 80, 4);
@@ -141,8 +148,15 @@ struct KQ2 {
         dd = _mm_cvtss_f32(both);
         dm = _mm_cvtss_f32(_mm_movehdup_ps(both));
     }
-    __m512i scales16(int c) const { return scales16_of(sc, c); }
-    __m512i chunk(int c) const { return k_low2_chunk(qs, c); }
+    // lane L of chunk c is block 2c + L % 2 + 8 (L / 2) of 16; after vpackssdw of chunks c and c + 1
+    // int16 0-3 of lane L are chunk c's, 4-7 chunk c + 1's: their scale bytes, zero-extended (0x80)
+    static constexpr long long idx4(int blk) { return (long long)(0x8000800080008000ULL + 0x0001000100010001ULL * (unsigned)blk); }
+    __m512i scales_pair(int c) const {
+        return _mm512_shuffle_epi8(sc4, _mm512_set_epi64(idx4(2 * c + 11), idx4(2 * c + 9), idx4(2 * c + 10), idx4(2 * c + 8),
+                                                         idx4(2 * c + 3), idx4(2 * c + 1), idx4(2 * c + 2), idx4(2 * c)));
+    }
+    __m512i scales16(int) const { return _mm512_setzero_si512(); }  // unused: kPackPairs
+    __m512i chunk(int c) const { return _mm512_and_si512(c ? _mm512_srli_epi16(q, 2 * c) : q, _mm512_set1_epi8(3)); }
     float d() const { return dd; }
     float corr_scale() const { return -dm; }
     // sum_g min_g * bsum16_g (8 int32 lanes), scaled by -dmin through corr_scale
@@ -163,6 +177,7 @@ struct KQ3 {
     static const bool kSeedSum = false;
     static const bool kSeedCorr = true;
     static const bool kShortChain = false;
+    static const bool kTQ2Order = false;  // activations per chunk c: 32c.. and 128 + 32c.. (a copy)
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     const BlockQ3_K* b;
@@ -210,6 +225,7 @@ struct KTQ2 {
     static const bool kSeedSum = true;
     static const bool kSeedCorr = false;
     static const bool kShortChain = false;
+    static const bool kTQ2Order = false;  // activations per chunk c: 32c.. and 128 + 32c.. (a copy)
     // chunk c is 2-bit field c of all 64 bytes: weights 32c.. (bytes 0-31) and 128 + 32c.. (32-63),
     // so the 64 bytes are loaded once and each chunk costs one shift and one mask
     static constexpr int blk_lo(int c) { return c; }
@@ -240,16 +256,28 @@ inline __m512i minus_sum256(const int16_t* bk32) {
     return _mm512_maskz_mov_epi32(1, _mm512_castsi128_si512(_mm_sub_epi32(_mm_setzero_si128(), v)));
 }
 
+thread_local ScratchBuffer t_tq2;  // per thread: kTQ2Order's activations, n bytes per token
+
 template <class F, int NR, int NT>
 void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n, float* out,
                  size_t out_stride) {
     ActView a[NT];
     const int8_t* paired[NT];
+    const int units = n / 256;
+    int8_t* perm = F::kTQ2Order ? (int8_t*)t_tq2.reserve((size_t)NT * n) : nullptr;
     for (int t = 0; t < NT; t++) {
         a[t] = act_view(acts[t], n);
         paired[t] = (const int8_t*)acts[t] + paired_at(n);
+        if (F::kTQ2Order && perm) {  // per unit and chunk c: values 32c.. then 128 + 32c..
+            int8_t* dst = perm + (size_t)t * n;
+            for (int u = 0; u < units; u++)
+                for (int c = 0; c < 4; c++)
+                    _mm512_storeu_si512((void*)(dst + 256 * u + 64 * c),
+                                        load_pair(a[t].qk + 256 * u + 32 * c, a[t].qk + 256 * u + 128 + 32 * c, false));
+            paired[t] = dst;
+        }
     }
-    const int units = n / 256;
+    if (F::kTQ2Order && !perm) return;  // unreachable: rows_k reserved it
     const Ahead fetch(w, nrows * row_bytes, rows_ahead(row_bytes, NR));
     for (int r = 0; r + NR <= nrows; r += NR) {
         const uint8_t* row = w + r * row_bytes;
@@ -432,6 +460,7 @@ struct KTile {
 template <class F>
 int rows_k(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
            size_t out_stride) {
+    if (F::kTQ2Order && !t_tq2.reserve((size_t)kTile * n)) return 0;  // out of memory: none computed
     rows_tiled<KTile, F>(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
     return nrows;
 }
