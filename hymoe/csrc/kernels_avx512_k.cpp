@@ -166,25 +166,28 @@ struct KQ2 {
 };
 
 // Q3_K: value = d * (sc - 32) * (q - 4), q the 2-bit plane | the hmask bit << 2 as codes 0..7, the
-// signed 6-bit scales applied in integer, the offset 4 against the int16 activation sums per 16.
-// Weights 32j..32j+31 hold bit j of hmask[0..31]: a 64-bit rotate by 2 - j puts it at bit 2 of the
-// same byte, whatever j.
+// signed 6-bit scales applied in integer, the offset 4 seeding the integer dot (kSeedCorr). Chunks
+// in TQ2_0's order as KQ2 (pairs by vpdpbusd + vpackssdw, sums of 4 codes at most 4 x 7 x 127), the
+// int16 scales picked by one vpermw a pair. Weights 32j..32j+31 hold bit j of hmask[0..31]: a 64-bit
+// rotate by 2 - j puts it at bit 2 of the same byte, whatever j.
 struct KQ3 {
-    static const bool kPackPairs = false;
+    static const bool kPackPairs = true;
     static const int kBytes = sizeof(BlockQ3_K);
     static const bool kUnitScales = false;
     static const bool kPaired = false;
     static const bool kSeedSum = false;
     static const bool kSeedCorr = true;
     static const bool kShortChain = false;
-    static const bool kTQ2Order = false;  // activations per chunk c: 32c.. and 128 + 32c.. (a copy)
-    static constexpr int blk_lo(int c) { return 2 * c; }
-    static constexpr int blk_hi(int c) { return 2 * c + 1; }
-    const BlockQ3_K* b;
+    static const bool kTQ2Order = true;
+    static constexpr int blk_lo(int c) { return c; }
+    static constexpr int blk_hi(int c) { return c + 4; }
+    __m512i q, hm;
     __m512i sc;  // int16 x16 in the low half
     float dd;
     void prep(const uint8_t* p) {
-        b = (const BlockQ3_K*)p;
+        const BlockQ3_K* b = (const BlockQ3_K*)p;
+        q = _mm512_loadu_si512((const void*)b->qs);
+        hm = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)b->hmask));
         // the 12 scale bytes (masked: the block may end the buffer 2 bytes later) to 16 bytes: low
         // nibbles of bytes 0-7 then their high ones, | 2 bits of byte 8 + j % 4 at 2 (j / 4) (a dword
         // shift per group of 4: what comes in from the next byte is masked off), minus 32
@@ -196,12 +199,19 @@ struct KQ3 {
         sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_sub_epi8(sb, _mm_set1_epi8(32))));
         dd = h2f(b->d);
     }
-    __m512i scales16(int c) const { return scales16_of(sc, c); }
+    // as KQ2's: int16 0-3 of lane L scale chunk c's block 2c + L % 2 + 8 (L / 2), 4-7 chunk c + 1's
+    static constexpr long long idx4(int blk) { return (long long)(0x0001000100010001ULL * (unsigned)blk); }
+    __m512i scales_pair(int c) const {
+        return _mm512_permutexvar_epi16(_mm512_set_epi64(idx4(2 * c + 11), idx4(2 * c + 9), idx4(2 * c + 10), idx4(2 * c + 8),
+                                                         idx4(2 * c + 3), idx4(2 * c + 1), idx4(2 * c + 2), idx4(2 * c)), sc);
+    }
+    __m512i scales16(int) const { return _mm512_setzero_si512(); }  // unused: kPackPairs
     __m512i chunk(int c) const {
-        const __m512i hm = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)b->hmask));
-        const __m512i rot = _mm512_inserti64x4(_mm512_set1_epi64((66 - 2 * c) % 64), _mm256_set1_epi64x((65 - 2 * c) % 64), 1);
+        const __m512i low2 = _mm512_and_si512(c ? _mm512_srli_epi16(q, 2 * c) : q, _mm512_set1_epi8(3));
+        // bytes 0-31: bit c of hmask, bytes 32-63: bit c + 4, rotated to bit 2
+        const __m512i rot = _mm512_inserti64x4(_mm512_set1_epi64((66 - c) % 64), _mm256_set1_epi64x(62 - c), 1);
         // low2 | (rotated & 4): one ternary logic op (0xF8: A | (B & C))
-        return _mm512_ternarylogic_epi32(k_low2_chunk(b->qs, c), _mm512_rolv_epi64(hm, rot), _mm512_set1_epi8(4), 0xF8);
+        return _mm512_ternarylogic_epi32(low2, _mm512_rolv_epi64(hm, rot), _mm512_set1_epi8(4), 0xF8);
     }
     float d() const { return dd; }
     float corr_scale() const { return 0.f; }  // unused: kSeedCorr
