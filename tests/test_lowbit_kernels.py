@@ -6,12 +6,13 @@ import torch
 from hymoe.experts import native
 from hymoe.quant.formats import qtype
 from quant_utils import dequant, random_weights
-from test_native_kernels import ISAS
+from test_native_kernels import ISAS, quantized_activations
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="native kernels not built")
 
 LOWBIT = ["Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q2_K", "Q3_K", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S",
           "IQ3_XXS", "IQ3_S", "IQ1_M"]
+ACT256 = {"Q2_K", "Q3_K"}  # decoders with kAct256: activations per 256, as llama.cpp's Q8_K (lowbit.h)
 
 
 def per32(x: torch.Tensor) -> torch.Tensor:
@@ -20,6 +21,11 @@ def per32(x: torch.Tensor) -> torch.Tensor:
     d = blocks.abs().amax(-1, keepdim=True) / 127
     q = torch.where(d > 0, torch.round(blocks / d.clamp_min(1e-30)), torch.zeros_like(blocks))
     return (q * d).reshape_as(x)
+
+
+def activations(x: torch.Tensor, fmt: str) -> torch.Tensor:
+    """x as fmt's kernels multiply it: per 256 for the formats with kAct256, else per 32."""
+    return quantized_activations(x, 256) if fmt in ACT256 else per32(x)
 
 
 @pytest.fixture(params=ISAS)
@@ -42,7 +48,7 @@ def test_kernels_equal_gguf_dequantized_matmul(fmt, tokens, rows, isa):
     n = 768
     w = random_weights(fmt, rows, n, seed=tokens + rows)
     x = torch.randn(tokens, n, generator=torch.Generator().manual_seed(tokens))
-    xq = per32(x).double()
+    xq = activations(x, fmt).double()
     dense = dequant(fmt, w, n).double()
     got = native.rows(fmt, w, x).double()
     scale = xq.abs() @ dense.abs().T

@@ -31,6 +31,7 @@ template <class D, int NT>
 void rows_group(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n, float* out,
                 size_t out_stride) {
     const bool kWide = D::kMaxCode > 127;
+    const bool kAct256 = Act256Of<D>::value;  // per-256 activations (lowbit.h)
     ActView a[NT];
     for (int t = 0; t < NT; t++) a[t] = act_view(acts[t], n);
     alignas(32) uint8_t codes[256];
@@ -52,12 +53,20 @@ void rows_group(const uint8_t* w, size_t row_bytes, int nrows, const void* const
                 const __m256 s = D::kBlock == 32 ? _mm256_set1_ps(sc[j])
                                                  : _mm256_set_m128(_mm_set1_ps(sc[2 * j + 1]), _mm_set1_ps(sc[2 * j]));
                 for (int t = 0; t < NT; t++) {
-                    const __m256i p = dot32<kWide>(c, _mm256_loadu_si256((const __m256i*)(a[t].qs + k0)));
-                    const float da = a[t].d[k0 / 32];
+                    const __m256i p = dot32<kWide>(c, _mm256_loadu_si256((const __m256i*)((kAct256 ? a[t].qk : a[t].qs) + k0)));
+                    const float da = kAct256 ? a[t].dk[u] : a[t].d[k0 / 32];
                     acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(s, _mm256_set1_ps(da)), acc[t]);
-                    const int32_t* s16 = a[t].sum16 + k0 / 16;
-                    macc[t] += da * (D::kBlock == 32 ? mn[j] * (float)(s16[0] + s16[1])
-                                                     : mn[2 * j] * (float)s16[0] + mn[2 * j + 1] * (float)s16[1]);
+                    float m;
+                    if (kAct256) {
+                        const int16_t* b16 = a[t].bk16 + k0 / 16;
+                        m = D::kBlock == 32 ? mn[j] * (float)a[t].bk32[k0 / 32]
+                                            : mn[2 * j] * (float)b16[0] + mn[2 * j + 1] * (float)b16[1];
+                    } else {
+                        const int32_t* s16 = a[t].sum16 + k0 / 16;
+                        m = D::kBlock == 32 ? mn[j] * (float)(s16[0] + s16[1])
+                                            : mn[2 * j] * (float)s16[0] + mn[2 * j + 1] * (float)s16[1];
+                    }
+                    macc[t] += da * m;
                 }
             }
         }

@@ -86,8 +86,8 @@ struct Avx2 {
 template <class D>
 constexpr RowsFn lowbit_tile() {
     if constexpr (!D::kReady) return nullptr;
-    else if constexpr (D::kMaxCode < 64) return rows_tiled16<Avx2<false>, D, false>;
-    else return rows_tiled16<Avx2<true, true>, Signed<D>, false>;
+    else if constexpr (D::kMaxCode < 64) return rows_tiled16<Avx2<false>, D, Act256Of<D>::value>;
+    else return rows_tiled16<Avx2<true, true>, Signed<D>, Act256Of<D>::value>;
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-// AVX512-VNNI kernels for the formats with 256-weight blocks (Q4_K, Q5_K, Q6_K, TQ2_0) against
+// AVX512-VNNI kernels for the formats with 256-weight blocks (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, TQ2_0) against
 // per-256 activations, compiled with the AVX512 flags only.
 #if defined(__x86_64__) || defined(_M_X64)
 #include "k_scales.h"
@@ -19,6 +19,9 @@ struct KQ45 {
     static const bool kPaired = true;  // chunks pair sub-blocks 2 apart: activations from the paired copy
     static const bool kPackPairs = true;
     static const bool kSeedSum = false;
+    static const bool kSeedCorr = false;  // seed(): the offset correction in the integer dot
+    static const bool kShortChain = false;
+    static const bool kTQ2Order = false;  // activations per chunk c: 32c.. and 128 + 32c.. (a copy)
     static constexpr int blk_lo(int c) { return 4 * (c / 2) + c % 2; }
     static constexpr int blk_hi(int c) { return blk_lo(c) + 2; }
     const uint8_t *qs, *qh;
@@ -63,6 +66,9 @@ struct KQ6 {
     static const bool kUnitScales = false;
     static const bool kPaired = false;
     static const bool kSeedSum = false;
+    static const bool kSeedCorr = false;  // seed(): the offset correction in the integer dot
+    static const bool kShortChain = false;
+    static const bool kTQ2Order = false;  // activations per chunk c: 32c.. and 128 + 32c.. (a copy)
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     const BlockQ6_K* b;
@@ -94,6 +100,129 @@ struct KQ6 {
     }
 };
 
+// Q2_K and Q3_K's 2-bit planes: chunk c is half c / 2 of the unit (qs[32h..32h+31]), its weights
+// 0-31 at bits 4(c % 2), weights 32-63 at bits 4(c % 2) + 2; one broadcast, one shift, one mask
+inline __m512i k_low2_chunk(const uint8_t* qs, int c) {
+    const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(qs + 32 * (c / 2))));
+    const __m512i shift = _mm512_inserti64x4(_mm512_set1_epi64(4 * (c % 2)), _mm256_set1_epi64x(4 * (c % 2) + 2), 1);
+    return _mm512_and_si512(_mm512_srlv_epi64(v, shift), _mm512_set1_epi8(3));
+}
+
+// the int16 scales of chunk c's four groups of 16 weights (8 int16 lanes each) from a unit's 16
+inline __m512i scales16_of(__m512i sc, int c) {
+    const __m512i g = _mm512_set_epi64(0x0003000300030003LL, 0x0003000300030003LL, 0x0002000200020002LL,
+                                       0x0002000200020002LL, 0x0001000100010001LL, 0x0001000100010001LL, 0, 0);
+    return _mm512_permutexvar_epi16(_mm512_add_epi16(g, _mm512_set1_epi16((short)(4 * c))), sc);
+}
+
+// Q2_K: value = d * (sc & 15) * q - dmin * (sc >> 4) per block of 16, codes q 0..3: the 4-bit
+// scales applied in integer, the mins against the int16 activation sums per 16 (as KQ6's offset).
+// Its 2-bit planes are TQ2_0's: chunk c is field c of the 64 qs bytes (weights 32c.. and 128 + 32c..,
+// activations from a copy in that order: kTQ2Order), so each 128-bit lane of a chunk is one block
+// of 16 and two chunks go through vpdpbusd, vpackssdw (sums of 4 codes: at most 4 x 3 x 127) and
+// one vpdpwssd with the scales picked by an in-lane vpshufb (as Q4_K).
+struct KQ2 {
+    static const bool kPackPairs = true;
+    static const int kBytes = sizeof(BlockQ2_K);
+    static const bool kUnitScales = false;
+    static const bool kPaired = false;
+    static const bool kSeedSum = false;
+    static const bool kSeedCorr = false;
+    static const bool kShortChain = true;
+    static const bool kTQ2Order = true;
+    static constexpr int blk_lo(int c) { return c; }
+    static constexpr int blk_hi(int c) { return c + 4; }
+    __m512i q;
+    __m512i sc4;  // the 16 scale bytes in each 128-bit lane
+    __m256i mn;   // int16 x16
+    float dd, dm;
+    void prep(const uint8_t* p) {
+        const BlockQ2_K* b = (const BlockQ2_K*)p;
+        q = _mm512_loadu_si512((const void*)b->qs);
+        const __m128i s = _mm_loadu_si128((const __m128i*)b->scales);
+        sc4 = _mm512_and_si512(_mm512_broadcast_i32x4(s), _mm512_set1_epi8(0x0F));
+        mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4), _mm_set1_epi8(0x0F)));
+        uint32_t dd2;  // d and dmin, both fp16: one conversion
+        memcpy(&dd2, p + 80, 4);
+        const __m128 both = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd2));
+        dd = _mm_cvtss_f32(both);
+        dm = _mm_cvtss_f32(_mm_movehdup_ps(both));
+    }
+    // lane L of chunk c is block 2c + L % 2 + 8 (L / 2) of 16; after vpackssdw of chunks c and c + 1
+    // int16 0-3 of lane L are chunk c's, 4-7 chunk c + 1's: their scale bytes, zero-extended (0x80)
+    static constexpr long long idx4(int blk) { return (long long)(0x8000800080008000ULL + 0x0001000100010001ULL * (unsigned)blk); }
+    __m512i scales_pair(int c) const {
+        return _mm512_shuffle_epi8(sc4, _mm512_set_epi64(idx4(2 * c + 11), idx4(2 * c + 9), idx4(2 * c + 10), idx4(2 * c + 8),
+                                                         idx4(2 * c + 3), idx4(2 * c + 1), idx4(2 * c + 2), idx4(2 * c)));
+    }
+    __m512i scales16(int) const { return _mm512_setzero_si512(); }  // unused: kPackPairs
+    __m512i chunk(int c) const { return _mm512_and_si512(c ? _mm512_srli_epi16(q, 2 * c) : q, _mm512_set1_epi8(3)); }
+    float d() const { return dd; }
+    float corr_scale() const { return -dm; }
+    // sum_g min_g * bsum16_g (8 int32 lanes), scaled by -dmin through corr_scale
+    __m512 correction(const int16_t* bk16, const int16_t*) const {
+        return _mm512_zextps256_ps512(_mm256_cvtepi32_ps(_mm256_madd_epi16(mn, _mm256_loadu_si256((const __m256i*)bk16))));
+    }
+};
+
+// Q3_K: value = d * (sc - 32) * (q - 4), q the 2-bit plane | the hmask bit << 2 as codes 0..7, the
+// signed 6-bit scales applied in integer, the offset 4 seeding the integer dot (kSeedCorr). Chunks
+// in TQ2_0's order as KQ2 (pairs by vpdpbusd + vpackssdw, sums of 4 codes at most 4 x 7 x 127), the
+// int16 scales picked by one vpermw a pair. Weights 32j..32j+31 hold bit j of hmask[0..31]: a 64-bit
+// rotate by 2 - j puts it at bit 2 of the same byte, whatever j.
+struct KQ3 {
+    static const bool kPackPairs = true;
+    static const int kBytes = sizeof(BlockQ3_K);
+    static const bool kUnitScales = false;
+    static const bool kPaired = false;
+    static const bool kSeedSum = false;
+    static const bool kSeedCorr = true;
+    static const bool kShortChain = false;
+    static const bool kTQ2Order = true;
+    static constexpr int blk_lo(int c) { return c; }
+    static constexpr int blk_hi(int c) { return c + 4; }
+    __m512i q, hm;
+    __m512i sc;  // int16 x16 in the low half
+    float dd;
+    void prep(const uint8_t* p) {
+        const BlockQ3_K* b = (const BlockQ3_K*)p;
+        q = _mm512_loadu_si512((const void*)b->qs);
+        hm = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)b->hmask));
+        // the 12 scale bytes (masked: the block may end the buffer 2 bytes later) to 16 bytes: low
+        // nibbles of bytes 0-7 then their high ones, | 2 bits of byte 8 + j % 4 at 2 (j / 4) (a dword
+        // shift per group of 4: what comes in from the next byte is masked off), minus 32
+        const __m128i x = _mm_maskz_loadu_epi8(0x0FFF, b->scales);
+        const __m128i m4 = _mm_set1_epi8(0x0F);
+        const __m128i lo = _mm_unpacklo_epi64(_mm_and_si128(x, m4), _mm_and_si128(_mm_srli_epi16(x, 4), m4));
+        const __m128i hb = _mm_srlv_epi32(_mm_shuffle_epi8(x, _mm_set1_epi32(0x0B0A0908)), _mm_setr_epi32(0, 2, 4, 6));
+        const __m128i sb = _mm_or_si128(lo, _mm_slli_epi16(_mm_and_si128(hb, _mm_set1_epi8(3)), 4));
+        sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_sub_epi8(sb, _mm_set1_epi8(32))));
+        dd = h2f(b->d);
+    }
+    // as KQ2's: int16 0-3 of lane L scale chunk c's block 2c + L % 2 + 8 (L / 2), 4-7 chunk c + 1's
+    static constexpr long long idx4(int blk) { return (long long)(0x0001000100010001ULL * (unsigned)blk); }
+    __m512i scales_pair(int c) const {
+        return _mm512_permutexvar_epi16(_mm512_set_epi64(idx4(2 * c + 11), idx4(2 * c + 9), idx4(2 * c + 10), idx4(2 * c + 8),
+                                                         idx4(2 * c + 3), idx4(2 * c + 1), idx4(2 * c + 2), idx4(2 * c)), sc);
+    }
+    __m512i scales16(int) const { return _mm512_setzero_si512(); }  // unused: kPackPairs
+    __m512i chunk(int c) const {
+        const __m512i low2 = _mm512_and_si512(c ? _mm512_srli_epi16(q, 2 * c) : q, _mm512_set1_epi8(3));
+        // bytes 0-31: bit c of hmask, bytes 32-63: bit c + 4, rotated to bit 2
+        const __m512i rot = _mm512_inserti64x4(_mm512_set1_epi64((66 - c) % 64), _mm256_set1_epi64x(62 - c), 1);
+        // low2 | (rotated & 4): one ternary logic op (0xF8: A | (B & C))
+        return _mm512_ternarylogic_epi32(low2, _mm512_rolv_epi64(hm, rot), _mm512_set1_epi8(4), 0xF8);
+    }
+    float d() const { return dd; }
+    float corr_scale() const { return 0.f; }  // unused: kSeedCorr
+    __m512 correction(const int16_t*, const int16_t*) const { return _mm512_setzero_ps(); }
+    // codes are q + 4: the dot starts at -4 * sum_g scale_g * bsum16_g (lanes 0-7), in integer
+    __m512i seed(const int16_t* bk16) const {
+        const __m256i m = _mm256_madd_epi16(_mm512_castsi512_si256(sc), _mm256_loadu_si256((const __m256i*)bk16));
+        return _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(m, 2)));
+    }
+};
+
 // TQ2_0 (1.58-bit): 2-bit codes 0..2 (value = code - 1), one fp16 scale per 256. Against per-256
 // activations its 64-weight chunks add up in integer, with no float step per chunk.
 struct KTQ2 {
@@ -104,6 +233,9 @@ struct KTQ2 {
     // codes carry +1 and the scale is one per 256, so the offset is minus the activations' sum in
     // the integer dot itself: computed once per token, not per row (correction() is then unused)
     static const bool kSeedSum = true;
+    static const bool kSeedCorr = false;
+    static const bool kShortChain = false;
+    static const bool kTQ2Order = false;  // activations per chunk c: 32c.. and 128 + 32c.. (a copy)
     // chunk c is 2-bit field c of all 64 bytes: weights 32c.. (bytes 0-31) and 128 + 32c.. (32-63),
     // so the 64 bytes are loaded once and each chunk costs one shift and one mask
     static constexpr int blk_lo(int c) { return c; }
@@ -134,16 +266,28 @@ inline __m512i minus_sum256(const int16_t* bk32) {
     return _mm512_maskz_mov_epi32(1, _mm512_castsi128_si512(_mm_sub_epi32(_mm_setzero_si128(), v)));
 }
 
+thread_local ScratchBuffer t_tq2;  // per thread: kTQ2Order's activations, n bytes per token
+
 template <class F, int NR, int NT>
 void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n, float* out,
                  size_t out_stride) {
     ActView a[NT];
     const int8_t* paired[NT];
+    const int units = n / 256;
+    int8_t* perm = F::kTQ2Order ? (int8_t*)t_tq2.reserve((size_t)NT * n) : nullptr;
     for (int t = 0; t < NT; t++) {
         a[t] = act_view(acts[t], n);
         paired[t] = (const int8_t*)acts[t] + paired_at(n);
+        if (F::kTQ2Order && perm) {  // per unit and chunk c: values 32c.. then 128 + 32c..
+            int8_t* dst = perm + (size_t)t * n;
+            for (int u = 0; u < units; u++)
+                for (int c = 0; c < 4; c++)
+                    _mm512_storeu_si512((void*)(dst + 256 * u + 64 * c),
+                                        load_pair(a[t].qk + 256 * u + 32 * c, a[t].qk + 256 * u + 128 + 32 * c, false));
+            paired[t] = dst;
+        }
     }
-    const int units = n / 256;
+    if (F::kTQ2Order && !perm) return;  // unreachable: rows_k reserved it
     const Ahead fetch(w, nrows * row_bytes, rows_ahead(row_bytes, NR));
     for (int r = 0; r + NR <= nrows; r += NR) {
         const uint8_t* row = w + r * row_bytes;
@@ -161,7 +305,10 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
             for (int t = 0; t < NT; t++) {
                 __m512i seed = _mm512_setzero_si512();
                 if (F::kSeedSum) seed = minus_sum256(a[t].bk32 + 8 * u);
-                for (int i = 0; i < NR; i++) dot[i][t] = seed;
+                for (int i = 0; i < NR; i++) {
+                    if constexpr (F::kSeedCorr) dot[i][t] = f[i].seed(a[t].bk16 + 16 * u);
+                    else dot[i][t] = seed;
+                }
             }
             if constexpr (F::kPackPairs) {
                 // two chunks per step: codes x activations by vpdpbusd (sums of 4 fit int16), packed
@@ -202,9 +349,19 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
             for (int t = 0; t < NT; t++) {
                 const float da = a[t].dk[u];
                 for (int i = 0; i < NR; i++) {
+                    if constexpr (F::kShortChain) {
+                        // the block's sum off the accumulator's chain, then one add to it: few bytes a
+                        // block (Q2_K) leave no time for two dependent multiply-adds a block and row
+                        __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(dot[i][t]), _mm512_set1_ps(f[i].d() * da));
+                        if (!F::kSeedSum && !F::kSeedCorr)
+                            v = _mm512_mask3_fmadd_ps(f[i].correction(a[t].bk16 + 16 * u, a[t].bk32 + 8 * u),
+                                                      _mm512_set1_ps(da * f[i].corr_scale()), v, 0x00FF);
+                        acc[i][t] = _mm512_add_ps(acc[i][t], v);
+                        continue;
+                    }
                     acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][t]), _mm512_set1_ps(f[i].d() * da), acc[i][t]);
                     // the correction goes straight into lanes 0-7 (a separate accumulator spilled at NR 4)
-                    if (!F::kSeedSum)
+                    if (!F::kSeedSum && !F::kSeedCorr)
                         acc[i][t] = _mm512_mask3_fmadd_ps(f[i].correction(a[t].bk16 + 16 * u, a[t].bk32 + 8 * u),
                                                           _mm512_set1_ps(da * f[i].corr_scale()), acc[i][t], 0x00FF);
                 }
@@ -313,6 +470,7 @@ struct KTile {
 template <class F>
 int rows_k(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
            size_t out_stride) {
+    if (F::kTQ2Order && !t_tq2.reserve((size_t)kTile * n)) return 0;  // out of memory: none computed
     rows_tiled<KTile, F>(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
     return nrows;
 }
@@ -322,6 +480,8 @@ int rows_k(const uint8_t* w, size_t row_bytes, int nrows, const void* const* act
 const RowsFn avx512::rows_q4_k = rows_k<KQ45<false>>;
 const RowsFn avx512::rows_q5_k = rows_k<KQ45<true>>;
 const RowsFn avx512::rows_q6_k = rows_k<KQ6>;
+const RowsFn avx512::rows_q2_k = rows_k<KQ2>;
+const RowsFn avx512::rows_q3_k = rows_k<KQ3>;
 const RowsFn avx512::rows_tq2_0 = rows_k<KTQ2>;
 const RowsFn avx512::rows_tq1_0 = rows_tq1;
 #endif

@@ -49,9 +49,9 @@ struct Avx512 {
 };
 
 template <class D>
-constexpr RowsFn lowbit_tile() {  // the low-bit formats (lowbit.h), against per-32 activations
+constexpr RowsFn lowbit_tile() {  // the low-bit formats (lowbit.h), per-32 or per-256 activations (kAct256)
     if constexpr (!D::kReady) return nullptr;
-    else return rows_tiled16<Avx512, D, false>;
+    else return rows_tiled16<Avx512, D, Act256Of<D>::value>;
 }
 
 }  // namespace

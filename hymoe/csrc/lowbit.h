@@ -23,11 +23,26 @@
 //       static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride);
 //   };                         // 256 codes; scale and min of block j at sc[j * stride], mn[j * stride]
 //
-// Activations are int8 per 32 with one float scale (the portable layout's qs, d, sum16), for every
-// one of these formats: llama.cpp multiplies the K-quants and IQ formats by int8 per 256 (Q8_K), so
-// the two agree to the activation rounding, not to float rounding (tests/test_llama_peer.py bounds).
+// Activations: int8 per 32 with one float scale (the portable layout's qs, d, sum16) for most of
+// these formats; a decoder with `static const bool kAct256 = true;` (Q2_K, Q3_K) takes the per-256
+// ones instead (qk, dk and the int16 sums bk16 / bk32: ggml's Q8_K, what llama.cpp multiplies the
+// K-quants by), on every path (portable, AVX2 per row, the batch tiles, AVX512 per row), so the paths
+// agree with each other and with llama.cpp to float rounding, and AVX512 applies the sub-block scales
+// in integer arithmetic (kernels_avx512_k.cpp), the float work once per 256 weights. The formats
+// still on per-32 activations agree with llama.cpp to the activation rounding only
+// (tests/test_llama_peer.py bounds).
 #pragma once
 #include "common.h"
 
 // IQ4_NL and IQ4_XS: the 16 values a 4-bit code stands for (ggml's kvalues_iq4nl)
+// whether decoder D takes per-256 activations (its kAct256; false where it has none)
+template <class D, class = void>
+struct Act256Of {
+    static const bool value = false;
+};
+template <class D>
+struct Act256Of<D, decltype((void)D::kAct256)> {
+    static const bool value = D::kAct256;
+};
+
 static const int8_t kIQ4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};

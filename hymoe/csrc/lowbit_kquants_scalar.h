@@ -12,6 +12,7 @@ inline uint8_t k_low2(const uint8_t* qs, int k) {
 
 struct PQ2_K {  // value = d * (sc & 15) * q - dmin * (sc >> 4), one scale byte per block of 16
     static const bool kReady = true;
+    static const bool kAct256 = true;  // per-256 activations (lowbit.h)
     static const int kUnit = 256, kBlock = 16, kBytes = sizeof(BlockQ2_K);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn) {
         const BlockQ2_K* b = (const BlockQ2_K*)p;
@@ -29,6 +30,7 @@ inline int q3k_scale(const uint8_t* s, int j) {
 
 struct PQ3_K {  // value = d * (sc - 32) * (q - 4), q = 2 low bits | hmask bit << 2: code q, min 4 * scale
     static const bool kReady = true;
+    static const bool kAct256 = true;  // per-256 activations (lowbit.h)
     static const int kUnit = 256, kBlock = 16, kBytes = sizeof(BlockQ3_K);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn) {
         const BlockQ3_K* b = (const BlockQ3_K*)p;
