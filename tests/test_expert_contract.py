@@ -33,7 +33,8 @@ HAS_NATIVE = native.library() is not None
 # error bound relative to the largest output: the native kernels quantize activations (test_native_moe.py)
 BOUND = {"F32": 1e-5, "F16": 1e-5, "BF16": 0.01, "Q8_0": 0.02, "Q4_0": 0.02, "Q4_K": 0.04, "Q5_K": 0.04,
          "Q6_K": 0.04, "IQ1_S": 0.03, "TQ2_0": 0.03, "TQ1_0": 0.03,
-         **dict.fromkeys(LOWBIT, 0.02)}  # activations per 32 (csrc/lowbit.h)
+         **dict.fromkeys(LOWBIT, 0.02),  # activations per 32 (csrc/lowbit.h)
+         "Q2_K": 0.04, "Q3_K": 0.04}  # but per 256, as the other K-quants
 
 
 @functools.lru_cache(maxsize=None)
