@@ -1,6 +1,5 @@
-// AVX512 per-row kernels of IQ2_XXS, IQ2_XS, IQ2_S (lowbit.h): a format's own F struct (rows_avx512.h) where one
-// is written, else the generic kernel over its decoder. Compiled with the AVX512 flags only; no C++
-// library (common.h).
+// AVX512 per-row kernels of IQ2_XXS, IQ2_XS, IQ2_S (lowbit.h): each format's own F struct (rows_avx512.h). Compiled
+// with the AVX512 flags only; no C++ library (common.h).
 //
 // The three share one shape: prep() unpacks a block's indices and sign bytes with vector operations
 // where they are packed, and stores them a block ahead; a 64-weight chunk is then 8 codebook entries

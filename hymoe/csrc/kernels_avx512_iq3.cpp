@@ -1,6 +1,5 @@
-// AVX512 per-row kernels of IQ3_XXS, IQ3_S, IQ1_M (lowbit.h): a format's own F struct (rows_avx512.h) where one
-// is written, else the generic kernel over its decoder. Compiled with the AVX512 flags only; no C++
-// library (common.h).
+// AVX512 per-row kernels of IQ3_XXS, IQ3_S, IQ1_M (lowbit.h): each format's own F struct (rows_avx512.h). Compiled
+// with the AVX512 flags only; no C++ library (common.h).
 //
 // The IQ3 formats are 64 codebook lookups of 4 bytes per 256 weights into a 1 or 2 KiB grid of
 // magnitudes: a chunk's 16 are scalar loads paired into qwords and assembled into a vector (Zen 4:

@@ -1,6 +1,5 @@
-// AVX512 per-row kernels of Q4_1, Q5_0, Q5_1, IQ4_NL (lowbit.h): a format's own F struct (rows_avx512.h) where one
-// is written, else the generic kernel over its decoder. Compiled with the AVX512 flags only; no C++
-// library (common.h).
+// AVX512 per-row kernels of Q4_1, Q5_0, Q5_1, IQ4_NL (lowbit.h): each format's own F struct (rows_avx512.h). Compiled
+// with the AVX512 flags only; no C++ library (common.h).
 //
 // All four are blocks of 32 with an fp16 scale at the block's start, taken 8 blocks (256 weights)
 // a unit so a unit's scales (and mins) are one vector: its fp16 words are picked out of two or three

@@ -2,10 +2,9 @@
 // IQ4_XS, IQ4_NL, Q4_1, Q5_0, Q5_1, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_M). Each format is
 // a decoder, one for the portable path and one in AVX2 intrinsics, and generic kernels do the rest:
 // kernels_generic_lowbit.cpp (portable), kernels_avx2_lowbit.cpp (per-row, decode), the batch tiles
-// of tiles.h (kernels_avx2_tiled.cpp, kernels_avx512_tiled.cpp), and on AVX512 per row either the
-// generic kernel over the decoder or, where decode speed needs it, the format's own F struct of
-// rows_avx512.h (kernels_avx512_<group>.cpp: the generic one decodes through memory, ~0.4 of the
-// bandwidth at batch 1 for Q4_1, the F struct ~0.8).
+// of tiles.h (kernels_avx2_tiled.cpp, kernels_avx512_tiled.cpp). On AVX512 per row each format has
+// its own F struct of rows_avx512.h (kernels_avx512_<group>.cpp; Q2_K, Q3_K in kernels_avx512_k.cpp):
+// a generic one decoding through memory read Q4_1 at ~0.4 of the bandwidth at batch 1, the F struct ~0.9.
 //
 // A decoder turns one unit of a row into byte codes, in k order, with a float scale and min per
 // block of kBlock weights (16 or 32), so that value = scale * code - min:

@@ -26,31 +26,6 @@ inline Act act_of(const void* p, int n) {
     return Act{(const int8_t*)b, (const float*)e, (const int32_t*)(e + n), (const float*)(e + 2 * (size_t)n)};
 }
 
-// The low-bit and older formats (lowbit.h) through their decoders: a 256-weight unit decoded to
-// codes, scales and mins in memory once per row, then read a chunk at a time. Blocks of 16 carry
-// their scales per lane (4 lanes each) and their mins per 16 activations (kMins16).
-template <class D>
-struct FDecoded {
-    static constexpr int blk_lo(int c) { return 2 * c; }
-    static constexpr int blk_hi(int c) { return 2 * c + 1; }
-    static const int kSU = 256, kBytes = D::kBytes, kShift = -1;
-    static const bool kMins = D::kBlock == 32, kMins16 = D::kBlock == 16, kPrepAhead = true;
-    alignas(64) uint8_t codes[256];
-    alignas(64) float sc[16], mn[16];
-    void prep(const uint8_t* p) { D::decode(p, codes, sc, mn, 1); }
-    __m512i chunk(int c, __m512& s) const {
-        if (D::kBlock == 32) {
-            s = two_scales(sc[2 * c], sc[2 * c + 1]);
-        } else {  // lane l: block 4c + l / 4
-            const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(4 * c),
-                                                 _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0));
-            s = _mm512_permutexvar_ps(idx, _mm512_load_ps(sc));
-        }
-        return _mm512_load_si512((const void*)(codes + 64 * c));
-    }
-    __m256 mins() const { return _mm256_load_ps(mn); }
-    __m512 mins16() const { return _mm512_load_ps(mn); }
-};
 template <class F>
 constexpr auto mins16_of(int) -> decltype(F::kMins16) { return F::kMins16; }
 template <class F>
@@ -152,12 +127,6 @@ int rows_q(const uint8_t* w, size_t row_bytes, int nrows, const void* const* act
     if (n % F::kSU) return 0;
     rows_tiled<QTile, F>(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
     return nrows;
-}
-
-template <class D>
-constexpr RowsFn lowbit_rows() {  // the generic kernel of a decoder (lowbit.h); null if not written
-    if constexpr (!D::kReady) return nullptr;
-    else return rows_q<FDecoded<D>>;
 }
 
 }  // namespace
