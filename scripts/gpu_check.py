@@ -32,7 +32,6 @@ every run after the time budget is recorded as skipped, never silently dropped.
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import json
 import os
@@ -43,9 +42,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-GIB = 2**30
-# the real model's depth, to say what share of it the run holds
-FULL_LAYERS = {"deepseek-v3": 61}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_check_child import child_e2e, child_plan  # noqa: E402  (what a child process runs)
+from gpu_check_report import markdown, summarize  # noqa: E402  (the table: gpu_check_report.py)
 DEPENDENCIES = ("torch", "numpy", "safetensors", "transformers", "tokenizers", "tqdm", "huggingface_hub",
                 "prompt_toolkit", "gguf", "yaml", "fastapi", "uvicorn", "prometheus_client")
 
@@ -68,115 +67,6 @@ def sizes(args) -> dict:
             "variants": variants,
             # a run's own limit, and the least time left in which one is still started
             "run_limit_s": args.run_limit or (150 if real else 120), "run_min_s": 25 if real else 0}
-
-
-# ---------------------------------------------------------------- child: one set of weights, many runs
-
-
-def _gpu_memory(torch) -> tuple[int, int] | None:
-    if not torch.cuda.is_available():
-        return None
-    return torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()
-
-
-def child_e2e(spec: dict, results: Path) -> None:
-    """Each run of spec["variants"] in order, one JSON line per event appended to results."""
-    import torch
-
-    from hymoe.bench.e2e import bench_e2e
-    from hymoe.bench.prefill import bench_prefill
-    from hymoe.bench.synthetic import random_model
-
-    def emit(**kw):
-        with open(results, "a") as f:
-            f.write(json.dumps(kw) + "\n")
-
-    import logging
-
-    from hymoe import errors
-
-    notes = []  # what hymoe said during a run (say_once): e.g. why CUDA graphs were off
-
-    class Notes(logging.Handler):
-        def emit(self, record):
-            notes.append(record.getMessage())
-
-    logging.getLogger("hymoe").addHandler(Notes())
-    t0 = time.perf_counter()
-    model = random_model(spec["shape"], spec["layers"], spec["experts_type"], spec["dense_type"])
-    for variant in spec["variants"]:
-        if spec["deadline"] - time.time() < spec["run_min_s"]:
-            emit(event="skipped", variant=variant, reason="time budget")
-            continue
-        emit(event="start", variant=variant, time=time.time())
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        before = _gpu_memory(torch)
-        errors._said.clear()  # each run says its own notices
-        notes.clear()
-        t = time.perf_counter()
-        try:
-            _fault(variant)
-            if variant == "prefill":
-                rows = bench_prefill(model, [spec["prefill_tokens"]])
-            else:
-                rows = bench_e2e(model, [variant], spec["prompt_tokens"], spec["gen_tokens"])
-        except Exception as e:  # recorded; the next run goes on
-            emit(event="failed", variant=variant, error=f"{type(e).__name__}: {e}"[:2000], seconds=time.perf_counter() - t)
-            continue
-        after = _gpu_memory(torch)
-        memory = None if after is None else {"gpu_base_bytes": before[0], "gpu_peak_bytes": after[1] - before[0]}
-        # the first run also paid for generating the random weights (shared by the runs after it)
-        emit(event="done", variant=variant, rows=rows, memory=memory, seconds=round(time.perf_counter() - t, 1),
-             since_child_start=round(time.perf_counter() - t0, 1), notes=notes[:20])
-
-
-def _fault(variant: str) -> None:
-    """Tests only: HYMOE_GPU_CHECK_FAULT="hybrid=crash;cpu=hang;layers:2=raise" makes those runs
-    crash the child, hang or raise, to check that the other runs survive them."""
-    for pair in filter(None, os.environ.get("HYMOE_GPU_CHECK_FAULT", "").split(";")):
-        name, _, kind = pair.rpartition("=")
-        if name == variant:
-            if kind == "crash":
-                os._exit(3)
-            if kind == "hang":
-                time.sleep(3600)
-            raise RuntimeError(f"fault injected into {variant}")
-
-
-def child_plan(spec: dict, results: Path) -> None:
-    """inspect's devices for each placement of the e2e step, on a header-only file of the same model."""
-    import tempfile
-
-    from hymoe.bench.random_gguf import write_sparse_gguf
-    from hymoe.inspect import inspect_model
-
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = write_sparse_gguf(Path(tmp) / "plan.gguf", spec["shape"], spec["layers"], spec["experts_type"],
-                                 spec["dense_type"])
-        context = spec["prompt_tokens"] + spec["gen_tokens"] + 1  # bench e2e's max_context
-        for placement in ("cpu", "hybrid", f"layers:{spec['gpu_layers']}"):
-            try:
-                d = inspect_model(path, placement, "bfloat16", context)
-                out[placement] = {"devices": d["devices"], "kv_bytes": d["kv_bytes"]}
-            except Exception as e:
-                out[placement] = {"error": f"{type(e).__name__}: {e}"[:1000]}
-        d = inspect_model(path, "cpu", "bfloat16", context)
-        # inspect has no --gpu-experts: hot experts add G bf16 experts per MoE layer to hybrid's plan
-        per_expert = 3 * d["hidden_size"] * _moe_inter(spec["shape"]) * 2
-        out["hot_experts_bytes"] = spec["gpu_experts"] * per_expert * d["moe_layers"]
-        out["moe_layers"] = d["moe_layers"]
-    with open(results, "a") as f:
-        f.write(json.dumps(out) + "\n")
-
-
-def _moe_inter(shape: str) -> int:
-    from hymoe.bench.synthetic import CONFIGS
-
-    return CONFIGS[shape]["moe_intermediate_size"]
 
 
 # ---------------------------------------------------------------- parent
@@ -359,110 +249,6 @@ def device_info(real: bool) -> dict:
         except (OSError, subprocess.TimeoutExpired) as e:
             info["gpu"] = f"nvidia-smi failed: {e}"
     return info
-
-
-# ---------------------------------------------------------------- the table
-
-
-def _planned_gpu(plan: dict, variant: str) -> int | None:
-    placement = variant.split("+")[0]
-    p = plan.get(placement) if plan else None
-    if not p or "devices" not in p:
-        return None
-    gpu = p["devices"].get("gpu", 0)
-    if "+gpu" in variant:
-        gpu += plan["hot_experts_bytes"]
-    return gpu
-
-
-def summarize(out: dict) -> None:
-    """Rows per run with the plan beside torch's peak; the issue's targets, where measured."""
-    plan, runs = out.get("plan") or {}, out.get("e2e", {})
-    rows = []
-    for variant, r in runs.items():
-        if variant == "prefill":
-            continue
-        row = {"variant": variant, "status": r["status"]}
-        if r["status"] == "ok":
-            row |= {k: r["rows"][0].get(k) for k in ("prefill_tokens_per_s", "decode_tokens_per_s", "experts_busy",
-                                                     "cpu_busy", "gpu_busy", "cuda_graphs", "decode_bandwidth_fraction")}
-            row["seconds"] = r["seconds"]
-            # asked for, but refused (hot experts, deferral, GPU prefill) or failed to capture: said once
-            refused = [n for n in r.get("notes", []) if "CUDA graphs off" in n]
-            row["graphs"] = ("refused" if refused else "on") if row["cuda_graphs"] else "off"
-            row["graphs_note"] = refused[0] if refused else None
-            peak = (r.get("memory") or {}).get("gpu_peak_bytes")
-            planned = _planned_gpu(plan, variant)
-            row |= {"gpu_peak_bytes": peak, "gpu_planned_bytes": planned,
-                    "peak_over_plan": round(peak / planned, 3) if peak is not None and planned else None}
-        else:
-            row["error"] = r.get("error") or r.get("reason")
-        rows.append(row)
-    out["table"] = rows
-    rate = {r["variant"]: r.get("decode_tokens_per_s") for r in rows if r["status"] == "ok"}
-    k = out["sizes"]["gpu_layers"]
-    targets = {}
-    if rate.get("hybrid") and rate.get("cpu"):
-        targets["hybrid_over_cpu"] = {"value": round(rate["hybrid"] / rate["cpu"], 2), "target": 3.5}
-    if rate.get("hybrid") and rate.get(f"layers:{k}"):
-        targets["hybrid_over_layers"] = {"value": round(rate["hybrid"] / rate[f"layers:{k}"], 2), "target": 3.0}
-    hybrid = next((r for r in rows if r["variant"] == "hybrid" and r["status"] == "ok"), None)
-    if hybrid and hybrid.get("graphs") == "on" and hybrid.get("experts_busy") is not None:
-        targets["cpu_busy_with_graphs"] = {"value": hybrid["experts_busy"], "target": 0.9}
-    ratios = [r["peak_over_plan"] for r in rows if r.get("peak_over_plan")]
-    if ratios:
-        targets["gpu_memory_vs_plan_worst"] = {"value": max(ratios, key=lambda x: abs(x - 1)), "target": "1 +- 0.05"}
-    for t in targets.values():
-        v, goal = t["value"], t["target"]
-        t["met"] = abs(v - 1) <= 0.05 if isinstance(goal, str) else v >= goal
-    out["targets"] = targets
-
-
-def markdown(out: dict) -> str:
-    s, dev = out["sizes"], out["device"]
-    gpu = dev.get("gpu") or ("no GPU: dry run on the CPU" if out["dry_run"] else "?")
-    full = FULL_LAYERS.get(s["shape"])
-    lines = [f"gpu_check on {gpu}, {dev['cpu_count']} CPU cores, torch {dev['torch']}"
-             + (" (DRY RUN: toy sizes on the CPU)" if out["dry_run"] else ""),
-             f"model: random {s['shape']}, {s['layers']} layers" + (f" of {full}" if full else "")
-             + f", experts {s['experts_type']}, dense {s['dense_type']}; prompt {s['prompt_tokens']}, "
-             f"decode {s['gen_tokens']} tokens; hot experts {s['gpu_experts']} per layer", "",
-             "| run | graphs | prefill tok/s | decode tok/s | experts busy | CPU | GPU busy | GPU peak GiB | "
-             "plan GiB | peak/plan | s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    f = lambda v, d=1: "" if v is None else f"{v:.{d}f}"  # noqa: E731
-    pct = lambda v: "" if v is None else f"{v:.0%}"  # noqa: E731
-    gib = lambda v: "" if v is None else f"{v / GIB:.2f}"  # noqa: E731
-    for r in out.get("table", []):
-        if r["status"] != "ok":
-            lines.append(f"| {r['variant']} | {r['status']}: {str(r.get('error'))[:80]} |||||||||")
-            continue
-        lines.append(f"| {r['variant']} | {r['graphs']} | {f(r['prefill_tokens_per_s'])} | "
-                     f"{f(r['decode_tokens_per_s'], 2)} | {pct(r['experts_busy'])} | {pct(r['cpu_busy'])} | "
-                     f"{pct(r['gpu_busy'])} | {gib(r['gpu_peak_bytes'])} | {gib(r['gpu_planned_bytes'])} | "
-                     f"{f(r['peak_over_plan'], 3)} | {f(r['seconds'])} |")
-    lines += [f"- {r['variant']}: {r['graphs_note']}" for r in out.get("table", []) if r.get("graphs_note")]
-    pre = out.get("e2e", {}).get("prefill")
-    if pre and pre["status"] == "ok":
-        p = pre["rows"][0]
-        peak = (pre.get("memory") or {}).get("gpu_peak_bytes")
-        lines += ["", f"prefill of {p['prompt_tokens']} tokens (hybrid): experts on the CPU "
-                  f"{p['cpu_experts_tokens_per_s']:.0f} tok/s, streamed to {p['gpu']} (GPU prefill on) "
-                  f"{p['gpu_stream_tokens_per_s']:.0f} tok/s" + (f"; GPU peak {peak / GIB:.2f} GiB" if peak else "")]
-    elif pre:
-        lines += ["", f"prefill: {pre['status']}: {pre.get('error') or pre.get('reason')}"]
-    setup = out["steps"].get("setup") or {}
-    if setup.get("missing_packages"):
-        lines += ["", f"packages that do not import: {', '.join(setup['missing_packages'])} (carry wheels in .whl/)"]
-    tests = out["steps"].get("gpu_tests")
-    if tests:
-        lines += ["", f"pytest -m gpu: {tests['status']}: {tests['summary']}"] + tests["failed"]
-    if out["dry_run"] and out.get("targets"):
-        lines += ["", "(a dry run: the targets below mean nothing at toy sizes on a CPU)"]
-    lines += [f"target {name}: {t['value']} (target {t['target']}) {'met' if t['met'] else 'NOT met'}"
-              for name, t in out.get("targets", {}).items()]
-    lines += ["", "steps: " + ", ".join(f"{n} {st['status']} {st.get('seconds', 0):.0f} s"
-                                       for n, st in out["steps"].items()) + f"; total {out['total_seconds']:.0f} s"]
-    return "\n".join(lines)
 
 
 def main() -> None:
