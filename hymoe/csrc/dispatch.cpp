@@ -175,9 +175,6 @@ void stack(KernelTable& t, const Level& level) {
     }
     for (int i = 0; i < level.num_formats; i++) {
         const FormatKernels& f = level.formats[i];
-        // a format without a portable kernel (a low-bit decoder not written) gets none: the
-        // portable one is what takes every shape the others leave
-        if (&level != &kPortableLevel && !t.rows[f.fmt][0].fn) continue;
         RowsStep add[2];
         int n = 0;
         if (f.tile) add[n++] = RowsStep{f.tile, g_tuning.*f.tile_from};

@@ -11,7 +11,7 @@
 namespace portable {  // kernels_generic.cpp: plain C++, every shape
 extern const RowsFn rows_f32, rows_f16, rows_bf16, rows_q8_0, rows_q4_0, rows_q4_k, rows_q5_k, rows_q6_k,
     rows_iq1_s, rows_tq2_0, rows_tq1_0;
-// kernels_generic_lowbit.cpp: the low-bit and older formats (lowbit.h); null where not written
+// kernels_generic_lowbit.cpp: the low-bit and older formats (lowbit.h)
 extern const RowsFn rows_q4_1, rows_q5_0, rows_q5_1, rows_iq4_nl, rows_q2_k, rows_q3_k, rows_iq4_xs, rows_iq2_xxs, rows_iq2_xs, rows_iq2_s, rows_iq3_xxs, rows_iq3_s, rows_iq1_m;
 extern const SiluMulFn silu_mul;
 extern const AttendFn attend;
@@ -28,7 +28,7 @@ extern const RowsFn tile_q8_0, tile_q4_0, tile_q4_k, tile_q5_k, tile_q6_k, tile_
 // kernels_avx2_float.cpp: float weights converted once into an f32 tile of 16 rows; n % 8 == 0
 extern const RowsFn tile_f32, tile_f16, tile_bf16;
 extern const AttendFn attend;  // kernels_avx2_attn.cpp: head widths of 8s
-// the low-bit and older formats (lowbit.h), null where not written: per-row kernels decoding each
+// the low-bit and older formats (lowbit.h): per-row kernels decoding each
 // row once per call (kernels_avx2_lowbit.cpp; rows of 256s) and batch tiles (kernels_avx2_tiled.cpp)
 extern const RowsFn rows_q4_1, rows_q5_0, rows_q5_1, rows_iq4_nl, rows_q2_k, rows_q3_k, rows_iq4_xs, rows_iq2_xxs, rows_iq2_xs, rows_iq2_s, rows_iq3_xxs, rows_iq3_s, rows_iq1_m;
 extern const RowsFn tile_q4_1, tile_q5_0, tile_q5_1, tile_iq4_nl, tile_q2_k, tile_q3_k, tile_iq4_xs, tile_iq2_xxs, tile_iq2_xs, tile_iq2_s, tile_iq3_xxs, tile_iq3_s, tile_iq1_m;
@@ -48,7 +48,7 @@ extern const ActBytesFn act_bytes;
 extern const SiluMulFn silu_mul;
 extern const ReadFn read;
 extern const AttendFn attend;  // kernels_avx512_attn.cpp: head widths of 16s
-// the low-bit and older formats (lowbit.h), null where not written: per-row kernels
+// the low-bit and older formats (lowbit.h): per-row kernels
 // (kernels_avx512_<group>.cpp; rows of 256s) and batch tiles (kernels_avx512_tiled.cpp)
 extern const RowsFn rows_q4_1, rows_q5_0, rows_q5_1, rows_iq4_nl, rows_q2_k, rows_q3_k, rows_iq4_xs, rows_iq2_xxs, rows_iq2_xs, rows_iq2_s, rows_iq3_xxs, rows_iq3_s, rows_iq1_m;
 extern const RowsFn tile_q4_1, tile_q5_0, tile_q5_1, tile_iq4_nl, tile_q2_k, tile_q3_k, tile_iq4_xs, tile_iq2_xxs, tile_iq2_xs, tile_iq2_s, tile_iq3_xxs, tile_iq3_s, tile_iq1_m;

@@ -88,24 +88,19 @@ int rows_decoded(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
     return nrows;
 }
 
-template <class D>
-constexpr RowsFn exported() {
-    return D::kReady ? rows_decoded<D> : nullptr;
-}
-
 }  // namespace
 
-const RowsFn avx2::rows_q4_1 = exported<DQ4_1>();
-const RowsFn avx2::rows_q5_0 = exported<DQ5_0>();
-const RowsFn avx2::rows_q5_1 = exported<DQ5_1>();
-const RowsFn avx2::rows_iq4_nl = exported<DIQ4_NL>();
-const RowsFn avx2::rows_q2_k = exported<DQ2_K>();
-const RowsFn avx2::rows_q3_k = exported<DQ3_K>();
-const RowsFn avx2::rows_iq4_xs = exported<DIQ4_XS>();
-const RowsFn avx2::rows_iq2_xxs = exported<DIQ2_XXS>();
-const RowsFn avx2::rows_iq2_xs = exported<DIQ2_XS>();
-const RowsFn avx2::rows_iq2_s = exported<DIQ2_S>();
-const RowsFn avx2::rows_iq3_xxs = exported<DIQ3_XXS>();
-const RowsFn avx2::rows_iq3_s = exported<DIQ3_S>();
-const RowsFn avx2::rows_iq1_m = exported<DIQ1_M>();
+const RowsFn avx2::rows_q4_1 = rows_decoded<DQ4_1>;
+const RowsFn avx2::rows_q5_0 = rows_decoded<DQ5_0>;
+const RowsFn avx2::rows_q5_1 = rows_decoded<DQ5_1>;
+const RowsFn avx2::rows_iq4_nl = rows_decoded<DIQ4_NL>;
+const RowsFn avx2::rows_q2_k = rows_decoded<DQ2_K>;
+const RowsFn avx2::rows_q3_k = rows_decoded<DQ3_K>;
+const RowsFn avx2::rows_iq4_xs = rows_decoded<DIQ4_XS>;
+const RowsFn avx2::rows_iq2_xxs = rows_decoded<DIQ2_XXS>;
+const RowsFn avx2::rows_iq2_xs = rows_decoded<DIQ2_XS>;
+const RowsFn avx2::rows_iq2_s = rows_decoded<DIQ2_S>;
+const RowsFn avx2::rows_iq3_xxs = rows_decoded<DIQ3_XXS>;
+const RowsFn avx2::rows_iq3_s = rows_decoded<DIQ3_S>;
+const RowsFn avx2::rows_iq1_m = rows_decoded<DIQ1_M>;
 #endif

@@ -85,8 +85,7 @@ struct Avx2 {
 // The low-bit formats (lowbit.h): codes below 64 as codes, larger ones as signed bytes
 template <class D>
 constexpr RowsFn lowbit_tile() {
-    if constexpr (!D::kReady) return nullptr;
-    else if constexpr (D::kMaxCode < 64) return rows_tiled16<Avx2<false>, D, Act256Of<D>::value>;
+    if constexpr (D::kMaxCode < 64) return rows_tiled16<Avx2<false>, D, Act256Of<D>::value>;
     else return rows_tiled16<Avx2<true, true>, Signed<D>, Act256Of<D>::value>;
 }
 

@@ -50,8 +50,7 @@ struct Avx512 {
 
 template <class D>
 constexpr RowsFn lowbit_tile() {  // the low-bit formats (lowbit.h), per-32 or per-256 activations (kAct256)
-    if constexpr (!D::kReady) return nullptr;
-    else return rows_tiled16<Avx512, D, Act256Of<D>::value>;
+    return rows_tiled16<Avx512, D, Act256Of<D>::value>;
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 // Portable kernels of the low-bit and older formats (lowbit.h): each decoder's unit is decoded to
 // byte codes once per row and call, then dotted in integers with every token's int8 activations
 // (per 32, or per 256 for a decoder with kAct256), the float work once per block. Plain C++: the path for ARM and the reference of the
-// SIMD ones. A format whose decoder is not written (kReady false) exports no kernel.
+// SIMD ones.
 #include "kernels.h"
 #include "lowbit_iq2_scalar.h"
 #include "lowbit_iq3_scalar.h"
@@ -45,23 +45,18 @@ int rows_decoded(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
     return nrows;
 }
 
-template <class P>
-constexpr RowsFn exported() {
-    return P::kReady ? rows_decoded<P> : nullptr;
-}
-
 }  // namespace
 
-const RowsFn portable::rows_q4_1 = exported<PQ4_1>();
-const RowsFn portable::rows_q5_0 = exported<PQ5_0>();
-const RowsFn portable::rows_q5_1 = exported<PQ5_1>();
-const RowsFn portable::rows_iq4_nl = exported<PIQ4_NL>();
-const RowsFn portable::rows_q2_k = exported<PQ2_K>();
-const RowsFn portable::rows_q3_k = exported<PQ3_K>();
-const RowsFn portable::rows_iq4_xs = exported<PIQ4_XS>();
-const RowsFn portable::rows_iq2_xxs = exported<PIQ2_XXS>();
-const RowsFn portable::rows_iq2_xs = exported<PIQ2_XS>();
-const RowsFn portable::rows_iq2_s = exported<PIQ2_S>();
-const RowsFn portable::rows_iq3_xxs = exported<PIQ3_XXS>();
-const RowsFn portable::rows_iq3_s = exported<PIQ3_S>();
-const RowsFn portable::rows_iq1_m = exported<PIQ1_M>();
+const RowsFn portable::rows_q4_1 = rows_decoded<PQ4_1>;
+const RowsFn portable::rows_q5_0 = rows_decoded<PQ5_0>;
+const RowsFn portable::rows_q5_1 = rows_decoded<PQ5_1>;
+const RowsFn portable::rows_iq4_nl = rows_decoded<PIQ4_NL>;
+const RowsFn portable::rows_q2_k = rows_decoded<PQ2_K>;
+const RowsFn portable::rows_q3_k = rows_decoded<PQ3_K>;
+const RowsFn portable::rows_iq4_xs = rows_decoded<PIQ4_XS>;
+const RowsFn portable::rows_iq2_xxs = rows_decoded<PIQ2_XXS>;
+const RowsFn portable::rows_iq2_xs = rows_decoded<PIQ2_XS>;
+const RowsFn portable::rows_iq2_s = rows_decoded<PIQ2_S>;
+const RowsFn portable::rows_iq3_xxs = rows_decoded<PIQ3_XXS>;
+const RowsFn portable::rows_iq3_s = rows_decoded<PIQ3_S>;
+const RowsFn portable::rows_iq1_m = rows_decoded<PIQ1_M>;

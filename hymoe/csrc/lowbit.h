@@ -16,7 +16,6 @@
 //       static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn);  // kUnit codes,
 //   };                                                                               // kUnit / kBlock scales and mins
 //   AVX2 (lowbit_*.h, as tiles.h's):  struct D<FMT> {
-//       static const bool kReady;  // false: the format is not computed natively yet (no kernel exported)
 //       static const int kBlock, kBytes;  // kBytes: of 256 weights (8 blocks of a 32-weight format)
 //       static const int kMaxCode; // the largest code decode() writes (AVX2 picks its integer path by it)
 //       static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride);

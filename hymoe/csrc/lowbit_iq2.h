@@ -34,7 +34,6 @@ inline void diq2_scales16(float d, const uint8_t* scales, float* sc, float* mn, 
 }
 
 struct DIQ2_XXS {  // PIQ2_XXS: per 32 weights 4 indices, 4 x 7 sign bits and a 4-bit scale
-    static const bool kReady = true;
     static const int kBlock = 32, kBytes = sizeof(BlockIQ2_XXS), kMaxCode = 128 + 43;
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
         const BlockIQ2_XXS* b = (const BlockIQ2_XXS*)p;
@@ -53,7 +52,6 @@ struct DIQ2_XXS {  // PIQ2_XXS: per 32 weights 4 indices, 4 x 7 sign bits and a 
 };
 
 struct DIQ2_XS {  // PIQ2_XS: per 8 weights a 9-bit index and 7 sign bits; 4-bit scales per 16
-    static const bool kReady = true;
     static const int kBlock = 16, kBytes = sizeof(BlockIQ2_XS), kMaxCode = 128 + 43;
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
         const BlockIQ2_XS* b = (const BlockIQ2_XS*)p;
@@ -68,7 +66,6 @@ struct DIQ2_XS {  // PIQ2_XS: per 8 weights a 9-bit index and 7 sign bits; 4-bit
 };
 
 struct DIQ2_S {  // PIQ2_S: per 8 weights a 10-bit index (qs, qh) and 8 sign bits
-    static const bool kReady = true;
     static const int kBlock = 16, kBytes = sizeof(BlockIQ2_S), kMaxCode = 128 + 43;
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
         const BlockIQ2_S* b = (const BlockIQ2_S*)p;

@@ -30,7 +30,6 @@ inline void piq2_scales16(float d, const uint8_t* scales, float* sc, float* mn) 
 }
 
 struct PIQ2_XXS {  // per 32 weights 8 bytes: 4 codebook indices, then 4 x 7 sign bits and a 4-bit scale
-    static const bool kReady = true;
     static const int kUnit = 256, kBlock = 32, kBytes = sizeof(BlockIQ2_XXS);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn) {
         const BlockIQ2_XXS* b = (const BlockIQ2_XXS*)p;
@@ -47,7 +46,6 @@ struct PIQ2_XXS {  // per 32 weights 8 bytes: 4 codebook indices, then 4 x 7 sig
 };
 
 struct PIQ2_XS {  // per 8 weights a 16-bit word: 9-bit codebook index, 7 sign bits; 4-bit scales per 16
-    static const bool kReady = true;
     static const int kUnit = 256, kBlock = 16, kBytes = sizeof(BlockIQ2_XS);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn) {
         const BlockIQ2_XS* b = (const BlockIQ2_XS*)p;
@@ -57,7 +55,6 @@ struct PIQ2_XS {  // per 8 weights a 16-bit word: 9-bit codebook index, 7 sign b
 };
 
 struct PIQ2_S {  // per 8 weights: index bits 0-7 (qs), bits 8-9 (2 per group in qh), 8 sign bits
-    static const bool kReady = true;
     static const int kUnit = 256, kBlock = 16, kBytes = sizeof(BlockIQ2_S);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn) {
         const BlockIQ2_S* b = (const BlockIQ2_S*)p;

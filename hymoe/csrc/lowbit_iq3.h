@@ -46,7 +46,6 @@ static inline __m256i iq3xxs_signs(const uint8_t* aux_bytes) {
 }
 
 struct DIQ3_XXS {  // codes 64 +- grid, scale db, min 64 db (PIQ3_XXS)
-    static const bool kReady = true;
     static const int kBlock = 32, kBytes = sizeof(BlockIQ3_XXS), kMaxCode = 126;
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
         const BlockIQ3_XXS* b = (const BlockIQ3_XXS*)p;
@@ -62,7 +61,6 @@ struct DIQ3_XXS {  // codes 64 +- grid, scale db, min 64 db (PIQ3_XXS)
 };
 
 struct DIQ3_S {  // codes 16 +- grid, scale d (1 + 2 s), min 16 times that (PIQ3_S)
-    static const bool kReady = true;
     static const int kBlock = 32, kBytes = sizeof(BlockIQ3_S), kMaxCode = 31;
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
         const BlockIQ3_S* b = (const BlockIQ3_S*)p;
@@ -93,7 +91,6 @@ struct DIQ3_S {  // codes 16 +- grid, scale d (1 + 2 s), min 16 times that (PIQ3
 };
 
 struct DIQ1_M {  // codes 8 (grid + 1) + 1 + 8 delta, scale dl / 8, min 9 dl / 8 (PIQ1_M)
-    static const bool kReady = true;
     static const int kBlock = 16, kBytes = sizeof(BlockIQ1_M), kMaxCode = 18;
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
         const BlockIQ1_M* b = (const BlockIQ1_M*)p;

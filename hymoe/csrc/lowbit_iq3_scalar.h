@@ -29,7 +29,6 @@ static inline void iq3_put4(uint8_t* c, uint32_t g, uint32_t signs, int offset) 
 }
 
 struct PIQ3_XXS {  // per 32: a uint32 of four 7-bit sign fields and a 4-bit scale; value = db * +-grid
-    static const bool kReady = true;
     static const int kUnit = 256, kBlock = 32, kBytes = sizeof(BlockIQ3_XXS);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn) {
         const BlockIQ3_XXS* b = (const BlockIQ3_XXS*)p;
@@ -50,7 +49,6 @@ struct PIQ3_XXS {  // per 32: a uint32 of four 7-bit sign fields and a 4-bit sca
 };
 
 struct PIQ3_S {  // 9-bit indices (qs, qh), a sign bit per weight, 4-bit scales: db = d * (1 + 2 s)
-    static const bool kReady = true;
     static const int kUnit = 256, kBlock = 32, kBytes = sizeof(BlockIQ3_S);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn) {
         const BlockIQ3_S* b = (const BlockIQ3_S*)p;
@@ -74,7 +72,6 @@ static inline uint16_t iq1m_d(const BlockIQ1_M* b) {
 }
 
 struct PIQ1_M {  // 11-bit indices (qs, 3 bits of a qh nibble), delta sign in the nibble's bit 3
-    static const bool kReady = true;
     static const int kUnit = 256, kBlock = 16, kBytes = sizeof(BlockIQ1_M);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn) {
         const BlockIQ1_M* b = (const BlockIQ1_M*)p;

@@ -18,7 +18,6 @@ inline void k_planes2(const uint8_t* qs, uint8_t* codes) {
 }
 
 struct DQ2_K {  // value = d * (sc & 15) * q - dmin * (sc >> 4) (PQ2_K)
-    static const bool kReady = true;
     static const bool kAct256 = true;  // per-256 activations (lowbit.h)
     static const int kBlock = 16, kBytes = sizeof(BlockQ2_K), kMaxCode = 3;
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
@@ -48,7 +47,6 @@ inline __m128i q3k_scales16(const uint8_t* scales) {
 }
 
 struct DQ3_K {  // value = d * (sc - 32) * (q - 4), code q = 2 low bits | hmask bit << 2 (PQ3_K)
-    static const bool kReady = true;
     static const bool kAct256 = true;  // per-256 activations (lowbit.h)
     static const int kBlock = 16, kBytes = sizeof(BlockQ3_K), kMaxCode = 7;
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
@@ -75,7 +73,6 @@ struct DQ3_K {  // value = d * (sc - 32) * (q - 4), code q = 2 low bits | hmask 
 };
 
 struct DIQ4_XS {  // value = d * (ls - 32) * kIQ4Values[q]: code kIQ4Values[q] + 128 by vpshufb (PIQ4_XS)
-    static const bool kReady = true;
     static const int kBlock = 32, kBytes = sizeof(BlockIQ4_XS), kMaxCode = 113 + 128;
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
         const BlockIQ4_XS* b = (const BlockIQ4_XS*)p;

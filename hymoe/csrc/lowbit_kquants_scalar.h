@@ -11,7 +11,6 @@ inline uint8_t k_low2(const uint8_t* qs, int k) {
 }
 
 struct PQ2_K {  // value = d * (sc & 15) * q - dmin * (sc >> 4), one scale byte per block of 16
-    static const bool kReady = true;
     static const bool kAct256 = true;  // per-256 activations (lowbit.h)
     static const int kUnit = 256, kBlock = 16, kBytes = sizeof(BlockQ2_K);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn) {
@@ -29,7 +28,6 @@ inline int q3k_scale(const uint8_t* s, int j) {
 }
 
 struct PQ3_K {  // value = d * (sc - 32) * (q - 4), q = 2 low bits | hmask bit << 2: code q, min 4 * scale
-    static const bool kReady = true;
     static const bool kAct256 = true;  // per-256 activations (lowbit.h)
     static const int kUnit = 256, kBlock = 16, kBytes = sizeof(BlockQ3_K);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn) {
@@ -46,7 +44,6 @@ inline int iq4xs_scale(const BlockIQ4_XS* b, int j) {
 }
 
 struct PIQ4_XS {  // value = d * (ls - 32) * kIQ4Values[q]: code kIQ4Values[q] + 128, min 128 * scale
-    static const bool kReady = true;
     static const int kUnit = 256, kBlock = 32, kBytes = sizeof(BlockIQ4_XS);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn) {
         const BlockIQ4_XS* b = (const BlockIQ4_XS*)p;

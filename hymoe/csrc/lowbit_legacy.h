@@ -7,7 +7,6 @@
 namespace {
 
 struct DQ4_1 {  // value = d * q + m (PQ4_1), 8 blocks per call
-    static const bool kReady = true;
     static const int kBlock = 32, kBytes = 8 * sizeof(BlockQ4_1), kMaxCode = 15;
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
         const BlockQ4_1* b = (const BlockQ4_1*)p;
@@ -38,7 +37,6 @@ inline __m256i legacy_fifth_bits(const uint8_t* qh) {
 }
 
 struct DQ5_0 {  // value = d * (q - 16) (PQ5_0), 8 blocks per call
-    static const bool kReady = true;
     static const int kBlock = 32, kBytes = 8 * sizeof(BlockQ5_0), kMaxCode = 31;
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
         const BlockQ5_0* b = (const BlockQ5_0*)p;
@@ -52,7 +50,6 @@ struct DQ5_0 {  // value = d * (q - 16) (PQ5_0), 8 blocks per call
 };
 
 struct DQ5_1 {  // value = d * q + m (PQ5_1), 8 blocks per call
-    static const bool kReady = true;
     static const int kBlock = 32, kBytes = 8 * sizeof(BlockQ5_1), kMaxCode = 31;
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
         const BlockQ5_1* b = (const BlockQ5_1*)p;
@@ -65,7 +62,6 @@ struct DQ5_1 {  // value = d * q + m (PQ5_1), 8 blocks per call
 };
 
 struct DIQ4_NL {  // value = d * kIQ4Values[q] (PIQ4_NL), code = value + 128, 8 blocks per call
-    static const bool kReady = true;
     static const int kBlock = 32, kBytes = 8 * sizeof(BlockIQ4_NL), kMaxCode = 241;
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
         const BlockIQ4_NL* b = (const BlockIQ4_NL*)p;

@@ -6,7 +6,6 @@
 namespace {
 
 struct PQ4_1 {  // value = d * q + m, q the low nibbles (weights 0-15) then the high ones (16-31)
-    static const bool kReady = true;
     static const int kUnit = 32, kBlock = 32, kBytes = sizeof(BlockQ4_1);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn) {
         const BlockQ4_1* b = (const BlockQ4_1*)p;
@@ -29,7 +28,6 @@ inline void q5_codes(const uint8_t* qh, const uint8_t* qs, uint8_t* codes) {
 }
 
 struct PQ5_0 {  // value = d * (q - 16), q the nibbles of Q4_0's order with a fifth bit from qh
-    static const bool kReady = true;
     static const int kUnit = 32, kBlock = 32, kBytes = sizeof(BlockQ5_0);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn) {
         const BlockQ5_0* b = (const BlockQ5_0*)p;
@@ -40,7 +38,6 @@ struct PQ5_0 {  // value = d * (q - 16), q the nibbles of Q4_0's order with a fi
 };
 
 struct PQ5_1 {  // value = d * q + m, q as Q5_0's
-    static const bool kReady = true;
     static const int kUnit = 32, kBlock = 32, kBytes = sizeof(BlockQ5_1);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn) {
         const BlockQ5_1* b = (const BlockQ5_1*)p;
@@ -51,7 +48,6 @@ struct PQ5_1 {  // value = d * q + m, q as Q5_0's
 };
 
 struct PIQ4_NL {  // value = d * kIQ4Values[q], q in Q4_0's order; code = value + 128 (1-241)
-    static const bool kReady = true;
     static const int kUnit = 32, kBlock = 32, kBytes = sizeof(BlockIQ4_NL);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn) {
         const BlockIQ4_NL* b = (const BlockIQ4_NL*)p;
