@@ -72,11 +72,11 @@ class Masker:
         """logits [B, V] float32 CPU, in place, for a pass over batch [(sequence, its tokens)]: each
         sequence under a grammar that samples after this pass (it has read its whole prompt) keeps
         only the tokens its matcher allows; no loop over the vocabulary."""
-        import xgrammar as xgr
-
         rows = [i for i, (s, t) in enumerate(batch) if s.matcher is not None and s.cached + len(t) >= len(s.prompt)]
         if not rows:
             return
+        import xgrammar as xgr  # only here: xgrammar is an optional extra (hymoe[grammar])
+
         matchers = [batch[i][0].matcher for i in rows]
         vocab = logits.shape[-1]
         if self.bitmask is None or self.bitmask.shape[0] < logits.shape[0] or \
