@@ -67,6 +67,8 @@ def main() -> None:
     p.add_argument("--random", help="random weights of a real shape (deepseek-v3, qwen3-30b-a3b)")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--experts-type", default="Q4_K")
+    p.add_argument("--dense-type", help="with --random: the other matrices as blocks of this format "
+                   "(as a GGUF file's), not bf16")
     p.add_argument("--placement", default="cpu")
     p.add_argument("--threads", type=int)
     p.add_argument("--dtype")
@@ -77,7 +79,7 @@ def main() -> None:
     if args.random:
         from hymoe.bench.synthetic import random_model
 
-        source = random_model(args.random, args.layers, args.experts_type)
+        source = random_model(args.random, args.layers, args.experts_type, args.dense_type)
     else:
         source = args.model
     llm = load(source, placement=args.placement, threads=args.threads, dtype=args.dtype, progress=False,

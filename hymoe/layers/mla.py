@@ -65,9 +65,8 @@ class MLAttention(nn.Module):
         cached = KVCache.write_read(cache["latent"], torch.cat((latent, k_rot), -1), step)  # [B, S, R+Dr]
         cached = cached.to(q.dtype)[:, None]  # one shared "head": [B, 1, S, R+Dr]
 
-        w = self.kv_b_proj.weight.view(n, self.nope_dim + self.v_dim, r)
-        w_uk, w_uv = w[:, : self.nope_dim], w[:, self.nope_dim:]  # [N, Dn, R], [N, Dv, R]
-        q_latent = torch.einsum("btnd,ndr->bntr", q_nope, w_uk)  # [B, N, T, R]
+        w_uk, w_uv_t = self.up_weights()  # [N, Dn, R], [N, R, Dv]
+        q_latent = _per_head(q_nope.transpose(1, 2), w_uk)  # [B, N, T, R]
         query = torch.cat((q_latent, q_rot.transpose(1, 2)), dim=-1)  # [B, N, T, R+Dr]
         mask = step.mask  # [B, 1, T, S]
         if step.select is not None:  # topk-blocks: each query reads only its best blocks of latents
@@ -80,5 +79,43 @@ class MLAttention(nn.Module):
         else:  # the heads as rows against the one latent: no copy of the cache per head (a broadcast
             # matmul made one: 1.2 GiB and 3.7 s per step at 8K positions); prefill in blocks of keys
             out = attend_blocked(query[:, None], cached, cached[..., :r], mask, self.scale)[:, 0]  # [B, N, T, R]
-        out = torch.einsum("bntr,nvr->btnv", out, w_uv)  # [B, T, N, Dv]
+        out = _per_head(out, w_uv_t).transpose(1, 2)  # [B, T, N, Dv]
         return self.o_proj(out.reshape(b, t, n * self.v_dim))
+
+    def up_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The key and value up-projections per head: [N, Dn, R] and [N, R, Dv]."""
+        if isinstance(self.kv_b_proj, UpProjection):
+            return self.kv_b_proj.w_uk, self.kv_b_proj.w_uv_t
+        w = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, self.rank)
+        return w[:, : self.nope_dim], w[:, self.nope_dim:].transpose(1, 2)
+
+    def after_load(self) -> None:
+        """kv_b_proj's weight split into the per-head layouts the absorbed products read whole: the
+        strided slices of [N*(Dn+Dv), R] were copied by every CPU matmul (deepseek-v3, 2 cores: 9 ms
+        a layer per decode step, 1.3 ms contiguous). Same bytes, no second copy kept."""
+        if not isinstance(self.kv_b_proj, UpProjection):
+            w_uk, w_uv_t = self.up_weights()
+            self.kv_b_proj = UpProjection(w_uk.contiguous(), w_uv_t.contiguous())
+
+
+def _per_head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [B, N, T, I] times each head's w [N, I, O] -> [B, N, T, O], as one batched matmul over heads
+    (broadcasting w over B would copy it for B > 1)."""
+    b, n, t, i = x.shape
+    rows = x.transpose(0, 1).reshape(n, b * t, i)  # [N, B*T, I] (a small copy)
+    return torch.bmm(rows, w).view(n, b, t, -1).transpose(0, 1)
+
+
+class UpProjection(nn.Module):
+    """MLA's kv_b_proj after loading: the same weight as w_uk [N, Dn, R] and w_uv_t [N, R, Dv]; called,
+    it expands latents as the linear it replaces ([..., R] -> [..., N*(Dn+Dv)])."""
+
+    def __init__(self, w_uk: torch.Tensor, w_uv_t: torch.Tensor):
+        super().__init__()
+        self.w_uk = nn.Parameter(w_uk, requires_grad=False)
+        self.w_uv_t = nn.Parameter(w_uv_t, requires_grad=False)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        k = torch.einsum("...r,ndr->...nd", latent, self.w_uk)  # [..., N, Dn]
+        v = torch.einsum("...r,nrv->...nv", latent, self.w_uv_t)  # [..., N, Dv]
+        return torch.cat((k, v), -1).flatten(-2)

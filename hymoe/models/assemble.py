@@ -129,6 +129,9 @@ def load_weights(model: Decoder, source: TensorSource, dtype: torch.dtype, devic
         _set_param(model, name, t.to(device, target))
     if tied:
         _tie(model)
+    for module in list(model.modules()):  # layouts a layer computes from its loaded weights (MLA's)
+        if hasattr(module, "after_load"):
+            module.after_load()
     return model.eval()
 
 
