@@ -14,6 +14,7 @@ import torch
 
 from hymoe.errors import HymoeError
 from hymoe.kv.cache import KVCache
+from hymoe.layers.linear import DEQUANT_CHUNK, DEQUANT_PEAK_BYTES
 from hymoe.loader.fp8 import DEFAULT_EXPERTS_FORMAT
 from hymoe.loader.open import open_model
 from hymoe.models import build_model
@@ -33,6 +34,7 @@ _GROUPS = (("routed experts", r"_exps\.|\.experts\."), ("shared experts", r"_she
 # the weights of called linears and the embedding, by HF or GGUF name (norms and routers are not)
 _LINEARS = r"(token_embd|embed_tokens|lm_head|output|_proj|_proj_with_mqa|attn_(q|k|v|q_a|q_b|kv_a_mqa)" \
            r"|ffn_(gate|up|down)(_shexp)?)\.weight$"
+_EMBEDDING = r"token_embd|embed_tokens"
 _FLOAT_KEPT = r"kv_b_proj|attn_k_b|attn_v_b|attn_kv_b"  # MLA's per-head up-projections stay float
 
 
@@ -60,7 +62,7 @@ def _dense_bytes(name: str, fmt: str, numel: int, nbytes: int, target, compute: 
     if not re.search(_LINEARS, name) or re.search(_FLOAT_KEPT, name):
         return numel * compute.itemsize
     want = target.format or dense_format
-    if want and not re.search(r"token_embd|embed_tokens", name):
+    if want and not re.search(_EMBEDDING, name):
         fmt, nbytes = want, numel * row_bytes(want, 256) // 256
     computable = NATIVE_FORMATS + TORCH_DEQUANT_FORMATS if target.device == "cpu" else TORCH_DEQUANT_FORMATS
     return nbytes if fmt in computable and fmt not in ("F32", "F16", "BF16") else numel * compute.itemsize
@@ -69,10 +71,11 @@ def _dense_bytes(name: str, fmt: str, numel: int, nbytes: int, target, compute: 
 def _tally(files, plan, compute: torch.dtype, dense_format: str | None) -> tuple[dict, dict, int]:
     """Stored tensors by group (count, parameters, bytes, formats), and the bytes each device holds:
     routed experts on the native CPU engine in their stored (or rule's) format, the dense part as
-    _dense_bytes keeps it, the rest in the compute dtype."""
+    _dense_bytes keeps it, the rest in the compute dtype; a GPU that dequantizes blocks per call
+    also holds one chunk's intermediates (layers/linear.py)."""
     groups: dict[str, dict] = defaultdict(lambda: {"tensors": 0, "params": 0, "bytes": 0, "formats": defaultdict(int)})
     devices = {"gpu": 0, "cpu": 0}
-    dense_on_devices = 0
+    dense_on_devices = workspace = 0
     for name, fmt, numel, nbytes in files.stored_tensors():
         group = _group(name)
         target = plan.targets[_unit(name, group)]
@@ -86,11 +89,15 @@ def _tally(files, plan, compute: torch.dtype, dense_format: str | None) -> tuple
             placed = _dense_bytes(name, fmt, numel, nbytes, target, compute, dense_format)
             devices[target.device] += placed
             dense_on_devices += placed
+            if target.device == "gpu" and placed < numel * compute.itemsize and not re.search(_EMBEDDING, name):
+                # blocks the GPU dequantizes per call (layers/linear.py): one bounded chunk at a time
+                workspace = max(workspace, min(numel, DEQUANT_CHUNK) * DEQUANT_PEAK_BYTES)
         g = groups[group]
         g["tensors"] += 1
         g["params"] += numel
         g["bytes"] += nbytes
         g["formats"][fmt] += 1
+    devices["gpu"] += workspace
     return groups, devices, dense_on_devices
 
 

@@ -18,6 +18,11 @@ from hymoe.quant.formats import dequantize, row_bytes
 from hymoe.quant.torch_dequant import TORCH_DEQUANT_FORMATS, dequantize_torch
 
 Kernel = Callable[[torch.Tensor], torch.Tensor]  # x [T, in] -> [T, out] (float32 or x's dtype)
+# The torch path dequantizes at most this many weights at a time: its float32 intermediates peak at
+# DEQUANT_PEAK_BYTES a weight (torch.profiler's memory events, tests/test_quantized_dense.py), so one
+# call holds ~0.4 GiB beside the blocks, where DeepSeek-V3's whole head (927 M weights) took ~11 GiB.
+DEQUANT_CHUNK = 1 << 25
+DEQUANT_PEAK_BYTES = 13
 
 
 def dequantize_rows(raw: torch.Tensor, fmt: str, n: int, dtype: torch.dtype) -> torch.Tensor:
@@ -51,12 +56,20 @@ class QuantLinear(nn.Module):
         """W as a float [out, in] tensor on the weight's device."""
         return dequantize_rows(self.qweight, self.fmt, self.in_features, dtype)
 
+    def _dequantized_matmul(self, flat: torch.Tensor) -> torch.Tensor:
+        """flat [T, in] @ W^T, W dequantized DEQUANT_CHUNK weights (whole rows) at a time."""
+        rows = max(1, DEQUANT_CHUNK // self.in_features)
+        if rows >= self.out_features:
+            return F.linear(flat, self.dequantized(flat.dtype))
+        y = flat.new_empty(flat.shape[0], self.out_features)  # [T, out]
+        for r0 in range(0, self.out_features, rows):
+            w = dequantize_rows(self.qweight[r0:r0 + rows], self.fmt, self.in_features, flat.dtype)
+            y[:, r0:r0 + rows] = F.linear(flat, w)
+        return y
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # [T, in]
-        if self.kernel is not None:
-            y = self.kernel(flat)
-        else:
-            y = F.linear(flat, self.dequantized(flat.dtype))
+        y = self.kernel(flat) if self.kernel is not None else self._dequantized_matmul(flat)
         if self.bias is not None:
             y = y + self.bias
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
