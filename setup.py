@@ -33,7 +33,7 @@ ISA_FLAGS["kernels_avx512_bf16.cpp"] = ISA_FLAGS["kernels_avx512.cpp"] + ["-mavx
 # built as a stub (-DHYMOE_NO_AVX512_BF16) by a compiler without AVX512-BF16 (GCC < 10): the other
 # paths do not need it
 OPTIONAL = {"kernels_avx512_bf16.cpp": "-DHYMOE_NO_AVX512_BF16"}
-SOURCES = ["dispatch.cpp", "moe.cpp", "linear.cpp", "attention.cpp", "route.cpp", "pool.cpp", "cpu.cpp", "kernels_generic.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp",
+SOURCES = ["dispatch.cpp", "moe.cpp", "numa.cpp", "linear.cpp", "attention.cpp", "route.cpp", "pool.cpp", "cpu.cpp", "kernels_generic.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp",
            "kernels_avx512_k.cpp", "kernels_avx512_attn.cpp", "kernels_avx512_tiled.cpp", "kernels_avx2_tiled.cpp", "kernels_avx2_float.cpp", "kernels_avx2_attn.cpp",
            "kernels_avx512_bf16.cpp", "kernels_generic_lowbit.cpp", "kernels_avx2_lowbit.cpp",
            *(f"kernels_avx512_{g}.cpp" for g in LOWBIT_GROUPS)]
@@ -71,7 +71,7 @@ class BuildKernels(build_ext):
 
 setup(
     ext_modules=[Extension("hymoe._kernels", [f"hymoe/csrc/{s}" for s in SOURCES],
-                           depends=["hymoe/csrc/common.h", "hymoe/csrc/dispatch.h", "hymoe/csrc/kernels.h", "hymoe/csrc/linear.h", "hymoe/csrc/attention.h", "hymoe/csrc/attend.h", "hymoe/csrc/route.h", "hymoe/csrc/pool.h", "hymoe/csrc/iq1s_grid.h", "hymoe/csrc/iq1s.h",
+                           depends=["hymoe/csrc/common.h", "hymoe/csrc/dispatch.h", "hymoe/csrc/kernels.h", "hymoe/csrc/linear.h", "hymoe/csrc/attention.h", "hymoe/csrc/attend.h", "hymoe/csrc/route.h", "hymoe/csrc/pool.h", "hymoe/csrc/numa.h", "hymoe/csrc/iq1s_grid.h", "hymoe/csrc/iq1s.h",
                                     "hymoe/csrc/simd_avx512.h", "hymoe/csrc/simd_avx2.h", "hymoe/csrc/tiles.h",
                                     "hymoe/csrc/k_scales.h", "hymoe/csrc/rows_avx512.h", *(f"hymoe/csrc/lowbit{g}.h" for g in LOWBIT_HEADERS)])],
     cmdclass={"build_ext": BuildKernels},

@@ -32,6 +32,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    "(the first S positions and the last W); h2o:B (B positions: the last B/2 and the older ones "
                    "with the most attention weight); topk-blocks:K (all; each query reads K blocks) (default: full)")
     p.add_argument("--threads", type=int, help="CPU threads for the native experts (default: all cores)")
+    p.add_argument("--numa", metavar="off|auto|virtual:N", help="split every expert's rows across NUMA nodes, "
+                   "each node's threads computing its own (auto: this machine's nodes; virtual:N: N pretend "
+                   "nodes) (default: off)")
     p.add_argument("--gpu-experts", default="0", metavar="N|SIZE",
                    help="with --placement hybrid: also keep N experts per layer on the GPU, or as many as a "
                         "budget holds (e.g. 4GiB); the most used per --expert-stats, else spread evenly")

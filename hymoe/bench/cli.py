@@ -26,6 +26,7 @@ def _experts_parser(bsub) -> None:
     be.add_argument("--backend", default="native", choices=["native", "torch", "llama.cpp"],
                     help="llama.cpp: its own MoE graph (ggml) on the same blocks, the peer")
     be.add_argument("--isa", choices=["generic", "avx2", "avx512"], help="force a kernel path")
+    be.add_argument("--numa", metavar="off|auto|virtual:N", help="the native engine over NUMA nodes (default: off)")
     be.add_argument("--tune", metavar="NAME=VALUE,...", help="override kernel tuning values for this run, to compare "
                     "them (the names: Tuning in hymoe/csrc/common.h)")
     be.add_argument("--max-gb", type=float, default=8.0, help="memory for one layer's experts")
@@ -155,7 +156,7 @@ def cmd_bench(args) -> None:
         native.bench_tune(name, value)
     batches = _counts(args.batch, "--batch")
     results = bench_experts(args.shape, args.format.upper(), batches, args.threads, args.backend, args.max_gb,
-                            progress=sys.stderr.isatty())
+                            progress=sys.stderr.isatty(), numa=args.numa)
     for r in results:
         r["tune"] = tune  # the kernel tuning values this run changed from their defaults
         batch = r["batch"]

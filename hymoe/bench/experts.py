@@ -129,7 +129,8 @@ def _timed_calls(engine, layers, probe, x, k: int, allocated: int, per_expert: i
 
 
 def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None = None, backend: str = "native",
-                  max_gb: float = 8.0, iters: int = 0, seed: int = 0, progress: bool = False) -> list[dict]:
+                  max_gb: float = 8.0, iters: int = 0, seed: int = 0, progress: bool = False,
+                  numa: str | None = None) -> list[dict]:
     """One row per batch size; the weights and the machine figures are shared by all of them."""
     if shape not in SHAPES:
         raise HymoeError(f"unknown shape {shape!r} (use one of {', '.join(SHAPES)})")
@@ -139,7 +140,7 @@ def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None 
     formats = [*FLOAT_DTYPES, *FP16_SCALE_OFFSETS]
     if fmt not in formats:
         raise HymoeError(f"no benchmark weights for format {fmt} (use one of {', '.join(formats)})")
-    engine = native.NativeEngine(threads, is_async=False)  # CPU-only: the calling thread works too
+    engine = native.NativeEngine(threads, is_async=False, numa=numa)  # CPU-only: the calling thread works too
     threads = engine.threads
     torch.set_num_threads(threads)
     layers, allocated, per_expert = cold_layers(engine, shape, fmt, backend, max_gb, seed, progress)
@@ -169,7 +170,7 @@ def bench_experts(shape: str, fmt: str, batches: list[int], threads: int | None 
         rows.append({
             "shape": shape, "format": fmt, "batch": batch, "threads": threads, "backend": backend,
             "isa": {"native": native.isa_name(), "torch": "torch", "llama.cpp": "ggml-cpu"}[backend],
-            "experts_allocated": allocated, "layers_allocated": len(layers), "layer_ms": round(layer_s * 1e3, 3),
+            "numa_nodes": engine.nodes, "experts_allocated": allocated, "layers_allocated": len(layers), "layer_ms": round(layer_s * 1e3, 3),
             "weight_gbps": round(weight_gbps, 2), "bandwidth_gbps": round(bandwidth_now, 2),
             "bandwidth_start_gbps": round(bandwidth, 2),
             "fraction": round(fraction, 3), "tokens_per_s": round(batch / layer_s, 1),

@@ -14,6 +14,7 @@
 #include "attention.h"
 #include "dispatch.h"
 #include "linear.h"
+#include "numa.h"
 #include "pool.h"
 #include "route.h"
 
@@ -158,12 +159,26 @@ struct Job {
         // a guess, as another thread may claim it first (and then finds those lines in this
         // core's L2 or L3, not lost). At decode each hand-over is worth a few points of bandwidth
         // (qwen3 shape, batch 1: 4-8 within a unit, 2-9 more across units).
+        // NUMA (pool.nodes() > 1): node k takes the chunks that start in its share of each expert's
+        // rows (numa.h), units of node k before node k + 1's
+        const NodeChunks nc1(pool.nodes(), I, r1, ne);
+        auto locate1 = [&](int unit, int* ei, int* chunk) {
+            int k = 0;
+            while (unit >= nc1.first_unit[k + 1]) k++;
+            const int local = unit - nc1.first_unit[k], per = nc1.first_chunk[k + 1] - nc1.first_chunk[k];
+            *ei = local / per;
+            *chunk = nc1.first_chunk[k] + local % per;
+        };
         auto unit_gate = [&](int unit) -> const uint8_t* {  // the first rows a phase 1 unit reads
             if (unit >= ne * chunks1) return nullptr;
-            return a.gate + experts[unit / chunks1] * a.gate_stride + (unit % chunks1) * r1 * gate_rb;
+            int ei, chunk;
+            locate1(unit, &ei, &chunk);
+            return a.gate + experts[ei] * a.gate_stride + chunk * r1 * gate_rb;
         };
         pool.parallel_for(ne * chunks1, [&](int unit, int) {
-            int ei = unit / chunks1, r0 = (unit % chunks1) * r1, nr = std::min(r1, I - r0);
+            int ei, chunk;
+            locate1(unit, &ei, &chunk);
+            int r0 = chunk * r1, nr = std::min(r1, I - r0);
             int e = experts[ei], p0 = pair_start[ei], np = pair_start[ei + 1] - p0;
             const uint8_t* gw = a.gate + e * a.gate_stride + r0 * gate_rb;
             const uint8_t* uw = a.up + e * a.up_stride + r0 * up_rb;
@@ -177,7 +192,7 @@ struct Job {
                 hint.next = tb + kTokenBlock < np ? gw : unit_gate(pool.next_unit());
                 run_rows(*kt, a.fmt_up, uw, up_rb, nr, ux + tb, nt, H, u.data() + (size_t)(p0 + tb) * I + r0, I);
             }
-        });
+        }, nc1.first_unit.data());
 
         // phase 2: h = silu(g) * u, quantised for the down projection
         h_ptr.resize(P);
@@ -203,6 +218,7 @@ struct Job {
             if (unit >= chunks3) return nullptr;
             return a.down + experts[0] * a.down_stride + unit * r3 * down_rb;
         };
+        const NodeChunks nc3(pool.nodes(), H, r3, 1);
         pool.parallel_for(chunks3, [&](int unit, int thread) {
             int r0 = unit * r3, nr = std::min(r3, H - r0);
             std::vector<float>& tmp = scratch[thread];
@@ -226,7 +242,7 @@ struct Job {
                     }
                 }
             }
-        });
+        }, nc3.first_unit.data());
     }
 };
 
@@ -242,7 +258,15 @@ struct Engine {
     // seconds spent inside MoE jobs since creation: the CPU side's busy time, which the end-to-end
     // bench sets against wall time (written by the job's own thread, read after sync)
     std::atomic<double> busy_s{0};
-    explicit Engine(int threads) : pool(threads) {}
+    // nodes > 1: NUMA nodes (numa.h), this machine's own with is_real (the pool's groups pinned to
+    // their CPUs), or virtual ones (the same scheduling over this machine's cores)
+    Engine(int threads, int nodes, bool is_real) : pool(threads, nodes, is_real ? node_cpu_lists() : NodeCpus()) {}
+    using NodeCpus = std::vector<std::vector<int>>;
+    static NodeCpus node_cpu_lists() {
+        NodeCpus lists;
+        for (const NumaNode& n : numa_nodes()) lists.push_back(n.cpus);
+        return lists;
+    }
     void run_timed() {
         auto t0 = std::chrono::steady_clock::now();
         job.run(pool);
@@ -286,7 +310,14 @@ __attribute__((visibility("default"))) int64_t hymoe_row_bytes(int fmt, int n) {
     return n % block_size(fmt) ? -1 : (int64_t)row_bytes(fmt, n);
 }
 
-__attribute__((visibility("default"))) void* hymoe_engine_create(int threads) { return new Engine(threads); }
+__attribute__((visibility("default"))) void* hymoe_engine_create(int threads) { return new Engine(threads, 1, false); }
+// An engine over NUMA nodes: this machine's first `nodes` nodes (is_real) or virtual ones; null when
+// is_real and the machine has fewer nodes.
+__attribute__((visibility("default"))) void* hymoe_engine_create_numa(int threads, int nodes, int is_real) {
+    if (nodes < 1 || (is_real && hymoe_numa_nodes() < nodes)) return nullptr;
+    return new Engine(threads, nodes, is_real != 0);
+}
+__attribute__((visibility("default"))) int hymoe_engine_nodes(void* e) { return ((Engine*)e)->pool.nodes(); }
 __attribute__((visibility("default"))) void hymoe_engine_destroy(void* e) { delete (Engine*)e; }
 __attribute__((visibility("default"))) int hymoe_engine_threads(void* e) { return ((Engine*)e)->pool.size(); }
 __attribute__((visibility("default"))) double hymoe_engine_busy_seconds(void* e) { return ((Engine*)e)->busy_s.load(); }

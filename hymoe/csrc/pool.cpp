@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <algorithm>
+
 #ifdef __linux__
 #include <pthread.h>
 #include <sched.h>
@@ -70,11 +72,30 @@ static void pin_self(const std::vector<int>& cpus, int thread) {
 #endif
 }
 
-Pool::Pool(int num_threads) : num_threads_(num_threads < 1 ? 1 : num_threads) {
+// Real NUMA nodes: thread t of node k (the i-th of its group) on CPU i of that node's list, round robin.
+static std::vector<int> node_pin_cpus(int threads, int nodes, const std::vector<std::vector<int>>& node_cpus) {
+    std::vector<int> cpus(threads, -1);
+    for (int t = 0, first = 0; t < threads; t++) {
+        const int k = t * nodes / threads;
+        if (t == 0 || (t - 1) * nodes / threads != k) first = t;
+        if (k >= (int)node_cpus.size() || node_cpus[k].empty()) return {};
+        cpus[t] = node_cpus[k][(t - first) % node_cpus[k].size()];
+    }
+    return cpus;
+}
+
+// The node of the calling thread in the phase it works on (for next_unit's guess).
+static thread_local int tl_node = 0;
+
+Pool::Pool(int num_threads, int num_nodes, const std::vector<std::vector<int>>& real_node_cpus)
+    : num_threads_(num_threads < 1 ? 1 : num_threads) {
+    num_nodes_ = std::max(1, std::min(std::min(num_nodes, (int)kMaxNodes), num_threads_));
+    for (auto& s : node_state_) s = 0;
     // The pool's own threads only: thread 0 is the caller when a job runs in the calling thread
     // (pool.run), and the caller's placement is its own business; the driver stands in for it in
     // async jobs.
-    const std::vector<int> cpus = pin_cpus(num_threads_);
+    const std::vector<int> cpus = real_node_cpus.empty() ? pin_cpus(num_threads_)
+                                                         : node_pin_cpus(num_threads_, num_nodes_, real_node_cpus);
     threads_.emplace_back([this, cpus] {
         pin_self(cpus, 0);
         driver_loop();
@@ -157,28 +178,51 @@ void Pool::driver_loop() {
     }
 }
 
-void Pool::work(int thread, uint32_t generation) {
+// A unit of `node`'s range in phase `generation`, or false when it has none left (or the phase is over).
+bool Pool::claim(int node, uint32_t generation, int* unit) {
     for (;;) {
-        uint64_t s = state_.load();
-        if ((uint32_t)(s >> 32) != generation || (uint32_t)s >= (uint32_t)num_units_) return;
-        if (!state_.compare_exchange_weak(s, s + 1)) continue;
-        (*fn_)((int)(uint32_t)s, thread);
-        units_done_++;
+        uint64_t s = node_state_[node].load();
+        if ((uint32_t)(s >> 32) != generation || (uint32_t)s >= (uint32_t)node_end_[node]) return false;
+        if (node_state_[node].compare_exchange_weak(s, s + 1)) {
+            *unit = (int)(uint32_t)s;
+            return true;
+        }
     }
 }
 
-void Pool::parallel_for(int num_units, const UnitFn& fn) {
+void Pool::work(int thread, uint32_t generation) {
+    const int home = thread * num_nodes_ / num_threads_;
+    for (int i = 0; i < num_nodes_; i++) {  // its own node's units, then the others' (their tails)
+        const int node = (home + i) % num_nodes_;
+        tl_node = node;
+        for (int unit; claim(node, generation, &unit);) {
+            (*fn_)(unit, thread);
+            units_done_++;
+        }
+    }
+    tl_node = home;
+}
+
+int Pool::next_unit() const { return (int)(uint32_t)node_state_[tl_node].load(std::memory_order_relaxed); }
+
+void Pool::parallel_for(int num_units, const UnitFn& fn, const int* node_first) {
     if (num_units <= 0) return;
     // Close the previous phase under a generation of its own (no units), so that no helper can pair
-    // the old generation with the new function or unit count; then open the new one.
+    // the old generation with the new function, unit count or ranges; then open the new one.
     uint32_t generation = (uint32_t)(state_.load() >> 32) + 2;
     state_ = ((uint64_t)(generation - 1) << 32) | 0xffffffffu;
+    for (int k = 0; k < num_nodes_; k++) node_state_[k] = ((uint64_t)(generation - 1) << 32) | 0xffffffffu;
     fn_ = &fn;
     num_units_ = num_units;
     units_done_ = 0;
+    for (int k = 0; k < num_nodes_; k++) {  // without ranges every thread takes node 0's, the whole phase
+        const int first = node_first ? node_first[k] : 0;
+        node_end_[k] = node_first ? node_first[k + 1] : k == 0 ? num_units : 0;
+        node_state_[k] = ((uint64_t)generation << 32) | (uint32_t)first;
+    }
     {
         std::lock_guard<std::mutex> lock(phase_mutex_);
-        state_ = (uint64_t)generation << 32;  // unit 0 of the new phase
+        state_ = (uint64_t)generation << 32;  // the new phase
     }
     if (num_threads_ > 1) phase_cv_.notify_all();
     work(0, generation);

@@ -13,9 +13,13 @@ class Pool {
   public:
     using UnitFn = std::function<void(int unit, int thread)>;
 
-    explicit Pool(int num_threads);
+    // num_nodes > 1: the threads are split into that many groups of consecutive threads (NUMA nodes,
+    // real or virtual), thread t in group t * num_nodes / num_threads; with real_node_cpus (one CPU
+    // list per node) each group is pinned to its node's CPUs.
+    explicit Pool(int num_threads, int num_nodes = 1, const std::vector<std::vector<int>>& real_node_cpus = {});
     ~Pool();
     int size() const { return num_threads_; }
+    int nodes() const { return num_nodes_; }
 
     void submit(std::function<void()> job);  // returns at once; the driver thread runs the job
     void sync();                              // waits until the submitted job has finished
@@ -28,17 +32,22 @@ class Pool {
     // cancel_wake() lets them sleep again when no job follows.
     void wake();
     void cancel_wake() { in_job_ = false; }
-    void parallel_for(int num_units, const UnitFn& fn);  // only from inside a job
-    // The unit the next claim in the current phase would get (num_units or more: none left); a
-    // guess, as another thread may claim it first.
-    int next_unit() const { return (int)(uint32_t)state_.load(std::memory_order_relaxed); }
+    // Only from inside a job. node_first (nodes() + 1 entries, or null) gives each node a range of
+    // units, [node_first[k], node_first[k + 1]): a node's threads take its units first (their
+    // weights live on that node) and help the other nodes only once their own are all taken.
+    void parallel_for(int num_units, const UnitFn& fn, const int* node_first = nullptr);
+    // The unit the calling thread's next claim in the current phase would get (past its node's
+    // range: none left there); a guess, as another thread may claim it first.
+    int next_unit() const;
 
   private:
     void driver_loop();
     void helper_loop(int thread);
     void work(int thread, uint32_t generation);
+    bool claim(int node, uint32_t generation, int* unit);
 
-    int num_threads_;
+    enum { kMaxNodes = 16 };
+    int num_threads_, num_nodes_;
     std::vector<std::thread> threads_;
     // the job handed from submit() to the driver
     std::mutex job_mutex_;
@@ -57,4 +66,8 @@ class Pool {
     uint64_t wake_seq_ = 0;  // guarded by phase_mutex_
     int num_units_ = 0;
     const UnitFn* fn_ = nullptr;
+    // Per node, as state_ for its range of the phase: (generation << 32 | next unit), and the end of
+    // its range (written before the generation that makes it valid is published).
+    std::atomic<uint64_t> node_state_[kMaxNodes];
+    int node_end_[kMaxNodes] = {0};
 };

@@ -61,7 +61,7 @@ class LLM:
             model = build_model(self.config)
         self.model = load_weights(model, files.source, self.dtype, self.device, progress)
         on_gpu = place_layers(self.model, self.placement, self.dtype)
-        engine = EngineSlot(o.threads, self.placement.is_async)
+        engine = EngineSlot(o.threads, self.placement.is_async, o.numa)
         quantize_dense(self.model, self.placement.targets, check_dense_format(o.dense_format))
         self.dense_kernels = place_dense(self.model, self.dtype, engine)  # {"native": 96, ...}
         place_small_ops(self.model, self.dtype, engine)

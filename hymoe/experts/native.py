@@ -16,6 +16,7 @@ import torch
 
 from hymoe.errors import HymoeError
 from hymoe.experts.base import ExpertBackend, StoredWeights
+from hymoe.experts.numa import bind_rows, parse_numa
 from hymoe.quant.formats import qtype, row_bytes
 
 log = logging.getLogger("hymoe")
@@ -58,6 +59,8 @@ def library() -> ctypes.CDLL | None:
     lib = ctypes.CDLL(str(found[0]))
     lib.hymoe_isa_name.restype = ctypes.c_char_p
     lib.hymoe_engine_create.restype = ctypes.c_void_p
+    lib.hymoe_engine_create_numa.restype = ctypes.c_void_p
+    lib.hymoe_engine_nodes.argtypes = [ctypes.c_void_p]
     lib.hymoe_engine_destroy.argtypes = [ctypes.c_void_p]
     lib.hymoe_engine_threads.argtypes = [ctypes.c_void_p]
     lib.hymoe_engine_busy_seconds.restype = ctypes.c_double
@@ -173,12 +176,16 @@ class NativeEngine:
     overlap, and it saves two thread wake-ups per layer).
     """
 
-    def __init__(self, threads: int | None = None, is_async: bool = True):
+    def __init__(self, threads: int | None = None, is_async: bool = True, numa: str | None = None):
         lib = library()
         if lib is None:
             raise HymoeError("the native CPU kernels are not built")
         self.lib, self.is_async = lib, is_async
-        self.handle = lib.hymoe_engine_create(threads or default_threads(is_async))
+        self.nodes, self.is_real_numa = parse_numa(numa, lib.hymoe_numa_nodes())
+        threads = threads or default_threads(is_async)
+        if self.nodes > threads:
+            raise HymoeError(f"--numa: {self.nodes} nodes need at least as many threads (--threads {threads})")
+        self.handle = lib.hymoe_engine_create_numa(threads, self.nodes, int(self.is_real_numa))
         self.capture = None  # a CUDA graph capture in progress (engine/cuda_graphs.py), or None
 
     @property
@@ -251,6 +258,10 @@ class NativeExperts(ExpertBackend):
             if engine.lib.hymoe_has_format(int(qtype(f))) == 0:
                 raise HymoeError(f"the native kernels have no {f} path")
         self.gate, self.up, self.down = gate, up, down
+        if engine.is_real_numa:  # each node's share of every expert's rows in that node's memory
+            bind_rows(engine.lib, (gate, up, down), (inter, inter, hidden),
+                      (row_bytes(formats[0], hidden), row_bytes(formats[1], hidden), row_bytes(formats[2], inter)),
+                      engine.nodes)
         self._pending = None
         self._out: torch.Tensor | None = None
         self._staging = _PinnedStaging()

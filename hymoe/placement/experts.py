@@ -97,12 +97,12 @@ def hot_experts_on_gpu(model, placement: Placement, n: int, dtype: torch.dtype, 
 class EngineSlot:
     """The model's one native engine (experts and dense layers share its pool), made on first use."""
 
-    def __init__(self, threads: int | None, is_async: bool):
-        self.threads, self.is_async, self.engine = threads, is_async, None
+    def __init__(self, threads: int | None, is_async: bool, numa: str | None = None):
+        self.threads, self.is_async, self.numa, self.engine = threads, is_async, numa, None
 
     def __call__(self) -> native.NativeEngine:
         if self.engine is None:
-            self.engine = native.NativeEngine(self.threads, self.is_async)
+            self.engine = native.NativeEngine(self.threads, self.is_async, self.numa)
         return self.engine
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from hymoe.errors import HymoeError
+from hymoe.experts.numa import MAX_NODES, parse_numa
 from hymoe.kv.policy import parse_policy
 
 
@@ -23,6 +24,7 @@ class PlacementOptions:
     experts: str = "auto"  # routed-expert backend: auto, native, torch
     experts_format: str | None = None  # quantize routed experts at load (default: as stored)
     threads: int | None = None  # native engine threads (default: all cores)
+    numa: str = "off"  # the native engine over NUMA nodes: off, auto, virtual:N (experts/numa.py)
     gpu_experts: int | str = 0  # hot experts per layer on the GPU, or a memory budget ("4GiB")
     expert_stats: str | None = None  # routing statistics that choose them (`hymoe calibrate`)
     defer_experts: int = 0  # each token's K lowest-weighted CPU experts finish during the next layer
@@ -35,6 +37,7 @@ class PlacementOptions:
         if self.kv_block_size < 1:
             raise HymoeError(f"--kv-block-size {self.kv_block_size}: at least 1")
         parse_policy(self.kv_policy)  # a bad policy is refused at load, in one line
+        parse_numa(self.numa, MAX_NODES)  # likewise a bad --numa (the engine counts the machine's nodes)
         if self.defer_experts < 0 or self.gpu_prefill_threshold < 0:
             raise HymoeError("--defer-experts and --gpu-prefill-threshold must be at least 0")
 
