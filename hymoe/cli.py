@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--dtype", help="compute dtype of the non-expert weights (default: the checkpoint's)")
     ins.add_argument("--max-context", type=int, help="KV cache length in tokens (default: 4096)")
     ins.add_argument("--dense-format", metavar="FMT", help="price non-expert linears quantized at load (see generate)")
+    ins.add_argument("--numa", metavar="off|auto|virtual:N", help="host memory per NUMA node (see generate)")
     ins.add_argument("--json", action="store_true", help="print one JSON object")
     ins.add_argument("--debug", action="store_true", help="show tracebacks")
     sv = sub.add_parser("serve", help="OpenAI- and Ollama-compatible HTTP server with continuous batching")
@@ -218,7 +219,7 @@ def cmd_inspect(args) -> None:
     from hymoe.inspect import inspect_model, report
 
     d = inspect_model(args.model or ensure_default_model(), args.placement, args.dtype, args.max_context,
-                      args.dense_format)
+                      args.dense_format, args.numa)
     print(json.dumps(d) if args.json else report(d))
 
 

@@ -68,14 +68,15 @@ def _dense_bytes(name: str, fmt: str, numel: int, nbytes: int, target, compute: 
     return nbytes if fmt in computable and fmt not in ("F32", "F16", "BF16") else numel * compute.itemsize
 
 
-def _tally(files, plan, compute: torch.dtype, dense_format: str | None) -> tuple[dict, dict, int]:
+def _tally(files, plan, compute: torch.dtype, dense_format: str | None) -> tuple[dict, dict, int, int]:
     """Stored tensors by group (count, parameters, bytes, formats), and the bytes each device holds:
     routed experts on the native CPU engine in their stored (or rule's) format, the dense part as
     _dense_bytes keeps it, the rest in the compute dtype; a GPU that dequantizes blocks per call
-    also holds one chunk's intermediates (layers/linear.py)."""
+    also holds one chunk's intermediates (layers/linear.py). Last, the routed experts' bytes on the
+    native engine (the ones --numa splits across nodes)."""
     groups: dict[str, dict] = defaultdict(lambda: {"tensors": 0, "params": 0, "bytes": 0, "formats": defaultdict(int)})
     devices = {"gpu": 0, "cpu": 0}
-    dense_on_devices = workspace = 0
+    dense_on_devices = workspace = experts_native = 0
     for name, fmt, numel, nbytes in files.stored_tensors():
         group = _group(name)
         target = plan.targets[_unit(name, group)]
@@ -85,6 +86,7 @@ def _tally(files, plan, compute: torch.dtype, dense_format: str | None) -> tuple
             load_format = target.format or (DEFAULT_EXPERTS_FORMAT if fmt.startswith("float8") else None)
             held = numel * row_bytes(load_format, 256) // 256 if load_format else nbytes  # quantized at load
             devices[target.device] += held if kept_stored else numel * compute.itemsize
+            experts_native += held if kept_stored else 0
         else:
             placed = _dense_bytes(name, fmt, numel, nbytes, target, compute, dense_format)
             devices[target.device] += placed
@@ -98,11 +100,29 @@ def _tally(files, plan, compute: torch.dtype, dense_format: str | None) -> tuple
         g["bytes"] += nbytes
         g["formats"][fmt] += 1
     devices["gpu"] += workspace
-    return groups, devices, dense_on_devices
+    return groups, devices, dense_on_devices, experts_native
+
+
+def _numa_nodes(cpu_bytes: int, experts_native: int, numa: str | None, cfg) -> list[int]:
+    """Host memory per NUMA node under --numa: each node holds its rows of every native expert
+    (experts/numa.py), the first node also the rest (first touched by the loading thread); no byte
+    is held twice."""
+    from hymoe.experts import native
+    from hymoe.experts.numa import node_first_row, parse_numa
+
+    lib = native.library()
+    nodes, _ = parse_numa(numa, lib.hymoe_numa_nodes() if lib is not None else 1)
+    inter, hidden = cfg.moe_intermediate_size, cfg.hidden_size
+    share = [(2 * (node_first_row(inter, k + 1, nodes) - node_first_row(inter, k, nodes)) / inter
+              + (node_first_row(hidden, k + 1, nodes) - node_first_row(hidden, k, nodes)) / hidden) / 3
+             for k in range(nodes)]  # gate and up split by I rows, down by H rows
+    per_node = [round(experts_native * f) for f in share]
+    per_node[0] += cpu_bytes - sum(per_node)
+    return per_node
 
 
 def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = None,
-                  context: int | None = None, dense_format: str | None = None) -> dict:
+                  context: int | None = None, dense_format: str | None = None, numa: str | None = None) -> dict:
     from hymoe.engine.llm import DEFAULT_MAX_CONTEXT, parse_dtype
 
     dense_format = check_dense_format(dense_format)
@@ -111,7 +131,7 @@ def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = 
     plan = resolve_placement(placement, cfg)
     compute = parse_dtype(dtype) or default_dtype(files, plan)
     kv_dtype = default_kv_dtype(files, plan, compute)
-    groups, devices, dense_on_devices = _tally(files, plan, compute, dense_format)
+    groups, devices, dense_on_devices, experts_native = _tally(files, plan, compute, dense_format)
     routed = groups.get("routed experts", {"params": 0, "bytes": 0})
     total = sum(g["params"] for g in groups.values())
     total_note = "embedding and output tied" if cfg.is_tied_embeddings else ""
@@ -147,6 +167,7 @@ def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = 
         "experts_note": f"FP8: re-encoded to {DEFAULT_EXPERTS_FORMAT} at load unless --experts-format"
         if any(f.startswith("float8") for f in routed.get("formats", {})) else "kept in their stored format",
         "kv_position_bytes": kv_position, "kv_positions_per_gib": 2**30 // kv_position, "devices": devices, "plan": describe(plan.targets),
+        "cpu_per_numa_node": _numa_nodes(devices["cpu"], experts_native, numa, cfg),
     }
 
 
@@ -183,4 +204,7 @@ def report(d: dict) -> str:
               f"{d['kv_position_bytes']:,} bytes each: size a server's pool with --kv-memory)"]
     lines += ["  plan:"] + [f"    {line}" for line in d["plan"]]
     lines += [f"  {dev}: {_size(b)}" for dev, b in d["devices"].items()]
+    if len(d["cpu_per_numa_node"]) > 1:
+        lines.append("  cpu per NUMA node (--numa: each expert's rows on one node, nothing twice): "
+                     + ", ".join(f"node {k} {_size(b)}" for k, b in enumerate(d["cpu_per_numa_node"])))
     return "\n".join(lines)

@@ -73,3 +73,17 @@ def test_cli_refuses_a_bad_numa_value_in_one_line():
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "--numa 'virtual:99'" in r.stderr.strip().splitlines()[-1]
+
+
+def test_inspect_splits_host_memory_across_nodes_without_duplicating_it(tmp_path):
+    from hymoe.bench.random_gguf import write_sparse_gguf
+    from hymoe.inspect import inspect_model
+
+    path = write_sparse_gguf(tmp_path / "ds.gguf", "deepseek-v3", 4, "Q4_K", "Q4_K")  # headers over a hole
+    one = inspect_model(path, "cpu", "bfloat16", 4096)
+    two = inspect_model(path, "cpu", "bfloat16", 4096, numa="virtual:2")
+    assert one["cpu_per_numa_node"] == [one["devices"]["cpu"]]
+    nodes = two["cpu_per_numa_node"]
+    assert len(nodes) == 2 and sum(nodes) == one["devices"]["cpu"] <= 1.05 * path.stat().st_size
+    rest = one["devices"]["cpu"] - one["experts_bytes"]  # dense weights and KV: on the loading node
+    assert nodes[0] - rest == pytest.approx(nodes[1], rel=1e-3)  # the experts' rows split evenly

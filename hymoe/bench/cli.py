@@ -41,6 +41,7 @@ def _e2e_parser(bsub) -> None:
     b2.add_argument("--prompt-tokens", type=int, default=128)
     b2.add_argument("--gen-tokens", type=int, default=32)
     b2.add_argument("--threads", type=int, help="CPU threads for the native experts (default: all cores)")
+    b2.add_argument("--numa", metavar="off|auto|virtual:N", help="the native engine over NUMA nodes (default: off)")
     b2.add_argument("--dtype", help="compute dtype (default: the checkpoint's)")
     b2.add_argument("--gpu-experts", default="0", metavar="N|SIZE", help="hybrid also keeps hot experts on the GPU")
     b2.add_argument("--defer-experts", type=int, default=0, metavar="K", help="expert deferral (see generate --help)")
@@ -175,7 +176,7 @@ def cmd_bench_e2e(args) -> None:
         raise HymoeError("--prompt-tokens must be at least 1 and --gen-tokens at least 2")
     model = _bench_model(args)
     rows = bench_e2e(model, args.placement.split(","), args.prompt_tokens, args.gen_tokens, args.threads, args.dtype,
-                     args.gpu_experts, args.defer_experts, args.dense_format, args.peer, args.rounds)
+                     args.gpu_experts, args.defer_experts, args.dense_format, args.peer, args.rounds, args.numa)
     pct = lambda v: "n/a" if v is None else f"{v:.0%}"  # noqa: E731
     for r in rows:
         if r["placement"] == "llama.cpp":

@@ -116,7 +116,7 @@ def parse_variant(variant: str, gpu_experts, defer_experts: int) -> tuple[str, d
 
 def bench_e2e(path, placements: list[str], prompt_tokens: int, gen_tokens: int, threads: int | None = None,
               dtype: str | None = None, gpu_experts: int = 0, defer_experts: int = 0, dense_format: str | None = None,
-              peer: str | None = None, rounds: int = 1) -> list[dict]:
+              peer: str | None = None, rounds: int = 1, numa: str | None = None) -> list[dict]:
     """One row per placement, and one for the peer (llama.cpp on the same GGUF file and threads).
     Each placement is timed `rounds` times, each time after a bandwidth probe and followed at once
     by the peer: rows report medians over the rounds, ratios to the peer medians of each round's."""
@@ -136,7 +136,7 @@ def bench_e2e(path, placements: list[str], prompt_tokens: int, gen_tokens: int, 
     rows, peer_runs = [], []
     for variant, placement, kw in runs:  # one model in memory at a time
         llm = load(path, dtype=dtype, placement=placement, threads=threads, progress=False,
-                  max_context=prompt_tokens + gen_tokens + 1, dense_format=dense_format, **kw)
+                  max_context=prompt_tokens + gen_tokens + 1, dense_format=dense_format, numa=numa or "off", **kw)
         ids = _prompt(llm.config.vocab_size, prompt_tokens)
         measured, paired, per_token = [], [], cpu_bytes_per_token(llm)
         for _ in range(rounds):

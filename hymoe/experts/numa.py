@@ -18,6 +18,11 @@ from hymoe.errors import HymoeError, say_once
 MAX_NODES = 16  # csrc/pool.h kMaxNodes
 
 
+def node_first_row(rows: int, node: int, nodes: int) -> int:
+    """The first row of node k's share of a matrix (csrc/numa.h's, mirrored for inspect's plan)."""
+    return rows if node >= nodes else rows * node // nodes // 16 * 16
+
+
 def parse_numa(spec: str | None, machine_nodes: int) -> tuple[int, bool]:
     """(nodes, is_real) for a --numa value; machine_nodes: this machine's nodes with usable CPUs."""
     spec = (spec or "off").strip().lower()
