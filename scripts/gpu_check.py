@@ -11,6 +11,8 @@ Steps, each time-boxed, each failure recorded and the next step run:
    --no-build-isolation -e .) where they are not built yet, and lists the dependencies that do not
    import;
 2. gpu_tests: pytest -m gpu;
+2b. dense_kernels: scripts/gpu_dense_kernels.py, the dense part's quantized matmul candidates
+   (hymoe's dequantize-then-matmul, torch's int4 pack, bf16) timed on DeepSeek-V3's Q4_K shapes;
 3. plan: `hymoe inspect`'s memory per device for each placement, on a header-only GGUF file of the
    very model step 4 runs;
 4. e2e: `hymoe bench e2e --random deepseek-v3 --layers N --dense-type Q4_K` under cpu, hybrid,
@@ -148,6 +150,15 @@ def step_gpu_tests(timeout: float, log: Log) -> dict:
     return r
 
 
+def step_dense_kernels(out_dir: Path, dry_run: bool, timeout: float, log: Log) -> tuple[dict, dict | None]:
+    """scripts/gpu_dense_kernels.py: the quantized matmul candidates for the dense part, timed."""
+    path = out_dir / "dense_kernels.json"
+    argv = [sys.executable, str(ROOT / "scripts" / "gpu_dense_kernels.py"), "--json", str(path)]
+    r = run_step(argv + (["--shapes", "q_a,head", "--tokens", "1"] if dry_run else []), timeout, log,
+                 "dense kernels")
+    return r, json.loads(path.read_text()) if path.exists() else None
+
+
 def step_child(kind: str, spec: dict, timeout: float, log: Log, results: Path) -> dict:
     results.unlink(missing_ok=True)
     r = run_step([sys.executable, str(Path(__file__).resolve()), "--child", kind, "--spec", json.dumps(spec),
@@ -264,7 +275,7 @@ def main() -> None:
                     "layers:K+eager, hybrid+gpuG+defer1)")
     ap.add_argument("--run-limit", type=float, help="seconds one e2e run may take before it is killed "
                     "(default: 150; dry run 120)")
-    ap.add_argument("--skip", default="", help="comma list of steps to skip: setup, gpu_tests, plan, e2e")
+    ap.add_argument("--skip", default="", help="comma list of steps to skip: setup, gpu_tests, dense_kernels, plan, e2e")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--results", help=argparse.SUPPRESS)
@@ -306,6 +317,8 @@ def main() -> None:
         steps["setup"] = step_setup(left(240), log)
     if "gpu_tests" not in skip:
         steps["gpu_tests"] = step_gpu_tests(left(150 if not args.dry_run else 200), log)
+    if "dense_kernels" not in skip:
+        steps["dense_kernels"], out["dense_kernels"] = step_dense_kernels(out_dir, args.dry_run, left(90), log)
     if "plan" not in skip:
         r = step_child("plan", spec, left(60), log, results)
         out["plan"] = r.pop("events")[0] if r.get("events") else None

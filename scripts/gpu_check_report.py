@@ -92,6 +92,7 @@ def markdown(out: dict) -> str:
                   f"{p['gpu_stream_tokens_per_s']:.0f} tok/s" + (f"; GPU peak {peak / GIB:.2f} GiB" if peak else "")]
     elif pre:
         lines += ["", f"prefill: {pre['status']}: {pre.get('error') or pre.get('reason')}"]
+    lines += _dense_lines(out.get("dense_kernels"))
     setup = out["steps"].get("setup") or {}
     if setup.get("missing_packages"):
         lines += ["", f"packages that do not import: {', '.join(setup['missing_packages'])} (carry wheels in .whl/)"]
@@ -105,3 +106,19 @@ def markdown(out: dict) -> str:
     lines += ["", "steps: " + ", ".join(f"{n} {st['status']} {st.get('seconds', 0):.0f} s"
                                        for n, st in out["steps"].items()) + f"; total {out['total_seconds']:.0f} s"]
     return "\n".join(lines)
+
+
+def _dense_lines(dense: dict | None) -> list[str]:
+    """scripts/gpu_dense_kernels.py's rows: ms per call of each candidate, per shape and batch."""
+    if not dense or not dense.get("rows"):
+        return []
+    lines = ["", "dense Q4_K linears (ms per call; error against gguf-py):", "",
+             "| shape | tokens | dequant (today) | int4pack | bf16 |", "|---|---|---|---|---|"]
+    cells: dict[tuple, dict] = {}
+    for r in dense["rows"]:
+        cell = f"{r['ms']:.3f} ({r['rel_error']:.3f})" if "ms" in r else f"failed: {r['error'][:40]}"
+        cells.setdefault((f"{r['shape']} {r['in']}->{r['out']}", r["tokens"]), {})[r["kernel"]] = cell
+    for (shape, tokens), c in cells.items():
+        lines.append(f"| {shape} | {tokens} | {c.get('dequant', '')} | {c.get('int4pack', '')} | {c.get('bf16', '')} |")
+    return lines
+

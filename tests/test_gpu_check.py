@@ -39,6 +39,11 @@ def test_dry_run_runs_every_step(tmp_path):
     assert d["e2e"]["hybrid"]["rows"][0]["decode_tokens_per_s"] > 0
     assert d["e2e"]["prefill"]["rows"][0]["prompt_tokens"] == 512
     assert len(d["steps"]["e2e"]["children"]) == 1  # one set of weights for every run
+    assert d["steps"]["dense_kernels"]["status"] == "ok"
+    dense = {(r["shape"], r["kernel"]): r for r in d["dense_kernels"]["rows"]}
+    for shape in ("q_a", "head"):  # each candidate timed, and right against gguf-py's values
+        for kernel in ("dequant", "int4pack", "bf16"):
+            assert dense[shape, kernel]["ms"] > 0 and dense[shape, kernel]["rel_error"] < 0.01
     assert d["total_seconds"] < d["budget_s"]
 
 
