@@ -100,6 +100,7 @@ def _tally(files, plan, compute: torch.dtype, dense_format: str | None) -> tuple
         g["bytes"] += nbytes
         g["formats"][fmt] += 1
     devices["gpu"] += workspace
+    devices["gpu_workspace"] = workspace  # popped by inspect_model (reported on its own)
     return groups, devices, dense_on_devices, experts_native
 
 
@@ -132,6 +133,7 @@ def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = 
     compute = parse_dtype(dtype) or default_dtype(files, plan)
     kv_dtype = default_kv_dtype(files, plan, compute)
     groups, devices, dense_on_devices, experts_native = _tally(files, plan, compute, dense_format)
+    workspace = devices.pop("gpu_workspace")
     routed = groups.get("routed experts", {"params": 0, "bytes": 0})
     total = sum(g["params"] for g in groups.values())
     total_note = "embedding and output tied" if cfg.is_tied_embeddings else ""
@@ -163,7 +165,7 @@ def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = 
         "placement": placement, "compute_dtype": str(compute).removeprefix("torch."), "kv_context": ctx,
         "kv_dtype": str(kv_dtype).removeprefix("torch."),
         "dense_bytes_stored": dense_stored, "dense_bytes_placed": dense_on_devices,
-        "experts_bytes": routed["bytes"], "kv_bytes": kv,
+        "experts_bytes": routed["bytes"], "kv_bytes": kv, "gpu_workspace_bytes": workspace,
         "experts_note": f"FP8: re-encoded to {DEFAULT_EXPERTS_FORMAT} at load unless --experts-format"
         if any(f.startswith("float8") for f in routed.get("formats", {})) else "kept in their stored format",
         "kv_position_bytes": kv_position, "kv_positions_per_gib": 2**30 // kv_position, "devices": devices, "plan": describe(plan.targets),

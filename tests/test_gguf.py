@@ -159,6 +159,7 @@ def test_k_quantizers_round_trip_through_gguf_py(fmt, bound):
 
 def test_inspect_reports_groups_formats_and_memory(gguf_model, tmp_path):
     from hymoe.inspect import inspect_model, report
+    from hymoe.layers.linear import DEQUANT_CHUNK, DEQUANT_PEAK_BYTES
 
     hf_dir, _ = gguf_model("deepseek_v3", "F32")
     path = convert(hf_dir, tmp_path / "m.gguf", type="Q8_0", experts_type="Q4_K", progress=False)
@@ -171,7 +172,11 @@ def test_inspect_reports_groups_formats_and_memory(gguf_model, tmp_path):
         + 2 * cfg.num_experts * per_expert
     assert d["params_active_per_token"] == d["params_total"] - 2 * (cfg.num_experts - cfg.num_experts_per_tok) * per_expert
     assert d["devices"]["cpu"] == d["experts_bytes"] == 2 * 3 * cfg.num_experts * cfg.moe_intermediate_size * 144
-    assert d["devices"]["gpu"] == d["dense_bytes_placed"] + d["kv_bytes"]
+    assert d["devices"]["gpu"] == d["dense_bytes_placed"] + d["kv_bytes"] + d["gpu_workspace_bytes"]
+    # the GPU dequantizes a block linear per call: the largest one's float intermediates (layers/linear.py)
+    linears = [m.weight.numel() for n, m in hymoe.load(hf_dir, progress=False).model.named_modules()
+               if isinstance(m, torch.nn.Linear) and not n.endswith(("kv_b_proj", "mlp.gate"))]
+    assert d["gpu_workspace_bytes"] == DEQUANT_PEAK_BYTES * min(max(linears), DEQUANT_CHUNK)
     # Q8_0 matrices stay in their blocks on the GPU; norms, routers and MLA's kv_b become bf16
     assert d["dense_bytes_placed"] < 2 * (d["params_total"] - d["groups"]["routed experts"]["params"])
     assert "Q4_K x6" in report(d)
@@ -223,8 +228,10 @@ def test_inspect_splits_memory_by_placement(gguf_model):
     assert set(d["cpu"]) == {"cpu"} and d["gpu"]["cpu"] == 0
     full = inspect_model(path, "gpu", "float32", 512)
     kv, experts = full["kv_bytes"], full["groups"]["routed experts"]["params"]
-    # routed experts as float32 torch weights on the GPU; Q8_0 matrices kept in their blocks
-    assert d["gpu"]["gpu"] == experts * 4 + full["dense_bytes_placed"] + kv
+    # routed experts as float32 torch weights on the GPU; Q8_0 matrices kept in their blocks (and one
+    # dequantized chunk's intermediates beside them)
+    assert full["gpu_workspace_bytes"] > 0
+    assert d["gpu"]["gpu"] == experts * 4 + full["dense_bytes_placed"] + kv + full["gpu_workspace_bytes"]
     assert full["dense_bytes_placed"] < (full["params_total"] - experts) * 4 / 2
     assert d["layers:1"]["gpu"] < d["layers:3"]["gpu"] < d["gpu"]["gpu"]  # layer 0 is dense: small
     assert d["layers:3"]["cpu"] < d["layers:1"]["cpu"]
