@@ -19,7 +19,8 @@ from hymoe.experts.base import ExpertBackend, StoredWeights
 from hymoe.quant.formats import qtype, row_bytes
 
 log = logging.getLogger("hymoe")
-ISAS = {"generic": 0, "avx2": 1, "avx512": 2}
+# level numbers per machine: on aarch64 level 1 is NEON + dot product (hymoe/csrc/cpu.cpp)
+ISAS = {"generic": 0, "avx2": 1, "avx512": 2, "neon": 1}
 
 
 class _MoeArgs(ctypes.Structure):
