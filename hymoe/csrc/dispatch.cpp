@@ -138,6 +138,8 @@ const FormatKernels kNeonDot[] = {
     // format  per-row kernel
     {Q8_0,     neon::rows_q8_0},
     {Q4_0,     neon::rows_q4_0},
+    {Q4_K,     neon::rows_q4_k},
+    {Q5_K,     neon::rows_q5_k},
 };
 #endif
 

@@ -3,6 +3,7 @@
 // Compiles to nothing off aarch64; dispatch.cpp stacks it only when the CPU has ASIMDDP (cpu.cpp).
 #if defined(__aarch64__)
 #include <arm_neon.h>
+#include <string.h>
 
 #include "kernels.h"
 
@@ -41,6 +42,51 @@ float dot_q4_0(const uint8_t* w, const void* a, int n) {
     return s;
 }
 
+// 32 u4 (or u5) weights, 0..31, against 32 int8 activations; sdot reads them as s8, exact.
+static inline int32_t dot32u(uint8x16_t w0, uint8x16_t w1, const int8_t* a) {
+    int32x4_t acc = vdotq_s32(vdupq_n_s32(0), vreinterpretq_s8_u8(w0), vld1q_s8(a));
+    acc = vdotq_s32(acc, vreinterpretq_s8_u8(w1), vld1q_s8(a + 16));
+    return vaddvq_s32(acc);
+}
+
+// Q4_K / Q5_K: 8 sub-blocks of 32; sub-block j is the low (even j) or high (odd j) nibbles of
+// the 32 bytes at (j / 2) * 32, plus for Q5_K bit j of qh[l] as the 5th bit (vtst: 0 or 16).
+// The mins go with the activations' per-32 sums, as in the portable kernel.
+template <bool kFive>
+float dot_qk45(const uint8_t* w, const void* a, int n) {
+    ActView av = act_view(a, n);
+    const size_t block_bytes = kFive ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
+    const uint8x16_t m4 = vdupq_n_u8(0xF), b4 = vdupq_n_u8(16);
+    float s = 0;
+    for (int i = 0; i < n / 256; i++) {
+        const uint8_t* blk = w + i * block_bytes;
+        uint16_t dh, dminh;
+        memcpy(&dh, blk, 2);
+        memcpy(&dminh, blk + 2, 2);
+        const uint8_t* scales = blk + 4;
+        const uint8_t* qs = kFive ? blk + 48 : blk + 16;
+        uint8x16_t h0 = vdupq_n_u8(0), h1 = vdupq_n_u8(0);
+        if (kFive) h0 = vld1q_u8(blk + 16), h1 = vld1q_u8(blk + 32);
+        int32_t dot = 0, mins = 0;
+        for (int j = 0; j < 8; j++) {
+            uint8_t sc, m;
+            k_scale_min(scales, j, &sc, &m);
+            uint8x16_t q0 = vld1q_u8(qs + (j / 2) * 32), q1 = vld1q_u8(qs + (j / 2) * 32 + 16);
+            if (j & 1) q0 = vshrq_n_u8(q0, 4), q1 = vshrq_n_u8(q1, 4);
+            q0 = vandq_u8(q0, m4), q1 = vandq_u8(q1, m4);
+            if (kFive) {
+                const uint8x16_t bit = vdupq_n_u8((uint8_t)(1u << j));
+                q0 = vorrq_u8(q0, vandq_u8(vtstq_u8(h0, bit), b4));
+                q1 = vorrq_u8(q1, vandq_u8(vtstq_u8(h1, bit), b4));
+            }
+            dot += sc * dot32u(q0, q1, av.qk + i * 256 + j * 32);
+            mins += m * av.bk32[i * 8 + j];
+        }
+        s += av.dk[i] * (fp16_to_f32(dh) * (float)dot - fp16_to_f32(dminh) * (float)mins);
+    }
+    return s;
+}
+
 template <float (*Dot)(const uint8_t*, const void*, int)>
 int rows(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n,
          float* out, size_t out_stride) {
@@ -53,4 +99,6 @@ int rows(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts,
 
 const RowsFn neon::rows_q8_0 = rows<dot_q8_0>;
 const RowsFn neon::rows_q4_0 = rows<dot_q4_0>;
+const RowsFn neon::rows_q4_k = rows<dot_qk45<false>>;
+const RowsFn neon::rows_q5_k = rows<dot_qk45<true>>;
 #endif
