@@ -140,6 +140,7 @@ const FormatKernels kNeonDot[] = {
     {Q4_0,     neon::rows_q4_0},
     {Q4_K,     neon::rows_q4_k},
     {Q5_K,     neon::rows_q5_k},
+    {Q6_K,     neon::rows_q6_k},
 };
 #endif
 

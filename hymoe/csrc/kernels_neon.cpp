@@ -87,6 +87,39 @@ float dot_qk45(const uint8_t* w, const void* a, int n) {
     return s;
 }
 
+// 16 u6 weights (0..63) against 16 int8 activations.
+static inline int32_t dot16u(uint8x16_t w, const int8_t* a) {
+    return vaddvq_s32(vdotq_s32(vdupq_n_s32(0), vreinterpretq_s8_u8(w), vld1q_s8(a)));
+}
+
+// Q6_K: per half h (128 weights) and quarter s4 (32): low 4 bits from ql (low or high nibble),
+// top 2 from qh; 16 weights per int8 scale; the -32 offset by the activations' per-16 sums.
+float dot_q6_k(const uint8_t* w, const void* a, int n) {
+    ActView av = act_view(a, n);
+    const BlockQ6_K* b = (const BlockQ6_K*)w;
+    const uint8x16_t m4 = vdupq_n_u8(0xF), m2 = vdupq_n_u8(0x30);
+    float s = 0;
+    for (int i = 0; i < n / 256; i++) {
+        int32_t dot = 0;
+        for (int h = 0; h < 2; h++) {
+            const uint8x16_t qh0 = vld1q_u8(b[i].qh + h * 32), qh1 = vld1q_u8(b[i].qh + h * 32 + 16);
+            for (int s4 = 0; s4 < 4; s4++) {
+                const uint8_t* ql = b[i].ql + h * 64 + (s4 & 1) * 32;
+                uint8x16_t l0 = vld1q_u8(ql), l1 = vld1q_u8(ql + 16);
+                if (s4 >> 1) l0 = vshrq_n_u8(l0, 4), l1 = vshrq_n_u8(l1, 4);
+                const int8x16_t sh = vdupq_n_s8((int8_t)(4 - 2 * s4));  // qh bits 2*s4.. to bits 4-5
+                const uint8x16_t w0 = vorrq_u8(vandq_u8(l0, m4), vandq_u8(vshlq_u8(qh0, sh), m2));
+                const uint8x16_t w1 = vorrq_u8(vandq_u8(l1, m4), vandq_u8(vshlq_u8(qh1, sh), m2));
+                const int g = h * 8 + s4 * 2, k = h * 128 + s4 * 32;
+                dot += b[i].scales[g] * (dot16u(w0, av.qk + i * 256 + k) - 32 * av.bk16[i * 16 + g]);
+                dot += b[i].scales[g + 1] * (dot16u(w1, av.qk + i * 256 + k + 16) - 32 * av.bk16[i * 16 + g + 1]);
+            }
+        }
+        s += av.dk[i] * fp16_to_f32(b[i].d) * (float)dot;
+    }
+    return s;
+}
+
 template <float (*Dot)(const uint8_t*, const void*, int)>
 int rows(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n,
          float* out, size_t out_stride) {
@@ -101,4 +134,5 @@ const RowsFn neon::rows_q8_0 = rows<dot_q8_0>;
 const RowsFn neon::rows_q4_0 = rows<dot_q4_0>;
 const RowsFn neon::rows_q4_k = rows<dot_qk45<false>>;
 const RowsFn neon::rows_q5_k = rows<dot_qk45<true>>;
+const RowsFn neon::rows_q6_k = rows<dot_q6_k>;
 #endif
