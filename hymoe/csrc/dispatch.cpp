@@ -141,6 +141,7 @@ const FormatKernels kNeonDot[] = {
     {Q4_K,     neon::rows_q4_k},
     {Q5_K,     neon::rows_q5_k},
     {Q6_K,     neon::rows_q6_k},
+    {IQ1_S,    neon::rows_iq1_s},
 };
 #endif
 

@@ -5,6 +5,7 @@
 #include <arm_neon.h>
 #include <string.h>
 
+#include "iq1s_grid.h"
 #include "kernels.h"
 
 namespace {
@@ -120,6 +121,34 @@ float dot_q6_k(const uint8_t* w, const void* a, int n) {
     return s;
 }
 
+// IQ1_S: each 8 weights one int8 codebook entry (a uint64, little-endian bytes), four of them make
+// the 32 lanes of two sdot; the delta goes with the activations' per-16 sums, as in the portable kernel.
+static inline uint64_t iq1s_entry(const BlockIQ1_S& b, int ib, int l) {
+    return kIq1sGrid[b.qs[ib * 4 + l] | (((b.qh[ib] >> (3 * l)) & 7) << 8)];
+}
+
+float dot_iq1_s(const uint8_t* w, const void* a, int n) {
+    ActView av = act_view(a, n);
+    const BlockIQ1_S* b = (const BlockIQ1_S*)w;
+    float s = 0;
+    for (int i = 0; i < n / 256; i++) {
+        const float d = fp16_to_f32(b[i].d);
+        for (int ib = 0; ib < 8; ib++) {
+            const uint16_t qh = b[i].qh[ib];
+            const float dl = d * (2 * ((qh >> 12) & 7) + 1);
+            const float delta = (qh & 0x8000) ? -0.125f : 0.125f;
+            const int8x16_t w0 = vcombine_s8(vcreate_s8(iq1s_entry(b[i], ib, 0)), vcreate_s8(iq1s_entry(b[i], ib, 1)));
+            const int8x16_t w1 = vcombine_s8(vcreate_s8(iq1s_entry(b[i], ib, 2)), vcreate_s8(iq1s_entry(b[i], ib, 3)));
+            const int blk32 = i * 8 + ib;
+            const int8_t* q = av.qs + blk32 * 32;
+            const int32_t acc = vaddvq_s32(vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, vld1q_s8(q)), w1, vld1q_s8(q + 16)));
+            const int32_t sum = av.sum16[2 * blk32] + av.sum16[2 * blk32 + 1];
+            s += av.d[blk32] * dl * ((float)acc + delta * (float)sum);
+        }
+    }
+    return s;
+}
+
 template <float (*Dot)(const uint8_t*, const void*, int)>
 int rows(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n,
          float* out, size_t out_stride) {
@@ -135,4 +164,5 @@ const RowsFn neon::rows_q4_0 = rows<dot_q4_0>;
 const RowsFn neon::rows_q4_k = rows<dot_qk45<false>>;
 const RowsFn neon::rows_q5_k = rows<dot_qk45<true>>;
 const RowsFn neon::rows_q6_k = rows<dot_q6_k>;
+const RowsFn neon::rows_iq1_s = rows<dot_iq1_s>;
 #endif
