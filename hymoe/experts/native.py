@@ -84,7 +84,7 @@ def library() -> ctypes.CDLL | None:
 
 
 def set_isa(name: str, lib: ctypes.CDLL | None = None) -> str:
-    """Force a kernel path no wider than the CPU has ('generic', 'avx2', 'avx512'); returns the one in use."""
+    """Force a kernel path no wider than the CPU has ('generic', 'avx2', 'avx512'; ARM: 'neon'); returns the one used."""
     lib = lib or library()
     if name not in ISAS:
         raise HymoeError(f"unknown ISA {name!r} (use one of {', '.join(ISAS)})")
