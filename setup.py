@@ -16,6 +16,7 @@ from setuptools.command.build_ext import build_ext
 LOWBIT_GROUPS = ("legacy", "kquants", "iq2", "iq3")
 LOWBIT_HEADERS = ["", "_iq2_grids", "_iq3_grids", *(f"_{g}{p}" for g in LOWBIT_GROUPS for p in ("", "_scalar"))]
 IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+IS_ARM64 = platform.machine().lower() in ("aarch64", "arm64")
 BASE = ["-std=c++17", "-O3", "-fPIC", "-fvisibility=hidden", "-pthread", "-Wall", "-Wno-unused-function",
         "-Wno-maybe-uninitialized", "-Wno-uninitialized"]  # GCC 12 misreports its own AVX512 headers
 ISA_FLAGS = {
@@ -32,10 +33,12 @@ ISA_FLAGS["kernels_avx2_attn.cpp"] = ISA_FLAGS["kernels_avx2_lowbit.cpp"] = ISA_
 ISA_FLAGS["kernels_avx512_bf16.cpp"] = ISA_FLAGS["kernels_avx512.cpp"] + ["-mavx512bf16"]
 # built as a stub (-DHYMOE_NO_AVX512_BF16) by a compiler without AVX512-BF16 (GCC < 10): the other
 # paths do not need it
+# aarch64: the NEON file needs the dot-product extension (empty on x86, guarded by __aarch64__)
+ARM_FLAGS = {"kernels_neon.cpp": ["-march=armv8.2-a+dotprod"]}
 OPTIONAL = {"kernels_avx512_bf16.cpp": "-DHYMOE_NO_AVX512_BF16"}
 SOURCES = ["dispatch.cpp", "moe.cpp", "numa.cpp", "linear.cpp", "attention.cpp", "route.cpp", "pool.cpp", "cpu.cpp", "kernels_generic.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp",
            "kernels_avx512_k.cpp", "kernels_avx512_attn.cpp", "kernels_avx512_tiled.cpp", "kernels_avx2_tiled.cpp", "kernels_avx2_float.cpp", "kernels_avx2_attn.cpp",
-           "kernels_avx512_bf16.cpp", "kernels_generic_lowbit.cpp", "kernels_avx2_lowbit.cpp",
+           "kernels_avx512_bf16.cpp", "kernels_generic_lowbit.cpp", "kernels_avx2_lowbit.cpp", "kernels_neon.cpp",
            *(f"kernels_avx512_{g}.cpp" for g in LOWBIT_GROUPS)]
 
 
@@ -43,7 +46,7 @@ SOURCES = ["dispatch.cpp", "moe.cpp", "numa.cpp", "linear.cpp", "attention.cpp",
 class BuildKernels(build_ext):
     def _compile_one(self, src: str, depends: list) -> list:
         name = src.rsplit("/", 1)[-1]
-        flags = ISA_FLAGS.get(name, []) if IS_X86 else []
+        flags = ISA_FLAGS.get(name, []) if IS_X86 else ARM_FLAGS.get(name, []) if IS_ARM64 else []
         try:
             return self.compiler.compile([src], output_dir=self.build_temp, extra_postargs=BASE + flags, depends=depends)
         except Exception:

@@ -28,7 +28,7 @@ def test_every_format_and_level_agrees_on_aarch64():
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     d = json.loads(r.stdout.splitlines()[-1])
     assert d["cases"] == len(NATIVE_FORMATS) * len(cross_check.SHAPES)
-    assert d["levels"] == ["generic"]
+    assert d["levels"] == ["generic", "neon-dotprod"]
     assert d["checks"] == d["cases"] * len(d["levels"]) and d["failed"] == []
 
 

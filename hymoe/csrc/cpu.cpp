@@ -33,6 +33,14 @@ bool detect_avx512_bf16() {
     if (detect_isa() < 2 || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
     return a & (1u << 5);
 }
+#elif defined(__aarch64__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+// 1 = NEON with the dot-product instructions (sdot/udot), 0 = portable
+int detect_isa() { return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) ? 1 : 0; }
+bool detect_avx512_bf16() { return false; }
 #else
 int detect_isa() { return 0; }
 bool detect_avx512_bf16() { return false; }

@@ -1,7 +1,8 @@
 // Which kernel computes what on each ISA: the one place that chooses (the kernel files only
 // export their kernels, kernels.h). A level per ISA, read top to bottom:
 //
-//   portable -> avx2 -> avx512 -> avx512_bf16
+//   portable -> avx2 -> avx512 -> avx512_bf16      (x86-64)
+//   portable -> neon-dotprod                     (aarch64)
 //
 // Each level lists, per weight format, the kernels it brings: a per-row kernel (each row against
 // each token, SIMD along k: decode) and a batch tile (rows repacked once into a tile that all of a
@@ -131,6 +132,19 @@ const FormatKernels kAvx512Bf16[] = {
 };
 #endif
 
+#if defined(__aarch64__)
+// ---- NEON + dot product (armv8.2-a+dotprod: Neoverse, Apple M, Graviton 2+) ---------------------
+const FormatKernels kNeonDot[] = {
+    // format  per-row kernel
+    {Q8_0,     neon::rows_q8_0},
+    {Q4_0,     neon::rows_q4_0},
+    {Q4_K,     neon::rows_q4_k},
+    {Q5_K,     neon::rows_q5_k},
+    {Q6_K,     neon::rows_q6_k},
+    {IQ1_S,    neon::rows_iq1_s},
+};
+#endif
+
 // A level's kernels, and the rest of what it changes (null: the level below's).
 struct Level {
     const char* name;  // hymoe_isa_name() with this level on top
@@ -150,6 +164,9 @@ const Level kAvx2Level = {"avx2", FORMATS(kAvx2), avx2::attend};
 const Level kAvx512Level = {"avx512-vnni", FORMATS(kAvx512), avx512::attend, avx512::quantize, avx512::act_bytes,
                             avx512::silu_mul, avx512::read};
 const Level kAvx512Bf16Level = {"avx512-vnni-bf16", FORMATS(kAvx512Bf16)};
+#endif
+#if defined(__aarch64__)
+const Level kNeonDotLevel = {"neon-dotprod", FORMATS(kNeonDot)};
 #endif
 #undef FORMATS
 
@@ -199,6 +216,9 @@ struct Dispatch {
         if (isa >= 1) stack(t, kAvx2Level);
         if (isa >= 2) stack(t, kAvx512Level);
         if (isa >= 2 && detect_avx512_bf16() && avx512_bf16::tile_bf16) stack(t, kAvx512Bf16Level);
+#endif
+#if defined(__aarch64__)
+        if (isa >= 1) stack(t, kNeonDotLevel);
 #endif
         table = t;
     }

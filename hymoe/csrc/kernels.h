@@ -60,3 +60,10 @@ namespace avx512_bf16 {
 extern const RowsFn tile_bf16;
 }  // namespace avx512_bf16
 #endif
+
+#if defined(__aarch64__)
+namespace neon {
+// kernels_neon.cpp: per-row kernels by NEON sdot (armv8.2-a+dotprod), portable activation layout
+extern const RowsFn rows_q8_0, rows_q4_0, rows_q4_k, rows_q5_k, rows_q6_k, rows_iq1_s;
+}  // namespace neon
+#endif

@@ -20,7 +20,8 @@ from hymoe.experts.numa import bind_rows, parse_numa
 from hymoe.quant.formats import qtype, row_bytes
 
 log = logging.getLogger("hymoe")
-ISAS = {"generic": 0, "avx2": 1, "avx512": 2}
+# level numbers per machine: on aarch64 level 1 is NEON + dot product (hymoe/csrc/cpu.cpp)
+ISAS = {"generic": 0, "avx2": 1, "avx512": 2, "neon": 1}
 
 
 class _MoeArgs(ctypes.Structure):
@@ -86,7 +87,7 @@ def library() -> ctypes.CDLL | None:
 
 
 def set_isa(name: str, lib: ctypes.CDLL | None = None) -> str:
-    """Force a kernel path no wider than the CPU has ('generic', 'avx2', 'avx512'); returns the one in use."""
+    """Force a kernel path no wider than the CPU has ('generic', 'avx2', 'avx512'; ARM: 'neon'); returns the one used."""
     lib = lib or library()
     if name not in ISAS:
         raise HymoeError(f"unknown ISA {name!r} (use one of {', '.join(ISAS)})")
