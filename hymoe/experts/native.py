@@ -10,6 +10,7 @@ import ctypes
 import gc
 import logging
 import os
+import platform
 from pathlib import Path
 
 import torch
@@ -20,8 +21,9 @@ from hymoe.experts.numa import bind_rows, parse_numa
 from hymoe.quant.formats import qtype, row_bytes
 
 log = logging.getLogger("hymoe")
-# level numbers per machine: on aarch64 level 1 is NEON + dot product (hymoe/csrc/cpu.cpp)
-ISAS = {"generic": 0, "avx2": 1, "avx512": 2, "neon": 1}
+# the levels of csrc/dispatch.cpp by name; level 1 is AVX2 on x86 and NEON dot products on aarch64
+ISAS = {"generic": 0, "avx2": 1, "avx512": 2} if platform.machine().lower() not in ("aarch64", "arm64") \
+    else {"generic": 0, "neon": 1}
 
 
 class _MoeArgs(ctypes.Structure):
