@@ -296,3 +296,13 @@ struct Tuning {
     int bf16_tile_from = 2;       // the vdpbf16ps tile (kernels_avx512_bf16.cpp)
 };
 extern Tuning g_tuning;
+
+// A per-row kernel (RowsFn) from a dot product of one row with one activation: every row against
+// every token, one at a time (the portable kernels, and SIMD ones that vectorize along k only).
+template <float (*Dot)(const uint8_t*, const void*, int)>
+int rows_by_dot(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n,
+                float* out, size_t out_stride) {
+    for (int r = 0; r < nrows; r++)
+        for (int t = 0; t < ntok; t++) out[t * out_stride + r] = Dot(w + r * row_bytes, acts[t], n);
+    return nrows;
+}

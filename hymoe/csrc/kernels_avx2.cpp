@@ -250,25 +250,17 @@ float dot_float(const uint8_t* w, const void* act, int n) {
     return s;
 }
 
-template <float (*Dot)(const uint8_t*, const void*, int)>
-int rows(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
-         size_t out_stride) {
-    for (int r = 0; r < nrows; r++)
-        for (int t = 0; t < ntok; t++) out[t * out_stride + r] = Dot(w + r * row_bytes, acts[t], n);
-    return nrows;
-}
-
 }  // namespace
 
-const RowsFn avx2::rows_f32 = rows<dot_float<F32>>;
-const RowsFn avx2::rows_f16 = rows<dot_float<F16>>;
-const RowsFn avx2::rows_bf16 = rows<dot_float<BF16>>;
-const RowsFn avx2::rows_q8_0 = rows<dot_q8_0>;
-const RowsFn avx2::rows_q4_0 = rows<dot_q4_0>;
-const RowsFn avx2::rows_q4_k = rows<dot_qk45<false>>;
-const RowsFn avx2::rows_q5_k = rows<dot_qk45<true>>;
-const RowsFn avx2::rows_q6_k = rows<dot_q6_k>;
-const RowsFn avx2::rows_iq1_s = rows<dot_iq1_s>;
-const RowsFn avx2::rows_tq2_0 = rows<dot_tq2_0>;
-const RowsFn avx2::rows_tq1_0 = rows<dot_tq1_0>;
+const RowsFn avx2::rows_f32 = rows_by_dot<dot_float<F32>>;
+const RowsFn avx2::rows_f16 = rows_by_dot<dot_float<F16>>;
+const RowsFn avx2::rows_bf16 = rows_by_dot<dot_float<BF16>>;
+const RowsFn avx2::rows_q8_0 = rows_by_dot<dot_q8_0>;
+const RowsFn avx2::rows_q4_0 = rows_by_dot<dot_q4_0>;
+const RowsFn avx2::rows_q4_k = rows_by_dot<dot_qk45<false>>;
+const RowsFn avx2::rows_q5_k = rows_by_dot<dot_qk45<true>>;
+const RowsFn avx2::rows_q6_k = rows_by_dot<dot_q6_k>;
+const RowsFn avx2::rows_iq1_s = rows_by_dot<dot_iq1_s>;
+const RowsFn avx2::rows_tq2_0 = rows_by_dot<dot_tq2_0>;
+const RowsFn avx2::rows_tq1_0 = rows_by_dot<dot_tq1_0>;
 #endif

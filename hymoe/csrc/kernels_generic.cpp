@@ -265,27 +265,19 @@ float dot_tq1_0(const uint8_t* w, const void* a, int n) {  // against per-256 ac
     return s;
 }
 
-template <float (*Dot)(const uint8_t*, const void*, int)>
-int rows(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n,
-         float* out, size_t out_stride) {
-    for (int r = 0; r < nrows; r++)
-        for (int t = 0; t < ntok; t++) out[t * out_stride + r] = Dot(w + r * row_bytes, acts[t], n);
-    return nrows;
-}
-
 }  // namespace
 
-const RowsFn portable::rows_f32 = rows<dot_f32>;
-const RowsFn portable::rows_f16 = rows<dot_f16>;
-const RowsFn portable::rows_bf16 = rows<dot_bf16>;
-const RowsFn portable::rows_q8_0 = rows<dot_q8_0>;
-const RowsFn portable::rows_q4_0 = rows<dot_q4_0>;
-const RowsFn portable::rows_q4_k = rows<dot_qk45<false>>;
-const RowsFn portable::rows_q5_k = rows<dot_qk45<true>>;
-const RowsFn portable::rows_q6_k = rows<dot_q6_k>;
-const RowsFn portable::rows_iq1_s = rows<dot_iq1_s>;
-const RowsFn portable::rows_tq2_0 = rows<dot_tq2_0>;
-const RowsFn portable::rows_tq1_0 = rows<dot_tq1_0>;
+const RowsFn portable::rows_f32 = rows_by_dot<dot_f32>;
+const RowsFn portable::rows_f16 = rows_by_dot<dot_f16>;
+const RowsFn portable::rows_bf16 = rows_by_dot<dot_bf16>;
+const RowsFn portable::rows_q8_0 = rows_by_dot<dot_q8_0>;
+const RowsFn portable::rows_q4_0 = rows_by_dot<dot_q4_0>;
+const RowsFn portable::rows_q4_k = rows_by_dot<dot_qk45<false>>;
+const RowsFn portable::rows_q5_k = rows_by_dot<dot_qk45<true>>;
+const RowsFn portable::rows_q6_k = rows_by_dot<dot_q6_k>;
+const RowsFn portable::rows_iq1_s = rows_by_dot<dot_iq1_s>;
+const RowsFn portable::rows_tq2_0 = rows_by_dot<dot_tq2_0>;
+const RowsFn portable::rows_tq1_0 = rows_by_dot<dot_tq1_0>;
 const SiluMulFn portable::silu_mul = silu_mul_generic;
 const AttendFn portable::attend = attend_generic;
 const ReadFn portable::read = read_generic;

@@ -149,20 +149,12 @@ float dot_iq1_s(const uint8_t* w, const void* a, int n) {
     return s;
 }
 
-template <float (*Dot)(const uint8_t*, const void*, int)>
-int rows(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n,
-         float* out, size_t out_stride) {
-    for (int r = 0; r < nrows; r++)
-        for (int t = 0; t < ntok; t++) out[t * out_stride + r] = Dot(w + r * row_bytes, acts[t], n);
-    return nrows;
-}
-
 }  // namespace
 
-const RowsFn neon::rows_q8_0 = rows<dot_q8_0>;
-const RowsFn neon::rows_q4_0 = rows<dot_q4_0>;
-const RowsFn neon::rows_q4_k = rows<dot_qk45<false>>;
-const RowsFn neon::rows_q5_k = rows<dot_qk45<true>>;
-const RowsFn neon::rows_q6_k = rows<dot_q6_k>;
-const RowsFn neon::rows_iq1_s = rows<dot_iq1_s>;
+const RowsFn neon::rows_q8_0 = rows_by_dot<dot_q8_0>;
+const RowsFn neon::rows_q4_0 = rows_by_dot<dot_q4_0>;
+const RowsFn neon::rows_q4_k = rows_by_dot<dot_qk45<false>>;
+const RowsFn neon::rows_q5_k = rows_by_dot<dot_qk45<true>>;
+const RowsFn neon::rows_q6_k = rows_by_dot<dot_q6_k>;
+const RowsFn neon::rows_iq1_s = rows_by_dot<dot_iq1_s>;
 #endif
