@@ -154,30 +154,23 @@ struct Job {
         const int r1 = std::max(rows_per_unit(I, ne, pool.size()), std::min(most1, I * ne / (4 * pool.size()) / 4 * 4));
         const int chunks1 = (I + r1 - 1) / r1;
         const size_t gate_rb = row_bytes(a.fmt_gate, H), up_rb = row_bytes(a.fmt_up, H);
+        // NUMA (pool.nodes() > 1): node k takes the chunks that start in its share of each expert's
+        // rows (numa.h), units of node k before node k + 1's
+        const NodeChunks nc1(pool.nodes(), I, r1, ne);
         // Each kernel call names the rows its thread reads next (RangeHint in common.h), so its
         // prefetches run on into them. At a unit's end that is the unit the next claim would get:
         // a guess, as another thread may claim it first (and then finds those lines in this
         // core's L2 or L3, not lost). At decode each hand-over is worth a few points of bandwidth
         // (qwen3 shape, batch 1: 4-8 within a unit, 2-9 more across units).
-        // NUMA (pool.nodes() > 1): node k takes the chunks that start in its share of each expert's
-        // rows (numa.h), units of node k before node k + 1's
-        const NodeChunks nc1(pool.nodes(), I, r1, ne);
-        auto locate1 = [&](int unit, int* ei, int* chunk) {
-            int k = 0;
-            while (unit >= nc1.first_unit[k + 1]) k++;
-            const int local = unit - nc1.first_unit[k], per = nc1.first_chunk[k + 1] - nc1.first_chunk[k];
-            *ei = local / per;
-            *chunk = nc1.first_chunk[k] + local % per;
-        };
         auto unit_gate = [&](int unit) -> const uint8_t* {  // the first rows a phase 1 unit reads
             if (unit >= ne * chunks1) return nullptr;
             int ei, chunk;
-            locate1(unit, &ei, &chunk);
+            nc1.locate(unit, &ei, &chunk);
             return a.gate + experts[ei] * a.gate_stride + chunk * r1 * gate_rb;
         };
         pool.parallel_for(ne * chunks1, [&](int unit, int) {
             int ei, chunk;
-            locate1(unit, &ei, &chunk);
+            nc1.locate(unit, &ei, &chunk);
             int r0 = chunk * r1, nr = std::min(r1, I - r0);
             int e = experts[ei], p0 = pair_start[ei], np = pair_start[ei + 1] - p0;
             const uint8_t* gw = a.gate + e * a.gate_stride + r0 * gate_rb;

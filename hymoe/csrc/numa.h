@@ -23,6 +23,14 @@ struct NodeChunks {
             first_unit[k] = groups * first_chunk[k];
         }
     }
+    // The group and chunk of a unit (units of node k before node k + 1's).
+    void locate(int unit, int* group, int* chunk) const {
+        int k = 0;
+        while (unit >= first_unit[k + 1]) k++;
+        const int local = unit - first_unit[k], per = first_chunk[k + 1] - first_chunk[k];
+        *group = local / per;
+        *chunk = first_chunk[k] + local % per;
+    }
 };
 
 // This machine's NUMA nodes that have CPUs the process may run on, with those CPUs; empty where the
