@@ -87,6 +87,17 @@ def batches(ids: torch.Tensor, batch: int, seq: int, gen: torch.Generator):
         yield torch.stack([ids[s:s + seq] for s in starts.tolist()])
 
 
+def train_step(model, x: torch.Tensor, opt, sched) -> torch.Tensor:
+    """One optimizer step on the next-token loss of x [B, T] (gradients clipped to norm 1); the loss."""
+    loss = model(input_ids=x, labels=x).loss
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return loss
+
+
 @torch.no_grad()
 def evaluate(model, ids: torch.Tensor, seq: int) -> float:
     """Mean next-token loss over non-overlapping windows of the held-out tokens."""
@@ -139,12 +150,7 @@ def main() -> None:
     t0, log = time.time(), []
     for step, x in zip(range(1, args.steps + 1), batches(train_ids, args.batch, args.seq, gen)):
         loads.clear()
-        loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        loss = train_step(model, x, opt, sched)
         with torch.no_grad():  # auxiliary-loss-free balancing (DeepSeek-V3): bias up for idle experts
             for r, ids in zip(routers, loads):
                 counts = torch.bincount(ids.flatten(), minlength=r.e_score_correction_bias.numel()).float()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from train_demo_model import HELD_OUT_EVERY, kjv_chapters
+from train_demo_model import HELD_OUT_EVERY, kjv_chapters, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,13 +63,7 @@ def main() -> None:
     model.train()
     t0, log = time.time(), []
     for step in range(1, args.steps + 1):
-        x = needle_window(train_ids, args.seq, tok, gen)[None]
-        loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        loss = train_step(model, needle_window(train_ids, args.seq, tok, gen)[None], opt, sched)
         if step % 10 == 0 or step == args.steps:
             log.append({"step": step, "loss": round(loss.item(), 4), "minutes": round((time.time() - t0) / 60, 2)})
             print(json.dumps(log[-1]), flush=True)
