@@ -23,6 +23,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experts-format", help="quantize experts at load: Q8_0, Q4_0, TQ2_0, TQ1_0 (default: as loaded)")
     p.add_argument("--dense-format", metavar="FMT", help="quantize the non-expert linears at load: Q8_0, Q4_K, "
                    "Q6_K, ... (default: as stored: a GGUF's block formats, an HF checkpoint's floats)")
+    p.add_argument("--gpu-dense-kernel", choices=["dequant", "int4pack"], help="what multiplies Q4_K dense "
+                   "weights on a CUDA GPU: dequant (torch dequantizes the blocks, then matmul; any format, ROCm "
+                   "too) or int4pack (torch's int4 weight-only matmul, CUDA only) (default: dequant)")
     p.add_argument("--kv-dtype", help="KV cache dtype: float32, bfloat16, float16 (default: the compute dtype; "
                    "float16 for a GGUF file computed on the CPU, as llama.cpp)")
     p.add_argument("--kv-memory", metavar="SIZE|FRACTION", help="KV pool of a server or chat: a size (8GiB) or a "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hymoe.quant.int4pack import GROUP, q4_k_to_int4pack
+from hymoe.quant.int4pack import GROUP, Int4PackMatmul, q4_k_to_int4pack
 from quant_utils import dequant, random_weights
 
 needs_op = pytest.mark.skipif(not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"),
@@ -35,3 +35,27 @@ def test_torch_int4_matmul_on_the_converted_blocks_equals_gguf_py():
     got = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, GROUP, sz.bfloat16()).float()
     want = x.float() @ dequant("Q4_K", raw, k).T
     assert ((got - want).abs().max() / want.abs().max()).item() < 1e-2
+
+
+def _packed_in_chunks_equals_gguf_py(device: str):
+    n, k = 256, 512
+    raw = random_weights("Q4_K", n, k, seed=11)
+    whole = Int4PackMatmul(raw.to(device), k)
+    chunked = Int4PackMatmul(raw.to(device), k, chunk=64 * k)  # four packings of 64 rows, concatenated
+    assert torch.equal(whole.packed, chunked.packed) and torch.equal(whole.scales_and_zeros, chunked.scales_and_zeros)
+    x = torch.randn(3, k)
+    got = chunked(x.to(device)).float().cpu()
+    want = x.bfloat16().float() @ dequant("Q4_K", raw, k).T
+    assert got.shape == (3, n) and ((got - want).abs().max() / want.abs().max()).item() < 1e-2
+
+
+@needs_op
+def test_the_kernel_packs_in_row_chunks_and_equals_gguf_py_on_the_cpu():
+    _packed_in_chunks_equals_gguf_py("cpu")
+
+
+@pytest.mark.gpu
+def test_the_kernel_packs_in_row_chunks_and_equals_gguf_py_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    _packed_in_chunks_equals_gguf_py("cuda")

@@ -192,3 +192,21 @@ def test_gguf_hybrid_on_cuda_keeps_dense_blocks_and_graphs_agree(gguf_model):
     eager = hymoe.load(path, placement="hybrid", device="cuda", progress=False, cuda_graphs=False)
     assert llm.generate(PROMPT, max_new_tokens=16, is_eos_ignored=True) == \
         eager.generate(PROMPT, max_new_tokens=16, is_eos_ignored=True)
+
+
+@pytest.mark.gpu
+def test_hybrid_with_torch_int4_matmul_agrees_with_dequantizing_and_graphs_with_eager():
+    """--gpu-dense-kernel int4pack: Q4_K dense linears on CUDA in torch's int4 layout (bf16 scales)."""
+    from hymoe.bench.synthetic import random_model
+
+    files = random_model("deepseek-v3-tiny", 2, "Q4_K", "Q4_K")
+    ids = list(range(3, 40))
+    base = hymoe.load(files, placement="hybrid", device="cuda", progress=False)
+    llm = hymoe.load(files, placement="hybrid", device="cuda", progress=False, gpu_dense_kernel="int4pack")
+    assert llm.dense_kernels.get("int4pack", 0) >= 4 and "int4pack" not in base.dense_kernels
+    got, want = llm.logits(ids).float(), base.logits(ids).float()
+    assert ((got - want).abs().max() / want.abs().max()).item() < 0.05
+    eager = hymoe.load(files, placement="hybrid", device="cuda", progress=False, gpu_dense_kernel="int4pack",
+                       cuda_graphs=False)
+    assert llm.generate(ids, max_new_tokens=8, is_eos_ignored=True) == \
+        eager.generate(ids, max_new_tokens=8, is_eos_ignored=True)

@@ -20,6 +20,7 @@ from hymoe.experts.native_linear import NativeLinear
 from hymoe.layers.linear import QuantEmbedding, QuantLinear, dequantize_rows
 from hymoe.quant.encode import ENCODE_TYPES, encode_bytes
 from hymoe.quant.formats import FLOAT_DTYPES, NATIVE_FORMATS, qtype
+from hymoe.quant.int4pack import Int4PackMatmul
 from hymoe.quant.torch_dequant import TORCH_DEQUANT_FORMATS
 
 def _units(model) -> list[tuple[str, nn.Module]]:
@@ -80,9 +81,16 @@ def _as_float(linear: QuantLinear, dtype: torch.dtype) -> nn.Linear:
     return out
 
 
-def _kernel_for(linear: QuantLinear, engine: Callable) -> str:
-    """Gives linear the kernel of its device; returns "native", "torch" or "float" (none can)."""
+def _kernel_for(linear: QuantLinear, engine: Callable, gpu_kernel: str = "dequant") -> str:
+    """Gives linear the kernel of its device; returns "native", "int4pack", "torch" or "float" (none can)."""
     on_cpu = linear.qweight.device.type == "cpu"
+    if gpu_kernel == "int4pack" and not on_cpu and linear.fmt == "Q4_K":
+        if Int4PackMatmul.fits(linear.qweight, linear.fmt, linear.in_features):
+            linear.kernel = Int4PackMatmul(linear.qweight, linear.in_features)
+            linear.qweight = linear.qweight.new_empty(0, linear.qweight.shape[1])  # the kernel holds the weight
+            return "int4pack"
+        say_once("torch's int4 matmul takes Q4_K on CUDA with rows in 64s and columns in 128s; "
+                 "other dense weights are dequantized at each call")
     if on_cpu and linear.fmt in NATIVE_FORMATS and native.library() is not None:
         if linear.fmt in FLOAT_DTYPES or linear.in_features % 32 == 0:
             linear.kernel = NativeLinear(engine(), linear.in_features, [(linear.fmt, linear.out_features, linear.qweight)])
@@ -119,14 +127,15 @@ class FusedLinears:
         return tuple(part.view(*x.shape[:-1], -1) for part in y.split(self.splits, dim=-1))
 
 
-def place_dense(model, dtype: torch.dtype, engine: Callable) -> dict[str, int]:
-    """Kernels for every block-format linear (engine() gives the native engine when one is needed),
-    fused groups on the CPU, and floats where no kernel exists; returns how many took each path."""
+def place_dense(model, dtype: torch.dtype, engine: Callable, gpu_kernel: str = "dequant") -> dict[str, int]:
+    """Kernels for every block-format linear (engine() gives the native engine when one is needed;
+    gpu_kernel: what multiplies Q4_K on CUDA), fused groups on the CPU, and floats where no kernel
+    exists; returns how many took each path."""
     counts: dict[str, int] = {}
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, QuantLinear):
-                path = _kernel_for(child, engine)
+                path = _kernel_for(child, engine, gpu_kernel)
                 if path == "float":
                     setattr(parent, name, _as_float(child, dtype))
                 counts[path] = counts.get(path, 0) + 1

@@ -10,6 +10,8 @@ from hymoe.errors import HymoeError
 from hymoe.experts.numa import MAX_NODES, parse_numa
 from hymoe.kv.policy import parse_policy
 
+GPU_DENSE_KERNELS = ("dequant", "int4pack")
+
 
 @dataclass(frozen=True, slots=True)
 class PlacementOptions:
@@ -21,6 +23,7 @@ class PlacementOptions:
     kv_block_size: int = 64  # positions per KV block (prefixes are shared in whole blocks)
     kv_policy: str = "full"  # what each sequence's cache keeps: full, sink-window:S,W, h2o:B (kv/policy.py)
     dense_format: str | None = None  # quantize the non-expert linears at load (default: as stored)
+    gpu_dense_kernel: str = "dequant"  # Q4_K dense linears on CUDA: dequant | int4pack (placement/kernels.py)
     experts: str = "auto"  # routed-expert backend: auto, native, torch
     experts_format: str | None = None  # quantize routed experts at load (default: as stored)
     threads: int | None = None  # native engine threads (default: all cores)
@@ -36,6 +39,8 @@ class PlacementOptions:
             raise HymoeError(f"--threads {self.threads}: at least 1")
         if self.kv_block_size < 1:
             raise HymoeError(f"--kv-block-size {self.kv_block_size}: at least 1")
+        if self.gpu_dense_kernel not in GPU_DENSE_KERNELS:
+            raise HymoeError(f"--gpu-dense-kernel {self.gpu_dense_kernel!r}: use one of {', '.join(GPU_DENSE_KERNELS)}")
         parse_policy(self.kv_policy)  # a bad policy is refused at load, in one line
         parse_numa(self.numa, MAX_NODES)  # likewise a bad --numa (the engine counts the machine's nodes)
         if self.defer_experts < 0 or self.gpu_prefill_threshold < 0:

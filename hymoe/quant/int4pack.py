@@ -32,3 +32,38 @@ def pack_codes_uint8(q: torch.Tensor) -> torch.Tensor:
     """int32 [n, k] codes -> uint8 [n, k / 2], two per byte, even column in the high nibble (the input
     of `_convert_weight_to_int4pack` on CUDA)."""
     return (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
+
+
+class Int4PackMatmul:
+    """A Q4_K QuantLinear's weight in torch's int4 layout, and the matmul that reads it: the
+    `kernel` of a QuantLinear placed on a CUDA device with `--gpu-dense-kernel int4pack`.
+    x [T, in] (any float dtype) -> [T, out] bfloat16 (tinygemm computes in bfloat16)."""
+
+    INNER_K_TILES = 8  # tinygemm's packing: in_features must split into 8 x 16 columns
+
+    def __init__(self, raw: torch.Tensor, in_features: int, chunk: int = 1 << 25):
+        # packed 64 rows at a time or more: the int32 codes take 4 bytes a weight while they exist
+        rows = max(64, chunk // in_features // 64 * 64)
+        self.cuda = raw.device.type == "cuda"  # elsewhere torch's CPU build of the same matmul (tests)
+        packed, sz = [], []
+        for r0 in range(0, raw.shape[0], rows):
+            q, s = q4_k_to_int4pack(raw[r0:r0 + rows], in_features)  # [r, k], [k / 32, r, 2]
+            packed.append(torch.ops.aten._convert_weight_to_int4pack(pack_codes_uint8(q), self.INNER_K_TILES)
+                          if self.cuda else torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, self.INNER_K_TILES))
+            sz.append(s.to(torch.bfloat16))
+        # both layouts tile rows along dim 0 (8 a tile on CUDA, 64 on the CPU): whole tiles concatenate
+        self.packed = torch.cat(packed) if len(packed) > 1 else packed[0]
+        self.scales_and_zeros = torch.cat(sz, dim=1) if len(sz) > 1 else sz[0]  # [k / 32, n, 2]
+
+    @staticmethod
+    def fits(raw: torch.Tensor, fmt: str, in_features: int) -> bool:
+        """Whether tinygemm takes this weight: Q4_K, on CUDA, 64-row multiples (the packing's chunks), 128-column multiples."""
+        return (fmt == "Q4_K" and raw.device.type == "cuda" and raw.shape[0] % 64 == 0
+                and in_features % (16 * Int4PackMatmul.INNER_K_TILES) == 0)
+
+    def nbytes(self) -> int:
+        return self.packed.numel() * self.packed.element_size() + self.scales_and_zeros.numel() * 2
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        mm = torch.ops.aten._weight_int4pack_mm if self.cuda else torch.ops.aten._weight_int4pack_mm_for_cpu
+        return mm(x.to(torch.bfloat16).contiguous(), self.packed, GROUP, self.scales_and_zeros)
