@@ -5,7 +5,7 @@ Q4_K weights (issue 19 item 1: choose by measurement):
 
 - dequant: hymoe today (layers/linear.py): the blocks dequantized by torch ops at each call, then matmul;
 - int4pack: torch's int4 weight-only matmul (tinygemm) on the same blocks as codes, scales and zeros
-  (quant/int4pack.py);
+  (quant/int4pack.py's Int4PackMatmul, the engine's `--gpu-dense-kernel int4pack`);
 - bf16: a plain bf16 matmul of the dequantized weight (3.6x the memory): the bound to compare with.
 Each: median ms per call, GB/s of the weight bytes it holds, and the error against gguf-py's values.
 Without CUDA it runs the same on the CPU at reduced sizes (torch's CPU int4 matmul), to check the script.
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hymoe.bench.experts import random_experts  # noqa: E402
 from hymoe.layers.linear import QuantLinear  # noqa: E402
-from hymoe.quant.int4pack import GROUP, pack_codes_uint8, q4_k_to_int4pack  # noqa: E402
+from hymoe.quant.int4pack import Int4PackMatmul  # noqa: E402
 
 SHAPES = {  # name: (in, out) of DeepSeek-V3's dense linears
     "q_a": (7168, 1536), "q_b": (1536, 24576), "kv_a": (7168, 576), "o": (16384, 7168),
@@ -46,16 +46,6 @@ def _timed(fn, cuda: bool, reps: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def _int4pack(raw: torch.Tensor, k: int, device):
-    q, sz = q4_k_to_int4pack(raw, k)
-    sz = sz.to(device, torch.bfloat16)
-    if device.type == "cuda":
-        packed = torch.ops.aten._convert_weight_to_int4pack(pack_codes_uint8(q).to(device), 8)
-        return lambda x: torch.ops.aten._weight_int4pack_mm(x, packed, GROUP, sz)
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 8)
-    return lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, GROUP, sz)
-
-
 def one_shape(name: str, k: int, n: int, tokens: list[int], device, reps: int) -> list[dict]:
     raw = random_experts("Q4_K", 1, n, k, seed=len(name)).view(n, -1)
     layer = QuantLinear(k, n, "Q4_K", raw.to(device))
@@ -63,7 +53,7 @@ def one_shape(name: str, k: int, n: int, tokens: list[int], device, reps: int) -
     dense = want_w.to(torch.bfloat16)
     candidates = {"dequant": layer, "bf16": lambda x: F.linear(x, dense)}
     try:
-        candidates["int4pack"] = _int4pack(raw, k, device)
+        candidates["int4pack"] = Int4PackMatmul(raw.to(device), k)  # what --gpu-dense-kernel int4pack runs
     except Exception as e:  # not in this torch or on this device: recorded
         candidates["int4pack"] = e
     rows = []
