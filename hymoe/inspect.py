@@ -19,9 +19,10 @@ from hymoe.loader.fp8 import DEFAULT_EXPERTS_FORMAT
 from hymoe.loader.open import open_model
 from hymoe.models import build_model
 from hymoe.placement import default_dtype, default_kv_dtype, resolve_placement
-from hymoe.placement.kernels import check_dense_format
+from hymoe.placement.kernels import check_dense_format, uses_int4pack
 from hymoe.placement.rules import describe
 from hymoe.quant.formats import NATIVE_FORMATS, row_bytes
+from hymoe.quant.int4pack import Int4PackMatmul
 from hymoe.quant.torch_dequant import TORCH_DEQUANT_FORMATS
 
 # first match wins; the patterns cover both HF and GGUF tensor names
@@ -53,10 +54,12 @@ def _unit(name: str, group: str) -> str:
 
 
 def _dense_bytes(name: str, fmt: str, numel: int, nbytes: int, target, compute: torch.dtype,
-                 dense_format: str | None) -> int:
+                 dense_format: str | None, int4pack: bool) -> int:
     """What a non-expert tensor holds on its device: linears and the embedding keep a block format
     (the stored one, or the rule's / --dense-format's) where a kernel of that device computes it
-    (layers/linear.py, placement/kernels.py); the rest is dequantized to the compute dtype."""
+    (layers/linear.py, placement/kernels.py), Q4_K linears on a GPU in torch's int4 layout when
+    `int4pack` (a CUDA GPU is assumed, and the real models' rows and columns that it takes); the rest
+    is dequantized to the compute dtype."""
     if re.search(r"ffn_gate_inp|exp_probs_b|mlp\.gate\.|block_sparse_moe\.gate\.|e_score_correction", name):
         return numel * 4  # routing stays float32
     if not re.search(_LINEARS, name) or re.search(_FLOAT_KEPT, name):
@@ -64,11 +67,13 @@ def _dense_bytes(name: str, fmt: str, numel: int, nbytes: int, target, compute: 
     want = target.format or dense_format
     if want and not re.search(_EMBEDDING, name):
         fmt, nbytes = want, numel * row_bytes(want, 256) // 256
+    if int4pack and target.device == "gpu" and fmt == "Q4_K" and not re.search(_EMBEDDING, name):
+        return round(numel * Int4PackMatmul.BYTES_PER_WEIGHT)
     computable = NATIVE_FORMATS + TORCH_DEQUANT_FORMATS if target.device == "cpu" else TORCH_DEQUANT_FORMATS
     return nbytes if fmt in computable and fmt not in ("F32", "F16", "BF16") else numel * compute.itemsize
 
 
-def _tally(files, plan, compute: torch.dtype, dense_format: str | None) -> tuple[dict, dict, int, int]:
+def _tally(files, plan, compute: torch.dtype, dense_format: str | None, int4pack: bool) -> tuple[dict, dict, int, int]:
     """Stored tensors by group (count, parameters, bytes, formats), and the bytes each device holds:
     routed experts on the native CPU engine in their stored (or rule's) format, the dense part as
     _dense_bytes keeps it, the rest in the compute dtype; a GPU that dequantizes blocks per call
@@ -88,11 +93,12 @@ def _tally(files, plan, compute: torch.dtype, dense_format: str | None) -> tuple
             devices[target.device] += held if kept_stored else numel * compute.itemsize
             experts_native += held if kept_stored else 0
         else:
-            placed = _dense_bytes(name, fmt, numel, nbytes, target, compute, dense_format)
+            placed = _dense_bytes(name, fmt, numel, nbytes, target, compute, dense_format, int4pack)
             devices[target.device] += placed
             dense_on_devices += placed
             if target.device == "gpu" and placed < numel * compute.itemsize and not re.search(_EMBEDDING, name):
-                # blocks the GPU dequantizes per call (layers/linear.py): one bounded chunk at a time
+                # blocks the GPU dequantizes per call (layers/linear.py), or packs at load
+                # (quant/int4pack.py): one bounded chunk at a time
                 workspace = max(workspace, min(numel, DEQUANT_CHUNK) * DEQUANT_PEAK_BYTES)
         g = groups[group]
         g["tensors"] += 1
@@ -123,7 +129,8 @@ def _numa_nodes(cpu_bytes: int, experts_native: int, numa: str | None, cfg) -> l
 
 
 def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = None,
-                  context: int | None = None, dense_format: str | None = None, numa: str | None = None) -> dict:
+                  context: int | None = None, dense_format: str | None = None, numa: str | None = None,
+                  gpu_dense_kernel: str = "auto") -> dict:
     from hymoe.engine.llm import DEFAULT_MAX_CONTEXT, parse_dtype
 
     dense_format = check_dense_format(dense_format)
@@ -132,7 +139,8 @@ def inspect_model(path: str | Path, placement: str = "cpu", dtype: str | None = 
     plan = resolve_placement(placement, cfg)
     compute = parse_dtype(dtype) or default_dtype(files, plan)
     kv_dtype = default_kv_dtype(files, plan, compute)
-    groups, devices, dense_on_devices, experts_native = _tally(files, plan, compute, dense_format)
+    int4pack = uses_int4pack(gpu_dense_kernel)
+    groups, devices, dense_on_devices, experts_native = _tally(files, plan, compute, dense_format, int4pack)
     workspace = devices.pop("gpu_workspace")
     routed = groups.get("routed experts", {"params": 0, "bytes": 0})
     total = sum(g["params"] for g in groups.values())

@@ -61,8 +61,8 @@ def sizes(args) -> dict:
     k = args.gpu_layers or (5 if real else 2)
     g = args.gpu_experts or (32 if real else 4)
     variants = args.variants.split(",") if args.variants else [
-        "cpu", "hybrid", "hybrid+int4", f"layers:{k}", f"hybrid+gpu{g}+int4", "prefill", "hybrid+eager",
-        f"hybrid+gpu{g}", f"layers:{k}+eager", f"hybrid+gpu{g}+defer1"]  # in order of need: the runs left when the time budget ends are skipped
+        "cpu", "hybrid", f"layers:{k}", "hybrid+dequant", f"hybrid+gpu{g}", "prefill", "hybrid+eager",
+        f"layers:{k}+eager", f"hybrid+gpu{g}+defer1"]  # in order of need: the runs left when the time budget ends are skipped
     return {"shape": "deepseek-v3" if real else "deepseek-v3-tiny", "layers": n, "gpu_layers": k, "gpu_experts": g,
             "experts_type": "Q4_K", "dense_type": "Q4_K", "prompt_tokens": 128 if real else 32,
             "gen_tokens": 64 if real else 8, "prefill_tokens": 2048 if real else 512,

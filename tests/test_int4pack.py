@@ -38,11 +38,12 @@ def test_torch_int4_matmul_on_the_converted_blocks_equals_gguf_py():
 
 
 def _packed_in_chunks_equals_gguf_py(device: str):
-    n, k = 256, 512
-    raw = random_weights("Q4_K", n, k, seed=11)
-    whole = Int4PackMatmul(raw.to(device), k)
-    chunked = Int4PackMatmul(raw.to(device), k, chunk=64 * k)  # four packings of 64 rows, concatenated
+    n, k = 320, 512
+    raw = random_weights("Q4_K", n, k, seed=11)  # on the host, as placement hands it over
+    whole = Int4PackMatmul(raw, k, device)
+    chunked = Int4PackMatmul(raw, k, device, chunk=128 * k)  # packings of 128, 128 and 64 rows
     assert torch.equal(whole.packed, chunked.packed) and torch.equal(whole.scales_and_zeros, chunked.scales_and_zeros)
+    assert chunked.packed.device.type == device and chunked.nbytes() == n * k * Int4PackMatmul.BYTES_PER_WEIGHT
     x = torch.randn(3, k)
     got = chunked(x.to(device)).float().cpu()
     want = x.bfloat16().float() @ dequant("Q4_K", raw, k).T
@@ -59,3 +60,15 @@ def test_the_kernel_packs_in_row_chunks_and_equals_gguf_py_on_cuda():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     _packed_in_chunks_equals_gguf_py("cuda")
+
+
+def test_auto_takes_the_int4_matmul_on_cuda_only_and_bad_names_are_refused():
+    from hymoe.errors import HymoeError
+    from hymoe.placement.kernels import uses_int4pack
+    from hymoe.placement.options import PlacementOptions
+
+    assert uses_int4pack("int4pack") and not uses_int4pack("dequant")
+    assert not uses_int4pack("auto", torch.device("cpu"))
+    assert PlacementOptions().gpu_dense_kernel == "auto"
+    with pytest.raises(HymoeError, match="--gpu-dense-kernel 'int8'"):
+        PlacementOptions(gpu_dense_kernel="int8")

@@ -85,6 +85,7 @@ def test_bench_variants_parse_and_refuse_typos():
         gpu_experts="16", defer_experts=2, gpu_prefill_threshold=512, cuda_graphs=False))
     assert parse_variant("layers:2", 8, 1) == ("layers:2", dict(
         gpu_experts="0", defer_experts=0, gpu_prefill_threshold=0, cuda_graphs=True))
+    assert parse_variant("hybrid+dequant", 0, 0)[1]["gpu_dense_kernel"] == "dequant"
     with pytest.raises(HymoeError, match="unknown placement option 'x'"):
         parse_variant("hybrid+x", 0, 0)
 

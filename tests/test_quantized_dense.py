@@ -4,6 +4,7 @@ against llama.cpp on the same file by `hymoe bench e2e --peer llama.cpp`."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -151,6 +152,20 @@ def test_full_deepseek_v3_fits_a_24_gb_card_at_8k(tmp_path):
     assert d["devices"]["cpu"] > 350e9  # the routed experts stay in host memory
 
 
+def test_inspect_prices_q4_k_dense_weights_in_the_gpus_int4_layout(tmp_path):
+    """auto prices torch's int4 layout on the GPU (0.625 bytes a weight, Q4_K 0.5625); dequant the blocks."""
+    from hymoe.inspect import inspect_model
+
+    path = tmp_path / "DeepSeek-V3-Q4_K_M.gguf"
+    _sparse_deepseek_v3(path)
+    q4_k = sum(int(t.n_elements) for t in gguf.GGUFReader(path).tensors if t.tensor_type.name == "Q4_K"
+               and not re.search(r"_exps|token_embd|attn_[kv]_b", t.name))  # MLA's per-head kv_b: floats
+    assert q4_k > 5e9  # attention and shared experts
+    auto, dequant = (inspect_model(path, "hybrid", "bfloat16", 8192, gpu_dense_kernel=k) for k in ("auto", "dequant"))
+    assert auto["dense_bytes_placed"] - dequant["dense_bytes_placed"] == pytest.approx(q4_k / 16, abs=1e3)
+    assert auto["devices"]["gpu"] - dequant["devices"]["gpu"] == auto["dense_bytes_placed"] - dequant["dense_bytes_placed"]
+
+
 @needs_native
 def test_bench_e2e_runs_llama_cpp_on_the_same_file(tmp_path):
     pytest.importorskip("llama_cpp")
@@ -196,13 +211,14 @@ def test_gguf_hybrid_on_cuda_keeps_dense_blocks_and_graphs_agree(gguf_model):
 
 @pytest.mark.gpu
 def test_hybrid_with_torch_int4_matmul_agrees_with_dequantizing_and_graphs_with_eager():
-    """--gpu-dense-kernel int4pack: Q4_K dense linears on CUDA in torch's int4 layout (bf16 scales)."""
+    """--gpu-dense-kernel int4pack (auto's choice on CUDA): Q4_K dense linears on CUDA in torch's int4
+    layout (bf16 scales), against the dequantizing path."""
     from hymoe.bench.synthetic import random_model
 
     files = random_model("deepseek-v3-tiny", 2, "Q4_K", "Q4_K")
     ids = list(range(3, 40))
-    base = hymoe.load(files, placement="hybrid", device="cuda", progress=False)
-    llm = hymoe.load(files, placement="hybrid", device="cuda", progress=False, gpu_dense_kernel="int4pack")
+    base = hymoe.load(files, placement="hybrid", device="cuda", progress=False, gpu_dense_kernel="dequant")
+    llm = hymoe.load(files, placement="hybrid", device="cuda", progress=False)  # auto
     assert llm.dense_kernels.get("int4pack", 0) >= 4 and "int4pack" not in base.dense_kernels
     got, want = llm.logits(ids).float(), base.logits(ids).float()
     assert ((got - want).abs().max() / want.abs().max()).item() < 0.05

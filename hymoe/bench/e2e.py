@@ -92,9 +92,9 @@ def _gpu_sampler(device: torch.device):
 
 
 def parse_variant(variant: str, gpu_experts, defer_experts: int) -> tuple[str, dict]:
-    """'hybrid+gpu16+defer2+prefill512+eager+int4' -> ('hybrid', LLM options): one run's placement,
+    """'hybrid+gpu16+defer2+prefill512+eager+dequant' -> ('hybrid', LLM options): one run's placement,
     hot experts, deferral, GPU prefill threshold, CUDA graphs (on unless +eager) and the GPU's Q4_K
-    dense kernel (+int4: torch's int4 matmul). Without suffixes,
+    dense kernel (+dequant or +int4pack; default auto). Without suffixes,
     hybrid takes --gpu-experts, and cpu and hybrid take --defer-experts."""
     placement, *opts = variant.split("+")
     kw = dict(gpu_experts=str(gpu_experts) if placement == "hybrid" else "0",
@@ -109,11 +109,11 @@ def parse_variant(variant: str, gpu_experts, defer_experts: int) -> tuple[str, d
             kw["gpu_prefill_threshold"] = int(opt[7:])
         elif opt == "eager":
             kw["cuda_graphs"] = False
-        elif opt == "int4":
-            kw["gpu_dense_kernel"] = "int4pack"
+        elif opt in ("dequant", "int4pack"):
+            kw["gpu_dense_kernel"] = opt
         else:
             raise HymoeError(f"unknown placement option {opt!r} in {variant!r} "
-                             "(use +gpuN, +gpuSIZE, +deferK, +prefillT, +eager or +int4)")
+                             "(use +gpuN, +gpuSIZE, +deferK, +prefillT, +eager, +dequant or +int4pack)")
     return placement, kw
 
 

@@ -81,16 +81,28 @@ def _as_float(linear: QuantLinear, dtype: torch.dtype) -> nn.Linear:
     return out
 
 
-def _kernel_for(linear: QuantLinear, engine: Callable, gpu_kernel: str = "dequant") -> str:
+def uses_int4pack(gpu_kernel: str, device: torch.device | None = None) -> bool:
+    """Whether Q4_K dense linears on this GPU take torch's int4 matmul: asked for, or by default
+    (auto) on CUDA from sm80 (tinygemm's floor) but not on ROCm, where it is not checked."""
+    if gpu_kernel != "auto":
+        return gpu_kernel == "int4pack"
+    if torch.version.hip is not None or not hasattr(torch.ops.aten, "_weight_int4pack_mm"):
+        return False
+    return device is None or (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0))
+
+
+def _kernel_for(linear: QuantLinear, engine: Callable, gpu_kernel: str = "auto") -> str:
     """Gives linear the kernel of its device; returns "native", "int4pack", "torch" or "float" (none can)."""
     on_cpu = linear.qweight.device.type == "cpu"
-    if gpu_kernel == "int4pack" and not on_cpu and linear.fmt == "Q4_K":
-        if Int4PackMatmul.fits(linear.qweight, linear.fmt, linear.in_features):
-            linear.kernel = Int4PackMatmul(linear.qweight, linear.in_features)
-            linear.qweight = linear.qweight.new_empty(0, linear.qweight.shape[1])  # the kernel holds the weight
+    if linear.fmt == "Q4_K" and linear.qweight.device.type == "cuda" and uses_int4pack(gpu_kernel, linear.qweight.device):
+        if Int4PackMatmul.fits(linear.qweight.shape, linear.fmt, linear.in_features):
+            host, device = linear.qweight.cpu(), linear.qweight.device
+            # the blocks leave the GPU first: it holds only the packed weight and one chunk's intermediates
+            linear.qweight = linear.qweight.new_empty(0, host.shape[1])
+            linear.kernel = Int4PackMatmul(host, linear.in_features, device)
             return "int4pack"
-        say_once("torch's int4 matmul takes Q4_K on CUDA with rows in 64s and columns in 128s; "
-                 "other dense weights are dequantized at each call")
+        say_once("torch's int4 matmul takes Q4_K with rows in 64s and columns in 128s; "
+                 "other Q4_K dense weights are dequantized at each call")
     if on_cpu and linear.fmt in NATIVE_FORMATS and native.library() is not None:
         if linear.fmt in FLOAT_DTYPES or linear.in_features % 32 == 0:
             linear.kernel = NativeLinear(engine(), linear.in_features, [(linear.fmt, linear.out_features, linear.qweight)])
@@ -127,7 +139,7 @@ class FusedLinears:
         return tuple(part.view(*x.shape[:-1], -1) for part in y.split(self.splits, dim=-1))
 
 
-def place_dense(model, dtype: torch.dtype, engine: Callable, gpu_kernel: str = "dequant") -> dict[str, int]:
+def place_dense(model, dtype: torch.dtype, engine: Callable, gpu_kernel: str = "auto") -> dict[str, int]:
     """Kernels for every block-format linear (engine() gives the native engine when one is needed;
     gpu_kernel: what multiplies Q4_K on CUDA), fused groups on the CPU, and floats where no kernel
     exists; returns how many took each path."""

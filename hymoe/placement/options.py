@@ -10,7 +10,7 @@ from hymoe.errors import HymoeError
 from hymoe.experts.numa import MAX_NODES, parse_numa
 from hymoe.kv.policy import parse_policy
 
-GPU_DENSE_KERNELS = ("dequant", "int4pack")
+GPU_DENSE_KERNELS = ("auto", "dequant", "int4pack")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +23,7 @@ class PlacementOptions:
     kv_block_size: int = 64  # positions per KV block (prefixes are shared in whole blocks)
     kv_policy: str = "full"  # what each sequence's cache keeps: full, sink-window:S,W, h2o:B (kv/policy.py)
     dense_format: str | None = None  # quantize the non-expert linears at load (default: as stored)
-    gpu_dense_kernel: str = "dequant"  # Q4_K dense linears on CUDA: dequant | int4pack (placement/kernels.py)
+    gpu_dense_kernel: str = "auto"  # Q4_K dense linears on a GPU: auto | dequant | int4pack (placement/kernels.py)
     experts: str = "auto"  # routed-expert backend: auto, native, torch
     experts_format: str | None = None  # quantize routed experts at load (default: as stored)
     threads: int | None = None  # native engine threads (default: all cores)

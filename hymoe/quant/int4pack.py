@@ -36,30 +36,37 @@ def pack_codes_uint8(q: torch.Tensor) -> torch.Tensor:
 
 class Int4PackMatmul:
     """A Q4_K QuantLinear's weight in torch's int4 layout, and the matmul that reads it: the
-    `kernel` of a QuantLinear placed on a CUDA device with `--gpu-dense-kernel int4pack`.
-    x [T, in] (any float dtype) -> [T, out] bfloat16 (tinygemm computes in bfloat16)."""
+    `kernel` of a Q4_K QuantLinear placed on a CUDA device (`--gpu-dense-kernel`, placement/kernels.py).
+    x [T, in] (any float dtype) -> [T, out] bfloat16 (tinygemm computes in bfloat16).
+    It holds 0.625 bytes a weight (Q4_K: 0.5625): 4-bit codes, and a bf16 scale and zero per 32."""
 
     INNER_K_TILES = 8  # tinygemm's packing: in_features must split into 8 x 16 columns
+    BYTES_PER_WEIGHT = 0.5 + 2 * 2 / GROUP
 
-    def __init__(self, raw: torch.Tensor, in_features: int, chunk: int = 1 << 25):
-        # packed 64 rows at a time or more: the int32 codes take 4 bytes a weight while they exist
-        rows = max(64, chunk // in_features // 64 * 64)
-        self.cuda = raw.device.type == "cuda"  # elsewhere torch's CPU build of the same matmul (tests)
-        packed, sz = [], []
-        for r0 in range(0, raw.shape[0], rows):
-            q, s = q4_k_to_int4pack(raw[r0:r0 + rows], in_features)  # [r, k], [k / 32, r, 2]
-            packed.append(torch.ops.aten._convert_weight_to_int4pack(pack_codes_uint8(q), self.INNER_K_TILES)
-                          if self.cuda else torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, self.INNER_K_TILES))
-            sz.append(s.to(torch.bfloat16))
-        # both layouts tile rows along dim 0 (8 a tile on CUDA, 64 on the CPU): whole tiles concatenate
-        self.packed = torch.cat(packed) if len(packed) > 1 else packed[0]
-        self.scales_and_zeros = torch.cat(sz, dim=1) if len(sz) > 1 else sz[0]  # [k / 32, n, 2]
+    def __init__(self, raw: torch.Tensor, in_features: int, device: torch.device | str | None = None,
+                 chunk: int = 1 << 25):
+        """raw: uint8 [n, row_bytes] Q4_K rows anywhere (the host: the device then holds only the
+        packed weight and one chunk's intermediates); packed on `device` (default: raw's)."""
+        device = torch.device(device) if device is not None else raw.device
+        self.cuda = device.type == "cuda"  # elsewhere torch's CPU build of the same matmul (tests)
+        n, rows = raw.shape[0], max(64, chunk // in_features // 64 * 64)  # 64-row chunks or more
+        for r0 in range(0, n, rows):
+            part = raw[r0:r0 + rows].to(device)
+            q, sz = q4_k_to_int4pack(part, in_features)  # [r, k] int32 (4 bytes a weight), [k / 32, r, 2]
+            packed = torch.ops.aten._convert_weight_to_int4pack(pack_codes_uint8(q), self.INNER_K_TILES) \
+                if self.cuda else torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, self.INNER_K_TILES)
+            if r0 == 0:  # both layouts tile rows along dim 0 (8 rows a tile on CUDA, 64 on the CPU)
+                per_row = packed.shape[0] / part.shape[0]
+                self.packed = packed.new_empty(round(n * per_row), *packed.shape[1:])
+                self.scales_and_zeros = torch.empty(sz.shape[0], n, 2, dtype=torch.bfloat16, device=device)
+            a = round(r0 * per_row)
+            self.packed[a:a + packed.shape[0]] = packed
+            self.scales_and_zeros[:, r0:r0 + part.shape[0]] = sz
 
     @staticmethod
-    def fits(raw: torch.Tensor, fmt: str, in_features: int) -> bool:
-        """Whether tinygemm takes this weight: Q4_K, on CUDA, 64-row multiples (the packing's chunks), 128-column multiples."""
-        return (fmt == "Q4_K" and raw.device.type == "cuda" and raw.shape[0] % 64 == 0
-                and in_features % (16 * Int4PackMatmul.INNER_K_TILES) == 0)
+    def fits(shape: tuple[int, int], fmt: str, in_features: int) -> bool:
+        """Whether tinygemm takes this weight: Q4_K, rows in 64s (the packing's chunks), columns in 128s."""
+        return fmt == "Q4_K" and shape[0] % 64 == 0 and in_features % (16 * Int4PackMatmul.INNER_K_TILES) == 0
 
     def nbytes(self) -> int:
         return self.packed.numel() * self.packed.element_size() + self.scales_and_zeros.numel() * 2
