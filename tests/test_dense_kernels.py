@@ -144,9 +144,9 @@ def test_native_router_ranks_softmax_groups_as_configured(engine):
         chosen[rule] = ids.sort(-1).values
     assert (chosen["max"] != chosen["top2-sum"]).any()
 
-def _gqa(is_qk_norm: bool, is_interleaved: bool) -> GQAttention:
-    cfg = from_hf_dict(dict(model_type="qwen3_moe", hidden_size=96, num_attention_heads=6, num_key_value_heads=2,
-                            head_dim=32, vocab_size=32, num_hidden_layers=1, intermediate_size=64,
+def _gqa(is_qk_norm: bool, is_interleaved: bool, heads: int = 6, head_dim: int = 32) -> GQAttention:
+    cfg = from_hf_dict(dict(model_type="qwen3_moe", hidden_size=96, num_attention_heads=heads, num_key_value_heads=2,
+                            head_dim=head_dim, vocab_size=32, num_hidden_layers=1, intermediate_size=64,
                             moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2))
     cfg.is_qk_norm = is_qk_norm
     cfg.rope.is_interleaved = is_interleaved
@@ -157,14 +157,17 @@ def _gqa(is_qk_norm: bool, is_interleaved: bool) -> GQAttention:
     return attn
 
 
-@pytest.mark.parametrize("is_qk_norm,is_interleaved,window,cache", [
-    (True, False, 0, torch.float32), (False, True, 0, torch.float32), (True, False, 5, torch.float32),
-    (True, False, 0, torch.float16), (False, True, 6, torch.float16)])
-def test_native_decode_attention_equals_the_torch_layer(engine, isa, is_qk_norm, is_interleaved, window, cache):
+@pytest.mark.parametrize("is_qk_norm,is_interleaved,window,cache,heads,head_dim", [
+    (True, False, 0, torch.float32, 6, 32), (False, True, 0, torch.float32, 6, 32), (True, False, 5, torch.float32, 6, 32),
+    (True, False, 0, torch.float16, 6, 32), (False, True, 6, torch.float16, 6, 32),
+    # 4 heads a kv head, 64 wide: the grouped path of the vector kernels (attend.h)
+    (True, False, 0, torch.float32, 8, 64), (False, True, 5, torch.float16, 8, 64)])
+def test_native_decode_attention_equals_the_torch_layer(engine, isa, is_qk_norm, is_interleaved, window, cache,
+                                                        heads, head_dim):
     """Two rows through shuffled block tables (blocks of 7 positions, which no step's length is a
     multiple of), a prompt, steps of 1 and 3 tokens, then a long chunk (and a sliding window); a
     float16 cache holds what torch's rounding stores."""
-    attn = _gqa(is_qk_norm, is_interleaved)
+    attn = _gqa(is_qk_norm, is_interleaved, heads, head_dim)
     attn.is_sliding = bool(window)
     caches = [KVCache([attn.cache_entries()], 16, 7, cache).layers[0] for _ in range(2)]
     gen = torch.Generator().manual_seed(6)

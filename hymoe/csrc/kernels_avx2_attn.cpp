@@ -21,6 +21,7 @@ inline __m256 exp256(__m256 x) {
 struct Vec256 {
     using T = __m256;
     static const int W = 8, kSlice = 8;  // 8 accumulators of the 16 registers
+    static const int kHeads = 2;  // grouped path: 2 heads x 4 vectors of accumulators (of 16 registers)
     static T zero() { return _mm256_setzero_ps(); }
     static T load(const float* p) { return _mm256_loadu_ps(p); }
     static T load_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }

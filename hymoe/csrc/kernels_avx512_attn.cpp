@@ -9,6 +9,7 @@ namespace {
 struct Vec512 {
     using T = __m512;
     static const int W = 16, kSlice = 16;  // a head of up to 256 values accumulates in registers
+    static const int kHeads = 4;  // grouped path: 4 heads x 4 vectors of accumulators (of 32 registers)
     static T zero() { return _mm512_setzero_ps(); }
     static T load(const float* p) { return _mm512_loadu_ps(p); }
     static T load_f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
