@@ -28,6 +28,7 @@ from hymoe.layers.moe import MoE
 from hymoe.placement import default_dtype, default_kv_dtype, place_layers, resolve_placement
 from hymoe.placement.experts import EngineSlot, hot_experts_on_gpu, parse_gpu_experts, place_experts
 from hymoe.placement.options import PlacementOptions
+from hymoe.experts.native_layer import place_native_layers
 from hymoe.placement.kernels import check_dense_format, place_dense, place_small_ops, quantize_dense
 
 DEFAULT_MAX_CONTEXT = 4096
@@ -71,6 +72,8 @@ class LLM:
                       hot=hot, defer=o.defer_experts, gpu_prefill_threshold=o.gpu_prefill_threshold, engine=engine)
         # a CPU placement whose pool computes the dense layers too: it shares the cores with torch per step
         is_cpu_pool = engine.engine is not None and not engine.is_async and bool(self.dense_kernels.get("native"))
+        # decode steps of such layers in one native call each (experts/native_layer.py)
+        self.native_layers = place_native_layers(self.model) if is_cpu_pool else 0
         is_all_native = all(getattr(layer.self_attn, "kernel", None) is not None for layer in self.model.layers)
         self._step_scope = functools.partial(engine.engine.step_scope, is_all_native=is_all_native) \
             if is_cpu_pool else None

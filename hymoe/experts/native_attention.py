@@ -57,7 +57,20 @@ class StepInputs:
                 raise HymoeError(f"native attention needs cos and sin of {b * t} x {head_dim // 2} values")
             cos, sin = (c.reshape(b * t, head_dim // 2).float().contiguous() for c in cos_sin)
             self.key, self.value = step, (positions, table, slots, cos, sin)
+            self.args = None
         return self.value
+
+    def step_args(self, step, cos_sin, head_dim: int) -> "_GqaArgs":
+        """The step's fields as a GqaArgs, which csrc/layer.cpp copies into each layer's (built once
+        per step)."""
+        positions, table, slots, cos, sin = self.get(step, cos_sin, head_dim)
+        if self.args is None:
+            b, t = positions.shape
+            a = self.args = _GqaArgs(b, t, 0, 0, head_dim, step.kv_len, 0, 0, 0, 0, table.shape[1])
+            a.cos, a.sin, a.rope_len = cos.data_ptr(), sin.data_ptr(), min(cos.numel(), sin.numel())
+            a.table, a.slots, a.positions = table.data_ptr(), slots.data_ptr(), positions.data_ptr()
+            a.table_len, a.slots_len, a.positions_len = table.numel(), slots.numel(), positions.numel()
+        return self.args
 
 
 class NativeGqaAttention:
@@ -76,6 +89,7 @@ class NativeGqaAttention:
                               norms[0].eps if norms[0] is not None else 0.0, d ** -0.5)
         self._args.q_norm, self._args.k_norm = (0 if w is None else w.data_ptr() for w in self.norms)
         self._args_ref = ctypes.byref(self._args)
+        self._cache = None  # (key, k, v): the cache tensors whose addresses _args holds
 
     def __call__(self, q, k, v, step, cache: dict, cos_sin) -> torch.Tensor:
         if q.dim() != 3:
@@ -83,27 +97,38 @@ class NativeGqaAttention:
         b, t, _ = q.shape
         n, g, d = self.heads, self.kv_heads, self.head_dim
         (q, qs), (k, ks), (v, vs) = _rows(q, b, t, n * d), _rows(k, b, t, g * d), _rows(v, b, t, g * d)
-        kc, vc = cache["k"], cache["v"]
-        if kc.dtype not in (torch.float32, torch.float16) or vc.dtype is not kc.dtype or not kc.is_contiguous() \
-                or not vc.is_contiguous() or kc.shape[2:] != (g, d) or vc.shape != kc.shape or not kc.is_cpu:
-            raise HymoeError("native attention needs contiguous float32 or float16 CPU KV caches of this layer's shape")
+        self.bind_cache(cache)
         positions, table, slots, cos, sin = self.inputs.get(step, cos_sin, d)
         if positions.shape != (b, t):
             raise HymoeError(f"native attention got positions of shape {list(positions.shape)} for [{b}, {t}] tokens")
         out = torch.empty(b, t, n * d)
         a = self._args
         a.num_rows, a.tokens, a.kv_len = b, t, step.kv_len
-        a.num_blocks, a.block_size, a.table_width = kc.shape[0], kc.shape[1], table.shape[1]
-        a.is_f16 = int(kc.dtype is torch.float16)
+        a.table_width = table.shape[1]
         a.q_stride, a.k_stride, a.v_stride = qs, ks, vs
         a.q, a.k, a.v, a.cos, a.sin = q.data_ptr(), k.data_ptr(), v.data_ptr(), cos.data_ptr(), sin.data_ptr()
-        a.k_cache, a.v_cache, a.out = kc.data_ptr(), vc.data_ptr(), out.data_ptr()
+        a.out = out.data_ptr()
         a.table, a.slots, a.positions = table.data_ptr(), slots.data_ptr(), positions.data_ptr()
         a.q_len, a.k_len, a.v_len = _extent(q), _extent(k), _extent(v)  # strided views of a fused projection
         a.rope_len = min(cos.numel(), sin.numel())
-        a.cache_len, a.out_len, a.positions_len = min(kc.numel(), vc.numel()), out.numel(), positions.numel()
+        a.out_len, a.positions_len = out.numel(), positions.numel()
         a.slots_len, a.table_len = slots.numel(), table.numel()
         rc = self.engine.lib.hymoe_gqa_attention(self.engine.handle, self._args_ref)
         if rc:
             raise native_error(rc, f"native attention refused its arguments ({rc}: a block, slot or position outside the cache)")
         return out
+
+    def bind_cache(self, cache: dict) -> None:
+        """The layer's KV cache (checked, then its fields set), unless it is the one already bound."""
+        kc, vc = cache["k"], cache["v"]
+        key = (kc.data_ptr(), vc.data_ptr(), kc.shape, vc.shape, kc.stride(), vc.stride(), kc.dtype, vc.dtype)
+        if self._cache is not None and self._cache[0] == key:
+            return
+        g, d = self.kv_heads, self.head_dim
+        if kc.dtype not in (torch.float32, torch.float16) or vc.dtype is not kc.dtype or not kc.is_contiguous() \
+                or not vc.is_contiguous() or kc.shape[2:] != (g, d) or vc.shape != kc.shape or not kc.is_cpu:
+            raise HymoeError("native attention needs contiguous float32 or float16 CPU KV caches of this layer's shape")
+        a = self._args
+        a.num_blocks, a.block_size, a.is_f16 = kc.shape[0], kc.shape[1], int(kc.dtype is torch.float16)
+        a.k_cache, a.v_cache, a.cache_len = kc.data_ptr(), vc.data_ptr(), min(kc.numel(), vc.numel())
+        self._cache = (key, kc, vc)  # the tensors held: the C side keeps their addresses

@@ -23,8 +23,11 @@ class DecoderLayer(nn.Module):
         self.self_attn = self_attn
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = mlp
+        self.native_step = None  # set by placement: the whole layer in one native call (experts/native_layer.py)
 
     def forward(self, x, step, cache, cos_sin):
+        if self.native_step is not None and (out := self.native_step(x, step, cache, cos_sin)) is not None:
+            return out
         x = x + self.self_attn(self.input_layernorm(x), step, cache, cos_sin)
         return x + self.mlp(self.post_attention_layernorm(x))
 

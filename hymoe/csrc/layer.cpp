@@ -1,0 +1,75 @@
+// One decoder layer of a step in one foreign call, for a GQA + routed-MoE layer whose every part
+// runs on the native engine (the CPU placement of Qwen3-MoE and Mixtral files): RMSNorm, the fused
+// q/k/v linear, attention, the output linear and its residual, RMSNorm, the router, the experts and
+// their residual, chained here. The parts are the entry points Python calls one by one otherwise
+// (moe.cpp, attention.cpp): the results are the same bits; what goes is ~250 us of Python and torch
+// per layer between them at decode, more than the attention itself.
+#include <stdint.h>
+
+#include "attention.h"
+#include "linear.h"
+#include "route.h"
+
+extern "C" {
+
+struct MoeArgs;  // moe.cpp
+int hymoe_moe_start(void* engine, MoeArgs* args, int num_tokens, int topk, const float* x, const int64_t* ids,
+                    const float* weights, float* out, int64_t x_len, int64_t pairs_len, int64_t out_len,
+                    int is_async);
+int hymoe_linear(void* engine, LinearArgs* args, int num_tokens, const float* x, int64_t x_len, float* out,
+                 int64_t out_len);
+int hymoe_router(void* engine, LinearArgs* linear, RouteArgs* route, int num_tokens, const float* x, int64_t x_len,
+                 float* logits);
+int hymoe_gqa_attention(void* engine, const GqaArgs* args);
+void hymoe_rms_norm(const float* x, const float* w, float* out, int rows, int n, float eps);
+
+// Mirrored by hymoe/experts/native_layer.py (ctypes.Structure): keep the field order.
+struct LayerArgs {
+    int32_t hidden, q_width, kv_width, topk, num_experts, capacity;  // capacity: rows the buffers hold
+    float eps1, eps2;
+    const float *norm1, *norm2;  // [H] each
+    LinearArgs *qkv, *o, *router;
+    RouteArgs* route;
+    GqaArgs* attn;  // the layer's heads, norms and cache; the step's fields are copied in per call
+    MoeArgs* moe;
+    // buffers of `capacity` rows: [H], [q + 2 kv], [q], [H], [E], [K] ids, [K] weights, [H]
+    float *h, *qkv_out, *attn_out, *o_out, *logits;
+    int64_t* ids;
+    float *weights, *moe_out;
+};
+
+// x [rows, H] (rows = the step's B x T) <- the layer applied to it, in place. step: a GqaArgs
+// holding the step's fields (rows, tokens, positions, slots, tables, rotation, kv_len and their
+// sizes). 0, or an entry point's code (-4: more rows than the buffers hold, or than the step has).
+__attribute__((visibility("default"))) int hymoe_layer_step(void* engine, LayerArgs* L, const GqaArgs* step,
+                                                            int rows, float* x) {
+    if (rows < 1 || rows > L->capacity || (int64_t)step->num_rows * step->tokens != rows) return -4;
+    const int H = L->hidden;
+    const int64_t width = (int64_t)L->q_width + 2 * L->kv_width, xs = (int64_t)rows * H;
+    hymoe_rms_norm(x, L->norm1, L->h, rows, H, L->eps1);
+    if (int rc = hymoe_linear(engine, L->qkv, rows, L->h, xs, L->qkv_out, rows * width)) return rc;
+    GqaArgs* a = L->attn;
+    a->num_rows = step->num_rows, a->tokens = step->tokens, a->kv_len = step->kv_len;
+    a->table_width = step->table_width;
+    a->cos = step->cos, a->sin = step->sin, a->rope_len = step->rope_len;
+    a->table = step->table, a->table_len = step->table_len;
+    a->slots = step->slots, a->slots_len = step->slots_len;
+    a->positions = step->positions, a->positions_len = step->positions_len;
+    a->q_stride = a->k_stride = a->v_stride = width;  // q, k and v side by side in each row
+    a->q = L->qkv_out, a->k = L->qkv_out + L->q_width, a->v = L->qkv_out + L->q_width + L->kv_width;
+    a->q_len = rows * width, a->k_len = a->q_len - L->q_width, a->v_len = a->k_len - L->kv_width;
+    a->out = L->attn_out, a->out_len = (int64_t)rows * L->q_width;
+    if (int rc = hymoe_gqa_attention(engine, a)) return rc;
+    if (int rc = hymoe_linear(engine, L->o, rows, L->attn_out, a->out_len, L->o_out, xs)) return rc;
+    for (int64_t i = 0; i < xs; i++) x[i] += L->o_out[i];
+    hymoe_rms_norm(x, L->norm2, L->h, rows, H, L->eps2);
+    L->route->ids = L->ids, L->route->weights = L->weights;
+    if (int rc = hymoe_router(engine, L->router, L->route, rows, L->h, xs, L->logits)) return rc;
+    const int64_t pairs = (int64_t)rows * L->topk;
+    if (int rc = hymoe_moe_start(engine, L->moe, rows, L->topk, L->h, L->ids, L->weights, L->moe_out, xs, pairs, xs, 0))
+        return rc;
+    for (int64_t i = 0; i < xs; i++) x[i] += L->moe_out[i];
+    return 0;
+}
+
+}  // extern "C"

@@ -1,0 +1,88 @@
+"""A decoder layer of a decode step in one native call (csrc/layer.cpp): for a GQA + routed-MoE
+layer whose norms, linears, attention, router and experts all run on the native engine (the CPU
+placement of Qwen3-MoE and Mixtral GGUF files), the same entry points chained in C, so the ~250 us
+of Python and torch between them go. Placement installs it as a DecoderLayer's `native_step`; a
+call it does not take (a prompt chunk longer than its buffers, a retention policy) returns None and
+the layer runs module by module."""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from hymoe.experts.native import NativeExperts, native_error
+from hymoe.experts.native_attention import NativeGqaAttention, _GqaArgs
+from hymoe.experts.native_linear import NativeLinear, NativeRMSNorm, NativeRouter
+
+CAPACITY = 16  # rows (batch x tokens) a call takes: decode steps; longer prompt chunks go module by module
+_p, _f32, _i32 = ctypes.c_void_p, ctypes.c_float, ctypes.c_int32
+
+
+class _LayerArgs(ctypes.Structure):
+    _fields_ = [(n, _i32) for n in ("hidden", "q_width", "kv_width", "topk", "num_experts", "capacity")] + \
+               [("eps1", _f32), ("eps2", _f32)] + \
+               [(n, _p) for n in ("norm1", "norm2", "qkv", "o", "router", "route", "attn", "moe", "h", "qkv_out",
+                                  "attn_out", "o_out", "logits", "ids", "weights", "moe_out")]
+
+
+def _parts(layer):
+    """The native pieces of a layer, or None where one is missing (then it runs module by module)."""
+    attn, mlp = layer.self_attn, layer.mlp
+    norm1, norm2 = (getattr(n, "kernel", None) for n in (layer.input_layernorm, layer.post_attention_layernorm))
+    kernel, fused = getattr(attn, "kernel", None), getattr(getattr(attn, "q_proj", None), "fused", None)
+    o = getattr(getattr(attn, "o_proj", None), "kernel", None)
+    gate, experts = getattr(getattr(mlp, "gate", None), "kernel", None), getattr(mlp, "experts", None)
+    if not (isinstance(norm1, NativeRMSNorm) and isinstance(norm2, NativeRMSNorm)
+            and isinstance(kernel, NativeGqaAttention) and fused is not None and fused.bias is None
+            and isinstance(fused.call, NativeLinear) and isinstance(o, NativeLinear) and attn.o_proj.bias is None
+            and isinstance(gate, NativeRouter) and type(experts) is NativeExperts
+            and getattr(mlp, "shared_experts", True) is None and not experts.engine.is_async
+            and all(p.engine is experts.engine for p in (kernel, fused.call, o, gate.logits))):
+        return None
+    return norm1, norm2, kernel, fused.call, o, gate, experts
+
+
+class NativeDecoderLayer:
+    """layer(x, step, cache, cos_sin) for x [B, T, H] float32 on the CPU -> the layer's output, or
+    None for a call it does not take."""
+
+    def __init__(self, layer, parts):
+        norm1, norm2, self.attn, qkv, o, router, experts = parts
+        self.engine = experts.engine
+        self.engine.lib.hymoe_layer_step.argtypes = [_p, ctypes.POINTER(_LayerArgs), ctypes.POINTER(_GqaArgs),
+                                                     ctypes.c_int, _p]
+        h, n_exp, k = norm1.n, router._args.num_experts, router.k
+        q_width, kv_width = self.attn.heads * self.attn.head_dim, self.attn.kv_heads * self.attn.head_dim
+        rows = CAPACITY
+        self.buffers = [torch.empty(rows, w) for w in (h, q_width + 2 * kv_width, q_width, h, n_exp)] + \
+            [torch.empty(rows, k, dtype=torch.int64), torch.empty(rows, k), torch.empty(rows, h)]
+        # held: the C side keeps the addresses of these structs and of the weights behind them
+        self.keep = (norm1, norm2, qkv, o, router, experts)
+        ptr = ctypes.addressof
+        self._args = _LayerArgs(h, q_width, kv_width, k, n_exp, rows, norm1.eps, norm2.eps,
+                                norm1.weight.data_ptr(), norm2.weight.data_ptr(), ptr(qkv._args), ptr(o._args),
+                                ptr(router.logits._args), ptr(router._args), ptr(self.attn._args),
+                                ptr(experts._args), *(b.data_ptr() for b in self.buffers))
+        self._ref = ctypes.byref(self._args)
+
+    def __call__(self, x: torch.Tensor, step, cache: dict, cos_sin) -> torch.Tensor | None:
+        b, t, h = x.shape
+        if b * t > CAPACITY or step.kept is not None or x.dtype is not torch.float32 or not x.is_cpu:
+            return None
+        self.attn.bind_cache(cache)
+        args = self.attn.inputs.step_args(step, cos_sin, self.attn.head_dim)
+        out = x.contiguous().clone()  # [B, T, H]: the C side adds the residuals in place
+        rc = self.engine.lib.hymoe_layer_step(self.engine.handle, self._ref, ctypes.byref(args), b * t, out.data_ptr())
+        if rc:
+            raise native_error(rc, f"the native decoder layer refused its arguments ({rc})")
+        return out
+
+
+def place_native_layers(model) -> int:
+    """A native_step for every layer whose pieces all run natively; returns how many got one."""
+    count = 0
+    for layer in model.layers:
+        parts = _parts(layer)
+        layer.native_step = NativeDecoderLayer(layer, parts) if parts is not None else None
+        count += parts is not None
+    return count

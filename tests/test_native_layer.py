@@ -1,0 +1,44 @@
+"""A decode step's layer in one native call (experts/native_layer.py, csrc/layer.cpp) against the
+same layer computed module by module: the same kernels, so the same bits."""
+from __future__ import annotations
+
+import pytest
+
+import hymoe
+from hymoe.engine.llm import SamplingParams
+from hymoe.experts import native
+
+needs_native = pytest.mark.skipif(native.library() is None, reason="native kernels not built")
+PROMPT = [3, 17, 42, 7, 99, 5, 23, 61, 8, 14]
+
+
+def _decode(llm, native_steps, logprobs: bool = True):
+    saved = [layer.native_step for layer in llm.model.layers]
+    if not native_steps:
+        for layer in llm.model.layers:
+            layer.native_step = None
+    try:
+        params = SamplingParams(max_new_tokens=12, is_eos_ignored=True, logprobs=1 if logprobs else None)
+        seqs, _ = llm.generate_batch([PROMPT, PROMPT[:6]], params)  # two rows: a batch of 2 a step
+    finally:
+        for layer, step in zip(llm.model.layers, saved):
+            layer.native_step = step
+    return [(s.token_ids, s.logprobs) for s in seqs]
+
+
+@needs_native
+@pytest.mark.parametrize("name,typ", [("qwen3_moe", "Q8_0"), ("mixtral", "Q8_0")])
+def test_native_layer_steps_equal_the_modules(gguf_model, name, typ):
+    _, path = gguf_model(name, typ)
+    llm = hymoe.load(path, placement="cpu", progress=False)
+    assert llm.native_layers == llm.config.num_layers
+    assert _decode(llm, True) == _decode(llm, False)
+
+
+@needs_native
+def test_layers_it_cannot_take_run_module_by_module(gguf_model):
+    for name, typ in (("qwen2_moe", "Q8_0"), ("qwen3_moe", "F32")):  # a shared expert; linears in torch
+        assert hymoe.load(gguf_model(name, typ)[1], placement="cpu", progress=False).native_layers == 0
+    policy = hymoe.load(gguf_model("qwen3_moe", "Q8_0")[1], placement="cpu", progress=False, kv_policy="sink-window:2,4")
+    assert policy.native_layers > 0
+    assert _decode(policy, True) == _decode(policy, False)  # a retention policy: the modules take each step
