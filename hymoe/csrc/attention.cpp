@@ -125,8 +125,8 @@ void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<fl
         len[bt] = hi - lo[bt] + 1;
         longest = std::max(longest, len[bt]);
     }
-    // enough chunks for every thread at one token (each unit streams its chunk's cache rows once)
-    const int chunks = (int)std::max<int64_t>(1, std::min<int64_t>((4 * pool.size() + BT - 1) / BT, (longest + 15) / 16));
+    // Tuning::attn_chunks chunks per thread at one token (each unit streams its chunk's cache rows once)
+    const int chunks = (int)std::max<int64_t>(1, std::min<int64_t>((g_tuning.attn_chunks * pool.size() + BT - 1) / BT, (longest + 15) / 16));
     const size_t part = (size_t)N * D;  // one chunk's unnormalised outputs
     std::vector<float>& parts = scratch;
     parts.resize((size_t)BT * N * D + (size_t)BT * chunks * (part + 2 * N));
