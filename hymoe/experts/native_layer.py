@@ -46,7 +46,7 @@ class NativeDecoderLayer:
     """layer(x, step, cache, cos_sin) for x [B, T, H] float32 on the CPU -> the layer's output, or
     None for a call it does not take."""
 
-    def __init__(self, layer, parts):
+    def __init__(self, parts):
         norm1, norm2, self.attn, qkv, o, router, experts = parts
         self.engine = experts.engine
         self.engine.lib.hymoe_layer_step.argtypes = [_p, ctypes.POINTER(_LayerArgs), ctypes.POINTER(_GqaArgs),
@@ -54,6 +54,8 @@ class NativeDecoderLayer:
         h, n_exp, k = norm1.n, router._args.num_experts, router.k
         q_width, kv_width = self.attn.heads * self.attn.head_dim, self.attn.kv_heads * self.attn.head_dim
         rows = CAPACITY
+        # [R, H] normed input, [R, q + 2 kv] q|k|v, [R, q] attention, [R, H] o, [R, E] router logits,
+        # [R, K] ids and weights, [R, H] experts' output: LayerArgs' buffers, in its order
         self.buffers = [torch.empty(rows, w) for w in (h, q_width + 2 * kv_width, q_width, h, n_exp)] + \
             [torch.empty(rows, k, dtype=torch.int64), torch.empty(rows, k), torch.empty(rows, h)]
         # held: the C side keeps the addresses of these structs and of the weights behind them
@@ -83,6 +85,6 @@ def place_native_layers(model) -> int:
     count = 0
     for layer in model.layers:
         parts = _parts(layer)
-        layer.native_step = NativeDecoderLayer(layer, parts) if parts is not None else None
+        layer.native_step = NativeDecoderLayer(parts) if parts is not None else None
         count += parts is not None
     return count
