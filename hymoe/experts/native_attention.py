@@ -89,7 +89,7 @@ class NativeGqaAttention:
                               norms[0].eps if norms[0] is not None else 0.0, d ** -0.5)
         self._args.q_norm, self._args.k_norm = (0 if w is None else w.data_ptr() for w in self.norms)
         self._args_ref = ctypes.byref(self._args)
-        self._cache = None  # (key, k, v): the cache tensors whose addresses _args holds
+        self._cache = None  # the address, shape, strides and dtype of the cache _args points at
 
     def __call__(self, q, k, v, step, cache: dict, cos_sin) -> torch.Tensor:
         if q.dim() != 3:
@@ -122,7 +122,7 @@ class NativeGqaAttention:
         """The layer's KV cache (checked, then its fields set), unless it is the one already bound."""
         kc, vc = cache["k"], cache["v"]
         key = (kc.data_ptr(), vc.data_ptr(), kc.shape, vc.shape, kc.stride(), vc.stride(), kc.dtype, vc.dtype)
-        if self._cache is not None and self._cache[0] == key:
+        if self._cache == key:
             return
         g, d = self.kv_heads, self.head_dim
         if kc.dtype not in (torch.float32, torch.float16) or vc.dtype is not kc.dtype or not kc.is_contiguous() \
@@ -131,4 +131,6 @@ class NativeGqaAttention:
         a = self._args
         a.num_blocks, a.block_size, a.is_f16 = kc.shape[0], kc.shape[1], int(kc.dtype is torch.float16)
         a.k_cache, a.v_cache, a.cache_len = kc.data_ptr(), vc.data_ptr(), min(kc.numel(), vc.numel())
-        self._cache = (key, kc, vc)  # the tensors held: the C side keeps their addresses
+        # the key, not the tensors: every call passes its cache (so the addresses are live) and an old
+        # pool must not be kept alive by the layer while a new one is allocated
+        self._cache = key
