@@ -18,6 +18,7 @@ from hymoe.engine.scheduler import PREFILL_CHUNK, Timings
 from hymoe.engine.sequence import Sequence
 from hymoe.errors import HymoeError
 from hymoe.engine.model_card import model_card
+from hymoe.experts.native_layer import place_native_layers
 from hymoe.hub import resolve
 from hymoe.loader.fp8 import choose_experts_format
 from hymoe.loader.open import ModelFiles, open_model
@@ -28,7 +29,6 @@ from hymoe.layers.moe import MoE
 from hymoe.placement import default_dtype, default_kv_dtype, place_layers, resolve_placement
 from hymoe.placement.experts import EngineSlot, hot_experts_on_gpu, parse_gpu_experts, place_experts
 from hymoe.placement.options import PlacementOptions
-from hymoe.experts.native_layer import place_native_layers
 from hymoe.placement.kernels import check_dense_format, place_dense, place_small_ops, quantize_dense
 
 DEFAULT_MAX_CONTEXT = 4096
