@@ -95,7 +95,7 @@ def _kernel_for(linear: QuantLinear, engine: Callable, gpu_kernel: str = "auto")
     """Gives linear the kernel of its device; returns "native", "int4pack", "torch" or "float" (none can)."""
     on_cpu = linear.qweight.device.type == "cpu"
     if linear.fmt == "Q4_K" and linear.qweight.device.type == "cuda" and uses_int4pack(gpu_kernel, linear.qweight.device):
-        if Int4PackMatmul.fits(linear.qweight.shape, linear.fmt, linear.in_features):
+        if Int4PackMatmul.fits(linear.qweight.shape, linear.in_features):
             host, device = linear.qweight.cpu(), linear.qweight.device
             # the blocks leave the GPU first: it holds only the packed weight and one chunk's intermediates
             linear.qweight = linear.qweight.new_empty(0, host.shape[1])

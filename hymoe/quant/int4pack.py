@@ -64,9 +64,10 @@ class Int4PackMatmul:
             self.scales_and_zeros[:, r0:r0 + part.shape[0]] = sz
 
     @staticmethod
-    def fits(shape: tuple[int, int], fmt: str, in_features: int) -> bool:
-        """Whether tinygemm takes this weight: Q4_K, rows in 64s (the packing's chunks), columns in 128s."""
-        return fmt == "Q4_K" and shape[0] % 64 == 0 and in_features % (16 * Int4PackMatmul.INNER_K_TILES) == 0
+    def fits(shape: tuple[int, int], in_features: int) -> bool:
+        """Whether tinygemm takes a Q4_K weight of this shape: rows in 64s (the packing's chunks),
+        columns in 128s."""
+        return shape[0] % 64 == 0 and in_features % (16 * Int4PackMatmul.INNER_K_TILES) == 0
 
     def nbytes(self) -> int:
         return self.packed.numel() * self.packed.element_size() + self.scales_and_zeros.numel() * 2
