@@ -59,6 +59,26 @@ def instrument(model, clock: Clock) -> None:
             m.experts.sync = clock.wrap("experts", m.experts.sync)
     for layer in model.layers:
         layer.self_attn.forward = clock.wrap("attention", layer.self_attn.forward)
+        if getattr(layer, "native_step", None) is not None:  # one native call: its own stage clocks
+            layer.native_step.time_stages(True)
+
+
+# a native layer's stages (experts/native_layer.py STAGES) -> this script's parts
+NATIVE_PARTS = {"q/k/v": "dense", "attention": "attention", "o": "dense", "router": "routing",
+                "experts": "experts"}
+
+
+def native_stage_ms(model, steps: int) -> dict:
+    """Milliseconds per step of the native layers' stages, by this script's part names."""
+    from hymoe.experts.native_layer import STAGES
+
+    out = defaultdict(float)
+    for layer in model.layers:
+        native = getattr(layer, "native_step", None)
+        if native is not None and native.stage_ns is not None:
+            for name, ns in zip(STAGES, native.stage_ns.tolist()):
+                out[NATIVE_PARTS[name]] += ns / 1e6 / steps
+    return out
 
 
 def main() -> None:
@@ -97,9 +117,11 @@ def main() -> None:
         runner.forward([0], [[7]], [pos])
         pos += 1
     total = (time.perf_counter() - t0) / args.steps * 1e3
-    ms = {k: v / args.steps * 1e3 for k, v in clock.spent.items()}
-    parts = {"experts": ms.get("experts", 0.0), "dense GEMV": ms.get("dense", 0.0),
-             "attention": ms.get("attention", 0.0)}
+    ms = defaultdict(float, {k: v / args.steps * 1e3 for k, v in clock.spent.items()})
+    for k, v in native_stage_ms(llm.model, args.steps).items():
+        ms[k] += v
+    parts = {"experts": ms["experts"], "dense GEMV": ms["dense"], "attention": ms["attention"],
+             "norms and routing (native layers)": ms["routing"]}
     parts["norms, routing, Python and torch overhead"] = total - sum(parts.values())
     print(f"{args.placement}, {llm.dtype}, context {args.context}: {total:.2f} ms per decode step")
     for k, v in parts.items():

@@ -42,3 +42,26 @@ def test_layers_it_cannot_take_run_module_by_module(gguf_model):
     policy = hymoe.load(gguf_model("qwen3_moe", "Q8_0")[1], placement="cpu", progress=False, kv_policy="sink-window:2,4")
     assert policy.native_layers > 0
     assert _decode(policy, True) == _decode(policy, False)  # a retention policy: the modules take each step
+
+
+@needs_native
+def test_stage_clocks_split_a_step_without_changing_it(gguf_model):
+    """profile_decode.py's split of a native layer (time_stages): every stage is timed, none is
+    counted twice (the stages fit in the step's time) and the tokens are the same."""
+    import time
+
+    from hymoe.experts.native_layer import STAGES
+
+    llm = hymoe.load(gguf_model("qwen3_moe", "Q8_0")[1], placement="cpu", progress=False)
+    plain = _decode(llm, True)
+    layers = [layer.native_step for layer in llm.model.layers]
+    for step in layers:
+        step.time_stages(True)
+    t0 = time.perf_counter_ns()
+    assert _decode(llm, True) == plain
+    wall = time.perf_counter_ns() - t0
+    spent = sum(step.stage_ns for step in layers)  # [5] ns
+    assert spent.shape == (len(STAGES),) and bool((spent > 0).all()) and spent.sum().item() < wall
+    for step in layers:
+        step.time_stages(False)
+    assert all(step.stage_ns is None and not step._args.stage_ns for step in layers)

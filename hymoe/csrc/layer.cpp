@@ -5,6 +5,7 @@
 // (moe.cpp, attention.cpp): the results are the same bits; what goes is ~250 us of Python and torch
 // per layer between them at decode, more than the attention itself.
 #include <stdint.h>
+#include <time.h>
 
 #include "attention.h"
 #include "linear.h"
@@ -36,6 +37,27 @@ struct LayerArgs {
     float *h, *qkv_out, *attn_out, *o_out, *logits;
     int64_t* ids;
     float *weights, *moe_out;
+    // null, or [5] nanoseconds added per call: q/k/v (norm and linear), attention, o (linear and
+    // residual), router (norm and routing), experts (and residual): scripts/profile_decode.py's split
+    double* stage_ns;
+};
+
+static inline double now_ns() {
+    timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e9 + t.tv_nsec;
+}
+
+// Adds the time since the last mark to stage `i` when the caller asked for the split.
+struct StageClock {
+    double* ns;
+    double last;
+    explicit StageClock(double* out) : ns(out), last(out ? now_ns() : 0) {}
+    void mark(int i) {
+        if (!ns) return;
+        double t = now_ns();
+        ns[i] += t - last, last = t;
+    }
 };
 
 // x [rows, H] (rows = the step's B x T) <- the layer applied to it, in place. step: a GqaArgs
@@ -46,8 +68,10 @@ __attribute__((visibility("default"))) int hymoe_layer_step(void* engine, LayerA
     if (rows < 1 || rows > L->capacity || (int64_t)step->num_rows * step->tokens != rows) return -4;
     const int H = L->hidden;
     const int64_t width = (int64_t)L->q_width + 2 * L->kv_width, xs = (int64_t)rows * H;
+    StageClock clock(L->stage_ns);
     hymoe_rms_norm(x, L->norm1, L->h, rows, H, L->eps1);
     if (int rc = hymoe_linear(engine, L->qkv, rows, L->h, xs, L->qkv_out, rows * width)) return rc;
+    clock.mark(0);
     GqaArgs* a = L->attn;
     a->num_rows = step->num_rows, a->tokens = step->tokens, a->kv_len = step->kv_len;
     a->table_width = step->table_width;
@@ -60,15 +84,19 @@ __attribute__((visibility("default"))) int hymoe_layer_step(void* engine, LayerA
     a->q_len = rows * width, a->k_len = a->q_len - L->q_width, a->v_len = a->k_len - L->kv_width;
     a->out = L->attn_out, a->out_len = (int64_t)rows * L->q_width;
     if (int rc = hymoe_gqa_attention(engine, a)) return rc;
+    clock.mark(1);
     if (int rc = hymoe_linear(engine, L->o, rows, L->attn_out, a->out_len, L->o_out, xs)) return rc;
     for (int64_t i = 0; i < xs; i++) x[i] += L->o_out[i];
+    clock.mark(2);
     hymoe_rms_norm(x, L->norm2, L->h, rows, H, L->eps2);
     L->route->ids = L->ids, L->route->weights = L->weights;
     if (int rc = hymoe_router(engine, L->router, L->route, rows, L->h, xs, L->logits)) return rc;
+    clock.mark(3);
     const int64_t pairs = (int64_t)rows * L->topk;
     if (int rc = hymoe_moe_start(engine, L->moe, rows, L->topk, L->h, L->ids, L->weights, L->moe_out, xs, pairs, xs, 0))
         return rc;
     for (int64_t i = 0; i < xs; i++) x[i] += L->moe_out[i];
+    clock.mark(4);
     return 0;
 }
 

@@ -22,7 +22,8 @@ class _LayerArgs(ctypes.Structure):
     _fields_ = [(n, _i32) for n in ("hidden", "q_width", "kv_width", "topk", "num_experts", "capacity")] + \
                [("eps1", _f32), ("eps2", _f32)] + \
                [(n, _p) for n in ("norm1", "norm2", "qkv", "o", "router", "route", "attn", "moe", "h", "qkv_out",
-                                  "attn_out", "o_out", "logits", "ids", "weights", "moe_out")]
+                                  "attn_out", "o_out", "logits", "ids", "weights", "moe_out", "stage_ns")]
+STAGES = ("q/k/v", "attention", "o", "router", "experts")  # LayerArgs.stage_ns's order
 
 
 def _parts(layer):
@@ -66,6 +67,12 @@ class NativeDecoderLayer:
                                 ptr(router.logits._args), ptr(router._args), ptr(self.attn._args),
                                 ptr(experts._args), *(b.data_ptr() for b in self.buffers))
         self._ref = ctypes.byref(self._args)
+        self.stage_ns = None
+
+    def time_stages(self, on: bool) -> None:
+        """Add each stage's nanoseconds to `self.stage_ns` ([5] float64, STAGES' order) from now on."""
+        self.stage_ns = torch.zeros(len(STAGES), dtype=torch.float64) if on else None
+        self._args.stage_ns = self.stage_ns.data_ptr() if on else None
 
     def __call__(self, x: torch.Tensor, step, cache: dict, cos_sin) -> torch.Tensor | None:
         b, t, h = x.shape
