@@ -12,8 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-# the low-bit formats (csrc/lowbit.h) in groups, each with its AVX512 file and AVX2 and portable decoders
+# the low-bit formats (csrc/lowbit.h) in groups, each with AVX2 and portable decoders and, but for the
+# K-quants (Q2_K, Q3_K, IQ4_XS: kernels_avx512_k.cpp, with Q4_K-Q6_K), its own AVX512 file
 LOWBIT_GROUPS = ("legacy", "kquants", "iq2", "iq3")
+AVX512_LOWBIT = ("legacy", "iq2", "iq3")
 LOWBIT_HEADERS = ["", "_iq2_grids", "_iq3_grids", *(f"_{g}{p}" for g in LOWBIT_GROUPS for p in ("", "_scalar"))]
 IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 IS_ARM64 = platform.machine().lower() in ("aarch64", "arm64")
@@ -26,7 +28,7 @@ ISA_FLAGS = {
 }
 ISA_FLAGS["kernels_avx512_k.cpp"] = ISA_FLAGS["kernels_avx512_tiled.cpp"] = ISA_FLAGS["kernels_avx512.cpp"]
 ISA_FLAGS["kernels_avx512_attn.cpp"] = ISA_FLAGS["kernels_avx512.cpp"]
-for g in LOWBIT_GROUPS:
+for g in AVX512_LOWBIT:
     ISA_FLAGS[f"kernels_avx512_{g}.cpp"] = ISA_FLAGS["kernels_avx512.cpp"]
 ISA_FLAGS["kernels_avx2_tiled.cpp"] = ISA_FLAGS["kernels_avx2_float.cpp"] = ISA_FLAGS["kernels_avx2.cpp"]
 ISA_FLAGS["kernels_avx2_attn.cpp"] = ISA_FLAGS["kernels_avx2_lowbit.cpp"] = ISA_FLAGS["kernels_avx2.cpp"]
@@ -39,7 +41,7 @@ OPTIONAL = {"kernels_avx512_bf16.cpp": "-DHYMOE_NO_AVX512_BF16"}
 SOURCES = ["dispatch.cpp", "moe.cpp", "numa.cpp", "linear.cpp", "attention.cpp", "layer.cpp", "route.cpp", "pool.cpp", "cpu.cpp", "kernels_generic.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp",
            "kernels_avx512_k.cpp", "kernels_avx512_attn.cpp", "kernels_avx512_tiled.cpp", "kernels_avx2_tiled.cpp", "kernels_avx2_float.cpp", "kernels_avx2_attn.cpp",
            "kernels_avx512_bf16.cpp", "kernels_generic_lowbit.cpp", "kernels_avx2_lowbit.cpp", "kernels_neon.cpp",
-           *(f"kernels_avx512_{g}.cpp" for g in LOWBIT_GROUPS)]
+           *(f"kernels_avx512_{g}.cpp" for g in AVX512_LOWBIT)]
 
 
 

@@ -14,15 +14,15 @@ E, H, I, K = 8, 512, 256, 4
 # the K-quants, TQ2_0 and TQ1_0, as hymoe; bf16 for BF16; none for F32) only float rounding
 # separates the two. Elsewhere the activation steps differ: ggml's Q8_0 blocks carry an fp16 scale
 # (hymoe: f32), F16 weights take fp16 activations there, IQ1_S takes Q8_K (hymoe: blocks of 32).
-# Q2_K and Q3_K take per-256 activations as ggml's Q8_K (csrc/lowbit.h: kAct256): float rounding.
+# Q2_K, Q3_K and IQ4_XS take per-256 activations as ggml's Q8_K (csrc/lowbit.h: kAct256): float rounding.
 # The other low-bit and older formats take int8 activations per 32 here (csrc/lowbit.h): against
 # ggml's Q8_0/Q8_1 (Q4_1, Q5_0, Q5_1, IQ4_NL) the fp16 scale differs, as for Q4_0; against its Q8_K
 # (the others) one scale per 256 as for IQ1_S.
 BOUND = {"Q4_K": 1e-5, "Q5_K": 1e-5, "Q6_K": 1e-5, "TQ2_0": 1e-5, "TQ1_0": 1e-5, "BF16": 1e-5, "F32": 1e-5,
-         "Q2_K": 1e-5, "Q3_K": 1e-5,
+         "Q2_K": 1e-5, "Q3_K": 1e-5, "IQ4_XS": 1e-5,
          "F16": 2e-3, "Q8_0": 0.01, "Q4_0": 0.01, "IQ1_S": 0.05,
          "Q4_1": 0.01, "Q5_0": 0.01, "Q5_1": 0.01, "IQ4_NL": 0.01,
-         "IQ4_XS": 0.05, "IQ2_XXS": 0.05, "IQ2_XS": 0.05, "IQ2_S": 0.05,
+         "IQ2_XXS": 0.05, "IQ2_XS": 0.05, "IQ2_S": 0.05,
          "IQ3_XXS": 0.05, "IQ3_S": 0.05, "IQ1_M": 0.05}
 
 

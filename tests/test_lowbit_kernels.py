@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(native.library() is None, reason="native kernels
 
 LOWBIT = ["Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q2_K", "Q3_K", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S",
           "IQ3_XXS", "IQ3_S", "IQ1_M"]
-ACT256 = {"Q2_K", "Q3_K"}  # decoders with kAct256: activations per 256, as llama.cpp's Q8_K (lowbit.h)
+ACT256 = {"Q2_K", "Q3_K", "IQ4_XS"}  # decoders with kAct256: activations per 256, as llama.cpp's Q8_K (lowbit.h)
 
 
 def per32(x: torch.Tensor) -> torch.Tensor:

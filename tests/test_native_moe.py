@@ -25,8 +25,8 @@ pytestmark = pytest.mark.skipif(native.library() is None, reason="native kernels
 BOUND = {"F32": 1e-5, "F16": 1e-5, "BF16": 0.01, "Q8_0": 0.02, "Q4_0": 0.02, "Q4_K": 0.04, "Q5_K": 0.04,
          "Q6_K": 0.04, "IQ1_S": 0.03, "TQ2_0": 0.03, "TQ1_0": 0.03,
          **dict.fromkeys(LOWBIT, 0.02),  # activations per 32 (csrc/lowbit.h)
-         "Q2_K": 0.04, "Q3_K": 0.04}  # but per 256, as the other K-quants
-K_QUANTS = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "TQ2_0", "TQ1_0"}  # activations per 256
+         "Q2_K": 0.04, "Q3_K": 0.04, "IQ4_XS": 0.04}  # but per 256, as the other K-quants
+K_QUANTS = {"Q2_K", "Q3_K", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "TQ2_0", "TQ1_0"}  # activations per 256
 E, H, I = 12, 512, 256
 
 

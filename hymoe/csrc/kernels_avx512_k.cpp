@@ -1,8 +1,9 @@
-// AVX512-VNNI kernels for the formats with 256-weight blocks (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, TQ2_0) against
-// per-256 activations, compiled with the AVX512 flags only.
+// AVX512-VNNI kernels for the formats with 256-weight blocks (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, TQ2_0, IQ4_XS)
+// against per-256 activations, compiled with the AVX512 flags only.
 #if defined(__x86_64__) || defined(_M_X64)
 #include "k_scales.h"
 #include "kernels.h"
+#include "lowbit.h"
 #include "simd_avx512.h"
 
 namespace {
@@ -21,6 +22,7 @@ struct KQ45 {
     static const bool kSeedSum = false;
     static const bool kSeedCorr = false;  // seed(): the offset correction in the integer dot
     static const bool kShortChain = false;
+    static const bool kMulScales = false;  // scales32(): int32 block scales by vpmulld (KIQ4XS)
     static const bool kTQ2Order = false;  // activations per chunk c: 32c.. and 128 + 32c.. (a copy)
     static constexpr int blk_lo(int c) { return 4 * (c / 2) + c % 2; }
     static constexpr int blk_hi(int c) { return blk_lo(c) + 2; }
@@ -68,6 +70,7 @@ struct KQ6 {
     static const bool kSeedSum = false;
     static const bool kSeedCorr = false;  // seed(): the offset correction in the integer dot
     static const bool kShortChain = false;
+    static const bool kMulScales = false;  // scales32(): int32 block scales by vpmulld (KIQ4XS)
     static const bool kTQ2Order = false;  // activations per chunk c: 32c.. and 128 + 32c.. (a copy)
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
@@ -129,6 +132,7 @@ struct KQ2 {
     static const bool kSeedSum = false;
     static const bool kSeedCorr = false;
     static const bool kShortChain = true;
+    static const bool kMulScales = false;  // scales32(): int32 block scales by vpmulld (KIQ4XS)
     static const bool kTQ2Order = true;
     static constexpr int blk_lo(int c) { return c; }
     static constexpr int blk_hi(int c) { return c + 4; }
@@ -178,6 +182,7 @@ struct KQ3 {
     static const bool kSeedSum = false;
     static const bool kSeedCorr = true;
     static const bool kShortChain = false;
+    static const bool kMulScales = false;  // scales32(): int32 block scales by vpmulld (KIQ4XS)
     static const bool kTQ2Order = true;
     static constexpr int blk_lo(int c) { return c; }
     static constexpr int blk_hi(int c) { return c + 4; }
@@ -217,7 +222,7 @@ struct KQ3 {
     float corr_scale() const { return 0.f; }  // unused: kSeedCorr
     __m512 correction(const int16_t*, const int16_t*) const { return _mm512_setzero_ps(); }
     // codes are q + 4: the dot starts at -4 * sum_g scale_g * bsum16_g (lanes 0-7), in integer
-    __m512i seed(const int16_t* bk16) const {
+    __m512i seed(const int16_t* bk16, const int16_t*) const {
         const __m256i m = _mm256_madd_epi16(_mm512_castsi512_si256(sc), _mm256_loadu_si256((const __m256i*)bk16));
         return _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(m, 2)));
     }
@@ -235,6 +240,7 @@ struct KTQ2 {
     static const bool kSeedSum = true;
     static const bool kSeedCorr = false;
     static const bool kShortChain = false;
+    static const bool kMulScales = false;  // scales32(): int32 block scales by vpmulld (KIQ4XS)
     static const bool kTQ2Order = false;  // activations per chunk c: 32c.. and 128 + 32c.. (a copy)
     // chunk c is 2-bit field c of all 64 bytes: weights 32c.. (bytes 0-31) and 128 + 32c.. (32-63),
     // so the 64 bytes are loaded once and each chunk costs one shift and one mask
@@ -255,6 +261,62 @@ struct KTQ2 {
     float d() const { return dd; }
     float corr_scale() const { return dd; }
     __m512 correction(const int16_t*, const int16_t*) const { return _mm512_setzero_ps(); }  // unused: kSeedSum
+};
+
+// IQ4_XS: value = d * (ls - 32) * kIQ4Values[q] per block of 32. Chunk c is blocks 2c and 2c + 1
+// (weights 64c.. in order: qs[32c..32c + 15] low then high nibbles, qs[32c + 16..] the same), codes
+// kIQ4Values[q] + 128 by one vpshufb. Sums of 4 codes x activations reach 4 x 241 x 127, past int16,
+// so each chunk's vpdpbusd is scaled by vpmulld with its blocks' int32 scales (lanes 0-7 block 2c,
+// 8-15 block 2c + 1); the offset 128 seeds the integer dot as -128 * sum_j s_j * bsum32_j. All in
+// int32: at most 4 x 122,428 x 32 per lane plus 128 x 32 x 8 x 4,064, below 2^31.
+struct KIQ4XS {
+    static const bool kPackPairs = false;
+    static const int kBytes = sizeof(BlockIQ4_XS);
+    static const bool kUnitScales = false;
+    static const bool kPaired = false;
+    static const bool kSeedSum = false;
+    static const bool kSeedCorr = true;
+    static const bool kShortChain = false;
+    static const bool kMulScales = true;
+    static const bool kTQ2Order = false;
+    static constexpr int blk_lo(int c) { return 2 * c; }
+    static constexpr int blk_hi(int c) { return 2 * c + 1; }
+    const uint8_t* qs;
+    __m256i s8;  // the 8 blocks' scales ls - 32, int32
+    float dd;
+    void prep(const uint8_t* p) {
+        const BlockIQ4_XS* b = (const BlockIQ4_XS*)p;
+        qs = b->qs;
+        dd = h2f(b->d);
+        // block j: nibble j of scales_l (a dword) | 2 bits j of scales_h << 4, minus 32
+        const __m256i sl = _mm256_srlv_epi32(_mm256_set1_epi32(*(const int*)b->scales_l),
+                                             _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
+        const __m256i sh = _mm256_srlv_epi32(_mm256_set1_epi32(b->scales_h), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
+        s8 = _mm256_sub_epi32(_mm256_or_si256(_mm256_and_si256(sl, _mm256_set1_epi32(0xF)),
+                                              _mm256_slli_epi32(_mm256_and_si256(sh, _mm256_set1_epi32(3)), 4)),
+                              _mm256_set1_epi32(32));
+    }
+    __m512i scales32(int c) const {
+        const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(2 * c), _mm256_set1_epi32(2 * c + 1), 1);
+        return _mm512_permutexvar_epi32(idx, _mm512_castsi256_si512(s8));
+    }
+    __m512i scales16(int) const { return _mm512_setzero_si512(); }  // unused: kMulScales
+    __m512i chunk(int c) const {
+        const __m512i lut = _mm512_broadcast_i32x4(_mm_xor_si128(_mm_loadu_si128((const __m128i*)kIQ4Values),
+                                                                 _mm_set1_epi8((char)0x80)));
+        // 128-bit lanes: bytes 0-15 twice, then 16-31 twice; low nibbles in lanes 0 and 2, high in 1 and 3
+        const __m512i x = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(qs + 32 * c)));
+        const __m512i v = _mm512_shuffle_i64x2(x, x, 0x50);
+        const __m512i shift = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
+        return _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srlv_epi64(v, shift), _mm512_set1_epi8(0x0F)));
+    }
+    float d() const { return dd; }
+    float corr_scale() const { return 0.f; }  // unused: kSeedCorr
+    __m512 correction(const int16_t*, const int16_t*) const { return _mm512_setzero_ps(); }
+    __m512i seed(const int16_t*, const int16_t* bk32) const {
+        const __m256i m = _mm256_mullo_epi32(s8, _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i*)bk32)));
+        return _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(m, 7)));
+    }
 };
 
 // lane 0: minus the sum of a super-block's 256 activations (from its 8 int16 sums of 32), lanes
@@ -306,7 +368,7 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
                 __m512i seed = _mm512_setzero_si512();
                 if (F::kSeedSum) seed = minus_sum256(a[t].bk32 + 8 * u);
                 for (int i = 0; i < NR; i++) {
-                    if constexpr (F::kSeedCorr) dot[i][t] = f[i].seed(a[t].bk16 + 16 * u);
+                    if constexpr (F::kSeedCorr) dot[i][t] = f[i].seed(a[t].bk16 + 16 * u, a[t].bk32 + 8 * u);
                     else dot[i][t] = seed;
                 }
             }
@@ -335,15 +397,21 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
                 __m512i wq[NR], sc[NR];
                 for (int i = 0; i < NR; i++) {
                     wq[i] = f[i].chunk(c);
-                    sc[i] = f[i].scales16(c);
+                    if constexpr (F::kMulScales) sc[i] = f[i].scales32(c);
+                    else sc[i] = f[i].scales16(c);
                 }
                 const int lo = u * 256 + 32 * F::blk_lo(c), hi = u * 256 + 32 * F::blk_hi(c);
                 for (int t = 0; t < NT; t++) {
                     const __m512i aq = F::kPaired ? _mm512_loadu_si512((const void*)(paired[t] + u * 256 + 64 * c))
                                                   : load_pair(a[t].qk + lo, a[t].qk + hi, hi == lo + 32);
-                    for (int i = 0; i < NR; i++)
-                        dot[i][t] = F::kUnitScales ? _mm512_dpbusd_epi32(dot[i][t], wq[i], aq)
-                                                   : _mm512_dpwssd_epi32(dot[i][t], _mm512_maddubs_epi16(wq[i], aq), sc[i]);
+                    for (int i = 0; i < NR; i++) {
+                        if constexpr (F::kMulScales)  // sums of 4 products overflow int16: scaled in int32
+                            dot[i][t] = _mm512_add_epi32(
+                                dot[i][t], _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[i], aq), sc[i]));
+                        else
+                            dot[i][t] = F::kUnitScales ? _mm512_dpbusd_epi32(dot[i][t], wq[i], aq)
+                                                       : _mm512_dpwssd_epi32(dot[i][t], _mm512_maddubs_epi16(wq[i], aq), sc[i]);
+                    }
                 }
             }
             for (int t = 0; t < NT; t++) {
@@ -483,5 +551,6 @@ const RowsFn avx512::rows_q6_k = rows_k<KQ6>;
 const RowsFn avx512::rows_q2_k = rows_k<KQ2>;
 const RowsFn avx512::rows_q3_k = rows_k<KQ3>;
 const RowsFn avx512::rows_tq2_0 = rows_k<KTQ2>;
+const RowsFn avx512::rows_iq4_xs = rows_k<KIQ4XS>;
 const RowsFn avx512::rows_tq1_0 = rows_tq1;
 #endif

@@ -22,7 +22,7 @@
 //   };                         // 256 codes; scale and min of block j at sc[j * stride], mn[j * stride]
 //
 // Activations: int8 per 32 with one float scale (the portable layout's qs, d, sum16) for most of
-// these formats; a decoder with `static const bool kAct256 = true;` (Q2_K, Q3_K) takes the per-256
+// these formats; a decoder with `static const bool kAct256 = true;` (Q2_K, Q3_K, IQ4_XS) takes the per-256
 // ones instead (qk, dk and the int16 sums bk16 / bk32: ggml's Q8_K, what llama.cpp multiplies the
 // K-quants by), on every path (portable, AVX2 per row, the batch tiles, AVX512 per row), so the paths
 // agree with each other and with llama.cpp to float rounding, and AVX512 applies the sub-block scales

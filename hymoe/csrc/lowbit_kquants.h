@@ -74,6 +74,7 @@ struct DQ3_K {  // value = d * (sc - 32) * (q - 4), code q = 2 low bits | hmask 
 
 struct DIQ4_XS {  // value = d * (ls - 32) * kIQ4Values[q]: code kIQ4Values[q] + 128 by vpshufb (PIQ4_XS)
     static const int kBlock = 32, kBytes = sizeof(BlockIQ4_XS), kMaxCode = 113 + 128;
+    static const bool kAct256 = true;  // per-256 activations (lowbit.h)
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
         const BlockIQ4_XS* b = (const BlockIQ4_XS*)p;
         const __m128i lut = _mm_xor_si128(_mm_loadu_si128((const __m128i*)kIQ4Values), _mm_set1_epi8((char)0x80));

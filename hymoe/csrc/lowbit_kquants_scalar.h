@@ -45,6 +45,7 @@ inline int iq4xs_scale(const BlockIQ4_XS* b, int j) {
 
 struct PIQ4_XS {  // value = d * (ls - 32) * kIQ4Values[q]: code kIQ4Values[q] + 128, min 128 * scale
     static const int kUnit = 256, kBlock = 32, kBytes = sizeof(BlockIQ4_XS);
+    static const bool kAct256 = true;  // per-256 activations (lowbit.h)
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn) {
         const BlockIQ4_XS* b = (const BlockIQ4_XS*)p;
         const float d = fp16_to_f32(b->d);
