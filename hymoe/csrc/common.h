@@ -298,6 +298,9 @@ struct Tuning {
     // merge less; two keep some balance when a thread is late (Qwen3 file, 512 positions, 2 threads,
     // decode alternating in one process: 2 and 1 gave 1.03-1.10x and 1.06-1.09x of 4's tokens/s)
     int attn_chunks = 2;
+    // Decode attention: a chunk's cache rows loaded front to back before its heads read them
+    // (attention.cpp touch()); 0 leaves the heads to read them cold
+    int attn_touch = 1;
 };
 extern Tuning g_tuning;
 
