@@ -160,6 +160,24 @@ def test_default_requantizes_experts_to_q4_k_and_says_so(fp8_model, caplog):
     print(f"Q4_K: {_rel(got, want_q4):.2e} from the Q4_K reference, {_rel(got, want):.3f} from the FP8 one")
 
 
+def test_a_rules_experts_format_is_encoded_from_the_fp8_values(fp8_model, tmp_path):
+    """A placement rule's format for one layer's experts: its blocks come from the FP8 values, not
+    from the default Q4_K blocks re-quantized (which would add Q4_K's error to the rule's)."""
+    from hymoe.quant.encode import encode_bytes
+
+    path, _, model = fp8_model
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - {match: 'layers\\.1\\.mlp\\.experts', device: cpu, format: Q8_0}\n"
+                     "  - {match: '.*', device: cpu}\n")
+    llm = hymoe.load(path, dtype="float32", progress=False, placement=str(rules))
+    experts = llm.model.layers[1].mlp.experts
+    assert experts.formats == ("Q8_0",) * 3
+    i = CONFIG["moe_intermediate_size"]
+    for j in (0, 5):  # expert j's gate rows, from the reference that holds the decoded FP8 values
+        exact = model.model.layers[1].mlp.experts.gate_up_proj[j, :i].detach()
+        assert torch.equal(experts.gate[j], encode_bytes(exact, "Q8_0").reshape(-1))
+
+
 def test_converted_gguf_agrees(fp8_model, tmp_path):
     from hymoe.loader.gguf_file import GGUFModelFile
 

@@ -57,7 +57,7 @@ class LLM:
         self.dtype = parse_dtype(o.dtype) or default_dtype(files, self.placement)
         self.kv_dtype = parse_dtype(o.kv_dtype) or default_kv_dtype(files, self.placement, self.dtype)
         self.device = self.placement.device
-        choose_experts_format(files.source, o.experts_format, o.experts, self.dtype)
+        choose_experts_format(files.source, o.experts_format, o.experts, self.dtype, self.placement.targets)
         with torch.device("meta"):
             model = build_model(self.config)
         self.model = load_weights(model, files.source, self.dtype, self.device, progress)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import torch
 
@@ -52,6 +53,7 @@ class Fp8Source:
         self.inner, self.cfg, self.path = inner, cfg, path
         self.block = fp8_block_size(path, qcfg)
         self.experts_format = DEFAULT_EXPERTS_FORMAT  # LLM may set another (--experts-format)
+        self.layer_formats: dict[int, str] = {}  # layer -> a placement rule's experts format
         self._scales = {}
         for name in inner.keys():
             dtype, shape = inner.describe(name)
@@ -98,7 +100,10 @@ class Fp8Source:
         from hymoe.quant.encode import encode_bytes
         from hymoe.quant.formats import row_bytes
 
-        fmt, cfg = self.experts_format, self.cfg
+        cfg = self.cfg
+        m = re.search(r"\.layers\.(\d+)\.", hf_names[0])
+        # a rule's format is encoded from the FP8 values here, not from the default's blocks later
+        fmt = self.layer_formats.get(int(m[1]) if m else -1, self.experts_format)
         e, i, h = cfg.num_experts, cfg.moe_intermediate_size, cfg.hidden_size
         out = []
         for stacked, (rows, n) in zip(hf_names, ((i, h), (i, h), (h, i))):
@@ -133,13 +138,18 @@ def fp8_aware(source, cfg, model_dir):
     return Fp8Source(source, cfg, qcfg, model_dir)
 
 
-def choose_experts_format(source, fmt: str | None, backend: str, dtype: torch.dtype) -> None:
+def choose_experts_format(source, fmt: str | None, backend: str, dtype: torch.dtype, targets: dict | None = None) -> None:
     """The block format an FP8 checkpoint's routed experts are encoded into at load: --experts-format,
-    else floats for the torch backend (it computes floats anyway), else Q4_K, said once."""
+    else floats for the torch backend (it computes floats anyway), else Q4_K, said once; a layer
+    whose placement rule names an encodable format (targets: unit -> Target) gets that one."""
     from hymoe.quant.encode import ENCODE_TYPES
 
     if not isinstance(source, Fp8Source):
         return
+    for unit, target in (targets or {}).items():
+        m = re.fullmatch(r"layers\.(\d+)\.mlp\.experts", unit)
+        if m and target.format and target.format.upper() in ENCODE_TYPES:
+            source.layer_formats[int(m[1])] = target.format.upper()
     if fmt:
         if fmt.upper() not in ENCODE_TYPES:
             raise HymoeError(f"--experts-format {fmt}: FP8 experts can be encoded as {', '.join(ENCODE_TYPES)}")
