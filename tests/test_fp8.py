@@ -61,16 +61,29 @@ def _split_experts(state: dict) -> dict:
     return out
 
 
-def make_fp8_model(out_dir, per_tensor: bool = False):
-    """A tiny DeepSeek-V3 saved as FP8 with scales; returns the HF model holding the decoded values."""
+def quantize_stacked(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float [E, R, C] -> (e4m3 [E, R, C], scale_inv [E, ceil(R/128), ceil(C/128)]), expert by expert."""
+    parts = [quantize_fp8(x) for x in w]
+    return torch.stack([q for q, _ in parts]), torch.stack([s for _, s in parts])
+
+
+def make_fp8_model(out_dir, per_tensor: bool = False, stacked: bool = False):
+    """A tiny DeepSeek-V3 saved as FP8 with scales; returns the HF model holding the decoded values.
+    stacked: the experts as transformers 5 keeps them, gate_up_proj [E, 2I, H] and down_proj [E, H, I]."""
     torch.manual_seed(0)
     model = transformers.DeepseekV3ForCausalLM(transformers.DeepseekV3Config(**CONFIG)).float().eval()
     perturb(model)
     model.config._attn_implementation = "eager"
     model.save_pretrained(out_dir)
     state, decoded = {}, {}
-    for k, v in _split_experts({k: v.detach() for k, v in model.state_dict().items()}).items():
-        if ".layers." in k and k.endswith("_proj.weight"):
+    weights = {k: v.detach() for k, v in model.state_dict().items()}
+    for k, v in (weights if stacked else _split_experts(weights)).items():
+        if stacked and k.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            q, s = quantize_stacked(v)
+            state[k], state[k + "_scale_inv"] = q.contiguous(), s.contiguous()
+            decoded[k] = torch.stack([qj.float() * sj.repeat_interleave(BLOCK, 0).repeat_interleave(BLOCK, 1)[
+                : v.shape[1], : v.shape[2]] for qj, sj in zip(q, s)])
+        elif ".layers." in k and k.endswith("_proj.weight"):
             q, s = quantize_fp8(v, per_tensor)
             state[k], state[k + "_scale_inv"] = q.contiguous(), s.contiguous()
             decoded[k] = q.float() * (s if per_tensor else s.repeat_interleave(BLOCK, 0).repeat_interleave(
@@ -91,15 +104,15 @@ def _load_decoded(model, decoded: dict) -> None:
     params = dict(model.named_parameters())
     with torch.no_grad():
         for k, p in params.items():
-            if k.endswith("experts.gate_up_proj"):
+            if k in decoded:
+                p.copy_(decoded[k])
+            elif k.endswith("experts.gate_up_proj"):
                 e = p.shape[0]
                 p.copy_(torch.stack([torch.cat([decoded[k.replace("gate_up_proj", f"{j}.{w}_proj.weight")]
                                                 for w in ("gate", "up")]) for j in range(e)]))
             elif k.endswith("experts.down_proj"):
                 p.copy_(torch.stack([decoded[k.replace("down_proj", f"{j}.down_proj.weight")]
                                      for j in range(p.shape[0])]))
-            elif k in decoded:
-                p.copy_(decoded[k])
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +189,24 @@ def test_a_rules_experts_format_is_encoded_from_the_fp8_values(fp8_model, tmp_pa
     for j in (0, 5):  # expert j's gate rows, from the reference that holds the decoded FP8 values
         exact = model.model.layers[1].mlp.experts.gate_up_proj[j, :i].detach()
         assert torch.equal(experts.gate[j], encode_bytes(exact, "Q8_0").reshape(-1))
+
+
+def test_stacked_fp8_experts(fp8_model, tmp_path):
+    """Experts saved stacked (transformers 5: gate_up_proj, down_proj and their _scale_inv per
+    expert) read one expert at a time: as F32 equal to the reference; in the default Q4_K the same
+    blocks, so the same logits, as the same model saved one tensor per expert."""
+    model = make_fp8_model(tmp_path, stacked=True)
+    from hymoe.loader.safetensors_dir import SafetensorsDir
+
+    assert "model.layers.1.mlp.experts.gate_up_proj_scale_inv" in SafetensorsDir(tmp_path)
+    with torch.no_grad():
+        want = model(torch.tensor([IDS])).logits[0].float()
+    got = hymoe.load(tmp_path, dtype="float32", progress=False, experts_format="F32").logits(IDS)
+    assert _rel(got, want) <= 1e-4
+    per_expert = hymoe.load(fp8_model[0], dtype="float32", progress=False).logits(IDS)
+    assert torch.equal(hymoe.load(tmp_path, dtype="float32", progress=False).logits(IDS), per_expert)
+    converted = convert(tmp_path, tmp_path / "m.gguf", type="F32", experts_type="Q8_0", progress=False)
+    assert _rel(hymoe.load(converted, dtype="float32", progress=False).logits(IDS), want) < 0.02
 
 
 def test_converted_gguf_agrees(fp8_model, tmp_path):

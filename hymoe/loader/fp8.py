@@ -70,8 +70,9 @@ class Fp8Source:
         got = list(self.inner.describe(scale)[1])
         if math.prod(got) == 1 and len(got) <= 1:
             return scale  # a per-tensor scale
-        want = None if self.block is None or len(shape) != 2 else \
-            [-(-shape[0] // self.block[0]), -(-shape[1] // self.block[1])]
+        # [R, C] -> [ceil(R / b0), ceil(C / b1)]; experts stacked [E, R, C] -> [E, ...] likewise
+        want = None if self.block is None or len(shape) not in (2, 3) else \
+            [*shape[:-2], -(-shape[-2] // self.block[0]), -(-shape[-1] // self.block[1])]
         if got != want:
             raise HymoeError(f"{self.path}: scale {scale} has shape {got}, expected {want or [1]} for "
                              f"{name} of shape {list(shape)} in blocks of {list(self.block or [])}")
@@ -91,7 +92,25 @@ class Fp8Source:
         scale = self._scales.get(name)
         if scale is None:
             return t
-        return dequantize_fp8(t, self.inner.get(scale), self.block)
+        s = self.inner.get(scale)
+        if t.dim() == 3 and s.numel() > 1:  # experts stacked [E, R, C], scales per expert
+            return torch.stack([dequantize_fp8(t[j], s[j], self.block) for j in range(t.shape[0])])
+        return dequantize_fp8(t, s, self.block)
+
+    def _expert(self, head: str, proj: str, j: int, rows: int) -> torch.Tensor:
+        """Expert j's projection (gate_proj, up_proj or down_proj) in float32: from its own tensor, or
+        from the layer's stacked ones (transformers 5's gate_up_proj [E, 2I, H], down_proj [E, H, I]),
+        read one expert at a time."""
+        fused = f"{head}.experts.{'down_proj' if proj.startswith('down') else 'gate_up_proj'}"
+        if fused not in self.inner:
+            return self.get(f"{head}.experts.{j}.{proj}")
+        t, scale = self.inner.get(fused), self._scales.get(fused)
+        if t.dim() != 3 or t.shape[0] != self.cfg.num_experts:
+            raise HymoeError(f"{self.path}: {fused} has shape {list(t.shape)}, the model's config says "
+                             f"{self.cfg.num_experts} experts stacked")
+        s = None if scale is None else self.inner.get(scale)
+        w = t[j].float() if s is None else dequantize_fp8(t[j], s if s.numel() == 1 else s[j], self.block)
+        return w[rows:] if proj.startswith("up") else w[:rows] if proj.startswith("gate") else w
 
     def packed_experts(self, hf_names: list[str]):
         """One layer's stacked (gate, up, down) in experts_format, as uint8 [E, rows * row_bytes]:
@@ -113,10 +132,10 @@ class Fp8Source:
             head, _, proj = stacked.rpartition(".experts.")
             data = host_bytes(e * rows * row_bytes(fmt, n)).view(e, -1)
             for j in range(e):  # one expert in float32 at a time
-                name = f"{head}.experts.{j}.{proj}"
-                w = self.get(name)
+                w = self._expert(head, proj, j, rows)
                 if tuple(w.shape) != (rows, n):
-                    raise HymoeError(f"tensor {name} has shape {list(w.shape)}, the model's config says {[rows, n]}")
+                    raise HymoeError(f"expert {j}'s {proj} of {head} has shape {list(w.shape)}, the model's config "
+                                     f"says {[rows, n]}")
                 data[j] = encode_bytes(w, fmt).reshape(-1)
             out.append(data)
         return out, (fmt,) * 3
