@@ -53,6 +53,19 @@ uint64_t touch(const void* p, size_t bytes) {
     return acc;
 }
 
+// touch() over the keys and values of row b's positions [first, first + n), block by block
+void touch_positions(const GqaArgs& a, int b, int64_t first, int64_t n) {
+    const int64_t bs = a.block_size, pos_bytes = (int64_t)a.kv_heads * a.head_dim * (a.is_f16 ? 2 : 4);
+    uint64_t seen = 0;
+    for (int64_t p = first; p < first + n;) {
+        const int64_t block = a.table[b * (int64_t)a.table_width + p / bs], take = std::min(first + n - p, bs - p % bs);
+        const size_t at = (size_t)(block * bs + p % bs) * pos_bytes, bytes = (size_t)take * pos_bytes;
+        seen += touch((const char*)a.k_cache + at, bytes) + touch((const char*)a.v_cache + at, bytes);
+        p += take;
+    }
+    t_sink = seen;
+}
+
 // Whether a buffer of `len` values is shorter than `rows` rows of `width`, `stride` apart.
 bool short_of(int64_t len, int64_t rows, int64_t stride, int64_t width) {
     return stride < width || (rows - 1) * stride + width > len;
@@ -161,15 +174,8 @@ void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<fl
         work.resize((size_t)(N + 2 * G * D) * std::min<int64_t>(n, bs));
         other.resize(part + 2 * N);
         float* o = outs + ((size_t)bt * chunks + c) * part;
-        uint64_t seen = 0;  // at decode (one token a row) this unit alone reads these rows: streamed in first
-        for (int64_t p = first; T == 1 && g_tuning.attn_touch && p < first + n;) {
-            const int64_t block = a.table[b * (int64_t)a.table_width + p / bs], off = p % bs;
-            const int64_t take = std::min(first + n - p, bs - off);
-            const size_t at = (size_t)((block * bs + off) * pos_stride) * elem, bytes = (size_t)take * pos_stride * elem;
-            seen += touch((const char*)a.k_cache + at, bytes) + touch((const char*)a.v_cache + at, bytes);
-            p += take;
-        }
-        t_sink = seen;
+        // at decode (one token a row) this unit alone reads these rows: streamed in first
+        if (T == 1 && g_tuning.attn_touch) touch_positions(a, b, first, n);
         for (int64_t p = first; p < first + n;) {
             const int64_t block = a.table[b * (int64_t)a.table_width + p / bs], off = p % bs;
             const int64_t take = std::min(first + n - p, bs - off);
