@@ -97,11 +97,11 @@ class Fp8Source:
             return torch.stack([dequantize_fp8(t[j], s[j], self.block) for j in range(t.shape[0])])
         return dequantize_fp8(t, s, self.block)
 
-    def _expert(self, head: str, proj: str, j: int, rows: int) -> torch.Tensor:
-        """Expert j's projection (gate_proj, up_proj or down_proj) in float32: from its own tensor, or
-        from the layer's stacked ones (transformers 5's gate_up_proj [E, 2I, H], down_proj [E, H, I]),
-        read one expert at a time."""
-        fused = f"{head}.experts.{'down_proj' if proj.startswith('down') else 'gate_up_proj'}"
+    def _expert(self, head: str, proj: str, which: int, j: int, rows: int) -> torch.Tensor:
+        """Expert j's projection `proj` (which: 0 gate, 1 up, 2 down) in float32: from its own tensor,
+        or from the layer's stacked ones (transformers 5's gate_up_proj [E, 2I, H] and down_proj
+        [E, H, I], whatever the family calls one expert's), read one expert at a time."""
+        fused = f"{head}.experts.{'down_proj' if which == 2 else 'gate_up_proj'}"
         if fused not in self.inner:
             return self.get(f"{head}.experts.{j}.{proj}")
         t, scale = self.inner.get(fused), self._scales.get(fused)
@@ -110,7 +110,7 @@ class Fp8Source:
                              f"{self.cfg.num_experts} experts stacked")
         s = None if scale is None else self.inner.get(scale)
         w = t[j].float() if s is None else dequantize_fp8(t[j], s if s.numel() == 1 else s[j], self.block)
-        return w[rows:] if proj.startswith("up") else w[:rows] if proj.startswith("gate") else w
+        return (w[:rows], w[rows:], w)[which]
 
     def packed_experts(self, hf_names: list[str]):
         """One layer's stacked (gate, up, down) in experts_format, as uint8 [E, rows * row_bytes]:
@@ -125,14 +125,14 @@ class Fp8Source:
         fmt = self.layer_formats.get(int(m[1]) if m else -1, self.experts_format)
         e, i, h = cfg.num_experts, cfg.moe_intermediate_size, cfg.hidden_size
         out = []
-        for stacked, (rows, n) in zip(hf_names, ((i, h), (i, h), (h, i))):
+        for which, (stacked, (rows, n)) in enumerate(zip(hf_names, ((i, h), (i, h), (h, i)))):
             if n % _block_values(fmt):
                 raise HymoeError(f"{self.path}: experts of {n} columns do not split into {fmt} blocks "
                                  f"(give another --experts-format, e.g. Q8_0 or BF16)")
             head, _, proj = stacked.rpartition(".experts.")
             data = host_bytes(e * rows * row_bytes(fmt, n)).view(e, -1)
             for j in range(e):  # one expert in float32 at a time
-                w = self._expert(head, proj, j, rows)
+                w = self._expert(head, proj, which, j, rows)
                 if tuple(w.shape) != (rows, n):
                     raise HymoeError(f"expert {j}'s {proj} of {head} has shape {list(w.shape)}, the model's config "
                                      f"says {[rows, n]}")
