@@ -9,6 +9,32 @@ sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def _available_isas() -> list[str]:
+    """The native kernels' ISA levels this CPU runs, one name per distinct level ([] unbuilt)."""
+    from hymoe.experts import native
+
+    if native.library() is None:
+        return []
+    have = []
+    for isa in ("generic", "avx2", "avx512"):
+        native.set_isa(isa)
+        name = native.isa_name()
+        if name not in [n for _, n in have]:
+            have.append((isa, name))
+    native.set_isa("avx512")  # the widest the CPU allows
+    return [isa for isa, _ in have]
+
+
+@pytest.fixture(params=_available_isas())
+def isa(request):
+    """Each kernel path the CPU has, in turn (the widest restored after)."""
+    from hymoe.experts import native
+
+    native.set_isa(request.param)
+    yield request.param
+    native.set_isa("avx512")
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

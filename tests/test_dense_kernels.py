@@ -23,7 +23,7 @@ from hymoe.quant.formats import qtype
 from hymoe.quant.kquants import QUANTIZERS
 from hymoe.quant.torch_dequant import dequantize_torch
 from quant_utils import dequant, random_weights
-from test_native_kernels import ISAS, kernel_activations
+from test_native_kernels import kernel_activations
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="native kernels not built")
 
@@ -31,13 +31,6 @@ pytestmark = pytest.mark.skipif(native.library() is None, reason="native kernels
 @pytest.fixture(scope="module")
 def engine():
     return native.NativeEngine(2, is_async=False)
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    native.set_isa(request.param)
-    yield request.param
-    native.set_isa("avx512")
 
 
 @pytest.mark.parametrize("fmt", ["Q5_K", "Q6_K"])

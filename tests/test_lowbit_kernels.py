@@ -6,7 +6,7 @@ import torch
 from hymoe.experts import native
 from hymoe.quant.formats import qtype
 from quant_utils import dequant, random_weights
-from test_native_kernels import ISAS, quantized_activations
+from test_native_kernels import quantized_activations
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="native kernels not built")
 
@@ -26,13 +26,6 @@ def per32(x: torch.Tensor) -> torch.Tensor:
 def activations(x: torch.Tensor, fmt: str) -> torch.Tensor:
     """x as fmt's kernels multiply it: per 256 for the formats with kAct256, else per 32."""
     return quantized_activations(x, 256) if fmt in ACT256 else per32(x)
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    native.set_isa(request.param)
-    yield request.param
-    native.set_isa("avx512")
 
 
 @pytest.mark.parametrize("fmt", LOWBIT)

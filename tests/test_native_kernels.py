@@ -9,22 +9,6 @@ pytestmark = pytest.mark.skipif(native.library() is None, reason="native kernels
 
 FORMATS = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "IQ1_S", "TQ2_0", "TQ1_0"]
 IS_FLOAT = {"F32", "F16", "BF16"}
-
-
-def available_isas():
-    have = []
-    for isa in ("generic", "avx2", "avx512"):
-        native.set_isa(isa)
-        name = native.isa_name()
-        if name not in [n for _, n in have]:
-            have.append((isa, name))
-    native.set_isa("avx512")  # the widest the CPU allows
-    return [isa for isa, _ in have]
-
-
-ISAS = available_isas()
-
-
 K_QUANTS = {"Q4_K", "Q5_K", "Q6_K", "TQ2_0", "TQ1_0"}  # activations per 256
 
 
@@ -42,13 +26,6 @@ def kernel_activations(x: torch.Tensor, fmt: str) -> torch.Tensor:
     if fmt == "BF16":
         return x.bfloat16().float()
     return x if fmt in IS_FLOAT else quantized_activations(x, 256 if fmt in K_QUANTS else 32)
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    native.set_isa(request.param)
-    yield request.param
-    native.set_isa("avx512")
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
