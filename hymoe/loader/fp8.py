@@ -37,13 +37,14 @@ def fp8_block_size(path, qcfg) -> tuple[int, int] | None:
 
 
 def dequantize_fp8(w: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int] | None) -> torch.Tensor:
-    """float8 [R, C] with float32 scales [ceil(R / b0), ceil(C / b1)] (or one scale) -> float32 [R, C]."""
+    """float8 [..., R, C] with float32 scales [..., ceil(R / b0), ceil(C / b1)] (or one scale) ->
+    float32 [..., R, C]; the leading dimension, if any, is stacked experts'."""
     x = w.float()
     if scale_inv.numel() == 1:
         return x * scale_inv.float().reshape(())
     b0, b1 = block
-    s = scale_inv.float().repeat_interleave(b0, 0)[: w.shape[0]].repeat_interleave(b1, 1)[:, : w.shape[1]]
-    return x * s
+    r, c = w.shape[-2:]
+    return x * scale_inv.float().repeat_interleave(b0, -2)[..., :r, :].repeat_interleave(b1, -1)[..., :c]
 
 
 class Fp8Source:
@@ -92,10 +93,7 @@ class Fp8Source:
         scale = self._scales.get(name)
         if scale is None:
             return t
-        s = self.inner.get(scale)
-        if t.dim() == 3 and s.numel() > 1:  # experts stacked [E, R, C], scales per expert
-            return torch.stack([dequantize_fp8(t[j], s[j], self.block) for j in range(t.shape[0])])
-        return dequantize_fp8(t, s, self.block)
+        return dequantize_fp8(t, self.inner.get(scale), self.block)
 
     def _expert(self, head: str, proj: str, which: int, j: int, rows: int) -> torch.Tensor:
         """Expert j's projection `proj` (which: 0 gate, 1 up, 2 down) in float32: from its own tensor,
