@@ -30,6 +30,11 @@ QCFG = {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [BLOCK, BLOCK
 IDS = list(range(3, 60, 2))
 
 
+def full_scale(s: torch.Tensor, r: int, c: int) -> torch.Tensor:
+    """Block scales [ceil(r/128), ceil(c/128)] (or one) spread over an [r, c] matrix."""
+    return s if s.numel() == 1 else s.repeat_interleave(BLOCK, 0).repeat_interleave(BLOCK, 1)[:r, :c]
+
+
 def quantize_fp8(w: torch.Tensor, per_tensor: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """float [R, C] -> (e4m3 [R, C], float32 scale_inv [ceil(R/128), ceil(C/128)]), or one scale."""
     if per_tensor:
@@ -40,8 +45,7 @@ def quantize_fp8(w: torch.Tensor, per_tensor: bool = False) -> tuple[torch.Tenso
     padded = torch.zeros(nr * BLOCK, nc * BLOCK)
     padded[:r, :c] = w
     s = padded.reshape(nr, BLOCK, nc, BLOCK).abs().amax((1, 3)).clamp(min=1e-12) / 448.0
-    full = s.repeat_interleave(BLOCK, 0).repeat_interleave(BLOCK, 1)[:r, :c]
-    return (w / full).to(torch.float8_e4m3fn), s.float()
+    return (w / full_scale(s, r, c)).to(torch.float8_e4m3fn), s.float()
 
 
 def _split_experts(state: dict) -> dict:
@@ -81,13 +85,11 @@ def make_fp8_model(out_dir, per_tensor: bool = False, stacked: bool = False):
         if stacked and k.endswith(("experts.gate_up_proj", "experts.down_proj")):
             q, s = quantize_stacked(v)
             state[k], state[k + "_scale_inv"] = q.contiguous(), s.contiguous()
-            decoded[k] = torch.stack([qj.float() * sj.repeat_interleave(BLOCK, 0).repeat_interleave(BLOCK, 1)[
-                : v.shape[1], : v.shape[2]] for qj, sj in zip(q, s)])
+            decoded[k] = torch.stack([qj.float() * full_scale(sj, *v.shape[1:]) for qj, sj in zip(q, s)])
         elif ".layers." in k and k.endswith("_proj.weight"):
             q, s = quantize_fp8(v, per_tensor)
             state[k], state[k + "_scale_inv"] = q.contiguous(), s.contiguous()
-            decoded[k] = q.float() * (s if per_tensor else s.repeat_interleave(BLOCK, 0).repeat_interleave(
-                BLOCK, 1)[: v.shape[0], : v.shape[1]])
+            decoded[k] = q.float() * full_scale(s, *v.shape)
         else:
             state[k] = v.contiguous()
     for f in out_dir.glob("*.safetensors*"):
