@@ -4,7 +4,8 @@
 // All four are blocks of 32 with an fp16 scale at the block's start, taken 8 blocks (256 weights)
 // a unit so a unit's scales (and mins) are one vector: its fp16 words are picked out of two or three
 // 64-byte loads of the unit by vpermt2w and converted at once (an 8-dword gather cost more: Q4_1).
-// A chunk of 64 weights is blocks 2c and 2c + 1, their nibbles in Q4_0's order.
+// A chunk of 64 weights is blocks 2c and 2c + 1, their nibbles in Q4_0's order. The unit's scales
+// are multiplied by the activations' once a unit, not once a chunk (kUnitScales).
 #if defined(__x86_64__) || defined(_M_X64)
 #include "kernels.h"
 #include "lowbit_legacy.h"
@@ -49,7 +50,7 @@ struct FQ4_1 {
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 256, kBytes = 8 * sizeof(BlockQ4_1), kShift = -1;
-    static const bool kMins = true, kPrepAhead = false;
+    static const bool kMins = true, kPrepAhead = false, kUnitScales = true;
     const BlockQ4_1* b;
     __m512 dm;  // lanes 0-7: the 8 blocks' scales, 8-15: their mins
     void prep(const uint8_t* p) {
@@ -60,6 +61,7 @@ struct FQ4_1 {
         s = lanes_from(dm, 2 * c, 2 * c + 1);
         return nibbles64(b[2 * c].qs, b[2 * c + 1].qs);
     }
+    __m512 scales() const { return dm; }
     __m256 mins() const { return _mm256_sub_ps(_mm256_setzero_ps(), _mm512_extractf32x8_ps(dm, 1)); }
 };
 
@@ -69,7 +71,7 @@ struct FQ5_0 {
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 256, kBytes = 8 * sizeof(BlockQ5_0), kShift = 4;
-    static const bool kMins = false, kPrepAhead = false;
+    static const bool kMins = false, kPrepAhead = false, kUnitScales = true;
     const BlockQ5_0* b;
     __m512 d8;  // lanes 0-7: the 8 blocks' scales
     void prep(const uint8_t* p) {
@@ -81,6 +83,7 @@ struct FQ5_0 {
         s = lanes_from(d8, 2 * c, 2 * c + 1);
         return with_fifth_bits(nibbles64(b[2 * c].qs, b[2 * c + 1].qs), b[2 * c].qh, b[2 * c + 1].qh);
     }
+    __m512 scales() const { return d8; }
     __m256 mins() const { return _mm256_setzero_ps(); }
 };
 
@@ -90,7 +93,7 @@ struct FQ5_1 {
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 256, kBytes = 8 * sizeof(BlockQ5_1), kShift = -1;
-    static const bool kMins = true, kPrepAhead = false;
+    static const bool kMins = true, kPrepAhead = false, kUnitScales = true;
     const BlockQ5_1* b;
     __m512 dm;  // lanes 0-7: the 8 blocks' scales, 8-15: their mins
     void prep(const uint8_t* p) {
@@ -102,6 +105,7 @@ struct FQ5_1 {
         s = lanes_from(dm, 2 * c, 2 * c + 1);
         return with_fifth_bits(nibbles64(b[2 * c].qs, b[2 * c + 1].qs), b[2 * c].qh, b[2 * c + 1].qh);
     }
+    __m512 scales() const { return dm; }
     __m256 mins() const { return _mm256_sub_ps(_mm256_setzero_ps(), _mm512_extractf32x8_ps(dm, 1)); }
 };
 
@@ -111,7 +115,7 @@ struct FIQ4_NL {
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 256, kBytes = 8 * sizeof(BlockIQ4_NL), kShift = 7;
-    static const bool kMins = false, kPrepAhead = false;
+    static const bool kMins = false, kPrepAhead = false, kUnitScales = true;
     const BlockIQ4_NL* b;
     __m512 d8;  // lanes 0-7: the 8 blocks' scales
     void prep(const uint8_t* p) {
@@ -125,6 +129,7 @@ struct FIQ4_NL {
                                                _mm512_set1_epi8((char)0x80));
         return _mm512_shuffle_epi8(table, nibbles64(b[2 * c].qs, b[2 * c + 1].qs));
     }
+    __m512 scales() const { return d8; }
     __m256 mins() const { return _mm256_setzero_ps(); }
 };
 

@@ -30,6 +30,13 @@ template <class F>
 constexpr auto mins16_of(int) -> decltype(F::kMins16) { return F::kMins16; }
 template <class F>
 constexpr bool mins16_of(...) { return false; }
+// kUnitScales: the format's lane scales are its unit's 8 block scales (lanes 0-7 of scales()), chunk c
+// taking blocks 2c and 2c + 1, as the activations' per-32 scales: the kernel multiplies the two once
+// a unit (one product for 4 chunks) and picks each chunk's lanes from the product
+template <class F>
+constexpr auto unit_scales_of(int) -> decltype(F::kUnitScales) { return F::kUnitScales; }
+template <class F>
+constexpr bool unit_scales_of(...) { return false; }
 
 // per 16 activations of unit u (256 values): scale * sum, for the mins of blocks of 16
 inline __m512 dsum16(const ActView& v, int u) {
@@ -41,7 +48,7 @@ inline __m512 dsum16(const ActView& v, int u) {
 template <class F, int NR, int NT>
 void rows_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n, float* out,
                size_t out_stride) {
-    constexpr bool kMins16 = mins16_of<F>(0);
+    constexpr bool kMins16 = mins16_of<F>(0), kUnit = unit_scales_of<F>(0);
     Act a[NT];
     ActView av[NT];
     for (int t = 0; t < NT; t++) a[t] = act_of(acts[t], n), av[t] = act_view(acts[t], n);
@@ -72,6 +79,12 @@ void rows_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const*
                     fetch(blk, F::kBytes);
                     fb[F::kPrepAhead ? up & 1 : 0][i].prep(blk);
                 }
+            __m512 sd[NR][NT];  // kUnit: lanes 0-7, the 8 weight block scales x the token's activation ones
+            if constexpr (kUnit)
+                for (int t = 0; t < NT; t++) {
+                    const __m512 da8 = _mm512_castps256_ps512(_mm256_loadu_ps(av[t].d + 8 * u));
+                    for (int i = 0; i < NR; i++) sd[i][t] = _mm512_mul_ps(f[i].scales(), da8);
+                }
             for (int c = 0; c < F::kSU / 64; c++) {
                 __m512 ws[NR];
                 __m512i wq[NR];
@@ -87,7 +100,8 @@ void rows_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const*
                     const __m512 da = _mm512_castsi512_ps(load_pair(a[t].dexp + lo / 4, a[t].dexp + hi / 4, is_natural));
                     for (int i = 0; i < NR; i++) {
                         __m512i p = _mm512_dpbusd_epi32(seed, wq[i], aq);
-                        acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(ws[i], da), acc[i][t]);
+                        const __m512 s = kUnit ? lanes_from(sd[i][t], 2 * c, 2 * c + 1) : _mm512_mul_ps(ws[i], da);
+                        acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, acc[i][t]);
                     }
                 }
             }
