@@ -31,7 +31,16 @@ def kernel_activations(x: torch.Tensor, fmt: str) -> torch.Tensor:
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("tokens", [1, 3, 9])
 def test_rows_equal_gguf_dequantized_matmul(fmt, tokens, isa):
-    n, rows = 768, 12
+    _check_rows(fmt, tokens, 768)
+
+
+@pytest.mark.parametrize("fmt", ["Q8_0", "Q4_0"])
+def test_rows_of_64s_that_are_not_256s(fmt, isa):
+    """Rows of whole 256s take Q4_0's unit-of-256 kernel on AVX512; these take its 64-weight one."""
+    _check_rows(fmt, 1, 832)
+
+
+def _check_rows(fmt: str, tokens: int, n: int, rows: int = 12) -> None:
     w = random_weights(fmt, rows, n, seed=tokens)
     x = torch.randn(tokens, n, generator=torch.Generator().manual_seed(tokens))
     xq = kernel_activations(x, fmt)

@@ -220,13 +220,21 @@ int rows_float(const uint8_t* w, size_t row_bytes, int nrows, const void* const*
     return nrows;
 }
 
+// Q4_0 rows of 256s go 256 weights a unit (their 8 scales converted at once, kernels_avx512_legacy.cpp);
+// other rows 64 at a time
+int rows_q4_0_any(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
+                  size_t out_stride) {
+    if (n % 256 == 0) return avx512::rows_q4_0_units(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
+    return rows_q<FQ4_0>(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
+}
+
 }  // namespace
 
 const RowsFn avx512::rows_f32 = rows_float<F32>;
 const RowsFn avx512::rows_f16 = rows_float<F16>;
 const RowsFn avx512::rows_bf16 = rows_float<BF16>;
 const RowsFn avx512::rows_q8_0 = rows_q<FQ8_0>;
-const RowsFn avx512::rows_q4_0 = rows_q<FQ4_0>;
+const RowsFn avx512::rows_q4_0 = rows_q4_0_any;
 const RowsFn avx512::rows_iq1_s = rows_q<FIQ1_S>;
 const QuantizeFn avx512::quantize = quantize_avx512;
 const ActBytesFn avx512::act_bytes = act_bytes_avx512;

@@ -1,7 +1,7 @@
-// AVX512 per-row kernels of Q4_1, Q5_0, Q5_1, IQ4_NL (lowbit.h): each format's own F struct (rows_avx512.h). Compiled
+// AVX512 per-row kernels of Q4_1, Q5_0, Q5_1, IQ4_NL (lowbit.h) and of Q4_0 in units of 256: each format's own F struct (rows_avx512.h). Compiled
 // with the AVX512 flags only; no C++ library (common.h).
 //
-// All four are blocks of 32 with an fp16 scale at the block's start, taken 8 blocks (256 weights)
+// All are blocks of 32 with an fp16 scale at the block's start, taken 8 blocks (256 weights)
 // a unit so a unit's scales (and mins) are one vector: its fp16 words are picked out of two or three
 // 64-byte loads of the unit by vpermt2w and converted at once (an 8-dword gather cost more: Q4_1).
 // A chunk of 64 weights is blocks 2c and 2c + 1, their nibbles in Q4_0's order. The unit's scales
@@ -109,6 +109,27 @@ struct FQ5_1 {
     __m256 mins() const { return _mm256_sub_ps(_mm256_setzero_ps(), _mm512_extractf32x8_ps(dm, 1)); }
 };
 
+// Q4_0 where rows are whole units (kernels_avx512.cpp takes the others 64 weights a unit): value =
+// d * (q - 8), the code offset 8 (kShift 3). IQ4_NL's block layout, so its scales' words
+struct FQ4_0x8 {
+    static constexpr int blk_lo(int c) { return 2 * c; }
+    static constexpr int blk_hi(int c) { return 2 * c + 1; }
+    static const int kSU = 256, kBytes = 8 * sizeof(BlockQ4_0), kShift = 3;
+    static const bool kMins = false, kPrepAhead = false, kUnitScales = true;
+    const BlockQ4_0* b;
+    __m512 d8;  // lanes 0-7: the 8 blocks' scales
+    void prep(const uint8_t* p) {
+        b = (const BlockQ4_0*)p;
+        d8 = unit_halves(p, 64, _mm256_setr_epi16(0, 9, 18, 27, 36, 45, 54, 63, 0, 0, 0, 0, 0, 0, 0, 0));
+    }
+    __m512i chunk(int c, __m512& s) const {
+        s = lanes_from(d8, 2 * c, 2 * c + 1);
+        return nibbles64(b[2 * c].qs, b[2 * c + 1].qs);
+    }
+    __m512 scales() const { return d8; }
+    __m256 mins() const { return _mm256_setzero_ps(); }
+};
+
 // IQ4_NL: value = d * kIQ4Values[q]; the code is the value + 128 (kShift 7), looked up by vpshufb
 // from the nibble. d of block j is word 9j: blocks 0-3 in the load at byte 0, 4-7 at byte 64
 struct FIQ4_NL {
@@ -135,6 +156,7 @@ struct FIQ4_NL {
 
 }  // namespace
 
+const RowsFn avx512::rows_q4_0_units = rows_q<FQ4_0x8>;
 const RowsFn avx512::rows_q4_1 = rows_q<FQ4_1>;
 const RowsFn avx512::rows_q5_0 = rows_q<FQ5_0>;
 const RowsFn avx512::rows_q5_1 = rows_q<FQ5_1>;
