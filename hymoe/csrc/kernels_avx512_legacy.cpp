@@ -109,12 +109,16 @@ struct FQ5_1 {
     __m256 mins() const { return _mm256_sub_ps(_mm256_setzero_ps(), _mm512_extractf32x8_ps(dm, 1)); }
 };
 
-// Q4_0 where rows are whole units (kernels_avx512.cpp takes the others 64 weights a unit): value =
-// d * (q - 8), the code offset 8 (kShift 3). IQ4_NL's block layout, so its scales' words
-struct FQ4_0x8 {
+// Q4_0 and IQ4_NL, one block layout (an fp16 d, 16 bytes of nibbles): d of block j is word 9j, blocks
+// 0-3 in the load at byte 0, 4-7 at byte 64. Q4_0 (kLookup false): value = d * (q - 8), the code
+// offset 8 (kShift 3); here only rows of whole units (kernels_avx512.cpp takes the others 64 weights
+// a unit). IQ4_NL: value = d * kIQ4Values[q]; the code is the value + 128 (kShift 7), looked up by
+// vpshufb from the nibble.
+template <bool kLookup>
+struct FNibbles32 {
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
-    static const int kSU = 256, kBytes = 8 * sizeof(BlockQ4_0), kShift = 3;
+    static const int kSU = 256, kBytes = 8 * sizeof(BlockQ4_0), kShift = kLookup ? 7 : 3;
     static const bool kMins = false, kPrepAhead = false, kUnitScales = true;
     const BlockQ4_0* b;
     __m512 d8;  // lanes 0-7: the 8 blocks' scales
@@ -124,41 +128,23 @@ struct FQ4_0x8 {
     }
     __m512i chunk(int c, __m512& s) const {
         s = lanes_from(d8, 2 * c, 2 * c + 1);
-        return nibbles64(b[2 * c].qs, b[2 * c + 1].qs);
-    }
-    __m512 scales() const { return d8; }
-    __m256 mins() const { return _mm256_setzero_ps(); }
-};
-
-// IQ4_NL: value = d * kIQ4Values[q]; the code is the value + 128 (kShift 7), looked up by vpshufb
-// from the nibble. d of block j is word 9j: blocks 0-3 in the load at byte 0, 4-7 at byte 64
-struct FIQ4_NL {
-    static constexpr int blk_lo(int c) { return 2 * c; }
-    static constexpr int blk_hi(int c) { return 2 * c + 1; }
-    static const int kSU = 256, kBytes = 8 * sizeof(BlockIQ4_NL), kShift = 7;
-    static const bool kMins = false, kPrepAhead = false, kUnitScales = true;
-    const BlockIQ4_NL* b;
-    __m512 d8;  // lanes 0-7: the 8 blocks' scales
-    void prep(const uint8_t* p) {
-        b = (const BlockIQ4_NL*)p;
-        d8 = unit_halves(p, 64, _mm256_setr_epi16(0, 9, 18, 27, 36, 45, 54, 63, 0, 0, 0, 0, 0, 0, 0, 0));
-    }
-    __m512i chunk(int c, __m512& s) const {
-        s = lanes_from(d8, 2 * c, 2 * c + 1);
+        const __m512i q = nibbles64(b[2 * c].qs, b[2 * c + 1].qs);
+        if (!kLookup) return q;
         // value + 128 as a byte is the value's byte with its top bit flipped
         const __m512i table = _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)kIQ4Values)),
                                                _mm512_set1_epi8((char)0x80));
-        return _mm512_shuffle_epi8(table, nibbles64(b[2 * c].qs, b[2 * c + 1].qs));
+        return _mm512_shuffle_epi8(table, q);
     }
     __m512 scales() const { return d8; }
     __m256 mins() const { return _mm256_setzero_ps(); }
 };
+static_assert(sizeof(BlockQ4_0) == sizeof(BlockIQ4_NL), "Q4_0 and IQ4_NL share FNibbles32");
 
 }  // namespace
 
-const RowsFn avx512::rows_q4_0_units = rows_q<FQ4_0x8>;
+const RowsFn avx512::rows_q4_0_units = rows_q<FNibbles32<false>>;
 const RowsFn avx512::rows_q4_1 = rows_q<FQ4_1>;
 const RowsFn avx512::rows_q5_0 = rows_q<FQ5_0>;
 const RowsFn avx512::rows_q5_1 = rows_q<FQ5_1>;
-const RowsFn avx512::rows_iq4_nl = rows_q<FIQ4_NL>;
+const RowsFn avx512::rows_iq4_nl = rows_q<FNibbles32<true>>;
 #endif
