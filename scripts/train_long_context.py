@@ -23,20 +23,17 @@ from train_demo_model import HELD_OUT_EVERY, kjv_chapters, train_step
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def recall_window(ids: torch.Tensor, seq: int, gen: torch.Generator, vocab: int) -> torch.Tensor:
-    """A window of `seq` training tokens in which passages recur: 4 to 8 passages of 24-96 tokens are
-    copied from one place in the window to a later one, at distances spread over the whole window,
-    and half of the sources are first overwritten by random tokens, so that their copies can only be
-    predicted by looking back at them (what grows the copying heads that far context needs)."""
+def needle_window(ids: torch.Tensor, seq: int, tok, gen: torch.Generator) -> torch.Tensor:
+    """A window of `seq` training tokens; with probability 1/2 a secret word placed early and asked
+    for at the end."""
     start = int(torch.randint(0, len(ids) - seq - 1, (1,), generator=gen))
     x = ids[start:start + seq].clone()
-    for _ in range(int(torch.randint(4, 9, (1,), generator=gen))):
-        n = int(torch.randint(24, 97, (1,), generator=gen))
-        src = int(torch.randint(0, seq - 2 * n, (1,), generator=gen))
-        dst = int(torch.randint(src + n, seq - n + 1, (1,), generator=gen))
-        if torch.rand(1, generator=gen).item() < 0.5:
-            x[src:src + n] = torch.randint(200, vocab, (n,), generator=gen)
-        x[dst:dst + n] = x[src:src + n]
+    if torch.rand(1, generator=gen).item() < 0.5:
+        word = tok.decode([int(torch.randint(200, len(tok) - 10, (1,), generator=gen))]).strip() or "light"
+        fact = torch.tensor(tok.encode(f"\nThe secret word is {word}.\n"))
+        at = int(torch.randint(0, seq // 4, (1,), generator=gen))
+        x[at:at + len(fact)] = fact
+        x[seq - len(fact):] = fact
     return x
 
 
@@ -45,7 +42,6 @@ def main() -> None:
     ap.add_argument("--base", default=str(ROOT / "hymoe" / "demo_model"))
     ap.add_argument("--out", default="runs/demo_long")
     ap.add_argument("--seq", type=int, default=4096)
-    ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--threads", type=int, default=2)
@@ -67,7 +63,7 @@ def main() -> None:
     model.train()
     t0, log = time.time(), []
     for step in range(1, args.steps + 1):
-        loss = train_step(model, torch.stack([recall_window(train_ids, args.seq, gen, len(tok)) for _ in range(args.batch)]), opt, sched)
+        loss = train_step(model, needle_window(train_ids, args.seq, tok, gen)[None], opt, sched)
         if step % 10 == 0 or step == args.steps:
             log.append({"step": step, "loss": round(loss.item(), 4), "minutes": round((time.time() - t0) / 60, 2)})
             print(json.dumps(log[-1]), flush=True)
