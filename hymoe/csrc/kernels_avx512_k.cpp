@@ -193,14 +193,17 @@ struct KQ3 {
         const BlockQ3_K* b = (const BlockQ3_K*)p;
         q = _mm512_loadu_si512((const void*)b->qs);
         hm = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)b->hmask));
-        // the 12 scale bytes (masked: the block may end the buffer 2 bytes later) to 16 bytes: low
-        // nibbles of bytes 0-7 then their high ones, | 2 bits of byte 8 + j % 4 at 2 (j / 4) (a dword
-        // shift per group of 4: what comes in from the next byte is masked off), minus 32
-        const __m128i x = _mm_maskz_loadu_epi8(0x0FFF, b->scales);
-        const __m128i m4 = _mm_set1_epi8(0x0F);
-        const __m128i lo = _mm_unpacklo_epi64(_mm_and_si128(x, m4), _mm_and_si128(_mm_srli_epi16(x, 4), m4));
-        const __m128i hb = _mm_srlv_epi32(_mm_shuffle_epi8(x, _mm_set1_epi32(0x0B0A0908)), _mm_setr_epi32(0, 2, 4, 6));
-        const __m128i sb = _mm_or_si128(lo, _mm_slli_epi16(_mm_and_si128(hb, _mm_set1_epi8(3)), 4));
+        // the 12 scale bytes to 16 in general registers (free ports: the vector ones are this kernel's
+        // bound): scale j is the low (j < 8) or high nibble of byte j % 8, | 2 bits of byte 8 + j % 4
+        // at 2 (j / 4), minus 32
+        uint32_t a0, a1, t;
+        memcpy(&a0, b->scales, 4);
+        memcpy(&a1, b->scales + 4, 4);
+        memcpy(&t, b->scales + 8, 4);
+        const uint32_t m4 = 0x0F0F0F0F, m2 = 0x03030303;
+        const uint64_t lo = (a0 & m4) | (t & m2) << 4 | (uint64_t)((a1 & m4) | (t >> 2 & m2) << 4) << 32;
+        const uint64_t hi = (a0 >> 4 & m4) | (t >> 4 & m2) << 4 | (uint64_t)((a1 >> 4 & m4) | (t >> 6 & m2) << 4) << 32;
+        const __m128i sb = _mm_set_epi64x((long long)hi, (long long)lo);
         sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_sub_epi8(sb, _mm_set1_epi8(32))));
         dd = h2f(b->d);
     }
