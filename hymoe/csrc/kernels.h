@@ -31,7 +31,6 @@ extern const AttendFn attend;  // kernels_avx2_attn.cpp: head widths of 8s
 // the low-bit and older formats (lowbit.h): per-row kernels decoding each
 // row once per call (kernels_avx2_lowbit.cpp; rows of 256s) and batch tiles (kernels_avx2_tiled.cpp)
 extern const RowsFn rows_q4_1, rows_q5_0, rows_q5_1, rows_iq4_nl, rows_q2_k, rows_q3_k, rows_iq4_xs, rows_iq2_xxs, rows_iq2_xs, rows_iq2_s, rows_iq3_xxs, rows_iq3_s, rows_iq1_m;
-extern const RowsFn rows_q4_0_units;  // kernels_avx512_legacy.cpp: Q4_0 rows of 256s (rows_q4_0 picks it)
 extern const RowsFn tile_q4_1, tile_q5_0, tile_q5_1, tile_iq4_nl, tile_q2_k, tile_q3_k, tile_iq4_xs, tile_iq2_xxs, tile_iq2_xs, tile_iq2_s, tile_iq3_xxs, tile_iq3_s, tile_iq1_m;
 }  // namespace avx2
 
