@@ -57,8 +57,7 @@ struct FQ4_1 {
         b = (const BlockQ4_1*)p;
         dm = unit_halves(p, 80, _mm256_setr_epi16(0, 10, 20, 30, 32, 42, 52, 62, 1, 11, 21, 31, 33, 43, 53, 63));
     }
-    __m512i chunk(int c, __m512& s) const {
-        s = lanes_from(dm, 2 * c, 2 * c + 1);
+    __m512i chunk(int c, __m512&) const {  // kUnitScales: no lane scales
         return nibbles64(b[2 * c].qs, b[2 * c + 1].qs);
     }
     __m512 scales() const { return dm; }
@@ -79,8 +78,7 @@ struct FQ5_0 {
         d8 = unit_halves3(p, 64, _mm256_setr_epi16(0, 11, 22, 33, 44, 55, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), 112, 0xC0,
                           _mm256_setr_epi16(0, 0, 0, 0, 0, 0, 10, 21, 0, 0, 0, 0, 0, 0, 0, 0));
     }
-    __m512i chunk(int c, __m512& s) const {
-        s = lanes_from(d8, 2 * c, 2 * c + 1);
+    __m512i chunk(int c, __m512&) const {  // kUnitScales: no lane scales
         return with_fifth_bits(nibbles64(b[2 * c].qs, b[2 * c + 1].qs), b[2 * c].qh, b[2 * c + 1].qh);
     }
     __m512 scales() const { return d8; }
@@ -101,8 +99,7 @@ struct FQ5_1 {
         dm = unit_halves3(p, 64, _mm256_setr_epi16(0, 12, 24, 36, 48, 60, 0, 0, 1, 13, 25, 37, 49, 61, 0, 0), 128, 0xC0C0,
                           _mm256_setr_epi16(0, 0, 0, 0, 0, 0, 8, 20, 0, 0, 0, 0, 0, 0, 9, 21));
     }
-    __m512i chunk(int c, __m512& s) const {
-        s = lanes_from(dm, 2 * c, 2 * c + 1);
+    __m512i chunk(int c, __m512&) const {  // kUnitScales: no lane scales
         return with_fifth_bits(nibbles64(b[2 * c].qs, b[2 * c + 1].qs), b[2 * c].qh, b[2 * c + 1].qh);
     }
     __m512 scales() const { return dm; }
@@ -126,8 +123,7 @@ struct FNibbles32 {
         b = (const BlockQ4_0*)p;
         d8 = unit_halves(p, 64, _mm256_setr_epi16(0, 9, 18, 27, 36, 45, 54, 63, 0, 0, 0, 0, 0, 0, 0, 0));
     }
-    __m512i chunk(int c, __m512& s) const {
-        s = lanes_from(d8, 2 * c, 2 * c + 1);
+    __m512i chunk(int c, __m512&) const {  // kUnitScales: no lane scales
         const __m512i q = nibbles64(b[2 * c].qs, b[2 * c + 1].qs);
         if (!kLookup) return q;
         // value + 128 as a byte is the value's byte with its top bit flipped

@@ -1,7 +1,8 @@
 // The AVX512 per-row kernel of the quantized formats, shared by kernels_avx512.cpp and the low-bit
 // formats' files (kernels_avx512_<group>.cpp): a format is a struct F that turns a unit of kSU
-// weights into chunks of 64 unsigned byte codes with a float scale per lane (4 weights), and
-// rows_tile<F> runs the integer dot products for NR rows x NT tokens:
+// weights into chunks of 64 unsigned byte codes with a float scale per lane (4 weights; kUnitScales:
+// the unit's block scales by scales() instead, below), and rows_tile<F> runs the integer dot
+// products for NR rows x NT tokens:
 //   int32 lanes  p = dpbusd(-c * sum4(a), wq, a)      (c = 1 << kShift: the code offset; -1: none)
 //   float acc   += cvt(p) * ws * d_a
 // minus, per unit, mins() x the per-32 activation sums (kMins) or mins16() x the per-16 ones (kMins16).
@@ -97,10 +98,14 @@ void rows_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const*
                         seed = _mm512_slli_epi32(load_pair(a[t].ns4 + lo / 4, a[t].ns4 + hi / 4, is_natural),
                                                  F::kShift < 0 ? 0 : F::kShift);
                     const __m512i aq = load_pair(a[t].qs + lo, a[t].qs + hi, is_natural);
-                    const __m512 da = _mm512_castsi512_ps(load_pair(a[t].dexp + lo / 4, a[t].dexp + hi / 4, is_natural));
+                    __m512 da = _mm512_setzero_ps();  // the activations' lane scales (kUnit: in sd)
+                    if constexpr (!kUnit)
+                        da = _mm512_castsi512_ps(load_pair(a[t].dexp + lo / 4, a[t].dexp + hi / 4, is_natural));
                     for (int i = 0; i < NR; i++) {
                         __m512i p = _mm512_dpbusd_epi32(seed, wq[i], aq);
-                        const __m512 s = kUnit ? lanes_from(sd[i][t], 2 * c, 2 * c + 1) : _mm512_mul_ps(ws[i], da);
+                        __m512 s;
+                        if constexpr (kUnit) s = lanes_from(sd[i][t], 2 * c, 2 * c + 1);
+                        else s = _mm512_mul_ps(ws[i], da);  // ws: what chunk() set
                         acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, acc[i][t]);
                     }
                 }
