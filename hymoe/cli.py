@@ -91,6 +91,9 @@ def _add_quality_parsers(sub) -> None:
     ek.add_argument("--chunk", type=int, default=32, help="tokens per forward pass; the policy acts after each "
                     "(default: 32)")
     ek.add_argument("--max-tokens", type=int, help="score only the first N tokens of the text")
+    ek.add_argument("--passkeys", type=int, default=0, metavar="N", help="also N windows of --context tokens of "
+                    "the text with a word hidden early and asked for at the end: how often each cache answers "
+                    "(a model trained for it: scripts/train_long_context.py)")
     ek.add_argument("--json", action="store_true", help='print {"policy", "context", "ppl_full", "ppl_policy", '
                     '"top1_agreement", "kv_bytes_full", "kv_bytes_policy", ...} on the last line')
 
@@ -327,11 +330,17 @@ def cmd_eval(args) -> None:
 def _eval_kv(llm, ids: list[int], args) -> None:
     from hymoe.eval.kv import eval_kv
 
-    r = eval_kv(llm, ids, args.policy, args.context, args.stride, args.chunk, progress=sys.stderr.isatty())
+    if args.passkeys < 0:
+        raise HymoeError(f"--passkeys {args.passkeys}: a count, 0 or more")
+    r = eval_kv(llm, ids, args.policy, args.context, args.stride, args.chunk, progress=sys.stderr.isatty(),
+                passkeys=args.passkeys)
     print(f"{r['policy']} over {r['tokens']} tokens (context {r['context']}, chunks of {r['chunk']}): perplexity "
           f"{r['ppl_full']:.4f} full, {r['ppl_policy']:.4f} under the policy; top-1 agreement "
           f"{r['top1_agreement']:.1%}; KV {r['kv_bytes_full']} bytes full, {r['kv_bytes_policy']} under the policy",
           file=sys.stderr)
+    if "passkeys" in r:
+        print(f"passkeys answered: {r['passkey_full']:.1%} full, {r['passkey_policy']:.1%} under the policy "
+              f"({r['passkeys']} windows of {r['context']} tokens)", file=sys.stderr)
     if args.json:
         print(json.dumps(r))
 

@@ -5,6 +5,8 @@ read twice, `chunk` tokens per forward pass: once keeping every position, once u
 which acts after every pass, so later tokens see only what it kept. Both are scored on the same
 tokens: perplexity, and how often their most likely next tokens agree. KV bytes are the blocks a
 window's row held at its most (during a pass, the chunk's blocks included), the largest window's.
+With `passkeys`, as many windows of the text also hide a word early and ask for it at their end
+(eval/passkey.py), read the same two ways: how often each cache still answers it.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import math
 import torch
 from tqdm import tqdm
 
+from hymoe.eval.passkey import Passkeys
 from hymoe.eval.ppl import windows
 from hymoe.errors import HymoeError
 from hymoe.kv.cache import KVCache
@@ -23,7 +26,7 @@ CHUNK = 32
 
 
 def eval_kv(llm, ids: list[int], policy: str, context: int, stride: int | None = None, chunk: int = CHUNK,
-            batch: int = 8, progress: bool = False) -> dict:
+            batch: int = 8, progress: bool = False, passkeys: int = 0) -> dict:
     if len(ids) < 2:
         raise HymoeError("the text has fewer than 2 tokens")
     if chunk < 1:
@@ -49,10 +52,40 @@ def eval_kv(llm, ids: list[int], policy: str, context: int, stride: int | None =
             blocks_full = max(blocks_full, -(-len(wins[b]) // block_size))
             held = runners[1].retention.held(b).peak_blocks  # 0: the policy was full
             blocks_policy = max(blocks_policy, held or -(-len(wins[b]) // block_size))
-    return {"policy": str(policy), "context": context, "chunk": chunk, "tokens": count,
-            "ppl_full": round(math.exp(nll_full / count), 6), "ppl_policy": round(math.exp(nll_policy / count), 6),
-            "top1_agreement": round(agree / count, 6), "kv_bytes_full": blocks_full * block_bytes,
-            "kv_bytes_policy": blocks_policy * block_bytes, "kv_block_size": block_size}
+    out = {"policy": str(policy), "context": context, "chunk": chunk, "tokens": count,
+           "ppl_full": round(math.exp(nll_full / count), 6), "ppl_policy": round(math.exp(nll_policy / count), 6),
+           "top1_agreement": round(agree / count, 6), "kv_bytes_full": blocks_full * block_bytes,
+           "kv_bytes_policy": blocks_policy * block_bytes, "kv_block_size": block_size}
+    if passkeys:
+        out.update(passkey_accuracy(llm, ids, str(policy), context, passkeys, chunk, batch))
+    return out
+
+
+def passkey_accuracy(llm, ids: list[int], policy: str, context: int, count: int, chunk: int = CHUNK,
+                     batch: int = 8) -> dict:
+    """{"passkeys", "passkey_full", "passkey_policy"}: top-1 accuracy on `count` passkey windows of
+    `context` tokens filled with ids, under the full cache and under the policy."""
+    if llm.tokenizer is None:
+        raise HymoeError("--passkeys needs the model's tokenizer")
+    tests = Passkeys(llm.tokenizer).windows(ids, context, count)
+    keys = [w[at] for w, at in tests]
+    right = {p: sum(g == k for g, k in zip(passkey_guesses(llm, tests, p, chunk, batch), keys))
+             for p in ("full", policy)}
+    return {"passkeys": len(tests), "passkey_full": round(right["full"] / len(tests), 6),
+            "passkey_policy": round(right[policy] / len(tests), 6)}
+
+
+def passkey_guesses(llm, tests: list[tuple[list[int], int]], policy: str, chunk: int = CHUNK,
+                    batch: int = 8) -> list[int]:
+    """The most likely token at each test's answer position (predicted one before it), each window
+    read `chunk` tokens a pass under the policy."""
+    out = []
+    for i in range(0, len(tests), batch):
+        part = tests[i:i + batch]
+        runner = llm.runner(len(part), max(len(w) for w, _ in part), kv_policy=policy)
+        logits = runner.all_logits(list(range(len(part))), [w for w, _ in part], chunk)  # [T, V] each
+        out += [int(lg[at - 1].argmax()) for lg, (_, at) in zip(logits, part)]
+    return out
 
 
 def _nll(logits: torch.Tensor, targets: torch.Tensor) -> float:
