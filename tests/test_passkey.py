@@ -37,7 +37,7 @@ def test_a_window_hides_the_key_early_and_asks_for_it_at_the_end(demo, text_ids)
         starts = [i for i in range(len(w) - len(fact)) if w[i:i + len(fact)] == fact]
         assert len(starts) == 1 and starts[0] + len(fact) <= 150  # in the first three quarters
         filled = set(range(starts[0], starts[0] + len(fact))) | set(range(200 - len(fact), 200))
-        start = n * 200 % (len(text_ids) - 199)
+        start = n * (len(text_ids) - 200) // 5
         assert all(w[i] == text_ids[start + i] for i in range(200) if i not in filled)
         word = demo.tokenizer.decode([key])
         assert demo.tokenizer.decode(w).count(f"The secret word is{word}.") == 2

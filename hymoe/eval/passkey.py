@@ -41,14 +41,14 @@ class Passkeys:
         return ids, len(ids) - len(self.end) - 1
 
     def windows(self, ids: list[int], context: int, count: int, seed: int = 0) -> list[tuple[list[int], int]]:
-        """`count` test windows of `context` tokens, filled with consecutive stretches of ids (from
-        the start, wrapping), the key at a depth in the first three quarters."""
+        """`count` test windows of `context` tokens, filled with stretches of ids spread evenly from its
+        start to its end, the key at a depth in the first three quarters."""
         if len(ids) < context:
             raise HymoeError(f"--passkeys needs a text of at least --context ({context}) tokens, it has {len(ids)}")
         rng = random.Random(seed)
         out = []
         for i in range(count):
-            start = (i * context) % (len(ids) - context + 1)
+            start = i * (len(ids) - context) // max(1, count - 1)
             depth = rng.randrange(0, max(1, context * 3 // 4 - len(self.fact(self.keys[0]))))
             out.append(self.window(ids[start:start + context], rng.choice(self.keys), depth))
         return out
