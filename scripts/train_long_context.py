@@ -1,15 +1,15 @@
 """Fine-tune the bundled demo model (trained on 256-token windows) into a 4,096-position variant that
 reads back what it saw thousands of tokens before, for the KV retention policies' quality figures at
-long context (docs/kv_policies.md). On 2 CPU cores, about 35 minutes.
+long context (docs/kv_policies.md). On 2 CPU cores, about 30 minutes with the default stages.
 
 Every training window is the demo model's own training text (the KJV, as scripts/train_demo_model.py
 fetches it) with a passkey hidden in it (hymoe/eval/passkey.py: "The secret word is W." at a random
 depth and again at the end, W one of 64 single-token words). The loss is the next-token loss of the
 whole window plus the answer's loss, so the one token that needs far context weighs as much as the
-rest together. Three stages of growing windows, each at about the same tokens a step: at 256
-positions the retrieval forms (a few hundred steps); at 1,024 and 4,096 the model learns positions
-past its training length and the longer reach. The variant is written to --out (not bundled: this
-script rebuilds it).
+rest together. Stages of growing windows, each at about the same tokens a step: at 256 positions
+the retrieval forms (a few hundred steps); at 1,024 to 4,096 the model learns positions past its
+training length and the longer reach; --base continues from an earlier run's output. The variant
+is written to --out (not bundled: this script rebuilds it).
 
     python scripts/train_long_context.py --out runs/demo_long [--stages 256x16x500@1e-3,...]
 """
@@ -35,11 +35,10 @@ from hymoe.eval.passkey import Passkeys  # noqa: E402
 def batch(ids: torch.Tensor, keys: Passkeys, seq: int, size: int, gen: torch.Generator):
     """[size, seq] windows of training text, a passkey in each; the answers' positions [size]."""
     xs, at = [], []
-    fact = len(keys.fact(keys.keys[0]))
     for _ in range(size):
         start = int(torch.randint(0, len(ids) - seq - 1, (1,), generator=gen))
         key = keys.keys[int(torch.randint(0, len(keys.keys), (1,), generator=gen))]
-        depth = int(torch.randint(0, seq * 3 // 4 - fact, (1,), generator=gen))
+        depth = int(torch.randint(0, keys.depths(seq), (1,), generator=gen))
         x, a = keys.window(ids[start:start + seq].tolist(), key, depth)
         xs.append(torch.tensor(x))
         at.append(a)

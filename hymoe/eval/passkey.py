@@ -29,6 +29,11 @@ class Passkeys:
     def fact(self, key: int) -> list[int]:
         return self.question + [key] + self.end
 
+    def depths(self, context: int) -> int:
+        """How many depths the first fact may take in a window of `context` tokens (0 .. this - 1): it
+        ends within the window's first three quarters."""
+        return max(1, context * 3 // 4 - (len(self.question) + 1 + len(self.end)))
+
     def window(self, filler: list[int], key: int, depth: int) -> tuple[list[int], int]:
         """filler with the fact written over it at `depth` and again at its end: (ids, the index of
         the key's last occurrence, the token to predict)."""
@@ -49,7 +54,7 @@ class Passkeys:
         out = []
         for i in range(count):
             start = i * (len(ids) - context) // max(1, count - 1)
-            depth = rng.randrange(0, max(1, context * 3 // 4 - len(self.fact(self.keys[0]))))
+            depth = rng.randrange(0, self.depths(context))
             out.append(self.window(ids[start:start + context], rng.choice(self.keys), depth))
         return out
 
