@@ -139,18 +139,23 @@ struct KQ2 {
     __m512i q;
     __m512i sc4;  // the 16 scale bytes in each 128-bit lane
     __m256i mn;   // int16 x16
-    float dd, dm;
+    __m128 ddm;   // d, dmin
     void prep(const uint8_t* p) {
         const BlockQ2_K* b = (const BlockQ2_K*)p;
         q = _mm512_loadu_si512((const void*)b->qs);
         const __m128i s = _mm_loadu_si128((const __m128i*)b->scales);
         sc4 = _mm512_and_si512(_mm512_broadcast_i32x4(s), _mm512_set1_epi8(0x0F));
         mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4), _mm_set1_epi8(0x0F)));
-        uint32_t dd2;  // d and dmin, both fp16: one conversion
+        uint32_t dd2;  // d and dmin, both fp16: one conversion, kept as a vector (tail_scales)
         memcpy(&dd2, p + 80, 4);
-        const __m128 both = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd2));
-        dd = _mm_cvtss_f32(both);
-        dm = _mm_cvtss_f32(_mm_movehdup_ps(both));
+        ddm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd2));
+    }
+    // kShortChain's tail: d * da and dmin * da broadcast, from one vector multiply and two
+    // broadcasts rather than two scalar conversions, multiplies and a sign flip
+    void tail_scales(float da, __m512& dq, __m512& dmin) const {
+        const __m128 s = _mm_mul_ps(ddm, _mm_set1_ps(da));
+        dq = _mm512_broadcastss_ps(s);
+        dmin = _mm512_permutexvar_ps(_mm512_set1_epi32(1), _mm512_castps128_ps512(s));
     }
     // lane L of chunk c is block 2c + L % 2 + 8 (L / 2) of 16; after vpackssdw of chunks c and c + 1
     // int16 0-3 of lane L are chunk c's, 4-7 chunk c + 1's: their scale bytes, zero-extended (0x80)
@@ -161,9 +166,9 @@ struct KQ2 {
     }
     __m512i scales16(int) const { return _mm512_setzero_si512(); }  // unused: kPackPairs
     __m512i chunk(int c) const { return _mm512_and_si512(c ? _mm512_srli_epi16(q, 2 * c) : q, _mm512_set1_epi8(3)); }
-    float d() const { return dd; }
-    float corr_scale() const { return -dm; }
-    // sum_g min_g * bsum16_g (8 int32 lanes), scaled by -dmin through corr_scale
+    float d() const { return _mm_cvtss_f32(ddm); }
+    float corr_scale() const { return 0.f; }  // unused: kShortChain subtracts dmin * da (tail_scales)
+    // sum_g min_g * bsum16_g (8 int32 lanes), to be scaled by dmin and subtracted
     __m512 correction(const int16_t* bk16, const int16_t*) const {
         return _mm512_zextps256_ps512(_mm256_cvtepi32_ps(_mm256_madd_epi16(mn, _mm256_loadu_si256((const __m256i*)bk16))));
     }
@@ -423,17 +428,17 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
                     if constexpr (F::kShortChain) {
                         // the block's sum off the accumulator's chain, then one add to it: few bytes a
                         // block (Q2_K) leave no time for two dependent multiply-adds a block and row
-                        __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(dot[i][t]), _mm512_set1_ps(f[i].d() * da));
-                        if (!F::kSeedSum && !F::kSeedCorr)
-                            v = _mm512_mask3_fmadd_ps(f[i].correction(a[t].bk16 + 16 * u, a[t].bk32 + 8 * u),
-                                                      _mm512_set1_ps(da * f[i].corr_scale()), v, 0x00FF);
+                        __m512 dq, dmin;
+                        f[i].tail_scales(da, dq, dmin);
+                        __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(dot[i][t]), dq);
+                        v = _mm512_mask3_fnmadd_ps(f[i].correction(a[t].bk16 + 16 * u, a[t].bk32 + 8 * u), dmin, v, 0x00FF);
                         acc[i][t] = _mm512_add_ps(acc[i][t], v);
                         continue;
                     }
                     acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][t]), _mm512_set1_ps(f[i].d() * da), acc[i][t]);
                     // the correction goes straight into lanes 0-7 (a separate accumulator spilled at NR 4)
                     if (!F::kSeedSum && !F::kSeedCorr)
-                        acc[i][t] = _mm512_mask3_fmadd_ps(f[i].correction(a[t].bk16 + 16 * u, a[t].bk32 + 8 * u),
+                        acc[i][t] = _mm512_mask3_fnmadd_ps(f[i].correction(a[t].bk16 + 16 * u, a[t].bk32 + 8 * u),
                                                           _mm512_set1_ps(da * f[i].corr_scale()), acc[i][t], 0x00FF);
                 }
             }
