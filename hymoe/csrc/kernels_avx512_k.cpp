@@ -21,7 +21,7 @@ struct KQ45 {
     static const bool kPackPairs = true;
     static const bool kSeedSum = false;
     static const bool kSeedCorr = false;  // seed(): the offset correction in the integer dot
-    static const bool kShortChain = false;
+    static const bool kRowMins = false;  // KQ2: the mins' correction for a pass's rows at once
     static const bool kMulScales = false;  // scales32(): int32 block scales by vpmulld (KIQ4XS)
     static const bool kTQ2Order = false;  // activations per chunk c: 32c.. and 128 + 32c.. (a copy)
     static constexpr int blk_lo(int c) { return 4 * (c / 2) + c % 2; }
@@ -69,7 +69,7 @@ struct KQ6 {
     static const bool kPaired = false;
     static const bool kSeedSum = false;
     static const bool kSeedCorr = false;  // seed(): the offset correction in the integer dot
-    static const bool kShortChain = false;
+    static const bool kRowMins = false;  // KQ2: the mins' correction for a pass's rows at once
     static const bool kMulScales = false;  // scales32(): int32 block scales by vpmulld (KIQ4XS)
     static const bool kTQ2Order = false;  // activations per chunk c: 32c.. and 128 + 32c.. (a copy)
     static constexpr int blk_lo(int c) { return 2 * c; }
@@ -119,11 +119,13 @@ inline __m512i scales16_of(__m512i sc, int c) {
 }
 
 // Q2_K: value = d * (sc & 15) * q - dmin * (sc >> 4) per block of 16, codes q 0..3: the 4-bit
-// scales applied in integer, the mins against the int16 activation sums per 16 (as KQ6's offset).
-// Its 2-bit planes are TQ2_0's: chunk c is field c of the 64 qs bytes (weights 32c.. and 128 + 32c..,
-// activations from a copy in that order: kTQ2Order), so each 128-bit lane of a chunk is one block
-// of 16 and two chunks go through vpdpbusd, vpackssdw (sums of 4 codes: at most 4 x 3 x 127) and
-// one vpdpwssd with the scales picked by an in-lane vpshufb (as Q4_K).
+// scales applied in integer. Its 2-bit planes are TQ2_0's: chunk c is field c of the 64 qs bytes
+// (weights 32c.. and 128 + 32c.., activations from a copy in that order: kTQ2Order), so each 128-bit
+// lane of a chunk is one block of 16 and two chunks go through vpdpbusd, vpackssdw (sums of 4 codes:
+// at most 4 x 3 x 127) and one vpdpwssd with the scales picked by an in-lane vpshufb (as Q4_K).
+// The mins' correction (kRowMins) is one integer dot for up to four rows at once: lane i holds row
+// i's 16 mins against the activations' 16 sums of 16 split in bytes (rows_k_tile), about a fifth of
+// the kernel's time when each row paid its own widening, multiply-add, conversion and broadcast.
 struct KQ2 {
     static const bool kPackPairs = true;
     static const int kBytes = sizeof(BlockQ2_K);
@@ -131,31 +133,40 @@ struct KQ2 {
     static const bool kPaired = false;
     static const bool kSeedSum = false;
     static const bool kSeedCorr = false;
-    static const bool kShortChain = true;
+    static const bool kRowMins = true;
     static const bool kMulScales = false;  // scales32(): int32 block scales by vpmulld (KIQ4XS)
     static const bool kTQ2Order = true;
     static constexpr int blk_lo(int c) { return c; }
     static constexpr int blk_hi(int c) { return c + 4; }
     __m512i q;
-    __m512i sc4;  // the 16 scale bytes in each 128-bit lane
-    __m256i mn;   // int16 x16
+    __m512i sc4;  // the 16 scale bytes (low nibbles) in each 128-bit lane
+    __m128i raw;  // the 16 scale bytes: mins in the high nibbles
     __m128 ddm;   // d, dmin
     void prep(const uint8_t* p) {
         const BlockQ2_K* b = (const BlockQ2_K*)p;
         q = _mm512_loadu_si512((const void*)b->qs);
-        const __m128i s = _mm_loadu_si128((const __m128i*)b->scales);
-        sc4 = _mm512_and_si512(_mm512_broadcast_i32x4(s), _mm512_set1_epi8(0x0F));
-        mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4), _mm_set1_epi8(0x0F)));
-        uint32_t dd2;  // d and dmin, both fp16: one conversion, kept as a vector (tail_scales)
+        raw = _mm_loadu_si128((const __m128i*)b->scales);
+        sc4 = _mm512_and_si512(_mm512_broadcast_i32x4(raw), _mm512_set1_epi8(0x0F));
+        uint32_t dd2;  // d and dmin, both fp16: one conversion
         memcpy(&dd2, p + 80, 4);
         ddm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd2));
     }
-    // kShortChain's tail: d * da and dmin * da broadcast, from one vector multiply and two
-    // broadcasts rather than two scalar conversions, multiplies and a sign flip
-    void tail_scales(float da, __m512& dq, __m512& dmin) const {
-        const __m128 s = _mm_mul_ps(ddm, _mm_set1_ps(da));
-        dq = _mm512_broadcastss_ps(s);
-        dmin = _mm512_permutexvar_ps(_mm512_set1_epi32(1), _mm512_castps128_ps512(s));
+    // lane i of both: row i of a pass of NR <= 4 (the rest zero): its 16 mins as bytes, its d and dmin
+    template <int NR>
+    static __m512i mins_of(const KQ2* f) {
+        __m512i v = _mm512_castsi128_si512(f[0].raw);
+        if constexpr (NR > 1) v = _mm512_inserti32x4(v, f[1].raw, 1);
+        if constexpr (NR > 2) v = _mm512_inserti32x4(v, f[2].raw, 2);
+        if constexpr (NR > 3) v = _mm512_inserti32x4(v, f[3].raw, 3);
+        return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0F));
+    }
+    template <int NR>
+    static __m512 scales_of(const KQ2* f) {
+        __m512 v = _mm512_castps128_ps512(f[0].ddm);
+        if constexpr (NR > 1) v = _mm512_insertf32x4(v, f[1].ddm, 1);
+        if constexpr (NR > 2) v = _mm512_insertf32x4(v, f[2].ddm, 2);
+        if constexpr (NR > 3) v = _mm512_insertf32x4(v, f[3].ddm, 3);
+        return v;
     }
     // lane L of chunk c is block 2c + L % 2 + 8 (L / 2) of 16; after vpackssdw of chunks c and c + 1
     // int16 0-3 of lane L are chunk c's, 4-7 chunk c + 1's: their scale bytes, zero-extended (0x80)
@@ -167,11 +178,8 @@ struct KQ2 {
     __m512i scales16(int) const { return _mm512_setzero_si512(); }  // unused: kPackPairs
     __m512i chunk(int c) const { return _mm512_and_si512(c ? _mm512_srli_epi16(q, 2 * c) : q, _mm512_set1_epi8(3)); }
     float d() const { return _mm_cvtss_f32(ddm); }
-    float corr_scale() const { return 0.f; }  // unused: kShortChain subtracts dmin * da (tail_scales)
-    // sum_g min_g * bsum16_g (8 int32 lanes), to be scaled by dmin and subtracted
-    __m512 correction(const int16_t* bk16, const int16_t*) const {
-        return _mm512_zextps256_ps512(_mm256_cvtepi32_ps(_mm256_madd_epi16(mn, _mm256_loadu_si256((const __m256i*)bk16))));
-    }
+    float corr_scale() const { return 0.f; }  // unused: kRowMins
+    __m512 correction(const int16_t*, const int16_t*) const { return _mm512_setzero_ps(); }  // unused: kRowMins
 };
 
 // Q3_K: value = d * (sc - 32) * (q - 4), q the 2-bit plane | the hmask bit << 2 as codes 0..7, the
@@ -186,7 +194,7 @@ struct KQ3 {
     static const bool kPaired = false;
     static const bool kSeedSum = false;
     static const bool kSeedCorr = true;
-    static const bool kShortChain = false;
+    static const bool kRowMins = false;  // KQ2: the mins' correction for a pass's rows at once
     static const bool kMulScales = false;  // scales32(): int32 block scales by vpmulld (KIQ4XS)
     static const bool kTQ2Order = true;
     static constexpr int blk_lo(int c) { return c; }
@@ -247,7 +255,7 @@ struct KTQ2 {
     // the integer dot itself: computed once per token, not per row (correction() is then unused)
     static const bool kSeedSum = true;
     static const bool kSeedCorr = false;
-    static const bool kShortChain = false;
+    static const bool kRowMins = false;  // KQ2: the mins' correction for a pass's rows at once
     static const bool kMulScales = false;  // scales32(): int32 block scales by vpmulld (KIQ4XS)
     static const bool kTQ2Order = false;  // activations per chunk c: 32c.. and 128 + 32c.. (a copy)
     // chunk c is 2-bit field c of all 64 bytes: weights 32c.. (bytes 0-31) and 128 + 32c.. (32-63),
@@ -284,7 +292,7 @@ struct KIQ4XS {
     static const bool kPaired = false;
     static const bool kSeedSum = false;
     static const bool kSeedCorr = true;
-    static const bool kShortChain = false;
+    static const bool kRowMins = false;  // KQ2: the mins' correction for a pass's rows at once
     static const bool kMulScales = true;
     static const bool kTQ2Order = false;
     static constexpr int blk_lo(int c) { return 2 * c; }
@@ -336,7 +344,12 @@ inline __m512i minus_sum256(const int16_t* bk32) {
     return _mm512_maskz_mov_epi32(1, _mm512_castsi128_si512(_mm_sub_epi32(_mm_setzero_si128(), v)));
 }
 
-thread_local ScratchBuffer t_tq2;  // per thread: kTQ2Order's activations, n bytes per token
+thread_local ScratchBuffer t_tq2;  // per thread: kTQ2Order's activations, then kRowMins' sums
+
+template <class F>
+size_t tq2_bytes(int ntok, int n) {  // n bytes a token, and 128 a unit of 256 for kRowMins
+    return (size_t)ntok * ((size_t)n + (F::kRowMins ? (size_t)n / 2 : 0));
+}
 
 template <class F, int NR, int NT>
 void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int n, float* out,
@@ -344,7 +357,10 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
     ActView a[NT];
     const int8_t* paired[NT];
     const int units = n / 256;
-    int8_t* perm = F::kTQ2Order ? (int8_t*)t_tq2.reserve((size_t)NT * n) : nullptr;
+    int8_t* perm = F::kTQ2Order ? (int8_t*)t_tq2.reserve(tq2_bytes<F>(NT, n)) : nullptr;
+    // kRowMins: per token and unit, the 16 activation sums of 16 as bytes, high (signed) then low
+    // (unsigned), each repeated in the four 128-bit lanes: the mins' dot is then two vpdpbusd
+    const int8_t* sums16 = F::kRowMins && perm ? perm + (size_t)NT * n : nullptr;
     for (int t = 0; t < NT; t++) {
         a[t] = act_view(acts[t], n);
         paired[t] = (const int8_t*)acts[t] + paired_at(n);
@@ -356,12 +372,20 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
                                         load_pair(a[t].qk + 256 * u + 32 * c, a[t].qk + 256 * u + 128 + 32 * c, false));
             paired[t] = dst;
         }
+        if (F::kRowMins && perm)
+            for (int u = 0; u < units; u++) {
+                const __m256i b = _mm256_loadu_si256((const __m256i*)(a[t].bk16 + 16 * u));
+                int8_t* dst = perm + (size_t)NT * n + ((size_t)t * units + u) * 128;
+                _mm512_storeu_si512((void*)dst, _mm512_broadcast_i32x4(_mm256_cvtepi16_epi8(_mm256_srai_epi16(b, 8))));
+                _mm512_storeu_si512((void*)(dst + 64), _mm512_broadcast_i32x4(_mm256_cvtepi16_epi8(b)));
+            }
     }
     if (F::kTQ2Order && !perm) return;  // unreachable: rows_k reserved it
     const Ahead fetch(w, nrows * row_bytes, rows_ahead(row_bytes, NR));
     for (int r = 0; r + NR <= nrows; r += NR) {
         const uint8_t* row = w + r * row_bytes;
-        __m512 acc[NR][NT];
+        __m512 acc[NR][NT], mins[NT];
+        for (int t = 0; t < NT; t++) mins[t] = _mm512_setzero_ps();
         for (int i = 0; i < NR; i++)
             for (int t = 0; t < NT; t++) acc[i][t] = _mm512_setzero_ps();
         for (int u = 0; u < units; u++) {
@@ -422,27 +446,41 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
                     }
                 }
             }
+            if constexpr (F::kRowMins) {
+                // lane i: row i's 16 mins against the sums (hi * 256 + lo: 16 x 127 needs 12 bits)
+                const __m512i m = F::template mins_of<NR>(f);
+                const __m512 ddm = F::template scales_of<NR>(f);  // lane i: row i's d, dmin
+                for (int t = 0; t < NT; t++) {
+                    const int8_t* s = sums16 + ((size_t)t * units + u) * 128;
+                    __m512i x = _mm512_dpbusd_epi32(_mm512_setzero_si512(), m, _mm512_loadu_si512((const void*)s));
+                    x = _mm512_dpbusd_epi32(_mm512_slli_epi32(x, 8), _mm512_loadu_si512((const void*)(s + 64)), m);
+                    const __m512 sc = _mm512_mul_ps(ddm, _mm512_set1_ps(a[t].dk[u]));
+                    mins[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(x), _mm512_permute_ps(sc, 0x55), mins[t]);
+                    for (int i = 0; i < NR; i++)  // the block's sum off the accumulator's chain, then one add
+                        acc[i][t] = _mm512_add_ps(acc[i][t], _mm512_mul_ps(_mm512_cvtepi32_ps(dot[i][t]),
+                                                                           _mm512_permutexvar_ps(_mm512_set1_epi32(4 * i), sc)));
+                }
+                continue;
+            }
             for (int t = 0; t < NT; t++) {
                 const float da = a[t].dk[u];
                 for (int i = 0; i < NR; i++) {
-                    if constexpr (F::kShortChain) {
-                        // the block's sum off the accumulator's chain, then one add to it: few bytes a
-                        // block (Q2_K) leave no time for two dependent multiply-adds a block and row
-                        __m512 dq, dmin;
-                        f[i].tail_scales(da, dq, dmin);
-                        __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(dot[i][t]), dq);
-                        v = _mm512_mask3_fnmadd_ps(f[i].correction(a[t].bk16 + 16 * u, a[t].bk32 + 8 * u), dmin, v, 0x00FF);
-                        acc[i][t] = _mm512_add_ps(acc[i][t], v);
-                        continue;
-                    }
                     acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][t]), _mm512_set1_ps(f[i].d() * da), acc[i][t]);
                     // the correction goes straight into lanes 0-7 (a separate accumulator spilled at NR 4)
                     if (!F::kSeedSum && !F::kSeedCorr)
-                        acc[i][t] = _mm512_mask3_fnmadd_ps(f[i].correction(a[t].bk16 + 16 * u, a[t].bk32 + 8 * u),
+                        acc[i][t] = _mm512_mask3_fmadd_ps(f[i].correction(a[t].bk16 + 16 * u, a[t].bk32 + 8 * u),
                                                           _mm512_set1_ps(da * f[i].corr_scale()), acc[i][t], 0x00FF);
                 }
             }
         }
+        // kRowMins: lane i of mins[t] goes to row i
+        if constexpr (F::kRowMins)
+            for (int t = 0; t < NT; t++)
+                for (int i = 0; i < NR; i++)
+                    acc[i][t] = _mm512_add_ps(acc[i][t], _mm512_maskz_permutexvar_ps(
+                                                             0x000F, _mm512_add_epi32(_mm512_set1_epi32(4 * i),
+                                                                                      _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 2, 1, 0)),
+                                                             mins[t]));
         for (int t = 0; t < NT; t++) {
             __m512 sums[NR];
             for (int i = 0; i < NR; i++) sums[i] = acc[i][t];
@@ -546,7 +584,7 @@ struct KTile {
 template <class F>
 int rows_k(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
            size_t out_stride) {
-    if (F::kTQ2Order && !t_tq2.reserve((size_t)kTile * n)) return 0;  // out of memory: none computed
+    if (F::kTQ2Order && !t_tq2.reserve(tq2_bytes<F>(kTile, n))) return 0;  // out of memory: none computed
     rows_tiled<KTile, F>(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
     return nrows;
 }
