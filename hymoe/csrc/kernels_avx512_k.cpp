@@ -22,6 +22,8 @@ struct KQ45 {
     static const bool kSeedSum = false;
     static const bool kSeedCorr = false;  // seed(): the offset correction in the integer dot
     static const bool kRowMins = false;  // KQ2: the mins' correction for a pass's rows at once
+    static const bool kRowScales = false;  // KQ3: the scales of a pass's rows decoded at once
+    static const int kUnitExtra = 0;  // bytes per token and unit of 256 the format's unit_extra() writes
     static const bool kMulScales = false;  // scales32(): int32 block scales by vpmulld (KIQ4XS)
     static const bool kTQ2Order = false;  // activations per chunk c: 32c.. and 128 + 32c.. (a copy)
     static constexpr int blk_lo(int c) { return 4 * (c / 2) + c % 2; }
@@ -70,6 +72,8 @@ struct KQ6 {
     static const bool kSeedSum = false;
     static const bool kSeedCorr = false;  // seed(): the offset correction in the integer dot
     static const bool kRowMins = false;  // KQ2: the mins' correction for a pass's rows at once
+    static const bool kRowScales = false;  // KQ3: the scales of a pass's rows decoded at once
+    static const int kUnitExtra = 0;  // bytes per token and unit of 256 the format's unit_extra() writes
     static const bool kMulScales = false;  // scales32(): int32 block scales by vpmulld (KIQ4XS)
     static const bool kTQ2Order = false;  // activations per chunk c: 32c.. and 128 + 32c.. (a copy)
     static constexpr int blk_lo(int c) { return 2 * c; }
@@ -134,6 +138,8 @@ struct KQ2 {
     static const bool kSeedSum = false;
     static const bool kSeedCorr = false;
     static const bool kRowMins = true;
+    static const bool kRowScales = false;  // KQ3: the scales of a pass's rows decoded at once
+    static const int kUnitExtra = 128;  // per token and unit: its 16 sums of 16, high bytes then low, x4
     static const bool kMulScales = false;  // scales32(): int32 block scales by vpmulld (KIQ4XS)
     static const bool kTQ2Order = true;
     static constexpr int blk_lo(int c) { return c; }
@@ -151,7 +157,14 @@ struct KQ2 {
         memcpy(&dd2, p + 80, 4);
         ddm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd2));
     }
-    // lane i of both: row i of a pass of NR <= 4 (the rest zero): its 16 mins as bytes, its d and dmin
+    // the activations' 16 sums of 16 as bytes, high (signed) then low (unsigned), each in the four
+    // 128-bit lanes: the mins' dot is then two vpdpbusd
+    static void unit_extra(const int16_t* bk16, int8_t* dst) {
+        const __m256i b = _mm256_loadu_si256((const __m256i*)bk16);
+        _mm512_storeu_si512((void*)dst, _mm512_broadcast_i32x4(_mm256_cvtepi16_epi8(_mm256_srai_epi16(b, 8))));
+        _mm512_storeu_si512((void*)(dst + 64), _mm512_broadcast_i32x4(_mm256_cvtepi16_epi8(b)));
+    }
+    // lane i of both: row i of a pass of NR <= 4 (the rest undefined): its 16 mins as bytes, its d and dmin
     template <int NR>
     static __m512i mins_of(const KQ2* f) {
         __m512i v = _mm512_castsi128_si512(f[0].raw);
@@ -183,65 +196,100 @@ struct KQ2 {
 };
 
 // Q3_K: value = d * (sc - 32) * (q - 4), q the 2-bit plane | the hmask bit << 2 as codes 0..7, the
-// signed 6-bit scales applied in integer, the offset 4 seeding the integer dot (kSeedCorr). Chunks
-// in TQ2_0's order as KQ2 (pairs by vpdpbusd + vpackssdw, sums of 4 codes at most 4 x 7 x 127), the
-// int16 scales picked by one vpermw a pair. Weights 32j..32j+31 hold bit j of hmask[0..31]: a 64-bit
-// rotate by 2 - j puts it at bit 2 of the same byte, whatever j.
+// signed 6-bit scales applied in integer, the offset 4 seeding the integer dot. Chunks in TQ2_0's
+// order as KQ2 (pairs by vpdpbusd + vpackssdw, sums of 4 codes at most 4 x 7 x 127), the int16
+// scales picked by one vpermw a pair. Weights 32j..32j+31 hold bit j of hmask[0..31]: with the upper
+// half (j = c + 4) rotated by -4 once, a 64-bit rotate by 2 - c puts it at bit 2 of the same byte.
+// A pass's rows decode their 12 scale bytes together (kRowScales: lane i of one vector is row i's;
+// one row at a time in general registers cost a fifth of the kernel), and two rows share one
+// vpmaddwd for the seed, against -4 x the activations' sums of 16 (kUnitExtra).
 struct KQ3 {
     static const bool kPackPairs = true;
     static const int kBytes = sizeof(BlockQ3_K);
     static const bool kUnitScales = false;
     static const bool kPaired = false;
     static const bool kSeedSum = false;
-    static const bool kSeedCorr = true;
+    static const bool kSeedCorr = false;
     static const bool kRowMins = false;  // KQ2: the mins' correction for a pass's rows at once
+    static const bool kRowScales = true;
+    static const int kUnitExtra = 64;  // per token and unit: -4 x its 16 sums of 16, int16, twice
     static const bool kMulScales = false;  // scales32(): int32 block scales by vpmulld (KIQ4XS)
     static const bool kTQ2Order = true;
     static constexpr int blk_lo(int c) { return c; }
     static constexpr int blk_hi(int c) { return c + 4; }
     __m512i q, hm;
-    __m512i sc;  // int16 x16 in the low half
+    __m512i sc2;  // int16: the scales of rows 2k (int16 0-15) and 2k + 1 (16-31) of the pass
+    int half;     // 0 or 16: this row's in sc2
     float dd;
     void prep(const uint8_t* p) {
         const BlockQ3_K* b = (const BlockQ3_K*)p;
         q = _mm512_loadu_si512((const void*)b->qs);
-        hm = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)b->hmask));
-        // the 12 scale bytes to 16 in general registers (free ports: the vector ones are this kernel's
-        // bound): scale j is the low (j < 8) or high nibble of byte j % 8, | 2 bits of byte 8 + j % 4
-        // at 2 (j / 4), minus 32
-        uint32_t a0, a1, t;
-        memcpy(&a0, b->scales, 4);
-        memcpy(&a1, b->scales + 4, 4);
-        memcpy(&t, b->scales + 8, 4);
-        const uint32_t m4 = 0x0F0F0F0F, m2 = 0x03030303;
-        const uint64_t lo = (a0 & m4) | (t & m2) << 4 | (uint64_t)((a1 & m4) | (t >> 2 & m2) << 4) << 32;
-        const uint64_t hi = (a0 >> 4 & m4) | (t >> 4 & m2) << 4 | (uint64_t)((a1 >> 4 & m4) | (t >> 6 & m2) << 4) << 32;
-        const __m128i sb = _mm_set_epi64x((long long)hi, (long long)lo);
-        sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_sub_epi8(sb, _mm_set1_epi8(32))));
+        // bytes 32-63 rotated by -4: bit c + 4 of the upper half's bytes at bit c, as in the lower half
+        const __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)b->hmask));
+        hm = _mm512_rolv_epi64(h, _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi64x(60), 1));
         dd = h2f(b->d);
+    }
+    static void unit_extra(const int16_t* bk16, int8_t* dst) {
+        const __m256i m4 = _mm256_mullo_epi16(_mm256_loadu_si256((const __m256i*)bk16), _mm256_set1_epi16(-4));
+        _mm512_storeu_si512((void*)dst, _mm512_broadcast_i64x4(m4));
+    }
+    // scale j of a row: the low (j < 8) or high nibble of byte j % 8, | bits 2 (j / 4) of byte 8 + j % 4
+    // at 4, minus 32. Lane i: row i's 16 bytes from offset 94 (its scales at 2..13, inside the block)
+    template <int NR>
+    static void rows_scales(KQ3* f, const uint8_t* const* blk) {
+        __m512i x = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i*)(blk[0] + 94)));
+        if constexpr (NR > 1) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i*)(blk[1] + 94)), 1);
+        if constexpr (NR > 2) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i*)(blk[2] + 94)), 2);
+        if constexpr (NR > 3) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i*)(blk[3] + 94)), 3);
+        const __m512i lo8 = _mm512_set1_epi64(0x0908070605040302LL);    // byte 2 + j % 8
+        const __m512i hi4 = _mm512_set1_epi64(0x0D0C0B0A0D0C0B0ALL);    // byte 10 + j % 4
+        const __m512i t = _mm512_shuffle_epi8(x, lo8);
+        const __m512i low = _mm512_and_si512(_mm512_mask_mov_epi8(t, 0xFF00FF00FF00FF00ULL, _mm512_srli_epi16(t, 4)),
+                                             _mm512_set1_epi8(0x0F));
+        // bits 2 (j / 4) of the high bytes to bits 4-5: 16-bit shifts (the pair of bytes j, j + 1 share j / 4)
+        const long long s01 = 0x0002000200000000LL, s23 = 0x0006000600040004LL;  // bytes j: 2 (j / 4)
+        const __m512i shift = _mm512_set_epi64(s23, s01, s23, s01, s23, s01, s23, s01);
+        const __m512i u = _mm512_shuffle_epi8(x, hi4);
+        const __m512i hb = _mm512_slli_epi16(_mm512_srlv_epi16(u, shift), 4);
+        const __m512i sb = _mm512_sub_epi8(_mm512_ternarylogic_epi32(low, hb, _mm512_set1_epi8(0x30), 0xF8),
+                                           _mm512_set1_epi8(32));
+        const __m512i rows01 = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(sb));
+        const __m512i rows23 = NR > 2 ? _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(sb, 1)) : rows01;
+        for (int i = 0; i < NR; i++) {
+            f[i].sc2 = i < 2 ? rows01 : rows23;
+            f[i].half = 16 * (i % 2);
+        }
+    }
+    // the seeds of a pass's rows for one token: codes are q + 4, so each dot starts at
+    // -4 * sum_g scale_g * bsum16_g (row 2k's in lanes 0-7, 2k + 1's in 8-15), in integer
+    template <int NR, int NT>
+    static void rows_seeds(const KQ3* f, const int8_t* extra, __m512i (*dot)[NT], int t) {
+        const __m512i m4 = _mm512_loadu_si512((const void*)extra);
+        for (int i = 0; i < NR; i += 2) {
+            const __m512i m = _mm512_madd_epi16(f[i].sc2, m4);
+            dot[i][t] = _mm512_maskz_mov_epi32(0x00FF, m);
+            if (i + 1 < NR) dot[i + 1][t] = _mm512_maskz_mov_epi32(0xFF00, m);
+        }
     }
     // as KQ2's: int16 0-3 of lane L scale chunk c's block 2c + L % 2 + 8 (L / 2), 4-7 chunk c + 1's
     static constexpr long long idx4(int blk) { return (long long)(0x0001000100010001ULL * (unsigned)blk); }
     __m512i scales_pair(int c) const {
-        return _mm512_permutexvar_epi16(_mm512_set_epi64(idx4(2 * c + 11), idx4(2 * c + 9), idx4(2 * c + 10), idx4(2 * c + 8),
-                                                         idx4(2 * c + 3), idx4(2 * c + 1), idx4(2 * c + 2), idx4(2 * c)), sc);
+        const __m512i idx = _mm512_set_epi64(idx4(2 * c + 11), idx4(2 * c + 9), idx4(2 * c + 10), idx4(2 * c + 8),
+                                             idx4(2 * c + 3), idx4(2 * c + 1), idx4(2 * c + 2), idx4(2 * c));
+        return _mm512_permutexvar_epi16(_mm512_add_epi16(idx, _mm512_set1_epi16((short)half)), sc2);
     }
     __m512i scales16(int) const { return _mm512_setzero_si512(); }  // unused: kPackPairs
     __m512i chunk(int c) const {
         const __m512i low2 = _mm512_and_si512(c ? _mm512_srli_epi16(q, 2 * c) : q, _mm512_set1_epi8(3));
-        // bytes 0-31: bit c of hmask, bytes 32-63: bit c + 4, rotated to bit 2
-        const __m512i rot = _mm512_inserti64x4(_mm512_set1_epi64((66 - c) % 64), _mm256_set1_epi64x(62 - c), 1);
-        // low2 | (rotated & 4): one ternary logic op (0xF8: A | (B & C))
-        return _mm512_ternarylogic_epi32(low2, _mm512_rolv_epi64(hm, rot), _mm512_set1_epi8(4), 0xF8);
+        // bit c of hm's bytes rotated to bit 2 (an immediate: no constant held in a register);
+        // low2 | (rotated & 4) in one ternary logic op (0xF8: A | (B & C))
+        const __m512i h = c == 0 ? _mm512_rol_epi64(hm, 2) : c == 1 ? _mm512_rol_epi64(hm, 1)
+                        : c == 2 ? hm : _mm512_ror_epi64(hm, 1);
+        return _mm512_ternarylogic_epi32(low2, h, _mm512_set1_epi8(4), 0xF8);
     }
     float d() const { return dd; }
-    float corr_scale() const { return 0.f; }  // unused: kSeedCorr
+    float corr_scale() const { return 0.f; }  // unused: the seed carries the offset
     __m512 correction(const int16_t*, const int16_t*) const { return _mm512_setzero_ps(); }
-    // codes are q + 4: the dot starts at -4 * sum_g scale_g * bsum16_g (lanes 0-7), in integer
-    __m512i seed(const int16_t* bk16, const int16_t*) const {
-        const __m256i m = _mm256_madd_epi16(_mm512_castsi512_si256(sc), _mm256_loadu_si256((const __m256i*)bk16));
-        return _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(m, 2)));
-    }
 };
 
 // TQ2_0 (1.58-bit): 2-bit codes 0..2 (value = code - 1), one fp16 scale per 256. Against per-256
@@ -256,6 +304,8 @@ struct KTQ2 {
     static const bool kSeedSum = true;
     static const bool kSeedCorr = false;
     static const bool kRowMins = false;  // KQ2: the mins' correction for a pass's rows at once
+    static const bool kRowScales = false;  // KQ3: the scales of a pass's rows decoded at once
+    static const int kUnitExtra = 0;  // bytes per token and unit of 256 the format's unit_extra() writes
     static const bool kMulScales = false;  // scales32(): int32 block scales by vpmulld (KIQ4XS)
     static const bool kTQ2Order = false;  // activations per chunk c: 32c.. and 128 + 32c.. (a copy)
     // chunk c is 2-bit field c of all 64 bytes: weights 32c.. (bytes 0-31) and 128 + 32c.. (32-63),
@@ -293,6 +343,8 @@ struct KIQ4XS {
     static const bool kSeedSum = false;
     static const bool kSeedCorr = true;
     static const bool kRowMins = false;  // KQ2: the mins' correction for a pass's rows at once
+    static const bool kRowScales = false;  // KQ3: the scales of a pass's rows decoded at once
+    static const int kUnitExtra = 0;  // bytes per token and unit of 256 the format's unit_extra() writes
     static const bool kMulScales = true;
     static const bool kTQ2Order = false;
     static constexpr int blk_lo(int c) { return 2 * c; }
@@ -344,11 +396,11 @@ inline __m512i minus_sum256(const int16_t* bk32) {
     return _mm512_maskz_mov_epi32(1, _mm512_castsi128_si512(_mm_sub_epi32(_mm_setzero_si128(), v)));
 }
 
-thread_local ScratchBuffer t_tq2;  // per thread: kTQ2Order's activations, then kRowMins' sums
+thread_local ScratchBuffer t_tq2;  // per thread: kTQ2Order's activations, then the units' extras
 
 template <class F>
-size_t tq2_bytes(int ntok, int n) {  // n bytes a token, and 128 a unit of 256 for kRowMins
-    return (size_t)ntok * ((size_t)n + (F::kRowMins ? (size_t)n / 2 : 0));
+size_t tq2_bytes(int ntok, int n) {  // n bytes a token, and kUnitExtra a unit of 256
+    return (size_t)ntok * ((size_t)n + (size_t)(n / 256) * F::kUnitExtra);
 }
 
 template <class F, int NR, int NT>
@@ -358,9 +410,8 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
     const int8_t* paired[NT];
     const int units = n / 256;
     int8_t* perm = F::kTQ2Order ? (int8_t*)t_tq2.reserve(tq2_bytes<F>(NT, n)) : nullptr;
-    // kRowMins: per token and unit, the 16 activation sums of 16 as bytes, high (signed) then low
-    // (unsigned), each repeated in the four 128-bit lanes: the mins' dot is then two vpdpbusd
-    const int8_t* sums16 = F::kRowMins && perm ? perm + (size_t)NT * n : nullptr;
+    // per token and unit, what the format derives from the activations once for all rows (kUnitExtra)
+    const int8_t* extras = F::kUnitExtra && perm ? perm + (size_t)NT * n : nullptr;
     for (int t = 0; t < NT; t++) {
         a[t] = act_view(acts[t], n);
         paired[t] = (const int8_t*)acts[t] + paired_at(n);
@@ -372,13 +423,10 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
                                         load_pair(a[t].qk + 256 * u + 32 * c, a[t].qk + 256 * u + 128 + 32 * c, false));
             paired[t] = dst;
         }
-        if (F::kRowMins && perm)
-            for (int u = 0; u < units; u++) {
-                const __m256i b = _mm256_loadu_si256((const __m256i*)(a[t].bk16 + 16 * u));
-                int8_t* dst = perm + (size_t)NT * n + ((size_t)t * units + u) * 128;
-                _mm512_storeu_si512((void*)dst, _mm512_broadcast_i32x4(_mm256_cvtepi16_epi8(_mm256_srai_epi16(b, 8))));
-                _mm512_storeu_si512((void*)(dst + 64), _mm512_broadcast_i32x4(_mm256_cvtepi16_epi8(b)));
-            }
+        if constexpr (F::kUnitExtra > 0)
+            if (perm)
+                for (int u = 0; u < units; u++)
+                    F::unit_extra(a[t].bk16 + 16 * u, perm + (size_t)NT * n + ((size_t)t * units + u) * F::kUnitExtra);
     }
     if (F::kTQ2Order && !perm) return;  // unreachable: rows_k reserved it
     const Ahead fetch(w, nrows * row_bytes, rows_ahead(row_bytes, NR));
@@ -390,15 +438,21 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
             for (int t = 0; t < NT; t++) acc[i][t] = _mm512_setzero_ps();
         for (int u = 0; u < units; u++) {
             F f[NR];
+            const uint8_t* blks[NR];
             for (int i = 0; i < NR; i++) {
-                const uint8_t* blk = row + i * row_bytes + u * F::kBytes;
-                fetch(blk, F::kBytes);
-                f[i].prep(blk);
+                blks[i] = row + i * row_bytes + u * F::kBytes;
+                fetch(blks[i], F::kBytes);
+                f[i].prep(blks[i]);
             }
+            if constexpr (F::kRowScales) F::template rows_scales<NR>(f, blks);
             __m512i dot[NR][NT];
             for (int t = 0; t < NT; t++) {
                 __m512i seed = _mm512_setzero_si512();
                 if (F::kSeedSum) seed = minus_sum256(a[t].bk32 + 8 * u);
+                if constexpr (F::kRowScales) {
+                    F::template rows_seeds<NR, NT>(f, extras + ((size_t)t * units + u) * F::kUnitExtra, dot, t);
+                    continue;
+                }
                 for (int i = 0; i < NR; i++) {
                     if constexpr (F::kSeedCorr) dot[i][t] = f[i].seed(a[t].bk16 + 16 * u, a[t].bk32 + 8 * u);
                     else dot[i][t] = seed;
@@ -451,7 +505,7 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
                 const __m512i m = F::template mins_of<NR>(f);
                 const __m512 ddm = F::template scales_of<NR>(f);  // lane i: row i's d, dmin
                 for (int t = 0; t < NT; t++) {
-                    const int8_t* s = sums16 + ((size_t)t * units + u) * 128;
+                    const int8_t* s = extras + ((size_t)t * units + u) * F::kUnitExtra;
                     __m512i x = _mm512_dpbusd_epi32(_mm512_setzero_si512(), m, _mm512_loadu_si512((const void*)s));
                     x = _mm512_dpbusd_epi32(_mm512_slli_epi32(x, 8), _mm512_loadu_si512((const void*)(s + 64)), m);
                     const __m512 sc = _mm512_mul_ps(ddm, _mm512_set1_ps(a[t].dk[u]));
