@@ -107,6 +107,16 @@ struct KQ6 {
     }
 };
 
+// lane i of a vector: get(i)'s 128 bits for the NR <= 4 rows of a pass (the lanes past NR undefined)
+template <int NR, class Get>
+inline __m512i lanes_of_rows(Get get) {
+    __m512i v = _mm512_castsi128_si512(get(0));
+    if constexpr (NR > 1) v = _mm512_inserti32x4(v, get(1), 1);
+    if constexpr (NR > 2) v = _mm512_inserti32x4(v, get(2), 2);
+    if constexpr (NR > 3) v = _mm512_inserti32x4(v, get(3), 3);
+    return v;
+}
+
 // Q2_K and Q3_K's 2-bit planes: chunk c is half c / 2 of the unit (qs[32h..32h+31]), its weights
 // 0-31 at bits 4(c % 2), weights 32-63 at bits 4(c % 2) + 2; one broadcast, one shift, one mask
 inline __m512i k_low2_chunk(const uint8_t* qs, int c) {
@@ -167,19 +177,12 @@ struct KQ2 {
     // lane i of both: row i of a pass of NR <= 4 (the rest undefined): its 16 mins as bytes, its d and dmin
     template <int NR>
     static __m512i mins_of(const KQ2* f) {
-        __m512i v = _mm512_castsi128_si512(f[0].raw);
-        if constexpr (NR > 1) v = _mm512_inserti32x4(v, f[1].raw, 1);
-        if constexpr (NR > 2) v = _mm512_inserti32x4(v, f[2].raw, 2);
-        if constexpr (NR > 3) v = _mm512_inserti32x4(v, f[3].raw, 3);
+        const __m512i v = lanes_of_rows<NR>([f](int i) { return f[i].raw; });
         return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0F));
     }
     template <int NR>
     static __m512 scales_of(const KQ2* f) {
-        __m512 v = _mm512_castps128_ps512(f[0].ddm);
-        if constexpr (NR > 1) v = _mm512_insertf32x4(v, f[1].ddm, 1);
-        if constexpr (NR > 2) v = _mm512_insertf32x4(v, f[2].ddm, 2);
-        if constexpr (NR > 3) v = _mm512_insertf32x4(v, f[3].ddm, 3);
-        return v;
+        return _mm512_castsi512_ps(lanes_of_rows<NR>([f](int i) { return _mm_castps_si128(f[i].ddm); }));
     }
     // lane L of chunk c is block 2c + L % 2 + 8 (L / 2) of 16; after vpackssdw of chunks c and c + 1
     // int16 0-3 of lane L are chunk c's, 4-7 chunk c + 1's: their scale bytes, zero-extended (0x80)
@@ -237,10 +240,7 @@ struct KQ3 {
     // at 4, minus 32. Lane i: row i's 16 bytes from offset 94 (its scales at 2..13, inside the block)
     template <int NR>
     static void rows_scales(KQ3* f, const uint8_t* const* blk) {
-        __m512i x = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i*)(blk[0] + 94)));
-        if constexpr (NR > 1) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i*)(blk[1] + 94)), 1);
-        if constexpr (NR > 2) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i*)(blk[2] + 94)), 2);
-        if constexpr (NR > 3) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i*)(blk[3] + 94)), 3);
+        const __m512i x = lanes_of_rows<NR>([blk](int i) { return _mm_loadu_si128((const __m128i*)(blk[i] + 94)); });
         const __m512i lo8 = _mm512_set1_epi64(0x0908070605040302LL);    // byte 2 + j % 8
         const __m512i hi4 = _mm512_set1_epi64(0x0D0C0B0A0D0C0B0ALL);    // byte 10 + j % 4
         const __m512i t = _mm512_shuffle_epi8(x, lo8);
