@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -104,6 +105,9 @@ def _reply(session: ChatSession, line: str) -> None:
 
 
 def run(session: ChatSession) -> None:
+    # Ctrl-C stops a reply even when the chat was started with SIGINT ignored (a background job of a
+    # non-interactive shell, nohup under some shells): Python keeps an inherited SIG_IGN otherwise
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     read = _reader()
     print("hymoe chat: /help lists the commands, /exit quits", file=sys.stderr)
     while True:

@@ -41,11 +41,14 @@ def test_bad_commands_say_why(line, message):
         command(FakeSession(), line)
 
 
-def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(tmp_path):
-    """SIGINT while a reply streams: the reply stops, the program stays, the next line is answered."""
+@pytest.mark.parametrize("inherited", [signal.SIG_DFL, signal.SIG_IGN])
+def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(tmp_path, inherited):
+    """SIGINT while a reply streams: the reply stops, the program stays, the next line is answered;
+    also when the chat starts with SIGINT ignored (a background job of a non-interactive shell)."""
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "hymoe.cli", "chat", "--max-new-tokens", "900", "--ignore-eos"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, inherited))
     proc.stdin.write("And God said\n")
     proc.stdin.flush()
     proc.stdout.read(40)  # the reply is streaming
