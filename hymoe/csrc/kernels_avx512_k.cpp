@@ -156,13 +156,13 @@ struct KQ2 {
     static constexpr int blk_hi(int c) { return c + 4; }
     __m512i q;
     __m512i sc4;  // the 16 scale bytes (low nibbles) in each 128-bit lane
-    __m128i raw;  // the 16 scale bytes: mins in the high nibbles
+    __m512i all4;  // the 16 scale bytes (mins in the high nibbles) in each 128-bit lane
     __m128 ddm;   // d, dmin
     void prep(const uint8_t* p) {
         const BlockQ2_K* b = (const BlockQ2_K*)p;
         q = _mm512_loadu_si512((const void*)b->qs);
-        raw = _mm_loadu_si128((const __m128i*)b->scales);
-        sc4 = _mm512_and_si512(_mm512_broadcast_i32x4(raw), _mm512_set1_epi8(0x0F));
+        all4 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)b->scales));
+        sc4 = _mm512_and_si512(all4, _mm512_set1_epi8(0x0F));
         uint32_t dd2;  // d and dmin, both fp16: one conversion
         memcpy(&dd2, p + 80, 4);
         ddm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd2));
@@ -177,7 +177,10 @@ struct KQ2 {
     // lane i of both: row i of a pass of NR <= 4 (the rest undefined): its 16 mins as bytes, its d and dmin
     template <int NR>
     static __m512i mins_of(const KQ2* f) {
-        const __m512i v = lanes_of_rows<NR>([f](int i) { return f[i].raw; });
+        __m512i v = f[0].all4;  // lane i from row i's: blends, off the shuffle ports
+        if constexpr (NR > 1) v = _mm512_mask_blend_epi32(0x00F0, v, f[1].all4);
+        if constexpr (NR > 2) v = _mm512_mask_blend_epi32(0x0F00, v, f[2].all4);
+        if constexpr (NR > 3) v = _mm512_mask_blend_epi32(0xF000, v, f[3].all4);
         return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0F));
     }
     template <int NR>
