@@ -450,12 +450,12 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
             if constexpr (F::kRowScales) F::template rows_scales<NR>(f, blks);
             __m512i dot[NR][NT];
             for (int t = 0; t < NT; t++) {
-                __m512i seed = _mm512_setzero_si512();
-                if (F::kSeedSum) seed = minus_sum256(a[t].bk32 + 8 * u);
-                if constexpr (F::kRowScales) {
+                if constexpr (F::kRowScales) {  // the pass's rows seeded together (KQ3)
                     F::template rows_seeds<NR, NT>(f, extras + ((size_t)t * units + u) * F::kUnitExtra, dot, t);
                     continue;
                 }
+                __m512i seed = _mm512_setzero_si512();
+                if (F::kSeedSum) seed = minus_sum256(a[t].bk32 + 8 * u);
                 for (int i = 0; i < NR; i++) {
                     if constexpr (F::kSeedCorr) dot[i][t] = f[i].seed(a[t].bk16 + 16 * u, a[t].bk32 + 8 * u);
                     else dot[i][t] = seed;
