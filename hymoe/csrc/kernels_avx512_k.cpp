@@ -442,9 +442,9 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
         for (int u = 0; u < units; u++) {
             F f[NR];
             const uint8_t* blks[NR];
+            fetch(pass_at(row, NR, u, F::kBytes), NR * F::kBytes);
             for (int i = 0; i < NR; i++) {
                 blks[i] = row + i * row_bytes + u * F::kBytes;
-                fetch(blks[i], F::kBytes);
                 f[i].prep(blks[i]);
             }
             if constexpr (F::kRowScales) F::template rows_scales<NR>(f, blks);

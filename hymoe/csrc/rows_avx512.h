@@ -67,19 +67,22 @@ void rows_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* const*
                 macc16[i][t] = _mm512_setzero_ps();
             }
         F fb[F::kPrepAhead ? 2 : 1][NR];
-        if (F::kPrepAhead)
+        if (F::kPrepAhead) {
+            fetch(pass_at(row, NR, 0, F::kBytes), NR * F::kBytes);
             for (int i = 0; i < NR; i++) fb[0][i].prep(row + i * row_bytes);
+        }
         for (int u = 0; u < units; u++) {
             F* f = fb[F::kPrepAhead ? u & 1 : 0];
             // kPrepAhead: the next block is prepared before this one is computed, so what prep()
             // stored has left the store queue when the chunks load it
             const int up = F::kPrepAhead ? u + 1 : u;
-            if (up < units)
+            if (up < units) {
+                fetch(pass_at(row, NR, up, F::kBytes), NR * F::kBytes);
                 for (int i = 0; i < NR; i++) {
                     const uint8_t* blk = row + i * row_bytes + up * F::kBytes;
-                    fetch(blk, F::kBytes);
                     fb[F::kPrepAhead ? up & 1 : 0][i].prep(blk);
                 }
+            }
             __m512 sd[NR][NT];  // kUnit: lanes 0-7, the 8 weight block scales x the token's activation ones
             if constexpr (kUnit)
                 for (int t = 0; t < NT; t++) {
