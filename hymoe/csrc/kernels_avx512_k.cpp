@@ -215,7 +215,7 @@ struct KQ3 {
     static const bool kUnitScales = false;
     static const bool kPaired = false;
     static const bool kSeedSum = false;
-    static const bool kSeedCorr = false;
+    static const bool kSeedCorr = true;  // the seed carries the offset (rows_seeds): no correction after
     static const bool kRowMins = false;  // KQ2: the mins' correction for a pass's rows at once
     static const bool kRowScales = true;
     static const int kUnitExtra = 64;  // per token and unit: -4 x its 16 sums of 16, int16, twice
@@ -452,13 +452,13 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
             for (int t = 0; t < NT; t++) {
                 if constexpr (F::kRowScales) {  // the pass's rows seeded together (KQ3)
                     F::template rows_seeds<NR, NT>(f, extras + ((size_t)t * units + u) * F::kUnitExtra, dot, t);
-                    continue;
-                }
-                __m512i seed = _mm512_setzero_si512();
-                if (F::kSeedSum) seed = minus_sum256(a[t].bk32 + 8 * u);
-                for (int i = 0; i < NR; i++) {
-                    if constexpr (F::kSeedCorr) dot[i][t] = f[i].seed(a[t].bk16 + 16 * u, a[t].bk32 + 8 * u);
-                    else dot[i][t] = seed;
+                } else {
+                    __m512i seed = _mm512_setzero_si512();
+                    if (F::kSeedSum) seed = minus_sum256(a[t].bk32 + 8 * u);
+                    for (int i = 0; i < NR; i++) {
+                        if constexpr (F::kSeedCorr) dot[i][t] = f[i].seed(a[t].bk16 + 16 * u, a[t].bk32 + 8 * u);
+                        else dot[i][t] = seed;
+                    }
                 }
             }
             if constexpr (F::kPackPairs) {
