@@ -121,8 +121,8 @@ def bench_e2e(path, placements: list[str], prompt_tokens: int, gen_tokens: int, 
               dtype: str | None = None, gpu_experts: int = 0, defer_experts: int = 0, dense_format: str | None = None,
               peer: str | None = None, rounds: int = 1, numa: str | None = None) -> list[dict]:
     """One row per placement, and one for the peer (llama.cpp on the same GGUF file and threads).
-    Each placement is timed `rounds` times, each time after a bandwidth probe and followed at once
-    by the peer: rows report medians over the rounds, ratios to the peer medians of each round's."""
+    Each placement is timed `rounds` times, each time between two bandwidth probes and followed at
+    once by the peer: rows report medians over the rounds, ratios to the peer medians of each round's."""
     from hymoe.bench.machine import read_gbps
 
     if peer not in (None, "llama.cpp"):
@@ -143,8 +143,11 @@ def bench_e2e(path, placements: list[str], prompt_tokens: int, gen_tokens: int, 
         ids = _prompt(llm.config.vocab_size, prompt_tokens)
         measured, paired, per_token = [], [], cpu_bytes_per_token(llm)
         for _ in range(rounds):
-            gbps = read_gbps(probe) if probe is not None else None
-            measured.append(_measure(llm, ids, gen_tokens, per_token, gbps))
+            before = read_gbps(probe) if probe is not None else None
+            run = _measure(llm, ids, gen_tokens)
+            # a shared machine's bandwidth changes within seconds: the probes on either side of the run
+            gbps = (before + read_gbps(probe)) / 2 if probe is not None else None
+            measured.append(run | _bandwidth(run, per_token, gbps))
             if theirs is not None:
                 paired.append(theirs.run(ids, gen_tokens))
         rows.append(_summary(variant, llm, kw, per_token, measured, paired) | {"prompt_tokens": prompt_tokens,
@@ -158,7 +161,15 @@ def bench_e2e(path, placements: list[str], prompt_tokens: int, gen_tokens: int, 
     return rows
 
 
-def _measure(llm: LLM, ids: list[int], gen_tokens: int, per_token: int, gbps: float | None) -> dict:
+def _bandwidth(run: dict, per_token: int, gbps: float | None) -> dict:
+    """Every weight byte a decode step reads from CPU memory over the time it took, as a fraction of
+    the read bandwidth gbps."""
+    rate = run["decode_tokens_per_s"]
+    return {"bandwidth_gbps": gbps,
+            "decode_bandwidth_fraction": per_token * rate / (gbps * 1e9) if gbps and per_token else None}
+
+
+def _measure(llm: LLM, ids: list[int], gen_tokens: int) -> dict:
     """One timed generate: rates, how busy the CPU experts, the process and the GPU were over decode."""
     params = SamplingParams(max_new_tokens=gen_tokens, is_eos_ignored=True)
     llm.generate_batch([ids], SamplingParams(max_new_tokens=2, is_eos_ignored=True))  # warm-up, same shapes
@@ -180,10 +191,7 @@ def _measure(llm: LLM, ids: list[int], gen_tokens: int, per_token: int, gbps: fl
         "experts_busy": (engine.busy_seconds - mark["busy"]) / decode_s if engine else None,
         # capped at 1, which timer granularity can overshoot on short runs
         "cpu_busy": min(1.0, (time.process_time() - mark["cpu"]) / (decode_s * (os.cpu_count() or 1))),
-        "gpu_busy": sampler.busy if sampler else None, "bandwidth_gbps": gbps,
-        # every weight byte a decode step reads from CPU memory over the time it took, as a fraction
-        # of the read bandwidth measured just before
-        "decode_bandwidth_fraction": per_token * timings.decode_tokens_per_s / (gbps * 1e9) if gbps and per_token else None,
+        "gpu_busy": sampler.busy if sampler else None,
     }
 
 
