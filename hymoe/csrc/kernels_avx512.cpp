@@ -110,6 +110,7 @@ void silu_mul_avx512(float* g, const float* u, int n) {
 // ---- formats: a super unit of kSU weights, split in chunks of 64 ------------------------------
 // kShift: code offset c = 1 << kShift (-1: codes are the values). kMins: a per-32 term * dsum.
 struct FQ8_0 {
+    static const int kDecodeRows = 1;  // one row a pass for one token streams best (decode_rows_of)
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 64, kBytes = 68, kShift = 7;

@@ -47,6 +47,7 @@ inline __m512i with_fifth_bits(__m512i codes, const uint8_t* qh0, const uint8_t*
 // Q4_1: Q4_0's nibbles with a min per block (value = d * q + m). d and m of block j are words
 // 10j and 10j + 1: blocks 0-3 in the load at byte 0, 4-7 in the one at byte 80 (words 40-71)
 struct FQ4_1 {
+    static const int kDecodeRows = 1;  // one row a pass for one token streams best (decode_rows_of)
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 256, kBytes = 8 * sizeof(BlockQ4_1), kShift = -1;
@@ -67,6 +68,7 @@ struct FQ4_1 {
 // Q5_0: value = d * (q - 16), the code offset 16 (kShift 4). d of block j is word 11j: blocks
 // 0-2 in the load at byte 0, 3-5 at byte 64 (words 32-63), 6-7 at byte 112 (words 56-87)
 struct FQ5_0 {
+    static const int kDecodeRows = 1;  // one row a pass for one token streams best (decode_rows_of)
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 256, kBytes = 8 * sizeof(BlockQ5_0), kShift = 4;
@@ -88,6 +90,7 @@ struct FQ5_0 {
 // Q5_1: value = d * q + m, q as Q5_0's. d and m of block j are words 12j and 12j + 1: blocks 0-2
 // in the load at byte 0, 3-5 at byte 64 (words 32-63), 6-7 at byte 128 (words 64-95)
 struct FQ5_1 {
+    static const int kDecodeRows = 1;  // one row a pass for one token streams best (decode_rows_of)
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 256, kBytes = 8 * sizeof(BlockQ5_1), kShift = -1;
@@ -113,6 +116,7 @@ struct FQ5_1 {
 // vpshufb from the nibble.
 template <bool kLookup>
 struct FNibbles32 {
+    static const int kDecodeRows = 1;  // one row a pass for one token streams best (decode_rows_of)
     static constexpr int blk_lo(int c) { return 2 * c; }
     static constexpr int blk_hi(int c) { return 2 * c + 1; }
     static const int kSU = 256, kBytes = 8 * sizeof(BlockQ4_0), kShift = kLookup ? 7 : 3;
