@@ -154,7 +154,7 @@ struct KQ2 {
     static const int kUnitExtra = 128;  // per token and unit: its 16 sums of 16, high bytes then low, x4
     static const bool kMulScales = false;  // scales32(): int32 block scales by vpmulld (KIQ4XS)
     static const bool kTQ2Order = true;
-    static const int kDecodeRows = 4;  // rows a pass for one token: bound by its arithmetic, 4 share the activations
+    static const int kDecodeRows = kRowsDecode;  // bound by its arithmetic: rows share the activations
     static constexpr int blk_lo(int c) { return c; }
     static constexpr int blk_hi(int c) { return c + 4; }
     __m512i q;
@@ -315,7 +315,7 @@ struct KTQ2 {
     static const int kUnitExtra = 0;  // bytes per token and unit of 256 the format's unit_extra() writes
     static const bool kMulScales = false;  // scales32(): int32 block scales by vpmulld (KIQ4XS)
     static const bool kTQ2Order = false;  // activations per chunk c: 32c.. and 128 + 32c.. (a copy)
-    static const int kDecodeRows = 4;  // rows a pass for one token: bound by its arithmetic, 4 share the activations
+    static const int kDecodeRows = kRowsDecode;  // bound by its arithmetic: rows share the activations
     // chunk c is 2-bit field c of all 64 bytes: weights 32c.. (bytes 0-31) and 128 + 32c.. (32-63),
     // so the 64 bytes are loaded once and each chunk costs one shift and one mask
     static constexpr int blk_lo(int c) { return c; }

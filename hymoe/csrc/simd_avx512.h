@@ -148,7 +148,7 @@ static inline float hsum(__m256 v) {
 // pass's column u stands for its bytes [NR u kBytes, NR (u + 1) kBytes) (pass_at), and those bytes
 // `ahead` further on are fetched. The DRAM then sees one sequential stream per thread, not NR
 // interleaved ones (each row's own stream ran at 0.71 of the probe's bandwidth in a pure read on a
-// contended Zen 5 bus, one stream at 0.90; in the kernels +8-16% there, +-2% on a quiet bus).
+// contended Zen 5 bus, one stream at 0.90; in the kernels +4-19% there, 0.94-1.01 on a quiet bus).
 // A column late in a row is fetched earlier than it is read by up to NR - 1 rows' worth of a
 // pass, so `ahead` is a whole number of passes (at least Tuning::prefetch_bytes) plus one: every
 // block is fetched at least one pass before it is read.
