@@ -33,10 +33,9 @@ void rope(float* x, const float* cos, const float* sin, int d, bool interleaved,
 }
 
 // n floats into a cache at element `at`: as they are, or rounded to fp16
-void store(void* cache, int64_t at, const float* x, int n, bool is_f16) {
+void store(const KernelTable& kt, void* cache, int64_t at, const float* x, int n, bool is_f16) {
     if (!is_f16) return (void)memcpy((float*)cache + at, x, sizeof(float) * n);
-    uint16_t* dst = (uint16_t*)cache + at;
-    for (int i = 0; i < n; i++) dst[i] = f32_to_fp16(x[i]);
+    kt.to_f16(x, n, (uint16_t*)cache + at);
 }
 
 // Loads one byte of every cache line of [p, p + bytes), front to back: a decode chunk's cache rows
@@ -91,6 +90,12 @@ void merge(float* out, float* m, float* l, const float* out2, const float* m2, c
     }
 }
 
+// Runs of heads each token's per-head work splits into: enough units for every thread (two
+// each, for balance) when the tokens are few, one run a token otherwise (a unit is an atomic claim).
+int head_parts(int heads, int tokens, int threads) {
+    return std::max(1, std::min(heads, (2 * threads + tokens - 1) / tokens));
+}
+
 }  // namespace
 
 int gqa_check(const GqaArgs& a) {
@@ -120,24 +125,29 @@ void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<fl
     queries.resize((size_t)BT * N * D);
     float* q_all = queries.data();  // [BT, N, D]: the queries after norm and rotation
 
-    // phase 1, per token: queries normalised and rotated; keys normalised, rotated and stored;
-    // values stored
-    pool.parallel_for(BT, [&](int bt, int) {
+    // phase 1, per token and run of heads: queries normalised and rotated; keys normalised, rotated
+    // and stored; values stored. A decode step's few tokens split their heads over the threads
+    // (one thread rotating a token's 36 heads while the other waited: a tenth of the attention).
+    const int HG = N + G, runs = head_parts(HG, BT, pool.size());
+    pool.parallel_for(BT * runs, [&](int unit, int) {
+        const int bt = unit / runs, run = unit % runs;
         const float *cos = a.cos + (size_t)bt * (D / 2), *sin = a.sin + (size_t)bt * (D / 2);
         float tmp[1024], k[1024];
         const int64_t at = a.slots[bt] * pos_stride;  // this token's row, in elements
-        for (int n = 0; n < N; n++) {
-            float* q = q_all + ((size_t)bt * N + n) * D;
-            memcpy(q, a.q + (size_t)bt * a.q_stride + (size_t)n * D, sizeof(float) * D);
-            if (a.q_norm) rms_norm(q, a.q_norm, D, a.eps);
-            rope(q, cos, sin, D, a.is_interleaved, tmp);
-        }
-        for (int g = 0; g < G; g++) {
+        for (int h = run * HG / runs; h < (run + 1) * HG / runs; h++) {
+            if (h < N) {
+                float* q = q_all + ((size_t)bt * N + h) * D;
+                memcpy(q, a.q + (size_t)bt * a.q_stride + (size_t)h * D, sizeof(float) * D);
+                if (a.q_norm) rms_norm(q, a.q_norm, D, a.eps);
+                rope(q, cos, sin, D, a.is_interleaved, tmp);
+                continue;
+            }
+            const int g = h - N;
             memcpy(k, a.k + (size_t)bt * a.k_stride + (size_t)g * D, sizeof(float) * D);
             if (a.k_norm) rms_norm(k, a.k_norm, D, a.eps);
             rope(k, cos, sin, D, a.is_interleaved, tmp);
-            store(a.k_cache, at + (int64_t)g * D, k, D, a.is_f16);
-            store(a.v_cache, at + (int64_t)g * D, a.v + (size_t)bt * a.v_stride + (size_t)g * D, D, a.is_f16);
+            store(kt, a.k_cache, at + (int64_t)g * D, k, D, a.is_f16);
+            store(kt, a.v_cache, at + (int64_t)g * D, a.v + (size_t)bt * a.v_stride + (size_t)g * D, D, a.is_f16);
         }
     });
 
@@ -189,9 +199,12 @@ void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<fl
         }
     });
 
-    // phase 3, per token: the chunks merged, each weighted by exp(its maximum - the overall one)
-    pool.parallel_for(BT, [&](int bt, int) {
-        for (int h = 0; h < N; h++) {
+    // phase 3, per token and run of heads: the chunks merged, each weighted by exp(its maximum -
+    // the overall one)
+    const int parts3 = head_parts(N, BT, pool.size());
+    pool.parallel_for(BT * parts3, [&](int unit, int) {
+        const int bt = unit / parts3, run = unit % parts3;
+        for (int h = run * N / parts3; h < (run + 1) * N / parts3; h++) {
             float best = -INFINITY, total = 0.f;
             for (int c = 0; c < chunks; c++) best = std::max(best, stats[((size_t)bt * chunks + c) * 2 * N + h]);
             float* o = a.out + (size_t)bt * N * D + (size_t)h * D;

@@ -270,6 +270,7 @@ typedef int (*AttendFn)(const float* q, int N, int per_group, int d, const void*
                         int is_f16, int64_t stride, int S, float scale, float* out, float* m, float* l,
                         float* scratch);
 typedef uint64_t (*ReadFn)(const uint8_t* p, int64_t bytes);  // streams bytes (bandwidth probe)
+typedef void (*ToF16Fn)(const float* x, int n, uint16_t* out);  // f32_to_fp16 of n values (the fp16 KV cache)
 
 enum { FMT_SLOTS = 40 };
 static inline bool fmt_is_float(int f) { return f == F32 || f == F16 || f == BF16; }

@@ -155,12 +155,13 @@ struct Level {
     ActBytesFn act_bytes;
     SiluMulFn silu_mul;
     ReadFn read;
+    ToF16Fn to_f16;
 };
 #define FORMATS(table) table, (int)(sizeof(table) / sizeof(table[0]))
 const Level kPortableLevel = {"generic", FORMATS(kPortable), portable::attend, quantize_portable, act_bytes,
-                              portable::silu_mul, portable::read};
+                              portable::silu_mul, portable::read, portable::to_f16};
 #if defined(__x86_64__) || defined(_M_X64)
-const Level kAvx2Level = {"avx2", FORMATS(kAvx2), avx2::attend};
+const Level kAvx2Level = {"avx2", FORMATS(kAvx2), avx2::attend, nullptr, nullptr, nullptr, nullptr, avx2::to_f16};
 const Level kAvx512Level = {"avx512-vnni", FORMATS(kAvx512), avx512::attend, avx512::quantize, avx512::act_bytes,
                             avx512::silu_mul, avx512::read};
 const Level kAvx512Bf16Level = {"avx512-vnni-bf16", FORMATS(kAvx512Bf16)};
@@ -184,6 +185,7 @@ void stack(KernelTable& t, const Level& level) {
     if (level.quantize) t.quantize = level.quantize, t.act_bytes = level.act_bytes;
     if (level.silu_mul) t.silu_mul = level.silu_mul;
     if (level.read) t.read = level.read;
+    if (level.to_f16) t.to_f16 = level.to_f16;
     if (level.attend) {  // in front of the narrower ISAs' kernels
         const int cap = sizeof(t.attend) / sizeof(t.attend[0]);
         if (t.attend[cap - 2]) abort();  // no room left for the terminating null

@@ -15,6 +15,7 @@ struct KernelTable {
     ActBytesFn act_bytes;
     SiluMulFn silu_mul;
     ReadFn read;
+    ToF16Fn to_f16;
     const char* name;
 };
 

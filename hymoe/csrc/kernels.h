@@ -16,6 +16,7 @@ extern const RowsFn rows_q4_1, rows_q5_0, rows_q5_1, rows_iq4_nl, rows_q2_k, row
 extern const SiluMulFn silu_mul;
 extern const AttendFn attend;
 extern const ReadFn read;
+extern const ToF16Fn to_f16;
 }  // namespace portable
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -28,6 +29,7 @@ extern const RowsFn tile_q8_0, tile_q4_0, tile_q4_k, tile_q5_k, tile_q6_k, tile_
 // kernels_avx2_float.cpp: float weights converted once into an f32 tile of 16 rows; n % 8 == 0
 extern const RowsFn tile_f32, tile_f16, tile_bf16;
 extern const AttendFn attend;  // kernels_avx2_attn.cpp: head widths of 8s
+extern const ToF16Fn to_f16;  // kernels_avx2_attn.cpp: by F16C (vcvtps2ph)
 // the low-bit and older formats (lowbit.h): per-row kernels decoding each
 // row once per call (kernels_avx2_lowbit.cpp; rows of 256s) and batch tiles (kernels_avx2_tiled.cpp)
 extern const RowsFn rows_q4_1, rows_q5_0, rows_q5_1, rows_iq4_nl, rows_q2_k, rows_q3_k, rows_iq4_xs, rows_iq2_xxs, rows_iq2_xs, rows_iq2_s, rows_iq3_xxs, rows_iq3_s, rows_iq1_m;

@@ -36,6 +36,12 @@ struct Vec256 {
         h = _mm_add_ps(h, _mm_movehl_ps(h, h));
         return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
     }
+    static T max(T a, T b) { return _mm256_max_ps(a, b); }
+    static float reduce_max(T v) {
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        return _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+    }
     static void sum4(T a0, T a1, T a2, T a3, float scale, float* out) {
         const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));  // per 128: a0 a1 a2 a3
         const __m128 r = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
@@ -43,7 +49,17 @@ struct Vec256 {
     }
 };
 
+// float32 -> fp16 by F16C, rounded to nearest even as f32_to_fp16: the new keys and values a
+// decode step writes to an fp16 cache (the scalar conversion was a tenth of its attention)
+void to_f16_f16c(const float* x, int n, uint16_t* out) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i*)(out + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) out[i] = f32_to_fp16(x[i]);
+}
+
 }  // namespace
 
 const AttendFn avx2::attend = attend_vec<Vec256>;
+const ToF16Fn avx2::to_f16 = to_f16_f16c;
 #endif

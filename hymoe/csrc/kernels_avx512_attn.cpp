@@ -20,6 +20,8 @@ struct Vec512 {
     static T sub(T a, T b) { return _mm512_sub_ps(a, b); }
     static T exp(T x) { return exp_ps(x); }
     static float reduce_add(T v) { return _mm512_reduce_add_ps(v); }
+    static T max(T a, T b) { return _mm512_max_ps(a, b); }
+    static float reduce_max(T v) { return _mm512_reduce_max_ps(v); }
     static void sum4(T a0, T a1, T a2, T a3, float scale, float* out) {
         _mm_storeu_ps(out, _mm_mul_ps(hsum4(a0, a1, a2, a3), _mm_set1_ps(scale)));
     }

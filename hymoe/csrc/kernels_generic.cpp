@@ -281,3 +281,8 @@ const RowsFn portable::rows_tq1_0 = rows_by_dot<dot_tq1_0>;
 const SiluMulFn portable::silu_mul = silu_mul_generic;
 const AttendFn portable::attend = attend_generic;
 const ReadFn portable::read = read_generic;
+
+static void to_f16_generic(const float* x, int n, uint16_t* out) {
+    for (int i = 0; i < n; i++) out[i] = f32_to_fp16(x[i]);
+}
+const ToF16Fn portable::to_f16 = to_f16_generic;
