@@ -114,6 +114,37 @@ class NativeRMSNorm:
         return out
 
 
+
+class NativeEmbedding:
+    """Rows of a block-format table decoded in one foreign call (csrc/dequant.cpp): ids [...] int64
+    -> float32 [..., n], the values gguf-py decodes. A decode step looks up one row: torch's
+    decoder took ~20 operations for it."""
+
+    @staticmethod
+    def decodes(lib, fmt: str) -> bool:
+        return bool(lib.hymoe_has_dequant(int(qtype(fmt))))
+
+    def __init__(self, lib, fmt: str, weight: torch.Tensor, num_rows: int, n: int):
+        if not self.decodes(lib, fmt):
+            raise HymoeError(f"the native kernels cannot decode {fmt} rows")
+        lib.hymoe_dequant_rows.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
+                                           ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64]
+        self.lib, self.fmt, self.num_rows, self.n = lib, int(qtype(fmt)), num_rows, n
+        self.weight = checked_weight(weight.reshape(-1), fmt, num_rows, n)  # kept alive: C reads its address
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.dtype is not torch.int64 or not ids.is_cpu:
+            raise HymoeError(f"a native embedding takes int64 CPU ids, got {ids.dtype} on {ids.device}")
+        flat = ids.reshape(-1).contiguous()
+        out = torch.empty(flat.numel(), self.n)
+        rc = self.lib.hymoe_dequant_rows(self.fmt, self.weight.data_ptr(), self.weight.numel(), self.num_rows, self.n,
+                                         flat.data_ptr(), flat.numel(), out.data_ptr(), out.numel())
+        if rc == -2:
+            raise HymoeError(f"a token id outside the embedding's {self.num_rows} rows")
+        if rc:
+            raise native_error(rc, f"the native embedding refused its sizes ({rc})")
+        return out.view(*ids.shape, self.n)
+
 class _RouteArgs(ctypes.Structure):
     _fields_ = [(n, ctypes.c_int32) for n in ("num_tokens", "num_experts", "topk", "is_sigmoid", "group_rule",
                                               "num_groups", "topk_groups", "is_norm")] + \

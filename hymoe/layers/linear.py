@@ -84,11 +84,14 @@ class QuantEmbedding(nn.Module):
         assert qweight.shape == (num_embeddings, row_bytes(fmt, embedding_dim)), (qweight.shape, fmt)
         self.num_embeddings, self.embedding_dim, self.fmt, self.dtype = num_embeddings, embedding_dim, fmt, dtype
         self.register_buffer("qweight", qweight, persistent=False)
+        self.kernel: Kernel | None = None  # set by placement: ids -> float32 rows (the native decoder)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, fmt={self.fmt}"
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.kernel is not None:
+            return self.kernel(ids).to(self.dtype)
         rows = self.qweight[ids.reshape(-1)]  # [N, row_bytes]
         return dequantize_rows(rows, self.fmt, self.embedding_dim, self.dtype).view(*ids.shape, -1)
 

@@ -151,8 +151,9 @@ def place_dense(model, dtype: torch.dtype, engine: Callable, gpu_kernel: str = "
                 if path == "float":
                     setattr(parent, name, _as_float(child, dtype))
                 counts[path] = counts.get(path, 0) + 1
-            elif isinstance(child, QuantEmbedding) and child.fmt not in TORCH_DEQUANT_FORMATS \
-                    and child.qweight.device.type != "cpu":
+            elif isinstance(child, QuantEmbedding) and child.qweight.device.type == "cpu":
+                _embedding_kernel(child)
+            elif isinstance(child, QuantEmbedding) and child.fmt not in TORCH_DEQUANT_FORMATS:
                 say_once(f"{child.fmt} embeddings have no torch decoder on the GPU; dequantized at load")
                 table = dequantize_rows(child.qweight, child.fmt, child.embedding_dim, dtype)
                 setattr(parent, name, nn.Embedding.from_pretrained(table))
@@ -160,6 +161,15 @@ def place_dense(model, dtype: torch.dtype, engine: Callable, gpu_kernel: str = "
         for group in module.input_groups() if hasattr(module, "input_groups") else ():
             _fuse(group, engine)
     return counts
+
+
+def _embedding_kernel(embed: QuantEmbedding) -> None:
+    """The native decoder for a CPU embedding table of a format it decodes (else torch or gguf-py)."""
+    from hymoe.experts.native_linear import NativeEmbedding
+
+    lib = native.library()
+    if lib is not None and embed.qweight.is_contiguous() and NativeEmbedding.decodes(lib, embed.fmt):
+        embed.kernel = NativeEmbedding(lib, embed.fmt, embed.qweight, embed.num_embeddings, embed.embedding_dim)
 
 
 def place_small_ops(model, dtype: torch.dtype, engine: Callable) -> int:
