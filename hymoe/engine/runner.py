@@ -11,7 +11,7 @@ import torch
 
 from hymoe.kv.blocks import BlockPool
 from hymoe.errors import say_once
-from hymoe.kv.cache import KVCache, Step, slots_of
+from hymoe.kv.cache import KVCache, Step
 from hymoe.kv.policy import Policy, parse_policy
 from hymoe.kv.retention import Retention
 from hymoe.models.decoder import Decoder
@@ -85,7 +85,9 @@ class Runner:
                 is_hidden: bool = False) -> torch.Tensor:
         with self.step_scope(max(lens)) if self.step_scope else contextlib.nullcontext():
             hidden = self.model(ids.to(self.device), step, self.cache)  # [B, T, H]
-            if not is_all_logits:
+            if not is_all_logits and min(lens) == max(lens):
+                hidden = hidden[:, -1]  # [B, H]: each row's last (a view: decode steps are all alike)
+            elif not is_all_logits:
                 hidden = hidden[torch.arange(len(lens)), torch.tensor(lens) - 1]  # [B, H]: each row's last
             return hidden.float().cpu() if is_hidden else self.model.head(hidden).cpu()
 
@@ -127,20 +129,20 @@ class Runner:
                 at: list[int] | None = None) -> tuple[torch.Tensor, ...]:
         """ids, positions, slots [B, T] and the rows' block tables [B, M] (CPU, int64); padding
         tokens sit at position max_len (they attend anything) and write to the scratch block. Row b's
-        tokens go to its slots from at[b] (default: their positions)."""
-        num_rows, width, bs = len(tokens), max(map(len, tokens)), self.blocks.block_size
-        ids = torch.zeros(num_rows, width, dtype=torch.long)
-        positions = torch.full((num_rows, width), self.max_len, dtype=torch.long)
-        table = torch.full((num_rows, self.table_width), self.cache.scratch, dtype=torch.long)
+        tokens go to its slots from at[b] (default: their positions). Built as Python lists, one
+        tensor each: a decode step's handful of values cost ~20 torch operations otherwise."""
+        width, bs, scratch = max(map(len, tokens)), self.blocks.block_size, self.cache.scratch
+        ids, positions, table, slots = [], [], [], []
         for b, (toks, start, row) in enumerate(zip(tokens, starts, rows)):
-            ids[b, : len(toks)] = torch.tensor(toks, dtype=torch.long)
-            positions[b, : len(toks)] = torch.arange(start, start + len(toks))
+            n, pad = len(toks), width - len(toks)
             blocks = self.blocks.table(row)
-            table[b, : len(blocks)] = torch.tensor(blocks, dtype=torch.long)
-        is_pad = positions >= self.max_len
-        index = positions if at is None else positions - torch.tensor(starts)[:, None] + torch.tensor(at)[:, None]
-        slots = slots_of(index.masked_fill(is_pad, 0), table, bs).masked_fill(is_pad, self.cache.scratch * bs)
-        return ids, positions, table, slots
+            first = start if at is None else at[b]
+            ids.append([*toks] + [0] * pad)
+            positions.append([*range(start, start + n)] + [self.max_len] * pad)
+            row_table = blocks + [scratch] * (self.table_width - len(blocks))
+            table.append(row_table)
+            slots.append([row_table[i // bs] * bs + i % bs for i in range(first, first + n)] + [scratch * bs] * pad)
+        return tuple(torch.tensor(v, dtype=torch.long) for v in (ids, positions, table, slots))
 
     def _commit(self, rows: list[int], tokens: list[list[int]], starts: list[int]) -> None:
         for row, toks, start in zip(rows, tokens, starts):
