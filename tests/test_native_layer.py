@@ -12,17 +12,22 @@ needs_native = pytest.mark.skipif(native.library() is None, reason="native kerne
 PROMPT = [3, 17, 42, 7, 99, 5, 23, 61, 8, 14]
 
 
-def _decode(llm, native_steps, logprobs: bool = True):
-    saved = [layer.native_step for layer in llm.model.layers]
+def _decode(llm, native_steps, logprobs: bool = True, stack: bool = True):
+    """Tokens and logprobs of two rows: every layer in one call (native_steps and stack), a call a
+    layer (native_steps only), or module by module."""
+    saved, saved_stack = [layer.native_step for layer in llm.model.layers], llm.model.native_stack
     if not native_steps:
         for layer in llm.model.layers:
             layer.native_step = None
+    if not (native_steps and stack):
+        llm.model.native_stack = None
     try:
         params = SamplingParams(max_new_tokens=12, is_eos_ignored=True, logprobs=1 if logprobs else None)
         seqs, _ = llm.generate_batch([PROMPT, PROMPT[:6]], params)  # two rows: a batch of 2 a step
     finally:
         for layer, step in zip(llm.model.layers, saved):
             layer.native_step = step
+        llm.model.native_stack = saved_stack
     return [(s.token_ids, s.logprobs) for s in seqs]
 
 
@@ -31,14 +36,16 @@ def _decode(llm, native_steps, logprobs: bool = True):
 def test_native_layer_steps_equal_the_modules(gguf_model, name, typ):
     _, path = gguf_model(name, typ)
     llm = hymoe.load(path, placement="cpu", progress=False)
-    assert llm.native_layers == llm.config.num_layers
-    assert _decode(llm, True) == _decode(llm, False)
+    assert llm.native_layers == llm.config.num_layers and llm.model.native_stack is not None
+    stacked = _decode(llm, True)
+    assert stacked == _decode(llm, True, stack=False) == _decode(llm, False)
 
 
 @needs_native
 def test_layers_it_cannot_take_run_module_by_module(gguf_model):
     for name, typ in (("qwen2_moe", "Q8_0"), ("qwen3_moe", "F32")):  # a shared expert; linears in torch
-        assert hymoe.load(gguf_model(name, typ)[1], placement="cpu", progress=False).native_layers == 0
+        llm = hymoe.load(gguf_model(name, typ)[1], placement="cpu", progress=False)
+        assert llm.native_layers == 0 and llm.model.native_stack is None
     policy = hymoe.load(gguf_model("qwen3_moe", "Q8_0")[1], placement="cpu", progress=False, kv_policy="sink-window:2,4")
     assert policy.native_layers > 0
     assert _decode(policy, True) == _decode(policy, False)  # a retention policy: the modules take each step

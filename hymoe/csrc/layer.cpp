@@ -100,4 +100,14 @@ __attribute__((visibility("default"))) int hymoe_layer_step(void* engine, LayerA
     return 0;
 }
 
+// Every layer of a step in one foreign call: hymoe_layer_step over layers [0, num_layers) in order,
+// x updated in place (the per-layer calls from Python cost ~15 us each at decode, caches cold after
+// the weights streamed). 0, or the first failing layer's code.
+__attribute__((visibility("default"))) int hymoe_layers_step(void* engine, LayerArgs* const* layers, int num_layers,
+                                                             const GqaArgs* step, int rows, float* x) {
+    for (int i = 0; i < num_layers; i++)
+        if (int rc = hymoe_layer_step(engine, layers[i], step, rows, x)) return rc;
+    return 0;
+}
+
 }  // extern "C"

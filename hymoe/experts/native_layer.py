@@ -7,6 +7,7 @@ the layer runs module by module."""
 from __future__ import annotations
 
 import ctypes
+import weakref
 
 import torch
 
@@ -74,9 +75,13 @@ class NativeDecoderLayer:
         self.stage_ns = torch.zeros(len(STAGES), dtype=torch.float64) if on else None
         self._args.stage_ns = self.stage_ns.data_ptr() if on else None
 
+    @staticmethod
+    def takes(x: torch.Tensor, step) -> bool:
+        return x.shape[0] * x.shape[1] <= CAPACITY and step.kept is None and x.dtype is torch.float32 and x.is_cpu
+
     def __call__(self, x: torch.Tensor, step, cache: dict, cos_sin) -> torch.Tensor | None:
         b, t, h = x.shape
-        if b * t > CAPACITY or step.kept is not None or x.dtype is not torch.float32 or not x.is_cpu:
+        if not self.takes(x, step):
             return None
         self.attn.bind_cache(cache)
         args = self.attn.inputs.step_args(step, cos_sin, self.attn.head_dim)
@@ -87,11 +92,42 @@ class NativeDecoderLayer:
         return out
 
 
+class NativeLayerStack:
+    """stack(x, step, cache, cos_sin): every layer of a decode step in one native call, for a model
+    whose layers all have a native_step on one engine; None for a call a layer would not take."""
+
+    def __init__(self, layers: list[NativeDecoderLayer]):
+        self.layers, self.engine = layers, layers[0].engine
+        self.engine.lib.hymoe_layers_step.argtypes = [_p, _p, ctypes.c_int, ctypes.POINTER(_GqaArgs), ctypes.c_int, _p]
+        self._table = (ctypes.c_void_p * len(layers))(*(ctypes.addressof(n._args) for n in layers))
+        self._bound = None  # a weak reference to the KVCache whose layers the kernels point at
+
+    def __call__(self, x: torch.Tensor, step, cache, cos_sin) -> torch.Tensor | None:
+        b, t, h = x.shape
+        if not NativeDecoderLayer.takes(x, step):
+            return None
+        if self._bound is None or self._bound() is not cache:  # a cache's tensors live as long as it does
+            for native, layer_cache in zip(self.layers, cache.layers):
+                native.attn.bind_cache(layer_cache)
+            self._bound = weakref.ref(cache)
+        args = self.layers[0].attn.inputs.step_args(step, cos_sin, self.layers[0].attn.head_dim)
+        out = x.contiguous().clone()  # [B, T, H]: the C side updates it layer by layer
+        rc = self.engine.lib.hymoe_layers_step(self.engine.handle, self._table, len(self.layers), ctypes.byref(args),
+                                               b * t, out.data_ptr())
+        if rc:
+            raise native_error(rc, f"the native decoder layers refused their arguments ({rc})")
+        return out
+
+
 def place_native_layers(model) -> int:
-    """A native_step for every layer whose pieces all run natively; returns how many got one."""
-    count = 0
+    """A native_step for every layer whose pieces all run natively, and the model's native_stack
+    when that is all of them on one engine; returns how many layers got one."""
     for layer in model.layers:
         parts = _parts(layer)
         layer.native_step = NativeDecoderLayer(parts) if parts is not None else None
-        count += parts is not None
-    return count
+    steps = [layer.native_step for layer in model.layers]
+    is_stack = all(s is not None and s.engine is steps[0].engine for s in steps) and len(steps) > 0
+    # all layers share one StepInputs (placement/kernels.py), whose step arguments the stack passes once
+    is_stack = is_stack and all(s.attn.inputs is steps[0].attn.inputs for s in steps)
+    model.native_stack = NativeLayerStack(steps) if is_stack else None
+    return sum(s is not None for s in steps)

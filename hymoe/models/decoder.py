@@ -46,6 +46,7 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(build_layer(cfg, i, self.rope) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.native_stack = None  # set by placement: every layer in one native call (experts/native_layer.py)
 
     def cache_entries(self) -> list[dict[str, tuple[int, ...]]]:
         return [layer.self_attn.cache_entries() for layer in self.layers]
@@ -54,6 +55,8 @@ class Decoder(nn.Module):
         """token_ids [B, T] -> final hidden states [B, T, H] (after the last norm)."""
         x = self.embed_tokens(token_ids)
         cos_sin = self.rope.cos_sin(step.positions, x.dtype)
+        if self.native_stack is not None and (out := self.native_stack(x, step, cache, cos_sin)) is not None:
+            return self.norm(out)
         on = {x.device: (step, cos_sin)}  # what each device's layers read, moved once per forward
         for layer, layer_cache in zip(self.layers, cache.layers):
             dev = layer.input_layernorm.weight.device
