@@ -17,6 +17,14 @@ namespace {
 
 const int kAhead = 8;  // positions the score loop prefetches ahead
 
+// one line of the next piece's rows, keys and values in turn, while lines are left
+inline void ahead_step(AttnAhead& a) {
+    if (a.done < 2 * a.lines) {
+        _mm_prefetch((a.done & 1 ? a.v : a.k) + (a.done >> 1) * 64, _MM_HINT_T0);
+        a.done++;
+    }
+}
+
 // Scores of 4 positions for one head: the 4 sums reduced together.
 template <class Vec>
 inline void scores4(const float* q, const float* k, int64_t stride, int d, float scale, float* out) {
@@ -73,11 +81,12 @@ template <class Vec> inline typename Vec::T load_any(const uint16_t* p) { return
 // rows `stride` elements apart); the key vectors prefetched kAhead positions ahead
 template <class Vec, int H, class E>
 inline void scores_batch(const float* q, int d, const E* k, int64_t stride, float scale, float* p, int S,
-                         bool is_prefetched) {
+                         bool is_prefetched, AttnAhead& ahead) {
     typename Vec::T a[H][4];
     for (int h = 0; h < H; h++)
         for (int t = 0; t < 4; t++) a[h][t] = Vec::zero();
     for (int i = 0; i < d; i += Vec::W) {
+        ahead_step(ahead);
         if (is_prefetched)
             for (int t = 0; t < 4; t++) _mm_prefetch((const char*)(k + (kAhead + t) * stride + i), _MM_HINT_T0);
         const typename Vec::T k0 = load_any<Vec>(k + i), k1 = load_any<Vec>(k + stride + i),
@@ -95,12 +104,13 @@ inline void scores_batch(const float* q, int d, const E* k, int64_t stride, floa
 
 // out[h][i0 .. i0 + 4 vectors) = sum over the S positions of p[h][t] * v_t[i0 ..], for H heads
 template <class Vec, int H, class E>
-inline void out_batch(const float* p, int S, const E* v, int64_t stride, int i0, float* out, int d) {
+inline void out_batch(const float* p, int S, const E* v, int64_t stride, int i0, float* out, int d, AttnAhead& ahead) {
     typename Vec::T a[H][4];
     for (int h = 0; h < H; h++)
         for (int j = 0; j < 4; j++) a[h][j] = Vec::zero();
     for (int t = 0; t < S; t++) {
         const E* row = v + t * stride + i0;
+        ahead_step(ahead);
         if (i0 == 0 && t + kAhead < S) _mm_prefetch((const char*)(row + kAhead * stride), _MM_HINT_T0);
         const typename Vec::T v0 = load_any<Vec>(row), v1 = load_any<Vec>(row + Vec::W),
                               v2 = load_any<Vec>(row + 2 * Vec::W), v3 = load_any<Vec>(row + 3 * Vec::W);
@@ -145,6 +155,7 @@ template <class Vec, class E>
 void attend_grouped(const float* q, int N, int per_group, int d, const E* keys, const E* values, int64_t stride,
                     int S, float scale, float* out, float* m, float* l, float* scratch) {
     const int H = Vec::kHeads;
+    AttnAhead ahead = *attn_ahead();  // a local copy: the loops keep its count in a register
     for (int h0 = 0; h0 < N; h0 += H) {
         const int64_t g = h0 / per_group;  // the batch's kv head, at g * d in a row
         const bool is_first = h0 % per_group == 0;  // the group's first batch brings its rows in
@@ -153,7 +164,7 @@ void attend_grouped(const float* q, int N, int per_group, int d, const E* keys, 
         int s = 0;
         for (; s + 4 <= S; s += 4)
             scores_batch<Vec, Vec::kHeads>(q + (size_t)h0 * d, d, kg + s * stride, stride, scale, p + s, S,
-                                           is_first && s + kAhead + 4 <= S);
+                                           is_first && s + kAhead + 4 <= S, ahead);
         for (int h = h0; h < h0 + H; h++) {
             float* ph = scratch + (size_t)h * S;
             for (int t = s; t < S; t++) {
@@ -165,8 +176,9 @@ void attend_grouped(const float* q, int N, int per_group, int d, const E* keys, 
             softmax_part<Vec>(ph, S, m + h, l + h);
         }
         for (int i0 = 0; i0 < d; i0 += 4 * Vec::W)
-            out_batch<Vec, Vec::kHeads>(p, S, vg, stride, i0, out + (size_t)h0 * d, d);
+            out_batch<Vec, Vec::kHeads>(p, S, vg, stride, i0, out + (size_t)h0 * d, d, ahead);
     }
+    *attn_ahead() = ahead;
 }
 
 // q [N][d] (N heads, per_group of them per kv head) against S cached positions (rows `stride`

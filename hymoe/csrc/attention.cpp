@@ -44,6 +44,7 @@ void store(const KernelTable& kt, void* cache, int64_t at, const float* x, int n
 // attention 1.43 -> 1.31 and 1.45 -> 1.35 ms a step (Tuning::attn_touch alternating in one process);
 // software prefetches of the same lines at the chunk's start measured no gain.
 thread_local uint64_t t_sink;  // what touch() read, kept so the loads stay
+thread_local AttnAhead t_ahead;
 
 uint64_t touch(const void* p, size_t bytes) {
     const volatile uint8_t* b = (const volatile uint8_t*)p;
@@ -97,6 +98,8 @@ int head_parts(int heads, int tokens, int threads) {
 }
 
 }  // namespace
+
+AttnAhead* attn_ahead() { return &t_ahead; }
 
 int gqa_check(const GqaArgs& a) {
     if (a.num_rows < 1 || a.tokens < 1 || a.heads < 1 || a.kv_heads < 1 || a.heads % a.kv_heads) return -1;
@@ -184,13 +187,23 @@ void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<fl
         work.resize((size_t)(N + 2 * G * D) * std::min<int64_t>(n, bs));
         other.resize(part + 2 * N);
         float* o = outs + ((size_t)bt * chunks + c) * part;
-        // at decode (one token a row) this unit alone reads these rows: streamed in first
-        if (T == 1 && g_tuning.attn_touch) touch_positions(a, b, first, n);
+        // at decode (one token a row) this unit alone reads these rows: streamed in first (touch
+        // 1), or the first piece streamed in and each next one prefetched while one computes (2)
+        const int touch = T == 1 ? g_tuning.attn_touch : 0;
+        if (touch) touch_positions(a, b, first, touch == 2 ? std::min(n, bs - first % bs) : n);
         for (int64_t p = first; p < first + n;) {
             const int64_t block = a.table[b * (int64_t)a.table_width + p / bs], off = p % bs;
             const int64_t take = std::min(first + n - p, bs - off);
             const size_t at = (size_t)((block * bs + off) * pos_stride) * elem;
             const bool is_first = p == first;
+            *attn_ahead() = AttnAhead{nullptr, nullptr, 0, 0};
+            if (touch == 2 && p + take < first + n) {
+                const int64_t next = a.table[b * (int64_t)a.table_width + (p + take) / bs];
+                const int64_t count = std::min(first + n - p - take, bs);
+                const size_t at2 = (size_t)(next * bs * pos_stride) * elem;
+                *attn_ahead() = AttnAhead{(const char*)a.k_cache + at2, (const char*)a.v_cache + at2,
+                                          (int64_t)((count * pos_stride * elem + 63) / 64), 0};
+            }
             float *po = is_first ? o : other.data(), *pm = is_first ? m : po + part, *pl = is_first ? l : pm + N;
             run_attend(kt, q_all + (size_t)bt * N * D, N, per_group, D, (const char*)a.k_cache + at,
                        (const char*)a.v_cache + at, a.is_f16, pos_stride, (int)take, a.scale, po, pm, pl, work.data());

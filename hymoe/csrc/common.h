@@ -270,6 +270,13 @@ typedef int (*AttendFn)(const float* q, int N, int per_group, int d, const void*
                         int is_f16, int64_t stride, int S, float scale, float* out, float* m, float* l,
                         float* scratch);
 typedef uint64_t (*ReadFn)(const uint8_t* p, int64_t bytes);  // streams bytes (bandwidth probe)
+// Cache rows an attend kernel prefetches while it computes, a line at a time, alternating keys and
+// values: the next piece of a decode chunk (attention.cpp sets it; lines 0 for none)
+struct AttnAhead {
+    const char *k, *v;
+    int64_t lines, done;  // lines of each of k and v; lines issued so far (both counted)
+};
+AttnAhead* attn_ahead();  // this thread's (attention.cpp)
 typedef void (*ToF16Fn)(const float* x, int n, uint16_t* out);  // f32_to_fp16 of n values (the fp16 KV cache)
 
 enum { FMT_SLOTS = 40 };
@@ -296,12 +303,15 @@ struct Tuning {
     int float_tile_from = 2;      // the f32 tile (kernels_avx2_float.cpp)
     int bf16_tile_from = 2;       // the vdpbf16ps tile (kernels_avx512_bf16.cpp)
     // Decode attention: chunks of a token's positions per pool thread (attention.cpp). Fewer chunks
-    // merge less; two keep some balance when a thread is late (Qwen3 file, 512 positions, 2 threads,
-    // decode alternating in one process: 2 and 1 gave 1.03-1.10x and 1.06-1.09x of 4's tokens/s)
-    int attn_chunks = 2;
-    // Decode attention: a chunk's cache rows loaded front to back before its heads read them
-    // (attention.cpp touch()); 0 leaves the heads to read them cold
-    int attn_touch = 1;
+    // merge less and give the prefetch below longer runs (Qwen3 file, 512 positions, 2 threads, Zen
+    // 5, settings alternating in one process: attention 1.04 ms a step at 1 chunk, 1.12 at 2, with
+    // touch 1; 0.96 with touch 2 and 1 chunk)
+    int attn_chunks = 1;
+    // Decode attention: 1, a chunk's cache rows loaded front to back before its heads read them
+    // (attention.cpp touch()); 2, only its first block of positions so, each next one prefetched a
+    // line at a time by the attend kernel while it computes on the one before (AttnAhead); 0 leaves
+    // the heads to read them cold (1.21 ms a step, as above)
+    int attn_touch = 2;
 };
 extern Tuning g_tuning;
 
