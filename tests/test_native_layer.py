@@ -3,10 +3,13 @@ same layer computed module by module: the same kernels, so the same bits."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 import hymoe
 from hymoe.engine.llm import SamplingParams
+from hymoe.errors import HymoeError
 from hymoe.experts import native
+from hymoe.kv.cache import Step
 
 needs_native = pytest.mark.skipif(native.library() is None, reason="native kernels not built")
 PROMPT = [3, 17, 42, 7, 99, 5, 23, 61, 8, 14]
@@ -72,3 +75,15 @@ def test_stage_clocks_split_a_step_without_changing_it(gguf_model):
     for step in layers:
         step.time_stages(False)
     assert all(step.stage_ns is None and not step._args.stage_ns for step in layers)
+
+
+@needs_native
+def test_the_layer_stack_refuses_rows_of_another_width(gguf_model):
+    llm = hymoe.load(gguf_model("qwen3_moe", "Q8_0")[1], placement="cpu", progress=False)
+    runner = llm.runner(1, 16)
+    _, positions, table, slots = runner._inputs([0], [[3]], [0])
+    step = Step.build(positions, 1, table, slots)
+    h = llm.config.hidden_size
+    cos_sin = llm.model.rope.cos_sin(positions, torch.float32)
+    with pytest.raises(HymoeError, match=f"rows of {h} values"):
+        llm.model.native_stack(torch.zeros(1, 1, h + 32), step, runner.cache, cos_sin)

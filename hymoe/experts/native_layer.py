@@ -11,6 +11,7 @@ import weakref
 
 import torch
 
+from hymoe.errors import HymoeError
 from hymoe.experts.native import NativeExperts, native_error
 from hymoe.experts.native_attention import NativeGqaAttention, _GqaArgs
 from hymoe.experts.native_linear import NativeLinear, NativeRMSNorm, NativeRouter
@@ -106,6 +107,8 @@ class NativeLayerStack:
         b, t, h = x.shape
         if not NativeDecoderLayer.takes(x, step):
             return None
+        if h != self.layers[0]._args.hidden:
+            raise HymoeError(f"the native decoder layers take rows of {self.layers[0]._args.hidden} values, got {h}")
         if self._bound is None or self._bound() is not cache:  # a cache's tensors live as long as it does
             for native, layer_cache in zip(self.layers, cache.layers):
                 native.attn.bind_cache(layer_cache)
