@@ -87,3 +87,16 @@ def test_the_layer_stack_refuses_rows_of_another_width(gguf_model):
     cos_sin = llm.model.rope.cos_sin(positions, torch.float32)
     with pytest.raises(HymoeError, match=f"rows of {h} values"):
         llm.model.native_stack(torch.zeros(1, 1, h + 32), step, runner.cache, cos_sin)
+
+
+@needs_native
+def test_a_step_reads_its_own_cache_after_another_runner_ran_module_by_module(gguf_model):
+    """A long prompt of another runner (module by module: more rows than a native step takes) binds
+    the attention kernels to its cache; the next stacked step must rebind them to its own."""
+    llm = hymoe.load(gguf_model("qwen3_moe", "Q8_0")[1], placement="cpu", progress=False)
+    ref, mine, other = (llm.runner(1, 64) for _ in range(3))
+    ref.forward([0], [PROMPT], [0])
+    want = ref.forward([0], [[11]], [len(PROMPT)])
+    mine.forward([0], [PROMPT], [0])  # its step binds its cache last
+    other.forward([0], [[(5 * i) % 97 for i in range(40)]], [0])  # 40 rows: the module path
+    assert torch.equal(mine.forward([0], [[11]], [len(PROMPT)]), want)

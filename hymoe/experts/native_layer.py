@@ -7,7 +7,6 @@ the layer runs module by module."""
 from __future__ import annotations
 
 import ctypes
-import weakref
 
 import torch
 
@@ -101,7 +100,6 @@ class NativeLayerStack:
         self.layers, self.engine = layers, layers[0].engine
         self.engine.lib.hymoe_layers_step.argtypes = [_p, _p, ctypes.c_int, ctypes.POINTER(_GqaArgs), ctypes.c_int, _p]
         self._table = (ctypes.c_void_p * len(layers))(*(ctypes.addressof(n._args) for n in layers))
-        self._bound = None  # a weak reference to the KVCache whose layers the kernels point at
 
     def __call__(self, x: torch.Tensor, step, cache, cos_sin) -> torch.Tensor | None:
         b, t, h = x.shape
@@ -109,10 +107,9 @@ class NativeLayerStack:
             return None
         if h != self.layers[0]._args.hidden:
             raise HymoeError(f"the native decoder layers take rows of {self.layers[0]._args.hidden} values, got {h}")
-        if self._bound is None or self._bound() is not cache:  # a cache's tensors live as long as it does
-            for native, layer_cache in zip(self.layers, cache.layers):
-                native.attn.bind_cache(layer_cache)
-            self._bound = weakref.ref(cache)
+        # every call: another runner's pass (a long prompt, module by module) may have bound its cache
+        for native, layer_cache in zip(self.layers, cache.layers):
+            native.attn.bind_cache(layer_cache)
         args = self.layers[0].attn.inputs.step_args(step, cos_sin, self.layers[0].attn.head_dim)
         out = x.contiguous().clone()  # [B, T, H]: the C side updates it layer by layer
         rc = self.engine.lib.hymoe_layers_step(self.engine.handle, self._table, len(self.layers), ctypes.byref(args),
