@@ -86,7 +86,7 @@ def test_the_layer_stack_refuses_rows_of_another_width(gguf_model):
     h = llm.config.hidden_size
     cos_sin = llm.model.rope.cos_sin(positions, torch.float32)
     with pytest.raises(HymoeError, match=f"rows of {h} values"):
-        llm.model.native_stack(torch.zeros(1, 1, h + 32), step, runner.cache, cos_sin)
+        llm.model.native_stack(torch.zeros(1, 1, h + 32), step, runner.cache.layers, cos_sin)
 
 
 @needs_native

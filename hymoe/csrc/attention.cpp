@@ -196,14 +196,15 @@ void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<fl
             const int64_t take = std::min(first + n - p, bs - off);
             const size_t at = (size_t)((block * bs + off) * pos_stride) * elem;
             const bool is_first = p == first;
-            *attn_ahead() = AttnAhead{nullptr, nullptr, 0, 0};
+            AttnAhead ahead{nullptr, nullptr, 0, 0};  // the next piece's rows, or none
             if (touch == 2 && p + take < first + n) {
                 const int64_t next = a.table[b * (int64_t)a.table_width + (p + take) / bs];
                 const int64_t count = std::min(first + n - p - take, bs);
                 const size_t at2 = (size_t)(next * bs * pos_stride) * elem;
-                *attn_ahead() = AttnAhead{(const char*)a.k_cache + at2, (const char*)a.v_cache + at2,
-                                          (int64_t)((count * pos_stride * elem + 63) / 64), 0};
+                ahead = {(const char*)a.k_cache + at2, (const char*)a.v_cache + at2,
+                         (int64_t)((count * pos_stride * elem + 63) / 64), 0};
             }
+            *attn_ahead() = ahead;
             float *po = is_first ? o : other.data(), *pm = is_first ? m : po + part, *pl = is_first ? l : pm + N;
             run_attend(kt, q_all + (size_t)bt * N * D, N, per_group, D, (const char*)a.k_cache + at,
                        (const char*)a.v_cache + at, a.is_f16, pos_stride, (int)take, a.scale, po, pm, pl, work.data());

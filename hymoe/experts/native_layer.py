@@ -51,8 +51,6 @@ class NativeDecoderLayer:
     def __init__(self, parts):
         norm1, norm2, self.attn, qkv, o, router, experts = parts
         self.engine = experts.engine
-        self.engine.lib.hymoe_layer_step.argtypes = [_p, ctypes.POINTER(_LayerArgs), ctypes.POINTER(_GqaArgs),
-                                                     ctypes.c_int, _p]
         h, n_exp, k = norm1.n, router._args.num_experts, router.k
         q_width, kv_width = self.attn.heads * self.attn.head_dim, self.attn.kv_heads * self.attn.head_dim
         rows = CAPACITY
@@ -67,51 +65,39 @@ class NativeDecoderLayer:
                                 norm1.weight.data_ptr(), norm2.weight.data_ptr(), ptr(qkv._args), ptr(o._args),
                                 ptr(router.logits._args), ptr(router._args), ptr(self.attn._args),
                                 ptr(experts._args), *(b.data_ptr() for b in self.buffers))
-        self._ref = ctypes.byref(self._args)
         self.stage_ns = None
+        self._alone = NativeLayerStack([self])  # the per-layer call: a stack of this layer alone
 
     def time_stages(self, on: bool) -> None:
         """Add each stage's nanoseconds to `self.stage_ns` ([5] float64, STAGES' order) from now on."""
         self.stage_ns = torch.zeros(len(STAGES), dtype=torch.float64) if on else None
         self._args.stage_ns = self.stage_ns.data_ptr() if on else None
 
-    @staticmethod
-    def takes(x: torch.Tensor, step) -> bool:
-        return x.shape[0] * x.shape[1] <= CAPACITY and step.kept is None and x.dtype is torch.float32 and x.is_cpu
-
     def __call__(self, x: torch.Tensor, step, cache: dict, cos_sin) -> torch.Tensor | None:
-        b, t, h = x.shape
-        if not self.takes(x, step):
-            return None
-        self.attn.bind_cache(cache)
-        args = self.attn.inputs.step_args(step, cos_sin, self.attn.head_dim)
-        out = x.contiguous().clone()  # [B, T, H]: the C side adds the residuals in place
-        rc = self.engine.lib.hymoe_layer_step(self.engine.handle, self._ref, ctypes.byref(args), b * t, out.data_ptr())
-        if rc:
-            raise native_error(rc, f"the native decoder layer refused its arguments ({rc})")
-        return out
+        return self._alone(x, step, [cache], cos_sin)
 
 
 class NativeLayerStack:
-    """stack(x, step, cache, cos_sin): every layer of a decode step in one native call, for a model
-    whose layers all have a native_step on one engine; None for a call a layer would not take."""
+    """stack(x, step, caches, cos_sin): layers of a decode step in one native call, each reading its
+    cache of `caches` (the model's per-layer dicts), for layers with a native_step on one engine;
+    None for a call they do not take (more rows than CAPACITY, a retention policy, not float32 CPU)."""
 
     def __init__(self, layers: list[NativeDecoderLayer]):
         self.layers, self.engine = layers, layers[0].engine
         self.engine.lib.hymoe_layers_step.argtypes = [_p, _p, ctypes.c_int, ctypes.POINTER(_GqaArgs), ctypes.c_int, _p]
         self._table = (ctypes.c_void_p * len(layers))(*(ctypes.addressof(n._args) for n in layers))
 
-    def __call__(self, x: torch.Tensor, step, cache, cos_sin) -> torch.Tensor | None:
+    def __call__(self, x: torch.Tensor, step, caches: list[dict], cos_sin) -> torch.Tensor | None:
         b, t, h = x.shape
-        if not NativeDecoderLayer.takes(x, step):
+        if b * t > CAPACITY or step.kept is not None or x.dtype is not torch.float32 or not x.is_cpu:
             return None
         if h != self.layers[0]._args.hidden:
             raise HymoeError(f"the native decoder layers take rows of {self.layers[0]._args.hidden} values, got {h}")
         # every call: another runner's pass (a long prompt, module by module) may have bound its cache
-        for native, layer_cache in zip(self.layers, cache.layers):
+        for native, layer_cache in zip(self.layers, caches):
             native.attn.bind_cache(layer_cache)
         args = self.layers[0].attn.inputs.step_args(step, cos_sin, self.layers[0].attn.head_dim)
-        out = x.contiguous().clone()  # [B, T, H]: the C side updates it layer by layer
+        out = x.contiguous().clone()  # [B, T, H]: the C side adds the residuals in place, layer by layer
         rc = self.engine.lib.hymoe_layers_step(self.engine.handle, self._table, len(self.layers), ctypes.byref(args),
                                                b * t, out.data_ptr())
         if rc:

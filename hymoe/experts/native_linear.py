@@ -114,7 +114,6 @@ class NativeRMSNorm:
         return out
 
 
-
 class NativeEmbedding:
     """Rows of a block-format table decoded in one foreign call (csrc/dequant.cpp): ids [...] int64
     -> float32 [..., n], the values gguf-py decodes. A decode step looks up one row: torch's
@@ -144,6 +143,7 @@ class NativeEmbedding:
         if rc:
             raise native_error(rc, f"the native embedding refused its sizes ({rc})")
         return out.view(*ids.shape, self.n)
+
 
 class _RouteArgs(ctypes.Structure):
     _fields_ = [(n, ctypes.c_int32) for n in ("num_tokens", "num_experts", "topk", "is_sigmoid", "group_rule",

@@ -55,7 +55,7 @@ class Decoder(nn.Module):
         """token_ids [B, T] -> final hidden states [B, T, H] (after the last norm)."""
         x = self.embed_tokens(token_ids)
         cos_sin = self.rope.cos_sin(step.positions, x.dtype)
-        if self.native_stack is not None and (out := self.native_stack(x, step, cache, cos_sin)) is not None:
+        if self.native_stack is not None and (out := self.native_stack(x, step, cache.layers, cos_sin)) is not None:
             return self.norm(out)
         on = {x.device: (step, cos_sin)}  # what each device's layers read, moved once per forward
         for layer, layer_cache in zip(self.layers, cache.layers):
