@@ -160,6 +160,24 @@ def test_native_decode_attention_equals_the_torch_layer(engine, isa, is_qk_norm,
     """Two rows through shuffled block tables (blocks of 7 positions, which no step's length is a
     multiple of), a prompt, steps of 1 and 3 tokens, then a long chunk (and a sliding window); a
     float16 cache holds what torch's rounding stores."""
+    _check_against_torch(engine, is_qk_norm, is_interleaved, window, cache, heads, head_dim)
+
+
+@pytest.mark.parametrize("cache,heads,head_dim", [(torch.float32, 6, 32), (torch.float16, 8, 64)])
+def test_native_attention_in_short_calls_equals_the_torch_layer(engine, isa, cache, heads, head_dim):
+    """A chunk's positions in attend calls of 5 (Tuning::attn_call_rows): each call's pieces end
+    mid-block, and every call after the first is merged into the ones before; no prefetch stream."""
+    lib = engine.lib
+    old = {name: lib.hymoe_bench_tune(name, value) for name, value in ((b"attn_call_rows", 5), (b"attn_ahead", 0))}
+    assert min(old.values()) >= 0
+    try:
+        _check_against_torch(engine, True, False, 0, cache, heads, head_dim)
+    finally:
+        for name, value in old.items():
+            lib.hymoe_bench_tune(name, value)
+
+
+def _check_against_torch(engine, is_qk_norm, is_interleaved, window, cache, heads, head_dim):
     attn = _gqa(is_qk_norm, is_interleaved, heads, head_dim)
     attn.is_sliding = bool(window)
     caches = [KVCache([attn.cache_entries()], 16, 7, cache).layers[0] for _ in range(2)]

@@ -12,22 +12,37 @@
 
 namespace {
 
-// x [D] <- rmsnorm(x) * w, as the reference: normalise in float32, then scale
+// x [D] <- rmsnorm(x) * w, as the reference: normalise in float32, then scale. The squares summed
+// in 8 lanes (one chain of dependent adds took 4 cycles a value: half of a decode step's phase 1)
 void rms_norm(float* x, const float* w, int d, float eps) {
+    float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    int i = 0;
+    for (; i + 8 <= d; i += 8)
+        for (int j = 0; j < 8; j++) part[j] += x[i + j] * x[i + j];
     float ss = 0.f;
-    for (int i = 0; i < d; i++) ss += x[i] * x[i];
+    for (; i < d; i++) ss += x[i] * x[i];
+    for (int j = 0; j < 8; j++) ss += part[j];
     const float r = 1.f / sqrtf(ss / d + eps);
-    for (int i = 0; i < d; i++) x[i] = x[i] * r * w[i];
+    for (i = 0; i < d; i++) x[i] = x[i] * r * w[i];
 }
 
 // rotate x [D] by the position's cos/sin [D/2]: halves (x_i, x_{i+D/2}) or adjacent pairs
-// (x_2i, x_2i+1), the pairs' results stored de-interleaved as hymoe's torch path does
+// (x_2i, x_2i+1), the pairs' results stored de-interleaved as hymoe's torch path does; a loop
+// for each layout, which the compiler vectorizes
 void rope(float* x, const float* cos, const float* sin, int d, bool interleaved, float* tmp) {
     const int h = d / 2;
-    for (int i = 0; i < h; i++) {
-        const float a = interleaved ? x[2 * i] : x[i], b = interleaved ? x[2 * i + 1] : x[i + h];
-        tmp[i] = a * cos[i] - b * sin[i];
-        tmp[i + h] = b * cos[i] + a * sin[i];
+    if (interleaved) {
+        for (int i = 0; i < h; i++) {
+            const float a = x[2 * i], b = x[2 * i + 1];
+            tmp[i] = a * cos[i] - b * sin[i];
+            tmp[i + h] = b * cos[i] + a * sin[i];
+        }
+    } else {
+        for (int i = 0; i < h; i++) {
+            const float a = x[i], b = x[i + h];
+            tmp[i] = a * cos[i] - b * sin[i];
+            tmp[i + h] = b * cos[i] + a * sin[i];
+        }
     }
     memcpy(x, tmp, sizeof(float) * d);
 }
@@ -36,34 +51,6 @@ void rope(float* x, const float* cos, const float* sin, int d, bool interleaved,
 void store(const KernelTable& kt, void* cache, int64_t at, const float* x, int n, bool is_f16) {
     if (!is_f16) return (void)memcpy((float*)cache + at, x, sizeof(float) * n);
     kt.to_f16(x, n, (uint16_t*)cache + at);
-}
-
-// Loads one byte of every cache line of [p, p + bytes), front to back: a decode chunk's cache rows
-// brought in by one sequential stream, which the hardware prefetchers follow, before the heads read
-// them a kv head at a time (strided 256-byte pieces of each row). Qwen3 file, 512 positions, Zen 5:
-// attention 1.43 -> 1.31 and 1.45 -> 1.35 ms a step (Tuning::attn_touch alternating in one process);
-// software prefetches of the same lines at the chunk's start measured no gain.
-thread_local uint64_t t_sink;  // what touch() read, kept so the loads stay
-thread_local AttnAhead t_ahead;
-
-uint64_t touch(const void* p, size_t bytes) {
-    const volatile uint8_t* b = (const volatile uint8_t*)p;
-    uint64_t acc = 0;
-    for (size_t o = 0; o < bytes; o += 64) acc += b[o];
-    return acc;
-}
-
-// touch() over the keys and values of row b's positions [first, first + n), block by block
-void touch_positions(const GqaArgs& a, int b, int64_t first, int64_t n) {
-    const int64_t bs = a.block_size, pos_bytes = (int64_t)a.kv_heads * a.head_dim * (a.is_f16 ? 2 : 4);
-    uint64_t seen = 0;
-    for (int64_t p = first; p < first + n;) {
-        const int64_t block = a.table[b * (int64_t)a.table_width + p / bs], take = std::min(first + n - p, bs - p % bs);
-        const size_t at = (size_t)(block * bs + p % bs) * pos_bytes, bytes = (size_t)take * pos_bytes;
-        seen += touch((const char*)a.k_cache + at, bytes) + touch((const char*)a.v_cache + at, bytes);
-        p += take;
-    }
-    t_sink = seen;
 }
 
 // Whether a buffer of `len` values is shorter than `rows` rows of `width`, `stride` apart.
@@ -98,8 +85,6 @@ int head_parts(int heads, int tokens, int threads) {
 }
 
 }  // namespace
-
-AttnAhead* attn_ahead() { return &t_ahead; }
 
 int gqa_check(const GqaArgs& a) {
     if (a.num_rows < 1 || a.tokens < 1 || a.heads < 1 || a.kv_heads < 1 || a.heads % a.kv_heads) return -1;
@@ -181,35 +166,30 @@ void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<fl
             for (int h = 0; h < N; h++) m[h] = -INFINITY, l[h] = 0.f;
             return;
         }
-        // the chunk block by block: the first part straight into its outputs, the rest merged in
+        // the chunk as pieces of contiguous rows (a cache block's), in calls of at most
+        // Tuning::attn_call_rows positions: the first straight into its outputs, the rest merged in
         const size_t elem = a.is_f16 ? 2 : 4;
+        const int64_t most = std::max(1, g_tuning.attn_call_rows);
         static thread_local std::vector<float> work, other;
-        work.resize((size_t)(N + 2 * G * D) * std::min<int64_t>(n, bs));
+        static thread_local std::vector<AttnPiece> pieces;
+        work.resize((size_t)(N + 2 * G * D) * std::min<int64_t>(n, most));
         other.resize(part + 2 * N);
         float* o = outs + ((size_t)bt * chunks + c) * part;
-        // at decode (one token a row) this unit alone reads these rows: streamed in first (touch
-        // 1), or the first piece streamed in and each next one prefetched while one computes (2)
-        const int touch = T == 1 ? g_tuning.attn_touch : 0;
-        if (touch) touch_positions(a, b, first, touch == 2 ? std::min(n, bs - first % bs) : n);
+        const int ahead = T == 1 ? g_tuning.attn_ahead : 0;  // at decode this unit alone reads the rows, from DRAM
         for (int64_t p = first; p < first + n;) {
-            const int64_t block = a.table[b * (int64_t)a.table_width + p / bs], off = p % bs;
-            const int64_t take = std::min(first + n - p, bs - off);
-            const size_t at = (size_t)((block * bs + off) * pos_stride) * elem;
             const bool is_first = p == first;
-            AttnAhead ahead{nullptr, nullptr, 0, 0};  // the next piece's rows, or none
-            if (touch == 2 && p + take < first + n) {
-                const int64_t next = a.table[b * (int64_t)a.table_width + (p + take) / bs];
-                const int64_t count = std::min(first + n - p - take, bs);
-                const size_t at2 = (size_t)(next * bs * pos_stride) * elem;
-                ahead = {(const char*)a.k_cache + at2, (const char*)a.v_cache + at2,
-                         (int64_t)((count * pos_stride * elem + 63) / 64), 0};
+            pieces.clear();
+            for (int64_t rows = 0; p < first + n && rows < most;) {
+                const int64_t block = a.table[b * (int64_t)a.table_width + p / bs], off = p % bs;
+                const int64_t take = std::min(std::min(first + n - p, bs - off), most - rows);
+                const size_t at = (size_t)((block * bs + off) * pos_stride) * elem;
+                pieces.push_back({(const char*)a.k_cache + at, (const char*)a.v_cache + at, (int)take});
+                p += take, rows += take;
             }
-            *attn_ahead() = ahead;
             float *po = is_first ? o : other.data(), *pm = is_first ? m : po + part, *pl = is_first ? l : pm + N;
-            run_attend(kt, q_all + (size_t)bt * N * D, N, per_group, D, (const char*)a.k_cache + at,
-                       (const char*)a.v_cache + at, a.is_f16, pos_stride, (int)take, a.scale, po, pm, pl, work.data());
+            run_attend(kt, q_all + (size_t)bt * N * D, N, per_group, D, pieces.data(), (int)pieces.size(), a.is_f16,
+                       pos_stride, a.scale, po, pm, pl, work.data(), ahead);
             if (!is_first) merge(o, m, l, po, pm, pl, N, D);
-            p += take;
         }
     });
 

@@ -261,22 +261,20 @@ typedef int (*RowsFn)(const uint8_t* w, size_t row_bytes, int nrows, const void*
 typedef void (*QuantizeFn)(const float* x, int n, void* act);
 typedef size_t (*ActBytesFn)(int n);
 typedef void (*SiluMulFn)(float* g, const float* u, int n);  // g = silu(g) * u
-// Attention of a token's N query heads q [N][d] (per_group of them per kv head) over a chunk of
-// S cached positions, rows `stride` elements apart (float32, or fp16 with is_f16), kv head g
-// at g * d in a row: per head the chunk's score maximum m, sum of exp(score - m) l and
-// unnormalised output out [N][d] (attention.cpp merges the chunks). 0 for a head width d the
-// kernel does not take. scratch: (N + 2 * G * d) * S floats, G = N / per_group.
-typedef int (*AttendFn)(const float* q, int N, int per_group, int d, const void* keys, const void* values,
-                        int is_f16, int64_t stride, int S, float scale, float* out, float* m, float* l,
-                        float* scratch);
-typedef uint64_t (*ReadFn)(const uint8_t* p, int64_t bytes);  // streams bytes (bandwidth probe)
-// Cache rows an attend kernel prefetches while it computes, a line at a time, alternating keys and
-// values: the next piece of a decode chunk (attention.cpp sets it; lines 0 for none)
-struct AttnAhead {
-    const char *k, *v;
-    int64_t lines, done;  // lines of each of k and v; lines issued so far (both counted)
+// A run of n cached positions whose rows lie `stride` elements apart from k and from v.
+struct AttnPiece {
+    const void *k, *v;
+    int n;
 };
-AttnAhead* attn_ahead();  // this thread's (attention.cpp)
+// Attention of a token's N query heads q [N][d] (per_group of them per kv head) over the S
+// positions of `count` pieces (float32 rows, or fp16 with is_f16; kv head g at g * d in a row):
+// per head the score maximum m, sum of exp(score - m) l and unnormalised output out [N][d] of
+// those positions (attention.cpp merges calls). ahead_lines: how far ahead of its reads the
+// kernel prefetches the rows, in cache lines (0: none). 0 for a head width d the kernel does not
+// take. scratch: (N + 2 * G * d) * S floats, G = N / per_group.
+typedef int (*AttendFn)(const float* q, int N, int per_group, int d, const AttnPiece* pieces, int count, int is_f16,
+                        int64_t stride, float scale, float* out, float* m, float* l, float* scratch, int ahead_lines);
+typedef uint64_t (*ReadFn)(const uint8_t* p, int64_t bytes);  // streams bytes (bandwidth probe)
 typedef void (*ToF16Fn)(const float* x, int n, uint16_t* out);  // f32_to_fp16 of n values (the fp16 KV cache)
 
 enum { FMT_SLOTS = 40 };
@@ -303,15 +301,15 @@ struct Tuning {
     int float_tile_from = 2;      // the f32 tile (kernels_avx2_float.cpp)
     int bf16_tile_from = 2;       // the vdpbf16ps tile (kernels_avx512_bf16.cpp)
     // Decode attention: chunks of a token's positions per pool thread (attention.cpp). Fewer chunks
-    // merge less and give the prefetch below longer runs (Qwen3 file, 512 positions, 2 threads, Zen
-    // 5, settings alternating in one process: attention 1.04 ms a step at 1 chunk, 1.12 at 2, with
-    // touch 1; 0.96 with touch 2 and 1 chunk)
+    // merge less and give the prefetch stream longer runs (Qwen3 file, 512 positions, 2 threads,
+    // Zen 5, settings alternating in one process: attention 1.04 ms a step at 1 chunk, 1.12 at 2)
     int attn_chunks = 1;
-    // Decode attention: 1, a chunk's cache rows loaded front to back before its heads read them
-    // (attention.cpp touch()); 2, only its first block of positions so, each next one prefetched a
-    // line at a time by the attend kernel while it computes on the one before (AttnAhead); 0 leaves
-    // the heads to read them cold (1.21 ms a step, as above)
-    int attn_touch = 2;
+    // Decode attention: cache lines the attend kernel's prefetch stream runs ahead of its reads
+    // (attend.h RowStream; 0: none). 256 (16 KB), cold cache, per thread: 37 us; 128: 40; 512: 38
+    int attn_ahead = 256;
+    // Attention: positions one attend call takes at most; a chunk's calls are merged. Its scores
+    // (heads x positions floats) stay in L2
+    int attn_call_rows = 1024;
 };
 extern Tuning g_tuning;
 

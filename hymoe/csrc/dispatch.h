@@ -35,10 +35,10 @@ static inline void run_rows(const KernelTable& kt, int fmt, const uint8_t* w, si
             done += s->fn(w + (size_t)done * row_bytes, row_bytes, nrows - done, acts, ntok, n, out + done, out_stride);
 }
 
-// One chunk's attention (AttendFn) by the first kernel that takes the head width.
-static inline void run_attend(const KernelTable& kt, const float* q, int N, int per_group, int d, const void* keys,
-                              const void* values, int is_f16, int64_t stride, int S, float scale, float* out,
-                              float* m, float* l, float* scratch) {
+// One call's attention (AttendFn) by the first kernel that takes the head width.
+static inline void run_attend(const KernelTable& kt, const float* q, int N, int per_group, int d,
+                              const AttnPiece* pieces, int count, int is_f16, int64_t stride, float scale, float* out,
+                              float* m, float* l, float* scratch, int ahead_lines) {
     for (const AttendFn* a = kt.attend; *a; a++)
-        if ((*a)(q, N, per_group, d, keys, values, is_f16, stride, S, scale, out, m, l, scratch)) return;
+        if ((*a)(q, N, per_group, d, pieces, count, is_f16, stride, scale, out, m, l, scratch, ahead_lines)) return;
 }

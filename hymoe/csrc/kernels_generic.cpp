@@ -65,29 +65,33 @@ uint64_t read_generic(const uint8_t* buf, int64_t bytes) {
     return a0 ^ a1 ^ a2 ^ a3;
 }
 
-int attend_generic(const float* q, int N, int per_group, int d, const void* keys, const void* values, int is_f16,
-                    int64_t stride, int S, float scale, float* out, float* m, float* l, float* scratch) {
+int attend_generic(const float* q, int N, int per_group, int d, const AttnPiece* pieces, int count, int is_f16,
+                   int64_t stride, float scale, float* out, float* m, float* l, float* scratch, int) {
     // the portable path: each needed value converted to float as it is read
     auto at = [&](const void* rows, int64_t i) {
         return is_f16 ? fp16_to_f32(((const uint16_t*)rows)[i]) : ((const float*)rows)[i];
     };
+    int S = 0;
+    for (int c = 0; c < count; c++) S += pieces[c].n;
     for (int h = 0; h < N; h++) {
         const int64_t off = (h / per_group) * d;
         float* p = scratch + (size_t)h * S;
         float best = -INFINITY, total = 0.f;
-        for (int s = 0; s < S; s++) {
-            float dot = 0.f;
-            for (int i = 0; i < d; i++) dot += q[(size_t)h * d + i] * at(keys, s * stride + off + i);
-            p[s] = dot * scale;
-            best = fmaxf(best, p[s]);
-        }
+        for (int c = 0, s = 0; c < count; c++)
+            for (int r = 0; r < pieces[c].n; r++, s++) {
+                float dot = 0.f;
+                for (int i = 0; i < d; i++) dot += q[(size_t)h * d + i] * at(pieces[c].k, r * stride + off + i);
+                p[s] = dot * scale;
+                best = fmaxf(best, p[s]);
+            }
         float* o = out + (size_t)h * d;
         memset(o, 0, sizeof(float) * d);
-        for (int s = 0; s < S; s++) {
-            const float e = expf(p[s] - best);
-            total += e;
-            for (int i = 0; i < d; i++) o[i] += e * at(values, s * stride + off + i);
-        }
+        for (int c = 0, s = 0; c < count; c++)
+            for (int r = 0; r < pieces[c].n; r++, s++) {
+                const float e = expf(p[s] - best);
+                total += e;
+                for (int i = 0; i < d; i++) o[i] += e * at(pieces[c].v, r * stride + off + i);
+            }
         m[h] = best;
         l[h] = total;
     }
