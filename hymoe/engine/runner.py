@@ -75,8 +75,9 @@ class Runner:
                 self._commit(rows, tokens, starts)
                 return logits
         kv_len = max(s + n for s, n in zip(starts, lens))
-        dev = self.device
-        step = Step.build(positions.to(dev), kv_len, table.to(dev), slots.to(dev), self.model.cfg.sliding_window)
+        if self.device.type != "cpu":  # where the inputs already are, no copies (a decode step's Python)
+            positions, table, slots = (t.to(self.device) for t in (positions, table, slots))
+        step = Step.build(positions, kv_len, table, slots, self.model.cfg.sliding_window)
         logits = self._logits(ids, step, lens, is_all_logits, is_hidden)
         self._commit(rows, tokens, starts)
         return logits
@@ -84,7 +85,8 @@ class Runner:
     def _logits(self, ids: torch.Tensor, step: Step, lens: list[int], is_all_logits: bool,
                 is_hidden: bool = False) -> torch.Tensor:
         with self.step_scope(max(lens)) if self.step_scope else contextlib.nullcontext():
-            hidden = self.model(ids.to(self.device), step, self.cache)  # [B, T, H]
+            ids = ids if ids.device == self.device else ids.to(self.device)
+            hidden = self.model(ids, step, self.cache)  # [B, T, H]
             if not is_all_logits and min(lens) == max(lens):
                 hidden = hidden[:, -1]  # [B, H]: each row's last (a view: decode steps are all alike)
             elif not is_all_logits:

@@ -48,14 +48,16 @@ class StepInputs:
 
     def get(self, step, cos_sin, head_dim: int):
         if self.key is not step:
-            positions, table, slots = (t.contiguous() for t in (step.positions, step.table, step.slots))
+            positions, table, slots = (t if t.is_contiguous() else t.contiguous()  # each call a dispatch
+                                       for t in (step.positions, step.table, step.slots))
             if positions.dim() != 2 or table.dim() != 2 or table.shape[0] != positions.shape[0] or \
                     slots.shape != positions.shape or any(t.dtype is not torch.int64 for t in (positions, table, slots)):
                 raise HymoeError("native attention needs int64 positions and slots [B, T] and block tables [B, M]")
             b, t = positions.shape
             if any(c.numel() != b * t * (head_dim // 2) or not c.is_floating_point() for c in cos_sin):
                 raise HymoeError(f"native attention needs cos and sin of {b * t} x {head_dim // 2} values")
-            cos, sin = (c.reshape(b * t, head_dim // 2).float().contiguous() for c in cos_sin)
+            cos, sin = (c.reshape(b * t, head_dim // 2) for c in cos_sin)
+            cos, sin = (c if c.dtype is torch.float32 and c.is_contiguous() else c.float().contiguous() for c in (cos, sin))
             self.key, self.value = step, (positions, table, slots, cos, sin)
             self.args = None
         return self.value

@@ -97,7 +97,7 @@ class NativeLayerStack:
         for native, layer_cache in zip(self.layers, caches):
             native.attn.bind_cache(layer_cache)
         args = self.layers[0].attn.inputs.step_args(step, cos_sin, self.layers[0].attn.head_dim)
-        out = x.contiguous().clone()  # [B, T, H]: the C side adds the residuals in place, layer by layer
+        out = x.clone(memory_format=torch.contiguous_format)  # [B, T, H]: the C side adds the residuals in place
         rc = self.engine.lib.hymoe_layers_step(self.engine.handle, self._table, len(self.layers), ctypes.byref(args),
                                                b * t, out.data_ptr())
         if rc:

@@ -19,7 +19,9 @@ class Step:
     table: torch.Tensor  # [B, M] int64 block holding each row's positions j*bs..(j+1)*bs-1
     slots: torch.Tensor  # [B, T] int64 where each token's entries go: block * bs + offset
     kv_len: int  # S: positions 0..S-1 are attended (S <= M * bs)
-    mask: torch.Tensor  # [B, 1, T, S] bool, True = may attend
+    # [B, 1, T, S] bool, True = may attend; None until a layer asks (attn_mask): the native layers
+    # never do, and building it was ~30 us of a decode step's Python
+    mask: torch.Tensor | None = None
     window_mask: torch.Tensor | None = None  # the same, limited to a sliding window (layers that use one)
     # under a retention policy (kv/retention.py): slot s of a row holds position kept[b, s] (-1: none),
     # no longer position s, so the mask is built from kept; native kernels that assume slot = position
@@ -29,18 +31,25 @@ class Step:
     mass: torch.Tensor | None = None  # [B, S] float32: attention weight per slot, summed by the layers (h2o)
     select: torch.Tensor | None = None  # [B] int64: blocks of select_size slots each query attends (0: all)
     select_size: int = 0
+    window: int | None = None  # the sliding window attn_mask builds window_mask for
 
     @staticmethod
     def build(positions: torch.Tensor, kv_len: int, table: torch.Tensor, slots: torch.Tensor,
               window: int | None = None) -> "Step":
-        keys = torch.arange(kv_len, device=positions.device)
-        mask = keys <= positions[..., None]  # [B, T, S] causal over absolute positions
-        window_mask = None
-        if window:
-            window_mask = mask & (keys > positions[..., None] - window)
-            window_mask |= (positions >= kv_len)[..., None]  # padding rows: anything, so no row is empty
-            window_mask = window_mask[:, None]
-        return Step(positions, table, slots, kv_len, mask[:, None], window_mask)
+        """A step over absolute positions: its masks causal (and within `window`), built on first use."""
+        return Step(positions, table, slots, kv_len, window=window)
+
+    def attn_mask(self, is_sliding: bool = False) -> torch.Tensor:
+        """[B, 1, T, S] bool, True = may attend: the causal mask, or the sliding window's."""
+        if self.mask is None:
+            keys = torch.arange(self.kv_len, device=self.positions.device)
+            mask = keys <= self.positions[..., None]  # [B, T, S] causal over absolute positions
+            if self.window:
+                window_mask = mask & (keys > self.positions[..., None] - self.window)
+                window_mask |= (self.positions >= self.kv_len)[..., None]  # padding rows: anything, so no row is empty
+                self.window_mask = window_mask[:, None]
+            self.mask = mask[:, None]
+        return self.window_mask if is_sliding else self.mask
 
     @staticmethod
     def build_kept(positions: torch.Tensor, kept: torch.Tensor, table: torch.Tensor, slots: torch.Tensor,
@@ -54,7 +63,7 @@ class Step:
             window_mask = (mask & ((held > positions[..., None] - window) | ~is_query[..., None]))[:, None]
         mass = torch.zeros(kept.shape, dtype=torch.float32, device=kept.device) if is_mass else None
         return Step(positions, table, slots, kept.shape[1], mask[:, None], window_mask, kept, is_query, mass, select,
-                    select_size)
+                    select_size, window)
 
     def to(self, device: torch.device) -> "Step":
         """The same step for layers on another device (layer-split placements); the mass they sum
@@ -62,7 +71,7 @@ class Step:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Step(move(self.positions), move(self.table), move(self.slots), self.kv_len, move(self.mask),
                     move(self.window_mask), move(self.kept), move(self.is_query), self.mass, move(self.select),
-                    self.select_size)
+                    self.select_size, self.window)
 
 
 def slots_of(positions: torch.Tensor, table: torch.Tensor, block_size: int) -> torch.Tensor:

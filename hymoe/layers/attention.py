@@ -51,7 +51,7 @@ class GQAttention(nn.Module):
         q, k = self.rope.apply(q, *cos_sin), self.rope.apply(k, *cos_sin)
         keys = KVCache.write_read(cache["k"], k, step).transpose(1, 2).to(q.dtype)  # [B, G, S, D]
         values = KVCache.write_read(cache["v"], v, step).transpose(1, 2).to(q.dtype)
-        mask = step.window_mask if self.is_sliding else step.mask  # [B, 1, T, S]
+        mask = step.attn_mask(self.is_sliding)  # [B, 1, T, S]
         if step.kept is not None:  # a retention policy: topk-blocks narrows the mask, h2o weighs positions
             mask = self._policy(q, keys, mask, step)
         if t <= 16:  # decode: a few matmuls; SDPA's CPU kernel costs ~1 ms per call for one query

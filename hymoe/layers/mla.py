@@ -68,7 +68,7 @@ class MLAttention(nn.Module):
         w_uk, w_uv_t = self.up_weights()  # [N, Dn, R], [N, R, Dv]
         q_latent = _per_head(q_nope.transpose(1, 2), w_uk)  # [B, N, T, R]
         query = torch.cat((q_latent, q_rot.transpose(1, 2)), dim=-1)  # [B, N, T, R+Dr]
-        mask = step.mask  # [B, 1, T, S]
+        mask = step.attn_mask()  # [B, 1, T, S]
         if step.select is not None:  # topk-blocks: each query reads only its best blocks of latents
             mask = select_blocks(query[:, None], cached, mask, step.select, step.select_size)
         if step.mass is not None:  # a retention policy ranks latent positions by the weight they get

@@ -57,9 +57,13 @@ class Rope:
         inv_freq = self._inv_freq_on.get(positions.device)
         if inv_freq is None:  # copied once per device (a copy inside a captured CUDA graph is not allowed)
             inv_freq = self._inv_freq_on[positions.device] = self.inv_freq.to(positions.device)
-        freqs = positions[..., None].float() * inv_freq
-        cos, sin = freqs.cos() * self.scale, freqs.sin() * self.scale
-        return cos.to(dtype)[:, :, None], sin.to(dtype)[:, :, None]
+        freqs = positions[:, :, None].float() * inv_freq  # [B, T, D/2]
+        cos, sin = freqs.cos(), freqs.sin()
+        if self.scale != 1.0:
+            cos, sin = cos * self.scale, sin * self.scale
+        if dtype is not torch.float32:  # each no-op a dispatcher call too: a decode step counts them
+            cos, sin = cos.to(dtype), sin.to(dtype)
+        return cos[:, :, None], sin[:, :, None]
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         # x [B, T, N, D]. Interleaved pairs (x0,x1),(x2,x3) come out de-interleaved; q and k get
