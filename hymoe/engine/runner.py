@@ -36,6 +36,7 @@ class Runner:
         # how a pass of this many tokens per row shares the CPU (NativeEngine.step_scope), or None
         self.step_scope = step_scope
         self.table_width = -(-max_len // block_size)  # blocks of a row at its longest
+        self._table = None  # the last block tables, as lists and as the tensor _inputs reuses while they hold
         self.blocks = BlockPool(num_blocks or num_slots * self.table_width, block_size)
         self.cache = KVCache(model.cache_entries(), self.blocks.num_blocks, block_size, kv_dtype or dtype,
                              model.layer_devices())
@@ -91,7 +92,8 @@ class Runner:
                 hidden = hidden[:, -1]  # [B, H]: each row's last (a view: decode steps are all alike)
             elif not is_all_logits:
                 hidden = hidden[torch.arange(len(lens)), torch.tensor(lens) - 1]  # [B, H]: each row's last
-            return hidden.float().cpu() if is_hidden else self.model.head(hidden).cpu()
+            out = hidden.float() if is_hidden else self.model.head(hidden)
+            return out if out.is_cpu else out.cpu()
 
     def _policy_pass(self, rows: list[int], tokens: list[list[int]], starts: list[int],
                      is_all_logits: bool, is_hidden: bool = False) -> torch.Tensor:
@@ -131,8 +133,9 @@ class Runner:
                 at: list[int] | None = None) -> tuple[torch.Tensor, ...]:
         """ids, positions, slots [B, T] and the rows' block tables [B, M] (CPU, int64); padding
         tokens sit at position max_len (they attend anything) and write to the scratch block. Row b's
-        tokens go to its slots from at[b] (default: their positions). Built as Python lists, one
-        tensor each: a decode step's handful of values cost ~20 torch operations otherwise."""
+        tokens go to its slots from at[b] (default: their positions). Built as Python lists: ids,
+        positions and slots one tensor, the tables another, reused while they do not change (each
+        torch call costs several microseconds at decode, its memory cold after the weights stream)."""
         width, bs, scratch = max(map(len, tokens)), self.blocks.block_size, self.cache.scratch
         ids, positions, table, slots = [], [], [], []
         for b, (toks, start, row) in enumerate(zip(tokens, starts, rows)):
@@ -144,7 +147,10 @@ class Runner:
             row_table = blocks + [scratch] * (self.table_width - len(blocks))
             table.append(row_table)
             slots.append([row_table[i // bs] * bs + i % bs for i in range(first, first + n)] + [scratch * bs] * pad)
-        return tuple(torch.tensor(v, dtype=torch.long) for v in (ids, positions, table, slots))
+        if self._table is None or self._table[0] != table:
+            self._table = (table, torch.tensor(table, dtype=torch.long))
+        ids, positions, slots = torch.tensor([ids, positions, slots], dtype=torch.long).unbind()
+        return ids, positions, self._table[1], slots
 
     def _commit(self, rows: list[int], tokens: list[list[int]], starts: list[int]) -> None:
         for row, toks, start in zip(rows, tokens, starts):

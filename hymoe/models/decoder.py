@@ -69,7 +69,8 @@ class Decoder(nn.Module):
         return [layer.input_layernorm.weight.device for layer in self.layers]
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
+        logits = self.lm_head(hidden)
+        return logits if logits.dtype is torch.float32 else logits.float()
 
     def stacked_expert_names(self, moe_prefix: str) -> list[str]:
         """Checkpoint names of one MoE layer's stacked (gate, up, down) experts, as GGUF stores them."""
