@@ -158,17 +158,19 @@ def _gqa(is_qk_norm: bool, is_interleaved: bool, heads: int = 6, head_dim: int =
 def test_native_decode_attention_equals_the_torch_layer(engine, isa, is_qk_norm, is_interleaved, window, cache,
                                                         heads, head_dim):
     """Two rows through shuffled block tables (blocks of 7 positions, which no step's length is a
-    multiple of), a prompt, steps of 1 and 3 tokens, then a long chunk (and a sliding window); a
+    multiple of), a prompt, steps of 1 and 3 tokens, a long chunk (and a sliding window), a step; a
     float16 cache holds what torch's rounding stores."""
     _check_against_torch(engine, is_qk_norm, is_interleaved, window, cache, heads, head_dim)
 
 
 @pytest.mark.parametrize("cache,heads,head_dim", [(torch.float32, 6, 32), (torch.float16, 8, 64)])
 def test_native_attention_in_short_calls_equals_the_torch_layer(engine, isa, cache, heads, head_dim):
-    """A chunk's positions in attend calls of 5 (Tuning::attn_call_rows): each call's pieces end
-    mid-block, and every call after the first is merged into the ones before; no prefetch stream."""
+    """A token's positions in 3 chunks a thread (Tuning::attn_chunks; at decode the unit whose chunk
+    holds the token's position stores its key and value) and attend calls of 5 (attn_call_rows):
+    each call's pieces end mid-block, and every call after the first is merged in; no prefetch."""
     lib = engine.lib
-    old = {name: lib.hymoe_bench_tune(name, value) for name, value in ((b"attn_call_rows", 5), (b"attn_ahead", 0))}
+    tune = ((b"attn_call_rows", 5), (b"attn_ahead", 0), (b"attn_chunks", 3))
+    old = {name: lib.hymoe_bench_tune(name, value) for name, value in tune}
     assert min(old.values()) >= 0
     try:
         _check_against_torch(engine, True, False, 0, cache, heads, head_dim)
@@ -184,7 +186,7 @@ def _check_against_torch(engine, is_qk_norm, is_interleaved, window, cache, head
     gen = torch.Generator().manual_seed(6)
     table = torch.randperm(16, generator=gen).view(2, 8)  # [B, M]: 8 blocks of 7 hold each row's 54 positions
     start = 0
-    for t in (9, 1, 3, 1, 40):
+    for t in (9, 1, 3, 1, 40, 1):
         positions = torch.arange(start, start + t).repeat(2, 1)
         step = Step.build(positions, start + t, table, slots_of(positions, table, 7), window or None)
         x = torch.randn(2, t, 96, generator=gen)

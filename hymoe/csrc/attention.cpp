@@ -78,6 +78,29 @@ void merge(float* out, float* m, float* l, const float* out2, const float* m2, c
     }
 }
 
+// Token bt's heads [from, to) of the N + G: a query head normalised and rotated into q [N][D]; a
+// kv head's key normalised, rotated and stored, and its value stored, at the token's slot.
+void prepare_heads(const GqaArgs& a, const KernelTable& kt, int bt, int from, int to, float* q) {
+    const int N = a.heads, D = a.head_dim;
+    const float *cos = a.cos + (size_t)bt * (D / 2), *sin = a.sin + (size_t)bt * (D / 2);
+    float tmp[1024], k[1024];
+    const int64_t at = a.slots[bt] * (int64_t)a.kv_heads * D;  // this token's row, in elements
+    for (int h = from; h < to; h++) {
+        if (h < N) {
+            memcpy(q + (size_t)h * D, a.q + (size_t)bt * a.q_stride + (size_t)h * D, sizeof(float) * D);
+            if (a.q_norm) rms_norm(q + (size_t)h * D, a.q_norm, D, a.eps);
+            rope(q + (size_t)h * D, cos, sin, D, a.is_interleaved, tmp);
+            continue;
+        }
+        const int g = h - N;
+        memcpy(k, a.k + (size_t)bt * a.k_stride + (size_t)g * D, sizeof(float) * D);
+        if (a.k_norm) rms_norm(k, a.k_norm, D, a.eps);
+        rope(k, cos, sin, D, a.is_interleaved, tmp);
+        store(kt, a.k_cache, at + (int64_t)g * D, k, D, a.is_f16);
+        store(kt, a.v_cache, at + (int64_t)g * D, a.v + (size_t)bt * a.v_stride + (size_t)g * D, D, a.is_f16);
+    }
+}
+
 // Runs of heads each token's per-head work splits into: enough units for every thread (two
 // each, for balance) when the tokens are few, one run a token otherwise (a unit is an atomic claim).
 int head_parts(int heads, int tokens, int threads) {
@@ -110,34 +133,21 @@ void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<fl
     const int BT = B * T, per_group = N / G;
     const int64_t pos_stride = (int64_t)G * D, bs = a.block_size;
     static thread_local std::vector<float> queries;
-    queries.resize((size_t)BT * N * D);
-    float* q_all = queries.data();  // [BT, N, D]: the queries after norm and rotation
+    if (T > 1) queries.resize((size_t)BT * N * D);
+    float* q_all = queries.data();  // [BT, N, D]: the queries after norm and rotation (phase 1)
 
     // phase 1, per token and run of heads: queries normalised and rotated; keys normalised, rotated
-    // and stored; values stored. A decode step's few tokens split their heads over the threads
-    // (one thread rotating a token's 36 heads while the other waited: a tenth of the attention).
+    // and stored; values stored. A few tokens split their heads over the threads (one thread
+    // rotating a token's 36 heads while the other waited: a tenth of the attention). At decode (one
+    // token a row) the phase 2 units do it instead, a barrier fewer: each its token's queries, and
+    // the unit whose chunk holds the token's position its key and value (no other unit reads them).
+    const bool is_fused = T == 1;
     const int HG = N + G, runs = head_parts(HG, BT, pool.size());
-    pool.parallel_for(BT * runs, [&](int unit, int) {
-        const int bt = unit / runs, run = unit % runs;
-        const float *cos = a.cos + (size_t)bt * (D / 2), *sin = a.sin + (size_t)bt * (D / 2);
-        float tmp[1024], k[1024];
-        const int64_t at = a.slots[bt] * pos_stride;  // this token's row, in elements
-        for (int h = run * HG / runs; h < (run + 1) * HG / runs; h++) {
-            if (h < N) {
-                float* q = q_all + ((size_t)bt * N + h) * D;
-                memcpy(q, a.q + (size_t)bt * a.q_stride + (size_t)h * D, sizeof(float) * D);
-                if (a.q_norm) rms_norm(q, a.q_norm, D, a.eps);
-                rope(q, cos, sin, D, a.is_interleaved, tmp);
-                continue;
-            }
-            const int g = h - N;
-            memcpy(k, a.k + (size_t)bt * a.k_stride + (size_t)g * D, sizeof(float) * D);
-            if (a.k_norm) rms_norm(k, a.k_norm, D, a.eps);
-            rope(k, cos, sin, D, a.is_interleaved, tmp);
-            store(kt, a.k_cache, at + (int64_t)g * D, k, D, a.is_f16);
-            store(kt, a.v_cache, at + (int64_t)g * D, a.v + (size_t)bt * a.v_stride + (size_t)g * D, D, a.is_f16);
-        }
-    });
+    if (!is_fused)
+        pool.parallel_for(BT * runs, [&](int unit, int) {
+            const int bt = unit / runs, run = unit % runs;
+            prepare_heads(a, kt, bt, run * HG / runs, (run + 1) * HG / runs, q_all + (size_t)bt * N * D);
+        });
 
     // phase 2, per (token, chunk of the positions it may attend: causal, and within the sliding
     // window if any; a padding row, past kv_len, attends anywhere): every head over the chunk, the
@@ -162,6 +172,15 @@ void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<fl
         const int64_t per = (len[bt] + chunks - 1) / chunks, first = lo[bt] + c * per;
         const int64_t n = std::min<int64_t>(per, lo[bt] + len[bt] - first);
         float *m = stats + ((size_t)bt * chunks + c) * 2 * N, *l = m + N;
+        static thread_local std::vector<float> own_q;
+        const float* q = q_all + (size_t)bt * N * D;
+        if (is_fused) {
+            const int64_t at = a.positions[bt] - lo[bt];  // the token's own position, in its chunks
+            const int64_t writer = std::min<int64_t>(chunks - 1, std::max<int64_t>(0, at) / per);
+            own_q.resize((size_t)N * D);
+            prepare_heads(a, kt, bt, 0, c == writer ? HG : N, own_q.data());
+            q = own_q.data();
+        }
         if (n <= 0) {
             for (int h = 0; h < N; h++) m[h] = -INFINITY, l[h] = 0.f;
             return;
@@ -187,7 +206,7 @@ void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<fl
                 p += take, rows += take;
             }
             float *po = is_first ? o : other.data(), *pm = is_first ? m : po + part, *pl = is_first ? l : pm + N;
-            run_attend(kt, q_all + (size_t)bt * N * D, N, per_group, D, pieces.data(), (int)pieces.size(), a.is_f16,
+            run_attend(kt, q, N, per_group, D, pieces.data(), (int)pieces.size(), a.is_f16,
                        pos_stride, a.scale, po, pm, pl, work.data(), ahead);
             if (!is_first) merge(o, m, l, po, pm, pl, N, D);
         }
