@@ -101,6 +101,36 @@ void prepare_heads(const GqaArgs& a, const KernelTable& kt, int bt, int from, in
     }
 }
 
+// Row b's token (its queries q [N][D]) over positions [first, first + n), n >= 1: the cache rows
+// as pieces of contiguous rows (a block's), in attend calls of at most Tuning::attn_call_rows
+// positions, the first straight into o [N][D], m and l [N], the rest merged in.
+void attend_positions(const GqaArgs& a, const KernelTable& kt, int b, const float* q, int64_t first, int64_t n,
+                      float* o, float* m, float* l) {
+    const int N = a.heads, G = a.kv_heads, D = a.head_dim;
+    const int64_t pos_stride = (int64_t)G * D, bs = a.block_size, most = std::max(1, g_tuning.attn_call_rows);
+    const size_t elem = a.is_f16 ? 2 : 4, part = (size_t)N * D;
+    static thread_local std::vector<float> work, other;
+    static thread_local std::vector<AttnPiece> pieces;
+    work.resize((size_t)(N + 2 * G * D) * std::min<int64_t>(n, most));
+    other.resize(part + 2 * N);
+    const int ahead = a.tokens == 1 ? g_tuning.attn_ahead : 0;  // at decode this unit alone reads the rows, from DRAM
+    for (int64_t p = first; p < first + n;) {
+        const bool is_first = p == first;
+        pieces.clear();
+        for (int64_t rows = 0; p < first + n && rows < most;) {
+            const int64_t block = a.table[b * (int64_t)a.table_width + p / bs], off = p % bs;
+            const int64_t take = std::min(std::min(first + n - p, bs - off), most - rows);
+            const size_t at = (size_t)((block * bs + off) * pos_stride) * elem;
+            pieces.push_back({(const char*)a.k_cache + at, (const char*)a.v_cache + at, (int)take});
+            p += take, rows += take;
+        }
+        float *po = is_first ? o : other.data(), *pm = is_first ? m : po + part, *pl = is_first ? l : pm + N;
+        run_attend(kt, q, N, N / G, D, pieces.data(), (int)pieces.size(), a.is_f16, pos_stride, a.scale, po, pm, pl,
+                   work.data(), ahead);
+        if (!is_first) merge(o, m, l, po, pm, pl, N, D);
+    }
+}
+
 // Runs of heads each token's per-head work splits into: enough units for every thread (two
 // each, for balance) when the tokens are few, one run a token otherwise (a unit is an atomic claim).
 int head_parts(int heads, int tokens, int threads) {
@@ -130,8 +160,7 @@ int gqa_check(const GqaArgs& a) {
 
 void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<float>& scratch) {
     const int B = a.num_rows, T = a.tokens, N = a.heads, G = a.kv_heads, D = a.head_dim;
-    const int BT = B * T, per_group = N / G;
-    const int64_t pos_stride = (int64_t)G * D, bs = a.block_size;
+    const int BT = B * T;
     static thread_local std::vector<float> queries;
     if (T > 1) queries.resize((size_t)BT * N * D);
     float* q_all = queries.data();  // [BT, N, D]: the queries after norm and rotation (phase 1)
@@ -185,31 +214,7 @@ void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<fl
             for (int h = 0; h < N; h++) m[h] = -INFINITY, l[h] = 0.f;
             return;
         }
-        // the chunk as pieces of contiguous rows (a cache block's), in calls of at most
-        // Tuning::attn_call_rows positions: the first straight into its outputs, the rest merged in
-        const size_t elem = a.is_f16 ? 2 : 4;
-        const int64_t most = std::max(1, g_tuning.attn_call_rows);
-        static thread_local std::vector<float> work, other;
-        static thread_local std::vector<AttnPiece> pieces;
-        work.resize((size_t)(N + 2 * G * D) * std::min<int64_t>(n, most));
-        other.resize(part + 2 * N);
-        float* o = outs + ((size_t)bt * chunks + c) * part;
-        const int ahead = T == 1 ? g_tuning.attn_ahead : 0;  // at decode this unit alone reads the rows, from DRAM
-        for (int64_t p = first; p < first + n;) {
-            const bool is_first = p == first;
-            pieces.clear();
-            for (int64_t rows = 0; p < first + n && rows < most;) {
-                const int64_t block = a.table[b * (int64_t)a.table_width + p / bs], off = p % bs;
-                const int64_t take = std::min(std::min(first + n - p, bs - off), most - rows);
-                const size_t at = (size_t)((block * bs + off) * pos_stride) * elem;
-                pieces.push_back({(const char*)a.k_cache + at, (const char*)a.v_cache + at, (int)take});
-                p += take, rows += take;
-            }
-            float *po = is_first ? o : other.data(), *pm = is_first ? m : po + part, *pl = is_first ? l : pm + N;
-            run_attend(kt, q, N, per_group, D, pieces.data(), (int)pieces.size(), a.is_f16,
-                       pos_stride, a.scale, po, pm, pl, work.data(), ahead);
-            if (!is_first) merge(o, m, l, po, pm, pl, N, D);
-        }
+        attend_positions(a, kt, b, q, first, n, outs + ((size_t)bt * chunks + c) * part, m, l);
     });
 
     // phase 3, per token and run of heads: the chunks merged, each weighted by exp(its maximum -
