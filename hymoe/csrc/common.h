@@ -302,10 +302,10 @@ struct Tuning {
     int bf16_tile_from = 2;       // the vdpbf16ps tile (kernels_avx512_bf16.cpp)
     // Decode attention: chunks of a token's positions per pool thread (attention.cpp). Fewer chunks
     // merge less and give the prefetch stream longer runs (Qwen3 file, 512 positions, 2 threads,
-    // Zen 5, settings alternating in one process: attention 1.04 ms a step at 1 chunk, 1.12 at 2)
+    // Zen 5, settings alternating in one process: attention 0.76 ms a step at 1 chunk, 0.85 at 2)
     int attn_chunks = 1;
     // Decode attention: cache lines the attend kernel's prefetch stream runs ahead of its reads
-    // (attend.h RowStream; 0: none). 256 (16 KB), cold cache, per thread: 37 us; 128: 40; 512: 38
+    // (attend.h RowStream; 0: none). As above: 0 lines 1.47 ms, 128 1.06, 256 0.90, 512 0.88
     int attn_ahead = 256;
     // Attention: positions one attend call takes at most; a chunk's calls are merged. Its scores
     // (heads x positions floats) stay in L2
