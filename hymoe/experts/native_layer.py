@@ -78,14 +78,19 @@ class NativeDecoderLayer:
 
 
 class NativeLayerStack:
-    """stack(x, step, caches, cos_sin): layers of a decode step in one native call, each reading its
-    cache of `caches` (the model's per-layer dicts), for layers with a native_step on one engine;
-    None for a call they do not take (more rows than CAPACITY, a retention policy, not float32 CPU)."""
+    """stack(x, step, caches, cos_sin): layers of a decode step, then the model's final `norm` if
+    given, in one native call, each layer reading its cache of `caches` (the model's per-layer
+    dicts), for layers with a native_step on one engine; None for a call they do not take (more rows
+    than CAPACITY, a retention policy, not float32 CPU). The norm runs in the call when it has a
+    native kernel, in Python otherwise."""
 
-    def __init__(self, layers: list[NativeDecoderLayer]):
-        self.layers, self.engine = layers, layers[0].engine
-        self.engine.lib.hymoe_layers_step.argtypes = [_p, _p, ctypes.c_int, ctypes.POINTER(_GqaArgs), ctypes.c_int, _p]
+    def __init__(self, layers: list[NativeDecoderLayer], norm=None):
+        self.layers, self.engine, self.norm = layers, layers[0].engine, norm
+        self.engine.lib.hymoe_layers_step.argtypes = [_p, _p, ctypes.c_int, ctypes.POINTER(_GqaArgs), ctypes.c_int, _p,
+                                                      _p, ctypes.c_float]
         self._table = (ctypes.c_void_p * len(layers))(*(ctypes.addressof(n._args) for n in layers))
+        kernel = getattr(norm, "kernel", None)  # NativeRMSNorm: the same C function, so the same bits
+        self._norm = kernel if isinstance(kernel, NativeRMSNorm) and kernel.n == layers[0]._args.hidden else None
 
     def __call__(self, x: torch.Tensor, step, caches: list[dict], cos_sin) -> torch.Tensor | None:
         b, t, h = x.shape
@@ -98,11 +103,13 @@ class NativeLayerStack:
             native.attn.bind_cache(layer_cache)
         args = self.layers[0].attn.inputs.step_args(step, cos_sin, self.layers[0].attn.head_dim)
         out = x.clone(memory_format=torch.contiguous_format)  # [B, T, H]: the C side adds the residuals in place
+        norm = self._norm
+        weight, eps = (norm.weight.data_ptr(), norm.eps) if norm is not None else (None, 0.0)
         rc = self.engine.lib.hymoe_layers_step(self.engine.handle, self._table, len(self.layers), ctypes.byref(args),
-                                               b * t, out.data_ptr())
+                                               b * t, out.data_ptr(), weight, eps)
         if rc:
             raise native_error(rc, f"the native decoder layers refused their arguments ({rc})")
-        return out
+        return out if norm is not None or self.norm is None else self.norm(out)
 
 
 def place_native_layers(model) -> int:
@@ -115,5 +122,5 @@ def place_native_layers(model) -> int:
     is_stack = all(s is not None and s.engine is steps[0].engine for s in steps) and len(steps) > 0
     # all layers share one StepInputs (placement/kernels.py), whose step arguments the stack passes once
     is_stack = is_stack and all(s.attn.inputs is steps[0].attn.inputs for s in steps)
-    model.native_stack = NativeLayerStack(steps) if is_stack else None
+    model.native_stack = NativeLayerStack(steps, model.norm) if is_stack else None
     return sum(s is not None for s in steps)

@@ -46,7 +46,7 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(build_layer(cfg, i, self.rope) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.native_stack = None  # set by placement: every layer in one native call (experts/native_layer.py)
+        self.native_stack = None  # set by placement: the layers and final norm in one native call (experts/native_layer.py)
 
     def cache_entries(self) -> list[dict[str, tuple[int, ...]]]:
         return [layer.self_attn.cache_entries() for layer in self.layers]
@@ -56,7 +56,7 @@ class Decoder(nn.Module):
         x = self.embed_tokens(token_ids)
         cos_sin = self.rope.cos_sin(step.positions, x.dtype)
         if self.native_stack is not None and (out := self.native_stack(x, step, cache.layers, cos_sin)) is not None:
-            return self.norm(out)
+            return out  # the layers and the final norm
         on = {x.device: (step, cos_sin)}  # what each device's layers read, moved once per forward
         for layer, layer_cache in zip(self.layers, cache.layers):
             dev = layer.input_layernorm.weight.device
