@@ -97,16 +97,18 @@ inline int out_slice(const float* p, const float* rows, int64_t stride, int S, f
 }
 
 // The call's cache rows (`stride` elements apart, float32 or fp16) repacked as float32, per kv
-// head: packed[g][t][d] over the S positions of all pieces. One pass front to back over the rows;
-// the heads then read their kv head's rows side by side (rows a power-of-two apart fall into a
-// few L1 sets and evict each other).
+// head: packed[g][t][d] over the S positions of all pieces. One pass front to back over the rows,
+// a row's lines of the prefetch stream issued with it; the heads then read their kv head's rows
+// side by side (rows a power-of-two apart fall into a few L1 sets and evict each other).
 template <class Vec>
 void pack_rows(const AttnPiece* pieces, int count, bool is_values, bool is_f16, int64_t stride, int S, int G, int d,
-               float* packed) {
+               float* packed, RowStream& ahead) {
+    const int64_t row_lines = (stride * (is_f16 ? 2 : 4) + 63) / 64;
     int t = 0;
     for (int c = 0; c < count; c++) {
         const void* rows = is_values ? pieces[c].v : pieces[c].k;
-        for (int r = 0; r < pieces[c].n; r++, t++)
+        for (int r = 0; r < pieces[c].n; r++, t++) {
+            for (int64_t i = 0; i < row_lines; i++) ahead.step();
             for (int g = 0; g < G; g++) {
                 float* dst = packed + ((size_t)g * S + t) * d;
                 if (is_f16) {
@@ -116,6 +118,7 @@ void pack_rows(const AttnPiece* pieces, int count, bool is_values, bool is_f16, 
                     memcpy(dst, (const float*)rows + r * stride + (size_t)g * d, sizeof(float) * d);
                 }
             }
+        }
     }
 }
 
@@ -225,12 +228,13 @@ void attend_grouped(const float* q, int N, int per_group, int d, const AttnPiece
 // The per-head path (see the top). scratch: (N + 2 * G * d) * S floats.
 template <class Vec>
 void attend_heads(const float* q, int N, int per_group, int d, const AttnPiece* pieces, int count, int S, int is_f16,
-                  int64_t stride, float scale, float* out, float* m, float* l, float* scratch) {
+                  int64_t stride, float scale, float* out, float* m, float* l, float* scratch, int ahead_lines) {
     const int G = N / per_group;
     float* pk = scratch + (size_t)N * S;
     float* pv = pk + (size_t)G * S * d;
-    pack_rows<Vec>(pieces, count, false, is_f16, stride, S, G, d, pk);
-    pack_rows<Vec>(pieces, count, true, is_f16, stride, S, G, d, pv);
+    RowStream ahead(pieces, count, stride * (is_f16 ? 2 : 4), ahead_lines);  // keys, then values: the packing order
+    pack_rows<Vec>(pieces, count, false, is_f16, stride, S, G, d, pk, ahead);
+    pack_rows<Vec>(pieces, count, true, is_f16, stride, S, G, d, pv, ahead);
     for (int h = 0; h < N; h++) {
         const float* kg = pk + (size_t)(h / per_group) * S * d;
         const float* qh = q + (size_t)h * d;
@@ -270,7 +274,7 @@ int attend_vec(const float* q, int N, int per_group, int d, const AttnPiece* pie
                                        ahead_lines);
         return 1;
     }
-    attend_heads<Vec>(q, N, per_group, d, pieces, count, S, is_f16, stride, scale, out, m, l, scratch);
+    attend_heads<Vec>(q, N, per_group, d, pieces, count, S, is_f16, stride, scale, out, m, l, scratch, ahead_lines);
     return 1;
 }
 
