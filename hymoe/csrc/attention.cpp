@@ -161,16 +161,15 @@ int gqa_check(const GqaArgs& a) {
 void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<float>& scratch) {
     const int B = a.num_rows, T = a.tokens, N = a.heads, G = a.kv_heads, D = a.head_dim;
     const int BT = B * T;
-    static thread_local std::vector<float> queries;
-    if (T > 1) queries.resize((size_t)BT * N * D);
-    float* q_all = queries.data();  // [BT, N, D]: the queries after norm and rotation (phase 1)
-
     // phase 1, per token and run of heads: queries normalised and rotated; keys normalised, rotated
     // and stored; values stored. A few tokens split their heads over the threads (one thread
     // rotating a token's 36 heads while the other waited: a tenth of the attention). At decode (one
     // token a row) the phase 2 units do it instead, a barrier fewer: each its token's queries, and
     // the unit whose chunk holds the token's position its key and value (no other unit reads them).
     const bool is_fused = T == 1;
+    static thread_local std::vector<float> queries;
+    if (!is_fused) queries.resize((size_t)BT * N * D);
+    float* q_all = queries.data();  // [BT, N, D]: the queries after norm and rotation (phase 1)
     const int HG = N + G, runs = head_parts(HG, BT, pool.size());
     if (!is_fused)
         pool.parallel_for(BT * runs, [&](int unit, int) {

@@ -90,7 +90,7 @@ class NativeLayerStack:
                                                       _p, ctypes.c_float]
         self._table = (ctypes.c_void_p * len(layers))(*(ctypes.addressof(n._args) for n in layers))
         kernel = getattr(norm, "kernel", None)  # NativeRMSNorm: the same C function, so the same bits
-        self._norm = kernel if isinstance(kernel, NativeRMSNorm) and kernel.n == layers[0]._args.hidden else None
+        self._native_norm = kernel if isinstance(kernel, NativeRMSNorm) and kernel.n == layers[0]._args.hidden else None
 
     def __call__(self, x: torch.Tensor, step, caches: list[dict], cos_sin) -> torch.Tensor | None:
         b, t, h = x.shape
@@ -103,13 +103,13 @@ class NativeLayerStack:
             native.attn.bind_cache(layer_cache)
         args = self.layers[0].attn.inputs.step_args(step, cos_sin, self.layers[0].attn.head_dim)
         out = x.clone(memory_format=torch.contiguous_format)  # [B, T, H]: the C side adds the residuals in place
-        norm = self._norm
-        weight, eps = (norm.weight.data_ptr(), norm.eps) if norm is not None else (None, 0.0)
+        native = self._native_norm
+        weight, eps = (native.weight.data_ptr(), native.eps) if native is not None else (None, 0.0)
         rc = self.engine.lib.hymoe_layers_step(self.engine.handle, self._table, len(self.layers), ctypes.byref(args),
                                                b * t, out.data_ptr(), weight, eps)
         if rc:
             raise native_error(rc, f"the native decoder layers refused their arguments ({rc})")
-        return out if norm is not None or self.norm is None else self.norm(out)
+        return out if native is not None or self.norm is None else self.norm(out)
 
 
 def place_native_layers(model) -> int:
