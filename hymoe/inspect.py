@@ -36,7 +36,7 @@ _GROUPS = (("routed experts", r"_exps\.|\.experts\."), ("shared experts", r"_she
 _LINEARS = r"(token_embd|embed_tokens|lm_head|output|_proj|_proj_with_mqa|attn_(q|k|v|q_a|q_b|kv_a_mqa)" \
            r"|ffn_(gate|up|down)(_shexp)?)\.weight$"
 _EMBEDDING = r"token_embd|embed_tokens"
-_FLOAT_KEPT = r"kv_b_proj|attn_k_b|attn_v_b|attn_kv_b"  # MLA's per-head up-projections stay float
+_FLOAT_KEPT = r"kv_b_proj|attn_k_b|attn_v_b|attn_kv_b"  # MLA's per-head up-projections: float, or Q8_0 rows on the CPU
 
 
 def _group(name: str) -> str:
@@ -62,6 +62,9 @@ def _dense_bytes(name: str, fmt: str, numel: int, nbytes: int, target, compute: 
     is dequantized to the compute dtype."""
     if re.search(r"ffn_gate_inp|exp_probs_b|mlp\.gate\.|block_sparse_moe\.gate\.|e_score_correction", name):
         return numel * 4  # routing stays float32
+    if re.search(_FLOAT_KEPT, name) and target.device == "cpu" and compute == torch.float32:
+        # the native per-head products' rows (placement/kernels.py): Q8_0 from blocks, float32 from floats
+        return numel * 34 // 32 if fmt not in ("F32", "F16", "BF16") else numel * 4
     if not re.search(_LINEARS, name) or re.search(_FLOAT_KEPT, name):
         return numel * compute.itemsize
     want = target.format or dense_format

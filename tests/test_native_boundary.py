@@ -11,7 +11,7 @@ import torch
 
 from hymoe.errors import HymoeError
 from hymoe.experts import native
-from hymoe.experts.native_linear import NativeLinear
+from hymoe.experts.native_linear import NativeHeadLinear, NativeLinear
 from hymoe.quant.formats import qtype, row_bytes
 from quant_utils import random_weights
 
@@ -85,6 +85,25 @@ def test_linear_refuses_lengths_short_of_its_sizes(lie):
     assert rc == SMALL
 
 
+@pytest.mark.parametrize("lie", ["weight", "x", "out", "rows"])
+def test_head_linear_refuses_lengths_short_of_its_sizes(lie):
+    """The per-head product's C check, past NativeHeadLinear's own: each length one short, or
+    more rows a head than the weight holds."""
+    engine = native.NativeEngine(2, is_async=False)
+    w = random_weights("Q8_0", 4 * 8, 64).reshape(-1)
+    call = NativeHeadLinear(engine, "Q8_0", 4, 8, 64, w)
+    x, out = torch.randn(2, 4, 64), torch.empty(2, 4, 8)
+    a = call._args
+    a.num_tokens, a.x, a.x_len, a.out, a.out_len = 2, x.data_ptr(), x.numel(), out.data_ptr(), out.numel()
+    if lie == "weight":
+        a.w_bytes -= 1
+    elif lie == "rows":
+        a.rows += 1
+    else:
+        setattr(a, f"{lie}_len", getattr(a, f"{lie}_len") - 1)
+    assert engine.lib.hymoe_head_linear(engine.handle, ctypes.byref(a)) == SMALL
+
+
 def test_a_second_thread_is_refused_while_a_job_runs():
     """Two threads on one engine used to hang (both driving one pool): the second is told."""
     engine = native.NativeEngine(2, is_async=True)
@@ -117,7 +136,7 @@ import sys, threading, torch
 sys.path.insert(0, "tests")
 from hymoe.errors import HymoeError
 from hymoe.experts import native
-from hymoe.experts.native_linear import NativeLinear
+from hymoe.experts.native_linear import NativeHeadLinear, NativeLinear
 from quant_utils import random_weights
 engine = native.NativeEngine(2, is_async=sys.argv[1] == "async")
 raw = [random_weights("Q8_0", r, n, seed=j, experts=4) for j, (r, n) in enumerate(((128, 256), (128, 256), (256, 128)))]

@@ -45,6 +45,8 @@ def cpu_bytes_per_token(llm: LLM) -> int:
     for m in llm.model.modules():
         if isinstance(m, QuantLinear) and m.qweight.device.type == "cpu":
             total += m.nbytes()
+        elif getattr(m, "up_kernels", None) is not None:  # MLA's per-head rows on the native engine
+            total += sum(k.weight.numel() for k in m.up_kernels)
     for m in llm.model.modules():
         if isinstance(m, MoE):
             ex = cpu_part(m.experts)

@@ -103,3 +103,45 @@ void linear_run(const LinearArgs& a, const KernelTable& kt, Pool& pool, LinearSc
         }
     });
 }
+
+int head_linear_check(const HeadLinearArgs& a, const KernelTable& kt) {
+    if (a.heads < 1 || a.rows < 1 || a.n < 1 || a.num_tokens < 1) return -2;
+    if (!has_format(kt, a.fmt) || !fmt_row_bytes(a.fmt, 256)) return -1;
+    if (a.n % fmt_block_size(a.fmt) || (a.n % 32 && !fmt_is_float(a.fmt))) return -2;
+    const int64_t rows = (int64_t)a.heads * a.rows, T = a.num_tokens;
+    if (!a.w || rows * (int64_t)fmt_row_bytes(a.fmt, a.n) > a.w_bytes) return -4;
+    return !a.x || !a.out || T * a.heads * a.n > a.x_len || T * rows > a.out_len ? -4 : 0;
+}
+
+void head_linear_run(const HeadLinearArgs& a, const KernelTable& kt, Pool& pool, LinearScratch& s) {
+    const int T = a.num_tokens, H = a.heads, n = a.n, R = a.rows;
+    const bool is_quant = !fmt_is_float(a.fmt), is_round = a.fmt == BF16;
+    const size_t xb = kt.act_bytes(n), rb = fmt_row_bytes(a.fmt, n);
+    const size_t inputs = (size_t)T * H;
+    if (is_quant) s.xq.resize(inputs * xb);
+    if (is_round) s.xr.resize(inputs * n);
+    s.xf_ptr.resize(inputs);  // here [H][T]: a head's inputs side by side, as run_rows takes them
+    pool.parallel_for((int)inputs, [&](int i, int) {  // i = t * H + h, x's order
+        const float* x = a.x + (size_t)i * n;
+        const void* in = x;
+        if (is_quant) {
+            kt.quantize(x, n, s.xq.data() + i * xb);
+            in = s.xq.data() + i * xb;
+        } else if (is_round) {
+            round_to_bf16(x, s.xr.data() + (size_t)i * n, n);
+            in = s.xr.data() + (size_t)i * n;
+        }
+        s.xf_ptr[(size_t)(i % H) * T + i / H] = in;
+    });
+    const size_t head_bytes = (size_t)R * rb;
+    pool.parallel_for(H, [&](int h, int) {
+        const uint8_t* w = a.w + h * head_bytes;
+        RangeHint& hint = range_hint();
+        for (int tb = 0; tb < T; tb += kTokenBlock) {
+            const int nt = std::min(kTokenBlock, T - tb), next = pool.next_unit();
+            hint.next = tb + kTokenBlock < T ? w : next < H ? a.w + next * head_bytes : nullptr;
+            run_rows(kt, a.fmt, w, rb, R, s.xf_ptr.data() + (size_t)h * T + tb, nt, n,
+                     a.out + ((size_t)tb * H + h) * R, (size_t)H * R);
+        }
+    });
+}

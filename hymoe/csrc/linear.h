@@ -24,6 +24,21 @@ struct LinearArgs {
 };
 }
 
+extern "C" {
+// Mirrored by hymoe/experts/native_linear.py (ctypes.Structure): keep the field order.
+// One matrix per head, each against that head's own input (MLA's absorbed up-projections):
+// out[t][h][r] = row r of W_h . x[t][h], for r < rows, h < heads, t < num_tokens.
+struct HeadLinearArgs {
+    int32_t fmt, heads, rows, n, num_tokens;
+    const uint8_t* w;  // heads x rows rows of row_bytes(fmt, n): W_0's rows, then W_1's, ...
+    int64_t w_bytes;
+    const float* x;  // [T, heads, n]
+    int64_t x_len;
+    float* out;  // [T, heads, rows]
+    int64_t out_len;
+};
+}
+
 size_t fmt_row_bytes(int fmt, int n);  // 0 for a format without kernels (moe.cpp)
 int fmt_block_size(int fmt);
 
@@ -39,3 +54,8 @@ struct LinearScratch {
 int linear_check(const LinearArgs& a, const KernelTable& kt, int64_t x_len, int64_t out_len);
 // Runs inside a pool job (pool.run / pool.submit).
 void linear_run(const LinearArgs& a, const KernelTable& kt, Pool& pool, LinearScratch& s);
+
+// As linear_check, for a per-head call (-2 also for a row length the format's blocks do not split).
+int head_linear_check(const HeadLinearArgs& a, const KernelTable& kt);
+// Runs inside a pool job: each (token, head) input prepared once, then one unit a head.
+void head_linear_run(const HeadLinearArgs& a, const KernelTable& kt, Pool& pool, LinearScratch& s);

@@ -470,6 +470,19 @@ __attribute__((visibility("default"))) int hymoe_linear(void* engine, LinearArgs
     return linear_call((Engine*)engine, args, num_tokens, x, x_len, out, out_len);
 }
 
+// One matrix per head against each head's own input (HeadLinearArgs, linear.h), in the calling
+// thread with the pool's threads. 0, or as hymoe_linear.
+__attribute__((visibility("default"))) int hymoe_head_linear(void* engine, HeadLinearArgs* args) {
+    Claim claim((Engine*)engine);
+    if (!claim.ok()) return kBusy;
+    Engine* eng = (Engine*)engine;
+    const KernelTable& kt = kernels();
+    if (int bad = head_linear_check(*args, kt)) return bad;
+    eng->pool.wake();
+    eng->pool.run([&] { head_linear_run(*args, kt, eng->pool, eng->linear); });
+    return 0;
+}
+
 // A router: its logits by the linear job (float32 weights), then each token's top-k (route.cpp),
 // in one foreign call; logits hold num_tokens x the linear's rows. 0, or the linear's or the
 // routing's error.

@@ -27,11 +27,18 @@ class _LinearArgs(ctypes.Structure):
                [("x", ctypes.c_void_p), ("out", ctypes.c_void_p), ("parts", _Part * MAX_PARTS)]
 
 
+class _HeadLinearArgs(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int32) for n in ("fmt", "heads", "rows", "n", "num_tokens")] + \
+               [("w", ctypes.c_void_p), ("w_bytes", ctypes.c_int64), ("x", ctypes.c_void_p), ("x_len", ctypes.c_int64),
+                ("out", ctypes.c_void_p), ("out_len", ctypes.c_int64)]
+
+
 def _bind(lib) -> None:
     if getattr(lib, "_linear_bound", False):
         return
     vp = ctypes.c_void_p
     lib.hymoe_linear.argtypes = [vp, ctypes.POINTER(_LinearArgs), ctypes.c_int, vp, ctypes.c_int64, vp, ctypes.c_int64]
+    lib.hymoe_head_linear.argtypes = [vp, ctypes.POINTER(_HeadLinearArgs)]
     lib.hymoe_rms_norm.argtypes = [vp, vp, vp, ctypes.c_int, ctypes.c_int, ctypes.c_float]
     lib.hymoe_rms_norm.restype = None
     lib._linear_bound = True
@@ -89,6 +96,40 @@ class NativeLinear:
                                           out.data_ptr(), out.numel())
         if rc:
             raise native_error(rc, f"the native linear cannot compute these weights ({rc})")
+        return out
+
+
+class NativeHeadLinear:
+    """One matrix per head, each against its head's own input: x [..., N, n] -> [..., N, rows] float32,
+    for weights of N x rows rows of width n in one format (MLA's absorbed up-projections: a
+    batched matrix-vector product that torch's bmm read at 8-12 GB/s on a CPU)."""
+
+    def __init__(self, engine, fmt: str, heads: int, rows: int, n: int, weight: torch.Tensor):
+        lib = engine.lib
+        _bind(lib)
+        if not lib.hymoe_has_format(int(qtype(fmt))):
+            raise HymoeError(f"the native kernels have no {fmt} path")
+        if fmt not in FLOAT_DTYPES and n % 32:
+            raise HymoeError(f"a {fmt} weight needs rows of a multiple of 32 values, got {n}")
+        self.engine, self.heads, self.rows, self.n = engine, heads, rows, n
+        self.weight = checked_weight(weight, fmt, heads * rows, n)  # kept alive: the C side holds its address
+        self._args = _HeadLinearArgs(int(qtype(fmt)), heads, rows, n, 0, weight.data_ptr(), weight.numel())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or tuple(x.shape[-2:]) != (self.heads, self.n):
+            raise HymoeError(f"a native per-head linear of {self.heads} heads x {self.n} got input of shape "
+                             f"{list(x.shape)}")
+        if not (x.is_cpu and x.dtype is torch.float32 and x.is_contiguous()):
+            x = x.detach().to("cpu", torch.float32).contiguous()
+        out = torch.empty(*x.shape[:-1], self.rows)
+        tokens = x.numel() // (self.heads * self.n)
+        if tokens == 0:
+            return out
+        a = self._args
+        a.num_tokens, a.x, a.x_len, a.out, a.out_len = tokens, x.data_ptr(), x.numel(), out.data_ptr(), out.numel()
+        rc = self.engine.lib.hymoe_head_linear(self.engine.handle, ctypes.byref(a))
+        if rc:
+            raise native_error(rc, f"the native per-head linear cannot compute these weights ({rc})")
         return out
 
 

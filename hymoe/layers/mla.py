@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hymoe.config import ModelConfig
+from hymoe.errors import HymoeError
 from hymoe.kv.cache import KVCache, Step
 from hymoe.layers.attend import attend_blocked, attention_mass, select_blocks
 from hymoe.layers.linear import project
@@ -42,6 +43,9 @@ class MLAttention(nn.Module):
         if rc.kind == "yarn" and rc.mscale_all_dim:
             self.scale *= yarn_mscale(rc.factor, rc.mscale_all_dim) ** 2
         self.rope = rope
+        # set by placement on the CPU: keys' and values' per-head products on the native engine
+        # (experts/native_linear.py NativeHeadLinear), instead of torch's bmm over the float weights
+        self.up_kernels = None
 
     def input_groups(self) -> list[tuple[nn.Module, ...]]:
         """Linears that read the same input, which placement may compute in one call."""
@@ -65,8 +69,10 @@ class MLAttention(nn.Module):
         cached = KVCache.write_read(cache["latent"], torch.cat((latent, k_rot), -1), step)  # [B, S, R+Dr]
         cached = cached.to(q.dtype)[:, None]  # one shared "head": [B, 1, S, R+Dr]
 
-        w_uk, w_uv_t = self.up_weights()  # [N, Dn, R], [N, R, Dv]
-        q_latent = _per_head(q_nope.transpose(1, 2), w_uk)  # [B, N, T, R]
+        if self.up_kernels is not None:
+            q_latent = self.up_kernels[0](q_nope).to(q.dtype).transpose(1, 2)  # [B, T, N, R] -> [B, N, T, R]
+        else:
+            q_latent = _per_head(q_nope.transpose(1, 2), self.up_weights()[0])  # [B, N, T, R]
         query = torch.cat((q_latent, q_rot.transpose(1, 2)), dim=-1)  # [B, N, T, R+Dr]
         mask = step.attn_mask()  # [B, 1, T, S]
         if step.select is not None:  # topk-blocks: each query reads only its best blocks of latents
@@ -79,21 +85,33 @@ class MLAttention(nn.Module):
         else:  # the heads as rows against the one latent: no copy of the cache per head (a broadcast
             # matmul made one: 1.2 GiB and 3.7 s per step at 8K positions); prefill in blocks of keys
             out = attend_blocked(query[:, None], cached, cached[..., :r], mask, self.scale)[:, 0]  # [B, N, T, R]
-        out = _per_head(out, w_uv_t).transpose(1, 2)  # [B, T, N, Dv]
+        if self.up_kernels is not None:
+            out = self.up_kernels[1](out.transpose(1, 2)).to(q.dtype)  # [B, T, N, R] -> [B, T, N, Dv]
+        else:
+            out = _per_head(out, self.up_weights()[1]).transpose(1, 2)  # [B, T, N, Dv]
         return self.o_proj(out.reshape(b, t, n * self.v_dim))
 
     def up_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The key and value up-projections per head: [N, Dn, R] and [N, R, Dv]."""
+        """The key and value up-projections per head: [N, Dn, R] and [N, R, Dv] (none once the
+        native products hold them: up_kernels)."""
+        if self.kv_b_proj is None:
+            raise HymoeError("MLA's up-projections live in the native per-head products only")
         if isinstance(self.kv_b_proj, UpProjection):
             return self.kv_b_proj.w_uk, self.kv_b_proj.w_uv_t
         w = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, self.rank)
         return w[:, : self.nope_dim], w[:, self.nope_dim:].transpose(1, 2)
 
+    def per_head_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The up-projections as each head's rows, float32: keys' [N, R, Dn] (row r makes latent
+        r of the absorbed query) and values' [N, Dv, R] (row j makes output j from the latent)."""
+        w_uk, w_uv_t = self.up_weights()
+        return w_uk.transpose(1, 2).float().contiguous(), w_uv_t.transpose(1, 2).float().contiguous()
+
     def after_load(self) -> None:
         """kv_b_proj's weight split into the per-head layouts the absorbed products read whole: the
         strided slices of [N*(Dn+Dv), R] were copied by every CPU matmul (deepseek-v3, 2 cores: 9 ms
         a layer per decode step, 1.3 ms contiguous). Same bytes, no second copy kept."""
-        if not isinstance(self.kv_b_proj, UpProjection):
+        if self.kv_b_proj is not None and not isinstance(self.kv_b_proj, UpProjection):
             w_uk, w_uv_t = self.up_weights()
             self.kv_b_proj = UpProjection(w_uk.contiguous(), w_uv_t.contiguous())
 

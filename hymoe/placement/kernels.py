@@ -173,16 +173,18 @@ def _embedding_kernel(embed: QuantEmbedding) -> None:
 
 
 def place_small_ops(model, dtype: torch.dtype, engine: Callable) -> int:
-    """The native engine's attention (GQA), RMSNorms and routing for the float32 layers on the CPU,
-    where torch's per-operation costs outweigh a decode step's arithmetic; returns how many modules
-    got one."""
+    """The native engine's attention (GQA; MLA's per-head products), RMSNorms and routing for the
+    float32 layers on the CPU, where torch's per-operation costs outweigh a decode step's
+    arithmetic; returns how many modules got one."""
     from hymoe.experts.native_attention import NativeGqaAttention, StepInputs
     from hymoe.experts.native_linear import NativeRMSNorm, NativeRouter
     from hymoe.layers.attention import GQAttention
+    from hymoe.layers.mla import MLAttention
     from hymoe.layers.norm import RMSNorm
     from hymoe.layers.router import Router
 
-    on_cpu = [m for m in model.modules() if isinstance(m, (GQAttention, RMSNorm, Router)) and _on_cpu(m)]
+    kinds = (GQAttention, MLAttention, RMSNorm, Router)
+    on_cpu = [m for m in model.modules() if isinstance(m, kinds) and _on_cpu(m)]
     if not on_cpu or native.library() is None:
         return 0
     if dtype != torch.float32:
@@ -193,11 +195,31 @@ def place_small_ops(model, dtype: torch.dtype, engine: Callable) -> int:
     for m in on_cpu:
         if isinstance(m, GQAttention):
             m.kernel = NativeGqaAttention(engine(), m, (model.cfg.sliding_window or 0) if m.is_sliding else 0, inputs)
+        elif isinstance(m, MLAttention):
+            m.up_kernels = _mla_up_kernels(engine(), m)
         elif isinstance(m, RMSNorm):
             m.kernel = NativeRMSNorm(engine().lib, m.weight, m.eps)
         else:
             m.kernel = NativeRouter(engine(), m)
     return len(on_cpu)
+
+
+def _mla_up_kernels(engine, mla) -> tuple:
+    """MLA's absorbed up-projections as native per-head products: Q8_0 rows (as llama.cpp's attn_k_b
+    and attn_v_b files hold them) where the layer's linears came in blocks, float32 for a float
+    checkpoint or rows that do not split into blocks of 32. They hold the only copy: the layer's
+    float weights go (DeepSeek-V3: 1.1 GB of Q8_0 for 4.1 GB of float32)."""
+    from hymoe.experts.native_linear import NativeHeadLinear
+
+    kv_a = mla.kv_a_proj_with_mqa
+    is_blocks = isinstance(kv_a, QuantLinear) and kv_a.fmt not in FLOAT_DTYPES
+    kernels = []
+    for w in mla.per_head_rows():  # [N, rows, n] float32
+        heads, rows, n = w.shape
+        fmt = "Q8_0" if is_blocks and n % 32 == 0 else "F32"
+        kernels.append(NativeHeadLinear(engine, fmt, heads, rows, n, encode_bytes(w.reshape(-1, n), fmt).reshape(-1)))
+    mla.kv_b_proj = None
+    return tuple(kernels)
 
 
 def _on_cpu(module: nn.Module) -> bool:
