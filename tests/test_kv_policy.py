@@ -58,8 +58,9 @@ def _qkv_gqa(attn, rope, x):
     return q.transpose(0, 1), k.repeat_interleave(rep, 1).transpose(0, 1), v.repeat_interleave(rep, 1).transpose(0, 1)
 
 
-def _qkv_mla(attn, rope, x):
-    """MLA without absorption: keys [k_nope | k_rot] and values expanded from the latent per head."""
+def _qkv_mla(attn, rope, x, kv_b):
+    """MLA without absorption: keys [k_nope | k_rot] and values expanded from the latent per head by
+    kv_b (transformers' linear: on the CPU in float32 hymoe's lives in the native per-head products)."""
     n, r = attn.num_heads, attn.rank
     q = attn.q_b_proj(attn.q_a_layernorm(attn.q_a_proj(x))) if attn.is_q_lora else attn.q_proj(x)
     q_nope, q_rot = q.view(-1, n, attn.nope_dim + attn.rope_dim).split([attn.nope_dim, attn.rope_dim], -1)
@@ -68,17 +69,17 @@ def _qkv_mla(attn, rope, x):
     cos_sin = rope.cos_sin(torch.arange(len(x))[None], x.dtype)
     q_rot = rope.apply(q_rot[None], *cos_sin)[0]
     k_rot = rope.apply(k_rot[None, :, None], *cos_sin)[0, :, 0]  # [L, Dr]
-    kv = attn.kv_b_proj(latent).view(-1, n, attn.nope_dim + attn.v_dim)
+    kv = kv_b(latent).view(-1, n, attn.nope_dim + attn.v_dim)
     k_nope, v = kv.split([attn.nope_dim, attn.v_dim], -1)
     k = torch.cat((k_nope, k_rot[:, None].expand(-1, n, -1)), -1)
     return torch.cat((q_nope, q_rot), -1).transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
 
 
-def _reference(attn, rope, x, policy: Policy, is_mla: bool) -> torch.Tensor:
+def _reference(attn, rope, x, policy: Policy, kv_b=None) -> torch.Tensor:
     """Output [L, H] of x [L, H] read in CHUNKS, each query attending its own chunk (causally) and
     what the policy keeps of the positions before it, decided here after every chunk."""
-    q, k, v = (_qkv_mla if is_mla else _qkv_gqa)(attn, rope, x)  # [N, L, *]
-    scale = attn.scale if is_mla else attn.head_dim ** -0.5
+    q, k, v = _qkv_mla(attn, rope, x, kv_b) if kv_b is not None else _qkv_gqa(attn, rope, x)  # [N, L, *]
+    scale = attn.scale if kv_b is not None else attn.head_dim ** -0.5
     kept, mass, outs, start = [], {}, [], 0
     for n in CHUNKS:
         for p in range(start, start + n):
@@ -119,7 +120,7 @@ def _run(runner: Runner, rows_ids: list[list[int]]) -> list[torch.Tensor]:
 @pytest.mark.parametrize("policy", ["sink-window:3,6", "sink-window:0,9", "h2o:10"])
 def test_a_policy_row_beside_a_full_row_matches_attention_over_the_kept_positions(tiny_model, name, policy):
     """Row 0 under the policy, row 1 full, in the same passes; each against the reference."""
-    model_dir, _ = tiny_model(name)
+    model_dir, hf = tiny_model(name)
     llm = hymoe.load(model_dir, dtype="float32", progress=False, experts="torch")
     attn = llm.model.layers[0].self_attn
     one = OneLayer(attn, llm.model.rope, llm.config, 256)
@@ -127,10 +128,10 @@ def test_a_policy_row_beside_a_full_row_matches_attention_over_the_kept_position
     runner.retention.set_policy(1, Policy())
     ids = torch.randint(0, 256, (2, sum(CHUNKS)), generator=torch.Generator().manual_seed(5)).tolist()
     got = _run(runner, ids)
-    is_mla = name.startswith("deepseek")
+    kv_b = hf.model.layers[0].self_attn.kv_b_proj if name.startswith("deepseek") else None
     with torch.no_grad():
-        want = [_reference(attn, one.rope, one.inputs[ids[0]], parse_policy(policy), is_mla),
-                _reference(attn, one.rope, one.inputs[ids[1]], Policy(), is_mla)]
+        want = [_reference(attn, one.rope, one.inputs[ids[0]], parse_policy(policy), kv_b),
+                _reference(attn, one.rope, one.inputs[ids[1]], Policy(), kv_b)]
     for b in range(2):
         scale = want[b].abs().max().item()
         assert (got[b] - want[b]).abs().max().item() <= 1e-4 * max(1.0, scale), (b, policy)
@@ -168,7 +169,7 @@ def test_topk_blocks_matches_quest_over_the_chosen_blocks(tiny_model):
     got = _run(runner, ids)
     with torch.no_grad():
         want = [_reference_quest(attn, one.rope, one.inputs[ids[0]], 3),
-                _reference(attn, one.rope, one.inputs[ids[1]], Policy(), False)]
+                _reference(attn, one.rope, one.inputs[ids[1]], Policy())]
     for b in range(2):
         assert (got[b] - want[b]).abs().max().item() <= 1e-4 * max(1.0, want[b].abs().max().item()), b
     assert len(runner.blocks.table(0)) == 10 and runner.retention.held(0).pos == list(range(40))
