@@ -1,7 +1,9 @@
-"""The native per-head product (csrc/linear.cpp head_linear_run, NativeHeadLinear): each head's
-matrix against that head's own input, as MLA's absorbed up-projections read them on the CPU,
-against gguf-py's dequantized weights; and MLA layers on the CPU taking it (the model's logits
-against transformers are test_models' and test_gguf_llama_cpp's)."""
+"""MLA on the native engine. The per-head product (csrc/linear.cpp head_linear_run,
+NativeHeadLinear): each head's matrix against that head's own input, as MLA's absorbed
+up-projections read them on the CPU, against gguf-py's dequantized weights. The latent attention
+(csrc/attention.cpp with prepared queries, NativeLatentAttention) against a softmax over the paged
+cache's rows written out here. MLA layers on the CPU taking both, against transformers (and
+test_models', test_gguf_llama_cpp's bounds)."""
 from __future__ import annotations
 
 import pytest
@@ -10,7 +12,9 @@ import torch
 import hymoe
 from hymoe.errors import HymoeError
 from hymoe.experts import native
+from hymoe.experts.native_attention import NativeLatentAttention
 from hymoe.experts.native_linear import NativeHeadLinear
+from hymoe.kv.cache import Step
 from hymoe.layers.mla import MLAttention
 from hymoe.quant.formats import qtype
 from quant_utils import dequant, random_weights
@@ -82,7 +86,8 @@ def test_mla_of_a_float_checkpoint_takes_float32_rows_and_equals_transformers(tm
     hf = make_model("deepseek_v3", tmp_path)
     llm = hymoe.load(tmp_path, dtype="float32", progress=False)
     layers = _products(llm)
-    assert layers and all(m.up_kernels is not None and m.kv_b_proj is None for m in layers)
+    assert layers and all(m.up_kernels is not None and m.kv_b_proj is None and m.attend_kernel is not None
+                          for m in layers)
     assert {k._args.fmt for m in layers for k in m.up_kernels} == {int(qtype("F32"))}
     with torch.no_grad():
         ref = hf(torch.tensor([IDS])).logits[0].float()
@@ -123,3 +128,65 @@ def test_bench_counts_the_rows_a_step_reads(tmp_path, monkeypatch):
     native_rows = cpu_bytes_per_token(hymoe.load(tmp_path, dtype="float32", progress=False))
     monkeypatch.setattr("hymoe.placement.kernels._mla_up_kernels", lambda engine, mla: None)
     assert cpu_bytes_per_token(hymoe.load(tmp_path, dtype="float32", progress=False)) == native_rows
+
+
+def _paged(b: int, lens: list[int], tokens: int, bs: int, width: int, dtype, seed: int):
+    """A cache [blocks, bs, width] of random rows, each row's blocks shuffled through its table, and
+    the step of `tokens` new tokens a row ending at lens[b] (their rows already written)."""
+    g = torch.Generator().manual_seed(seed)
+    per_row = -(-max(lens) // bs)
+    num_blocks = b * per_row + 1
+    cache = torch.randn(num_blocks, bs, width, generator=g).to(dtype)
+    table = torch.randperm(num_blocks - 1, generator=g)[: b * per_row].view(b, per_row)
+    positions = torch.stack([torch.arange(n - tokens, n) for n in lens])  # [B, T]
+    slots = table.gather(1, positions // bs) * bs + positions % bs
+    return cache, Step.build(positions, max(lens), table, slots)
+
+
+def _softmax_reference(query, cache, step, rank: int, scale: float) -> torch.Tensor:
+    b, n, t, d = query.shape
+    flat = cache.float().view(-1, d)
+    out = torch.empty(b, n, t, rank, dtype=torch.float64)
+    for i in range(b):
+        for j in range(t):
+            pos = int(step.positions[i, j])
+            upto, bs = torch.arange(pos + 1), cache.shape[1]
+            keys = flat[step.table[i, upto // bs] * bs + upto % bs].double()  # [S, d]
+            p = torch.softmax(query[i, :, j].double() @ keys.T * scale, dim=-1)  # [N, S]
+            out[i, :, j] = p @ keys[:, :rank]
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("heads,rank,rope,tokens", [(8, 128, 64, 1), (8, 128, 64, 5), (4, 32, 8, 3)])
+def test_latent_attention_equals_a_softmax_over_the_paged_rows(engine, isa, dtype, heads, rank, rope, tokens):
+    """Rows of unequal lengths over shuffled blocks; 8 heads of 192 take the grouped path, 4 of 40
+    the per-head one."""
+    b, lens, bs, width = 2, [70, 37], 16, rank + rope
+    cache, step = _paged(b, lens, tokens, bs, width, dtype, seed=tokens)
+    query = torch.randn(b, heads, tokens, width, generator=torch.Generator().manual_seed(9))
+    scale = width ** -0.5
+    got = NativeLatentAttention(engine, heads, rank, rope, scale)(query, step, cache)
+    want = _softmax_reference(query, cache, step, rank, scale)
+    assert got.shape == (b, heads, tokens, rank)
+    assert (got.double() - want).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("bad", ["query", "cache", "dtype", "table", "block"])
+def test_latent_attention_refuses_bad_tensors_before_c(engine, bad):
+    cache, step = _paged(1, [20], 1, 16, 40, torch.float32, seed=1)
+    query = torch.randn(1, 4, 1, 40)
+    call = NativeLatentAttention(engine, 4, 32, 8, 0.1)
+    with pytest.raises(HymoeError):
+        if bad == "query":
+            call(torch.randn(1, 4, 1, 39), step, cache)
+        elif bad == "cache":
+            call(query, step, cache[..., :39])
+        elif bad == "dtype":
+            call(query.double(), step, cache)
+        elif bad == "block":  # past the cache: the C side's check
+            step.table[0, 0] = cache.shape[0]
+            call(query, step, cache)
+        else:
+            step.table = step.table.int()
+            call(query, step, cache)

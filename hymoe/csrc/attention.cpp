@@ -58,9 +58,15 @@ bool short_of(int64_t len, int64_t rows, int64_t stride, int64_t width) {
     return stride < width || (rows - 1) * stride + width > len;
 }
 
-bool buffer_error(const GqaArgs& a) {
+// is_prepared: the queries given ready, side by side (q_stride N * D), the cache already written:
+// k, v and the rotation are not read
+bool buffer_error(const GqaArgs& a, bool is_prepared) {
     const int64_t BT = (int64_t)a.num_rows * a.tokens, G = a.kv_heads, D = a.head_dim;
     if (a.num_blocks < 1 || a.block_size < 1 || a.table_width < 1 || !a.table || !a.slots) return true;
+    if (is_prepared)
+        return !a.q || a.q_stride != a.heads * D || short_of(a.q_len, BT, a.q_stride, a.heads * D) ||
+               (int64_t)a.num_blocks * a.block_size * G * D > a.cache_len || BT * a.heads * D > a.out_len ||
+               BT > a.positions_len || BT > a.slots_len || (int64_t)a.num_rows * a.table_width > a.table_len;
     return short_of(a.q_len, BT, a.q_stride, a.heads * D) || short_of(a.k_len, BT, a.k_stride, G * D) ||
            short_of(a.v_len, BT, a.v_stride, G * D) || BT * (D / 2) > a.rope_len ||
            (int64_t)a.num_blocks * a.block_size * G * D > a.cache_len || BT * a.heads * D > a.out_len ||
@@ -139,10 +145,10 @@ int head_parts(int heads, int tokens, int threads) {
 
 }  // namespace
 
-int gqa_check(const GqaArgs& a) {
+int gqa_check(const GqaArgs& a, bool is_prepared) {
     if (a.num_rows < 1 || a.tokens < 1 || a.heads < 1 || a.kv_heads < 1 || a.heads % a.kv_heads) return -1;
     if (a.head_dim < 2 || a.head_dim % 2 || a.head_dim > 1024 || (a.is_f16 != 0 && a.is_f16 != 1)) return -1;
-    if (buffer_error(a)) return -4;
+    if (buffer_error(a, is_prepared)) return -4;
     if (a.kv_len < 1 || a.kv_len > (int64_t)a.table_width * a.block_size) return -1;
     const int64_t used = (a.kv_len + a.block_size - 1) / a.block_size, cells = (int64_t)a.num_blocks * a.block_size;
     for (int b = 0; b < a.num_rows; b++) {
@@ -158,7 +164,7 @@ int gqa_check(const GqaArgs& a) {
     return 0;
 }
 
-void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<float>& scratch) {
+void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<float>& scratch, bool is_prepared) {
     const int B = a.num_rows, T = a.tokens, N = a.heads, G = a.kv_heads, D = a.head_dim;
     const int BT = B * T;
     // phase 1, per token and run of heads: queries normalised and rotated; keys normalised, rotated
@@ -166,15 +172,16 @@ void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<fl
     // rotating a token's 36 heads while the other waited: a tenth of the attention). At decode (one
     // token a row) the phase 2 units do it instead, a barrier fewer: each its token's queries, and
     // the unit whose chunk holds the token's position its key and value (no other unit reads them).
-    const bool is_fused = T == 1;
+    const bool is_fused = T == 1 && !is_prepared;
     static thread_local std::vector<float> queries;
-    if (!is_fused) queries.resize((size_t)BT * N * D);
-    float* q_all = queries.data();  // [BT, N, D]: the queries after norm and rotation (phase 1)
+    if (!is_fused && !is_prepared) queries.resize((size_t)BT * N * D);
+    float* own = queries.data();  // this thread's buffer: the pool's threads write it through this pointer
+    const float* q_all = is_prepared ? a.q : own;  // [BT, N, D]: after norm and rotation (phase 1), or as given
     const int HG = N + G, runs = head_parts(HG, BT, pool.size());
-    if (!is_fused)
+    if (!is_fused && !is_prepared)
         pool.parallel_for(BT * runs, [&](int unit, int) {
             const int bt = unit / runs, run = unit % runs;
-            prepare_heads(a, kt, bt, run * HG / runs, (run + 1) * HG / runs, q_all + (size_t)bt * N * D);
+            prepare_heads(a, kt, bt, run * HG / runs, (run + 1) * HG / runs, own + (size_t)bt * N * D);
         });
 
     // phase 2, per (token, chunk of the positions it may attend: causal, and within the sliding

@@ -30,6 +30,9 @@ struct GqaArgs {
 }
 
 // 0, or -1 bad sizes, -2 a block, slot or position outside the cache, -4 a buffer smaller than the sizes
-int gqa_check(const GqaArgs& a);
+// is_prepared: attention alone, over queries given ready [B*T, N*D] and a cache already written
+// (MLA's latent attention: one kv head whose rows are the keys and the values)
+int gqa_check(const GqaArgs& a, bool is_prepared = false);
 // Runs inside a pool job.
-void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<float>& scratch);
+void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<float>& scratch,
+             bool is_prepared = false);

@@ -512,6 +512,18 @@ __attribute__((visibility("default"))) int hymoe_gqa_attention(void* engine, con
     return 0;
 }
 
+// Attention alone (gqa_run's is_prepared): queries given ready, the cache already written; the
+// caller reads each head's first outputs (MLA: the latent's R of R + Dr). As hymoe_gqa_attention.
+__attribute__((visibility("default"))) int hymoe_gqa_attend(void* engine, const GqaArgs* args) {
+    Engine* eng = (Engine*)engine;
+    Claim claim(eng);
+    if (!claim.ok()) return kBusy;
+    if (int bad = gqa_check(*args, true)) return bad;
+    eng->pool.wake();
+    eng->pool.run([&] { gqa_run(*args, kernels(), eng->pool, eng->attention, true); });
+    return 0;
+}
+
 // Whether the pool's helpers keep spinning for a while after a job in the calling thread (on when
 // the dense layers run on the pool too: the next job follows within microseconds, and a sleeping
 // helper takes tens of them to wake), or sleep at once (the dense part runs elsewhere, in torch).

@@ -136,3 +136,44 @@ class NativeGqaAttention:
         # the key, not the tensors: every call passes its cache (so the addresses are live) and an old
         # pool must not be kept alive by the layer while a new one is allocated
         self._cache = key
+
+
+class NativeLatentAttention:
+    """MLA's attention over its latent cache on the native engine (csrc/attention.cpp with prepared
+    queries): one kv head whose cached rows [R latent | Dr rotary key] are the keys, and whose first
+    R values are the values. attention(query [B, N, T, R+Dr] float32, step, latent cache [blocks,
+    bs, R+Dr], already written) -> [B, N, T, R]."""
+
+    def __init__(self, engine, heads: int, rank: int, rope_dim: int, scale: float):
+        engine.lib.hymoe_gqa_attend.argtypes = [_p, ctypes.POINTER(_GqaArgs)]
+        self.engine, self.rank, width = engine, rank, rank + rope_dim
+        self._args = _GqaArgs(0, 0, heads, 1, width, 0, 0, 0, 0, 0, 0, 0, 0.0, scale)
+
+    def __call__(self, query: torch.Tensor, step, cache: torch.Tensor) -> torch.Tensor:
+        a = self._args
+        b, n, t, d = query.shape
+        if (n, d) != (a.heads, a.head_dim) or query.dtype is not torch.float32 or not query.is_cpu:
+            raise HymoeError(f"native latent attention takes float32 CPU queries [B, {a.heads}, T, {a.head_dim}], "
+                             f"got {query.dtype} {list(query.shape)}")
+        if cache.dim() != 3 or cache.shape[2] != d or cache.dtype not in (torch.float32, torch.float16) \
+                or not cache.is_contiguous() or not cache.is_cpu:
+            raise HymoeError(f"native latent attention needs a contiguous float32 or float16 CPU cache "
+                             f"[blocks, bs, {d}], got {cache.dtype} {list(cache.shape)}")
+        positions, table, slots = (x.contiguous() for x in (step.positions, step.table, step.slots))
+        if positions.shape != (b, t) or slots.shape != (b, t) or table.dim() != 2 or table.shape[0] != b \
+                or any(x.dtype is not torch.int64 for x in (positions, table, slots)):
+            raise HymoeError("native latent attention needs int64 positions and slots [B, T] and block tables [B, M]")
+        q = query.transpose(1, 2).contiguous()  # [B, T, N, D]: a token's heads side by side
+        out = torch.empty(b, t, n, d)
+        a.num_rows, a.tokens, a.kv_len, a.table_width = b, t, step.kv_len, table.shape[1]
+        a.num_blocks, a.block_size, a.is_f16 = cache.shape[0], cache.shape[1], int(cache.dtype is torch.float16)
+        a.q, a.q_stride, a.q_len, a.out, a.out_len = q.data_ptr(), n * d, q.numel(), out.data_ptr(), out.numel()
+        a.k_cache = a.v_cache = cache.data_ptr()
+        a.cache_len = cache.numel()
+        a.table, a.slots, a.positions = table.data_ptr(), slots.data_ptr(), positions.data_ptr()
+        a.table_len, a.slots_len, a.positions_len = table.numel(), slots.numel(), positions.numel()
+        rc = self.engine.lib.hymoe_gqa_attend(self.engine.handle, ctypes.byref(a))
+        if rc:
+            raise native_error(rc, f"native latent attention refused its arguments ({rc}: a block, slot or position "
+                                   f"outside the cache)")
+        return out[..., :self.rank].transpose(1, 2)  # [B, N, T, R]

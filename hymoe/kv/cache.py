@@ -119,9 +119,14 @@ class KVCache:
                 flat[dst.to(flat.device)] = flat[src.to(flat.device)]
 
     @staticmethod
-    def write_read(buf: torch.Tensor, new: torch.Tensor, step: Step) -> torch.Tensor:
-        """Store new [B, T, ...] at the step's slots; return each row's positions [B, S, ...]."""
+    def write(buf: torch.Tensor, new: torch.Tensor, step: Step) -> None:
+        """Store new [B, T, ...] at the step's slots."""
         flat = buf.view(-1, *buf.shape[2:])  # [(num_blocks + 1) * bs, ...]
         flat[step.slots.flatten()] = new.flatten(0, 1).to(buf.dtype)
+
+    @staticmethod
+    def write_read(buf: torch.Tensor, new: torch.Tensor, step: Step) -> torch.Tensor:
+        """Store new [B, T, ...] at the step's slots; return each row's positions [B, S, ...]."""
+        KVCache.write(buf, new, step)
         num = -(-step.kv_len // buf.shape[1])  # blocks that hold positions 0..S-1
         return buf[step.table[:, :num]].flatten(1, 2)[:, : step.kv_len]  # [B, num * bs, ...] -> [B, S, ...]

@@ -46,6 +46,7 @@ class MLAttention(nn.Module):
         # set by placement on the CPU: keys' and values' per-head products on the native engine
         # (experts/native_linear.py NativeHeadLinear), instead of torch's bmm over the float weights
         self.up_kernels = None
+        self.attend_kernel = None  # the same: attention over the latent cache (NativeLatentAttention)
 
     def input_groups(self) -> list[tuple[nn.Module, ...]]:
         """Linears that read the same input, which placement may compute in one call."""
@@ -66,14 +67,28 @@ class MLAttention(nn.Module):
         latent = self.kv_a_layernorm(latent)  # [B, T, R]
         q_rot = self.rope.apply(q_rot, *cos_sin)
         k_rot = self.rope.apply(k_rot[:, :, None], *cos_sin)[:, :, 0]  # [B, T, Dr]
-        cached = KVCache.write_read(cache["latent"], torch.cat((latent, k_rot), -1), step)  # [B, S, R+Dr]
-        cached = cached.to(q.dtype)[:, None]  # one shared "head": [B, 1, S, R+Dr]
-
         if self.up_kernels is not None:
             q_latent = self.up_kernels[0](q_nope).to(q.dtype).transpose(1, 2)  # [B, T, N, R] -> [B, N, T, R]
         else:
             q_latent = _per_head(q_nope.transpose(1, 2), self.up_weights()[0])  # [B, N, T, R]
         query = torch.cat((q_latent, q_rot.transpose(1, 2)), dim=-1)  # [B, N, T, R+Dr]
+        new = torch.cat((latent, k_rot), -1)  # [B, T, R+Dr]
+        if self.attend_kernel is not None and step.kept is None and step.select is None and step.mass is None:
+            KVCache.write(cache["latent"], new, step)
+            out = self.attend_kernel(query, step, cache["latent"]).to(q.dtype)  # [B, N, T, R]
+        else:
+            out = self._attend(query, new, step, cache)
+        if self.up_kernels is not None:
+            out = self.up_kernels[1](out.transpose(1, 2)).to(q.dtype)  # [B, T, N, R] -> [B, T, N, Dv]
+        else:
+            out = _per_head(out, self.up_weights()[1]).transpose(1, 2)  # [B, T, N, Dv]
+        return self.o_proj(out.reshape(b, t, n * self.v_dim))
+
+    def _attend(self, query: torch.Tensor, new: torch.Tensor, step: Step, cache: dict) -> torch.Tensor:
+        """query [B, N, T, R+Dr] over the cache with new [B, T, R+Dr] stored, in torch -> [B, N, T, R]."""
+        r, t = self.rank, query.shape[2]
+        cached = KVCache.write_read(cache["latent"], new, step)  # [B, S, R+Dr]
+        cached = cached.to(query.dtype)[:, None]  # one shared "head": [B, 1, S, R+Dr]
         mask = step.attn_mask()  # [B, 1, T, S]
         if step.select is not None:  # topk-blocks: each query reads only its best blocks of latents
             mask = select_blocks(query[:, None], cached, mask, step.select, step.select_size)
@@ -85,11 +100,7 @@ class MLAttention(nn.Module):
         else:  # the heads as rows against the one latent: no copy of the cache per head (a broadcast
             # matmul made one: 1.2 GiB and 3.7 s per step at 8K positions); prefill in blocks of keys
             out = attend_blocked(query[:, None], cached, cached[..., :r], mask, self.scale)[:, 0]  # [B, N, T, R]
-        if self.up_kernels is not None:
-            out = self.up_kernels[1](out.transpose(1, 2)).to(q.dtype)  # [B, T, N, R] -> [B, T, N, Dv]
-        else:
-            out = _per_head(out, self.up_weights()[1]).transpose(1, 2)  # [B, T, N, Dv]
-        return self.o_proj(out.reshape(b, t, n * self.v_dim))
+        return out
 
     def up_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The key and value up-projections per head: [N, Dn, R] and [N, R, Dv] (none once the

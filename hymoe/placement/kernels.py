@@ -176,7 +176,7 @@ def place_small_ops(model, dtype: torch.dtype, engine: Callable) -> int:
     """The native engine's attention (GQA; MLA's per-head products), RMSNorms and routing for the
     float32 layers on the CPU, where torch's per-operation costs outweigh a decode step's
     arithmetic; returns how many modules got one."""
-    from hymoe.experts.native_attention import NativeGqaAttention, StepInputs
+    from hymoe.experts.native_attention import NativeGqaAttention, NativeLatentAttention, StepInputs
     from hymoe.experts.native_linear import NativeRMSNorm, NativeRouter
     from hymoe.layers.attention import GQAttention
     from hymoe.layers.mla import MLAttention
@@ -197,6 +197,7 @@ def place_small_ops(model, dtype: torch.dtype, engine: Callable) -> int:
             m.kernel = NativeGqaAttention(engine(), m, (model.cfg.sliding_window or 0) if m.is_sliding else 0, inputs)
         elif isinstance(m, MLAttention):
             m.up_kernels = _mla_up_kernels(engine(), m)
+            m.attend_kernel = NativeLatentAttention(engine(), m.num_heads, m.rank, m.rope_dim, m.scale)
         elif isinstance(m, RMSNorm):
             m.kernel = NativeRMSNorm(engine().lib, m.weight, m.eps)
         else:
