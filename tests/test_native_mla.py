@@ -94,18 +94,23 @@ def test_mla_of_a_float_checkpoint_takes_float32_rows_and_equals_transformers(tm
     assert (llm.logits(IDS) - ref).abs().max().item() <= 1e-4
 
 
-def test_mla_of_a_gguf_file_takes_q8_0_rows_where_they_split(gguf_model, monkeypatch):
-    """Block linears: Q8_0 rows where a row splits into blocks of 32, float32 otherwise; the logits
-    stay within Q8_0's rounding of torch's products over the float weights (the same file loaded
-    without the native products)."""
-    _, path = gguf_model("deepseek_v3", "Q8_0")
+def test_mla_of_a_gguf_file_reads_its_attn_k_b_and_attn_v_b_in_place(gguf_model, monkeypatch):
+    """A file of llama.cpp's split: the products read its attn_k_b and attn_v_b as gguf-py reads them
+    (their formats, their bytes: no copy re-encoded); the logits stay within the activations'
+    rounding of torch's products over the same weights (the file loaded without the native products)."""
+    from gguf import GGUFReader
+
+    _, path = gguf_model("deepseek_v3", "Q4_0")  # not Q8_0, which a copy re-encoded would also hold
+    stored = {t.name: t for t in GGUFReader(path).tensors}
     llm = hymoe.load(path, progress=False)
     layers = _products(llm)
     assert layers and all(m.up_kernels is not None for m in layers)
-    for m in layers:
-        for kernel, n in zip(m.up_kernels, (m.nope_dim, m.rank)):  # keys' rows of Dn, values' of R
-            assert kernel._args.fmt == int(qtype("Q8_0" if n % 32 == 0 else "F32"))
-    assert any(k._args.fmt == int(qtype("Q8_0")) for m in layers for k in m.up_kernels)
+    for i, m in enumerate(layers):
+        for kernel, part in zip(m.up_kernels, ("attn_k_b", "attn_v_b")):
+            t = stored[f"blk.{i}.{part}.weight"]
+            assert kernel._args.fmt == int(t.tensor_type)
+            assert kernel.weight.numpy().tobytes() == t.data.tobytes()
+    assert all(k._args.fmt == int(qtype("Q4_0")) for m in layers for k in m.up_kernels)
     got = llm.logits(IDS)
     monkeypatch.setattr("hymoe.placement.kernels._mla_up_kernels", lambda engine, mla: None)
     want = hymoe.load(path, progress=False).logits(IDS)
@@ -190,3 +195,33 @@ def test_latent_attention_refuses_bad_tensors_before_c(engine, bad):
         else:
             step.table = step.table.int()
             call(query, step, cache)
+
+
+def test_mla_of_a_gguf_file_with_kv_b_whole_takes_q8_0_rows_where_they_split(gguf_model, tmp_path):
+    """attn_kv_b stored whole (older files): Q8_0 rows where a row splits into blocks of 32, float32
+    otherwise, and the logits as the split file's."""
+    from gguf import GGMLQuantizationType
+    from gguf_edit import rewrite
+
+    from hymoe.loader.gguf_file import GGUFModelFile
+    from hymoe.loader.gguf_meta import config_from_gguf
+    from hymoe.loader.gguf_names import merge_kv_b
+    from hymoe.loader.gguf_source import dequantize_tensor
+
+    _, path = gguf_model("deepseek_v3", "Q8_0")
+    g = GGUFModelFile(path)
+    cfg = config_from_gguf(g.metadata, g.tensors, path)
+
+    def join(name, info):  # as test_gguf's legacy file: attn_kv_b whole, float32
+        if name.endswith("attn_k_b.weight"):
+            kv = merge_kv_b(dequantize_tensor(info), dequantize_tensor(g.tensors[name.replace("k_b", "v_b")]), cfg)
+            return [(name.replace("attn_k_b", "attn_kv_b"), kv.numpy(), GGMLQuantizationType.F32)]
+        return [] if name.endswith("attn_v_b.weight") else None
+
+    rewrite(path, tmp_path / "whole.gguf", tensors=join)
+    llm = hymoe.load(tmp_path / "whole.gguf", progress=False)
+    for m in _products(llm):
+        for kernel, n in zip(m.up_kernels, (m.nope_dim, m.rank)):  # keys' rows of Dn, values' of R
+            assert kernel._args.fmt == int(qtype("Q8_0" if n % 32 == 0 else "F32"))
+    want = hymoe.load(path, progress=False).logits(IDS)
+    assert ((llm.logits(IDS) - want).abs().max() / want.abs().max()).item() < 2e-2

@@ -47,6 +47,9 @@ class MLAttention(nn.Module):
         # (experts/native_linear.py NativeHeadLinear), instead of torch's bmm over the float weights
         self.up_kernels = None
         self.attend_kernel = None  # the same: attention over the latent cache (NativeLatentAttention)
+        # set at load from a file of llama.cpp's split: attn_k_b's and attn_v_b's (format, rows), which
+        # the native products read in place (GGUFSource.raw_up)
+        self.stored_up = None
 
     def input_groups(self) -> list[tuple[nn.Module, ...]]:
         """Linears that read the same input, which placement may compute in one call."""

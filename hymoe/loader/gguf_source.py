@@ -72,6 +72,18 @@ class GGUFSource:
         heads = self.names.is_permuted(hf_name)  # whole rows move: the blocks themselves are untouched
         return t.format, self._unpermuted(name, w, heads).contiguous() if heads else w
 
+    def raw_up(self, hf_name: str) -> tuple[tuple[str, torch.Tensor], tuple[str, torch.Tensor]] | None:
+        """MLA's up-projections as a file of llama.cpp's split stores them, attn_k_b [N, R, Dn] and
+        attn_v_b [N, Dv, R]: each one's heads' rows, (format, uint8 [rows, row_bytes]) viewing the
+        file; None for a file that stores attn_kv_b whole."""
+        name = self.names.gguf(hf_name)
+        if not name.endswith("attn_kv_b.weight") or name in self.file.tensors:
+            return None
+        parts = [self._tensor(name.replace("attn_kv_b", part)) for part in ("attn_k_b", "attn_v_b")]
+        if any(len(t.shape) != 3 for t in parts):
+            return None
+        return tuple((t.format, t.data.view(-1, row_bytes(t.format, t.shape[-1]))) for t in parts)
+
     def packed_experts(self, hf_names: list[str]):
         """One layer's stacked (gate, up, down), by HF name, as uint8 [E, rows * row_bytes] + formats.
 

@@ -127,6 +127,9 @@ def load_weights(model: Decoder, source: TensorSource, dtype: torch.dtype, devic
         t = checked(source, model.checkpoint_name(name), expected)
         target = torch.float32 if name.endswith(FLOAT32_PARAMS) else dtype
         _set_param(model, name, t.to(device, target))
+        if name.endswith(".kv_b_proj.weight") and hasattr(source, "raw_up"):  # MLA's, also as the file's blocks
+            mla = model.get_submodule(name[: -len(".kv_b_proj.weight")])
+            mla.stored_up = source.raw_up(model.checkpoint_name(name))
     if tied:
         _tie(model)
     for module in list(model.modules()):  # layouts a layer computes from its loaded weights (MLA's)

@@ -206,20 +206,26 @@ def place_small_ops(model, dtype: torch.dtype, engine: Callable) -> int:
 
 
 def _mla_up_kernels(engine, mla) -> tuple:
-    """MLA's absorbed up-projections as native per-head products: Q8_0 rows (as llama.cpp's attn_k_b
-    and attn_v_b files hold them) where the layer's linears came in blocks, float32 for a float
-    checkpoint or rows that do not split into blocks of 32. They hold the only copy: the layer's
+    """MLA's absorbed up-projections as native per-head products: the file's own attn_k_b and
+    attn_v_b blocks where it stores llama.cpp's split in formats the kernels read; else Q8_0 rows
+    where the layer's linears came in blocks, float32 for a float checkpoint or rows that do not
+    split into blocks of 32. They hold the only copy: the layer's
     float weights go (DeepSeek-V3: 1.1 GB of Q8_0 for 4.1 GB of float32)."""
     from hymoe.experts.native_linear import NativeHeadLinear
 
     kv_a = mla.kv_a_proj_with_mqa
     is_blocks = isinstance(kv_a, QuantLinear) and kv_a.fmt not in FLOAT_DTYPES
+    stored = mla.stored_up or (None, None)
     kernels = []
-    for w in mla.per_head_rows():  # [N, rows, n] float32
+    for w, kept in zip(mla.per_head_rows(), stored):  # [N, rows, n] float32; the file's (format, rows)
         heads, rows, n = w.shape
-        fmt = "Q8_0" if is_blocks and n % 32 == 0 else "F32"
-        kernels.append(NativeHeadLinear(engine, fmt, heads, rows, n, encode_bytes(w.reshape(-1, n), fmt).reshape(-1)))
-    mla.kv_b_proj = None
+        if kept is not None and kept[0] in NATIVE_FORMATS and (kept[0] in FLOAT_DTYPES or n % 32 == 0):
+            fmt, raw = kept  # the file's own blocks (attn_k_b, attn_v_b), read in place
+        else:
+            fmt = "Q8_0" if is_blocks and n % 32 == 0 else "F32"
+            raw = encode_bytes(w.reshape(-1, n), fmt)
+        kernels.append(NativeHeadLinear(engine, fmt, heads, rows, n, raw.reshape(-1)))
+    mla.kv_b_proj = mla.stored_up = None
     return tuple(kernels)
 
 
