@@ -63,7 +63,10 @@ def _dense_bytes(name: str, fmt: str, numel: int, nbytes: int, target, compute: 
     if re.search(r"ffn_gate_inp|exp_probs_b|mlp\.gate\.|block_sparse_moe\.gate\.|e_score_correction", name):
         return numel * 4  # routing stays float32
     if re.search(_FLOAT_KEPT, name) and target.device == "cpu" and compute == torch.float32:
-        # the native per-head products' rows (placement/kernels.py): Q8_0 from blocks, float32 from floats
+        # the native per-head products' rows (placement/kernels.py): a split file's own blocks, else
+        # Q8_0 from blocks, float32 from floats
+        if re.search(r"attn_[kv]_b\.", name) and fmt in NATIVE_FORMATS:
+            return nbytes
         return numel * 34 // 32 if fmt not in ("F32", "F16", "BF16") else numel * 4
     if not re.search(_LINEARS, name) or re.search(_FLOAT_KEPT, name):
         return numel * compute.itemsize

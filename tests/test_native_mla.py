@@ -225,3 +225,15 @@ def test_mla_of_a_gguf_file_with_kv_b_whole_takes_q8_0_rows_where_they_split(ggu
             assert kernel._args.fmt == int(qtype("Q8_0" if n % 32 == 0 else "F32"))
     want = hymoe.load(path, progress=False).logits(IDS)
     assert ((llm.logits(IDS) - want).abs().max() / want.abs().max()).item() < 2e-2
+
+
+def test_inspect_prices_the_split_files_blocks_as_the_cpu_holds_them(gguf_model):
+    """Every non-expert tensor of a Q4_0 file stays as stored on the CPU in float32 (the linears' and
+    embedding's blocks, float32 norms and routers, attn_k_b and attn_v_b read in place): the plan
+    places exactly the stored bytes."""
+    from hymoe.inspect import inspect_model
+
+    _, path = gguf_model("deepseek_v3", "Q4_0")
+    d = inspect_model(path, "cpu", "float32", 512)
+    stored = sum(g["bytes"] for name, g in d["groups"].items() if name != "routed experts")
+    assert d["dense_bytes_placed"] == stored
