@@ -199,8 +199,8 @@ void gqa_run(const GqaArgs& a, const KernelTable& kt, Pool& pool, std::vector<fl
     const int chunks = (int)std::max<int64_t>(1, std::min<int64_t>((g_tuning.attn_chunks * pool.size() + BT - 1) / BT, (longest + 15) / 16));
     const size_t part = (size_t)N * D;  // one chunk's unnormalised outputs
     std::vector<float>& parts = scratch;
-    parts.resize((size_t)BT * N * D + (size_t)BT * chunks * (part + 2 * N));
-    float* outs = parts.data() + (size_t)BT * N * D;
+    parts.resize((size_t)BT * chunks * (part + 2 * N));
+    float* outs = parts.data();
     float* stats = outs + (size_t)BT * chunks * part;  // m then l, per (token, chunk, head)
     pool.parallel_for(BT * chunks, [&](int unit, int) {
         const int bt = unit / chunks, c = unit % chunks, b = bt / T;

@@ -247,7 +247,7 @@ struct Engine {
     std::atomic<std::thread::id> user{std::thread::id()};
     std::thread::id job_owner;
     LinearScratch linear;
-    std::vector<float> attention;  // the rotated queries of a decode attention call
+    std::vector<float> attention;  // an attention call's chunk outputs and their maxima and sums
     // seconds spent inside MoE jobs since creation: the CPU side's busy time, which the end-to-end
     // bench sets against wall time (written by the job's own thread, read after sync)
     std::atomic<double> busy_s{0};
