@@ -19,7 +19,7 @@ from hymoe.loader.fp8 import DEFAULT_EXPERTS_FORMAT
 from hymoe.loader.open import open_model
 from hymoe.models import build_model
 from hymoe.placement import default_dtype, default_kv_dtype, resolve_placement
-from hymoe.placement.kernels import check_dense_format, uses_int4pack
+from hymoe.placement.kernels import check_dense_format, mla_up_format, uses_int4pack
 from hymoe.placement.rules import describe
 from hymoe.quant.formats import NATIVE_FORMATS, row_bytes
 from hymoe.quant.int4pack import Int4PackMatmul
@@ -36,7 +36,7 @@ _GROUPS = (("routed experts", r"_exps\.|\.experts\."), ("shared experts", r"_she
 _LINEARS = r"(token_embd|embed_tokens|lm_head|output|_proj|_proj_with_mqa|attn_(q|k|v|q_a|q_b|kv_a_mqa)" \
            r"|ffn_(gate|up|down)(_shexp)?)\.weight$"
 _EMBEDDING = r"token_embd|embed_tokens"
-_FLOAT_KEPT = r"kv_b_proj|attn_k_b|attn_v_b|attn_kv_b"  # MLA's per-head up-projections: float, or Q8_0 rows on the CPU
+_FLOAT_KEPT = r"kv_b_proj|attn_k_b|attn_v_b|attn_kv_b"  # MLA's per-head up-projections (mla_up_format on the CPU)
 
 
 def _group(name: str) -> str:
@@ -53,8 +53,13 @@ def _unit(name: str, group: str) -> str:
     return f"layers.{m[1]}.self_attn" if group in ("attention", "norms") else f"layers.{m[1]}.mlp"
 
 
+def _kv_a_of(name: str) -> str:
+    """MLA's kv_a tensor beside a kv_b one (GGUF or HF names); other names come back as they are."""
+    return re.sub(r"attn_(kv|k|v)_b\.", "attn_kv_a_mqa.", name).replace("kv_b_proj", "kv_a_proj_with_mqa")
+
+
 def _dense_bytes(name: str, fmt: str, numel: int, nbytes: int, target, compute: torch.dtype,
-                 dense_format: str | None, int4pack: bool) -> int:
+                 dense_format: str | None, int4pack: bool, kv_a_fmt: str | None = None) -> int:
     """What a non-expert tensor holds on its device: linears and the embedding keep a block format
     (the stored one, or the rule's / --dense-format's) where a kernel of that device computes it
     (layers/linear.py, placement/kernels.py), Q4_K linears on a GPU in torch's int4 layout when
@@ -63,11 +68,11 @@ def _dense_bytes(name: str, fmt: str, numel: int, nbytes: int, target, compute: 
     if re.search(r"ffn_gate_inp|exp_probs_b|mlp\.gate\.|block_sparse_moe\.gate\.|e_score_correction", name):
         return numel * 4  # routing stays float32
     if re.search(_FLOAT_KEPT, name) and target.device == "cpu" and compute == torch.float32:
-        # the native per-head products' rows (placement/kernels.py): a split file's own blocks, else
-        # Q8_0 from blocks, float32 from floats
-        if re.search(r"attn_[kv]_b\.", name) and fmt in NATIVE_FORMATS:
-            return nbytes
-        return numel * 34 // 32 if fmt not in ("F32", "F16", "BF16") else numel * 4
+        # the native per-head products' rows, as placement picks them (kv_a_fmt: the layer's
+        # kv_a as stored; a rule's or --dense-format's format replaces it)
+        split = fmt if re.search(r"attn_[kv]_b\.", name) else None
+        held, is_in_place = mla_up_format(split, target.format or dense_format or kv_a_fmt, None)
+        return nbytes if is_in_place else numel * row_bytes(held, 256) // 256
     if not re.search(_LINEARS, name) or re.search(_FLOAT_KEPT, name):
         return numel * compute.itemsize
     want = target.format or dense_format
@@ -88,6 +93,7 @@ def _tally(files, plan, compute: torch.dtype, dense_format: str | None, int4pack
     groups: dict[str, dict] = defaultdict(lambda: {"tensors": 0, "params": 0, "bytes": 0, "formats": defaultdict(int)})
     devices = {"gpu": 0, "cpu": 0}
     dense_on_devices = workspace = experts_native = 0
+    formats = {name: fmt for name, fmt, _, _ in files.stored_tensors()}  # MLA's kv_b follows its kv_a
     for name, fmt, numel, nbytes in files.stored_tensors():
         group = _group(name)
         target = plan.targets[_unit(name, group)]
@@ -99,7 +105,8 @@ def _tally(files, plan, compute: torch.dtype, dense_format: str | None, int4pack
             devices[target.device] += held if kept_stored else numel * compute.itemsize
             experts_native += held if kept_stored else 0
         else:
-            placed = _dense_bytes(name, fmt, numel, nbytes, target, compute, dense_format, int4pack)
+            kv_a_fmt = formats.get(_kv_a_of(name))
+            placed = _dense_bytes(name, fmt, numel, nbytes, target, compute, dense_format, int4pack, kv_a_fmt)
             devices[target.device] += placed
             dense_on_devices += placed
             if target.device == "gpu" and placed < numel * compute.itemsize and not re.search(_EMBEDDING, name):

@@ -11,7 +11,7 @@ import torch
 
 from hymoe.errors import HymoeError
 from hymoe.experts import native
-from hymoe.experts.native_linear import NativeHeadLinear, NativeLinear
+from hymoe.experts.native_linear import NativeHeadLinear, NativeLinear, _HeadLinearArgs
 from hymoe.quant.formats import qtype, row_bytes
 from quant_utils import random_weights
 
@@ -136,7 +136,7 @@ import sys, threading, torch
 sys.path.insert(0, "tests")
 from hymoe.errors import HymoeError
 from hymoe.experts import native
-from hymoe.experts.native_linear import NativeHeadLinear, NativeLinear
+from hymoe.experts.native_linear import NativeLinear
 from quant_utils import random_weights
 engine = native.NativeEngine(2, is_async=sys.argv[1] == "async")
 raw = [random_weights("Q8_0", r, n, seed=j, experts=4) for j, (r, n) in enumerate(((128, 256), (128, 256), (256, 128)))]
@@ -193,10 +193,11 @@ def test_read_gbps_refuses_while_another_thread_holds_the_engine():
     assert caught and "another thread" in str(caught[0].value)
     assert engine.read_gbps(torch.empty(1 << 20)) > 0
     assert ctypes.sizeof(native._MoeArgs) == 8 * 4 + 7 * 8 + 6 * 8  # the C struct's layout, mirrored
+    assert ctypes.sizeof(_HeadLinearArgs) == 5 * 4 + 4 + 6 * 8  # HeadLinearArgs: the padding after num_tokens
 
 
 class _Lying:
-    """The library, but hymoe_gqa_attention gets one length shortened by one value."""
+    """The library, but hymoe_gqa_attention and hymoe_gqa_attend get one field lessened by one."""
 
     def __init__(self, lib, field):
         self.lib, self.field = lib, field
@@ -204,10 +205,16 @@ class _Lying:
     def __getattr__(self, name):
         return getattr(self.lib, name)
 
-    def hymoe_gqa_attention(self, handle, args_ref):
+    def _lie(self, args_ref):
         args = args_ref._obj
         setattr(args, self.field, getattr(args, self.field) - 1)
-        return self.lib.hymoe_gqa_attention(handle, args_ref)
+        return args_ref
+
+    def hymoe_gqa_attention(self, handle, args_ref):
+        return self.lib.hymoe_gqa_attention(handle, self._lie(args_ref))
+
+    def hymoe_gqa_attend(self, handle, args_ref):
+        return self.lib.hymoe_gqa_attend(handle, self._lie(args_ref))
 
 
 @pytest.mark.parametrize("field", ["q_len", "k_len", "v_len", "rope_len", "cache_len", "out_len", "positions_len",
@@ -230,3 +237,24 @@ def test_attention_refuses_lengths_short_of_its_sizes(field):
     layer.engine = SimpleNamespace(lib=_Lying(engine.lib, field), handle=engine.handle)
     with pytest.raises(HymoeError, match="smaller than its sizes"):
         layer(*args)
+
+
+@pytest.mark.parametrize("field", ["q_len", "q_stride", "cache_len", "out_len", "positions_len", "slots_len",
+                                   "table_len"])
+def test_latent_attention_refuses_lengths_short_of_its_sizes(field):
+    """MLA's attention with prepared queries (hymoe_gqa_attend) checks its own buffers: each length
+    one short, or queries not side by side, is refused before any row is read."""
+    from types import SimpleNamespace
+
+    from hymoe.experts.native_attention import NativeLatentAttention
+    from hymoe.kv.cache import Step
+    engine = native.NativeEngine(2, is_async=False)
+    table = torch.tensor([[1], [0]])  # [B, M]: one block of 8 positions per row
+    positions = torch.arange(3).repeat(2, 1)
+    step = Step.build(positions, 3, table, table * 8 + positions)
+    query, cache = torch.randn(2, 4, 3, 40), torch.randn(2, 8, 40)
+    layer = NativeLatentAttention(engine, 4, 32, 8, 0.1)
+    assert layer(query, step, cache).shape == (2, 4, 3, 32)
+    layer.engine = SimpleNamespace(lib=_Lying(engine.lib, field), handle=engine.handle)
+    with pytest.raises(HymoeError):
+        layer(query, step, cache)

@@ -197,7 +197,8 @@ def place_small_ops(model, dtype: torch.dtype, engine: Callable) -> int:
             m.kernel = NativeGqaAttention(engine(), m, (model.cfg.sliding_window or 0) if m.is_sliding else 0, inputs)
         elif isinstance(m, MLAttention):
             m.up_kernels = _mla_up_kernels(engine(), m)
-            m.attend_kernel = NativeLatentAttention(engine(), m.num_heads, m.rank, m.rope_dim, m.scale)
+            if (m.rank + m.rope_dim) % 2 == 0 and m.rank + m.rope_dim <= 1024:  # widths the attention job takes
+                m.attend_kernel = NativeLatentAttention(engine(), m.num_heads, m.rank, m.rope_dim, m.scale)
         elif isinstance(m, RMSNorm):
             m.kernel = NativeRMSNorm(engine().lib, m.weight, m.eps)
         else:
@@ -205,25 +206,32 @@ def place_small_ops(model, dtype: torch.dtype, engine: Callable) -> int:
     return len(on_cpu)
 
 
+def mla_up_format(split_fmt: str | None, linears_fmt: str | None, n: int | None) -> tuple[str, bool]:
+    """(format, read in place) of MLA's per-head rows of n values on the CPU in float32 (inspect
+    prices what this picks): a split file's own attn_k_b / attn_v_b (split_fmt) where the kernels
+    read it; else Q8_0 where the layer's linears are blocks (linears_fmt: kv_a's, after any
+    --dense-format or rule), float32 for float linears or rows that do not split into blocks of 32.
+    n None: rows known to split (a stored tensor's rows hold whole blocks)."""
+    splits = n is None or n % 32 == 0
+    if split_fmt in NATIVE_FORMATS and (split_fmt in FLOAT_DTYPES or splits):
+        return split_fmt, True
+    return ("Q8_0" if linears_fmt is not None and linears_fmt not in FLOAT_DTYPES and splits else "F32"), False
+
+
 def _mla_up_kernels(engine, mla) -> tuple:
-    """MLA's absorbed up-projections as native per-head products: the file's own attn_k_b and
-    attn_v_b blocks where it stores llama.cpp's split in formats the kernels read; else Q8_0 rows
-    where the layer's linears came in blocks, float32 for a float checkpoint or rows that do not
-    split into blocks of 32. They hold the only copy: the layer's
-    float weights go (DeepSeek-V3: 1.1 GB of Q8_0 for 4.1 GB of float32)."""
+    """MLA's absorbed up-projections as native per-head products, in mla_up_format's formats. They
+    hold the only copy: the layer's float weights go (DeepSeek-V3: at most 1.1 GB of Q8_0 for 4.1
+    GB of float32)."""
     from hymoe.experts.native_linear import NativeHeadLinear
 
     kv_a = mla.kv_a_proj_with_mqa
-    is_blocks = isinstance(kv_a, QuantLinear) and kv_a.fmt not in FLOAT_DTYPES
+    linears_fmt = kv_a.fmt if isinstance(kv_a, QuantLinear) else None
     stored = mla.stored_up or (None, None)
     kernels = []
     for w, kept in zip(mla.per_head_rows(), stored):  # [N, rows, n] float32; the file's (format, rows)
         heads, rows, n = w.shape
-        if kept is not None and kept[0] in NATIVE_FORMATS and (kept[0] in FLOAT_DTYPES or n % 32 == 0):
-            fmt, raw = kept  # the file's own blocks (attn_k_b, attn_v_b), read in place
-        else:
-            fmt = "Q8_0" if is_blocks and n % 32 == 0 else "F32"
-            raw = encode_bytes(w.reshape(-1, n), fmt)
+        fmt, is_in_place = mla_up_format(kept[0] if kept else None, linears_fmt, n)
+        raw = kept[1] if is_in_place else encode_bytes(w.reshape(-1, n), fmt)  # the file's blocks, or a copy
         kernels.append(NativeHeadLinear(engine, fmt, heads, rows, n, raw.reshape(-1)))
     mla.kv_b_proj = mla.stored_up = None
     return tuple(kernels)
