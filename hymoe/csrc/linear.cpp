@@ -23,6 +23,25 @@ int unit_rows(int total_rows, int num_tokens, int threads) {
     return (r + 15) / 16 * 16;
 }
 
+// Token slot i's activations for the kernels: quantized into s.xq and/or rounded to bf16 into s.xr
+// as the weights' formats need them (null where not asked for); the float row x serves the rest.
+struct Acts {
+    const void *quant, *round;
+};
+Acts prepare_acts(const KernelTable& kt, const float* x, int n, bool quant, bool round, LinearScratch& s, size_t i) {
+    Acts out = {nullptr, nullptr};
+    if (quant) {
+        const size_t xb = kt.act_bytes(n);
+        kt.quantize(x, n, s.xq.data() + i * xb);
+        out.quant = s.xq.data() + i * xb;
+    }
+    if (round) {
+        round_to_bf16(x, s.xr.data() + i * n, n);
+        out.round = s.xr.data() + i * n;
+    }
+    return out;
+}
+
 }  // namespace
 
 int linear_check(const LinearArgs& a, const KernelTable& kt, int64_t x_len, int64_t out_len) {
@@ -56,15 +75,8 @@ void linear_run(const LinearArgs& a, const KernelTable& kt, Pool& pool, LinearSc
     // each token's activations once, shared by every part: quantized, rounded to bf16, or as given
     pool.parallel_for(T, [&](int t, int) {
         const float* x = a.x + (size_t)t * n;
-        s.xf_ptr[t] = x;
-        if (x_quant) {
-            kt.quantize(x, n, s.xq.data() + t * xb);
-            s.xq_ptr[t] = s.xq.data() + t * xb;
-        }
-        if (x_round) {
-            round_to_bf16(x, s.xr.data() + (size_t)t * n, n);
-            s.xr_ptr[t] = s.xr.data() + (size_t)t * n;
-        }
+        const Acts acts = prepare_acts(kt, x, n, x_quant, x_round, s, t);
+        s.xf_ptr[t] = x, s.xq_ptr[t] = acts.quant, s.xr_ptr[t] = acts.round;
     });
 
     // units: (part, chunk of rows); unit u of part p is u - first[p]
@@ -123,15 +135,8 @@ void head_linear_run(const HeadLinearArgs& a, const KernelTable& kt, Pool& pool,
     s.xf_ptr.resize(inputs);  // here [H][T]: a head's inputs side by side, as run_rows takes them
     pool.parallel_for((int)inputs, [&](int i, int) {  // i = t * H + h, x's order
         const float* x = a.x + (size_t)i * n;
-        const void* in = x;
-        if (is_quant) {
-            kt.quantize(x, n, s.xq.data() + i * xb);
-            in = s.xq.data() + i * xb;
-        } else if (is_round) {
-            round_to_bf16(x, s.xr.data() + (size_t)i * n, n);
-            in = s.xr.data() + (size_t)i * n;
-        }
-        s.xf_ptr[(size_t)(i % H) * T + i / H] = in;
+        const Acts acts = prepare_acts(kt, x, n, is_quant, is_round, s, i);
+        s.xf_ptr[(size_t)(i % H) * T + i / H] = is_quant ? acts.quant : is_round ? acts.round : x;
     });
     const size_t head_bytes = (size_t)R * rb;
     pool.parallel_for(H, [&](int h, int) {
