@@ -39,6 +39,17 @@ def _extent(t: torch.Tensor) -> int:
     return t.untyped_storage().nbytes() // t.element_size() - t.storage_offset()
 
 
+def _step_tables(step) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The step's positions, block tables and slots as the C side reads them: contiguous int64,
+    positions and slots [B, T], tables [B, M] (or a clear error)."""
+    positions, table, slots = (t if t.is_contiguous() else t.contiguous()  # each call a dispatch
+                               for t in (step.positions, step.table, step.slots))
+    if positions.dim() != 2 or table.dim() != 2 or table.shape[0] != positions.shape[0] or \
+            slots.shape != positions.shape or any(t.dtype is not torch.int64 for t in (positions, table, slots)):
+        raise HymoeError("native attention needs int64 positions and slots [B, T] and block tables [B, M]")
+    return positions, table, slots
+
+
 class StepInputs:
     """What every layer of one forward pass reads alike (positions, block tables, rotation), converted once
     per step and shared by the model's attention kernels."""
@@ -48,16 +59,13 @@ class StepInputs:
 
     def get(self, step, cos_sin, head_dim: int):
         if self.key is not step:
-            positions, table, slots = (t if t.is_contiguous() else t.contiguous()  # each call a dispatch
-                                       for t in (step.positions, step.table, step.slots))
-            if positions.dim() != 2 or table.dim() != 2 or table.shape[0] != positions.shape[0] or \
-                    slots.shape != positions.shape or any(t.dtype is not torch.int64 for t in (positions, table, slots)):
-                raise HymoeError("native attention needs int64 positions and slots [B, T] and block tables [B, M]")
+            positions, table, slots = _step_tables(step)
             b, t = positions.shape
             if any(c.numel() != b * t * (head_dim // 2) or not c.is_floating_point() for c in cos_sin):
                 raise HymoeError(f"native attention needs cos and sin of {b * t} x {head_dim // 2} values")
             cos, sin = (c.reshape(b * t, head_dim // 2) for c in cos_sin)
-            cos, sin = (c if c.dtype is torch.float32 and c.is_contiguous() else c.float().contiguous() for c in (cos, sin))
+            cos, sin = (c if c.dtype is torch.float32 and c.is_contiguous() else c.float().contiguous()
+                        for c in (cos, sin))
             self.key, self.value = step, (positions, table, slots, cos, sin)
             self.args = None
         return self.value
@@ -159,10 +167,10 @@ class NativeLatentAttention:
                 or not cache.is_contiguous() or not cache.is_cpu:
             raise HymoeError(f"native latent attention needs a contiguous float32 or float16 CPU cache "
                              f"[blocks, bs, {d}], got {cache.dtype} {list(cache.shape)}")
-        positions, table, slots = (x.contiguous() for x in (step.positions, step.table, step.slots))
-        if positions.shape != (b, t) or slots.shape != (b, t) or table.dim() != 2 or table.shape[0] != b \
-                or any(x.dtype is not torch.int64 for x in (positions, table, slots)):
-            raise HymoeError("native latent attention needs int64 positions and slots [B, T] and block tables [B, M]")
+        positions, table, slots = _step_tables(step)
+        if positions.shape != (b, t):
+            raise HymoeError(f"native latent attention got positions of shape {list(positions.shape)} for "
+                             f"[{b}, {t}] tokens")
         q = query.transpose(1, 2).contiguous()  # [B, T, N, D]: a token's heads side by side
         out = torch.empty(b, t, n, d)
         a.num_rows, a.tokens, a.kv_len, a.table_width = b, t, step.kv_len, table.shape[1]
