@@ -43,8 +43,9 @@ class MLAttention(nn.Module):
         if rc.kind == "yarn" and rc.mscale_all_dim:
             self.scale *= yarn_mscale(rc.factor, rc.mscale_all_dim) ** 2
         self.rope = rope
-        # set by placement on the CPU: keys' and values' per-head products on the native engine
-        # (experts/native_linear.py NativeHeadLinear), instead of torch's bmm over the float weights
+        # set by placement on the CPU for float32 layers (their outputs are float32 too): keys' and
+        # values' per-head products on the native engine (experts/native_linear.py NativeHeadLinear),
+        # instead of torch's bmm over the float weights
         self.up_kernels = None
         self.attend_kernel = None  # the same: attention over the latent cache (NativeLatentAttention)
         # set at load from a file of llama.cpp's split: attn_k_b's and attn_v_b's (format, rows), which
@@ -71,7 +72,7 @@ class MLAttention(nn.Module):
         q_rot = self.rope.apply(q_rot, *cos_sin)
         k_rot = self.rope.apply(k_rot[:, :, None], *cos_sin)[:, :, 0]  # [B, T, Dr]
         if self.up_kernels is not None:
-            q_latent = self.up_kernels[0](q_nope).to(q.dtype).transpose(1, 2)  # [B, T, N, R] -> [B, N, T, R]
+            q_latent = self.up_kernels[0](q_nope).transpose(1, 2)  # [B, T, N, R] -> [B, N, T, R] (float32, as q)
         else:
             q_latent = _per_head(q_nope.transpose(1, 2), self.up_weights()[0])  # [B, N, T, R]
         query = torch.cat((q_latent, q_rot.transpose(1, 2)), dim=-1)  # [B, N, T, R+Dr]
@@ -79,11 +80,11 @@ class MLAttention(nn.Module):
         if self.attend_kernel is not None and step.kept is None and step.select is None and step.mass is None \
                 and cache["latent"].dtype in (torch.float32, torch.float16):  # what the native job reads
             KVCache.write(cache["latent"], new, step)
-            out = self.attend_kernel(query, step, cache["latent"]).to(q.dtype)  # [B, N, T, R]
+            out = self.attend_kernel(query, step, cache["latent"])  # [B, N, T, R]
         else:
             out = self._attend(query, new, step, cache)
         if self.up_kernels is not None:
-            out = self.up_kernels[1](out.transpose(1, 2)).to(q.dtype)  # [B, T, N, R] -> [B, T, N, Dv]
+            out = self.up_kernels[1](out.transpose(1, 2))  # [B, T, N, R] -> [B, T, N, Dv]
         else:
             out = _per_head(out, self.up_weights()[1]).transpose(1, 2)  # [B, T, N, Dv]
         return self.o_proj(out.reshape(b, t, n * self.v_dim))
