@@ -209,7 +209,8 @@ void attend_grouped(const float* q, int N, int per_group, int d, const AttnPiece
                                                stride, scale, p + (size_t)h0 * S + t0 + t, S, ahead);
         for (; t < n; t++)
             for (int h = 0; h < N; h++)
-                p[(size_t)h * S + t0 + t] = score1<Vec>(q + (size_t)h * d, keys + t * stride + (int64_t)(h / per_group) * d, d, scale);
+                p[(size_t)h * S + t0 + t] =
+                    score1<Vec>(q + (size_t)h * d, keys + t * stride + (int64_t)(h / per_group) * d, d, scale);
     }
     for (int h = 0; h < N; h++) softmax_part<Vec>(p + (size_t)h * S, S, m + h, l + h);
     memset(out, 0, sizeof(float) * N * d);
@@ -219,8 +220,9 @@ void attend_grouped(const float* q, int N, int per_group, int d, const AttnPiece
             const int n = std::min(kOutRows, pieces[c].n - t);
             for (int h0 = 0; h0 < N; h0 += H)
                 for (int i0 = 0; i0 < d; i0 += 4 * Vec::W)
-                    out_batch<Vec, Vec::kHeads>(p + (size_t)h0 * S + t0 + t, S, values + t * stride + (int64_t)(h0 / per_group) * d + i0,
-                                                stride, n, out + (size_t)h0 * d + i0, d, ahead);
+                    out_batch<Vec, Vec::kHeads>(p + (size_t)h0 * S + t0 + t, S,
+                                                values + t * stride + (int64_t)(h0 / per_group) * d + i0, stride, n,
+                                                out + (size_t)h0 * d + i0, d, ahead);
         }
     }
 }

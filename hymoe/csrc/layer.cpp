@@ -109,7 +109,8 @@ __attribute__((visibility("default"))) int hymoe_layers_step(void* engine, Layer
                                                              float norm_eps) {
     for (int i = 0; i < num_layers; i++)
         if (int rc = hymoe_layer_step(engine, layers[i], step, rows, x)) return rc;
-    if (norm && num_layers > 0) hymoe_rms_norm(x, norm, x, rows, layers[0]->hidden, norm_eps);  // in place: a row's sum first
+    // in place: each row's sum of squares is taken before the row is written
+    if (norm && num_layers > 0) hymoe_rms_norm(x, norm, x, rows, layers[0]->hidden, norm_eps);
     return 0;
 }
 

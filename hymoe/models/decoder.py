@@ -46,7 +46,8 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(build_layer(cfg, i, self.rope) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.native_stack = None  # set by placement: the layers and final norm in one native call (experts/native_layer.py)
+        # set by placement: the layers and final norm in one native call (experts/native_layer.py)
+        self.native_stack = None
 
     def cache_entries(self) -> list[dict[str, tuple[int, ...]]]:
         return [layer.self_attn.cache_entries() for layer in self.layers]
