@@ -3,8 +3,10 @@ durations (with the official ollama client), embeddings (openai and ollama clien
 against transformers' final hidden states), the access log, and 400s for bad input."""
 from __future__ import annotations
 
+import io
 import json
 import re
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -261,34 +263,45 @@ def test_openai_client_sees_a_too_long_input_as_bad_request(live):
     assert httpx.post(live.url + "/api/show", json={"model": "llama3"}).status_code == 404
 
 
-def _log_lines(capfd, pattern: str) -> list[str]:
-    """Access-log lines matching pattern; the line is written once the response has gone out."""
-    deadline, seen = time.time() + 5, ""
-    while time.time() < deadline:
-        seen += capfd.readouterr().err
-        if re.search(pattern, seen):
-            break
-        time.sleep(0.05)
-    return [ln for ln in seen.splitlines() if re.search(pattern, ln)]
+class _Stderr(io.TextIOBase):
+    """sys.stderr for the server's thread: every write kept. capfd's readouterr reads its file and then
+    truncates it, so a line the server writes in between is lost (the suite once failed that way)."""
+
+    def __init__(self):
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)  # one append: atomic under the GIL
+        return len(text)
+
+    def lines(self, pattern: str, wait: float = 5.0) -> list[str]:
+        """The lines matching pattern; the line is written once the response has gone out."""
+        deadline = time.time() + wait
+        while not re.search(pattern, "".join(self.parts)) and time.time() < deadline:
+            time.sleep(0.05)
+        return [ln for ln in "".join(self.parts).splitlines() if re.search(pattern, ln)]
 
 
-def test_access_log_line_and_quiet(live, llm, capfd):
+def test_access_log_line_and_quiet(live, llm, monkeypatch):
+    err = _Stderr()
+    monkeypatch.setattr(sys, "stderr", err)
     r = live.client().completions.create(model=MODEL, prompt="Blessed are the meek", max_tokens=7, temperature=0)
-    lines = _log_lines(capfd, r"hymoe: POST /v1/completions 200 ")
+    lines = err.lines(r"hymoe: POST /v1/completions 200 ")
     assert len(lines) == 1, lines
     m = re.fullmatch(r"hymoe: POST /v1/completions 200 prompt=(\d+) generated=(\d+) ([\d.]+) tok/s ([\d.]+)s",
                      lines[0])
     assert m and (int(m[1]), int(m[2])) == (r.usage.prompt_tokens, r.usage.completion_tokens)
     assert float(m[3]) == pytest.approx(int(m[2]) / float(m[4]), rel=0.05, abs=0.2)
     httpx.get(live.url + "/nope%0Aforged")  # a decoded newline must not forge a line of its own
-    forged = _log_lines(capfd, r"forged")
+    forged = err.lines(r"forged")
     assert len(forged) == 1 and forged[0].startswith("hymoe: GET /nope\\nforged 404 prompt=0 generated=0 "), forged
     quiet = LiveServer(llm, max_batch=1, quiet=True)
     try:
+        err.parts.clear()
         assert httpx.get(quiet.url + "/health").status_code == 200
         assert quiet.client().completions.create(model=MODEL, prompt="Amen", max_tokens=2).usage.completion_tokens
         time.sleep(0.3)
-        assert "hymoe: " not in capfd.readouterr().err
+        assert "hymoe: " not in "".join(err.parts)
     finally:
         quiet.stop()
 
