@@ -5,6 +5,7 @@ float32 layers on the CPU (their cache float32 or float16), prompts and decode s
 from __future__ import annotations
 
 import ctypes
+import weakref
 
 import torch
 
@@ -100,6 +101,7 @@ class NativeGqaAttention:
         self._args.q_norm, self._args.k_norm = (0 if w is None else w.data_ptr() for w in self.norms)
         self._args_ref = ctypes.byref(self._args)
         self._cache = None  # the address, shape, strides and dtype of the cache _args points at
+        self._bound = None  # weak references to that cache's k and v tensors
 
     def __call__(self, q, k, v, step, cache: dict, cos_sin) -> torch.Tensor:
         if q.dim() != 3:
@@ -131,8 +133,12 @@ class NativeGqaAttention:
     def bind_cache(self, cache: dict) -> None:
         """The layer's KV cache (checked, then its fields set), unless it is the one already bound."""
         kc, vc = cache["k"], cache["v"]
+        bound = self._bound  # the tensors bound last, weakly: identity is ~10x cheaper than the key
+        if bound is not None and bound[0]() is kc and bound[1]() is vc:  # (a cache keeps its storage)
+            return
         key = (kc.data_ptr(), vc.data_ptr(), kc.shape, vc.shape, kc.stride(), vc.stride(), kc.dtype, vc.dtype)
         if self._cache == key:
+            self._bound = (weakref.ref(kc), weakref.ref(vc))
             return
         g, d = self.kv_heads, self.head_dim
         if kc.dtype not in (torch.float32, torch.float16) or vc.dtype is not kc.dtype or not kc.is_contiguous() \
@@ -141,9 +147,9 @@ class NativeGqaAttention:
         a = self._args
         a.num_blocks, a.block_size, a.is_f16 = kc.shape[0], kc.shape[1], int(kc.dtype is torch.float16)
         a.k_cache, a.v_cache, a.cache_len = kc.data_ptr(), vc.data_ptr(), min(kc.numel(), vc.numel())
-        # the key, not the tensors: every call passes its cache (so the addresses are live) and an old
-        # pool must not be kept alive by the layer while a new one is allocated
-        self._cache = key
+        # the key and weak references, not the tensors: every call passes its cache (so the addresses
+        # are live) and an old pool must not be kept alive by the layer while a new one is allocated
+        self._cache, self._bound = key, (weakref.ref(kc), weakref.ref(vc))
 
 
 class NativeLatentAttention:
