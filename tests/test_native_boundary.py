@@ -239,6 +239,51 @@ def test_attention_refuses_lengths_short_of_its_sizes(field):
         layer(*args)
 
 
+class _ByPosition:
+    """The library, but hymoe_gqa_attention reads its rotation from tables [rows, D/2] by position."""
+
+    def __init__(self, lib, cos, sin, flag):
+        self.lib, self.cos, self.sin, self.flag = lib, cos, sin, flag
+
+    def __getattr__(self, name):
+        return getattr(self.lib, name)
+
+    def hymoe_gqa_attention(self, handle, args_ref):
+        args = args_ref._obj
+        args.cos, args.sin, args.rope_len = self.cos.data_ptr(), self.sin.data_ptr(), self.cos.numel()
+        args.rope_at_position = self.flag
+        return self.lib.hymoe_gqa_attention(handle, args_ref)
+
+
+@pytest.mark.parametrize("rows, flag, refusal", [(5, 1, None), (4, 1, "smaller than its sizes"),
+                                                 (5, 2, r"refused its arguments \(-1")])
+def test_attention_reads_a_rotation_table_only_within_its_rows(rows, flag, refusal):
+    """rope_at_position (the layer stack's decode steps): cos and sin are tables read at each token's
+    position, which gives what per-token rows of the same values give; a position past the table's
+    rows (positions 2..4 here) or a flag other than 0 or 1 is refused before any row is read."""
+    from types import SimpleNamespace
+    from hymoe.experts.native_attention import NativeGqaAttention
+    engine = native.NativeEngine(2, is_async=False)
+    attn = SimpleNamespace(num_heads=4, num_kv_heads=2, head_dim=16, is_qk_norm=False, q_norm=None, k_norm=None,
+                           rope=SimpleNamespace(is_interleaved=False))
+    layer = NativeGqaAttention(engine, attn, window=0)
+    b, t = 2, 3
+    table = torch.tensor([[1], [0]])  # [B, M]: one block of 9 positions per row
+    positions = torch.arange(2, 2 + t).repeat(b, 1)
+    step = SimpleNamespace(positions=positions, table=table, slots=table * 9 + positions, kv_len=2 + t)
+    cos, sin = torch.randn(rows, 8), torch.randn(rows, 8)
+    q, k, v = torch.randn(b, t, 64), torch.randn(b, t, 32), torch.randn(b, t, 32)
+    fresh = lambda: {"k": torch.zeros(b, 9, 2, 16), "v": torch.zeros(b, 9, 2, 16)}  # noqa: E731
+    want = layer(q, k, v, step, fresh(), (cos[positions.clamp(max=rows - 1)], sin[positions.clamp(max=rows - 1)]))
+    layer.engine = SimpleNamespace(lib=_ByPosition(engine.lib, cos, sin, flag), handle=engine.handle)
+    rotation = (torch.zeros(b, t, 8), torch.zeros(b, t, 8))  # per-token rows the tables replace
+    if refusal is None:
+        assert torch.equal(layer(q, k, v, step, fresh(), rotation), want)
+    else:
+        with pytest.raises(HymoeError, match=refusal):
+            layer(q, k, v, step, fresh(), rotation)
+
+
 @pytest.mark.parametrize("field", ["q_len", "q_stride", "cache_len", "out_len", "positions_len", "slots_len",
                                    "table_len"])
 def test_latent_attention_refuses_lengths_short_of_its_sizes(field):

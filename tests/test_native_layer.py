@@ -84,9 +84,8 @@ def test_the_layer_stack_refuses_rows_of_another_width(gguf_model):
     _, positions, table, slots = runner._inputs([0], [[3]], [0])
     step = Step.build(positions, 1, table, slots)
     h = llm.config.hidden_size
-    cos_sin = llm.model.rope.cos_sin(positions, torch.float32)
     with pytest.raises(HymoeError, match=f"rows of {h} values"):
-        llm.model.native_stack(torch.zeros(1, 1, h + 32), step, runner.cache.layers, cos_sin)
+        llm.model.native_stack(torch.zeros(1, 1, h + 32), step, runner.cache.layers, llm.model.rope)
 
 
 @needs_native
@@ -100,3 +99,44 @@ def test_a_step_reads_its_own_cache_after_another_runner_ran_module_by_module(gg
     mine.forward([0], [PROMPT], [0])  # its step binds its cache last
     other.forward([0], [[(5 * i) % 97 for i in range(40)]], [0])  # 40 rows: the module path
     assert torch.equal(mine.forward([0], [[11]], [len(PROMPT)]), want)
+
+
+@pytest.mark.parametrize("rope", [dict(theta=1e6), dict(kind="yarn", factor=4.0, original_max_position=256)])
+def test_the_rope_table_holds_cos_sin_of_each_position(rope):
+    """The layer stack reads a token's rotation from Rope.table at its position: each row is what
+    cos_sin gives that position alone (the same bits), and the table grows to cover what is asked."""
+    from hymoe.config import RopeConfig
+    from hymoe.layers.rope import Rope
+
+    r = Rope(RopeConfig(**rope), 64)
+    cos, sin = r.table(10)
+    assert cos.shape == sin.shape == (1024, 32) and cos.dtype is torch.float32 and cos.is_contiguous()
+    positions = torch.tensor([[0, 1, 511, 1023]])
+    want = r.cos_sin(positions, torch.float32)  # [1, 4, 1, 32] each
+    assert torch.equal(cos[positions[0]], want[0][0, :, 0]) and torch.equal(sin[positions[0]], want[1][0, :, 0])
+    cos, sin = r.table(1500)
+    assert cos.shape[0] == 2048 and torch.equal(cos[1499], r.cos_sin(torch.tensor([[1499]]), torch.float32)[0][0, 0, 0])
+
+
+@needs_native
+def test_stacked_steps_past_the_table_rows_equal_the_modules(gguf_model):
+    """Decode steps at positions past the rope table's rows (cut to 64 here): the stack grows it, and
+    its tokens and logprobs equal the modules'."""
+    llm = hymoe.load(gguf_model("qwen3_moe", "Q8_0")[1], placement="cpu", progress=False)
+    rope = llm.model.rope
+    prompt = [(7 * i) % 97 + 3 for i in range(100)]
+    params = SamplingParams(max_new_tokens=8, is_eos_ignored=True, logprobs=1)
+    rope._table = tuple(t[:64].clone() for t in rope.table(1))
+    stacked = llm.generate_batch([prompt], params)[0][0]
+    assert rope.table(1)[0].shape[0] == 1024
+    saved = [layer.native_step for layer in llm.model.layers], llm.model.native_stack
+    try:
+        llm.model.native_stack = None
+        for layer in llm.model.layers:
+            layer.native_step = None
+        modules = llm.generate_batch([prompt], params)[0][0]
+    finally:
+        for layer, step in zip(llm.model.layers, saved[0]):
+            layer.native_step = step
+        llm.model.native_stack = saved[1]
+    assert (stacked.token_ids, stacked.logprobs) == (modules.token_ids, modules.logprobs)

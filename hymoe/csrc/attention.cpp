@@ -68,7 +68,7 @@ bool buffer_error(const GqaArgs& a, bool is_prepared) {
                (int64_t)a.num_blocks * a.block_size * G * D > a.cache_len || BT * a.heads * D > a.out_len ||
                BT > a.positions_len || BT > a.slots_len || (int64_t)a.num_rows * a.table_width > a.table_len;
     return short_of(a.q_len, BT, a.q_stride, a.heads * D) || short_of(a.k_len, BT, a.k_stride, G * D) ||
-           short_of(a.v_len, BT, a.v_stride, G * D) || BT * (D / 2) > a.rope_len ||
+           short_of(a.v_len, BT, a.v_stride, G * D) || (!a.rope_at_position && BT * (D / 2) > a.rope_len) ||
            (int64_t)a.num_blocks * a.block_size * G * D > a.cache_len || BT * a.heads * D > a.out_len ||
            BT > a.positions_len || BT > a.slots_len || (int64_t)a.num_rows * a.table_width > a.table_len;
 }
@@ -88,7 +88,8 @@ void merge(float* out, float* m, float* l, const float* out2, const float* m2, c
 // kv head's key normalised, rotated and stored, and its value stored, at the token's slot.
 void prepare_heads(const GqaArgs& a, const KernelTable& kt, int bt, int from, int to, float* q) {
     const int N = a.heads, D = a.head_dim;
-    const float *cos = a.cos + (size_t)bt * (D / 2), *sin = a.sin + (size_t)bt * (D / 2);
+    const size_t row = a.rope_at_position ? (size_t)a.positions[bt] : (size_t)bt;  // checked by gqa_check
+    const float *cos = a.cos + row * (D / 2), *sin = a.sin + row * (D / 2);
     float tmp[1024], k[1024];
     const int64_t at = a.slots[bt] * (int64_t)a.kv_heads * D;  // this token's row, in elements
     for (int h = from; h < to; h++) {
@@ -148,6 +149,7 @@ int head_parts(int heads, int tokens, int threads) {
 int gqa_check(const GqaArgs& a, bool is_prepared) {
     if (a.num_rows < 1 || a.tokens < 1 || a.heads < 1 || a.kv_heads < 1 || a.heads % a.kv_heads) return -1;
     if (a.head_dim < 2 || a.head_dim % 2 || a.head_dim > 1024 || (a.is_f16 != 0 && a.is_f16 != 1)) return -1;
+    if (a.rope_at_position != 0 && a.rope_at_position != 1) return -1;
     if (buffer_error(a, is_prepared)) return -4;
     if (a.kv_len < 1 || a.kv_len > (int64_t)a.table_width * a.block_size) return -1;
     const int64_t used = (a.kv_len + a.block_size - 1) / a.block_size, cells = (int64_t)a.num_blocks * a.block_size;
@@ -159,6 +161,7 @@ int gqa_check(const GqaArgs& a, bool is_prepared) {
         for (int t = 0; t < a.tokens; t++) {
             const int64_t bt = (int64_t)b * a.tokens + t;
             if (a.positions[bt] < 0 || a.slots[bt] < 0 || a.slots[bt] >= cells) return -2;
+            if (a.rope_at_position && !is_prepared && (a.positions[bt] + 1) * (a.head_dim / 2) > a.rope_len) return -4;
         }
     }
     return 0;

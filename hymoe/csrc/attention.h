@@ -17,7 +17,7 @@ struct GqaArgs {
     int64_t q_stride, k_stride, v_stride;    // floats between tokens' rows of q, k, v
     const float *q, *k, *v;                  // [B*T] rows: N*D, G*D, G*D values from q_stride etc.
     const float *q_norm, *k_norm;            // [D] or null
-    const float *cos, *sin;                  // [B*T, D/2]
+    const float *cos, *sin;                  // [B*T, D/2], or [P, D/2] by position (rope_at_position)
     void *k_cache, *v_cache;
     const int64_t* table;                    // [B, M] the block of each row's positions j*bs..(j+1)*bs-1
     const int64_t* slots;                    // [B*T] where each token's key and value go: block * bs + offset
@@ -26,6 +26,9 @@ struct GqaArgs {
     // what each buffer holds (values), which the sizes above must fit
     int64_t q_len, k_len, v_len, rope_len, cache_len, out_len, positions_len, slots_len,
         table_len;
+    // 1: cos and sin are tables of every position below rope_len / (D/2), a token's row its position
+    // (the model's, built once: a decode step then computes no rotation of its own)
+    int32_t rope_at_position;
 };
 }
 

@@ -75,7 +75,7 @@ __attribute__((visibility("default"))) int hymoe_layer_step(void* engine, LayerA
     GqaArgs* a = L->attn;
     a->num_rows = step->num_rows, a->tokens = step->tokens, a->kv_len = step->kv_len;
     a->table_width = step->table_width;
-    a->cos = step->cos, a->sin = step->sin, a->rope_len = step->rope_len;
+    a->cos = step->cos, a->sin = step->sin, a->rope_len = step->rope_len, a->rope_at_position = step->rope_at_position;
     a->table = step->table, a->table_len = step->table_len;
     a->slots = step->slots, a->slots_len = step->slots_len;
     a->positions = step->positions, a->positions_len = step->positions_len;

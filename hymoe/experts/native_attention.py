@@ -23,7 +23,7 @@ class _GqaArgs(ctypes.Structure):
                [(n, _p) for n in ("q", "k", "v", "q_norm", "k_norm", "cos", "sin", "k_cache", "v_cache", "table",
                                   "slots", "positions", "out")] + \
                [(n, _i64) for n in ("q_len", "k_len", "v_len", "rope_len", "cache_len", "out_len", "positions_len",
-                                    "slots_len", "table_len")]
+                                    "slots_len", "table_len")] + [("rope_at_position", _i32)]
 
 
 def _rows(t: torch.Tensor, b: int, n: int, width: int) -> tuple[torch.Tensor, int]:
@@ -56,7 +56,7 @@ class StepInputs:
     per step and shared by the model's attention kernels."""
 
     def __init__(self):
-        self.key = None
+        self.key = self.args_key = None
 
     def get(self, step, cos_sin, head_dim: int):
         if self.key is not step:
@@ -68,19 +68,24 @@ class StepInputs:
             cos, sin = (c if c.dtype is torch.float32 and c.is_contiguous() else c.float().contiguous()
                         for c in (cos, sin))
             self.key, self.value = step, (positions, table, slots, cos, sin)
-            self.args = None
         return self.value
 
-    def step_args(self, step, cos_sin, head_dim: int) -> "_GqaArgs":
+    def step_args(self, step, rope, head_dim: int) -> "_GqaArgs":
         """The step's fields as a GqaArgs, which csrc/layer.cpp copies into each layer's (built once
-        per step)."""
-        positions, table, slots, cos, sin = self.get(step, cos_sin, head_dim)
-        if self.args is None:
+        per step). The rotation is `rope`'s table, read at each token's position: a decode step
+        computes none (cos and sin in torch were ~80 us of its Python)."""
+        if self.args_key is not step:
+            positions, table, slots = _step_tables(step)
             b, t = positions.shape
-            a = self.args = _GqaArgs(b, t, 0, 0, head_dim, step.kv_len, 0, 0, 0, 0, table.shape[1])
-            a.cos, a.sin, a.rope_len = cos.data_ptr(), sin.data_ptr(), min(cos.numel(), sin.numel())
+            cos, sin = rope.table(max(positions.view(-1).tolist(), default=0) + 1)  # [P, D/2] each
+            if cos.shape[1] != head_dim // 2:
+                raise HymoeError(f"native attention needs a rotation of {head_dim // 2} values, got {cos.shape[1]}")
+            a = _GqaArgs(b, t, 0, 0, head_dim, step.kv_len, 0, 0, 0, 0, table.shape[1])
+            a.cos, a.sin, a.rope_len, a.rope_at_position = cos.data_ptr(), sin.data_ptr(), cos.numel(), 1
             a.table, a.slots, a.positions = table.data_ptr(), slots.data_ptr(), positions.data_ptr()
             a.table_len, a.slots_len, a.positions_len = table.numel(), slots.numel(), positions.numel()
+            # held with the struct: the C side reads these addresses
+            self.args_key, self.args, self.held = step, a, (positions, table, slots, cos, sin)
         return self.args
 
 
@@ -122,7 +127,7 @@ class NativeGqaAttention:
         a.out = out.data_ptr()
         a.table, a.slots, a.positions = table.data_ptr(), slots.data_ptr(), positions.data_ptr()
         a.q_len, a.k_len, a.v_len = _extent(q), _extent(k), _extent(v)  # strided views of a fused projection
-        a.rope_len = min(cos.numel(), sin.numel())
+        a.rope_len, a.rope_at_position = min(cos.numel(), sin.numel()), 0  # a stacked step may have set it
         a.out_len, a.positions_len = out.numel(), positions.numel()
         a.slots_len, a.table_len = slots.numel(), table.numel()
         rc = self.engine.lib.hymoe_gqa_attention(self.engine.handle, self._args_ref)

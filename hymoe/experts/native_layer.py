@@ -46,9 +46,9 @@ def _parts(layer):
 
 class NativeDecoderLayer:
     """layer(x, step, cache, cos_sin) for x [B, T, H] float32 on the CPU -> the layer's output, or
-    None for a call it does not take."""
+    None for a call it does not take. It rotates by `rope`'s table (cos_sin is not read)."""
 
-    def __init__(self, parts):
+    def __init__(self, parts, rope):
         norm1, norm2, self.attn, qkv, o, router, experts = parts
         self.engine = experts.engine
         h, n_exp, k = norm1.n, router._args.num_experts, router.k
@@ -66,6 +66,7 @@ class NativeDecoderLayer:
                                 ptr(router.logits._args), ptr(router._args), ptr(self.attn._args),
                                 ptr(experts._args), *(b.data_ptr() for b in self.buffers))
         self.stage_ns = None
+        self.rope = rope
         self._alone = NativeLayerStack([self])  # the per-layer call: a stack of this layer alone
 
     def time_stages(self, on: bool) -> None:
@@ -74,11 +75,11 @@ class NativeDecoderLayer:
         self._args.stage_ns = self.stage_ns.data_ptr() if on else None
 
     def __call__(self, x: torch.Tensor, step, cache: dict, cos_sin) -> torch.Tensor | None:
-        return self._alone(x, step, [cache], cos_sin)
+        return self._alone(x, step, [cache], self.rope)
 
 
 class NativeLayerStack:
-    """stack(x, step, caches, cos_sin): layers of a decode step, then the model's final `norm` if
+    """stack(x, step, caches, rope): layers of a decode step, then the model's final `norm` if
     given, in one native call, each layer reading its cache of `caches` (the model's per-layer
     dicts), for layers with a native_step on one engine; None for a call they do not take (more rows
     than CAPACITY, a retention policy, not float32 CPU). The norm runs in the call when it has a
@@ -92,7 +93,7 @@ class NativeLayerStack:
         kernel = getattr(norm, "kernel", None)  # NativeRMSNorm: the same C function, so the same bits
         self._native_norm = kernel if isinstance(kernel, NativeRMSNorm) and kernel.n == layers[0]._args.hidden else None
 
-    def __call__(self, x: torch.Tensor, step, caches: list[dict], cos_sin) -> torch.Tensor | None:
+    def __call__(self, x: torch.Tensor, step, caches: list[dict], rope) -> torch.Tensor | None:
         b, t, h = x.shape
         if b * t > CAPACITY or step.kept is not None or x.dtype is not torch.float32 or not x.is_cpu:
             return None
@@ -101,7 +102,7 @@ class NativeLayerStack:
         # every call: another runner's pass (a long prompt, module by module) may have bound its cache
         for native, layer_cache in zip(self.layers, caches):
             native.attn.bind_cache(layer_cache)
-        args = self.layers[0].attn.inputs.step_args(step, cos_sin, self.layers[0].attn.head_dim)
+        args = self.layers[0].attn.inputs.step_args(step, rope, self.layers[0].attn.head_dim)
         out = x.clone(memory_format=torch.contiguous_format)  # [B, T, H]: the C side adds the residuals in place
         native = self._native_norm
         weight, eps = (native.weight.data_ptr(), native.eps) if native is not None else (None, 0.0)
@@ -117,7 +118,7 @@ def place_native_layers(model) -> int:
     when that is all of them on one engine; returns how many layers got one."""
     for layer in model.layers:
         parts = _parts(layer)
-        layer.native_step = NativeDecoderLayer(parts) if parts is not None else None
+        layer.native_step = NativeDecoderLayer(parts, layer.self_attn.rope) if parts is not None else None
     steps = [layer.native_step for layer in model.layers]
     is_stack = all(s is not None and s.engine is steps[0].engine for s in steps) and len(steps) > 0
     # all layers share one StepInputs (placement/kernels.py), whose step arguments the stack passes once

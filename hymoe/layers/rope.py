@@ -44,6 +44,7 @@ class Rope:
     def __init__(self, rc: RopeConfig, dim: int):
         self.is_interleaved = rc.is_interleaved
         self._inv_freq_on: dict = {}  # device -> inv_freq there
+        self._table: tuple[torch.Tensor, torch.Tensor] | None = None  # table()'s, grown on demand
         if rc.kind == "yarn":
             self.inv_freq, self.scale = _yarn_inv_freq(rc, dim)
         else:
@@ -64,6 +65,16 @@ class Rope:
         if dtype is not torch.float32:  # each no-op a dispatcher call too: a decode step counts them
             cos, sin = cos.to(dtype), sin.to(dtype)
         return cos[:, :, None], sin[:, :, None]
+
+    def table(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [P, D/2] float32 on the CPU, P >= n: row p is what cos_sin gives position p
+        (the same operations, so the same bits), for kernels that read a token's row at its position.
+        Built once and grown in powers of two."""
+        if self._table is None or self._table[0].shape[0] < n:
+            rows = max(1024, 1 << max(n - 1, 0).bit_length())
+            cos, sin = self.cos_sin(torch.arange(rows)[None], torch.float32)  # [1, P, 1, D/2] each
+            self._table = (cos[0, :, 0].contiguous(), sin[0, :, 0].contiguous())
+        return self._table
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         # x [B, T, N, D]. Interleaved pairs (x0,x1),(x2,x3) come out de-interleaved; q and k get

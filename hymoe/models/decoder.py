@@ -55,9 +55,9 @@ class Decoder(nn.Module):
     def forward(self, token_ids: torch.Tensor, step: Step, cache: KVCache) -> torch.Tensor:
         """token_ids [B, T] -> final hidden states [B, T, H] (after the last norm)."""
         x = self.embed_tokens(token_ids)
+        if self.native_stack is not None and (out := self.native_stack(x, step, cache.layers, self.rope)) is not None:
+            return out  # the layers and the final norm, rotating by the rope's table
         cos_sin = self.rope.cos_sin(step.positions, x.dtype)
-        if self.native_stack is not None and (out := self.native_stack(x, step, cache.layers, cos_sin)) is not None:
-            return out  # the layers and the final norm
         on = {x.device: (step, cos_sin)}  # what each device's layers read, moved once per forward
         for layer, layer_cache in zip(self.layers, cache.layers):
             dev = layer.input_layernorm.weight.device
