@@ -101,19 +101,22 @@ def test_a_step_reads_its_own_cache_after_another_runner_ran_module_by_module(gg
     assert torch.equal(mine.forward([0], [[11]], [len(PROMPT)]), want)
 
 
-@pytest.mark.parametrize("rope", [dict(theta=1e6), dict(kind="yarn", factor=4.0, original_max_position=256)])
-def test_the_rope_table_holds_cos_sin_of_each_position(rope):
+YARN = dict(kind="yarn", factor=4.0, original_max_position=256)
+
+
+@pytest.mark.parametrize("rope, dim", [(dict(theta=1e6), 64), (YARN, 64), (dict(theta=1e4), 24)])  # 24: 12 a row
+def test_the_rope_table_holds_cos_sin_of_each_position(rope, dim):
     """The layer stack reads a token's rotation from Rope.table at its position: each row is what
     cos_sin gives that position alone (the same bits), and the table grows to cover what is asked."""
     from hymoe.config import RopeConfig
     from hymoe.layers.rope import Rope
 
-    r = Rope(RopeConfig(**rope), 64)
+    r = Rope(RopeConfig(**rope), dim)
     cos, sin = r.table(10)
-    assert cos.shape == sin.shape == (1024, 32) and cos.dtype is torch.float32 and cos.is_contiguous()
-    positions = torch.tensor([[0, 1, 511, 1023]])
-    want = r.cos_sin(positions, torch.float32)  # [1, 4, 1, 32] each
-    assert torch.equal(cos[positions[0]], want[0][0, :, 0]) and torch.equal(sin[positions[0]], want[1][0, :, 0])
+    assert cos.shape == sin.shape == (1024, dim // 2) and cos.dtype is torch.float32 and cos.is_contiguous()
+    for p in (0, 1, 7, 511, 1023):  # one position a call, as a decode step's cos_sin
+        want = r.cos_sin(torch.tensor([[p]]), torch.float32)  # [1, 1, 1, D/2] each
+        assert torch.equal(cos[p], want[0][0, 0, 0]) and torch.equal(sin[p], want[1][0, 0, 0]), p
     cos, sin = r.table(1500)
     assert cos.shape[0] == 2048 and torch.equal(cos[1499], r.cos_sin(torch.tensor([[1499]]), torch.float32)[0][0, 0, 0])
 
