@@ -45,6 +45,24 @@ def test_paged_writes_and_reads_equal_a_contiguous_cache():
         assert got.shape == (3, kv_len, 2, 4)
 
 
+def test_the_cpu_layers_buffers_are_zeroed_views_of_one_page_aligned_pool():
+    """Every CPU layer's buffers lie in one allocation (on 2 MiB pages where the OS gives them), each
+    from a page boundary, zeroed, of its own shape, none overlapping another; writes stay in their own."""
+    cache = KVCache([{"k": (2, 8), "v": (2, 8)}, {"latent": (12,)}], 6, 5, torch.float16)
+    bufs = [t for layer in cache.layers for t in layer.values()]
+    assert [tuple(t.shape) for t in bufs] == [(7, 5, 2, 8), (7, 5, 2, 8), (7, 5, 12)]
+    assert all(t.dtype is torch.float16 and t.is_contiguous() and bool((t == 0).all()) for t in bufs)
+    base = bufs[0].untyped_storage().data_ptr()
+    assert all(t.untyped_storage().data_ptr() == base for t in bufs)  # one allocation
+    assert all((t.data_ptr() - base) % 4096 == 0 for t in bufs)  # (an mmap's base is a page too)
+    spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for t in bufs)
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))
+    for i, t in enumerate(bufs):
+        t.fill_(i + 1)
+    assert [int(t.float().mean()) for t in bufs] == [1, 2, 3]
+    assert cache.nbytes() == sum(t.numel() * 2 for t in bufs)
+
+
 @pytest.mark.parametrize("name,backend", [("deepseek_v3", "torch"), ("qwen3_moe", "native"),
                                           ("mixtral_sliding_window", "native"), ("qwen2_moe_sliding_layers", "torch")])
 def test_models_through_blocks_of_five_match_transformers(tiny_model, name, backend, monkeypatch):
