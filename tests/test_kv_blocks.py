@@ -224,3 +224,17 @@ def test_inspect_prices_a_position_of_kv():
     per = (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * cfg.num_layers * 4
     assert d["kv_position_bytes"] == per and d["kv_positions_per_gib"] == 2**30 // per
     assert f"{2**30 // per:,} positions per GiB" in report(d)
+
+
+def test_a_pool_the_os_will_not_map_is_a_clear_error(monkeypatch):
+    import errno
+
+    from hymoe.errors import HymoeError
+    from hymoe.kv import cache
+
+    def refuse(nbytes):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(cache, "host_bytes", refuse)
+    with pytest.raises(HymoeError, match=r"KV pool's .* GiB cannot be mapped: Cannot allocate memory"):
+        KVCache([{"k": (2, 8), "v": (2, 8)}], 6, 5, torch.float16)

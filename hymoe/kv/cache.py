@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from hymoe.errors import HymoeError
 from hymoe.loader.host_memory import host_bytes
 
 
@@ -92,7 +93,11 @@ def _host_pool(layers: list[dict[str, tuple[int, ...]]], dtype: torch.dtype):
     page = 4096  # each buffer starts on a page: aligned for any vector load
     sizes = [-(-torch.Size(shape).numel() * dtype.itemsize // page) * page for entries in layers
              for shape in entries.values()]
-    pool, at = host_bytes(sum(sizes)), 0
+    try:
+        pool, at = host_bytes(sum(sizes)), 0
+    except OSError as e:  # the OS refuses the mapping (overcommit off, a ulimit): one line, not a traceback
+        raise HymoeError(f"the KV pool's {sum(sizes) / 2**30:.2f} GiB cannot be mapped: {e.strerror or e} "
+                         "(a smaller --kv-memory or --max-context needs less)") from None
     for shape, size in zip((shape for entries in layers for shape in entries.values()), sizes):
         yield pool[at:at + torch.Size(shape).numel() * dtype.itemsize].view(dtype).view(shape)
         at += size
