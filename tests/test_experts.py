@@ -53,7 +53,7 @@ def _huge_kb_at(address: int) -> int:
 
 
 def test_host_memory_holds_the_bytes_in_large_pages():
-    from hymoe.loader.host_memory import host_bytes, host_copy
+    from hymoe.host_memory import host_bytes, host_copy
 
     t = torch.randn(3, 5, 7).bfloat16()
     c = host_copy(t)

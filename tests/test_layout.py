@@ -21,6 +21,7 @@ KERNELS = {"experts", "_kernels"}  # experts/ holds the only bindings of the nat
 MUST_NOT_IMPORT = {
     "config": {"loader", "quant", *KERNELS, *MODEL_SIDE, *ABOVE_MODELS},
     "tokenizer": {"loader", "quant", *KERNELS, *MODEL_SIDE, *ABOVE_MODELS},
+    "host_memory": {"loader", "quant", *KERNELS, *MODEL_SIDE, *ABOVE_MODELS},  # the weights' and the KV's pages
     "quant": {"loader", "experts", *MODEL_SIDE, *ABOVE_MODELS},
     "experts": {"loader", *MODEL_SIDE, *ABOVE_MODELS},
     "kv": {"loader", "experts", "models", "layers", *ABOVE_MODELS},

@@ -20,7 +20,7 @@ from hymoe.bench.llama_peer import LlamaCppExperts
 from hymoe.bench.machine import bf16_gemm_gflops, cold_bytes, read_gbps
 from hymoe.errors import HymoeError
 from hymoe.experts import native
-from hymoe.loader.host_memory import host_bytes
+from hymoe.host_memory import host_bytes
 from hymoe.experts.torch_backend import TorchExperts
 from hymoe.quant.formats import FLOAT_DTYPES, FP16_SCALE_OFFSETS, row_bytes, sane_scales
 

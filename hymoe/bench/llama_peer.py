@@ -19,7 +19,7 @@ import torch
 from gguf.constants import GGMLQuantizationType
 
 from hymoe.errors import HymoeError
-from hymoe.loader.host_memory import host_bytes
+from hymoe.host_memory import host_bytes
 from hymoe.quant.formats import row_bytes
 
 GGML_I32 = 26

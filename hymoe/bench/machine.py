@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from hymoe.loader.host_memory import host_bytes
+from hymoe.host_memory import host_bytes
 
 
 def llc_bytes() -> int:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from hymoe.errors import HymoeError
-from hymoe.loader.host_memory import host_bytes
+from hymoe.host_memory import host_bytes
 
 
 @dataclass(slots=True)

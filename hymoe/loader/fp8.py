@@ -113,7 +113,7 @@ class Fp8Source:
     def packed_experts(self, hf_names: list[str]):
         """One layer's stacked (gate, up, down) in experts_format, as uint8 [E, rows * row_bytes]:
         each expert is dequantized and encoded alone, so float32 holds one expert projection."""
-        from hymoe.loader.host_memory import host_bytes
+        from hymoe.host_memory import host_bytes
         from hymoe.quant.encode import encode_bytes
         from hymoe.quant.formats import row_bytes
 

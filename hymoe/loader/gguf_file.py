@@ -19,7 +19,7 @@ import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from hymoe.errors import HymoeError
-from hymoe.loader.host_memory import advise_huge
+from hymoe.host_memory import advise_huge
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32

@@ -12,7 +12,7 @@ from hymoe.config import ModelConfig
 from hymoe.errors import HymoeError
 from hymoe.loader.gguf_file import GGUFModelFile, TensorInfo
 from hymoe.loader.gguf_names import GGUFNames, merge_kv_b, permute_rows
-from hymoe.loader.host_memory import host_bytes
+from hymoe.host_memory import host_bytes
 from hymoe.quant.formats import FLOAT_DTYPES, dequantize, is_decodable, row_bytes
 
 

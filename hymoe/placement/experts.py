@@ -13,7 +13,7 @@ from hymoe.experts import native
 from hymoe.experts.dequant_backend import DequantExperts
 from hymoe.experts.torch_backend import TorchExperts
 from hymoe.layers.moe import MoE
-from hymoe.loader.host_memory import host_copy
+from hymoe.host_memory import host_copy
 from hymoe.placement import Placement
 from hymoe.quant.formats import FLOAT_DTYPES, NATIVE_FORMATS, qtype
 

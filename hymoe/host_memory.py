@@ -1,4 +1,4 @@
-"""Host memory for expert weights: backed by 2 MiB pages where the OS offers them.
+"""Host memory for expert weights and the CPU's KV pool: backed by 2 MiB pages where the OS offers them.
 
 Decode streams every routed expert's weights from DRAM once per token. On 4 KiB pages each page
 costs a TLB miss and restarts the hardware prefetcher; on 2 MiB pages neither happens. A GGUF
