@@ -87,9 +87,8 @@ def _host_pool(layers: list[dict[str, tuple[int, ...]]], dtype: torch.dtype):
     """The CPU layers' buffers, in their order, as views of one zeroed allocation on 2 MiB pages
     (host_bytes): a decode step's attention reads rows spread over the whole pool, which on 4 KiB
     pages takes far more TLB entries than a core has (Qwen3 shape, 2,048 positions, Zen 4: attention
-    5.65 -> 5.32 ms a step). The pages are zero until first written, so
-    a large pool costs no time to clear and no memory until used (6 GiB: 1 ms, where torch.zeros
-    took 7.4 s)."""
+    5.65 -> 5.32 ms a step). The pages are zero until first written, so a large pool costs no time
+    to clear and no memory until used (6 GiB: 1 ms, where torch.zeros took 7.4 s)."""
     page = 4096  # each buffer starts on a page: aligned for any vector load
     sizes = [-(-torch.Size(shape).numel() * dtype.itemsize // page) * page for entries in layers
              for shape in entries.values()]
