@@ -5,6 +5,7 @@ import ctypes
 import subprocess
 import sys
 import threading
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -217,15 +218,19 @@ class _Lying:
         return self.lib.hymoe_gqa_attend(handle, self._lie(args_ref))
 
 
-@pytest.mark.parametrize("field", ["q_len", "k_len", "v_len", "rope_len", "cache_len", "out_len", "positions_len",
-                                   "slots_len", "table_len"])
-def test_attention_refuses_lengths_short_of_its_sizes(field):
-    from types import SimpleNamespace
+def _small_gqa():
+    """A native engine and a GQA attention kernel of 4 heads over 2 kv heads of 16, no q/k norms."""
     from hymoe.experts.native_attention import NativeGqaAttention
     engine = native.NativeEngine(2, is_async=False)
     attn = SimpleNamespace(num_heads=4, num_kv_heads=2, head_dim=16, is_qk_norm=False, q_norm=None, k_norm=None,
                            rope=SimpleNamespace(is_interleaved=False))
-    layer = NativeGqaAttention(engine, attn, window=0)
+    return engine, NativeGqaAttention(engine, attn, window=0)
+
+
+@pytest.mark.parametrize("field", ["q_len", "k_len", "v_len", "rope_len", "cache_len", "out_len", "positions_len",
+                                   "slots_len", "table_len"])
+def test_attention_refuses_lengths_short_of_its_sizes(field):
+    engine, layer = _small_gqa()
     b, t = 2, 3
     table = torch.tensor([[1], [0]])  # [B, M]: one block of 9 positions per row
     step = SimpleNamespace(positions=torch.arange(t).repeat(b, 1), table=table,
@@ -261,12 +266,7 @@ def test_attention_reads_a_rotation_table_only_within_its_rows(rows, flag, refus
     """rope_at_position (the layer stack's decode steps): cos and sin are tables read at each token's
     position, which gives what per-token rows of the same values give; a position past the table's
     rows (positions 2..4 here) or a flag other than 0 or 1 is refused before any row is read."""
-    from types import SimpleNamespace
-    from hymoe.experts.native_attention import NativeGqaAttention
-    engine = native.NativeEngine(2, is_async=False)
-    attn = SimpleNamespace(num_heads=4, num_kv_heads=2, head_dim=16, is_qk_norm=False, q_norm=None, k_norm=None,
-                           rope=SimpleNamespace(is_interleaved=False))
-    layer = NativeGqaAttention(engine, attn, window=0)
+    engine, layer = _small_gqa()
     b, t = 2, 3
     table = torch.tensor([[1], [0]])  # [B, M]: one block of 9 positions per row
     positions = torch.arange(2, 2 + t).repeat(b, 1)
@@ -289,8 +289,6 @@ def test_attention_reads_a_rotation_table_only_within_its_rows(rows, flag, refus
 def test_latent_attention_refuses_lengths_short_of_its_sizes(field):
     """MLA's attention with prepared queries (hymoe_gqa_attend) checks its own buffers: each length
     one short, or queries not side by side, is refused before any row is read."""
-    from types import SimpleNamespace
-
     from hymoe.experts.native_attention import NativeLatentAttention
     from hymoe.kv.cache import Step
     engine = native.NativeEngine(2, is_async=False)
