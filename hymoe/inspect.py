@@ -93,8 +93,9 @@ def _tally(files, plan, compute: torch.dtype, dense_format: str | None, int4pack
     groups: dict[str, dict] = defaultdict(lambda: {"tensors": 0, "params": 0, "bytes": 0, "formats": defaultdict(int)})
     devices = {"gpu": 0, "cpu": 0}
     dense_on_devices = workspace = experts_native = 0
-    formats = {name: fmt for name, fmt, _, _ in files.stored_tensors()}  # MLA's kv_b follows its kv_a
-    for name, fmt, numel, nbytes in files.stored_tensors():
+    stored = files.stored_tensors()
+    formats = {name: fmt for name, fmt, _, _ in stored}  # MLA's kv_b follows its kv_a
+    for name, fmt, numel, nbytes in stored:
         group = _group(name)
         target = plan.targets[_unit(name, group)]
         if group == "routed experts":
