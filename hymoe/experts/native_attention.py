@@ -51,6 +51,12 @@ def _step_tables(step) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return positions, table, slots
 
 
+def _point_at_tables(a: "_GqaArgs", positions: torch.Tensor, table: torch.Tensor, slots: torch.Tensor) -> None:
+    """a's positions, block tables and slots (as _step_tables gives them): addresses and lengths."""
+    a.table, a.slots, a.positions = table.data_ptr(), slots.data_ptr(), positions.data_ptr()
+    a.table_len, a.slots_len, a.positions_len = table.numel(), slots.numel(), positions.numel()
+
+
 class StepInputs:
     """What every layer of one forward pass reads alike (positions, block tables, rotation), converted once
     per step and shared by the model's attention kernels."""
@@ -82,8 +88,7 @@ class StepInputs:
                 raise HymoeError(f"native attention needs a rotation of {head_dim // 2} values, got {cos.shape[1]}")
             a = _GqaArgs(b, t, 0, 0, head_dim, step.kv_len, 0, 0, 0, 0, table.shape[1])
             a.cos, a.sin, a.rope_len, a.rope_at_position = cos.data_ptr(), sin.data_ptr(), cos.numel(), 1
-            a.table, a.slots, a.positions = table.data_ptr(), slots.data_ptr(), positions.data_ptr()
-            a.table_len, a.slots_len, a.positions_len = table.numel(), slots.numel(), positions.numel()
+            _point_at_tables(a, positions, table, slots)
             # held with the struct: the C side reads these addresses
             self.args_key, self.args, self.held = step, a, (positions, table, slots, cos, sin)
         return self.args
@@ -125,11 +130,10 @@ class NativeGqaAttention:
         a.q_stride, a.k_stride, a.v_stride = qs, ks, vs
         a.q, a.k, a.v, a.cos, a.sin = q.data_ptr(), k.data_ptr(), v.data_ptr(), cos.data_ptr(), sin.data_ptr()
         a.out = out.data_ptr()
-        a.table, a.slots, a.positions = table.data_ptr(), slots.data_ptr(), positions.data_ptr()
+        _point_at_tables(a, positions, table, slots)
         a.q_len, a.k_len, a.v_len = _extent(q), _extent(k), _extent(v)  # strided views of a fused projection
         a.rope_len, a.rope_at_position = min(cos.numel(), sin.numel()), 0  # a stacked step may have set it
-        a.out_len, a.positions_len = out.numel(), positions.numel()
-        a.slots_len, a.table_len = slots.numel(), table.numel()
+        a.out_len = out.numel()
         rc = self.engine.lib.hymoe_gqa_attention(self.engine.handle, self._args_ref)
         if rc:
             raise native_error(rc, f"native attention refused its arguments ({rc}: a block, slot or position outside the cache)")
@@ -189,8 +193,7 @@ class NativeLatentAttention:
         a.q, a.q_stride, a.q_len, a.out, a.out_len = q.data_ptr(), n * d, q.numel(), out.data_ptr(), out.numel()
         a.k_cache = a.v_cache = cache.data_ptr()
         a.cache_len = cache.numel()
-        a.table, a.slots, a.positions = table.data_ptr(), slots.data_ptr(), positions.data_ptr()
-        a.table_len, a.slots_len, a.positions_len = table.numel(), slots.numel(), positions.numel()
+        _point_at_tables(a, positions, table, slots)
         rc = self.engine.lib.hymoe_gqa_attend(self.engine.handle, ctypes.byref(a))
         if rc:
             raise native_error(rc, f"native latent attention refused its arguments ({rc}: a block, slot or position "
