@@ -45,6 +45,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expert-stats", metavar="FILE", help="routing statistics from `hymoe calibrate`")
     p.add_argument("--defer-experts", type=int, default=0, metavar="K",
                    help="compute each token's K lowest-weighted CPU experts during the next layer (default: 0, off)")
+    p.add_argument("--mmap", action="store_true", help="the CPU computes from the GGUF file's mapping (pages "
+                   "shared with other processes, no copy at load) instead of copies on 2 MiB pages (up to ~6%% "
+                   "faster decode)")
     p.add_argument("--eager", action="store_true", help="decode without CUDA graphs")
     p.add_argument("--gpu-prefill-threshold", type=int, default=0, metavar="T",
                    help="hybrid: prompts of T tokens or more stream expert weights to the GPU (default: 0, off)")

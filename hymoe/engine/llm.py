@@ -30,6 +30,7 @@ from hymoe.placement import default_dtype, default_kv_dtype, place_layers, resol
 from hymoe.placement.experts import EngineSlot, hot_experts_on_gpu, parse_gpu_experts, place_experts
 from hymoe.placement.options import PlacementOptions
 from hymoe.placement.kernels import check_dense_format, place_dense, place_small_ops, quantize_dense
+from hymoe.placement.large_pages import LargePageCopies
 
 DEFAULT_MAX_CONTEXT = 4096
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -62,9 +63,9 @@ class LLM:
             model = build_model(self.config)
         self.model = load_weights(model, files.source, self.dtype, self.device, progress)
         on_gpu = place_layers(self.model, self.placement, self.dtype)
-        engine = EngineSlot(o.threads, self.placement.is_async, o.numa)
+        engine = EngineSlot(o.threads, self.placement.is_async, o.numa, LargePageCopies(not o.mmap))
         quantize_dense(self.model, self.placement.targets, check_dense_format(o.dense_format))
-        self.dense_kernels = place_dense(self.model, self.dtype, engine, o.gpu_dense_kernel)  # {"native": 96, ...}
+        self.dense_kernels = place_dense(self.model, self.dtype, engine, o.gpu_dense_kernel, engine.copies)  # {"native": 96, ...}
         place_small_ops(self.model, self.dtype, engine)
         count, budget = parse_gpu_experts(o.gpu_experts)
         hot = hot_experts_on_gpu(self.model, self.placement, count, self.dtype, budget, o.expert_stats)

@@ -15,6 +15,7 @@ from hymoe.experts.torch_backend import TorchExperts
 from hymoe.layers.moe import MoE
 from hymoe.host_memory import host_copy
 from hymoe.placement import Placement
+from hymoe.placement.large_pages import no_copies
 from hymoe.quant.formats import FLOAT_DTYPES, NATIVE_FORMATS, qtype
 
 _FLOAT_FORMATS = {dtype: name for name, dtype in FLOAT_DTYPES.items()}
@@ -97,8 +98,9 @@ def hot_experts_on_gpu(model, placement: Placement, n: int, dtype: torch.dtype, 
 class EngineSlot:
     """The model's one native engine (experts and dense layers share its pool), made on first use."""
 
-    def __init__(self, threads: int | None, is_async: bool, numa: str | None = None):
+    def __init__(self, threads: int | None, is_async: bool, numa: str | None = None, copies=no_copies):
         self.threads, self.is_async, self.numa, self.engine = threads, is_async, numa, None
+        self.copies = copies  # what the native kernels stream from (large_pages.py)
 
     def __call__(self) -> native.NativeEngine:
         if self.engine is None:
@@ -134,7 +136,7 @@ def place_experts(model, backend: str = "auto", fmt: str | None = None, threads:
         layer_backend, layer_fmt = _backend(target and target.backend or backend, target and target.format or fmt)
         used.add(layer_backend)
         module.experts = _place(module.experts, engine() if layer_backend == "native" else None, layer_fmt, dtype,
-                                model.cfg)
+                                model.cfg, engine.copies)
         for wrap in WRAPPERS:
             module.experts = wrap(module.experts, i, wrapping)
     return "+".join(sorted(used))
@@ -209,14 +211,14 @@ def _backend(backend: str, fmt: str | None) -> tuple[str, str | None]:
     return backend, fmt and fmt.upper()
 
 
-def _place(experts, engine, fmt: str | None, dtype: torch.dtype, cfg):
+def _place(experts, engine, fmt: str | None, dtype: torch.dtype, cfg, copies=no_copies):
     if isinstance(experts, DequantExperts):
         if engine is None:
             return experts.to_torch(dtype)
         if fmt is None or all(f == fmt for f in experts.formats):  # already in the format asked for
             if all(engine.lib.hymoe_has_format(int(qtype(f))) for f in experts.formats):
-                return native.NativeExperts(engine, experts.gate, experts.up, experts.down, experts.formats,
-                                            cfg.hidden_size, cfg.moe_intermediate_size)
+                return native.NativeExperts(engine, *map(copies, (experts.gate, experts.up, experts.down)),
+                                            experts.formats, cfg.hidden_size, cfg.moe_intermediate_size)
             return experts  # the slow, correct path; it says so when it first runs
         experts = experts.to_torch(torch.float32)  # re-quantize a GGUF file's experts to another format
     if engine is None or not isinstance(experts, TorchExperts):

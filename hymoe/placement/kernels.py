@@ -18,6 +18,7 @@ from hymoe.errors import HymoeError, say_once
 from hymoe.experts import native
 from hymoe.experts.native_linear import NativeLinear
 from hymoe.layers.linear import QuantEmbedding, QuantLinear, dequantize_rows
+from hymoe.placement.large_pages import no_copies
 from hymoe.quant.encode import ENCODE_TYPES, encode_bytes
 from hymoe.quant.formats import FLOAT_DTYPES, NATIVE_FORMATS, qtype
 from hymoe.quant.int4pack import Int4PackMatmul
@@ -91,8 +92,9 @@ def uses_int4pack(gpu_kernel: str, device: torch.device | None = None) -> bool:
     return device is None or (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0))
 
 
-def _kernel_for(linear: QuantLinear, engine: Callable, gpu_kernel: str = "auto") -> str:
-    """Gives linear the kernel of its device; returns "native", "int4pack", "torch" or "float" (none can)."""
+def _kernel_for(linear: QuantLinear, engine: Callable, gpu_kernel: str = "auto", copies: Callable = no_copies) -> str:
+    """Gives linear the kernel of its device; returns "native", "int4pack", "torch" or "float" (none can).
+    copies: what the native kernels stream from (large_pages.py)."""
     on_cpu = linear.qweight.device.type == "cpu"
     if linear.fmt == "Q4_K" and linear.qweight.device.type == "cuda" and uses_int4pack(gpu_kernel, linear.qweight.device):
         if Int4PackMatmul.fits(linear.qweight.shape, linear.in_features):
@@ -105,6 +107,7 @@ def _kernel_for(linear: QuantLinear, engine: Callable, gpu_kernel: str = "auto")
                  "other Q4_K dense weights are dequantized at each call")
     if on_cpu and linear.fmt in NATIVE_FORMATS and native.library() is not None:
         if linear.fmt in FLOAT_DTYPES or linear.in_features % 32 == 0:
+            linear.qweight = copies(linear.qweight)
             linear.kernel = NativeLinear(engine(), linear.in_features, [(linear.fmt, linear.out_features, linear.qweight)])
             return "native"
     if linear.fmt in TORCH_DEQUANT_FORMATS:
@@ -139,15 +142,16 @@ class FusedLinears:
         return tuple(part.view(*x.shape[:-1], -1) for part in y.split(self.splits, dim=-1))
 
 
-def place_dense(model, dtype: torch.dtype, engine: Callable, gpu_kernel: str = "auto") -> dict[str, int]:
+def place_dense(model, dtype: torch.dtype, engine: Callable, gpu_kernel: str = "auto",
+                copies: Callable = no_copies) -> dict[str, int]:
     """Kernels for every block-format linear (engine() gives the native engine when one is needed;
-    gpu_kernel: what multiplies Q4_K on CUDA), fused groups on the CPU, and floats where no kernel
-    exists; returns how many took each path."""
+    gpu_kernel: what multiplies Q4_K on CUDA; copies: what the native kernels stream from), fused
+    groups on the CPU, and floats where no kernel exists; returns how many took each path."""
     counts: dict[str, int] = {}
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, QuantLinear):
-                path = _kernel_for(child, engine, gpu_kernel)
+                path = _kernel_for(child, engine, gpu_kernel, copies)
                 if path == "float":
                     setattr(parent, name, _as_float(child, dtype))
                 counts[path] = counts.get(path, 0) + 1

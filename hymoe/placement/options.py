@@ -32,6 +32,7 @@ class PlacementOptions:
     expert_stats: str | None = None  # routing statistics that choose them (`hymoe calibrate`)
     defer_experts: int = 0  # each token's K lowest-weighted CPU experts finish during the next layer
     gpu_prefill_threshold: int = 0  # prompts this long stream expert weights to the GPU (0: off)
+    mmap: bool = False  # the CPU's native kernels read the GGUF's mapping, not copies on 2 MiB pages
     cuda_graphs: bool = True  # decode steps replayed as CUDA graphs where CUDA runs the dense part
 
     def __post_init__(self):

@@ -1,0 +1,77 @@
+"""The weights the CPU's native kernels stream are copied at load onto 2 MiB pages (large_pages.py);
+`--mmap` keeps them on the GGUF file's mapping. Either way the model computes the same logits."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import hymoe
+from hymoe.cli import build_parser
+from hymoe.experts import native
+from hymoe.layers.linear import QuantLinear
+from hymoe.layers.moe import MoE
+from hymoe.placement import large_pages
+from hymoe.placement.options import PlacementOptions
+
+PROMPT = [5, 17, 42, 99, 7, 64, 23, 11]
+needs_native = pytest.mark.skipif(native.library() is None, reason="native kernels not built")
+
+
+def _streamed(llm) -> list[torch.Tensor]:
+    """Every weight a native kernel streams: the native linears' and the experts'."""
+    out = [m.qweight for m in llm.model.modules() if isinstance(m, QuantLinear) and m.kernel is not None]
+    experts = [m.experts for m in llm.model.modules() if isinstance(m, MoE)]
+    assert all(isinstance(e, native.NativeExperts) for e in experts)
+    out += [w for e in experts for w in (e.gate, e.up, e.down)]
+    return out
+
+
+def _in_file(t: torch.Tensor, path) -> bool:
+    """Whether t views the GGUF file's mapping (its storage is the whole file)."""
+    return t.untyped_storage().nbytes() == path.stat().st_size
+
+
+@needs_native
+def test_streamed_weights_are_copies_and_mmap_keeps_the_file(gguf_model):
+    _, path = gguf_model("qwen3_moe", "Q4_K")
+    copied = hymoe.load(path, placement="cpu", progress=False)
+    mapped = hymoe.load(path, placement="cpu", progress=False, mmap=True)
+    ours, theirs = _streamed(copied), _streamed(mapped)
+    assert len(ours) == len(theirs) == 2 * (4 + 3) + 1  # q, k, v, o and three expert stacks a layer; the head
+    if large_pages.large_pages_offered():
+        assert not any(_in_file(t, path) for t in ours)
+    assert all(_in_file(t, path) for t in theirs)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    assert torch.equal(copied.logits(PROMPT), mapped.logits(PROMPT))
+
+
+@needs_native
+def test_copies_stop_at_the_headroom_and_say_so(gguf_model, monkeypatch, caplog):
+    _, path = gguf_model("qwen3_moe", "Q4_K")
+    monkeypatch.setattr(large_pages, "large_pages_offered", lambda: True)
+    monkeypatch.setattr(large_pages, "free_bytes", lambda device: 0)
+    monkeypatch.setattr("hymoe.errors._said", set())  # said once per process: this test must see it
+    with caplog.at_level(logging.WARNING, logger="hymoe"):
+        llm = hymoe.load(path, placement="cpu", progress=False)
+    assert all(_in_file(t, path) for t in _streamed(llm))
+    notes = [r.getMessage() for r in caplog.records if "stay on the file's pages" in r.getMessage()]
+    assert len(notes) == 1 and "--mmap" in notes[0]
+
+
+def test_copies_budget_and_offer():
+    t = torch.arange(4096, dtype=torch.uint8)
+    copies = large_pages.LargePageCopies(True)
+    copies.is_offered, copies.left = True, 6000
+    first, second = copies(t), copies(t)
+    assert torch.equal(first, t) and first.data_ptr() != t.data_ptr()  # a copy
+    assert second is t and (copies.copied, copies.kept) == (4096, 4096)  # past the budget: the original
+    off = large_pages.LargePageCopies(False)
+    assert off(t) is t and off.copied == 0
+
+
+def test_mmap_option_reaches_the_placement_options():
+    args = build_parser().parse_args(["generate", "m.gguf", "--prompt", "hi", "--mmap"])
+    assert PlacementOptions.from_args(args).mmap is True
+    assert PlacementOptions.from_args(build_parser().parse_args(["generate", "m.gguf", "--prompt", "hi"])).mmap is False
