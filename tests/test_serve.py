@@ -168,8 +168,12 @@ def test_a_dropped_non_streamed_request_frees_its_slot(live, monkeypatch):
     cancelled = []
     cancel = live.server.scheduler.cancel
     monkeypatch.setattr(live.server.scheduler, "cancel", lambda req: cancelled.append(req) or cancel(req))
+    # at least 10 ms a step, so 480 tokens take longer than the wait below on any machine (a fast one
+    # decoded them in 1.8 s, before the server's next look at the connection)
+    step = live.server.scheduler.scheduler.step
+    monkeypatch.setattr(live.server.scheduler.scheduler, "step", lambda: time.sleep(0.01) or step())
     body = {"model": "hymoe-demo", "messages": [{"role": "user", "content": "And it came to pass"}],
-            "max_tokens": 480, "temperature": 0}  # seconds of decoding: longer than the wait below
+            "max_tokens": 480, "temperature": 0}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(live.url + "/v1/chat/completions", json=body, timeout=1.0)
     deadline = time.time() + 2.5  # the server looks at the connection every second
