@@ -1,12 +1,13 @@
 """Host memory for expert weights and the CPU's KV pool: backed by 2 MiB pages where the OS offers them.
 
 Decode streams every routed expert's weights from DRAM once per token. On 4 KiB pages each page
-costs a TLB miss and restarts the hardware prefetcher; on 2 MiB pages neither happens. A GGUF
-file's mmap already gets large pages from the page cache on recent Linux (ext4/xfs large folios,
-`FilePmdMapped` in /proc/meminfo), but weights made at load time (quantized from safetensors) or
-by the benchmarks live in anonymous memory, which gets them only when asked: transparent huge
-pages are commonly set to `madvise`. Measured on the 2-core Zen 4 CI machine, one process,
-alternating calls: a qwen3-30b-a3b MoE layer at batch 1, Q4_K 0.92 -> 0.85 ms, Q8_0 1.54 -> 1.46 ms.
+costs a TLB miss and restarts the hardware prefetcher; on 2 MiB pages neither happens. Anonymous
+memory gets them only when asked (transparent huge pages are commonly set to `madvise`). A GGUF
+file's mapping has whatever folios the page cache holds, and Python's mmap, at an address not
+2 MiB-aligned, maps even large ones page by page (`FilePmdMapped` stays 0), so the weights the CPU
+streams are copied here at load (placement/large_pages.py). Measured on the 2-core Zen 4 CI
+machine, one process, alternating calls: a qwen3-30b-a3b MoE layer at batch 1, Q4_K 0.92 -> 0.85
+ms, Q8_0 1.54 -> 1.46 ms.
 """
 from __future__ import annotations
 
