@@ -1,8 +1,9 @@
 """A GGUF model as a TensorSource: dense tensors by their HF names, experts as raw GGUF blocks.
 
 Dense (non-expert) tensors are dequantized with gguf-py on request (models/assemble.py then casts
-them to the compute dtype of their device). Routed experts stay in the file's blocks, zero copy,
-for the CPU expert engine.
+them to the compute dtype of their device). Routed experts stay in the file's blocks, views of its
+mapping, for the CPU expert engine (placement copies what the CPU streams onto 2 MiB pages:
+placement/large_pages.py).
 """
 from __future__ import annotations
 
