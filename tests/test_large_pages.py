@@ -75,3 +75,15 @@ def test_mmap_option_reaches_the_placement_options():
     args = build_parser().parse_args(["generate", "m.gguf", "--prompt", "hi", "--mmap"])
     assert PlacementOptions.from_args(args).mmap is True
     assert PlacementOptions.from_args(build_parser().parse_args(["generate", "m.gguf", "--prompt", "hi"])).mmap is False
+
+
+@needs_native
+def test_mla_products_read_copies_of_the_files_attn_k_b_and_attn_v_b(gguf_model):
+    _, path = gguf_model("deepseek_v3", "Q4_0")  # the file's own split, read in place (test_native_mla.py)
+    weights = [[k.weight for m in llm.model.modules() for k in (getattr(m, "up_kernels", None) or ())]
+               for llm in (hymoe.load(path, progress=False), hymoe.load(path, progress=False, mmap=True))]
+    assert weights[0] and len(weights[0]) == len(weights[1])
+    if large_pages.large_pages_offered():
+        assert not any(_in_file(t, path) for t in weights[0])
+    assert all(_in_file(t, path) for t in weights[1])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))

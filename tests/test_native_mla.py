@@ -112,7 +112,7 @@ def test_mla_of_a_gguf_file_reads_its_attn_k_b_and_attn_v_b_in_place(gguf_model,
             assert kernel.weight.numpy().tobytes() == t.data.tobytes()
     assert all(k._args.fmt == int(qtype("Q4_0")) for m in layers for k in m.up_kernels)
     got = llm.logits(IDS)
-    monkeypatch.setattr("hymoe.placement.kernels._mla_up_kernels", lambda engine, mla: None)
+    monkeypatch.setattr("hymoe.placement.kernels._mla_up_kernels", lambda engine, mla, copies: None)
     want = hymoe.load(path, progress=False).logits(IDS)
     assert ((got - want).abs().max() / want.abs().max()).item() < 2e-2
     assert not torch.equal(got, want)
@@ -131,7 +131,7 @@ def test_bench_counts_the_rows_a_step_reads(tmp_path, monkeypatch):
 
     make_model("deepseek_v3", tmp_path)
     native_rows = cpu_bytes_per_token(hymoe.load(tmp_path, dtype="float32", progress=False))
-    monkeypatch.setattr("hymoe.placement.kernels._mla_up_kernels", lambda engine, mla: None)
+    monkeypatch.setattr("hymoe.placement.kernels._mla_up_kernels", lambda engine, mla, copies: None)
     assert cpu_bytes_per_token(hymoe.load(tmp_path, dtype="float32", progress=False)) == native_rows
 
 

@@ -66,7 +66,7 @@ class LLM:
         engine = EngineSlot(o.threads, self.placement.is_async, o.numa, LargePageCopies(not o.mmap))
         quantize_dense(self.model, self.placement.targets, check_dense_format(o.dense_format))
         self.dense_kernels = place_dense(self.model, self.dtype, engine, o.gpu_dense_kernel, engine.copies)  # {"native": 96, ...}
-        place_small_ops(self.model, self.dtype, engine)
+        place_small_ops(self.model, self.dtype, engine, engine.copies)
         count, budget = parse_gpu_experts(o.gpu_experts)
         hot = hot_experts_on_gpu(self.model, self.placement, count, self.dtype, budget, o.expert_stats)
         place_experts(self.model, o.experts, o.experts_format, o.threads, placement=self.placement, keep=on_gpu,

@@ -176,10 +176,10 @@ def _embedding_kernel(embed: QuantEmbedding) -> None:
         embed.kernel = NativeEmbedding(lib, embed.fmt, embed.qweight, embed.num_embeddings, embed.embedding_dim)
 
 
-def place_small_ops(model, dtype: torch.dtype, engine: Callable) -> int:
+def place_small_ops(model, dtype: torch.dtype, engine: Callable, copies: Callable = no_copies) -> int:
     """The native engine's attention (GQA; MLA's per-head products), RMSNorms and routing for the
     float32 layers on the CPU, where torch's per-operation costs outweigh a decode step's
-    arithmetic; returns how many modules got one."""
+    arithmetic; returns how many modules got one. copies: what MLA's per-head products stream from."""
     from hymoe.experts.native_attention import NativeGqaAttention, NativeLatentAttention, StepInputs
     from hymoe.experts.native_linear import NativeRMSNorm, NativeRouter
     from hymoe.layers.attention import GQAttention
@@ -200,7 +200,7 @@ def place_small_ops(model, dtype: torch.dtype, engine: Callable) -> int:
         if isinstance(m, GQAttention):
             m.kernel = NativeGqaAttention(engine(), m, (model.cfg.sliding_window or 0) if m.is_sliding else 0, inputs)
         elif isinstance(m, MLAttention):
-            m.up_kernels = _mla_up_kernels(engine(), m)
+            m.up_kernels = _mla_up_kernels(engine(), m, copies)
             if (m.rank + m.rope_dim) % 2 == 0 and m.rank + m.rope_dim <= 1024:  # widths the attention job takes
                 m.attend_kernel = NativeLatentAttention(engine(), m.num_heads, m.rank, m.rope_dim, m.scale)
         elif isinstance(m, RMSNorm):
@@ -222,7 +222,7 @@ def mla_up_format(split_fmt: str | None, linears_fmt: str | None, n: int | None)
     return ("Q8_0" if linears_fmt is not None and linears_fmt not in FLOAT_DTYPES and splits else "F32"), False
 
 
-def _mla_up_kernels(engine, mla) -> tuple:
+def _mla_up_kernels(engine, mla, copies: Callable = no_copies) -> tuple:
     """MLA's absorbed up-projections as native per-head products, in mla_up_format's formats. They
     hold the only copy: the layer's float weights go (DeepSeek-V3: at most 1.1 GB of Q8_0 for 4.1
     GB of float32)."""
@@ -235,7 +235,7 @@ def _mla_up_kernels(engine, mla) -> tuple:
     for w, kept in zip(mla.per_head_rows(), stored):  # [N, rows, n] float32; the file's (format, rows)
         heads, rows, n = w.shape
         fmt, is_in_place = mla_up_format(kept[0] if kept else None, linears_fmt, n)
-        raw = kept[1] if is_in_place else encode_bytes(w.reshape(-1, n), fmt)  # the file's blocks, or a copy
+        raw = copies(kept[1]) if is_in_place else encode_bytes(w.reshape(-1, n), fmt)  # the file's blocks, or a copy
         kernels.append(NativeHeadLinear(engine, fmt, heads, rows, n, raw.reshape(-1)))
     mla.kv_b_proj = mla.stored_up = None
     return tuple(kernels)
