@@ -3,8 +3,8 @@
 Decode streams every routed expert's weights from DRAM once per token. On 4 KiB pages each page
 costs a TLB miss and restarts the hardware prefetcher; on 2 MiB pages neither happens. Anonymous
 memory gets them only when asked (transparent huge pages are commonly set to `madvise`). A GGUF
-file's mapping has whatever folios the page cache holds, and Python's mmap, at an address not
-2 MiB-aligned, maps even large ones page by page (`FilePmdMapped` stays 0), so the weights the CPU
+file's mapping has whatever folios the page cache holds: 2 MiB ones for a file read from disk
+through a mapping advised for them, 4 KiB ones for a file just written, so the weights the CPU
 streams are copied here at load (placement/large_pages.py). Measured on the 2-core Zen 4 CI
 machine, one process, alternating calls: a qwen3-30b-a3b MoE layer at batch 1, Q4_K 0.92 -> 0.85
 ms, Q8_0 1.54 -> 1.46 ms.

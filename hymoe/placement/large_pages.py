@@ -3,10 +3,11 @@
 A GGUF file's tensors are views of its read-only mapping, and those pages come from the page
 cache in whatever folios it holds: a file just written or downloaded sits there in 4 KiB ones,
 so each page of a decode step's weight stream costs a TLB miss and stops the hardware
-prefetcher. Copies in `host_bytes` memory get 2 MiB pages. Qwen3-shaped Q4_K file (2.9 GB),
-2-core Zen 4, two loads alternating in one process: a decode step 17.0 -> 16.0 ms after the file
-was written, no change once its folios were large (docs/dense.md). llama.cpp computes this file
-from anonymous memory too: it repacks Q4_K into its own buffers at load.
+prefetcher (a file read back from disk comes in 2 MiB folios instead). Copies in `host_bytes`
+memory get 2 MiB pages either way. 2-core Zen 4, two loads alternating in one process: a decode
+step 17.0 -> 16.0 ms on a Qwen3-shaped Q4_K file (2.9 GB) just written; on files whose folios were
+large, 1.006-1.018 of the mapping's (docs/dense.md). llama.cpp computes such a file from anonymous
+memory too: it repacks Q4_K into its own buffers at load.
 
 `--mmap` keeps the mapping (no copy: the page cache's pages, shared with other processes). A copy
 that would leave less than HEADROOM of the machine's available memory is not made, and that is
