@@ -65,7 +65,8 @@ class LLM:
         on_gpu = place_layers(self.model, self.placement, self.dtype)
         engine = EngineSlot(o.threads, self.placement.is_async, o.numa, LargePageCopies(not o.mmap))
         quantize_dense(self.model, self.placement.targets, check_dense_format(o.dense_format))
-        self.dense_kernels = place_dense(self.model, self.dtype, engine, o.gpu_dense_kernel, engine.copies)  # {"native": 96, ...}
+        # {"native": 96, ...}
+        self.dense_kernels = place_dense(self.model, self.dtype, engine, o.gpu_dense_kernel, engine.copies)
         place_small_ops(self.model, self.dtype, engine, engine.copies)
         count, budget = parse_gpu_experts(o.gpu_experts)
         hot = hot_experts_on_gpu(self.model, self.placement, count, self.dtype, budget, o.expert_stats)
