@@ -12,7 +12,7 @@ from tiny_models import make_model
 def test_loaded_mla_keeps_the_up_projection_once_in_per_head_layouts(tmp_path, monkeypatch):
     """Where torch computes the products (a GPU, bfloat16): here float32 on the CPU without the
     native per-head products, which would take the weight over (test_native_mla)."""
-    monkeypatch.setattr("hymoe.placement.kernels._mla_up_kernels", lambda engine, mla: None)
+    monkeypatch.setattr("hymoe.placement.kernels._mla_up_kernels", lambda engine, mla, copies: None)
     hf = make_model("deepseek_v3_qlora_yarn", tmp_path)
     llm = hymoe.load(tmp_path, dtype="float32", progress=False)
     layers = [m for m in llm.model.modules() if isinstance(m, MLAttention)]
