@@ -16,6 +16,7 @@ import mmap
 import torch
 
 PAGE = 4096
+THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
 def host_bytes(nbytes: int) -> torch.Tensor:
@@ -29,6 +30,15 @@ def host_bytes(nbytes: int) -> torch.Tensor:
     except OSError:
         pass  # THP disabled or unsupported: 4 KiB pages, same contents
     return torch.frombuffer(m, dtype=torch.uint8, count=nbytes)
+
+
+def large_pages_offered() -> bool:
+    """Whether anonymous memory can get 2 MiB pages here (Linux's transparent huge pages not off)."""
+    try:
+        with open(THP_SETTING) as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
 
 
 def host_copy(t: torch.Tensor) -> torch.Tensor:

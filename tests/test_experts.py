@@ -31,14 +31,6 @@ def test_grouped_experts_match_reference(tokens, k):
     assert torch.allclose(got, reference(x, ids, w, gate, up, down), rtol=1e-4, atol=1e-3)
 
 
-def _thp_mode() -> str:
-    try:
-        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
-    except OSError:
-        return "none"
-    return text[text.index("[") + 1:text.index("]")]
-
-
 def _huge_kb_at(address: int) -> int:
     """AnonHugePages of the mapping holding address, from /proc/self/smaps."""
     inside = False
@@ -53,7 +45,7 @@ def _huge_kb_at(address: int) -> int:
 
 
 def test_host_memory_holds_the_bytes_in_large_pages():
-    from hymoe.host_memory import host_bytes, host_copy
+    from hymoe.host_memory import host_bytes, host_copy, large_pages_offered
 
     t = torch.randn(3, 5, 7).bfloat16()
     c = host_copy(t)
@@ -61,6 +53,6 @@ def test_host_memory_holds_the_bytes_in_large_pages():
     z = host_bytes(1000)
     assert z.numel() == 1000 and int(z.sum()) == 0
     big = host_bytes(64 << 20).fill_(1)
-    if _thp_mode() not in ("always", "madvise"):
+    if not large_pages_offered():
         pytest.skip("this kernel offers no transparent huge pages")
     assert _huge_kb_at(big.data_ptr()) >= 2048, "expert memory came back in 4 KiB pages"

@@ -18,20 +18,10 @@ from __future__ import annotations
 import torch
 
 from hymoe.errors import say_once
-from hymoe.host_memory import host_copy
+from hymoe.host_memory import host_copy, large_pages_offered
 from hymoe.kv.sizing import free_bytes
 
 HEADROOM = 0.2  # of the available memory at load: the KV pool and the step's buffers come later
-THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
-
-
-def large_pages_offered() -> bool:
-    """Whether anonymous memory can get 2 MiB pages here (Linux's transparent huge pages not off)."""
-    try:
-        with open(THP_SETTING) as f:
-            return "[never]" not in f.read()
-    except OSError:
-        return False
 
 
 class LargePageCopies:
