@@ -40,6 +40,22 @@ def test_rows_of_64s_that_are_not_256s(fmt, isa):
     _check_rows(fmt, 1, 832)
 
 
+@pytest.mark.parametrize("fmt", ["Q4_K", "Q5_K"])
+@pytest.mark.parametrize("grouped", [1, 0])
+def test_one_token_in_groups_of_four_blocks(fmt, grouped, isa):
+    """At one token AVX512 takes Q4_K and Q5_K blocks 4 at a time in address order (kq45_groups.h):
+    groups that span rows (rows of 1-3 blocks), rows that end a group early, a last group of 1-3
+    blocks. Tuning::kq45_groups = 0 takes the per-row kernel; both must give the exact sum."""
+    lib = native.library()
+    old = lib.hymoe_bench_tune(b"kq45_groups", grouped)
+    assert old >= 0
+    try:
+        for n, rows in [(256, 1), (256, 7), (512, 3), (768, 5), (768, 13), (1024, 2), (2048, 9), (4096, 3)]:
+            _check_rows(fmt, 1, n, rows)
+    finally:
+        lib.hymoe_bench_tune(b"kq45_groups", old)
+
+
 def _check_rows(fmt: str, tokens: int, n: int, rows: int = 12) -> None:
     w = random_weights(fmt, rows, n, seed=tokens)
     x = torch.randn(tokens, n, generator=torch.Generator().manual_seed(tokens))

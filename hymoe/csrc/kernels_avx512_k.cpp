@@ -34,6 +34,9 @@ struct KQ45 {
     void prep(const uint8_t* p) {
         s.load(p);
         sc4 = _mm512_broadcast_i32x4(s.sc);
+        point(p);
+    }
+    void point(const uint8_t* p) {  // the codes only (kq45_groups decodes the scales itself)
         qh = kFive ? p + 16 : nullptr;
         qs = kFive ? p + 48 : p + 16;
     }
@@ -552,6 +555,8 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
     }
 }
 
+#include "kq45_groups.h"
+
 // ---- TQ1_0 (1.69 bits): five base-3 digits per byte, digit k of q = floor(3 (q 3^k mod 256) / 256)
 // (ggml's encoding). The 52 code bytes of a block sit in one zmm, so digit k of all of them is one
 // vector: lanes 0-31 are weights 32k.., lanes 32-47 weights 160 + 16k.., lanes 48-51 weights
@@ -647,6 +652,10 @@ struct KTile {
 template <class F>
 int rows_k(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
            size_t out_stride) {
+    if constexpr (F::kPaired)  // Q4_K, Q5_K at one token over rows back to back: blocks in groups of 4
+        if (ntok == 1 && g_tuning.kq45_groups && row_bytes == (size_t)(n / 256) * F::kBytes &&
+            kq45_groups<F::kBytes == 176>(w, nrows, acts[0], n, out))
+            return nrows;
     if (F::kTQ2Order && !t_tq2.reserve(tq2_bytes<F>(kTile, n))) return 0;  // out of memory: none computed
     rows_tiled<KTile, F>(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
     return nrows;

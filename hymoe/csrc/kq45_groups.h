@@ -1,0 +1,128 @@
+// Q4_K and Q5_K against one token (decode), the rows' blocks taken in address order in groups of 4.
+// Included by kernels_avx512_k.cpp after KQ45; internal linkage, no C++ library (common.h).
+//
+// Why: the per-row kernel (rows_k_tile) decodes each block's 6-bit scales and mins, its fp16 d and
+// dmin, and its mins' correction alone, in 128-bit registers: about 40% of its time at one token (in
+// cache, Zen 4: 19.7 cycles a block, 11 without those steps). Here lane k of one vector holds block
+// k of a group: one decode serves 4 blocks, the mins' correction of the 4 is one vpmaddwd against
+// their activation sums, and d x d_a, dmin x d_a are one multiply. Per block there remain the code
+// chunks, their dots, one scale broadcast (from memory: a vector permute per block cost 1.4 cycles)
+// and one multiply-add.
+// The blocks of consecutive rows lie back to back, so a group may span rows (a row of 768 weights is
+// 3 blocks): the activations' per-unit values are copied once per call with unit j % U at j, j < U + 3,
+// so a group starting at any unit reads its 4 contiguously, and the row's sum is stored when its last
+// block is done.
+#pragma once
+
+namespace {
+
+thread_local ScratchBuffer t_kq45;  // per thread: per unit j < U + 3, its 8 sums of 32 (int16), then d_a
+
+// int16 lanes with the scale bytes j of chunks c, c + 1 of a block (its 128-bit lane of `sc` holds 8
+// scale bytes, then 8 min bytes), zero-extended (index 0x80), in scales_pair's arrangement (KQ45)
+template <class F>
+inline __m512i scale_bytes_pair(__m512i sc, int c) {
+    const auto idx = [](int j) { return (long long)(0x8000800080008000ULL + 0x0001000100010001ULL * (unsigned)j); };
+    const int a = F::blk_lo(c), b = F::blk_lo(c + 1), e = F::blk_hi(c), f = F::blk_hi(c + 1);
+    return _mm512_shuffle_epi8(sc, _mm512_set_epi64(idx(f), idx(e), idx(f), idx(e), idx(b), idx(a), idx(b), idx(a)));
+}
+
+// Lane k: block k's 8 scales then 8 mins as bytes, from its first 16 bytes ([d|dmin, A, B, C]: the
+// layout KQ45Scales::load unpacks, there one block at a time); lanes past nb undefined.
+template <int kBytes>
+inline __m512i group_headers(const uint8_t* p, int nb, __m512i* raw) {
+    __m512i h = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i*)p));
+    if (nb > 1) h = _mm512_inserti32x4(h, _mm_loadu_si128((const __m128i*)(p + kBytes)), 1);
+    if (nb > 2) h = _mm512_inserti32x4(h, _mm_loadu_si128((const __m128i*)(p + 2 * kBytes)), 2);
+    if (nb > 3) h = _mm512_inserti32x4(h, _mm_loadu_si128((const __m128i*)(p + 3 * kBytes)), 3);
+    *raw = h;
+    const __m512i v = _mm512_shuffle_epi32(h, (_MM_PERM_ENUM)0x39);  // [A, B, C, d|dmin]
+    // scales = [A & 63 | (C & 15) + (A >> 6 << 4)], mins = [B & 63 | (C >> 4) + (B >> 6 << 4)]
+    const __m512i lo = _mm512_and_si512(v, _mm512_set1_epi8(63));
+    const __m512i c = _mm512_srlv_epi32(_mm512_shuffle_epi32(v, (_MM_PERM_ENUM)0xAA), _mm512_set4_epi32(0, 0, 4, 0));
+    const __m512i hi = _mm512_ternarylogic_epi32(_mm512_and_si512(c, _mm512_set1_epi8(15)), _mm512_srli_epi32(v, 2),
+                                                 _mm512_set1_epi8(0x30), 0xF8);  // A | (B & C)
+    return _mm512_unpacklo_epi32(lo, hi);
+}
+
+// Of a group: sd[2k] = d_k d_a, sd[2k + 1] = dmin_k d_a (block k's fp16 pair is dword 0 of lane k of
+// raw); returns the mins' correction, lanes 4k..4k+3 block k's 8 mins (bytes 8-15 of lane k of sc, as
+// int16) x its 8 activation sums of 32 (bk), x dmin_k d_a
+inline __m512 group_scales(__m512i raw, __m512i sc, const float* dk, const int16_t* bk, float* sd) {
+    const __m512i firsts = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0);
+    const __m128i dd16 = _mm512_castsi512_si128(_mm512_permutexvar_epi32(firsts, raw));
+    const __m256 da2 = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(dk)),
+                                                _mm256_set_epi32(3, 3, 2, 2, 1, 1, 0, 0));
+    const __m256 sd8 = _mm256_mul_ps(_mm256_cvtph_ps(dd16), da2);
+    _mm256_store_ps(sd, sd8);
+    const __m512i m16 = _mm512_shuffle_epi8(sc, _mm512_set4_epi32((int)0x800f800e, (int)0x800d800c,
+                                                                  (int)0x800b800a, (int)0x80098008));
+    const __m512 msc = _mm512_permutexvar_ps(_mm512_set_epi32(7, 7, 7, 7, 5, 5, 5, 5, 3, 3, 3, 3, 1, 1, 1, 1),
+                                             _mm512_castps256_ps512(sd8));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(m16, _mm512_loadu_si512((const void*)bk))), msc);
+}
+
+// lane k of v in all four (k a constant once the caller's loop is unrolled)
+inline __m512i lane_everywhere(__m512i v, int k) {
+    return k == 0 ? _mm512_shuffle_i32x4(v, v, 0x00) : k == 1 ? _mm512_shuffle_i32x4(v, v, 0x55)
+         : k == 2 ? _mm512_shuffle_i32x4(v, v, 0xAA) : _mm512_shuffle_i32x4(v, v, 0xFF);
+}
+
+template <bool kFive>
+int kq45_groups(const uint8_t* w, int nrows, const void* act, int n, float* out) {
+    using F = KQ45<kFive>;
+    constexpr int B = F::kBytes;
+    const int U = n / 256;
+    int16_t* bk = (int16_t*)t_kq45.reserve((size_t)(U + 3) * 20);
+    if (!bk) return 0;
+    float* dk = (float*)(bk + 8 * (U + 3));
+    const ActView a = act_view(act, n);
+    const int8_t* paired = (const int8_t*)act + paired_at(n);
+    for (int j = 0; j < U + 3; j++) {
+        dk[j] = a.dk[j % U];
+        memcpy(bk + 8 * j, a.bk32 + 8 * (j % U), 16);
+    }
+    const size_t total = (size_t)nrows * U;
+    const Ahead fetch(w, total * B, rows_ahead((size_t)U * B, 1));
+    // two accumulators, so that a block adds to two dependency chains of one op each, not one of two
+    __m512 acc = _mm512_setzero_ps(), macc = _mm512_setzero_ps();
+    alignas(64) float done[4][16];  // finished rows' vectors, reduced 4 at a time (hsum4)
+    int u = 0, r = 0;
+    for (size_t b0 = 0; b0 < total; b0 += 4) {
+        const int nb = total - b0 < 4 ? (int)(total - b0) : 4;
+        const uint8_t* p = w + b0 * B;
+        fetch(p, nb * B);
+        __m512i raw;
+        const __m512i sc = group_headers<B>(p, nb, &raw);
+        alignas(32) float sd[8];  // d_k d_a at 2k, dmin_k d_a at 2k + 1: read back by broadcasts
+        const __m512 mins = group_scales(raw, sc, dk + u, bk + 8 * u, sd);
+        for (int k = 0; k < nb; k++) {
+            const __m512i sck = lane_everywhere(sc, k);
+            F f;
+            f.point(p + k * B);
+            const int8_t* ak = paired + 256 * u;
+            __m512i dot = _mm512_setzero_si512();
+            for (int c = 0; c < 4; c += 2) {  // as rows_k_tile's kPackPairs step
+                const __m512i p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), f.chunk(c),
+                                                       _mm512_loadu_si512((const void*)(ak + 64 * c)));
+                const __m512i p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), f.chunk(c + 1),
+                                                       _mm512_loadu_si512((const void*)(ak + 64 * c + 64)));
+                dot = _mm512_dpwssd_epi32(dot, _mm512_packs_epi32(p0, p1), scale_bytes_pair<F>(sck, c));
+            }
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(sd[2 * k]), acc);
+            macc = _mm512_mask_add_ps(macc, (__mmask16)(0xF << (4 * k)), macc, mins);
+            if (++u == U) {
+                _mm512_store_ps(done[r % 4], _mm512_sub_ps(acc, macc));
+                if (++r % 4 == 0)
+                    _mm_storeu_ps(out + r - 4, hsum4(_mm512_load_ps(done[0]), _mm512_load_ps(done[1]),
+                                                     _mm512_load_ps(done[2]), _mm512_load_ps(done[3])));
+                acc = macc = _mm512_setzero_ps();
+                u = 0;
+            }
+        }
+    }
+    for (int i = r / 4 * 4; i < r; i++) out[i] = hsum(_mm512_load_ps(done[i % 4]));
+    return nrows;
+}
+
+}  // namespace
