@@ -96,6 +96,9 @@ int kq45_groups(const uint8_t* w, int nrows, const void* act, int n, float* out)
         const __m512i sc = group_headers<B>(p, nb, &raw);
         alignas(32) float sd[8];  // d_k d_a at 2k, dmin_k d_a at 2k + 1: read back by broadcasts
         const __m512 mins = group_scales(raw, sc, dk + u, bk + 8 * u, sd);
+        // sd may have changed (it has not): the blocks then broadcast their scale from memory, a load,
+        // where the compiler would otherwise pick it out of the register (two shuffles a block)
+        __asm__ volatile("" : "+m"(sd));
         for (int k = 0; k < nb; k++) {
             const __m512i sck = lane_everywhere(sc, k);
             F f;
