@@ -143,3 +143,29 @@ def test_stacked_steps_past_the_table_rows_equal_the_modules(gguf_model):
             layer.native_step = step
         llm.model.native_stack = saved[1]
     assert (stacked.token_ids, stacked.logprobs) == (modules.token_ids, modules.logprobs)
+
+
+def test_decode_ab_turns_the_order_and_keeps_the_settings(gguf_model, capsys):
+    """scripts/decode_ab.py: over 2 x variants rounds every variant holds every place once in each
+    direction, so no setting sits later (at a longer context) than another; the run prints a ratio
+    for each variant and its control, and leaves the tuning values as it found them."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import decode_ab
+
+    orders = decode_ab.schedule(3, 6)
+    for v in range(3):
+        places = [order.index(v) for order in orders]
+        assert sorted(places) == [0, 0, 1, 1, 2, 2]
+    assert orders[0] == [0, 1, 2] and orders[1] == [2, 1, 0] and orders[2] == [1, 2, 0]
+    if native.library() is None:
+        pytest.skip("native kernels not built")
+    before = native.bench_tune("kq45_groups")
+    ratios = decode_ab.main(str(gguf_model("qwen3_moe", "Q8_0")[1]), ["kq45_groups=0", "kq45_groups=1"], 2, 3,
+                            context=8)
+    assert len(ratios) == 3 and ratios[0] == 1.0 and all(r > 0 for r in ratios)
+    assert native.bench_tune("kq45_groups") == before
+    out = capsys.readouterr().out
+    assert "kq45_groups=0 (control)" in out and "probe" in out
