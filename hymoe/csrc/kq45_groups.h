@@ -73,8 +73,8 @@ int kq45_groups(const uint8_t* w, int nrows, const void* act, int n, float* out)
     using F = KQ45<kFive>;
     constexpr int B = F::kBytes;
     const int U = n / 256;
-    int16_t* bk = (int16_t*)t_kq45.reserve((size_t)(U + 3) * 20);
-    if (!bk) return 0;
+    int16_t* bk = U > 0 ? (int16_t*)t_kq45.reserve((size_t)(U + 3) * 20) : nullptr;
+    if (!bk) return 0;  // the per-row kernel then takes the rows
     float* dk = (float*)(bk + 8 * (U + 3));
     const ActView a = act_view(act, n);
     const int8_t* paired = (const int8_t*)act + paired_at(n);
