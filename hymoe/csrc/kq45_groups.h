@@ -2,16 +2,17 @@
 // Included by kernels_avx512_k.cpp after KQ45; internal linkage, no C++ library (common.h).
 //
 // Why: the per-row kernel (rows_k_tile) decodes each block's 6-bit scales and mins, its fp16 d and
-// dmin, and its mins' correction alone, in 128-bit registers: about 40% of its time at one token (in
-// cache, Zen 4: 19.7 cycles a block, 11 without those steps). Here lane k of one vector holds block
-// k of a group: one decode serves 4 blocks, the mins' correction of the 4 is one vpmaddwd against
-// their activation sums, and d x d_a, dmin x d_a are one multiply. Per block there remain the code
-// chunks, their dots, one scale broadcast (from memory: a vector permute per block cost 1.4 cycles)
-// and one multiply-add.
+// dmin, and its mins' correction alone, in 128-bit registers: about 40% of its time at one token (a
+// copy of its loop in cache, Zen 4: 19.7 cycles a block, 11 without those steps). Here lane k of one
+// vector holds block k of a group: one decode serves 4 blocks, the mins' correction of the 4 is one
+// vpmaddwd against their activation sums, and d x d_a, dmin x d_a are one multiply. Per block there
+// remain the code chunks, their dots, one scale broadcast (from memory: a vector permute per block
+// cost 1.4 cycles) and one multiply-add.
 // The blocks of consecutive rows lie back to back, so a group may span rows (a row of 768 weights is
 // 3 blocks): the activations' per-unit values are copied once per call with unit j % U at j, j < U + 3,
 // so a group starting at any unit reads its 4 contiguously, and the row's sum is stored when its last
-// block is done.
+// block is done. Decode steps on Zen 4 (docs/dense.md): 7-9% faster than the per-row kernel where the
+// bus is quiet, 3-5% slower where it is busy (cause not found).
 #pragma once
 
 namespace {
