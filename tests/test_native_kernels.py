@@ -43,9 +43,10 @@ def test_rows_of_64s_that_are_not_256s(fmt, isa):
 @pytest.mark.parametrize("fmt", ["Q4_K", "Q5_K"])
 @pytest.mark.parametrize("grouped", [1, 0])
 def test_one_token_in_groups_of_four_blocks(fmt, grouped, isa):
-    """At one token AVX512 takes Q4_K and Q5_K blocks 4 at a time in address order (kq45_groups.h):
-    groups that span rows (rows of 1-3 blocks), rows that end a group early, a last group of 1-3
-    blocks. Tuning::kq45_groups = 0 takes the per-row kernel; both must give the exact sum."""
+    """At one token AVX512 takes Q4_K and Q5_K blocks 4 at a time in address order (kq45_groups.h),
+    AVX2 2 at a time (kernels_avx2.cpp's qk45_pairs): groups that span rows (rows of 1-3 blocks),
+    rows that end a group early, a last group short of blocks. Tuning::kq45_groups = 0 takes the
+    per-row kernels; both must give the exact sum."""
     lib = native.library()
     old = lib.hymoe_bench_tune(b"kq45_groups", grouped)
     assert old >= 0

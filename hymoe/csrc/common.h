@@ -310,7 +310,8 @@ struct Tuning {
     // Attention: positions one attend call takes at most; a chunk's calls are merged. Its scores
     // (heads x positions floats) stay in L2
     int attn_call_rows = 1024;
-    // Q4_K and Q5_K at one token: blocks in groups of 4 (kq45_groups.h); 0 takes the per-row kernel
+    // Q4_K and Q5_K at one token: blocks in groups of 4 (kq45_groups.h; on AVX2 pairs, qk45_pairs in
+    // kernels_avx2.cpp); 0 takes the per-row kernels
     int kq45_groups = 1;
 };
 extern Tuning g_tuning;

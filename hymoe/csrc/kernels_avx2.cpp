@@ -100,6 +100,101 @@ float dot_qk45(const uint8_t* w, const void* act, int n) {
     return hsum(acc) - _mm_cvtss_f32(m4);
 }
 
+// Q4_K and Q5_K against one token, the rows' blocks in address order 2 at a time (as kq45_groups.h
+// takes 4 on AVX512): lane k of one register holds block k's header, so one scale decode, one fp16
+// conversion and one mins' correction serve 2 blocks. A pair may span rows (a row of 768 weights is
+// 3 blocks): the activations' per-unit values are copied once per call with unit j % U at j, j <= U.
+thread_local ScratchBuffer t_pairs;  // per thread: per unit j <= U, its 8 sums of 32 (int16), then d_a
+
+// Lane k: block k's 8 scales then 8 mins as bytes, from its first 16 bytes [d|dmin, A, B, C] (the
+// layout KQ45Scales::load unpacks one block at a time)
+inline __m256i pair_scales(__m256i h) {
+    const __m256i v = _mm256_shuffle_epi32(h, 0x39);  // [A, B, C, d|dmin]
+    const __m256i lo = _mm256_and_si256(v, _mm256_set1_epi8(63));
+    const __m256i c = _mm256_srlv_epi32(_mm256_shuffle_epi32(v, 0xAA), _mm256_setr_epi32(0, 4, 0, 0, 0, 4, 0, 0));
+    const __m256i hi = _mm256_or_si256(_mm256_and_si256(c, _mm256_set1_epi8(15)),
+                                       _mm256_and_si256(_mm256_srli_epi32(v, 2), _mm256_set1_epi8(0x30)));
+    return _mm256_unpacklo_epi32(lo, hi);
+}
+
+template <bool kFive>
+int qk45_pairs(const uint8_t* w, int nrows, const void* act, int n, float* out) {
+    const int B = kFive ? 176 : 144, U = n / 256;
+    int16_t* bk = U > 0 ? (int16_t*)t_pairs.reserve((size_t)(U + 1) * 20) : nullptr;
+    if (!bk) return 0;  // the per-row kernel then takes the rows
+    float* dk = (float*)(bk + 8 * (U + 1));
+    const ActView a = act_view(act, n);
+    for (int j = 0; j <= U; j++) {
+        dk[j] = a.dk[j % U];
+        memcpy(bk + 8 * j, a.bk32 + 8 * (j % U), 16);
+    }
+    const size_t total = (size_t)nrows * U;
+    __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
+    int u = 0, r = 0;
+    for (size_t b0 = 0; b0 < total; b0 += 2) {
+        const int nb = total - b0 < 2 ? 1 : 2;
+        const uint8_t* p = w + b0 * B;
+        for (int l = 0; l < nb * B; l += 64) _mm_prefetch((const char*)p + kPrefetch + l, _MM_HINT_T0);
+        __m256i h = _mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)p));
+        if (nb > 1) h = _mm256_inserti128_si256(h, _mm_loadu_si128((const __m128i*)(p + B)), 1);
+        const __m256i sb = pair_scales(h);
+        alignas(32) int16_t sc[2][8];  // block k's 8 scales, int16
+        alignas(16) float sd[4];       // d_k d_a at 2k, dmin_k d_a at 2k + 1
+        const __m128i sb0 = _mm256_castsi256_si128(sb), sb1 = _mm256_extracti128_si256(sb, 1);
+        _mm256_store_si256((__m256i*)sc, _mm256_cvtepu8_epi16(_mm_unpacklo_epi64(sb0, sb1)));
+        const __m128i dd = _mm_unpacklo_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+        const __m128 sd4 = _mm_mul_ps(_mm_cvtph_ps(dd), _mm_setr_ps(dk[u], dk[u], dk[u + 1], dk[u + 1]));
+        _mm_store_ps(sd, sd4);
+        // the mins' correction: lanes 4k..4k+3 block k's 8 mins x its 8 sums of 32, x dmin_k d_a
+        const __m256i m16 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi64(sb0, sb1));
+        const __m256 msc = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sd4),
+                                                    _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3));
+        const __m256 mins = _mm256_mul_ps(
+            _mm256_cvtepi32_ps(_mm256_madd_epi16(m16, _mm256_loadu_si256((const __m256i*)(bk + 8 * u)))), msc);
+        // sc and sd may have changed (they have not): the chunks broadcast from memory, loads, where the
+        // compiler would otherwise pick the values out of registers with shuffles
+        __asm__ volatile("" : "+m"(sc), "+m"(sd));
+        for (int k = 0; k < nb; k++) {
+            const uint8_t* blk = p + k * B;
+            const uint8_t* qh = kFive ? blk + 16 : nullptr;
+            const uint8_t* qs = kFive ? blk + 48 : blk + 16;
+            const int8_t* x = a.qk + 256 * u;
+            __m256i dot = _mm256_setzero_si256();
+            for (int j = 0; j < 8; j++) {  // as dot_qk45
+                __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 32 * (j / 2)));
+                if (j & 1) v = _mm256_srli_epi16(v, 4);
+                v = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+                if (kFive) {
+                    __m256i hb = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i*)qh), j),
+                                                  _mm256_set1_epi8(1));
+                    v = _mm256_or_si256(v, _mm256_slli_epi16(hb, 4));
+                }
+                const __m256i pr = _mm256_maddubs_epi16(v, _mm256_loadu_si256((const __m256i*)(x + 32 * j)));
+                dot = _mm256_add_epi32(dot, _mm256_madd_epi16(pr, _mm256_set1_epi16(sc[k][j])));
+            }
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(sd[2 * k]), acc);
+            macc = _mm256_add_ps(macc, k == 0 ? _mm256_blend_ps(_mm256_setzero_ps(), mins, 0x0F)
+                                              : _mm256_blend_ps(_mm256_setzero_ps(), mins, 0xF0));
+            if (++u == U) {
+                out[r++] = hsum(_mm256_sub_ps(acc, macc));
+                acc = macc = _mm256_setzero_ps();
+                u = 0;
+            }
+        }
+    }
+    return nrows;
+}
+
+// Q4_K, Q5_K: at one token over rows back to back, blocks in pairs; otherwise a row at a time
+template <bool kFive>
+int rows_qk45(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
+              size_t out_stride) {
+    if (ntok == 1 && g_tuning.kq45_groups && row_bytes == (size_t)(n / 256) * (kFive ? 176 : 144) &&
+        qk45_pairs<kFive>(w, nrows, acts[0], n, out))
+        return nrows;
+    return rows_by_dot<dot_qk45<kFive>>(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
+}
+
 float dot_q6_k(const uint8_t* w, const void* act, int n) {
     ActView a = act_view(act, n);
     const BlockQ6_K* b = (const BlockQ6_K*)w;
@@ -257,8 +352,8 @@ const RowsFn avx2::rows_f16 = rows_by_dot<dot_float<F16>>;
 const RowsFn avx2::rows_bf16 = rows_by_dot<dot_float<BF16>>;
 const RowsFn avx2::rows_q8_0 = rows_by_dot<dot_q8_0>;
 const RowsFn avx2::rows_q4_0 = rows_by_dot<dot_q4_0>;
-const RowsFn avx2::rows_q4_k = rows_by_dot<dot_qk45<false>>;
-const RowsFn avx2::rows_q5_k = rows_by_dot<dot_qk45<true>>;
+const RowsFn avx2::rows_q4_k = rows_qk45<false>;
+const RowsFn avx2::rows_q5_k = rows_qk45<true>;
 const RowsFn avx2::rows_q6_k = rows_by_dot<dot_q6_k>;
 const RowsFn avx2::rows_iq1_s = rows_by_dot<dot_iq1_s>;
 const RowsFn avx2::rows_tq2_0 = rows_by_dot<dot_tq2_0>;
