@@ -59,6 +59,28 @@ float dot_q4_0(const uint8_t* w, const void* act, int n) {
     return hsum(acc) - 8.f * offset;
 }
 
+// One Q4_K/Q5_K block's integer dot with its activations x: 8 sub-blocks of 32 codes, each pair
+// sum scaled by its int16 scale sc[j] (broadcast from memory)
+template <bool kFive>
+inline __m256i qk45_block(const uint8_t* blk, const int8_t* x, const int16_t* sc) {
+    const uint8_t* qh = kFive ? blk + 16 : nullptr;
+    const uint8_t* qs = kFive ? blk + 48 : blk + 16;
+    __m256i dot = _mm256_setzero_si256();
+    for (int j = 0; j < 8; j++) {
+        __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 32 * (j / 2)));
+        if (j & 1) v = _mm256_srli_epi16(v, 4);
+        v = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+        if (kFive) {
+            __m256i h = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i*)qh), j),
+                                         _mm256_set1_epi8(1));
+            v = _mm256_or_si256(v, _mm256_slli_epi16(h, 4));
+        }
+        const __m256i p = _mm256_maddubs_epi16(v, _mm256_loadu_si256((const __m256i*)(x + 32 * j)));
+        dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, _mm256_set1_epi16(sc[j])));
+    }
+    return dot;
+}
+
 // Sub-block scales and mins unpacked in vector registers (k_scales.h) and the float sums kept in a
 // vector until the row ends: scalar unpacking and a reduction per 256 weights would make this
 // kernel compute-bound (at ~45% of bandwidth).
@@ -75,21 +97,7 @@ float dot_qk45(const uint8_t* w, const void* act, int n) {
         s.load(blk);
         alignas(16) int16_t sc[8];
         _mm_store_si128((__m128i*)sc, s.sc);
-        const uint8_t* qh = kFive ? blk + 16 : nullptr;
-        const uint8_t* qs = kFive ? blk + 48 : blk + 16;
-        __m256i dot = _mm256_setzero_si256();
-        for (int j = 0; j < 8; j++) {
-            __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 32 * (j / 2)));
-            if (j & 1) v = _mm256_srli_epi16(v, 4);
-            v = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
-            if (kFive) {
-                __m256i h = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i*)qh), j),
-                                             _mm256_set1_epi8(1));
-                v = _mm256_or_si256(v, _mm256_slli_epi16(h, 4));
-            }
-            __m256i p = _mm256_maddubs_epi16(v, _mm256_loadu_si256((const __m256i*)(a.qk + 256 * i + 32 * j)));
-            dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, _mm256_set1_epi16(sc[j])));
-        }
+        const __m256i dot = qk45_block<kFive>(blk, a.qk + 256 * i, sc);
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(a.dk[i] * s.d), acc);
         // mins: sum_j m_j * bsum32_j, scaled by dmin
         const __m128i m = _mm_madd_epi16(s.mn, _mm_loadu_si128((const __m128i*)(a.bk32 + 8 * i)));
@@ -155,23 +163,7 @@ int qk45_pairs(const uint8_t* w, int nrows, const void* act, int n, float* out) 
         // compiler would otherwise pick the values out of registers with shuffles
         __asm__ volatile("" : "+m"(sc), "+m"(sd));
         for (int k = 0; k < nb; k++) {
-            const uint8_t* blk = p + k * B;
-            const uint8_t* qh = kFive ? blk + 16 : nullptr;
-            const uint8_t* qs = kFive ? blk + 48 : blk + 16;
-            const int8_t* x = a.qk + 256 * u;
-            __m256i dot = _mm256_setzero_si256();
-            for (int j = 0; j < 8; j++) {  // as dot_qk45
-                __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 32 * (j / 2)));
-                if (j & 1) v = _mm256_srli_epi16(v, 4);
-                v = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
-                if (kFive) {
-                    __m256i hb = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i*)qh), j),
-                                                  _mm256_set1_epi8(1));
-                    v = _mm256_or_si256(v, _mm256_slli_epi16(hb, 4));
-                }
-                const __m256i pr = _mm256_maddubs_epi16(v, _mm256_loadu_si256((const __m256i*)(x + 32 * j)));
-                dot = _mm256_add_epi32(dot, _mm256_madd_epi16(pr, _mm256_set1_epi16(sc[k][j])));
-            }
+            const __m256i dot = qk45_block<kFive>(p + k * B, a.qk + 256 * u, sc[k]);
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(sd[2 * k]), acc);
             macc = _mm256_add_ps(macc, k == 0 ? _mm256_blend_ps(_mm256_setzero_ps(), mins, 0x0F)
                                               : _mm256_blend_ps(_mm256_setzero_ps(), mins, 0xF0));
