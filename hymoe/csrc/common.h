@@ -249,6 +249,20 @@ static inline ActView act_view(const void* base, int n) {
     v.bk32 = (const int16_t*)(k + n + (n / 256) * 4 + (n / 16) * 2);
     return v;
 }
+// The Q4_K/Q5_K kernels that take a call's blocks in address order, in groups that may span rows
+// of U units of 256 (kq45_groups.h, kernels_avx2.cpp's qk45_pairs): per unit j < U + extra, unit
+// j % U's 8 activation sums of 32 (int16, the returned pointer) and its scale d_a (*dk), so that a
+// group starting at any unit reads its units side by side. Null when U < 1 or out of memory.
+static inline int16_t* repeated_units(ScratchBuffer& buf, const ActView& a, int U, int extra, float** dk) {
+    int16_t* bk = U > 0 ? (int16_t*)buf.reserve((size_t)(U + extra) * 20) : nullptr;
+    if (!bk) return nullptr;
+    *dk = (float*)(bk + 8 * (U + extra));
+    for (int j = 0; j < U + extra; j++) {
+        (*dk)[j] = a.dk[j % U];
+        memcpy(bk + 8 * j, a.bk32 + 8 * (j % U), 16);
+    }
+    return bk;
+}
 
 // The kernels' signatures (kernels.h lists them per ISA; dispatch.cpp chooses).
 // A rows kernel: out[t * out_stride + r] = dot(row r of W, activation t) for r < k, t < ntok, for

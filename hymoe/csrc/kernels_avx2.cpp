@@ -111,8 +111,9 @@ float dot_qk45(const uint8_t* w, const void* act, int n) {
 // Q4_K and Q5_K against one token, the rows' blocks in address order 2 at a time (as kq45_groups.h
 // takes 4 on AVX512): lane k of one register holds block k's header, so one scale decode, one fp16
 // conversion and one mins' correction serve 2 blocks. A pair may span rows (a row of 768 weights is
-// 3 blocks): the activations' per-unit values are copied once per call with unit j % U at j, j <= U.
-thread_local ScratchBuffer t_pairs;  // per thread: per unit j <= U, its 8 sums of 32 (int16), then d_a
+// 3 blocks): the activations' per-unit values are copied once per call with unit j % U at j, j <= U
+// (repeated_units, common.h).
+thread_local ScratchBuffer t_pairs;  // per thread: repeated_units' values (common.h)
 
 // Lane k: block k's 8 scales then 8 mins as bytes, from its first 16 bytes [d|dmin, A, B, C] (the
 // layout KQ45Scales::load unpacks one block at a time)
@@ -128,14 +129,10 @@ inline __m256i pair_scales(__m256i h) {
 template <bool kFive>
 int qk45_pairs(const uint8_t* w, int nrows, const void* act, int n, float* out) {
     const int B = kFive ? 176 : 144, U = n / 256;
-    int16_t* bk = U > 0 ? (int16_t*)t_pairs.reserve((size_t)(U + 1) * 20) : nullptr;
-    if (!bk) return 0;  // the per-row kernel then takes the rows
-    float* dk = (float*)(bk + 8 * (U + 1));
     const ActView a = act_view(act, n);
-    for (int j = 0; j <= U; j++) {
-        dk[j] = a.dk[j % U];
-        memcpy(bk + 8 * j, a.bk32 + 8 * (j % U), 16);
-    }
+    float* dk;
+    const int16_t* bk = repeated_units(t_pairs, a, U, 1, &dk);
+    if (!bk) return 0;  // the per-row kernel then takes the rows
     const size_t total = (size_t)nrows * U;
     __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
     int u = 0, r = 0;

@@ -9,15 +9,16 @@
 // remain the code chunks, their dots, one scale broadcast (from memory: a vector permute per block
 // cost 1.4 cycles) and one multiply-add.
 // The blocks of consecutive rows lie back to back, so a group may span rows (a row of 768 weights is
-// 3 blocks): the activations' per-unit values are copied once per call with unit j % U at j, j < U + 3,
-// so a group starting at any unit reads its 4 contiguously, and the row's sum is stored when its last
-// block is done. Decode steps on Zen 4 (docs/dense.md): 7-9% faster than the per-row kernel where the
-// bus is quiet, 3-5% slower where it is busy (cause not found).
+// 3 blocks): the activations' per-unit values are copied once per call with unit j % U at j, j < U + 3
+// (repeated_units, common.h), so a group starting at any unit reads its 4 contiguously, and the
+// row's sum is stored when its last block is done. Decode steps on Zen 4 (docs/dense.md): 7-9%
+// faster than the per-row kernel where the bus is quiet, 3-5% slower where it is busy (cause not
+// found).
 #pragma once
 
 namespace {
 
-thread_local ScratchBuffer t_kq45;  // per thread: per unit j < U + 3, its 8 sums of 32 (int16), then d_a
+thread_local ScratchBuffer t_kq45;  // per thread: repeated_units' values (common.h)
 
 // int16 lanes with the scale bytes j of chunks c, c + 1 of a block (its 128-bit lane of `sc` holds 8
 // scale bytes, then 8 min bytes), zero-extended (index 0x80), in scales_pair's arrangement (KQ45)
@@ -74,15 +75,10 @@ int kq45_groups(const uint8_t* w, int nrows, const void* act, int n, float* out)
     using F = KQ45<kFive>;
     constexpr int B = F::kBytes;
     const int U = n / 256;
-    int16_t* bk = U > 0 ? (int16_t*)t_kq45.reserve((size_t)(U + 3) * 20) : nullptr;
+    float* dk;
+    const int16_t* bk = repeated_units(t_kq45, act_view(act, n), U, 3, &dk);
     if (!bk) return 0;  // the per-row kernel then takes the rows
-    float* dk = (float*)(bk + 8 * (U + 3));
-    const ActView a = act_view(act, n);
     const int8_t* paired = (const int8_t*)act + paired_at(n);
-    for (int j = 0; j < U + 3; j++) {
-        dk[j] = a.dk[j % U];
-        memcpy(bk + 8 * j, a.bk32 + 8 * (j % U), 16);
-    }
     const size_t total = (size_t)nrows * U;
     const Ahead fetch(w, total * B, rows_ahead((size_t)U * B, 1));
     // two accumulators, so that a block adds to two dependency chains of one op each, not one of two
