@@ -179,6 +179,22 @@ def test_native_attention_in_short_calls_equals_the_torch_layer(engine, isa, cac
             lib.hymoe_bench_tune(name, value)
 
 
+@pytest.mark.parametrize("ymm", [0, 1])
+@pytest.mark.parametrize("cache,heads,head_dim",
+                         [(torch.float16, 6, 32), (torch.float16, 8, 64), (torch.float32, 8, 64)])
+def test_avx512_decode_attention_in_either_vector_width(engine, ymm, cache, heads, head_dim):
+    """AVX512's attend kernel over 16-float vectors or over 8-float ones in 32 registers, 4 heads a
+    batch (Tuning::attn_ymm; its default is the CPU's): both paths, grouped and per head."""
+    if "avx512" not in native.isa_name():
+        pytest.skip("no AVX512 on this CPU")
+    old = engine.lib.hymoe_bench_tune(b"attn_ymm", ymm)
+    assert old in (0, 1)
+    try:
+        _check_against_torch(engine, True, False, 0, cache, heads, head_dim)
+    finally:
+        engine.lib.hymoe_bench_tune(b"attn_ymm", old)
+
+
 def _check_against_torch(engine, is_qk_norm, is_interleaved, window, cache, heads, head_dim):
     attn = _gqa(is_qk_norm, is_interleaved, heads, head_dim)
     attn.is_sliding = bool(window)

@@ -297,6 +297,10 @@ static inline bool fmt_is_float(int f) { return f == F32 || f == F16 || f == BF1
 void quantize_portable(const float* x, int n, void* act);  // the portable activation layout
 void quantize_k_portable(const float* x, int n, void* act);  // only its per-256 part
 
+// 1 where the CPU has AVX512 and runs its 512-bit instructions as two 256-bit halves (AMD family 25:
+// Zen 4), else 0 (cpu.cpp)
+int detect_split_512();
+
 // The values that fit the kernels to a machine, as production runs them (measured on Zen 4). Only
 // benchmarks change them (hymoe_bench_tune: `hymoe bench experts --tune name=value`), to compare
 // values in one process; dispatch.cpp holds the instance.
@@ -327,6 +331,9 @@ struct Tuning {
     // Q4_K and Q5_K at one token: blocks in groups of 4 (kq45_groups.h; on AVX2 pairs, qk45_pairs in
     // kernels_avx2.cpp); 0 takes the per-row kernels
     int kq45_groups = 1;
+    // Decode attention on AVX512: 8-float vectors instead of 16 (kernels_avx512_attn.cpp), where the
+    // CPU runs 512-bit instructions as two 256-bit halves (detect_split_512)
+    int attn_ymm = detect_split_512();
 };
 extern Tuning g_tuning;
 

@@ -33,6 +33,15 @@ bool detect_avx512_bf16() {
     if (detect_isa() < 2 || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
     return a & (1u << 5);
 }
+
+int detect_split_512() {
+    unsigned a, b, c, d;
+    if (detect_isa() < 2 || !__get_cpuid(0, &a, &b, &c, &d)) return 0;
+    const bool amd = b == 0x68747541 && d == 0x69746e65 && c == 0x444d4163;  // "AuthenticAMD"
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    const unsigned family = ((a >> 8) & 0xf) + ((a >> 8 & 0xf) == 0xf ? (a >> 20) & 0xff : 0);
+    return amd && family == 25;
+}
 #elif defined(__aarch64__)
 #include <sys/auxv.h>
 #ifndef HWCAP_ASIMDDP
@@ -41,7 +50,9 @@ bool detect_avx512_bf16() {
 // 1 = NEON with the dot-product instructions (sdot/udot), 0 = portable
 int detect_isa() { return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) ? 1 : 0; }
 bool detect_avx512_bf16() { return false; }
+int detect_split_512() { return 0; }
 #else
 int detect_isa() { return 0; }
 bool detect_avx512_bf16() { return false; }
+int detect_split_512() { return 0; }
 #endif

@@ -49,7 +49,7 @@ extern const QuantizeFn quantize;
 extern const ActBytesFn act_bytes;
 extern const SiluMulFn silu_mul;
 extern const ReadFn read;
-extern const AttendFn attend;  // kernels_avx512_attn.cpp: head widths of 16s
+extern const AttendFn attend;  // kernels_avx512_attn.cpp: head widths of 16s (of 8s with Tuning::attn_ymm)
 // the low-bit and older formats (lowbit.h): per-row kernels
 // (kernels_avx512_<group>.cpp; rows of 256s) and batch tiles (kernels_avx512_tiled.cpp)
 extern const RowsFn rows_q4_1, rows_q5_0, rows_q5_1, rows_iq4_nl, rows_q2_k, rows_q3_k, rows_iq4_xs, rows_iq2_xxs, rows_iq2_xs, rows_iq2_s, rows_iq3_xxs, rows_iq3_s, rows_iq1_m;
