@@ -12,18 +12,10 @@
 
 namespace {
 
-// x [D] <- rmsnorm(x) * w, as the reference: normalise in float32, then scale. The squares summed
-// in 8 lanes (one chain of dependent adds took 4 cycles a value: half of a decode step's phase 1)
+// x [D] <- rmsnorm(x) * w, as the reference: normalise in float32, then scale
 void rms_norm(float* x, const float* w, int d, float eps) {
-    float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    int i = 0;
-    for (; i + 8 <= d; i += 8)
-        for (int j = 0; j < 8; j++) part[j] += x[i + j] * x[i + j];
-    float ss = 0.f;
-    for (; i < d; i++) ss += x[i] * x[i];
-    for (int j = 0; j < 8; j++) ss += part[j];
-    const float r = 1.f / sqrtf(ss / d + eps);
-    for (i = 0; i < d; i++) x[i] = x[i] * r * w[i];
+    const float r = 1.f / sqrtf(sum_squares(x, d) / d + eps);
+    for (int i = 0; i < d; i++) x[i] = x[i] * r * w[i];
 }
 
 // rotate x [D] by the position's cos/sin [D/2]: halves (x_i, x_{i+D/2}) or adjacent pairs

@@ -538,9 +538,7 @@ __attribute__((visibility("default"))) void hymoe_rms_norm(const float* x, const
     for (int r = 0; r < rows; r++) {
         const float* xr = x + (size_t)r * n;
         float* o = out + (size_t)r * n;
-        float ss = 0.f;
-        for (int i = 0; i < n; i++) ss += xr[i] * xr[i];
-        const float scale = 1.f / sqrtf(ss / n + eps);
+        const float scale = 1.f / sqrtf(sum_squares(xr, n) / n + eps);
         for (int i = 0; i < n; i++) o[i] = xr[i] * scale * w[i];
     }
 }
