@@ -26,13 +26,15 @@ namespace {
 const int kOutRows = 16;  // rows the outputs pass reads at a time (grouped path)
 
 // A prefetch stream over a call's rows in the order the grouped path reads them: every piece's keys,
-// then every piece's values, `lines` cache lines ahead of the reads (none for lines 0). step()
-// issues one line; the passes call it once per vector of rows they read, so the distance holds.
+// then every piece's values, `lines` cache lines ahead of the reads (none for lines 0), into L2
+// (Tuning::attn_to_l2) or L1. step() issues one line; the passes call it once per vector of rows
+// they read, so the distance holds.
 struct RowStream {
     const AttnPiece* pieces;
     int count, piece = 0, is_values = 0;
     int64_t row_bytes;
     const char *p = nullptr, *end = nullptr;
+    const bool to_l2 = g_tuning.attn_to_l2 != 0;
     RowStream(const AttnPiece* pc, int n, int64_t rb, int lines) : pieces(pc), count(lines > 0 ? n : 0), row_bytes(rb) {
         open();
         for (int i = 0; i < lines && p; i++) step();
@@ -53,7 +55,8 @@ struct RowStream {
     }
     inline void step() {
         if (!p) return;
-        _mm_prefetch(p, _MM_HINT_T0);
+        if (to_l2) _mm_prefetch(p, _MM_HINT_T1);
+        else _mm_prefetch(p, _MM_HINT_T0);
         if ((p += 64) >= end) piece++, open();
     }
 };

@@ -338,6 +338,10 @@ struct Tuning {
     // Decode attention: cache lines the attend kernel's prefetch stream runs ahead of its reads
     // (attend.h RowStream; 0: none). As above: 0 lines 1.47 ms, 128 1.06, 256 0.90, 512 0.88
     int attn_ahead = 256;
+    // Decode attention: that stream fetches into L2 (prefetcht1), not L1 (prefetcht0). Zen 4, decode
+    // steps on a busy bus (~20 ms): attention stage 2.78 -> 2.23 and 3.29 -> 2.56 ms, steps 0.978
+    // and 0.961; on a quiet one (~15 ms) 0.987 (docs/dense.md)
+    int attn_to_l2 = 1;
     // Attention: positions one attend call takes at most; a chunk's calls are merged. Its scores
     // (heads x positions floats) stay in L2
     int attn_call_rows = 1024;
