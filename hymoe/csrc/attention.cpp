@@ -10,13 +10,10 @@
 #include <algorithm>
 #include <vector>
 
-namespace {
+// moe.cpp: RMSNorm of rows, the reference's order; in place too (a row's squares are summed first)
+extern "C" void hymoe_rms_norm(const float* x, const float* w, float* out, int rows, int n, float eps);
 
-// x [D] <- rmsnorm(x) * w, as the reference: normalise in float32, then scale
-void rms_norm(float* x, const float* w, int d, float eps) {
-    const float r = 1.f / sqrtf(sum_squares(x, d) / d + eps);
-    for (int i = 0; i < d; i++) x[i] = x[i] * r * w[i];
-}
+namespace {
 
 // rotate x [D] by the position's cos/sin [D/2]: halves (x_i, x_{i+D/2}) or adjacent pairs
 // (x_2i, x_2i+1), the pairs' results stored de-interleaved as hymoe's torch path does; a loop
@@ -87,13 +84,13 @@ void prepare_heads(const GqaArgs& a, const KernelTable& kt, int bt, int from, in
     for (int h = from; h < to; h++) {
         if (h < N) {
             memcpy(q + (size_t)h * D, a.q + (size_t)bt * a.q_stride + (size_t)h * D, sizeof(float) * D);
-            if (a.q_norm) rms_norm(q + (size_t)h * D, a.q_norm, D, a.eps);
+            if (a.q_norm) hymoe_rms_norm(q + (size_t)h * D, a.q_norm, q + (size_t)h * D, 1, D, a.eps);
             rope(q + (size_t)h * D, cos, sin, D, a.is_interleaved, tmp);
             continue;
         }
         const int g = h - N;
         memcpy(k, a.k + (size_t)bt * a.k_stride + (size_t)g * D, sizeof(float) * D);
-        if (a.k_norm) rms_norm(k, a.k_norm, D, a.eps);
+        if (a.k_norm) hymoe_rms_norm(k, a.k_norm, k, 1, D, a.eps);
         rope(k, cos, sin, D, a.is_interleaved, tmp);
         store(kt, a.k_cache, at + (int64_t)g * D, k, D, a.is_f16);
         store(kt, a.v_cache, at + (int64_t)g * D, a.v + (size_t)bt * a.v_stride + (size_t)g * D, D, a.is_f16);

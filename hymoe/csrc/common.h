@@ -297,19 +297,6 @@ static inline bool fmt_is_float(int f) { return f == F32 || f == F16 || f == BF1
 void quantize_portable(const float* x, int n, void* act);  // the portable activation layout
 void quantize_k_portable(const float* x, int n, void* act);  // only its per-256 part
 
-// The sum of x[i]^2 over n values in 8 lanes, which the compiler vectorizes: one chain of dependent
-// adds takes 4 cycles a value (half of a decode step's attention phase 1 once; RMSNorm's rows)
-static inline float sum_squares(const float* x, int n) {
-    float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) part[j] += x[i + j] * x[i + j];
-    float ss = 0.f;
-    for (; i < n; i++) ss += x[i] * x[i];
-    for (int j = 0; j < 8; j++) ss += part[j];
-    return ss;
-}
-
 // 1 where the CPU has AVX512 and runs its 512-bit instructions as two 256-bit halves (AMD family 25:
 // Zen 4), else 0 (cpu.cpp)
 int detect_split_512();
