@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode_ab import schedule  # noqa: E402
+from decode_ab import knobs_of, schedule  # noqa: E402
 
 from hymoe.bench.experts import SHAPES, _routing, cold_layers
 from hymoe.bench.machine import read_gbps
@@ -32,7 +32,7 @@ def main(fmt: str, shape: str, *variants: str, rounds: int = 6, calls: int = 40)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, hidden)
     variants = (*variants, variants[0])  # the last: the first again, a control
-    knobs = [{name: int(value) for name, value in (pair.split("=") for pair in v.split(","))} for v in variants]
+    knobs = [knobs_of(v) for v in variants]
     defaults = {name: native.bench_tune(name) for v in knobs for name in v}
     results = [[] for _ in variants]
     bandwidth = read_gbps(engine)
