@@ -45,7 +45,7 @@ def _huge_kb_at(address: int) -> int:
 
 
 def test_host_memory_holds_the_bytes_in_large_pages():
-    from hymoe.host_memory import host_bytes, host_copy, large_pages_offered
+    from hymoe.host_memory import LARGE_PAGE, host_bytes, host_copy, large_pages_offered
 
     t = torch.randn(3, 5, 7).bfloat16()
     c = host_copy(t)
@@ -53,6 +53,8 @@ def test_host_memory_holds_the_bytes_in_large_pages():
     z = host_bytes(1000)
     assert z.numel() == 1000 and int(z.sum()) == 0
     big = host_bytes(64 << 20).fill_(1)
+    # each mapping starts on a 2 MiB boundary: large pages back only the 2 MiB ranges it wholly covers
+    assert all(b.data_ptr() % LARGE_PAGE == 0 for b in (z, big, host_bytes(5 << 20)))
     if not large_pages_offered():
         pytest.skip("this kernel offers no transparent huge pages")
     assert _huge_kb_at(big.data_ptr()) >= 2048, "expert memory came back in 4 KiB pages"

@@ -71,6 +71,22 @@ def test_copies_budget_and_offer():
     assert off(t) is t and off.copied == 0
 
 
+def test_small_copies_share_an_arena_on_page_boundaries():
+    copies = large_pages.LargePageCopies(True)
+    copies.is_offered, copies.left = True, 1 << 40
+    small = [torch.randn(n, generator=torch.Generator().manual_seed(n)) for n in (1000, 300_000, 7)]
+    got = [copies(t) for t in small]
+    assert all(torch.equal(a, b) and a.data_ptr() != b.data_ptr() for a, b in zip(got, small))
+    assert len({g.untyped_storage().data_ptr() for g in got}) == 1  # one arena: whole large pages shared
+    assert all(g.data_ptr() % 4096 == 0 for g in got)
+    big = torch.ones(large_pages.SHARED_UP_TO // 4 + 1)  # past the shared size: a mapping of its own
+    got_big = copies(big)
+    assert torch.equal(got_big, big) and got_big.untyped_storage().data_ptr() != got[0].untyped_storage().data_ptr()
+    full = [copies(torch.ones(large_pages.SHARED_UP_TO // 4)) for _ in range(large_pages.ARENA // large_pages.SHARED_UP_TO + 1)]
+    assert len({f.untyped_storage().data_ptr() for f in full}) >= 2  # an arena that is full gives way to a new one
+    assert copies.copied == sum(t.numel() * 4 for t in small + [big] + full)
+
+
 def test_mmap_option_reaches_the_placement_options():
     args = build_parser().parse_args(["generate", "m.gguf", "--prompt", "hi", "--mmap"])
     assert PlacementOptions.from_args(args).mmap is True

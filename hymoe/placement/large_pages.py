@@ -18,10 +18,13 @@ from __future__ import annotations
 import torch
 
 from hymoe.errors import say_once
-from hymoe.host_memory import host_copy, large_pages_offered
+from hymoe.host_memory import LARGE_PAGE, PAGE, host_bytes, host_copy, large_pages_offered
 from hymoe.kv.sizing import free_bytes
 
 HEADROOM = 0.2  # of the available memory at load: the KV pool and the step's buffers come later
+# Copies up to this size share arenas of ARENA bytes, each on large pages of its own: every copy in
+# its own mapping would round up to a whole 2 MiB page (a DeepSeek-V3 layer has ~10 dense weights).
+SHARED_UP_TO, ARENA = 8 * LARGE_PAGE, 32 * LARGE_PAGE
 
 
 class LargePageCopies:
@@ -32,6 +35,7 @@ class LargePageCopies:
         self.is_on, self.is_offered = is_on, large_pages_offered()
         self.left = int(free_bytes(torch.device("cpu")) * (1 - HEADROOM)) if is_on and self.is_offered else 0
         self.copied = self.kept = 0
+        self.arena, self.used = None, 0  # the arena small copies go to, and its bytes taken
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
         if not self.is_on or t.device.type != "cpu":
@@ -49,7 +53,18 @@ class LargePageCopies:
             return t
         self.left -= nbytes
         self.copied += nbytes
-        return host_copy(t)
+        return host_copy(t) if nbytes > SHARED_UP_TO else self._shared_copy(t)
+
+    def _shared_copy(self, t: torch.Tensor) -> torch.Tensor:
+        """t's bytes in the current arena (a new one when they do not fit), from a page boundary."""
+        nbytes = t.numel() * t.element_size()
+        at = -(-self.used // PAGE) * PAGE
+        if self.arena is None or at + nbytes > ARENA:
+            self.arena, at = host_bytes(ARENA), 0
+        self.used = at + nbytes
+        out = self.arena[at:self.used]
+        out.copy_(t.detach().contiguous().reshape(-1).view(torch.uint8))
+        return out.view(t.dtype).view(t.shape)
 
 
 def no_copies(t: torch.Tensor) -> torch.Tensor:
