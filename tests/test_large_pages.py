@@ -20,8 +20,9 @@ needs_native = pytest.mark.skipif(native.library() is None, reason="native kerne
 
 
 def _streamed(llm) -> list[torch.Tensor]:
-    """Every weight a native kernel streams: the native linears' and the experts'."""
+    """Every weight a native kernel streams: the native linears', the routers' and the experts'."""
     out = [m.qweight for m in llm.model.modules() if isinstance(m, QuantLinear) and m.kernel is not None]
+    out += [m.gate.kernel.logits.weights[0][2] for m in llm.model.modules() if isinstance(m, MoE)]
     experts = [m.experts for m in llm.model.modules() if isinstance(m, MoE)]
     assert all(isinstance(e, native.NativeExperts) for e in experts)
     out += [w for e in experts for w in (e.gate, e.up, e.down)]
@@ -39,7 +40,7 @@ def test_streamed_weights_are_copies_and_mmap_keeps_the_file(gguf_model):
     copied = hymoe.load(path, placement="cpu", progress=False)
     mapped = hymoe.load(path, placement="cpu", progress=False, mmap=True)
     ours, theirs = _streamed(copied), _streamed(mapped)
-    assert len(ours) == len(theirs) == 2 * (4 + 3) + 1  # q, k, v, o and three expert stacks a layer; the head
+    assert len(ours) == len(theirs) == 2 * (4 + 1 + 3) + 1  # q, k, v, o, router, three expert stacks a layer; head
     if large_pages.large_pages_offered():
         assert not any(_in_file(t, path) for t in ours)
     assert all(_in_file(t, path) for t in theirs)

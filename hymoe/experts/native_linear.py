@@ -196,11 +196,11 @@ class NativeRouter:
     """A router's logits (float32 weights on the native engine) and its top-k choice in C
     (csrc/route.cpp): x [T, H] -> ids [T, K] int64, weights [T, K] float32, as layers/router.py."""
 
-    def __init__(self, engine, router):
+    def __init__(self, engine, router, copies=lambda t: t):
         cfg = router.cfg
         lib = engine.lib
         lib.hymoe_route.argtypes = [ctypes.POINTER(_RouteArgs)]
-        w = router.weight.detach().float().contiguous()
+        w = copies(router.weight.detach().float().contiguous())  # copies: placement/large_pages.py
         self.logits = NativeLinear(engine, w.shape[1], [("F32", w.shape[0], w.view(torch.uint8))])
         bias = getattr(router, "e_score_correction_bias", None) if cfg.topk_method == "noaux_tc" else None
         self.bias = None if bias is None else bias.detach().float().contiguous()

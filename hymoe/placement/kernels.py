@@ -179,7 +179,8 @@ def _embedding_kernel(embed: QuantEmbedding) -> None:
 def place_small_ops(model, dtype: torch.dtype, engine: Callable, copies: Callable = no_copies) -> int:
     """The native engine's attention (GQA; MLA's per-head products), RMSNorms and routing for the
     float32 layers on the CPU, where torch's per-operation costs outweigh a decode step's
-    arithmetic; returns how many modules got one. copies: what MLA's per-head products stream from."""
+    arithmetic; returns how many modules got one. copies: what MLA's per-head products and the routers'
+    weights stream from."""
     from hymoe.experts.native_attention import NativeGqaAttention, NativeLatentAttention, StepInputs
     from hymoe.experts.native_linear import NativeRMSNorm, NativeRouter
     from hymoe.layers.attention import GQAttention
@@ -206,7 +207,7 @@ def place_small_ops(model, dtype: torch.dtype, engine: Callable, copies: Callabl
         elif isinstance(m, RMSNorm):
             m.kernel = NativeRMSNorm(engine().lib, m.weight, m.eps)
         else:
-            m.kernel = NativeRouter(engine(), m)
+            m.kernel = NativeRouter(engine(), m, copies)
     return len(on_cpu)
 
 
