@@ -41,20 +41,22 @@ def test_rows_of_64s_that_are_not_256s(fmt, isa):
 
 
 @pytest.mark.parametrize("fmt", ["Q4_K", "Q5_K"])
-@pytest.mark.parametrize("grouped", [1, 0])
-def test_one_token_in_groups_of_four_blocks(fmt, grouped, isa):
+@pytest.mark.parametrize("grouped,lanes", [(1, 1), (1, 0), (0, 1)])
+def test_one_token_in_groups_of_four_blocks(fmt, grouped, lanes, isa):
     """At one token AVX512 takes Q4_K and Q5_K blocks 4 at a time in address order (kq45_groups.h),
     AVX2 2 at a time (kernels_avx2.cpp's qk45_pairs): groups that span rows (rows of 1-3 blocks),
     rows that end a group early, a last group short of blocks. Tuning::kq45_groups = 0 takes the
-    per-row kernels; both must give the exact sum."""
+    per-row kernels, kq4_lanes = 0 Q4_K's groups on the paired activations instead of the lanes
+    copy; all must give the exact sum."""
     lib = native.library()
-    old = lib.hymoe_bench_tune(b"kq45_groups", grouped)
-    assert old >= 0
+    old = lib.hymoe_bench_tune(b"kq45_groups", grouped), lib.hymoe_bench_tune(b"kq4_lanes", lanes)
+    assert min(old) >= 0
     try:
         for n, rows in [(256, 1), (256, 7), (512, 3), (768, 5), (768, 13), (1024, 2), (2048, 9), (4096, 3)]:
             _check_rows(fmt, 1, n, rows)
     finally:
-        lib.hymoe_bench_tune(b"kq45_groups", old)
+        lib.hymoe_bench_tune(b"kq45_groups", old[0])
+        lib.hymoe_bench_tune(b"kq4_lanes", old[1])
 
 
 def _check_rows(fmt: str, tokens: int, n: int, rows: int = 12) -> None:

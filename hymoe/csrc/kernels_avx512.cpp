@@ -17,7 +17,7 @@
 namespace {
 
 // the activation layout: rows_avx512.h
-size_t act_bytes_avx512(int n) { return paired_at(n) + (n % 256 ? 0 : (size_t)n); }
+size_t act_bytes_avx512(int n) { return paired_at(n) + (n % 256 ? 0 : 2 * (size_t)n); }
 
 // The per-256 quantisation of the K-quants (same rounding as quantize_k_portable).
 void quantize_k256(const float* x, int n, void* out) {
@@ -44,6 +44,14 @@ void quantize_k256(const float* x, int n, void* out) {
         static const int kOrder[8] = {0, 2, 1, 3, 4, 6, 5, 7};
         for (int j = 0; j < 8; j++)
             _mm256_storeu_si256((__m256i*)(paired + 32 * j), _mm256_loadu_si256((const __m256i*)(qk + 32 * kOrder[j])));
+        // and in the grouped Q4_K kernel's lane order (kq45_groups.h): [X lo, Y lo, X hi, Y hi] of 64
+        // bytes, 128-bit lane j of X lo holding sub-block 2j's values 0-15, of Y lo its values 16-31,
+        // of X hi and Y hi the same of sub-block 2j + 1
+        int8_t* lanes = (int8_t*)out + lanes_at(n) + 256 * b;
+        for (int j = 0; j < 4; j++)
+            for (int h = 0; h < 4; h++)  // h: X lo, Y lo, X hi, Y hi
+                _mm_storeu_si128((__m128i*)(lanes + 64 * h + 16 * j),
+                                 _mm_loadu_si128((const __m128i*)(qk + 32 * (2 * j + h / 2) + 16 * (h % 2))));
     }
 }
 

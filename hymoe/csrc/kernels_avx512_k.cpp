@@ -654,7 +654,7 @@ int rows_k(const uint8_t* w, size_t row_bytes, int nrows, const void* const* act
            size_t out_stride) {
     if constexpr (F::kPaired)  // Q4_K, Q5_K at one token over rows back to back: blocks in groups of 4
         if (ntok == 1 && g_tuning.kq45_groups && row_bytes == (size_t)(n / 256) * F::kBytes &&
-            kq45_groups<F::kBytes == 176>(w, nrows, acts[0], n, out))
+            kq45_grouped<F::kBytes == 176>(w, nrows, acts[0], n, out))
             return nrows;
     if (F::kTQ2Order && !t_tq2.reserve(tq2_bytes<F>(kTile, n))) return 0;  // out of memory: none computed
     rows_tiled<KTile, F>(w, row_bytes, nrows, acts, ntok, n, out, out_stride);

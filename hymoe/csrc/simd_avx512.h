@@ -20,9 +20,11 @@ template <class F>
 constexpr int decode_rows_of(...) { return kRowsDecode; }
 
 // The AVX512 activation layout: the portable one, then
-//   [pad to 64][dexp: n/64 x 16 f32][ns4: n/4 i32][dsum: n/32 f32][paired: n i8, rows of 256s only]
+//   [pad to 64][dexp: n/64 x 16 f32][ns4: n/4 i32][dsum: n/32 f32][paired: n i8][lanes: n i8]
+// (paired and lanes: rows of 256s only)
 static inline size_t extras_at(int n) { return (act_bytes(n) + 63) & ~(size_t)63; }
 static inline size_t paired_at(int n) { return extras_at(n) + (size_t)n + (size_t)n + (size_t)(n / 32) * 4; }
+static inline size_t lanes_at(int n) { return paired_at(n) + (size_t)n; }
 
 static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 static inline __m512 two_scales(float lo, float hi) {  // lanes 0-7 = lo, 8-15 = hi
