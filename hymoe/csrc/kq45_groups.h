@@ -8,8 +8,8 @@
 // vpmaddwd against their activation sums, and d x d_a, dmin x d_a are one multiply. Per block there
 // remain the code chunks, their dots, one scale broadcast (from memory: a vector permute per block
 // cost 1.4 cycles) and one multiply-add. Q4_K reads its activations in the order of lanes_dot
-// (below), which applies a block's 8 scales with one pack and one multiply-add; a group's mins are
-// added once where its 4 blocks lie in one row.
+// (below), which applies a block's 8 scales with one pack and one multiply-add. A group's mins
+// leave the row's sums by one masked subtraction per row it touches, not one a block.
 // The blocks of consecutive rows lie back to back, so a group may span rows (a row of 768 weights is
 // 3 blocks): the activations' per-unit values are copied once per call with unit j % U at j, j < U + 3
 // (repeated_units, common.h), so a group starting at any unit reads its 4 contiguously, and the
@@ -128,8 +128,7 @@ int kq45_groups(const uint8_t* w, int nrows, const void* act, int n, float* out)
     const __m512i sidx[4] = {lanes_scale_index(0), lanes_scale_index(1), lanes_scale_index(2), lanes_scale_index(3)};
     const size_t total = (size_t)nrows * U;
     const Ahead fetch(w, total * B, rows_ahead((size_t)U * B, 1));
-    // two accumulators, so that a block adds to two dependency chains of one op each, not one of two
-    __m512 acc = _mm512_setzero_ps(), macc = _mm512_setzero_ps();
+    __m512 acc = _mm512_setzero_ps();  // the current row's sums
     alignas(64) float done[4][16];  // finished rows' vectors, reduced 4 at a time (hsum4)
     int u = 0, r = 0;
     for (size_t b0 = 0; b0 < total; b0 += 4) {
@@ -143,26 +142,28 @@ int kq45_groups(const uint8_t* w, int nrows, const void* act, int n, float* out)
         // sd may have changed (it has not): the blocks then broadcast their scale from memory, a load,
         // where the compiler would otherwise pick it out of the register (two shuffles a block)
         __asm__ volatile("" : "+m"(sd));
-        // all the group's blocks in one row (always where a row is a multiple of 4 blocks): its mins
-        // are added at once, not block by block
-        const bool is_one_row = nb <= U - u;
-        if (is_one_row) macc = _mm512_mask_add_ps(macc, (__mmask16)((1u << (4 * nb)) - 1), macc, mins);
+        // the mins of the group's blocks [seg, k] leave acc at once where a row ends at block k or
+        // the group does: one or two masked subtractions a group, not one a block
+        int seg = 0;
+        const auto upto = [](int k) { return (1u << (4 * k + 4)) - 1; };  // lanes of blocks 0..k
         const __m512i scw = _mm512_shuffle_epi8(sc, _mm512_set4_epi32((int)0x80078006, (int)0x80058004,
                                                                       (int)0x80038002, (int)0x80018000));
         for (int k = 0; k < nb; k++) {
             const int8_t* ak = paired + 256 * u;
             const __m512i dot = !kLanes ? paired_dot<F>(p + k * B, sc, k, ak) : lanes_dot(p + k * B, scw, sidx[k], ak);
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(sd[2 * k]), acc);
-            if (!is_one_row) macc = _mm512_mask_add_ps(macc, (__mmask16)(0xF << (4 * k)), macc, mins);
             if (++u == U) {
-                _mm512_store_ps(done[r % 4], _mm512_sub_ps(acc, macc));
+                acc = _mm512_mask_sub_ps(acc, (__mmask16)(upto(k) & ~((1u << (4 * seg)) - 1)), acc, mins);
+                _mm512_store_ps(done[r % 4], acc);
                 if (++r % 4 == 0)
                     _mm_storeu_ps(out + r - 4, hsum4(_mm512_load_ps(done[0]), _mm512_load_ps(done[1]),
                                                      _mm512_load_ps(done[2]), _mm512_load_ps(done[3])));
-                acc = macc = _mm512_setzero_ps();
+                acc = _mm512_setzero_ps();
                 u = 0;
+                seg = k + 1;
             }
         }
+        if (seg < nb) acc = _mm512_mask_sub_ps(acc, (__mmask16)(upto(nb - 1) & ~((1u << (4 * seg)) - 1)), acc, mins);
     }
     for (int i = r / 4 * 4; i < r; i++) out[i] = hsum(_mm512_load_ps(done[i % 4]));
     return nrows;
