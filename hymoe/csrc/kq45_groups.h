@@ -124,7 +124,8 @@ int kq45_groups(const uint8_t* w, int nrows, const void* act, int n, float* out)
     float* dk;
     const int16_t* bk = repeated_units(t_kq45, act_view(act, n), U, 3, &dk);
     if (!bk) return 0;  // the per-row kernel then takes the rows
-    const int8_t* paired = (const int8_t*)act + (!kLanes ? paired_at(n) : lanes_at(n));
+    // the activations in the order the block dots read them: the paired copy, or the lanes copy
+    const int8_t* ordered = (const int8_t*)act + (!kLanes ? paired_at(n) : lanes_at(n));
     const __m512i sidx[4] = {lanes_scale_index(0), lanes_scale_index(1), lanes_scale_index(2), lanes_scale_index(3)};
     const size_t total = (size_t)nrows * U;
     const Ahead fetch(w, total * B, rows_ahead((size_t)U * B, 1));
@@ -145,15 +146,17 @@ int kq45_groups(const uint8_t* w, int nrows, const void* act, int n, float* out)
         // the mins of the group's blocks [seg, k] leave acc at once where a row ends at block k or
         // the group does: one or two masked subtractions a group, not one a block
         int seg = 0;
-        const auto upto = [](int k) { return (1u << (4 * k + 4)) - 1; };  // lanes of blocks 0..k
+        const auto blocks = [](int from, int to) {  // the lanes of blocks from..to of mins
+            return (__mmask16)(((1u << (4 * to + 4)) - 1) & ~((1u << (4 * from)) - 1));
+        };
         const __m512i scw = _mm512_shuffle_epi8(sc, _mm512_set4_epi32((int)0x80078006, (int)0x80058004,
                                                                       (int)0x80038002, (int)0x80018000));
         for (int k = 0; k < nb; k++) {
-            const int8_t* ak = paired + 256 * u;
+            const int8_t* ak = ordered + 256 * u;
             const __m512i dot = !kLanes ? paired_dot<F>(p + k * B, sc, k, ak) : lanes_dot(p + k * B, scw, sidx[k], ak);
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(sd[2 * k]), acc);
             if (++u == U) {
-                acc = _mm512_mask_sub_ps(acc, (__mmask16)(upto(k) & ~((1u << (4 * seg)) - 1)), acc, mins);
+                acc = _mm512_mask_sub_ps(acc, blocks(seg, k), acc, mins);
                 _mm512_store_ps(done[r % 4], acc);
                 if (++r % 4 == 0)
                     _mm_storeu_ps(out + r - 4, hsum4(_mm512_load_ps(done[0]), _mm512_load_ps(done[1]),
@@ -163,7 +166,7 @@ int kq45_groups(const uint8_t* w, int nrows, const void* act, int n, float* out)
                 seg = k + 1;
             }
         }
-        if (seg < nb) acc = _mm512_mask_sub_ps(acc, (__mmask16)(upto(nb - 1) & ~((1u << (4 * seg)) - 1)), acc, mins);
+        if (seg < nb) acc = _mm512_mask_sub_ps(acc, blocks(seg, nb - 1), acc, mins);
     }
     for (int i = r / 4 * 4; i < r; i++) out[i] = hsum(_mm512_load_ps(done[i % 4]));
     return nrows;
