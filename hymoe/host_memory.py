@@ -55,9 +55,12 @@ def large_pages_offered() -> bool:
 
 def host_copy(t: torch.Tensor) -> torch.Tensor:
     """t's bytes in host_bytes memory, as a tensor of t's dtype and shape."""
-    t = t.detach().cpu().contiguous()
-    out = host_bytes(t.numel() * t.element_size())
-    out.copy_(t.reshape(-1).view(torch.uint8))
+    return copy_into(host_bytes(t.numel() * t.element_size()), t)
+
+
+def copy_into(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """t's bytes written to the uint8 tensor out (exactly their size), viewed as t's dtype and shape."""
+    out.copy_(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8))
     return out.view(t.dtype).view(t.shape)
 
 

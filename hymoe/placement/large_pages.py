@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from hymoe.errors import say_once
-from hymoe.host_memory import LARGE_PAGE, PAGE, host_bytes, host_copy, large_pages_offered
+from hymoe.host_memory import LARGE_PAGE, PAGE, copy_into, host_bytes, host_copy, large_pages_offered
 from hymoe.kv.sizing import free_bytes
 
 HEADROOM = 0.2  # of the available memory at load: the KV pool and the step's buffers come later
@@ -62,9 +62,7 @@ class LargePageCopies:
         if self.arena is None or at + nbytes > ARENA:
             self.arena, at = host_bytes(ARENA), 0
         self.used = at + nbytes
-        out = self.arena[at:self.used]
-        out.copy_(t.detach().contiguous().reshape(-1).view(torch.uint8))
-        return out.view(t.dtype).view(t.shape)
+        return copy_into(self.arena[at:self.used], t)
 
 
 def no_copies(t: torch.Tensor) -> torch.Tensor:
