@@ -56,6 +56,28 @@ def test_native_linear_of_several_parts_equals_their_dequantized_matmuls(engine,
     assert ((got - xq @ dense.T).abs() / (xq.abs() @ dense.abs().T)).max().item() < 2e-5
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("tokens", [1, 70])
+def test_native_linear_takes_every_row_once_in_thread_ranges(threads, tokens):
+    """Each thread's contiguous range of units, then the others' leftovers (Pool::parallel_for's
+    by_thread): every row computed once, the same bits as units from one shared counter."""
+    n, engine = 512, native.NativeEngine(threads, is_async=False)
+    parts = [random_weights("Q4_K", rows, n, seed=rows) for rows in (400, 48, 37 * 16)]
+    call = NativeLinear(engine, n, [("Q4_K", w.shape[0], w) for w in parts])
+    x = torch.randn(tokens, n, generator=torch.Generator().manual_seed(tokens))
+    saved = native.bench_tune("linear_by_thread")
+    try:
+        outs = []
+        for by_thread in (1, 0):  # by thread first: a row it missed would hold no earlier result
+            native.bench_tune("linear_by_thread", by_thread)
+            outs.append(call(x).clone())
+    finally:
+        native.bench_tune("linear_by_thread", saved)
+    want = kernel_activations(x, "Q4_K").double() @ torch.cat([dequant("Q4_K", w, n) for w in parts]).double().T
+    assert ((outs[0].double() - want).abs().max() / want.abs().max()).item() < 1e-5
+    assert torch.equal(outs[0], outs[1])
+
+
 def test_quant_linear_without_a_kernel_dequantizes_with_torch():
     w = np.random.default_rng(3).standard_normal((24, 256)).astype(np.float32)
     raw = torch.from_numpy(np.ascontiguousarray(quantize(w, qtype("Q8_0")))).view(torch.uint8)

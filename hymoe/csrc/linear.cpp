@@ -113,7 +113,7 @@ void linear_run(const LinearArgs& a, const KernelTable& kt, Pool& pool, LinearSc
             run_rows(kt, part.fmt, w, rb, nr, acts + tb, nt, n, a.out + (size_t)tb * a.out_stride + col + r0,
                      (size_t)a.out_stride);
         }
-    });
+    }, nullptr, g_tuning.linear_by_thread != 0);
 }
 
 int head_linear_check(const HeadLinearArgs& a, const KernelTable& kt) {

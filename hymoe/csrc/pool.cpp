@@ -191,9 +191,10 @@ bool Pool::claim(int node, uint32_t generation, int* unit) {
 }
 
 void Pool::work(int thread, uint32_t generation) {
-    const int home = thread * num_nodes_ / num_threads_;
-    for (int i = 0; i < num_nodes_; i++) {  // its own node's units, then the others' (their tails)
-        const int node = (home + i) % num_nodes_;
+    const int ranges = ranges_.load(std::memory_order_relaxed);  // a later phase's: its claims fail
+    const int home = thread * ranges / num_threads_;
+    for (int i = 0; i < ranges; i++) {  // its own range's units, then the others' (their tails)
+        const int node = (home + i) % ranges;
         tl_node = node;
         for (int unit; claim(node, generation, &unit);) {
             (*fn_)(unit, thread);
@@ -205,19 +206,26 @@ void Pool::work(int thread, uint32_t generation) {
 
 int Pool::next_unit() const { return (int)(uint32_t)node_state_[tl_node].load(std::memory_order_relaxed); }
 
-void Pool::parallel_for(int num_units, const UnitFn& fn, const int* node_first) {
+void Pool::parallel_for(int num_units, const UnitFn& fn, const int* node_first, bool by_thread) {
     if (num_units <= 0) return;
+    by_thread = by_thread && num_nodes_ == 1 && !node_first && num_units >= num_threads_ && num_threads_ > 1 &&
+                num_threads_ <= kMaxRanges;
     // Close the previous phase under a generation of its own (no units), so that no helper can pair
     // the old generation with the new function, unit count or ranges; then open the new one.
     uint32_t generation = (uint32_t)(state_.load() >> 32) + 2;
     state_ = ((uint64_t)(generation - 1) << 32) | 0xffffffffu;
-    for (int k = 0; k < num_nodes_; k++) node_state_[k] = ((uint64_t)(generation - 1) << 32) | 0xffffffffu;
+    const int ranges = by_thread ? num_threads_ : num_nodes_, old = ranges_.load();
+    for (int k = 0; k < std::max(ranges, old); k++) node_state_[k] = ((uint64_t)(generation - 1) << 32) | 0xffffffffu;
+    ranges_ = ranges;
     fn_ = &fn;
     num_units_ = num_units;
     units_done_ = 0;
-    for (int k = 0; k < num_nodes_; k++) {  // without ranges every thread takes node 0's, the whole phase
-        const int first = node_first ? node_first[k] : 0;
-        node_end_[k] = node_first ? node_first[k + 1] : k == 0 ? num_units : 0;
+    auto first_of = [&](int k) {  // without ranges every thread takes node 0's, the whole phase
+        return by_thread ? (int)((int64_t)k * num_units / ranges) : node_first ? node_first[k] : k == 0 ? 0 : num_units;
+    };
+    for (int k = 0; k < ranges; k++) {
+        const int first = first_of(k);
+        node_end_[k] = node_first ? node_first[k + 1] : k + 1 == ranges ? num_units : first_of(k + 1);
         node_state_[k] = ((uint64_t)generation << 32) | (uint32_t)first;
     }
     {

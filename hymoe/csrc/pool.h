@@ -35,7 +35,10 @@ class Pool {
     // Only from inside a job. node_first (nodes() + 1 entries, or null) gives each node a range of
     // units, [node_first[k], node_first[k + 1]): a node's threads take its units first (their
     // weights live on that node) and help the other nodes only once their own are all taken.
-    void parallel_for(int num_units, const UnitFn& fn, const int* node_first = nullptr);
+    // by_thread (one node only): each thread a contiguous range of the units, taken front to back
+    // (its next unit known, so its prefetches run on into it), then the other threads' remaining
+    // ones; with several nodes, or fewer units than threads, the same as without.
+    void parallel_for(int num_units, const UnitFn& fn, const int* node_first = nullptr, bool by_thread = false);
     // The unit the calling thread's next claim in the current phase would get (past its node's
     // range: none left there); a guess, as another thread may claim it first.
     int next_unit() const;
@@ -66,8 +69,11 @@ class Pool {
     uint64_t wake_seq_ = 0;  // guarded by phase_mutex_
     int num_units_ = 0;
     const UnitFn* fn_ = nullptr;
-    // Per node, as state_ for its range of the phase: (generation << 32 | next unit), and the end of
-    // its range (written before the generation that makes it valid is published).
-    std::atomic<uint64_t> node_state_[kMaxNodes];
-    int node_end_[kMaxNodes] = {0};
+    // Per range of the phase (a node's, or a thread's with by_thread), as state_: (generation << 32 |
+    // next unit), and the end of its range (written before the generation that makes it valid is
+    // published); ranges_ of them.
+    enum { kMaxRanges = 256 };
+    std::atomic<uint64_t> node_state_[kMaxRanges];
+    int node_end_[kMaxRanges] = {0};
+    std::atomic<int> ranges_{1};
 };
