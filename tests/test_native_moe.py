@@ -143,6 +143,29 @@ def test_portable_and_simd_paths_agree(engine):
     assert ((portable - simd).abs().max() / portable.abs().max()).item() < 1e-5
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("tokens, k", [(1, 8), (17, 4), (600, 8)])
+def test_thread_ranges_give_the_shared_counters_bits(threads, tokens, k):
+    """Each thread a contiguous range of the units, then the others' leftovers (moe_by_thread): the
+    same bits as units from one shared counter, with every pair's rows computed."""
+    formats = ("Q4_K", "Q6_K", "Q8_0")
+    raw, ref = layer(formats, seed=6)
+    backend = native.NativeExperts(native.NativeEngine(threads, is_async=False), *raw, formats, H, I)
+    x = torch.randn(tokens, H, generator=torch.Generator().manual_seed(tokens))
+    ids, w = routing(tokens, k, 4)
+    saved = native.bench_tune("moe_by_thread")
+    try:
+        outs = []
+        for by_thread in (1, 0):  # by thread first: a row it missed would hold no earlier result
+            native.bench_tune("moe_by_thread", by_thread)
+            outs.append(run(backend, x, ids, w).clone())  # the backend reuses its output buffer
+    finally:
+        native.bench_tune("moe_by_thread", saved)
+    want = run(ref, x, ids, w)
+    assert ((outs[0] - want).abs().max() / want.abs().max()).item() < 0.04
+    assert torch.equal(outs[0], outs[1])
+
+
 def test_submit_returns_before_sync_and_bad_ids_are_refused(engine):
     raw, _ = layer(("Q8_0",) * 3)
     backend = native.NativeExperts(engine, *raw, ("Q8_0",) * 3, H, I)

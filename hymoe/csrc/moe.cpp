@@ -145,6 +145,9 @@ struct Job {
         const void* const* gate_x = x_for(a.fmt_gate);
         const void* const* up_x = x_for(a.fmt_up);
 
+        // Units by node where there are several (NodeChunks), else one contiguous range a thread
+        // (Pool::parallel_for's by_thread, Tuning::moe_by_thread)
+        auto by_node = [&](const NodeChunks& nc) { return pool.nodes() > 1 ? nc.first_unit.data() : nullptr; };
         // phase 1: gate and up rows, unit = (active expert, chunk of I rows)
         const int ne = (int)experts.size();
         int max_np = 0;
@@ -185,7 +188,7 @@ struct Job {
                 hint.next = tb + kTokenBlock < np ? gw : unit_gate(pool.next_unit());
                 run_rows(*kt, a.fmt_up, uw, up_rb, nr, ux + tb, nt, H, u.data() + (size_t)(p0 + tb) * I + r0, I);
             }
-        }, nc1.first_unit.data());
+        }, by_node(nc1), g_tuning.moe_by_thread != 0);
 
         // phase 2: h = silu(g) * u, quantised for the down projection
         h_ptr.resize(P);
@@ -235,7 +238,7 @@ struct Job {
                     }
                 }
             }
-        }, nc3.first_unit.data());
+        }, by_node(nc3), g_tuning.moe_by_thread != 0);
     }
 };
 
