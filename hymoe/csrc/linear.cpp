@@ -148,5 +148,5 @@ void head_linear_run(const HeadLinearArgs& a, const KernelTable& kt, Pool& pool,
             run_rows(kt, a.fmt, w, rb, R, s.xf_ptr.data() + (size_t)h * T + tb, nt, n,
                      a.out + ((size_t)tb * H + h) * R, (size_t)H * R);
         }
-    });
+    }, nullptr, g_tuning.linear_by_thread != 0);
 }
