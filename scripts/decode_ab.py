@@ -7,8 +7,12 @@ variant runs twice, so its repeat is a control: its ratio says how far the harne
 Each round runs every variant for `steps` decode steps; the order turns by one place each round and
 is reversed every other round. Why: with the order fixed, or only swapped between two settings, a
 later segment sits at a longer context and a drifting machine favours one setting. Two identical
-settings read 1.045 over 3 rounds that way on a Zen 4 sitting (docs/dense.md). Prints each
-variant's median step, its median ratio to the first variant per round, and the stage clocks.
+settings read 1.045 over 3 rounds that way on a Zen 4 sitting (docs/dense.md). Every round starts
+at the same context (its positions written again), so any number of rounds compare alike. Prints
+each variant's median step, its median ratio to the first variant per round, and the stage clocks;
+with --split-ms, the ratios again over the rounds whose every step median lies under that many ms
+and over the rest: a shared machine's bus changes state within minutes, and a setting may help
+in one state and not the other.
 """
 import argparse
 import statistics
@@ -30,7 +34,8 @@ def knobs_of(variant: str) -> dict[str, int]:
     return {name: int(value) for name, value in (pair.split("=") for pair in variant.split(","))}
 
 
-def main(path: str, variants: list[str], rounds: int, steps: int, context: int = 512) -> list[float]:
+def main(path: str, variants: list[str], rounds: int, steps: int, context: int = 512,
+         split_ms: float | None = None) -> list[float]:
     from hymoe.bench.e2e import _prompt
     from hymoe.bench.machine import read_gbps
     from hymoe.engine.llm import load
@@ -39,7 +44,7 @@ def main(path: str, variants: list[str], rounds: int, steps: int, context: int =
     variants = [variants[0], *variants[1:], variants[0]]  # the last: the control
     knobs = [knobs_of(v) for v in variants]
     defaults = {name: native.bench_tune(name) for k in knobs for name in k}
-    length = context + rounds * len(variants) * steps + 8
+    length = context + len(variants) * steps + 8
     llm = load(path, placement="cpu", threads=2, progress=False, max_context=length)
     runner = llm.runner(1, length, is_graphed=False)
     runner.reserve(0, 0, context)
@@ -52,6 +57,7 @@ def main(path: str, variants: list[str], rounds: int, steps: int, context: int =
     pos = context
     try:
         for order in schedule(len(variants), rounds):
+            pos = context  # every round at the same context, its positions written again
             for v in order:
                 for name, default in defaults.items():
                     native.bench_tune(name, knobs[v].get(name, default))
@@ -76,7 +82,18 @@ def main(path: str, variants: list[str], rounds: int, steps: int, context: int =
         print(f"{label}: step {statistics.median(times[v]) * 1e3:.3f} ms, ratio {ratios[v]:.3f}, stages ms "
               f"{[round(x, 3) for x in (stages[v] / rounds).tolist()]}")
     print(f"probe {gbps:.1f} GB/s")
+    if split_ms is not None:
+        print_split(variants, times, split_ms / 1e3)
     return ratios
+
+
+def print_split(variants: list[str], times: list[list[float]], cut: float) -> None:
+    """The ratios over the rounds whose every variant's median step is under cut seconds, then the rest."""
+    quick = [r for r in range(len(times[0])) if max(t[r] for t in times) < cut]
+    for label, rs in ((f"under {cut * 1e3:g} ms", quick), ("the rest", [r for r in range(len(times[0])) if r not in quick])):
+        if rs:
+            ratios = [statistics.median(t[r] / times[0][r] for r in rs) for t in times]
+            print(f"rounds {label} ({len(rs)}): " + ", ".join(f"{n} {x:.3f}" for n, x in zip(variants, ratios)))
 
 
 if __name__ == "__main__":
@@ -86,5 +103,6 @@ if __name__ == "__main__":
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--context", type=int, default=512)
+    p.add_argument("--split-ms", type=float, help="also the ratios over rounds with steps under this and the rest")
     a = p.parse_args()
-    main(a.file, a.variants, a.rounds, a.steps, a.context)
+    main(a.file, a.variants, a.rounds, a.steps, a.context, a.split_ms)

@@ -148,7 +148,8 @@ def test_stacked_steps_past_the_table_rows_equal_the_modules(gguf_model):
 def test_decode_ab_turns_the_order_and_keeps_the_settings(gguf_model, capsys):
     """scripts/decode_ab.py: over 2 x variants rounds every variant holds every place once in each
     direction, so no setting sits later (at a longer context) than another; the run prints a ratio
-    for each variant and its control, and leaves the tuning values as it found them."""
+    for each variant and its control (again over the rounds under --split-ms: here all of them), and
+    leaves the tuning values as it found them."""
     import sys
     from pathlib import Path
 
@@ -164,8 +165,9 @@ def test_decode_ab_turns_the_order_and_keeps_the_settings(gguf_model, capsys):
         pytest.skip("native kernels not built")
     before = native.bench_tune("kq45_groups")
     ratios = decode_ab.main(str(gguf_model("qwen3_moe", "Q8_0")[1]), ["kq45_groups=0", "kq45_groups=1"], 2, 3,
-                            context=8)
+                            context=8, split_ms=1e9)
     assert len(ratios) == 3 and ratios[0] == 1.0 and all(r > 0 for r in ratios)
     assert native.bench_tune("kq45_groups") == before
     out = capsys.readouterr().out
     assert "kq45_groups=0 (control)" in out and "probe" in out
+    assert "rounds under 1e+09 ms (2): kq45_groups=0 1.000" in out and "the rest" not in out
