@@ -220,13 +220,12 @@ void Pool::parallel_for(int num_units, const UnitFn& fn, const int* node_first, 
     fn_ = &fn;
     num_units_ = num_units;
     units_done_ = 0;
-    auto first_of = [&](int k) {  // without ranges every thread takes node 0's, the whole phase
+    auto first_of = [&](int k) {  // k in [0, ranges]; without ranges every thread takes node 0's, the whole phase
         return by_thread ? (int)((int64_t)k * num_units / ranges) : node_first ? node_first[k] : k == 0 ? 0 : num_units;
     };
     for (int k = 0; k < ranges; k++) {
-        const int first = first_of(k);
-        node_end_[k] = node_first ? node_first[k + 1] : k + 1 == ranges ? num_units : first_of(k + 1);
-        node_state_[k] = ((uint64_t)generation << 32) | (uint32_t)first;
+        node_end_[k] = first_of(k + 1);
+        node_state_[k] = ((uint64_t)generation << 32) | (uint32_t)first_of(k);
     }
     {
         std::lock_guard<std::mutex> lock(phase_mutex_);
