@@ -65,14 +65,10 @@ def test_native_linear_takes_every_row_once_in_thread_ranges(threads, tokens):
     parts = [random_weights("Q4_K", rows, n, seed=rows) for rows in (400, 48, 37 * 16)]
     call = NativeLinear(engine, n, [("Q4_K", w.shape[0], w) for w in parts])
     x = torch.randn(tokens, n, generator=torch.Generator().manual_seed(tokens))
-    saved = native.bench_tune("linear_by_thread")
-    try:
-        outs = []
-        for by_thread in (1, 0):  # by thread first: a row it missed would hold no earlier result
-            native.bench_tune("linear_by_thread", by_thread)
+    outs = []
+    for by_thread in (1, 0):  # by thread first: a row it missed would hold no earlier result
+        with native.tuned(linear_by_thread=by_thread):
             outs.append(call(x).clone())
-    finally:
-        native.bench_tune("linear_by_thread", saved)
     want = kernel_activations(x, "Q4_K").double() @ torch.cat([dequant("Q4_K", w, n) for w in parts]).double().T
     assert ((outs[0].double() - want).abs().max() / want.abs().max()).item() < 1e-5
     assert torch.equal(outs[0], outs[1])
@@ -190,15 +186,9 @@ def test_native_attention_in_short_calls_equals_the_torch_layer(engine, isa, cac
     """A token's positions in 3 chunks a thread (Tuning::attn_chunks; at decode the unit whose chunk
     holds the token's position stores its key and value) and attend calls of 5 (attn_call_rows):
     each call's pieces end mid-block, and every call after the first is merged in; no prefetch."""
-    lib = engine.lib
-    tune = ((b"attn_call_rows", 5), (b"attn_ahead", 0), (b"attn_chunks", 3))
-    old = {name: lib.hymoe_bench_tune(name, value) for name, value in tune}
-    assert min(old.values()) >= 0
-    try:
+    with native.tuned(attn_call_rows=5, attn_ahead=0, attn_chunks=3) as old:
+        assert min(old.values()) >= 0
         _check_against_torch(engine, True, False, 0, cache, heads, head_dim)
-    finally:
-        for name, value in old.items():
-            lib.hymoe_bench_tune(name, value)
 
 
 @pytest.mark.parametrize("ymm", [0, 1])
@@ -209,12 +199,9 @@ def test_avx512_decode_attention_in_either_vector_width(engine, ymm, cache, head
     batch (Tuning::attn_ymm; its default is the CPU's): both paths, grouped and per head."""
     if "avx512" not in native.isa_name():
         pytest.skip("no AVX512 on this CPU")
-    old = engine.lib.hymoe_bench_tune(b"attn_ymm", ymm)
-    assert old in (0, 1)
-    try:
+    with native.tuned(attn_ymm=ymm) as old:
+        assert old["attn_ymm"] in (0, 1)
         _check_against_torch(engine, True, False, 0, cache, heads, head_dim)
-    finally:
-        engine.lib.hymoe_bench_tune(b"attn_ymm", old)
 
 
 def _check_against_torch(engine, is_qk_norm, is_interleaved, window, cache, heads, head_dim):

@@ -48,15 +48,10 @@ def test_one_token_in_groups_of_four_blocks(fmt, grouped, lanes, isa):
     rows that end a group early, a last group short of blocks. Tuning::kq45_groups = 0 takes the
     per-row kernels, kq4_lanes = 0 Q4_K's groups on the paired activations instead of the lanes
     copy; all must give the exact sum."""
-    lib = native.library()
-    old = lib.hymoe_bench_tune(b"kq45_groups", grouped), lib.hymoe_bench_tune(b"kq4_lanes", lanes)
-    assert min(old) >= 0
-    try:
+    with native.tuned(kq45_groups=grouped, kq4_lanes=lanes) as old:
+        assert min(old.values()) >= 0
         for n, rows in [(256, 1), (256, 7), (512, 3), (768, 5), (768, 13), (1024, 2), (2048, 9), (4096, 3)]:
             _check_rows(fmt, 1, n, rows)
-    finally:
-        lib.hymoe_bench_tune(b"kq45_groups", old[0])
-        lib.hymoe_bench_tune(b"kq4_lanes", old[1])
 
 
 def _check_rows(fmt: str, tokens: int, n: int, rows: int = 12) -> None:

@@ -153,14 +153,10 @@ def test_thread_ranges_give_the_shared_counters_bits(threads, tokens, k):
     backend = native.NativeExperts(native.NativeEngine(threads, is_async=False), *raw, formats, H, I)
     x = torch.randn(tokens, H, generator=torch.Generator().manual_seed(tokens))
     ids, w = routing(tokens, k, 4)
-    saved = native.bench_tune("moe_by_thread")
-    try:
-        outs = []
-        for by_thread in (1, 0):  # by thread first: a row it missed would hold no earlier result
-            native.bench_tune("moe_by_thread", by_thread)
+    outs = []
+    for by_thread in (1, 0):  # by thread first: a row it missed would hold no earlier result
+        with native.tuned(moe_by_thread=by_thread):
             outs.append(run(backend, x, ids, w).clone())  # the backend reuses its output buffer
-    finally:
-        native.bench_tune("moe_by_thread", saved)
     want = run(ref, x, ids, w)
     assert ((outs[0] - want).abs().max() / want.abs().max()).item() < 0.04
     assert torch.equal(outs[0], outs[1])

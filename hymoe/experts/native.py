@@ -109,6 +109,20 @@ def bench_tune(name: str, value: int = -1) -> int:
     return old
 
 
+@contextlib.contextmanager
+def tuned(**values: int):
+    """Benchmarks and tests: the kernels' tuning values set for a block and put back after it;
+    yields the values they had."""
+    old = {}
+    try:
+        for name, value in values.items():
+            old[name] = bench_tune(name, value)
+        yield old
+    finally:
+        for name, value in old.items():
+            bench_tune(name, value)
+
+
 def isa_name() -> str:
     lib = library()
     return lib.hymoe_isa_name().decode() if lib else "none"
