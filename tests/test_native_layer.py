@@ -171,3 +171,36 @@ def test_decode_ab_turns_the_order_and_keeps_the_settings(gguf_model, capsys):
     out = capsys.readouterr().out
     assert "kq45_groups=0 (control)" in out and "probe" in out
     assert "rounds under 1e+09 ms (2): kq45_groups=0 1.000" in out and "the rest" not in out
+
+
+@needs_native
+def test_the_head_and_greedy_pick_run_in_the_stack_call(gguf_model):
+    """A decode step's logits from the stack's call (the head after the final norm) are the bits of
+    the head computed from Python, and Runner.picks is their argmax: the first largest logit, and
+    the first NaN where a row's weights give one (as torch.argmax)."""
+    llm = hymoe.load(gguf_model("qwen3_moe", "Q8_0")[1], placement="cpu", progress=False)
+    stack, head = llm.model.native_stack, llm.model.lm_head
+    assert stack.head is head.kernel
+
+    def step(is_stacked):
+        stack.head = head.kernel if is_stacked else None
+        runner = llm.runner(2, 32)
+        runner.forward([0, 1], [PROMPT, PROMPT[:6]], [0, 0])
+        return runner.forward([0, 1], [[11], [12]], [len(PROMPT), 6]), runner.picks
+
+    saved = head.qweight.clone()
+    try:
+        (stacked, picks), (alone, none) = step(True), step(False)
+        assert none is None and picks == stacked.argmax(-1).tolist()
+        assert torch.equal(stacked, alone)
+        head.qweight.zero_()  # every logit 0: the first index, not the last
+        assert step(True)[1] == [0, 0]
+        block = 2 + 32  # Q8_0: a float16 scale, then 32 int8 weights
+        for row in (5, 9):
+            head.qweight[row, :block] = 0
+            head.qweight[row, :2] = torch.tensor([0x7E00], dtype=torch.int16).view(torch.uint8)  # a NaN scale
+        logits, picks = step(True)
+        assert logits[:, 5].isnan().all() and picks == logits.argmax(-1).tolist() == [5, 5]
+    finally:
+        head.qweight.copy_(saved)
+        stack.head = head.kernel

@@ -33,3 +33,14 @@ def test_repetition_penalty_demotes_seen_tokens():
     logits = torch.tensor([2.0, 1.9, 0.0])
     assert sample(logits, SamplingParams(repetition_penalty=1.5), [0], None) == 1
     assert sample(logits, SamplingParams(), [0], None) == 0
+
+
+def test_a_given_pick_is_taken_only_by_plain_greedy_rows():
+    """Runner.picks (the native stack's argmax) stands for logits.argmax() only where greedy would
+    read nothing else: a penalty, a temperature or a grammar samples from the logits themselves."""
+    logits = torch.tensor([2.0, 1.9, 0.0])
+    assert sample(logits, SamplingParams(), [0], None, pick=2) == 2  # taken as given: no torch call
+    assert sample(logits, SamplingParams(repetition_penalty=1.5), [0], None, pick=0) == 1
+    assert sample(logits, SamplingParams(grammar=object()), [], None, pick=2) == 0
+    hot = SamplingParams(temperature=1.0, top_k=1)
+    assert sample(logits, hot, [], torch.Generator().manual_seed(0), pick=2) == 0

@@ -43,6 +43,9 @@ class Runner:
         # what each row keeps between passes (--kv-policy; full: everything, as without a policy)
         self.retention = Retention(self.blocks, self.cache, parse_policy(kv_policy), num_slots)
         self.graphs = None
+        # each row's greedy pick (its logits' argmax) of the last pass, where the model computed it
+        # with the logits (Decoder.decode_logits), else None
+        self.picks: list[int] | None = None
         if is_graphed and self.device.type == "cuda":  # decode steps as CUDA graphs, per batch size
             from hymoe.engine.cuda_graphs import DecodeGraphs
 
@@ -64,6 +67,7 @@ class Runner:
               is_hidden: bool = False) -> torch.Tensor:
         lens = [len(t) for t in tokens]
         assert all(s + n <= self.max_len for s, n in zip(starts, lens)), "caller checks the context"
+        self.picks = None
         if not self.retention.is_plain(rows):
             return self._policy_pass(rows, tokens, starts, is_all_logits, is_hidden)
         for row, start, n in zip(rows, starts, lens):
@@ -87,6 +91,10 @@ class Runner:
                 is_hidden: bool = False) -> torch.Tensor:
         with self.step_scope(max(lens)) if self.step_scope else contextlib.nullcontext():
             ids = ids if ids.device == self.device else ids.to(self.device)
+            if not (is_all_logits or is_hidden) and max(lens) == 1 and \
+                    (done := self.model.decode_logits(ids, step, self.cache)) is not None:
+                logits, self.picks = done
+                return logits
             hidden = self.model(ids, step, self.cache)  # [B, T, H]
             if not is_all_logits and min(lens) == max(lens):
                 hidden = hidden[:, -1]  # [B, H]: each row's last (a view: decode steps are all alike)

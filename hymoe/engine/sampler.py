@@ -35,8 +35,12 @@ def _penalise(logits: torch.Tensor, history: list[int], penalty: float) -> torch
     return logits
 
 
-def sample(logits: torch.Tensor, p: SamplingParams, history: list[int], gen: torch.Generator | None) -> int:
-    """logits [V] float32 on CPU -> one token id."""
+def sample(logits: torch.Tensor, p: SamplingParams, history: list[int], gen: torch.Generator | None,
+           pick: int | None = None) -> int:
+    """logits [V] float32 on CPU -> one token id. pick: the logits' argmax where the pass computed it
+    (Runner.picks), what a greedy row without a penalty or grammar takes: no torch call a token."""
+    if pick is not None and p.temperature <= 0 and p.repetition_penalty == 1.0 and p.grammar is None:
+        return pick
     if p.repetition_penalty != 1.0 and history:
         logits = _penalise(logits.clone(), history, p.repetition_penalty)
     if p.temperature <= 0:

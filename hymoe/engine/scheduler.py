@@ -99,11 +99,12 @@ class Scheduler:
             return
         t0 = time.perf_counter()
         logits = self.runner.forward([s.slot for s, _ in batch], [t for _, t in batch], [s.cached for s, _ in batch])
-        self._sample(batch, logits)
+        self._sample(batch, logits, self.runner.picks)
         self.timings.add(is_prefill, time.perf_counter() - t0, sum(len(t) for _, t in batch))
 
-    def _sample(self, batch: list[tuple[Sequence, list[int]]], logits) -> None:
-        """Each sequence that has now read its whole prompt samples its next token (logits: [B, V])."""
+    def _sample(self, batch: list[tuple[Sequence, list[int]]], logits, picks: list[int] | None = None) -> None:
+        """Each sequence that has now read its whole prompt samples its next token (logits: [B, V];
+        picks: each row's argmax, where the pass gave them)."""
         sampling = [i for i, (s, t) in enumerate(batch) if s.cached + len(t) >= len(s.prompt)]
         # log-probabilities before the grammar's mask: the model's own distribution
         asked = [i for i in sampling if batch[i][0].params.logprobs is not None]
@@ -112,7 +113,7 @@ class Scheduler:
         for i, ((seq, tokens), row) in enumerate(zip(batch, logits)):  # row: [V]
             seq.cached += len(tokens)
             if seq.is_prefilled:
-                token = sample(row, seq.params, seq.history, seq.gen)
+                token = sample(row, seq.params, seq.history, seq.gen, picks[i] if picks else None)
                 seq.accept(token, scored.entry(i, token, seq.params.logprobs or 0))
 
     def run(self) -> None:

@@ -83,17 +83,37 @@ class NativeLayerStack:
     given, in one native call, each layer reading its cache of `caches` (the model's per-layer
     dicts), for layers with a native_step on one engine; None for a call they do not take (more rows
     than CAPACITY, a retention policy, not float32 CPU). The norm runs in the call when it has a
-    native kernel, in Python otherwise."""
+    native kernel, in Python otherwise. `head`, a NativeLinear of the output head on the same engine,
+    is taken after a native norm: then `logits` computes a decode step to its logits in the call."""
 
-    def __init__(self, layers: list[NativeDecoderLayer], norm=None):
+    def __init__(self, layers: list[NativeDecoderLayer], norm=None, head=None):
         self.layers, self.engine, self.norm = layers, layers[0].engine, norm
         self.engine.lib.hymoe_layers_step.argtypes = [_p, _p, ctypes.c_int, ctypes.POINTER(_GqaArgs), ctypes.c_int, _p,
-                                                      _p, ctypes.c_float]
+                                                      _p, ctypes.c_float, _p, _p, ctypes.c_int64, _p]
         self._table = (ctypes.c_void_p * len(layers))(*(ctypes.addressof(n._args) for n in layers))
+        hidden = layers[0]._args.hidden
         kernel = getattr(norm, "kernel", None)  # NativeRMSNorm: the same C function, so the same bits
-        self._native_norm = kernel if isinstance(kernel, NativeRMSNorm) and kernel.n == layers[0]._args.hidden else None
+        self._native_norm = kernel if isinstance(kernel, NativeRMSNorm) and kernel.n == hidden else None
+        is_head = isinstance(head, NativeLinear) and head.engine is self.engine and head.n == hidden
+        self.head = head if is_head and self._native_norm is not None else None
+        self._best = (ctypes.c_int64 * CAPACITY)()  # each row's greedy pick, written by the call with the head
 
     def __call__(self, x: torch.Tensor, step, caches: list[dict], rope) -> torch.Tensor | None:
+        if (out := self._run(x, step, caches, rope)) is None:
+            return None
+        return out if self._native_norm is not None or self.norm is None else self.norm(out)
+
+    def logits(self, x: torch.Tensor, step, caches: list[dict], rope) -> tuple[torch.Tensor, list[int]] | None:
+        """A decode step (x [B, 1, H]) to float32 logits [B, V] and each row's greedy pick (its first
+        largest logit's index, as argmax), the head in the same call; None for a call it does not take."""
+        if self.head is None or x.dim() != 3 or x.shape[1] != 1:
+            return None
+        logits = torch.empty(x.shape[0], self.head.out_features)  # [B, V]
+        if self._run(x, step, caches, rope, logits) is None:
+            return None
+        return logits, self._best[:x.shape[0]]
+
+    def _run(self, x: torch.Tensor, step, caches: list[dict], rope, logits: torch.Tensor | None = None):
         b, t, h = x.shape
         if b * t > CAPACITY or step.kept is not None or x.dtype is not torch.float32 or not x.is_cpu:
             return None
@@ -106,11 +126,13 @@ class NativeLayerStack:
         out = x.clone(memory_format=torch.contiguous_format)  # [B, T, H]: the C side adds the residuals in place
         native = self._native_norm
         weight, eps = (native.weight.data_ptr(), native.eps) if native is not None else (None, 0.0)
+        head = (self.head._args_ref, logits.data_ptr(), logits.numel(), self._best) if logits is not None else \
+            (None, None, 0, None)
         rc = self.engine.lib.hymoe_layers_step(self.engine.handle, self._table, len(self.layers), ctypes.byref(args),
-                                               b * t, out.data_ptr(), weight, eps)
+                                               b * t, out.data_ptr(), weight, eps, *head)
         if rc:
             raise native_error(rc, f"the native decoder layers refused their arguments ({rc})")
-        return out if native is not None or self.norm is None else self.norm(out)
+        return out
 
 
 def place_native_layers(model) -> int:
@@ -123,5 +145,6 @@ def place_native_layers(model) -> int:
     is_stack = all(s is not None and s.engine is steps[0].engine for s in steps) and len(steps) > 0
     # all layers share one StepInputs (placement/kernels.py), whose step arguments the stack passes once
     is_stack = is_stack and all(s.attn.inputs is steps[0].attn.inputs for s in steps)
-    model.native_stack = NativeLayerStack(steps, model.norm) if is_stack else None
+    head = getattr(model.lm_head, "kernel", None) if getattr(model.lm_head, "bias", None) is None else None
+    model.native_stack = NativeLayerStack(steps, model.norm, head) if is_stack else None
     return sum(s is not None for s in steps)
