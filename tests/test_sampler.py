@@ -35,12 +35,14 @@ def test_repetition_penalty_demotes_seen_tokens():
     assert sample(logits, SamplingParams(), [0], None) == 0
 
 
-def test_a_given_pick_is_taken_only_by_plain_greedy_rows():
-    """Runner.picks (the native stack's argmax) stands for logits.argmax() only where greedy would
-    read nothing else: a penalty, a temperature or a grammar samples from the logits themselves."""
+
+def test_only_plain_greedy_rows_take_the_argmax_as_it_comes():
+    """Runner.picks (the native stack's argmax) stands for sample() only where greedy reads nothing
+    else: a penalty, a temperature or a grammar samples from the logits themselves."""
     logits = torch.tensor([2.0, 1.9, 0.0])
-    assert sample(logits, SamplingParams(), [0], None, pick=2) == 2  # taken as given: no torch call
-    assert sample(logits, SamplingParams(repetition_penalty=1.5), [0], None, pick=0) == 1
-    assert sample(logits, SamplingParams(grammar=object()), [], None, pick=2) == 0
-    hot = SamplingParams(temperature=1.0, top_k=1)
-    assert sample(logits, hot, [], torch.Generator().manual_seed(0), pick=2) == 0
+    plain = SamplingParams()
+    assert plain.is_argmax and sample(logits, plain, [0], None) == int(logits.argmax())
+    for p in (SamplingParams(repetition_penalty=1.5), SamplingParams(grammar=object()),
+              SamplingParams(temperature=1.0, top_k=1)):
+        assert not p.is_argmax
+    assert sample(logits, SamplingParams(repetition_penalty=1.5), [0], None) != int(logits.argmax())

@@ -21,6 +21,12 @@ class SamplingParams:
     # None: no log-probabilities; k >= 0: each sampled token's, with its k most likely alternatives
     logprobs: int | None = None
 
+    @property
+    def is_argmax(self) -> bool:
+        """Whether sample() takes the logits' argmax as they come: greedy, no penalty, no grammar (so a
+        pass that computed the argmax, Runner.picks, gives the token without a torch call)."""
+        return self.temperature <= 0 and self.repetition_penalty == 1.0 and self.grammar is None
+
     def generator(self) -> torch.Generator | None:
         if self.seed is None:
             return None
@@ -35,12 +41,8 @@ def _penalise(logits: torch.Tensor, history: list[int], penalty: float) -> torch
     return logits
 
 
-def sample(logits: torch.Tensor, p: SamplingParams, history: list[int], gen: torch.Generator | None,
-           pick: int | None = None) -> int:
-    """logits [V] float32 on CPU -> one token id. pick: the logits' argmax where the pass computed it
-    (Runner.picks), what a greedy row without a penalty or grammar takes: no torch call a token."""
-    if pick is not None and p.temperature <= 0 and p.repetition_penalty == 1.0 and p.grammar is None:
-        return pick
+def sample(logits: torch.Tensor, p: SamplingParams, history: list[int], gen: torch.Generator | None) -> int:
+    """logits [V] float32 on CPU -> one token id."""
     if p.repetition_penalty != 1.0 and history:
         logits = _penalise(logits.clone(), history, p.repetition_penalty)
     if p.temperature <= 0:

@@ -110,10 +110,11 @@ class Scheduler:
         asked = [i for i in sampling if batch[i][0].params.logprobs is not None]
         scored = Scored(logits, asked, max((batch[i][0].params.logprobs for i in asked), default=0))
         self.masker.apply(logits, batch)  # the constrained rows that sample now: one batched bitmask op
-        for i, ((seq, tokens), row) in enumerate(zip(batch, logits)):  # row: [V]
+        for i, (seq, tokens) in enumerate(batch):
             seq.cached += len(tokens)
-            if seq.is_prefilled:
-                token = sample(row, seq.params, seq.history, seq.gen, picks[i] if picks else None)
+            if seq.is_prefilled:  # the pass's argmax where it gave one, else logits[i] [V] (a torch call)
+                is_pick = picks is not None and seq.params.is_argmax
+                token = picks[i] if is_pick else sample(logits[i], seq.params, seq.history, seq.gen)
                 seq.accept(token, scored.entry(i, token, seq.params.logprobs or 0))
 
     def run(self) -> None:
