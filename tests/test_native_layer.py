@@ -204,3 +204,16 @@ def test_the_head_and_greedy_pick_run_in_the_stack_call(gguf_model):
     finally:
         head.qweight.copy_(saved)
         stack.head = head.kernel
+
+
+@needs_native
+def test_a_token_id_outside_the_table_fails_in_one_line(gguf_model):
+    """The stack's call looks a decode step's ids up in C: one outside the table is a clear error
+    before any layer runs, not a read past the table."""
+    llm = hymoe.load(gguf_model("qwen3_moe", "Q8_0")[1], placement="cpu", progress=False)
+    runner = llm.runner(1, 32)
+    runner.forward([0], [PROMPT], [0])
+    vocab = llm.config.vocab_size
+    for bad in (vocab, -1):
+        with pytest.raises(HymoeError, match=f"outside the embedding's {vocab} rows"):
+            runner.forward([0], [[bad]], [len(PROMPT)])

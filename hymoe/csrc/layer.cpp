@@ -23,6 +23,8 @@ int hymoe_router(void* engine, LinearArgs* linear, RouteArgs* route, int num_tok
                  float* logits);
 int hymoe_gqa_attention(void* engine, const GqaArgs* args);
 void hymoe_rms_norm(const float* x, const float* w, float* out, int rows, int n, float eps);
+int hymoe_dequant_rows(int fmt, const uint8_t* w, int64_t w_bytes, int64_t num_rows, int n, const int64_t* ids,
+                       int num_ids, float* out, int64_t out_len);
 
 // Mirrored by hymoe/experts/native_layer.py (ctypes.Structure): keep the field order.
 struct LayerArgs {
@@ -100,34 +102,62 @@ __attribute__((visibility("default"))) int hymoe_layer_step(void* engine, LayerA
     return 0;
 }
 
-// Every layer of a step in one foreign call: hymoe_layer_step over layers [0, num_layers) in order,
-// x updated in place (the per-layer calls from Python cost ~15 us each at decode, caches cold after
-// the weights streamed), then the model's final RMSNorm with `norm` [H] unless it is null (as
-// its own call from Python: ~30 us a step, cold). With a `head` (a decode step: one token a row),
-// also its logits [rows, V] (logits_len floats) and each row's first largest logit's index in
-// best[rows] (the first NaN's, as torch.argmax): the head and a greedy pick from Python took
-// ~0.25 ms a step of cold interpreter and dispatcher state, for 0.12 ms of weights. 0, or the first
-// failing layer's code, or the head's (-4: a head without a norm or best, or of another width).
-__attribute__((visibility("default"))) int hymoe_layers_step(void* engine, LayerArgs* const* layers, int num_layers,
-                                                             const GqaArgs* step, int rows, float* x, const float* norm,
-                                                             float norm_eps, LinearArgs* head, float* logits,
-                                                             int64_t logits_len, int64_t* best) {
-    if (head && (!norm || !best || num_layers < 1 || head->n != layers[0]->hidden)) return -4;
-    for (int i = 0; i < num_layers; i++)
-        if (int rc = hymoe_layer_step(engine, layers[i], step, rows, x)) return rc;
-    // in place: each row's sum of squares is taken before the row is written
-    if (norm && num_layers > 0) hymoe_rms_norm(x, norm, x, rows, layers[0]->hidden, norm_eps);
-    if (!head) return 0;
-    const int H = layers[0]->hidden;
-    if (int rc = hymoe_linear(engine, head, rows, x, (int64_t)rows * H, logits, logits_len)) return rc;
-    const int V = head->out_stride;
+// What a stacked step does before and after its layers (all optional). Mirrored by
+// hymoe/experts/native_layer.py (ctypes.Structure): keep the field order.
+struct StackEnds {
+    // null, or the rows' token ids: x is first written with their rows of the embedding table
+    // (embed_rows rows of the hidden width in embed_fmt, embed_bytes long), as hymoe_dequant_rows
+    const int64_t* ids;
+    int32_t embed_fmt;
+    int64_t embed_rows, embed_bytes;
+    const uint8_t* embed;
+    const float* norm;  // null, or the final RMSNorm's weight [H], applied to x in place
+    float norm_eps;
+    // null, or the output head (after the norm; one token a row): its logits [rows, V] in logits
+    // (logits_len floats) and each row's first largest logit's index in best[rows] (the first
+    // NaN's, as torch.argmax)
+    LinearArgs* head;
+    float* logits;
+    int64_t logits_len;
+    int64_t* best;
+};
+
+// Each row's first largest value's index (a NaN counts as the largest), as torch.argmax.
+static void argmax_rows(const float* v, int rows, int n, int64_t* best) {
     for (int r = 0; r < rows; r++) {
-        const float* l = logits + (int64_t)r * V;
+        const float* l = v + (int64_t)r * n;
         int at = 0;
-        for (int i = 1; i < V && l[at] == l[at]; i++)  // stops at a NaN: it is the largest
+        for (int i = 1; i < n && l[at] == l[at]; i++)  // stops at a NaN
             if (l[i] > l[at] || l[i] != l[i]) at = i;
         best[r] = at;
     }
+}
+
+// Every layer of a step in one foreign call: hymoe_layer_step over layers [0, num_layers) in order,
+// x [rows, H] updated in place, with the ends `e` (null: none). Each foreign call from Python costs
+// far more than its work at decode, the interpreter's and torch's state cold after the weights
+// streamed: the per-layer calls ~15 us each, the final norm ~30 us, and the embedding lookup, the
+// head and a greedy pick ~0.3 ms a step together (for 0.12 ms of the head's weights). 0, or the
+// embedding's code (-2: an id outside the table), the first failing layer's, or the head's (-4:
+// a head without a norm or best, or of another width).
+__attribute__((visibility("default"))) int hymoe_layers_step(void* engine, LayerArgs* const* layers, int num_layers,
+                                                             const GqaArgs* step, int rows, float* x,
+                                                             const StackEnds* e) {
+    if (num_layers < 1) return -4;
+    const int H = layers[0]->hidden;
+    if (e && e->head && (!e->norm || !e->best || e->head->n != H)) return -4;
+    if (e && e->ids)
+        if (int rc = hymoe_dequant_rows(e->embed_fmt, e->embed, e->embed_bytes, e->embed_rows, H, e->ids, rows, x,
+                                        (int64_t)rows * H))
+            return rc;
+    for (int i = 0; i < num_layers; i++)
+        if (int rc = hymoe_layer_step(engine, layers[i], step, rows, x)) return rc;
+    if (!e) return 0;
+    // in place: each row's sum of squares is taken before the row is written
+    if (e->norm) hymoe_rms_norm(x, e->norm, x, rows, H, e->norm_eps);
+    if (!e->head) return 0;
+    if (int rc = hymoe_linear(engine, e->head, rows, x, (int64_t)rows * H, e->logits, e->logits_len)) return rc;
+    argmax_rows(e->logits, rows, e->head->out_stride, e->best);
     return 0;
 }
 

@@ -13,10 +13,10 @@ import torch
 from hymoe.errors import HymoeError
 from hymoe.experts.native import NativeExperts, native_error
 from hymoe.experts.native_attention import NativeGqaAttention, _GqaArgs
-from hymoe.experts.native_linear import NativeLinear, NativeRMSNorm, NativeRouter
+from hymoe.experts.native_linear import NativeEmbedding, NativeLinear, NativeRMSNorm, NativeRouter
 
 CAPACITY = 16  # rows (batch x tokens) a call takes: decode steps; longer prompt chunks go module by module
-_p, _f32, _i32 = ctypes.c_void_p, ctypes.c_float, ctypes.c_int32
+_p, _f32, _i32, _i64 = ctypes.c_void_p, ctypes.c_float, ctypes.c_int32, ctypes.c_int64
 
 
 class _LayerArgs(ctypes.Structure):
@@ -78,61 +78,81 @@ class NativeDecoderLayer:
         return self._alone(x, step, [cache], self.rope)
 
 
+class _StackEnds(ctypes.Structure):
+    _fields_ = [("ids", _p), ("embed_fmt", _i32), ("embed_rows", _i64), ("embed_bytes", _i64), ("embed", _p),
+                ("norm", _p), ("norm_eps", _f32), ("head", _p), ("logits", _p), ("logits_len", _i64), ("best", _p)]
+
+
 class NativeLayerStack:
     """stack(x, step, caches, rope): layers of a decode step, then the model's final `norm` if
     given, in one native call, each layer reading its cache of `caches` (the model's per-layer
     dicts), for layers with a native_step on one engine; None for a call they do not take (more rows
     than CAPACITY, a retention policy, not float32 CPU). The norm runs in the call when it has a
-    native kernel, in Python otherwise. `head`, a NativeLinear of the output head on the same engine,
-    is taken after a native norm: then `logits` computes a decode step to its logits in the call."""
+    native kernel, in Python otherwise. With the model's `embed` and `head` native on this engine
+    (after a native norm), `logits` takes a decode step from token ids to logits in one call."""
 
-    def __init__(self, layers: list[NativeDecoderLayer], norm=None, head=None):
+    def __init__(self, layers: list[NativeDecoderLayer], norm=None, head=None, embed=None):
         self.layers, self.engine, self.norm = layers, layers[0].engine, norm
         self.engine.lib.hymoe_layers_step.argtypes = [_p, _p, ctypes.c_int, ctypes.POINTER(_GqaArgs), ctypes.c_int, _p,
-                                                      _p, ctypes.c_float, _p, _p, ctypes.c_int64, _p]
+                                                      ctypes.POINTER(_StackEnds)]
         self._table = (ctypes.c_void_p * len(layers))(*(ctypes.addressof(n._args) for n in layers))
-        hidden = layers[0]._args.hidden
+        self.hidden = hidden = layers[0]._args.hidden
         kernel = getattr(norm, "kernel", None)  # NativeRMSNorm: the same C function, so the same bits
         self._native_norm = kernel if isinstance(kernel, NativeRMSNorm) and kernel.n == hidden else None
         is_head = isinstance(head, NativeLinear) and head.engine is self.engine and head.n == hidden
-        self.head = head if is_head and self._native_norm is not None else None
+        is_embed = isinstance(embed, NativeEmbedding) and embed.n == hidden
+        self.head = head if is_head and is_embed and self._native_norm is not None else None
+        self.embed = embed if self.head is not None else None
+        self._ends = _StackEnds()  # the norm for every call; the embedding and head for `logits`
+        if self._native_norm is not None:
+            self._ends.norm, self._ends.norm_eps = self._native_norm.weight.data_ptr(), self._native_norm.eps
         self._best = (ctypes.c_int64 * CAPACITY)()  # each row's greedy pick, written by the call with the head
+        self._x = torch.empty(CAPACITY, hidden)  # the rows `logits` computes in (returned: only the logits)
 
     def __call__(self, x: torch.Tensor, step, caches: list[dict], rope) -> torch.Tensor | None:
-        if (out := self._run(x, step, caches, rope)) is None:
+        b, t, h = x.shape
+        if not self._takes(b * t, step) or x.dtype is not torch.float32 or not x.is_cpu:
             return None
+        if h != self.hidden:
+            raise HymoeError(f"the native decoder layers take rows of {self.hidden} values, got {h}")
+        out = x.clone(memory_format=torch.contiguous_format)  # [B, T, H]: the C side adds the residuals in place
+        e = self._ends
+        e.ids = e.head = None
+        self._run(out, b * t, step, caches, rope)
         return out if self._native_norm is not None or self.norm is None else self.norm(out)
 
-    def logits(self, x: torch.Tensor, step, caches: list[dict], rope) -> tuple[torch.Tensor, list[int]] | None:
-        """A decode step (x [B, 1, H]) to float32 logits [B, V] and each row's greedy pick (its first
-        largest logit's index, as argmax), the head in the same call; None for a call it does not take."""
-        if self.head is None or x.dim() != 3 or x.shape[1] != 1:
+    def logits(self, ids: torch.Tensor, step, caches: list[dict], rope) -> tuple[torch.Tensor, list[int]] | None:
+        """A decode step from token ids [B, 1] (int64, CPU) to float32 logits [B, V] and each row's
+        greedy pick (its first largest logit's index, as argmax), embedding, layers, norm and head
+        in the one call; None for a call it does not take (no native head, more than one token a row)."""
+        b = ids.shape[0]
+        if self.head is None or ids.dim() != 2 or ids.shape[1] != 1 or not self._takes(b, step):
             return None
-        logits = torch.empty(x.shape[0], self.head.out_features)  # [B, V]
-        if self._run(x, step, caches, rope, logits) is None:
-            return None
-        return logits, self._best[:x.shape[0]]
+        if ids.dtype is not torch.int64 or not ids.is_cpu or not ids.is_contiguous():
+            raise HymoeError(f"the native decoder layers take contiguous int64 CPU token ids, got {ids.dtype}")
+        logits = torch.empty(b, self.head.out_features)  # [B, V]
+        e, embed = self._ends, self.embed
+        e.ids, e.embed_fmt, e.embed_rows, e.embed = ids.data_ptr(), embed.fmt, embed.num_rows, embed.weight.data_ptr()
+        e.embed_bytes, e.head, e.best = embed.weight.numel(), ctypes.addressof(self.head._args), ctypes.addressof(self._best)
+        e.logits, e.logits_len = logits.data_ptr(), logits.numel()
+        self._run(self._x, b, step, caches, rope)
+        return logits, self._best[:b]
 
-    def _run(self, x: torch.Tensor, step, caches: list[dict], rope, logits: torch.Tensor | None = None):
-        b, t, h = x.shape
-        if b * t > CAPACITY or step.kept is not None or x.dtype is not torch.float32 or not x.is_cpu:
-            return None
-        if h != self.layers[0]._args.hidden:
-            raise HymoeError(f"the native decoder layers take rows of {self.layers[0]._args.hidden} values, got {h}")
+    def _takes(self, rows: int, step) -> bool:
+        return rows <= CAPACITY and step.kept is None
+
+    def _run(self, x: torch.Tensor, rows: int, step, caches: list[dict], rope) -> None:
+        """The call over x's first `rows` rows, in place, with self._ends as set."""
         # every call: another runner's pass (a long prompt, module by module) may have bound its cache
         for native, layer_cache in zip(self.layers, caches):
             native.attn.bind_cache(layer_cache)
         args = self.layers[0].attn.inputs.step_args(step, rope, self.layers[0].attn.head_dim)
-        out = x.clone(memory_format=torch.contiguous_format)  # [B, T, H]: the C side adds the residuals in place
-        native = self._native_norm
-        weight, eps = (native.weight.data_ptr(), native.eps) if native is not None else (None, 0.0)
-        head = (self.head._args_ref, logits.data_ptr(), logits.numel(), self._best) if logits is not None else \
-            (None, None, 0, None)
         rc = self.engine.lib.hymoe_layers_step(self.engine.handle, self._table, len(self.layers), ctypes.byref(args),
-                                               b * t, out.data_ptr(), weight, eps, *head)
+                                               rows, x.data_ptr(), ctypes.byref(self._ends))
+        if rc == -2 and self._ends.ids:
+            raise HymoeError(f"a token id outside the embedding's {self.embed.num_rows} rows")
         if rc:
             raise native_error(rc, f"the native decoder layers refused their arguments ({rc})")
-        return out
 
 
 def place_native_layers(model) -> int:
@@ -146,5 +166,6 @@ def place_native_layers(model) -> int:
     # all layers share one StepInputs (placement/kernels.py), whose step arguments the stack passes once
     is_stack = is_stack and all(s.attn.inputs is steps[0].attn.inputs for s in steps)
     head = getattr(model.lm_head, "kernel", None) if getattr(model.lm_head, "bias", None) is None else None
-    model.native_stack = NativeLayerStack(steps, model.norm, head) if is_stack else None
+    embed = getattr(model.embed_tokens, "kernel", None)
+    model.native_stack = NativeLayerStack(steps, model.norm, head, embed) if is_stack else None
     return sum(s is not None for s in steps)

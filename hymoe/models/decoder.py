@@ -68,11 +68,12 @@ class Decoder(nn.Module):
 
     def decode_logits(self, token_ids: torch.Tensor, step: Step, cache: KVCache) -> tuple[torch.Tensor, list[int]] | None:
         """A decode step (token_ids [B, 1]) to float32 logits [B, V] and each row's greedy pick, the
-        head in the native stack's call (its Python, cold after the weights streamed, cost more than
-        its weights); None where that call does not take the step (then forward, then head)."""
+        embedding and head in the native stack's call (their Python, cold after the weights streamed,
+        cost more than the head's weights); None where that call does not take the step (then
+        forward, then head)."""
         if self.native_stack is None or self.native_stack.head is None:
             return None
-        return self.native_stack.logits(self.embed_tokens(token_ids), step, cache.layers, self.rope)
+        return self.native_stack.logits(token_ids, step, cache.layers, self.rope)
 
     def layer_devices(self) -> list[torch.device]:
         return [layer.input_layernorm.weight.device for layer in self.layers]
