@@ -35,7 +35,6 @@ def test_repetition_penalty_demotes_seen_tokens():
     assert sample(logits, SamplingParams(), [0], None) == 0
 
 
-
 def test_only_plain_greedy_rows_take_the_argmax_as_it_comes():
     """Runner.picks (the native stack's argmax) stands for sample() only where greedy reads nothing
     else: a penalty, a temperature or a grammar samples from the logits themselves."""

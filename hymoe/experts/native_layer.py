@@ -103,11 +103,19 @@ class NativeLayerStack:
         is_embed = isinstance(embed, NativeEmbedding) and embed.n == hidden
         self.head = head if is_head and is_embed and self._native_norm is not None else None
         self.embed = embed if self.head is not None else None
-        self._ends = _StackEnds()  # the norm for every call; the embedding and head for `logits`
-        if self._native_norm is not None:
-            self._ends.norm, self._ends.norm_eps = self._native_norm.weight.data_ptr(), self._native_norm.eps
         self._best = (ctypes.c_int64 * CAPACITY)()  # each row's greedy pick, written by the call with the head
         self._x = torch.empty(CAPACITY, hidden)  # the rows `logits` computes in (returned: only the logits)
+        # the call's ends, their fixed fields set once: the norm (__call__); with the embedding and
+        # head too (`logits`, which sets only the step's ids and logits)
+        self._plain, self._decode = _StackEnds(), _StackEnds()
+        if self._native_norm is not None:
+            for e in (self._plain, self._decode):
+                e.norm, e.norm_eps = self._native_norm.weight.data_ptr(), self._native_norm.eps
+        if self.head is not None:
+            e = self._decode
+            e.embed_fmt, e.embed_rows, e.embed, e.embed_bytes = embed.fmt, embed.num_rows, embed.weight.data_ptr(), \
+                embed.weight.numel()
+            e.head, e.best = ctypes.addressof(self.head._args), ctypes.addressof(self._best)
 
     def __call__(self, x: torch.Tensor, step, caches: list[dict], rope) -> torch.Tensor | None:
         b, t, h = x.shape
@@ -116,9 +124,7 @@ class NativeLayerStack:
         if h != self.hidden:
             raise HymoeError(f"the native decoder layers take rows of {self.hidden} values, got {h}")
         out = x.clone(memory_format=torch.contiguous_format)  # [B, T, H]: the C side adds the residuals in place
-        e = self._ends
-        e.ids = e.head = None
-        self._run(out, b * t, step, caches, rope)
+        self._run(out, b * t, step, caches, rope, self._plain)
         return out if self._native_norm is not None or self.norm is None else self.norm(out)
 
     def logits(self, ids: torch.Tensor, step, caches: list[dict], rope) -> tuple[torch.Tensor, list[int]] | None:
@@ -131,25 +137,23 @@ class NativeLayerStack:
         if ids.dtype is not torch.int64 or not ids.is_cpu or not ids.is_contiguous():
             raise HymoeError(f"the native decoder layers take contiguous int64 CPU token ids, got {ids.dtype}")
         logits = torch.empty(b, self.head.out_features)  # [B, V]
-        e, embed = self._ends, self.embed
-        e.ids, e.embed_fmt, e.embed_rows, e.embed = ids.data_ptr(), embed.fmt, embed.num_rows, embed.weight.data_ptr()
-        e.embed_bytes, e.head, e.best = embed.weight.numel(), ctypes.addressof(self.head._args), ctypes.addressof(self._best)
-        e.logits, e.logits_len = logits.data_ptr(), logits.numel()
-        self._run(self._x, b, step, caches, rope)
+        e = self._decode
+        e.ids, e.logits, e.logits_len = ids.data_ptr(), logits.data_ptr(), logits.numel()
+        self._run(self._x, b, step, caches, rope, e)
         return logits, self._best[:b]
 
     def _takes(self, rows: int, step) -> bool:
         return rows <= CAPACITY and step.kept is None
 
-    def _run(self, x: torch.Tensor, rows: int, step, caches: list[dict], rope) -> None:
-        """The call over x's first `rows` rows, in place, with self._ends as set."""
+    def _run(self, x: torch.Tensor, rows: int, step, caches: list[dict], rope, ends: _StackEnds) -> None:
+        """The call over x's first `rows` rows, in place, with these ends."""
         # every call: another runner's pass (a long prompt, module by module) may have bound its cache
         for native, layer_cache in zip(self.layers, caches):
             native.attn.bind_cache(layer_cache)
         args = self.layers[0].attn.inputs.step_args(step, rope, self.layers[0].attn.head_dim)
         rc = self.engine.lib.hymoe_layers_step(self.engine.handle, self._table, len(self.layers), ctypes.byref(args),
-                                               rows, x.data_ptr(), ctypes.byref(self._ends))
-        if rc == -2 and self._ends.ids:
+                                               rows, x.data_ptr(), ctypes.byref(ends))
+        if rc == -2 and ends is self._decode:
             raise HymoeError(f"a token id outside the embedding's {self.embed.num_rows} rows")
         if rc:
             raise native_error(rc, f"the native decoder layers refused their arguments ({rc})")
