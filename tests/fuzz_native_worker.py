@@ -110,7 +110,7 @@ class Cases:
         # a call takes twelve tensors: each is mutated less often, so that valid calls occur too
         tensor = functools.partial(globals()["tensor"], calm=4.0)
 
-        heads, kv, d = 4, 2, 16
+        heads, kv, d = r.choice([(4, 2, 16), (8, 2, 64)])  # the second: attend.h's grouped path
         attn = SimpleNamespace(num_heads=heads, num_kv_heads=kv, head_dim=d, is_qk_norm=False, q_norm=None,
                                k_norm=None, rope=SimpleNamespace(is_interleaved=False))
         layer = NativeGqaAttention(self.sync_engine, attn, window=r.choice([0, 0, 3]))
@@ -119,7 +119,8 @@ class Cases:
         step = SimpleNamespace(positions=positions, table=tensor(r, (b, width), torch.int64, -1, blocks + 1),
                                slots=tensor(r, (b, t), torch.int64, -2, blocks * bs + 2),
                                kv_len=r.choice([1, 4, width * bs, width * bs + 3, 0]))
-        cache = {"k": tensor(r, (blocks, bs, kv, d), r.choice([torch.float32, torch.float16])), "v": None}
+        cache_dtype = r.choice([torch.float32, torch.float16, torch.bfloat16])
+        cache = {"k": tensor(r, (blocks, bs, kv, d), cache_dtype), "v": None}
         cache["v"] = torch.zeros_like(cache["k"]) if r.random() < 0.9 else tensor(r, (blocks, bs - 1, kv, d))
         cos_sin = tuple(tensor(r, (b, t, d // 2)) for _ in range(2))
         layer(tensor(r, (b, t, heads * d)), tensor(r, (b, t, kv * d)), tensor(r, (b, t, kv * d)), step, cache, cos_sin)

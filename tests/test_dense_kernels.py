@@ -171,8 +171,10 @@ def _gqa(is_qk_norm: bool, is_interleaved: bool, heads: int = 6, head_dim: int =
 @pytest.mark.parametrize("is_qk_norm,is_interleaved,window,cache,heads,head_dim", [
     (True, False, 0, torch.float32, 6, 32), (False, True, 0, torch.float32, 6, 32), (True, False, 5, torch.float32, 6, 32),
     (True, False, 0, torch.float16, 6, 32), (False, True, 6, torch.float16, 6, 32),
+    (True, False, 0, torch.bfloat16, 6, 32),
     # 4 heads a kv head, 64 wide: the grouped path of the vector kernels (attend.h)
-    (True, False, 0, torch.float32, 8, 64), (False, True, 5, torch.float16, 8, 64)])
+    (True, False, 0, torch.float32, 8, 64), (False, True, 5, torch.float16, 8, 64),
+    (False, True, 5, torch.bfloat16, 8, 64)])
 def test_native_decode_attention_equals_the_torch_layer(engine, isa, is_qk_norm, is_interleaved, window, cache,
                                                         heads, head_dim):
     """Two rows through shuffled block tables (blocks of 7 positions, which no step's length is a
@@ -181,7 +183,8 @@ def test_native_decode_attention_equals_the_torch_layer(engine, isa, is_qk_norm,
     _check_against_torch(engine, is_qk_norm, is_interleaved, window, cache, heads, head_dim)
 
 
-@pytest.mark.parametrize("cache,heads,head_dim", [(torch.float32, 6, 32), (torch.float16, 8, 64)])
+@pytest.mark.parametrize("cache,heads,head_dim", [(torch.float32, 6, 32), (torch.float16, 8, 64),
+                                                   (torch.bfloat16, 8, 64)])
 def test_native_attention_in_short_calls_equals_the_torch_layer(engine, isa, cache, heads, head_dim):
     """A token's positions in 3 chunks a thread (Tuning::attn_chunks; at decode the unit whose chunk
     holds the token's position stores its key and value) and attend calls of 5 (attn_call_rows):
@@ -193,7 +196,8 @@ def test_native_attention_in_short_calls_equals_the_torch_layer(engine, isa, cac
 
 @pytest.mark.parametrize("ymm", [0, 1])
 @pytest.mark.parametrize("cache,heads,head_dim",
-                         [(torch.float16, 6, 32), (torch.float16, 8, 64), (torch.float32, 8, 64)])
+                         [(torch.float16, 6, 32), (torch.float16, 8, 64), (torch.float32, 8, 64),
+                          (torch.bfloat16, 8, 64)])
 def test_avx512_decode_attention_in_either_vector_width(engine, ymm, cache, heads, head_dim):
     """AVX512's attend kernel over 16-float vectors or over 8-float ones in 32 registers, 4 heads a
     batch (Tuning::attn_ymm; its default is the CPU's): both paths, grouped and per head."""
@@ -223,4 +227,4 @@ def _check_against_torch(engine, is_qk_norm, is_interleaved, window, cache, head
         assert (got - want).abs().max().item() < 1e-5 * want.abs().max().item(), (t, start)  # float rounding
         start += t
     assert torch.allclose(caches[0]["k"].float(), caches[1]["k"].float(), atol=1e-5)
-    assert torch.equal(caches[0]["v"], caches[1]["v"])  # stored as given (rounded to fp16 alike)
+    assert torch.equal(caches[0]["v"], caches[1]["v"])  # stored as given (rounded to fp16 or bf16 alike)

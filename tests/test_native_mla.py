@@ -162,7 +162,7 @@ def _softmax_reference(query, cache, step, rank: int, scale: float) -> torch.Ten
     return out
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("heads,rank,rope,tokens", [(8, 128, 64, 1), (8, 128, 64, 5), (4, 32, 8, 3)])
 def test_latent_attention_equals_a_softmax_over_the_paged_rows(engine, isa, dtype, heads, rank, rope, tokens):
     """Rows of unequal lengths over shuffled blocks; 8 heads of 192 take the grouped path, 4 of 40

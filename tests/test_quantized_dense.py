@@ -52,6 +52,25 @@ def test_gguf_files_are_mapped_read_only(gguf_model):
 
 
 @needs_native
+@pytest.mark.parametrize("name", ["qwen3_moe", "deepseek_v3"])
+def test_a_bfloat16_cache_runs_in_the_native_attention(gguf_model, name):
+    """--kv-dtype bfloat16 on the CPU (it once stopped the first step: the native attention took
+    float32 and fp16 caches only): keys and values stored as torch rounds them and read back
+    exactly, GQA's and MLA's latent cache alike, so the logits are the torch attention's."""
+    _, path = gguf_model(name, "Q8_0")
+    llm = hymoe.load(path, placement="cpu", progress=False, kv_dtype="bfloat16")
+    attention = [m for m in llm.model.modules() if type(m).__name__ in ("GQAttention", "MLAttention")]
+    assert llm.kv_dtype == torch.bfloat16 and attention
+    assert all(getattr(m, "kernel", None) is not None or getattr(m, "attend_kernel", None) is not None
+               for m in attention)
+    got = llm.logits(PROMPT)
+    for m in attention:
+        m.kernel = m.attend_kernel = None
+    want = llm.logits(PROMPT)
+    assert (got - want).abs().max().item() < 1e-4 * want.abs().max().item()
+
+
+@needs_native
 def test_native_dense_path_equals_the_torch_dequantized_path(gguf_model):
     """The native kernels (int8 activations) against torch's matmul over the same dequantized blocks."""
     _, path = gguf_model("deepseek_v3", "Q8_0")

@@ -4,7 +4,7 @@
 // (flash-decoding). Internal linkage only.
 // Two paths. Grouped (GQA heads in batches of Vec::kHeads of one kv head, head widths in runs of
 // 4 vectors): two passes over the rows front to back, the scores of every head (each key vector
-// loaded, straight from the float32 or fp16 cache, serves a batch of heads: half a load a
+// loaded, straight from the float32, fp16 or bf16 cache, serves a batch of heads: half a load a
 // multiply-add where the per-head path needs 1.25), then the outputs (16 rows at a time, which
 // stay in L1 while every head's batch reads them). A prefetch stream runs a fixed distance ahead
 // of the rows read, keys then values, as the weight kernels' streams do: the rows come from DRAM
@@ -61,8 +61,12 @@ struct RowStream {
     }
 };
 
+struct bf16_t {  // a bf16 cache's element (fp16 ones are uint16_t)
+    uint16_t bits;
+};
 template <class Vec> inline typename Vec::T load_any(const float* p) { return Vec::load(p); }
 template <class Vec> inline typename Vec::T load_any(const uint16_t* p) { return Vec::load_f16(p); }
+template <class Vec> inline typename Vec::T load_any(const bf16_t* p) { return Vec::load_bf16(&p->bits); }
 
 // Scores of 4 positions for one head: the 4 sums reduced together.
 template <class Vec>
@@ -99,14 +103,14 @@ inline int out_slice(const float* p, const float* rows, int64_t stride, int S, f
     return NV * Vec::W;
 }
 
-// The call's cache rows (`stride` elements apart, float32 or fp16) repacked as float32, per kv
+// The call's cache rows (`stride` elements apart, of a CacheType) repacked as float32, per kv
 // head: packed[g][t][d] over the S positions of all pieces. One pass front to back over the rows,
 // a row's lines of the prefetch stream issued with it; the heads then read their kv head's rows
 // side by side (rows a power-of-two apart fall into a few L1 sets and evict each other).
 template <class Vec>
-void pack_rows(const AttnPiece* pieces, int count, bool is_values, bool is_f16, int64_t stride, int S, int G, int d,
+void pack_rows(const AttnPiece* pieces, int count, bool is_values, int cache_type, int64_t stride, int S, int G, int d,
                float* packed, RowStream& ahead) {
-    const int64_t row_lines = (stride * (is_f16 ? 2 : 4) + 63) / 64;
+    const int64_t row_lines = (stride * cache_elem_bytes(cache_type) + 63) / 64;
     int t = 0;
     for (int c = 0; c < count; c++) {
         const void* rows = is_values ? pieces[c].v : pieces[c].k;
@@ -114,9 +118,10 @@ void pack_rows(const AttnPiece* pieces, int count, bool is_values, bool is_f16, 
             for (int64_t i = 0; i < row_lines; i++) ahead.step();
             for (int g = 0; g < G; g++) {
                 float* dst = packed + ((size_t)g * S + t) * d;
-                if (is_f16) {
+                if (cache_type != kCacheF32) {
                     const uint16_t* src = (const uint16_t*)rows + r * stride + (size_t)g * d;
-                    for (int i = 0; i < d; i += Vec::W) Vec::store(dst + i, Vec::load_f16(src + i));
+                    for (int i = 0; i < d; i += Vec::W)
+                        Vec::store(dst + i, cache_type == kCacheF16 ? Vec::load_f16(src + i) : Vec::load_bf16(src + i));
                 } else {
                     memcpy(dst, (const float*)rows + r * stride + (size_t)g * d, sizeof(float) * d);
                 }
@@ -232,14 +237,16 @@ void attend_grouped(const float* q, int N, int per_group, int d, const AttnPiece
 
 // The per-head path (see the top). scratch: (N + 2 * G * d) * S floats.
 template <class Vec>
-void attend_heads(const float* q, int N, int per_group, int d, const AttnPiece* pieces, int count, int S, int is_f16,
-                  int64_t stride, float scale, float* out, float* m, float* l, float* scratch, int ahead_lines) {
+void attend_heads(const float* q, int N, int per_group, int d, const AttnPiece* pieces, int count, int S,
+                  int cache_type, int64_t stride, float scale, float* out, float* m, float* l, float* scratch,
+                  int ahead_lines) {
     const int G = N / per_group;
     float* pk = scratch + (size_t)N * S;
     float* pv = pk + (size_t)G * S * d;
-    RowStream ahead(pieces, count, stride * (is_f16 ? 2 : 4), ahead_lines);  // keys, then values: the packing order
-    pack_rows<Vec>(pieces, count, false, is_f16, stride, S, G, d, pk, ahead);
-    pack_rows<Vec>(pieces, count, true, is_f16, stride, S, G, d, pv, ahead);
+    // keys, then values: the packing order
+    RowStream ahead(pieces, count, stride * cache_elem_bytes(cache_type), ahead_lines);
+    pack_rows<Vec>(pieces, count, false, cache_type, stride, S, G, d, pk, ahead);
+    pack_rows<Vec>(pieces, count, true, cache_type, stride, S, G, d, pv, ahead);
     for (int h = 0; h < N; h++) {
         const float* kg = pk + (size_t)(h / per_group) * S * d;
         const float* qh = q + (size_t)h * d;
@@ -265,21 +272,25 @@ void attend_heads(const float* q, int N, int per_group, int d, const AttnPiece* 
 // The attend kernel for vector type Vec (AttendFn, common.h): 0 for heads whose width the vectors
 // do not divide, which dispatch.cpp then hands to a narrower ISA's kernel.
 template <class Vec>
-int attend_vec(const float* q, int N, int per_group, int d, const AttnPiece* pieces, int count, int is_f16,
+int attend_vec(const float* q, int N, int per_group, int d, const AttnPiece* pieces, int count, int cache_type,
                int64_t stride, float scale, float* out, float* m, float* l, float* scratch, int ahead_lines) {
     if (d % Vec::W) return 0;
     int S = 0;
     for (int c = 0; c < count; c++) S += pieces[c].n;
     if (per_group % Vec::kHeads == 0 && d % (4 * Vec::W) == 0) {
-        if (is_f16)
+        if (cache_type == kCacheF16)
             attend_grouped<Vec, uint16_t>(q, N, per_group, d, pieces, count, S, stride, scale, out, m, l, scratch,
                                           ahead_lines);
+        else if (cache_type == kCacheBF16)
+            attend_grouped<Vec, bf16_t>(q, N, per_group, d, pieces, count, S, stride, scale, out, m, l, scratch,
+                                        ahead_lines);
         else
             attend_grouped<Vec, float>(q, N, per_group, d, pieces, count, S, stride, scale, out, m, l, scratch,
                                        ahead_lines);
         return 1;
     }
-    attend_heads<Vec>(q, N, per_group, d, pieces, count, S, is_f16, stride, scale, out, m, l, scratch, ahead_lines);
+    attend_heads<Vec>(q, N, per_group, d, pieces, count, S, cache_type, stride, scale, out, m, l, scratch,
+                      ahead_lines);
     return 1;
 }
 

@@ -36,10 +36,11 @@ void rope(float* x, const float* cos, const float* sin, int d, bool interleaved,
     memcpy(x, tmp, sizeof(float) * d);
 }
 
-// n floats into a cache at element `at`: as they are, or rounded to fp16
-void store(const KernelTable& kt, void* cache, int64_t at, const float* x, int n, bool is_f16) {
-    if (!is_f16) return (void)memcpy((float*)cache + at, x, sizeof(float) * n);
-    kt.to_f16(x, n, (uint16_t*)cache + at);
+// n floats into a cache at element `at`: as they are, or rounded to fp16 or bf16 (as torch rounds)
+void store(const KernelTable& kt, void* cache, int64_t at, const float* x, int n, int cache_type) {
+    if (cache_type == kCacheF32) return (void)memcpy((float*)cache + at, x, sizeof(float) * n);
+    if (cache_type == kCacheF16) return kt.to_f16(x, n, (uint16_t*)cache + at);
+    for (int i = 0; i < n; i++) ((uint16_t*)cache)[at + i] = f32_to_bf16(x[i]);
 }
 
 // Whether a buffer of `len` values is shorter than `rows` rows of `width`, `stride` apart.
@@ -92,8 +93,8 @@ void prepare_heads(const GqaArgs& a, const KernelTable& kt, int bt, int from, in
         memcpy(k, a.k + (size_t)bt * a.k_stride + (size_t)g * D, sizeof(float) * D);
         if (a.k_norm) hymoe_rms_norm(k, a.k_norm, k, 1, D, a.eps);
         rope(k, cos, sin, D, a.is_interleaved, tmp);
-        store(kt, a.k_cache, at + (int64_t)g * D, k, D, a.is_f16);
-        store(kt, a.v_cache, at + (int64_t)g * D, a.v + (size_t)bt * a.v_stride + (size_t)g * D, D, a.is_f16);
+        store(kt, a.k_cache, at + (int64_t)g * D, k, D, a.cache_type);
+        store(kt, a.v_cache, at + (int64_t)g * D, a.v + (size_t)bt * a.v_stride + (size_t)g * D, D, a.cache_type);
     }
 }
 
@@ -104,7 +105,7 @@ void attend_positions(const GqaArgs& a, const KernelTable& kt, int b, const floa
                       float* o, float* m, float* l) {
     const int N = a.heads, G = a.kv_heads, D = a.head_dim;
     const int64_t pos_stride = (int64_t)G * D, bs = a.block_size, most = std::max(1, g_tuning.attn_call_rows);
-    const size_t elem = a.is_f16 ? 2 : 4, part = (size_t)N * D;
+    const size_t elem = cache_elem_bytes(a.cache_type), part = (size_t)N * D;
     static thread_local std::vector<float> work, other;
     static thread_local std::vector<AttnPiece> pieces;
     work.resize((size_t)(N + 2 * G * D) * std::min<int64_t>(n, most));
@@ -121,7 +122,7 @@ void attend_positions(const GqaArgs& a, const KernelTable& kt, int b, const floa
             p += take, rows += take;
         }
         float *po = is_first ? o : other.data(), *pm = is_first ? m : po + part, *pl = is_first ? l : pm + N;
-        run_attend(kt, q, N, N / G, D, pieces.data(), (int)pieces.size(), a.is_f16, pos_stride, a.scale, po, pm, pl,
+        run_attend(kt, q, N, N / G, D, pieces.data(), (int)pieces.size(), a.cache_type, pos_stride, a.scale, po, pm, pl,
                    work.data(), ahead);
         if (!is_first) merge(o, m, l, po, pm, pl, N, D);
     }
@@ -137,7 +138,7 @@ int head_parts(int heads, int tokens, int threads) {
 
 int gqa_check(const GqaArgs& a, bool is_prepared) {
     if (a.num_rows < 1 || a.tokens < 1 || a.heads < 1 || a.kv_heads < 1 || a.heads % a.kv_heads) return -1;
-    if (a.head_dim < 2 || a.head_dim % 2 || a.head_dim > 1024 || (a.is_f16 != 0 && a.is_f16 != 1)) return -1;
+    if (a.head_dim < 2 || a.head_dim % 2 || a.head_dim > 1024 || a.cache_type < kCacheF32 || a.cache_type > kCacheBF16) return -1;
     if (a.rope_at_position != 0 && a.rope_at_position != 1) return -1;
     if (buffer_error(a, is_prepared)) return -4;
     if (a.kv_len < 1 || a.kv_len > (int64_t)a.table_width * a.block_size) return -1;

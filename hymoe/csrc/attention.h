@@ -12,7 +12,7 @@ struct GqaArgs {
     int32_t kv_len, window, is_interleaved;  // S positions attended; sliding window (0: none)
     int32_t num_blocks, block_size;          // the cache: [num_blocks, block_size, G, D]
     int32_t table_width;                     // M: blocks in each row's table
-    int32_t is_f16;                          // cache elements: fp16, or float32
+    int32_t cache_type;                      // cache elements: a CacheType (common.h)
     float eps, scale;                        // q/k RMSNorm epsilon; the score scale
     int64_t q_stride, k_stride, v_stride;    // floats between tokens' rows of q, k, v
     const float *q, *k, *v;                  // [B*T] rows: N*D, G*D, G*D values from q_stride etc.

@@ -95,14 +95,13 @@ static inline float bf16_to_f32(uint16_t h) {
 // x rounded to bf16 (nearest even, NaN kept quiet), as f32: what every path multiplies BF16
 // weights with. One rounding per activation, as ggml (BF16's vec_dot_type) and torch's bf16 GEMM
 // do, so batches can use the bf16 dot product and all paths and batch sizes agree.
+static inline uint16_t f32_to_bf16(float f) {  // as torch's .bfloat16(): a bf16 KV cache stores it
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)(((u & 0x7fffffffu) > 0x7f800000u ? u | 0x00400000u : u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
 static inline void round_to_bf16(const float* x, float* out, int n) {
-    for (int i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, x + i, 4);
-        u = (u & 0x7fffffffu) > 0x7f800000u ? (u | 0x00400000u) & 0xffff0000u
-                                             : (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-        memcpy(out + i, &u, 4);
-    }
+    for (int i = 0; i < n; i++) out[i] = bf16_to_f32(f32_to_bf16(x[i]));
 }
 
 // Q4_K / Q5_K: 8 six-bit scales and mins packed in 12 bytes.
@@ -275,18 +274,21 @@ typedef int (*RowsFn)(const uint8_t* w, size_t row_bytes, int nrows, const void*
 typedef void (*QuantizeFn)(const float* x, int n, void* act);
 typedef size_t (*ActBytesFn)(int n);
 typedef void (*SiluMulFn)(float* g, const float* u, int n);  // g = silu(g) * u
+// A KV cache's elements (GqaArgs::cache_type, AttendFn's cache_type)
+enum CacheType { kCacheF32 = 0, kCacheF16 = 1, kCacheBF16 = 2 };
+static inline int cache_elem_bytes(int cache_type) { return cache_type == kCacheF32 ? 4 : 2; }
 // A run of n cached positions whose rows lie `stride` elements apart from k and from v.
 struct AttnPiece {
     const void *k, *v;
     int n;
 };
 // Attention of a token's N query heads q [N][d] (per_group of them per kv head) over the S
-// positions of `count` pieces (float32 rows, or fp16 with is_f16; kv head g at g * d in a row):
-// per head the score maximum m, sum of exp(score - m) l and unnormalised output out [N][d] of
-// those positions (attention.cpp merges calls). ahead_lines: how far ahead of its reads the
-// kernel prefetches the rows, in cache lines (0: none). 0 for a head width d the kernel does not
-// take. scratch: (N + 2 * G * d) * S floats, G = N / per_group.
-typedef int (*AttendFn)(const float* q, int N, int per_group, int d, const AttnPiece* pieces, int count, int is_f16,
+// positions of `count` pieces (rows of a CacheType; kv head g at g * d in a row): per head the
+// score maximum m, sum of exp(score - m) l and unnormalised output out [N][d] of those positions
+// (attention.cpp merges calls). ahead_lines: how far ahead of its reads the kernel prefetches the
+// rows, in cache lines (0: none). 0 for a head width d or cache type the kernel does not take.
+// scratch: (N + 2 * G * d) * S floats, G = N / per_group.
+typedef int (*AttendFn)(const float* q, int N, int per_group, int d, const AttnPiece* pieces, int count, int cache_type,
                         int64_t stride, float scale, float* out, float* m, float* l, float* scratch, int ahead_lines);
 typedef uint64_t (*ReadFn)(const uint8_t* p, int64_t bytes);  // streams bytes (bandwidth probe)
 typedef void (*ToF16Fn)(const float* x, int n, uint16_t* out);  // f32_to_fp16 of n values (the fp16 KV cache)

@@ -37,8 +37,8 @@ static inline void run_rows(const KernelTable& kt, int fmt, const uint8_t* w, si
 
 // One call's attention (AttendFn) by the first kernel that takes the head width.
 static inline void run_attend(const KernelTable& kt, const float* q, int N, int per_group, int d,
-                              const AttnPiece* pieces, int count, int is_f16, int64_t stride, float scale, float* out,
+                              const AttnPiece* pieces, int count, int cache_type, int64_t stride, float scale, float* out,
                               float* m, float* l, float* scratch, int ahead_lines) {
     for (const AttendFn* a = kt.attend; *a; a++)
-        if ((*a)(q, N, per_group, d, pieces, count, is_f16, stride, scale, out, m, l, scratch, ahead_lines)) return;
+        if ((*a)(q, N, per_group, d, pieces, count, cache_type, stride, scale, out, m, l, scratch, ahead_lines)) return;
 }

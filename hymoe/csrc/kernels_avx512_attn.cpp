@@ -18,6 +18,9 @@ struct Vec512 {
     static T zero() { return _mm512_setzero_ps(); }
     static T load(const float* p) { return _mm512_loadu_ps(p); }
     static T load_f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
+    static T load_bf16(const uint16_t* p) {
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+    }
     static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
     static T set1(float x) { return _mm512_set1_ps(x); }
     static T fmadd(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
@@ -32,10 +35,10 @@ struct Vec512 {
     }
 };
 
-int attend_avx512(const float* q, int N, int per_group, int d, const AttnPiece* pieces, int count, int is_f16,
+int attend_avx512(const float* q, int N, int per_group, int d, const AttnPiece* pieces, int count, int cache_type,
                   int64_t stride, float scale, float* out, float* m, float* l, float* scratch, int ahead_lines) {
     return (g_tuning.attn_ymm ? attend_vec<Vec256T<4>> : attend_vec<Vec512>)(
-        q, N, per_group, d, pieces, count, is_f16, stride, scale, out, m, l, scratch, ahead_lines);
+        q, N, per_group, d, pieces, count, cache_type, stride, scale, out, m, l, scratch, ahead_lines);
 }
 
 }  // namespace

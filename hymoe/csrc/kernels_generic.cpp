@@ -65,11 +65,13 @@ uint64_t read_generic(const uint8_t* buf, int64_t bytes) {
     return a0 ^ a1 ^ a2 ^ a3;
 }
 
-int attend_generic(const float* q, int N, int per_group, int d, const AttnPiece* pieces, int count, int is_f16,
+int attend_generic(const float* q, int N, int per_group, int d, const AttnPiece* pieces, int count, int cache_type,
                    int64_t stride, float scale, float* out, float* m, float* l, float* scratch, int) {
     // the portable path: each needed value converted to float as it is read
     auto at = [&](const void* rows, int64_t i) {
-        return is_f16 ? fp16_to_f32(((const uint16_t*)rows)[i]) : ((const float*)rows)[i];
+        return cache_type == kCacheF16    ? fp16_to_f32(((const uint16_t*)rows)[i])
+               : cache_type == kCacheBF16 ? bf16_to_f32(((const uint16_t*)rows)[i])
+                                          : ((const float*)rows)[i];
     };
     int S = 0;
     for (int c = 0; c < count; c++) S += pieces[c].n;

@@ -28,6 +28,9 @@ struct Vec256T {
     static T zero() { return _mm256_setzero_ps(); }
     static T load(const float* p) { return _mm256_loadu_ps(p); }
     static T load_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+    static T load_bf16(const uint16_t* p) {
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+    }
     static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
     static T set1(float x) { return _mm256_set1_ps(x); }
     static T fmadd(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }

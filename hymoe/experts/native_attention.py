@@ -1,7 +1,7 @@
 """Grouped-query attention on the native engine (csrc/attention.cpp): q/k RMSNorm, rotary
 embedding, the cache write and attention over each token's cached positions in one call, for
-float32 layers on the CPU (their cache float32 or float16), prompts and decode steps alike. Placement installs it as a GQA layer's
-`kernel`."""
+float32 layers on the CPU (their cache float32, float16 or bfloat16), prompts and decode steps alike.
+Placement installs it as a GQA layer's `kernel`."""
 from __future__ import annotations
 
 import ctypes
@@ -18,12 +18,16 @@ _i32, _i64, _f32, _p = ctypes.c_int32, ctypes.c_int64, ctypes.c_float, ctypes.c_
 class _GqaArgs(ctypes.Structure):
     _fields_ = [(n, _i32) for n in ("num_rows", "tokens", "heads", "kv_heads", "head_dim", "kv_len", "window",
                                     "is_interleaved", "num_blocks", "block_size", "table_width",
-                                    "is_f16")] + \
+                                    "cache_type")] + \
                [("eps", _f32), ("scale", _f32)] + [(n, _i64) for n in ("q_stride", "k_stride", "v_stride")] + \
                [(n, _p) for n in ("q", "k", "v", "q_norm", "k_norm", "cos", "sin", "k_cache", "v_cache", "table",
                                   "slots", "positions", "out")] + \
                [(n, _i64) for n in ("q_len", "k_len", "v_len", "rope_len", "cache_len", "out_len", "positions_len",
                                     "slots_len", "table_len")] + [("rope_at_position", _i32)]
+
+
+# the cache's element type, as csrc/common.h's CacheType numbers it
+CACHE_TYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
 def _rows(t: torch.Tensor, b: int, n: int, width: int) -> tuple[torch.Tensor, int]:
@@ -150,11 +154,12 @@ class NativeGqaAttention:
             self._bound = (weakref.ref(kc), weakref.ref(vc))
             return
         g, d = self.kv_heads, self.head_dim
-        if kc.dtype not in (torch.float32, torch.float16) or vc.dtype is not kc.dtype or not kc.is_contiguous() \
+        if kc.dtype not in CACHE_TYPES or vc.dtype is not kc.dtype or not kc.is_contiguous() \
                 or not vc.is_contiguous() or kc.shape[2:] != (g, d) or vc.shape != kc.shape or not kc.is_cpu:
-            raise HymoeError("native attention needs contiguous float32 or float16 CPU KV caches of this layer's shape")
+            raise HymoeError("native attention needs contiguous float32, float16 or bfloat16 CPU KV caches of this "
+                             "layer's shape")
         a = self._args
-        a.num_blocks, a.block_size, a.is_f16 = kc.shape[0], kc.shape[1], int(kc.dtype is torch.float16)
+        a.num_blocks, a.block_size, a.cache_type = kc.shape[0], kc.shape[1], CACHE_TYPES[kc.dtype]
         a.k_cache, a.v_cache, a.cache_len = kc.data_ptr(), vc.data_ptr(), min(kc.numel(), vc.numel())
         # the key and weak references, not the tensors: every call passes its cache (so the addresses
         # are live) and an old pool must not be kept alive by the layer while a new one is allocated
@@ -178,9 +183,9 @@ class NativeLatentAttention:
         if (n, d) != (a.heads, a.head_dim) or query.dtype is not torch.float32 or not query.is_cpu:
             raise HymoeError(f"native latent attention takes float32 CPU queries [B, {a.heads}, T, {a.head_dim}], "
                              f"got {query.dtype} {list(query.shape)}")
-        if cache.dim() != 3 or cache.shape[2] != d or cache.dtype not in (torch.float32, torch.float16) \
+        if cache.dim() != 3 or cache.shape[2] != d or cache.dtype not in CACHE_TYPES \
                 or not cache.is_contiguous() or not cache.is_cpu:
-            raise HymoeError(f"native latent attention needs a contiguous float32 or float16 CPU cache "
+            raise HymoeError(f"native latent attention needs a contiguous float32, float16 or bfloat16 CPU cache "
                              f"[blocks, bs, {d}], got {cache.dtype} {list(cache.shape)}")
         positions, table, slots = _step_tables(step)
         if positions.shape != (b, t):
@@ -189,7 +194,7 @@ class NativeLatentAttention:
         q = query.transpose(1, 2).contiguous()  # [B, T, N, D]: a token's heads side by side
         out = torch.empty(b, t, n, d)
         a.num_rows, a.tokens, a.kv_len, a.table_width = b, t, step.kv_len, table.shape[1]
-        a.num_blocks, a.block_size, a.is_f16 = cache.shape[0], cache.shape[1], int(cache.dtype is torch.float16)
+        a.num_blocks, a.block_size, a.cache_type = cache.shape[0], cache.shape[1], CACHE_TYPES[cache.dtype]
         a.q, a.q_stride, a.q_len, a.out, a.out_len = q.data_ptr(), n * d, q.numel(), out.data_ptr(), out.numel()
         a.k_cache = a.v_cache = cache.data_ptr()
         a.cache_len = cache.numel()
