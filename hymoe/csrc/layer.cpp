@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <time.h>
 
+#include <vector>
+
 #include "attention.h"
 #include "linear.h"
 #include "route.h"
@@ -158,6 +160,41 @@ __attribute__((visibility("default"))) int hymoe_layers_step(void* engine, Layer
     if (!e->head) return 0;
     if (int rc = hymoe_linear(engine, e->head, rows, x, (int64_t)rows * H, e->logits, e->logits_len)) return rc;
     argmax_rows(e->logits, rows, e->head->out_stride, e->best);
+    return 0;
+}
+
+// `steps` greedy decode steps of `rows` rows (one token each) in one call: hymoe_layers_step with
+// the ends `e` (ids, norm, head and pick), each next step fed the rows' picks and written one
+// position on (its slot from the rows' block tables, which hold every position the steps write).
+// picks [steps][rows]. Why: between two steps a generate loop spent ~0.4 ms in Python (the runner's
+// inputs, the scheduler, the binding), its state cold after the weights streamed. 0, or -4 (not one
+// token a row, no head, no rotation table by position, a position past the tables), or a step's code.
+__attribute__((visibility("default"))) int hymoe_layers_decode(void* engine, LayerArgs* const* layers, int num_layers,
+                                                               const GqaArgs* step, int rows, float* x,
+                                                               const StackEnds* e, int steps, int64_t* picks) {
+    if (steps < 1 || num_layers < 1 || !e || !e->ids || !e->head || !picks || step->tokens != 1 ||
+        step->num_rows != rows || rows < 1 || !step->rope_at_position || step->positions_len < rows ||
+        step->slots_len < rows)
+        return -4;
+    const int64_t bs = layers[0]->attn->block_size, width = step->table_width;
+    std::vector<int64_t> pos(step->positions, step->positions + rows), slots(step->slots, step->slots + rows),
+        ids(e->ids, e->ids + rows);
+    GqaArgs st = *step;
+    StackEnds ends = *e;
+    st.positions = pos.data(), st.slots = slots.data(), ends.ids = ids.data();
+    for (int s = 0; s < steps; s++) {
+        if (s > 0) {
+            for (int b = 0; b < rows; b++) {
+                const int64_t j = ++pos[b] / bs;
+                if (bs < 1 || j >= width || (int64_t)b * width + j >= step->table_len) return -4;
+                slots[b] = step->table[(int64_t)b * width + j] * bs + pos[b] % bs;
+                ids[b] = picks[(int64_t)(s - 1) * rows + b];
+            }
+            st.kv_len++;  // every row one position on
+        }
+        if (int rc = hymoe_layers_step(engine, layers, num_layers, &st, rows, x, &ends)) return rc;
+        for (int b = 0; b < rows; b++) picks[(int64_t)s * rows + b] = e->best[b];
+    }
     return 0;
 }
 

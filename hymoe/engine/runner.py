@@ -87,6 +87,35 @@ class Runner:
         self._commit(rows, tokens, starts)
         return logits
 
+    @property
+    def decodes_steps(self) -> bool:
+        """Whether decode_steps may take a batch (a CPU model's native stack, no CUDA graphs)."""
+        return self.graphs is None and self.device.type == "cpu" and self.model.decodes_steps
+
+    def decode_steps(self, rows: list[int], last: list[int], starts: list[int], steps: int) -> list[list[int]] | None:
+        """`steps` greedy decode steps in one native call: row rows[b] fed last[b] at position
+        starts[b], then each step's pick one position on (reserve their blocks first). Returns the
+        picks [steps][B]; None where the model's native stack does not take them (then step by step)."""
+        with self.lock:
+            return self._steps_pass(rows, last, starts, steps)
+
+    @torch.inference_mode()
+    def _steps_pass(self, rows: list[int], last: list[int], starts: list[int], steps: int) -> list[list[int]] | None:
+        assert all(s + steps <= self.max_len for s in starts), "caller checks the context"
+        self.picks = None
+        if not self.decodes_steps or not self.retention.is_plain(rows):
+            return None
+        for row, start in zip(rows, starts):
+            for src, dst in self.blocks.prepare(row, start, start + steps):
+                self.cache.copy_block(src, dst)
+        ids, positions, table, slots = self._inputs(rows, [[t] for t in last], starts)
+        step = Step.build(positions, max(starts) + 1, table, slots, self.model.cfg.sliding_window)
+        with self.step_scope(1) if self.step_scope else contextlib.nullcontext():
+            picks = self.model.decode_steps(ids, step, self.cache, steps)
+        if picks is not None:  # the tokens each position now holds: the first fed, then the picks
+            self._commit(rows, [[t, *(p[b] for p in picks[:-1])] for b, t in enumerate(last)], starts)
+        return picks
+
     def _logits(self, ids: torch.Tensor, step: Step, lens: list[int], is_all_logits: bool,
                 is_hidden: bool = False) -> torch.Tensor:
         with self.step_scope(max(lens)) if self.step_scope else contextlib.nullcontext():

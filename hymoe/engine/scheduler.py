@@ -16,6 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from hymoe.engine import decode_steps
 from hymoe.engine.grammar import Masker
 from hymoe.engine.runner import Runner
 from hymoe.engine.sampler import Scored, sample
@@ -71,8 +72,9 @@ class Scheduler:
     def step(self) -> list[Sequence]:
         """One engine step; returns the sequences that ended in it."""
         self._admit()
-        self._forward(self._prefill_chunks(), is_prefill=True)
-        self._forward([(s, s.token_ids[-1:]) for s in self.running if s.is_decoding], is_prefill=False)
+        if not decode_steps.take(self):  # several greedy steps in one native call, where they may go
+            self._forward(self._prefill_chunks(), is_prefill=True)
+            self._forward([(s, s.token_ids[-1:]) for s in self.running if s.is_decoding], is_prefill=False)
         done = [s for s in self.running if s.finish_reason is not None]
         self.release(*done)
         return done

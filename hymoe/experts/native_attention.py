@@ -67,6 +67,7 @@ class StepInputs:
 
     def __init__(self):
         self.key = self.args_key = None
+        self.args_ahead = 0
 
     def get(self, step, cos_sin, head_dim: int):
         if self.key is not step:
@@ -80,14 +81,15 @@ class StepInputs:
             self.key, self.value = step, (positions, table, slots, cos, sin)
         return self.value
 
-    def step_args(self, step, rope, head_dim: int) -> "_GqaArgs":
+    def step_args(self, step, rope, head_dim: int, ahead: int = 0) -> "_GqaArgs":
         """The step's fields as a GqaArgs, which csrc/layer.cpp copies into each layer's (built once
-        per step). The rotation is `rope`'s table, read at each token's position: a decode step
-        computes none (cos and sin in torch were ~80 us of its Python)."""
-        if self.args_key is not step:
+        per step). The rotation is `rope`'s table, read at each token's position (and `ahead`
+        positions past the last, for the decode steps one call runs): a decode step computes none
+        (cos and sin in torch were ~80 us of its Python)."""
+        if self.args_key is not step or self.args_ahead < ahead:
             positions, table, slots = _step_tables(step)
             b, t = positions.shape
-            cos, sin = rope.table(max(positions.view(-1).tolist(), default=0) + 1)  # [P, D/2] each
+            cos, sin = rope.table(max(positions.view(-1).tolist(), default=0) + 1 + ahead)  # [P, D/2] each
             if cos.shape[1] != head_dim // 2:
                 raise HymoeError(f"native attention needs a rotation of {head_dim // 2} values, got {cos.shape[1]}")
             a = _GqaArgs(b, t, 0, 0, head_dim, step.kv_len, 0, 0, 0, 0, table.shape[1])
@@ -95,6 +97,7 @@ class StepInputs:
             _point_at_tables(a, positions, table, slots)
             # held with the struct: the C side reads these addresses
             self.args_key, self.args, self.held = step, a, (positions, table, slots, cos, sin)
+            self.args_ahead = ahead
         return self.args
 
 

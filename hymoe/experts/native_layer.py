@@ -95,6 +95,8 @@ class NativeLayerStack:
         self.layers, self.engine, self.norm = layers, layers[0].engine, norm
         self.engine.lib.hymoe_layers_step.argtypes = [_p, _p, ctypes.c_int, ctypes.POINTER(_GqaArgs), ctypes.c_int, _p,
                                                       ctypes.POINTER(_StackEnds)]
+        self.engine.lib.hymoe_layers_decode.argtypes = [_p, _p, ctypes.c_int, ctypes.POINTER(_GqaArgs), ctypes.c_int,
+                                                        _p, ctypes.POINTER(_StackEnds), ctypes.c_int, _p]
         self._table = (ctypes.c_void_p * len(layers))(*(ctypes.addressof(n._args) for n in layers))
         self.hidden = hidden = layers[0]._args.hidden
         kernel = getattr(norm, "kernel", None)  # NativeRMSNorm: the same C function, so the same bits
@@ -131,30 +133,61 @@ class NativeLayerStack:
         """A decode step from token ids [B, 1] (int64, CPU) to float32 logits [B, V] and each row's
         greedy pick (its first largest logit's index, as argmax), embedding, layers, norm and head
         in the one call; None for a call it does not take (no native head, more than one token a row)."""
-        b = ids.shape[0]
-        if self.head is None or ids.dim() != 2 or ids.shape[1] != 1 or not self._takes(b, step):
+        if not self._takes_ids(ids, step):
             return None
+        logits = self._logits_of(ids)
+        self._run(self._x, ids.shape[0], step, caches, rope, self._decode)
+        return logits, self._best[:ids.shape[0]]
+
+    def decode_steps(self, ids: torch.Tensor, step, caches: list[dict], rope, steps: int) -> list[list[int]] | None:
+        """`steps` greedy decode steps from token ids [B, 1] in one call, each next step fed the rows'
+        picks one position on (the rows' block tables must hold every position written): the picks
+        [steps][B]. None for a call `logits` does not take."""
+        if steps < 1:
+            raise HymoeError(f"the native decoder layers take at least one decode step a call, got {steps}")
+        if not self._takes_ids(ids, step):
+            return None
+        b = ids.shape[0]
+        logits = self._logits_of(ids)  # each step's, in turn (held: the call writes them)
+        picks = torch.empty(steps, b, dtype=torch.int64)
+        self._run(self._x, b, step, caches, rope, self._decode, steps, picks)
+        del logits
+        return picks.tolist()
+
+    def _takes_ids(self, ids: torch.Tensor, step) -> bool:
+        if self.head is None or ids.dim() != 2 or ids.shape[1] != 1 or not self._takes(ids.shape[0], step):
+            return False
         if ids.dtype is not torch.int64 or not ids.is_cpu or not ids.is_contiguous():
             raise HymoeError(f"the native decoder layers take contiguous int64 CPU token ids, got {ids.dtype}")
-        logits = torch.empty(b, self.head.out_features)  # [B, V]
+        return True
+
+    def _logits_of(self, ids: torch.Tensor) -> torch.Tensor:
+        """A new logits buffer [B, V] for a decode call from ids, set in the decode ends with the ids."""
+        logits = torch.empty(ids.shape[0], self.head.out_features)
         e = self._decode
         e.ids, e.logits, e.logits_len = ids.data_ptr(), logits.data_ptr(), logits.numel()
-        self._run(self._x, b, step, caches, rope, e)
-        return logits, self._best[:b]
+        return logits
 
     def _takes(self, rows: int, step) -> bool:
         return rows <= CAPACITY and step.kept is None
 
-    def _run(self, x: torch.Tensor, rows: int, step, caches: list[dict], rope, ends: _StackEnds) -> None:
-        """The call over x's first `rows` rows, in place, with these ends."""
+    def _run(self, x: torch.Tensor, rows: int, step, caches: list[dict], rope, ends: _StackEnds, steps: int = 0,
+             picks: torch.Tensor | None = None) -> None:
+        """The call over x's first `rows` rows, in place, with these ends (steps > 0: that many decode
+        steps, their picks written to picks [steps, rows])."""
         # every call: another runner's pass (a long prompt, module by module) may have bound its cache
         for native, layer_cache in zip(self.layers, caches):
             native.attn.bind_cache(layer_cache)
-        args = self.layers[0].attn.inputs.step_args(step, rope, self.layers[0].attn.head_dim)
-        rc = self.engine.lib.hymoe_layers_step(self.engine.handle, self._table, len(self.layers), ctypes.byref(args),
-                                               rows, x.data_ptr(), ctypes.byref(ends))
+        args = self.layers[0].attn.inputs.step_args(step, rope, self.layers[0].attn.head_dim, max(steps - 1, 0))
+        lib, handle, n = self.engine.lib, self.engine.handle, len(self.layers)
+        if steps:
+            rc = lib.hymoe_layers_decode(handle, self._table, n, ctypes.byref(args), rows, x.data_ptr(),
+                                         ctypes.byref(ends), steps, picks.data_ptr())
+        else:
+            rc = lib.hymoe_layers_step(handle, self._table, n, ctypes.byref(args), rows, x.data_ptr(), ctypes.byref(ends))
         if rc == -2 and ends is self._decode:
-            raise HymoeError(f"a token id outside the embedding's {self.embed.num_rows} rows")
+            raise HymoeError(f"a token id outside the embedding's {self.embed.num_rows} rows"
+                             + (", or a position outside the KV cache" if steps else ""))
         if rc:
             raise native_error(rc, f"the native decoder layers refused their arguments ({rc})")
 

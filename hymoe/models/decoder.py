@@ -75,6 +75,18 @@ class Decoder(nn.Module):
             return None
         return self.native_stack.logits(token_ids, step, cache.layers, self.rope)
 
+    @property
+    def decodes_steps(self) -> bool:
+        """Whether decode_steps may take a batch: a native stack with the embedding and head."""
+        return self.native_stack is not None and self.native_stack.head is not None
+
+    def decode_steps(self, token_ids: torch.Tensor, step: Step, cache: KVCache, steps: int) -> list[list[int]] | None:
+        """`steps` greedy decode steps from token_ids [B, 1] in the native stack's one call: each
+        row's picks [steps][B]; None where that call does not take them."""
+        if not self.decodes_steps:
+            return None
+        return self.native_stack.decode_steps(token_ids, step, cache.layers, self.rope, steps)
+
     def layer_devices(self) -> list[torch.device]:
         return [layer.input_layernorm.weight.device for layer in self.layers]
 
