@@ -70,6 +70,16 @@ def test_only_greedy_rows_that_no_one_streams_take_several_steps(llm):
     sched.run()
 
 
+def test_rows_under_a_retention_policy_step_one_at_a_time(gguf_model, monkeypatch):
+    """A --kv-policy row attends in torch under its mask (Runner._policy_pass): no call takes it."""
+    calls = []
+    monkeypatch.setattr(Runner, "decode_steps", lambda self, *a: calls.append(a) or None)
+    policy = hymoe.load(gguf_model("qwen3_moe", "Q8_0")[1], placement="cpu", progress=False,
+                        kv_policy="sink-window:2,4")
+    seqs, _ = policy.generate_batch(PROMPTS, SamplingParams(max_new_tokens=8, is_eos_ignored=True))
+    assert all(len(s.token_ids) == 8 for s in seqs) and not calls
+
+
 def test_the_stack_refuses_a_call_of_no_steps_before_c(llm):
     runner = llm.runner(1, 32)
     runner.forward([0], [PROMPTS[0]], [0])

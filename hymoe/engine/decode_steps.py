@@ -6,7 +6,8 @@ its state cold after the weights streamed. The call feeds each row its own pick 
 Taken only where nothing else changes what a step does: every running sequence decodes greedily
 (no sampling, log-probabilities or grammar), no client reads its tokens as they come (they would
 arrive in bursts) and no prompt waits. A sequence that ends inside a call's steps takes none of
-its later picks; their positions hold their tokens' keys and values, a valid prefix of no one's.
+its later picks; their positions hold those tokens' keys and values and are committed with them,
+so the prefix cache stays true.
 """
 from __future__ import annotations
 
@@ -45,9 +46,9 @@ def steps_at_once(sched) -> int:
     """Decode steps the next call may run: 1 unless every running sequence may take several (see
     the top); then as many as each still needs and its context holds, at most DECODE_STEPS."""
     seqs = sched.running
-    if sched.waiting or not seqs or not sched.runner.decodes_steps or \
+    if sched.waiting or not seqs or \
             not all(s.is_decoding and s.on_event is None and s.params.is_argmax and s.params.logprobs is None
-                    for s in seqs):
+                    for s in seqs) or not sched.runner.decodes_steps([s.slot for s in seqs]):
         return 1
     return min(DECODE_STEPS, *(min(s.params.max_new_tokens - len(s.token_ids), sched.runner.max_len - s.cached)
                                for s in seqs))

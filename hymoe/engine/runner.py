@@ -87,10 +87,11 @@ class Runner:
         self._commit(rows, tokens, starts)
         return logits
 
-    @property
-    def decodes_steps(self) -> bool:
-        """Whether decode_steps may take a batch (a CPU model's native stack, no CUDA graphs)."""
-        return self.graphs is None and self.device.type == "cpu" and self.model.decodes_steps
+    def decodes_steps(self, rows: list[int]) -> bool:
+        """Whether decode_steps may take these rows: a CPU model's native stack, no CUDA graphs, and
+        no retention policy on them."""
+        return self.graphs is None and self.device.type == "cpu" and self.model.decodes_steps and \
+            self.retention.is_plain(rows)
 
     def decode_steps(self, rows: list[int], last: list[int], starts: list[int], steps: int) -> list[list[int]] | None:
         """`steps` greedy decode steps in one native call: row rows[b] fed last[b] at position
@@ -103,7 +104,7 @@ class Runner:
     def _steps_pass(self, rows: list[int], last: list[int], starts: list[int], steps: int) -> list[list[int]] | None:
         assert all(s + steps <= self.max_len for s in starts), "caller checks the context"
         self.picks = None
-        if not self.decodes_steps or not self.retention.is_plain(rows):
+        if not self.decodes_steps(rows):
             return None
         for row, start in zip(rows, starts):
             for src, dst in self.blocks.prepare(row, start, start + steps):
