@@ -92,14 +92,17 @@ static inline float bf16_to_f32(uint16_t h) {
     return f;
 }
 
-// x rounded to bf16 (nearest even, NaN kept quiet), as f32: what every path multiplies BF16
-// weights with. One rounding per activation, as ggml (BF16's vec_dot_type) and torch's bf16 GEMM
-// do, so batches can use the bf16 dot product and all paths and batch sizes agree.
-static inline uint16_t f32_to_bf16(float f) {  // as torch's .bfloat16(): a bf16 KV cache stores it
+// float32 -> bf16, rounded to nearest even, NaN kept quiet (what torch's .bfloat16() stores): the
+// bf16 KV cache, and round_to_bf16
+static inline uint16_t f32_to_bf16(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
     return (uint16_t)(((u & 0x7fffffffu) > 0x7f800000u ? u | 0x00400000u : u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
+
+// x rounded to bf16, as f32: what every path multiplies BF16 weights with. One rounding per
+// activation, as ggml (BF16's vec_dot_type) and torch's bf16 GEMM do, so batches can use the bf16
+// dot product and all paths and batch sizes agree.
 static inline void round_to_bf16(const float* x, float* out, int n) {
     for (int i = 0; i < n; i++) out[i] = bf16_to_f32(f32_to_bf16(x[i]));
 }

@@ -174,7 +174,7 @@ __attribute__((visibility("default"))) int hymoe_layers_decode(void* engine, Lay
                                                                const StackEnds* e, int steps, int64_t* picks) {
     if (steps < 1 || num_layers < 1 || !e || !e->ids || !e->head || !picks || step->tokens != 1 ||
         step->num_rows != rows || rows < 1 || !step->rope_at_position || step->positions_len < rows ||
-        step->slots_len < rows)
+        step->slots_len < rows || layers[0]->attn->block_size < 1)
         return -4;
     const int64_t bs = layers[0]->attn->block_size, width = step->table_width;
     std::vector<int64_t> pos(step->positions, step->positions + rows), slots(step->slots, step->slots + rows),
@@ -186,7 +186,7 @@ __attribute__((visibility("default"))) int hymoe_layers_decode(void* engine, Lay
         if (s > 0) {
             for (int b = 0; b < rows; b++) {
                 const int64_t j = ++pos[b] / bs;
-                if (bs < 1 || j >= width || (int64_t)b * width + j >= step->table_len) return -4;
+                if (j >= width || (int64_t)b * width + j >= step->table_len) return -4;
                 slots[b] = step->table[(int64_t)b * width + j] * bs + pos[b] % bs;
                 ids[b] = picks[(int64_t)(s - 1) * rows + b];
             }

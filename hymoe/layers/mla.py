@@ -12,6 +12,7 @@ from torch import nn
 
 from hymoe.config import ModelConfig
 from hymoe.errors import HymoeError
+from hymoe.experts.native_attention import CACHE_TYPES
 from hymoe.kv.cache import KVCache, Step
 from hymoe.layers.attend import attend_blocked, attention_mass, select_blocks
 from hymoe.layers.linear import project
@@ -78,7 +79,7 @@ class MLAttention(nn.Module):
         query = torch.cat((q_latent, q_rot.transpose(1, 2)), dim=-1)  # [B, N, T, R+Dr]
         new = torch.cat((latent, k_rot), -1)  # [B, T, R+Dr]
         if self.attend_kernel is not None and step.kept is None and step.select is None and step.mass is None \
-                and cache["latent"].dtype in (torch.float32, torch.float16, torch.bfloat16):  # what the native job reads
+                and cache["latent"].dtype in CACHE_TYPES:  # what the native job reads
             KVCache.write(cache["latent"], new, step)
             out = self.attend_kernel(query, step, cache["latent"])  # [B, N, T, R]
         else:

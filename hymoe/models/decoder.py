@@ -71,13 +71,14 @@ class Decoder(nn.Module):
         embedding and head in the native stack's call (their Python, cold after the weights streamed,
         cost more than the head's weights); None where that call does not take the step (then
         forward, then head)."""
-        if self.native_stack is None or self.native_stack.head is None:
+        if not self.decodes_steps:
             return None
         return self.native_stack.logits(token_ids, step, cache.layers, self.rope)
 
     @property
     def decodes_steps(self) -> bool:
-        """Whether decode_steps may take a batch: a native stack with the embedding and head."""
+        """Whether decode_logits and decode_steps may take a batch: a native stack with the
+        embedding and head."""
         return self.native_stack is not None and self.native_stack.head is not None
 
     def decode_steps(self, token_ids: torch.Tensor, step: Step, cache: KVCache, steps: int) -> list[list[int]] | None:
