@@ -38,7 +38,7 @@ ISA_FLAGS["kernels_avx512_bf16.cpp"] = ISA_FLAGS["kernels_avx512.cpp"] + ["-mavx
 # aarch64: the NEON file needs the dot-product extension (empty on x86, guarded by __aarch64__)
 ARM_FLAGS = {"kernels_neon.cpp": ["-march=armv8.2-a+dotprod"]}
 OPTIONAL = {"kernels_avx512_bf16.cpp": "-DHYMOE_NO_AVX512_BF16"}
-SOURCES = ["dispatch.cpp", "moe.cpp", "numa.cpp", "linear.cpp", "attention.cpp", "dequant.cpp", "layer.cpp", "route.cpp", "pool.cpp", "cpu.cpp", "kernels_generic.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp",
+SOURCES = ["dispatch.cpp", "moe.cpp", "numa.cpp", "linear.cpp", "attention.cpp", "dequant.cpp", "layer.cpp", "route.cpp", "regroup.cpp", "pool.cpp", "cpu.cpp", "kernels_generic.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp",
            "kernels_avx512_k.cpp", "kernels_avx512_attn.cpp", "kernels_avx512_tiled.cpp", "kernels_avx2_tiled.cpp", "kernels_avx2_float.cpp", "kernels_avx2_attn.cpp",
            "kernels_avx512_bf16.cpp", "kernels_generic_lowbit.cpp", "kernels_avx2_lowbit.cpp", "kernels_neon.cpp",
            *(f"kernels_avx512_{g}.cpp" for g in AVX512_LOWBIT)]

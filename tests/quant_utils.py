@@ -53,3 +53,21 @@ def dequant(fmt: str, w: torch.Tensor, n: int) -> torch.Tensor:
         return w.contiguous().view(dt).float().reshape(*w.shape[:-1], n)
     out = dequantize(w.numpy(), GGMLQuantizationType[fmt])
     return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).reshape(*w.shape[:-1], n)
+
+
+def regroup_q4_k(raw: torch.Tensor) -> torch.Tensor:
+    """Q4_K blocks (uint8, a multiple of 4 blocks in all) in hymoe's Q4_K_G4 layout, written from its
+    description (csrc/common.h), not from the C code: per 4 blocks their 16-byte heads, then each
+    block's 128 code bytes with the 16-byte pieces 0, 2, 4, 6 first and 1, 3, 5, 7 after."""
+    blocks = raw.reshape(-1, 4, 144).numpy()
+    heads = blocks[:, :, :16].reshape(-1, 64)
+    pieces = blocks[:, :, 16:].reshape(-1, 4, 8, 16)
+    codes = np.concatenate([pieces[:, :, 0::2], pieces[:, :, 1::2]], axis=2).reshape(-1, 512)
+    return torch.from_numpy(np.ascontiguousarray(np.concatenate([heads, codes], axis=1))).reshape(raw.shape)
+
+
+def aligned_bytes(nbytes: int, align: int = 576) -> torch.Tensor:
+    """A zeroed uint8 [nbytes] tensor at an address that is a multiple of align."""
+    whole = torch.zeros(nbytes + align, dtype=torch.uint8)
+    at = -whole.data_ptr() % align
+    return whole[at:at + nbytes]

@@ -9,23 +9,25 @@ import torch
 
 import hymoe
 from hymoe.cli import build_parser
-from hymoe.experts import native
+from hymoe.experts import native, regroup
 from hymoe.layers.linear import QuantLinear
 from hymoe.layers.moe import MoE
 from hymoe.placement import large_pages
 from hymoe.placement.options import PlacementOptions
+from quant_utils import regroup_q4_k
 
 PROMPT = [5, 17, 42, 99, 7, 64, 23, 11]
 needs_native = pytest.mark.skipif(native.library() is None, reason="native kernels not built")
 
 
-def _streamed(llm) -> list[torch.Tensor]:
-    """Every weight a native kernel streams: the native linears', the routers' and the experts'."""
-    out = [m.qweight for m in llm.model.modules() if isinstance(m, QuantLinear) and m.kernel is not None]
-    out += [m.gate.kernel.logits.weights[0][2] for m in llm.model.modules() if isinstance(m, MoE)]
+def _streamed(llm) -> list[tuple[torch.Tensor, str]]:
+    """Every weight a native kernel streams, with its format: the native linears', the routers' and
+    the experts'."""
+    out = [m.kernel.weights[0][::-2] for m in llm.model.modules() if isinstance(m, QuantLinear) and m.kernel is not None]
+    out += [m.gate.kernel.logits.weights[0][::-2] for m in llm.model.modules() if isinstance(m, MoE)]
     experts = [m.experts for m in llm.model.modules() if isinstance(m, MoE)]
     assert all(isinstance(e, native.NativeExperts) for e in experts)
-    out += [w for e in experts for w in (e.gate, e.up, e.down)]
+    out += [(w, f) for e in experts for w, f in zip((e.gate, e.up, e.down), e.formats)]
     return out
 
 
@@ -41,10 +43,13 @@ def test_streamed_weights_are_copies_and_mmap_keeps_the_file(gguf_model):
     mapped = hymoe.load(path, placement="cpu", progress=False, mmap=True)
     ours, theirs = _streamed(copied), _streamed(mapped)
     assert len(ours) == len(theirs) == 2 * (4 + 1 + 3) + 1  # q, k, v, o, router, three expert stacks a layer; head
-    if large_pages.large_pages_offered():
-        assert not any(_in_file(t, path) for t in ours)
-    assert all(_in_file(t, path) for t in theirs)
-    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    regrouped = [f == "Q4_K_G4" for _, f in ours]
+    if large_pages.large_pages_offered() or any(regrouped):
+        assert not any(_in_file(t, path) for t, f in ours if f == "Q4_K_G4" or large_pages.large_pages_offered())
+    assert all(_in_file(t, path) for t, _ in theirs) and all(f != "Q4_K_G4" for _, f in theirs)
+    # the AVX512 kernels stream Q4_K regrouped (as many as are whole groups: here every one)
+    assert all(regrouped[i] == (f == "Q4_K" and regroup.regroups("Q4_K")) for i, (_, f) in enumerate(theirs))
+    assert all(torch.equal(a, regroup_q4_k(b) if f == "Q4_K_G4" else b) for (a, f), (b, _) in zip(ours, theirs))
     assert torch.equal(copied.logits(PROMPT), mapped.logits(PROMPT))
 
 
@@ -56,7 +61,7 @@ def test_copies_stop_at_the_headroom_and_say_so(gguf_model, monkeypatch, caplog)
     monkeypatch.setattr("hymoe.errors._said", set())  # said once per process: this test must see it
     with caplog.at_level(logging.WARNING, logger="hymoe"):
         llm = hymoe.load(path, placement="cpu", progress=False)
-    assert all(_in_file(t, path) for t in _streamed(llm))
+    assert all(_in_file(t, path) for t, _ in _streamed(llm))
     notes = [r.getMessage() for r in caplog.records if "stay on the file's pages" in r.getMessage()]
     assert len(notes) == 1 and "--mmap" in notes[0]
 

@@ -19,9 +19,10 @@ from hymoe.bench import llama_peer
 from hymoe.bench.llama_peer import LlamaCppExperts
 from hymoe.bench.machine import bf16_gemm_gflops, cold_bytes, read_gbps
 from hymoe.errors import HymoeError
-from hymoe.experts import native
+from hymoe.experts import native, regroup
 from hymoe.host_memory import host_bytes
 from hymoe.experts.torch_backend import TorchExperts
+from hymoe.placement.large_pages import LargePageCopies
 from hymoe.quant.formats import FLOAT_DTYPES, FP16_SCALE_OFFSETS, row_bytes, sane_scales
 
 PROBE_BYTES = 32 << 20  # one paired bandwidth read: ~1 ms
@@ -78,7 +79,7 @@ def cold_layers(engine, shape: str, fmt: str, backend: str = "native", max_gb: f
     hidden, inter, num_experts, k = SHAPES[shape]
     per_expert = 2 * inter * row_bytes(fmt, hidden) + hidden * row_bytes(fmt, inter)
     allocated = max(k, min(num_experts, int(max_gb * 2**30 // per_expert)))
-    layers = []
+    layers, copies = [], LargePageCopies()
     count = max(1, -(-cold_bytes() // (allocated * per_expert)))
     for j in tqdm(range(count), desc=f"random {fmt} layers", unit="layer", disable=not progress, leave=False):
         if backend == "llama.cpp":  # its own tensors, filled with the same blocks
@@ -91,8 +92,11 @@ def cold_layers(engine, shape: str, fmt: str, backend: str = "native", max_gb: f
             layers.append(TorchExperts(gate.view(torch.bfloat16).view(allocated, inter, hidden),
                                        up.view(torch.bfloat16).view(allocated, inter, hidden),
                                        down.view(torch.bfloat16).view(allocated, hidden, inter)))
-        else:
-            layers.append(native.NativeExperts(engine, gate, up, down, (fmt, fmt, fmt), hidden, inter))
+        else:  # what a load streams: Q4_K regrouped for the AVX512 kernels (large_pages.py)
+            streamed = [copies.for_kernels(w, fmt, allocated) if regroup.regroups(fmt) else (w, fmt)
+                        for w in (gate, up, down)]
+            layers.append(native.NativeExperts(engine, *(w for w, _ in streamed), tuple(f for _, f in streamed),
+                                               hidden, inter))
     return layers, allocated, per_expert
 
 

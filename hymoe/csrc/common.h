@@ -13,6 +13,8 @@ enum Fmt : int {
     F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q2_K = 10, Q3_K = 11, Q4_K = 12,
     Q5_K = 13, Q6_K = 14, IQ2_XXS = 16, IQ2_XS = 17, IQ3_XXS = 18, IQ1_S = 19, IQ4_NL = 20, IQ3_S = 21,
     IQ2_S = 22, IQ4_XS = 23, IQ1_M = 29, BF16 = 30, TQ1_0 = 34, TQ2_0 = 35,
+    // hymoe's own, never in a file (an id ggml retired): Q4_K regrouped at load (regroup.cpp)
+    Q4_K_G4 = 36,
 };
 
 // Block layouts, byte for byte as in GGUF (fp16 scales stored as raw uint16).
@@ -105,6 +107,22 @@ static inline uint16_t f32_to_bf16(float f) {
 // dot product and all paths and batch sizes agree.
 static inline void round_to_bf16(const float* x, float* out, int n) {
     for (int i = 0; i < n; i++) out[i] = bf16_to_f32(f32_to_bf16(x[i]));
+}
+
+// Q4_K_G4: Q4_K's blocks regrouped at load, 4 to a group of 576 bytes (9 cache lines): the 4
+// blocks' 16-byte heads (d, dmin, scales) side by side, then each block's 128 code bytes with their
+// 16-byte pieces 0, 2, 4, 6 first (X) and 1, 3, 5, 7 after (Y), the order lanes_dot reads
+// (kq45_groups.h). Groups lie at addresses that are multiples of 576, so a group holds the same
+// bytes as the 4 blocks it replaces: a kernel keeps each block's address as if the blocks lay back to
+// back (144 bytes apart) and finds the block's head and codes from it.
+enum { kG4Bytes = 576 };
+static inline const uint8_t* g4_group(const uint8_t* p) { return p - (uintptr_t)p % kG4Bytes; }
+static inline int g4_slot(const uint8_t* p) { return (int)((uintptr_t)p % kG4Bytes / 144); }
+static inline const uint8_t* g4_head(const uint8_t* p) { return g4_group(p) + 16 * g4_slot(p); }
+static inline const uint8_t* g4_codes(const uint8_t* p) { return g4_group(p) + 64 + 128 * g4_slot(p); }
+// Whether `bytes` of a matrix in fmt at w are whole groups where its layout has them (Q4_K_G4).
+static inline bool whole_groups(int fmt, const void* w, int64_t bytes) {
+    return fmt != Q4_K_G4 || ((uintptr_t)w % kG4Bytes == 0 && bytes % kG4Bytes == 0);
 }
 
 // Q4_K / Q5_K: 8 six-bit scales and mins packed in 12 bytes.
@@ -343,6 +361,9 @@ struct Tuning {
     // Q4_K's groups on the activations' lanes copy (lanes_dot in kq45_groups.h); 0: the paired copy,
     // as Q5_K (Zen 4: 16.1 -> 14.7 cycles a block in cache; decode steps 0.994 on a quiet bus)
     int kq4_lanes = 1;
+    // Q4_K weights the AVX512 kernels stream regrouped at load (Q4_K_G4, regroup.cpp; read when a
+    // model is placed, so an A/B loads it twice)
+    int regroup_q4_k = 1;
     // Decode attention on AVX512: 8-float vectors instead of 16 (kernels_avx512_attn.cpp), where the
     // CPU runs 512-bit instructions as two 256-bit halves (detect_split_512)
     int attn_ymm = detect_split_512();

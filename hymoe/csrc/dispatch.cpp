@@ -41,6 +41,7 @@ const FormatKernels kPortable[] = {
     {Q8_0,     portable::rows_q8_0},
     {Q4_0,     portable::rows_q4_0},
     {Q4_K,     portable::rows_q4_k},
+    {Q4_K_G4,  portable::rows_q4_k_g4},
     {Q5_K,     portable::rows_q5_k},
     {Q6_K,     portable::rows_q6_k},
     {IQ1_S,    portable::rows_iq1_s},
@@ -103,6 +104,7 @@ const FormatKernels kAvx512[] = {
     {Q8_0,     avx512::rows_q8_0,   avx512::tile_q8_0,   &Tuning::avx512_tile_from},
     {Q4_0,     avx512::rows_q4_0,   avx512::tile_q4_0,   &Tuning::avx512_tile_from},
     {Q4_K,     avx512::rows_q4_k,   avx512::tile_q4_k,   &Tuning::avx512_tile_from},
+    {Q4_K_G4,  avx512::rows_q4_k_g4, avx512::tile_q4_k_g4, &Tuning::avx512_tile_from},
     {Q5_K,     avx512::rows_q5_k,   avx512::tile_q5_k,   &Tuning::avx512_tile_from},
     {Q6_K,     avx512::rows_q6_k,   avx512::tile_q6_k,   &Tuning::avx512_tile_from},
     {IQ1_S,    avx512::rows_iq1_s,  avx512::tile_iq1_s,  &Tuning::avx512_tile_from},
@@ -256,6 +258,7 @@ __attribute__((visibility("default"))) int hymoe_bench_tune(const char* name, in
         {"attn_chunks", &Tuning::attn_chunks},         {"attn_ahead", &Tuning::attn_ahead},
         {"attn_call_rows", &Tuning::attn_call_rows},  {"kq45_groups", &Tuning::kq45_groups}, {"kq4_lanes", &Tuning::kq4_lanes},
         {"attn_ymm", &Tuning::attn_ymm},   {"attn_to_l2", &Tuning::attn_to_l2}, {"linear_by_thread", &Tuning::linear_by_thread}, {"moe_by_thread", &Tuning::moe_by_thread},
+        {"regroup_q4_k", &Tuning::regroup_q4_k},
     };
     for (const auto& f : kFields) {
         if (strcmp(f.name, name) != 0) continue;

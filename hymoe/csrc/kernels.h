@@ -17,6 +17,7 @@ extern const SiluMulFn silu_mul;
 extern const AttendFn attend;
 extern const ReadFn read;
 extern const ToF16Fn to_f16;
+extern const RowsFn rows_q4_k_g4;  // regroup.cpp: the rows back in Q4_K's layout, then the table's Q4_K
 }  // namespace portable
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -41,9 +42,10 @@ namespace avx512 {
 // rows of 16s (float) or 64s (quantized)
 extern const RowsFn rows_f32, rows_f16, rows_bf16, rows_q8_0, rows_q4_0, rows_iq1_s;
 // kernels_avx512_k.cpp: the formats of 256-weight blocks against per-256 activations
-extern const RowsFn rows_q4_k, rows_q5_k, rows_q6_k, rows_tq2_0, rows_tq1_0;
+extern const RowsFn rows_q4_k, rows_q5_k, rows_q6_k, rows_tq2_0, rows_tq1_0, rows_q4_k_g4;
 // kernels_avx512_tiled.cpp: batch tiles of 16 rows (tiles.h); rows of 256s, up to 64 tokens
-extern const RowsFn tile_q8_0, tile_q4_0, tile_q4_k, tile_q5_k, tile_q6_k, tile_iq1_s, tile_tq2_0, tile_tq1_0;
+extern const RowsFn tile_q8_0, tile_q4_0, tile_q4_k, tile_q5_k, tile_q6_k, tile_iq1_s, tile_tq2_0, tile_tq1_0,
+    tile_q4_k_g4;
 // kernels_avx512.cpp: its own activation layout (the portable one, extended) and helpers
 extern const QuantizeFn quantize;
 extern const ActBytesFn act_bytes;

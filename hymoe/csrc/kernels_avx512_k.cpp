@@ -557,6 +557,28 @@ void rows_k_tile(const uint8_t* w, size_t row_bytes, int nrows, const void* cons
 
 #include "kq45_groups.h"
 
+// Q4_K_G4 (common.h) for the per-row and batch kernels: a block's head and codes found from its
+// address as if the blocks lay back to back, and a chunk's 64 bytes put back in the file's order by
+// one two-source permute, so Q4_K's arithmetic follows unchanged.
+struct KQ4G : KQ45<false> {
+    const uint8_t* xy;  // the block's codes: X, then Y
+    void prep(const uint8_t* p) {
+        s.load(g4_head(p));
+        sc4 = _mm512_broadcast_i32x4(s.sc);
+        point(p);
+    }
+    void point(const uint8_t* p) { xy = g4_codes(p); }
+    __m512i chunk(int c) const {
+        // the file's bytes 64h..64h+63 (h = c / 2) are the 16-byte pieces X_2h, Y_2h, X_2h+1, Y_2h+1
+        const __m512i idx = c < 2 ? _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0) : _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+        __m512i v = _mm512_permutex2var_epi64(_mm512_load_si512((const void*)xy), idx,
+                                              _mm512_load_si512((const void*)(xy + 64)));
+        if (c % 2) v = _mm512_srli_epi16(v, 4);
+        return _mm512_and_si512(v, _mm512_set1_epi8(0x0F));
+    }
+};
+
+
 // ---- TQ1_0 (1.69 bits): five base-3 digits per byte, digit k of q = floor(3 (q 3^k mod 256) / 256)
 // (ggml's encoding). The 52 code bytes of a block sit in one zmm, so digit k of all of them is one
 // vector: lanes 0-31 are weights 32k.., lanes 32-47 weights 160 + 16k.., lanes 48-51 weights
@@ -661,9 +683,21 @@ int rows_k(const uint8_t* w, size_t row_bytes, int nrows, const void* const* act
     return nrows;
 }
 
+// Q4_K_G4 at one token from a group's start (the callers' units are rows in 16s or 4s: always): the
+// groups; else, or out of memory, Q4_K's per-row and batch paths (KQ4G).
+int rows_k_g4(const uint8_t* w, size_t row_bytes, int nrows, const void* const* acts, int ntok, int n, float* out,
+              size_t out_stride) {
+    if (ntok == 1 && g_tuning.kq45_groups && row_bytes == (size_t)(n / 256) * sizeof(BlockQ4_K) && g4_slot(w) == 0 &&
+        kq45_groups<false, true, true>(w, nrows, acts[0], n, out))
+        return nrows;
+    rows_tiled<KTile, KQ4G>(w, row_bytes, nrows, acts, ntok, n, out, out_stride);
+    return nrows;
+}
+
 }  // namespace
 
 const RowsFn avx512::rows_q4_k = rows_k<KQ45<false>>;
+const RowsFn avx512::rows_q4_k_g4 = rows_k_g4;
 const RowsFn avx512::rows_q5_k = rows_k<KQ45<true>>;
 const RowsFn avx512::rows_q6_k = rows_k<KQ6>;
 const RowsFn avx512::rows_q2_k = rows_k<KQ2>;

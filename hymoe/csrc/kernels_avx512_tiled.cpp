@@ -59,6 +59,7 @@ const RowsFn avx512::tile_q8_0 = rows_tiled16<Avx512, DQ8_0, false>;
 const RowsFn avx512::tile_q4_0 = rows_tiled16<Avx512, DQ4_0, false>;
 const RowsFn avx512::tile_iq1_s = rows_tiled16<Avx512, DIQ1_S, false>;
 const RowsFn avx512::tile_q4_k = rows_tiled16<Avx512, DQ45<false>, true>;
+const RowsFn avx512::tile_q4_k_g4 = rows_tiled16<Avx512, DQ45<false, true>, true>;
 const RowsFn avx512::tile_q5_k = rows_tiled16<Avx512, DQ45<true>, true>;
 const RowsFn avx512::tile_tq2_0 = rows_tiled16<Avx512, DTQ2_0, true>;
 const RowsFn avx512::tile_tq1_0 = rows_tiled16<Avx512, DTQ1_0, true>;

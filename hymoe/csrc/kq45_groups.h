@@ -31,15 +31,21 @@ inline __m512i scale_bytes_pair(__m512i sc, int c) {
     return _mm512_shuffle_epi8(sc, _mm512_set_epi64(idx(f), idx(e), idx(f), idx(e), idx(b), idx(a), idx(b), idx(a)));
 }
 
-// Lane k: block k's 8 scales then 8 mins as bytes, from its first 16 bytes ([d|dmin, A, B, C]: the
-// layout KQ45Scales::load unpacks, there one block at a time); lanes past nb undefined.
-template <int kBytes>
-inline __m512i group_headers(const uint8_t* p, int nb, __m512i* raw) {
+// Lane k: block k's first 16 bytes ([d|dmin, A, B, C]), for the nb blocks from p; lanes past nb
+// undefined. In Q4_K_G4 the 4 lie side by side at the group's start: one aligned load.
+template <int kBytes, bool kG4>
+inline __m512i group_raw(const uint8_t* p, int nb) {
+    if (kG4) return _mm512_load_si512((const void*)p);
     __m512i h = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i*)p));
     if (nb > 1) h = _mm512_inserti32x4(h, _mm_loadu_si128((const __m128i*)(p + kBytes)), 1);
     if (nb > 2) h = _mm512_inserti32x4(h, _mm_loadu_si128((const __m128i*)(p + 2 * kBytes)), 2);
     if (nb > 3) h = _mm512_inserti32x4(h, _mm_loadu_si128((const __m128i*)(p + 3 * kBytes)), 3);
-    *raw = h;
+    return h;
+}
+
+// Lane k: block k's 8 scales then 8 mins as bytes, from its first 16 bytes in lane k of h (the
+// layout KQ45Scales::load unpacks, there one block at a time)
+inline __m512i group_headers(__m512i h) {
     const __m512i v = _mm512_shuffle_epi32(h, (_MM_PERM_ENUM)0x39);  // [A, B, C, d|dmin]
     // scales = [A & 63 | (C & 15) + (A >> 6 << 4)], mins = [B & 63 | (C >> 4) + (B >> 6 << 4)]
     const __m512i lo = _mm512_and_si512(v, _mm512_set1_epi8(63));
@@ -96,9 +102,7 @@ inline __m512i paired_dot(const uint8_t* blk, __m512i sc, int k, const int8_t* a
 // scw's words [2j] x 4, [2j + 1] x 4 in lane j) serve the block, where the paired path takes two of
 // each and a lane broadcast (Zen 4, in cache: 16.1 -> 14.7 cycles a block with the high nibbles
 // below). The high nibbles are masked in place (x 16) and the sum shifted back: one op, not two.
-inline __m512i lanes_dot(const uint8_t* blk, __m512i scw, __m512i sidx, const int8_t* al) {
-    const __m512i A = _mm512_loadu_si512((const void*)(blk + 16)), B = _mm512_loadu_si512((const void*)(blk + 80));
-    const __m512i X = _mm512_shuffle_i64x2(A, B, 0x88), Y = _mm512_shuffle_i64x2(A, B, 0xDD);
+inline __m512i lanes_dot_xy(__m512i X, __m512i Y, __m512i scw, __m512i sidx, const int8_t* al) {
     const __m512i lo4 = _mm512_set1_epi8(0x0F), hi4 = _mm512_set1_epi8((char)0xF0);
     __m512i lo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(X, lo4), _mm512_loadu_si512((const void*)al));
     lo = _mm512_dpbusd_epi32(lo, _mm512_and_si512(Y, lo4), _mm512_loadu_si512((const void*)(al + 64)));
@@ -106,6 +110,12 @@ inline __m512i lanes_dot(const uint8_t* blk, __m512i scw, __m512i sidx, const in
                                      _mm512_loadu_si512((const void*)(al + 128)));
     hi = _mm512_dpbusd_epi32(hi, _mm512_and_si512(Y, hi4), _mm512_loadu_si512((const void*)(al + 192)));
     return _mm512_madd_epi16(_mm512_packs_epi32(lo, _mm512_srai_epi32(hi, 4)), _mm512_permutexvar_epi16(sidx, scw));
+}
+// the file's block at blk: its quarters regrouped in registers (two shuffles a block, which
+// Q4_K_G4 stores done)
+inline __m512i lanes_dot(const uint8_t* blk, __m512i scw, __m512i sidx, const int8_t* al) {
+    const __m512i A = _mm512_loadu_si512((const void*)(blk + 16)), B = _mm512_loadu_si512((const void*)(blk + 80));
+    return lanes_dot_xy(_mm512_shuffle_i64x2(A, B, 0x88), _mm512_shuffle_i64x2(A, B, 0xDD), scw, sidx, al);
 }
 
 // lanes_dot's sidx for block k of a group
@@ -116,8 +126,10 @@ inline __m512i lanes_scale_index(int k) {
     return _mm512_load_si512((const void*)ix);
 }
 
-template <bool kFive, bool kLanes>
+// kG4: w in Q4_K_G4 (Q4_K on the lanes copy), at a group's start
+template <bool kFive, bool kLanes, bool kG4 = false>
 int kq45_groups(const uint8_t* w, int nrows, const void* act, int n, float* out) {
+    static_assert(!kG4 || (!kFive && kLanes), "Q4_K_G4 is Q4_K on the lanes copy");
     using F = KQ45<kFive>;
     constexpr int B = F::kBytes;
     const int U = n / 256;
@@ -136,8 +148,8 @@ int kq45_groups(const uint8_t* w, int nrows, const void* act, int n, float* out)
         const int nb = total - b0 < 4 ? (int)(total - b0) : 4;
         const uint8_t* p = w + b0 * B;
         fetch(p, nb * B);
-        __m512i raw;
-        const __m512i sc = group_headers<B>(p, nb, &raw);
+        const __m512i raw = group_raw<B, kG4>(p, nb);
+        const __m512i sc = group_headers(raw);
         alignas(32) float sd[8];  // d_k d_a at 2k, dmin_k d_a at 2k + 1: read back by broadcasts
         const __m512 mins = group_scales(raw, sc, dk + u, bk + 8 * u, sd);
         // sd may have changed (it has not): the blocks then broadcast their scale from memory, a load,
@@ -153,7 +165,12 @@ int kq45_groups(const uint8_t* w, int nrows, const void* act, int n, float* out)
                                                                       (int)0x80038002, (int)0x80018000));
         for (int k = 0; k < nb; k++) {
             const int8_t* ak = ordered + 256 * u;
-            const __m512i dot = !kLanes ? paired_dot<F>(p + k * B, sc, k, ak) : lanes_dot(p + k * B, scw, sidx[k], ak);
+            __m512i dot;
+            if constexpr (kG4)
+                dot = lanes_dot_xy(_mm512_load_si512((const void*)(p + 64 + 128 * k)),
+                                   _mm512_load_si512((const void*)(p + 128 + 128 * k)), scw, sidx[k], ak);
+            else
+                dot = !kLanes ? paired_dot<F>(p + k * B, sc, k, ak) : lanes_dot(p + k * B, scw, sidx[k], ak);
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(sd[2 * k]), acc);
             if (++u == U) {
                 acc = _mm512_mask_sub_ps(acc, blocks(seg, k), acc, mins);

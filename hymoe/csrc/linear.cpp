@@ -52,6 +52,7 @@ int linear_check(const LinearArgs& a, const KernelTable& kt, int64_t x_len, int6
         if (!has_format(kt, part.fmt) || !fmt_row_bytes(part.fmt, 256)) return -1;
         if (a.n % fmt_block_size(part.fmt) || (a.n % 32 && !fmt_is_float(part.fmt)) || part.rows < 1) return -2;
         if (!part.w || (int64_t)part.rows * (int64_t)fmt_row_bytes(part.fmt, a.n) > part.w_bytes) return -4;
+        if (!whole_groups(part.fmt, part.w, (int64_t)part.rows * (int64_t)fmt_row_bytes(part.fmt, a.n))) return -4;
         rows += part.rows;
     }
     if (rows != a.out_stride) return -2;
@@ -122,6 +123,7 @@ int head_linear_check(const HeadLinearArgs& a, const KernelTable& kt) {
     if (a.n % fmt_block_size(a.fmt) || (a.n % 32 && !fmt_is_float(a.fmt))) return -2;
     const int64_t rows = (int64_t)a.heads * a.rows, T = a.num_tokens;
     if (!a.w || rows * (int64_t)fmt_row_bytes(a.fmt, a.n) > a.w_bytes) return -4;
+    if (!whole_groups(a.fmt, a.w, (int64_t)a.rows * (int64_t)fmt_row_bytes(a.fmt, a.n))) return -4;  // each head's
     return !a.x || !a.out || T * a.heads * a.n > a.x_len || T * rows > a.out_len ? -4 : 0;
 }
 

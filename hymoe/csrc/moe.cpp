@@ -26,7 +26,7 @@ size_t row_bytes(int fmt, int n) {
         case F16: case BF16: return (size_t)n * 2;
         case Q8_0: return (size_t)n / 32 * sizeof(BlockQ8_0);
         case Q4_0: return (size_t)n / 32 * sizeof(BlockQ4_0);
-        case Q4_K: return (size_t)n / 256 * sizeof(BlockQ4_K);
+        case Q4_K: case Q4_K_G4: return (size_t)n / 256 * sizeof(BlockQ4_K);
         case Q5_K: return (size_t)n / 256 * sizeof(BlockQ5_K);
         case Q6_K: return (size_t)n / 256 * sizeof(BlockQ6_K);
         case IQ1_S: return (size_t)n / 256 * sizeof(BlockIQ1_S);
@@ -318,9 +318,11 @@ __attribute__((visibility("default"))) void hymoe_engine_destroy(void* e) { dele
 __attribute__((visibility("default"))) int hymoe_engine_threads(void* e) { return ((Engine*)e)->pool.size(); }
 __attribute__((visibility("default"))) double hymoe_engine_busy_seconds(void* e) { return ((Engine*)e)->busy_s.load(); }
 
-// Whether each expert's rows lie inside the tensor the caller gave (n values per row).
-static bool experts_inside(const MoeArgs& a, int fmt, int rows, int n, int64_t stride, int64_t bytes) {
-    return stride >= (int64_t)rows * (int64_t)row_bytes(fmt, n) && stride <= bytes / a.num_experts;
+// Whether each expert's rows lie inside the tensor the caller gave (n values per row), each expert's
+// matrix whole groups where its layout has them (Q4_K_G4).
+static bool experts_inside(const MoeArgs& a, int fmt, const uint8_t* w, int rows, int n, int64_t stride, int64_t bytes) {
+    return stride >= (int64_t)rows * (int64_t)row_bytes(fmt, n) && stride <= bytes / a.num_experts &&
+           whole_groups(fmt, w, (int64_t)rows * (int64_t)row_bytes(fmt, n)) && whole_groups(fmt, w, stride);
 }
 
 // 0, or why the arguments cannot be computed: -1 a format without kernels, -2 rows that do not
@@ -334,9 +336,9 @@ static int submit_error(const MoeArgs& a, int64_t x_len, int64_t pairs_len, int6
     const int64_t T = a.num_tokens;
     if (T * a.hidden > x_len || T * a.topk > pairs_len || T * a.hidden > out_len) return kSmall;
     if (T && (!a.x || !a.ids || !a.weights || !a.out)) return kSmall;
-    if (!experts_inside(a, a.fmt_gate, a.inter, a.hidden, a.gate_stride, a.gate_bytes) ||
-        !experts_inside(a, a.fmt_up, a.inter, a.hidden, a.up_stride, a.up_bytes) ||
-        !experts_inside(a, a.fmt_down, a.hidden, a.inter, a.down_stride, a.down_bytes))
+    if (!experts_inside(a, a.fmt_gate, a.gate, a.inter, a.hidden, a.gate_stride, a.gate_bytes) ||
+        !experts_inside(a, a.fmt_up, a.up, a.inter, a.hidden, a.up_stride, a.up_bytes) ||
+        !experts_inside(a, a.fmt_down, a.down, a.hidden, a.inter, a.down_stride, a.down_bytes))
         return kSmall;
     if (a.hidden % block_size(a.fmt_gate) || a.hidden % block_size(a.fmt_up) || a.inter % block_size(a.fmt_down))
         return -2;
@@ -569,6 +571,7 @@ __attribute__((visibility("default"))) int hymoe_rows(int fmt, const uint8_t* w,
     const KernelTable& kt = kernels();
     if (!has_format(kt, fmt) || n < 1 || n % block_size(fmt) || n % 32) return -1;
     if (nrows < 0 || ntok < 0 || (int64_t)nrows * (int64_t)row_bytes(fmt, n) > w_bytes ||
+        !whole_groups(fmt, w, (int64_t)nrows * (int64_t)row_bytes(fmt, n)) ||
         (int64_t)ntok * n > x_len || (int64_t)ntok * nrows > out_len)
         return kSmall;
     range_hint() = RangeHint();  // no MoE job's hint carries over

@@ -79,19 +79,23 @@ struct DQ4_0 {
     }
 };
 
-template <bool kFive>
-struct DQ45 {  // Q4_K / Q5_K: 32 bytes of nibbles per pair of sub-blocks (low: 2i, high: 2i+1)
+// Q4_K / Q5_K: 32 bytes of nibbles per pair of sub-blocks (low: 2i, high: 2i+1). kG4: Q4_K_G4
+// (common.h), the pair's 32 bytes its pieces i of X and of Y
+template <bool kFive, bool kG4 = false>
+struct DQ45 {
     static const int kBlock = 32;
     static const int kBytes = kFive ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
     static void decode(const uint8_t* p, uint8_t* codes, float* sc, float* mn, int stride) {
+        static_assert(!kFive || !kG4, "Q4_K_G4 regroups Q4_K only");
         const uint8_t* qh = kFive ? p + 16 : nullptr;
-        const uint8_t* qs = kFive ? p + 48 : p + 16;
+        const uint8_t* qs = kG4 ? g4_codes(p) : kFive ? p + 48 : p + 16;
         KQ45Scales k;  // d, dmin and the scales: the same place in Q4_K and Q5_K
-        k.load(p);
+        k.load(kG4 ? g4_head(p) : p);
         store_scales8(_mm256_mul_ps(_mm256_set1_ps(k.d), _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(k.sc))),
                       _mm256_mul_ps(_mm256_set1_ps(k.dmin), _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(k.mn))), sc, mn, stride);
         for (int i = 0; i < 4; i++) {
-            __m256i q = _mm256_loadu_si256((const __m256i*)(qs + 32 * i));
+            __m256i q = kG4 ? _mm256_loadu2_m128i((const __m128i*)(qs + 64 + 16 * i), (const __m128i*)(qs + 16 * i))
+                            : _mm256_loadu_si256((const __m256i*)(qs + 32 * i));
             __m256i lo = _mm256_and_si256(q, _mm256_set1_epi8(0x0F));
             __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), _mm256_set1_epi8(0x0F));
             if (kFive) {  // bit j of qh[l] is the fifth bit of sub-block j's weight l

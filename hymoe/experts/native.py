@@ -18,7 +18,7 @@ import torch
 from hymoe.errors import HymoeError
 from hymoe.experts.base import ExpertBackend, StoredWeights
 from hymoe.experts.numa import bind_rows, parse_numa
-from hymoe.quant.formats import qtype, row_bytes
+from hymoe.quant.formats import check_groups, native_id, row_bytes
 
 log = logging.getLogger("hymoe")
 # the levels of csrc/dispatch.cpp by name; level 1 is AVX2 on x86 and NEON dot products on aarch64
@@ -80,6 +80,7 @@ def library() -> ctypes.CDLL | None:
     lib.hymoe_read_gbps.restype = ctypes.c_double
     lib.hymoe_read_gbps.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
     lib.hymoe_rows.argtypes = [ctypes.c_int, vp, i64, ctypes.c_int, ctypes.c_int, vp, i64, ctypes.c_int, vp, i64]
+    lib.hymoe_regroup.argtypes = [ctypes.c_int, vp, i64, vp, i64]
     lib.hymoe_bench_tune.argtypes = [ctypes.c_char_p, ctypes.c_int]
     forced = os.environ.get("HYMOE_ISA")  # lets CI run the whole suite on the portable path
     if forced:
@@ -137,9 +138,10 @@ def rows(fmt: str, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if weight.shape[1] != row_bytes(fmt, x.shape[1]) or not weight.is_contiguous():
         raise HymoeError(f"{fmt} rows of {x.shape[1]} values take {row_bytes(fmt, x.shape[1])} contiguous bytes "
                          f"each; the weight has {weight.shape[1]}")
+    check_groups(weight, fmt)
     x = x.float().contiguous()
     out = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
-    rc = lib.hymoe_rows(int(qtype(fmt)), weight.data_ptr(), weight.numel(), weight.shape[0], x.shape[1],
+    rc = lib.hymoe_rows(native_id(fmt), weight.data_ptr(), weight.numel(), weight.shape[0], x.shape[1],
                         x.data_ptr(), x.numel(), x.shape[0], out.data_ptr(), out.numel())
     if rc:
         raise native_error(rc, f"the native kernels cannot compute {fmt} rows of {x.shape[1]}")
@@ -256,13 +258,16 @@ class NativeEngine:
 
 
 class NativeExperts(ExpertBackend):
-    """One layer's experts: gate/up [E, I, H] and down [E, H, I], each raw bytes in a GGUF format."""
+    """One layer's experts: gate/up [E, I, H] and down [E, H, I], each raw bytes in a GGUF format or a
+    layout of one (formats.LAYOUTS). stored: the file's blocks where these are regrouped, which
+    stored_weights() hands on (GPU prefill, hot experts)."""
 
     label = "native"
 
     def __init__(self, engine: NativeEngine, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
-                 formats: tuple[str, str, str], hidden: int, inter: int):
+                 formats: tuple[str, str, str], hidden: int, inter: int, stored: StoredWeights | None = None):
         self.engine, self.formats, self.hidden, self.inter = engine, formats, hidden, inter
+        self.stored = stored
         self.num_experts = gate.shape[0]
         for t, f, rows_, n in ((gate, formats[0], inter, hidden), (up, formats[1], inter, hidden),
                                (down, formats[2], hidden, inter)):
@@ -272,8 +277,9 @@ class NativeExperts(ExpertBackend):
                 raise HymoeError(f"{f} expert tensor holds {got} bytes per expert, expected {expected}")
             if not t.is_contiguous():
                 raise HymoeError(f"{f} expert tensor of shape {tuple(t.shape)} is not contiguous")
-            if engine.lib.hymoe_has_format(int(qtype(f))) == 0:
+            if engine.lib.hymoe_has_format(native_id(f)) == 0:
                 raise HymoeError(f"the native kernels have no {f} path")
+            check_groups(t, f, t.shape[0])
         self.gate, self.up, self.down = gate, up, down
         if engine.is_real_numa:  # each node's share of every expert's rows in that node's memory
             bind_rows(engine.lib, (gate, up, down), (inter, inter, hidden),
@@ -283,7 +289,7 @@ class NativeExperts(ExpertBackend):
         self._out: torch.Tensor | None = None
         self._staging = _PinnedStaging()
         # the per-layer part of the arguments, set once
-        self._args = _MoeArgs(0, hidden, inter, 0, self.num_experts, *(int(qtype(f)) for f in formats),
+        self._args = _MoeArgs(0, hidden, inter, 0, self.num_experts, *(native_id(f) for f in formats),
                               0, 0, 0, 0, gate.data_ptr(), up.data_ptr(), down.data_ptr(),
                               gate[0].numel() * gate.element_size(), up[0].numel() * up.element_size(),
                               down[0].numel() * down.element_size(),
@@ -295,10 +301,11 @@ class NativeExperts(ExpertBackend):
 
     def twin(self) -> "NativeExperts":
         """A second handle on the same weights with its own buffers (a second job in flight)."""
-        return NativeExperts(self.engine, self.gate, self.up, self.down, self.formats, self.hidden, self.inter)
+        return NativeExperts(self.engine, self.gate, self.up, self.down, self.formats, self.hidden, self.inter,
+                             self.stored)
 
     def stored_weights(self) -> StoredWeights:
-        return StoredWeights(self.gate, self.up, self.down, self.formats, self.hidden, self.inter)
+        return self.stored or StoredWeights(self.gate, self.up, self.down, self.formats, self.hidden, self.inter)
 
     def graph_engine(self) -> NativeEngine:
         """Captured: submit() and sync() see `engine.capture` set and record their host steps there."""

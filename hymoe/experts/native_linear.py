@@ -12,8 +12,8 @@ import ctypes
 import torch
 
 from hymoe.errors import HymoeError
-from hymoe.experts.native import native_error
-from hymoe.quant.formats import FLOAT_DTYPES, qtype, row_bytes
+from hymoe.experts.native import check_groups, native_error
+from hymoe.quant.formats import FLOAT_DTYPES, native_id, row_bytes
 
 MAX_PARTS = 4
 
@@ -53,6 +53,7 @@ def checked_weight(weight: torch.Tensor, fmt: str, rows: int, n: int) -> torch.T
     expected = rows * row_bytes(fmt, n)
     if weight.numel() != expected:
         raise HymoeError(f"a {fmt} weight of {rows} rows of {n} holds {expected} bytes, got {weight.numel()}")
+    check_groups(weight, fmt)
     return weight
 
 
@@ -65,7 +66,7 @@ class NativeLinear:
         lib = engine.lib
         _bind(lib)
         for fmt, rows, w in weights:
-            if not lib.hymoe_has_format(int(qtype(fmt))):
+            if not lib.hymoe_has_format(native_id(fmt)):
                 raise HymoeError(f"the native kernels have no {fmt} path")
             if fmt not in FLOAT_DTYPES and n % 32:
                 raise HymoeError(f"a {fmt} weight needs rows of a multiple of 32 values, got {n}")
@@ -76,7 +77,7 @@ class NativeLinear:
         self.out_features = sum(self.splits)
         self._args = _LinearArgs(0, n, len(weights), self.out_features)
         for i, (fmt, rows, w) in enumerate(weights):
-            self._args.parts[i] = _Part(int(qtype(fmt)), rows, w.data_ptr(), w.numel())
+            self._args.parts[i] = _Part(native_id(fmt), rows, w.data_ptr(), w.numel())
         self._args_ref = ctypes.byref(self._args)
 
     def checked_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,13 +108,13 @@ class NativeHeadLinear:
     def __init__(self, engine, fmt: str, heads: int, rows: int, n: int, weight: torch.Tensor):
         lib = engine.lib
         _bind(lib)
-        if not lib.hymoe_has_format(int(qtype(fmt))):
+        if not lib.hymoe_has_format(native_id(fmt)):
             raise HymoeError(f"the native kernels have no {fmt} path")
         if fmt not in FLOAT_DTYPES and n % 32:
             raise HymoeError(f"a {fmt} weight needs rows of a multiple of 32 values, got {n}")
         self.engine, self.heads, self.rows, self.n = engine, heads, rows, n
         self.weight = checked_weight(weight, fmt, heads * rows, n)  # kept alive: the C side holds its address
-        self._args = _HeadLinearArgs(int(qtype(fmt)), heads, rows, n, 0, weight.data_ptr(), weight.numel())
+        self._args = _HeadLinearArgs(native_id(fmt), heads, rows, n, 0, weight.data_ptr(), weight.numel())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or tuple(x.shape[-2:]) != (self.heads, self.n):
@@ -162,14 +163,14 @@ class NativeEmbedding:
 
     @staticmethod
     def decodes(lib, fmt: str) -> bool:
-        return bool(lib.hymoe_has_dequant(int(qtype(fmt))))
+        return bool(lib.hymoe_has_dequant(native_id(fmt)))
 
     def __init__(self, lib, fmt: str, weight: torch.Tensor, num_rows: int, n: int):
         if not self.decodes(lib, fmt):
             raise HymoeError(f"the native kernels cannot decode {fmt} rows")
         lib.hymoe_dequant_rows.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
                                            ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64]
-        self.lib, self.fmt, self.num_rows, self.n = lib, int(qtype(fmt)), num_rows, n
+        self.lib, self.fmt, self.num_rows, self.n = lib, native_id(fmt), num_rows, n
         self.weight = checked_weight(weight.reshape(-1), fmt, num_rows, n)  # kept alive: C reads its address
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:

@@ -211,14 +211,24 @@ def _backend(backend: str, fmt: str | None) -> tuple[str, str | None]:
     return backend, fmt and fmt.upper()
 
 
+def _native(engine, experts: DequantExperts, copies, cfg) -> native.NativeExperts:
+    """A file's experts on the native kernels, from the bytes copies gives them (regrouped where the
+    kernels stream a layout of their own faster: large_pages.py); the file's blocks stay stored."""
+    weights = (experts.gate, experts.up, experts.down)
+    streamed = [copies.for_kernels(w, f, w.shape[0]) for w, f in zip(weights, experts.formats)]
+    formats = tuple(f for _, f in streamed)
+    stored = experts.stored_weights() if formats != tuple(experts.formats) else None
+    return native.NativeExperts(engine, *(w for w, _ in streamed), formats, cfg.hidden_size,
+                                cfg.moe_intermediate_size, stored)
+
+
 def _place(experts, engine, fmt: str | None, dtype: torch.dtype, cfg, copies=no_copies):
     if isinstance(experts, DequantExperts):
         if engine is None:
             return experts.to_torch(dtype)
         if fmt is None or all(f == fmt for f in experts.formats):  # already in the format asked for
             if all(engine.lib.hymoe_has_format(int(qtype(f))) for f in experts.formats):
-                return native.NativeExperts(engine, *map(copies, (experts.gate, experts.up, experts.down)),
-                                            experts.formats, cfg.hidden_size, cfg.moe_intermediate_size)
+                return _native(engine, experts, copies, cfg)
             return experts  # the slow, correct path; it says so when it first runs
         experts = experts.to_torch(torch.float32)  # re-quantize a GGUF file's experts to another format
     if engine is None or not isinstance(experts, TorchExperts):

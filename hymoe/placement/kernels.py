@@ -107,8 +107,10 @@ def _kernel_for(linear: QuantLinear, engine: Callable, gpu_kernel: str = "auto",
                  "other Q4_K dense weights are dequantized at each call")
     if on_cpu and linear.fmt in NATIVE_FORMATS and native.library() is not None:
         if linear.fmt in FLOAT_DTYPES or linear.in_features % 32 == 0:
-            linear.qweight = copies(linear.qweight)
-            linear.kernel = NativeLinear(engine(), linear.in_features, [(linear.fmt, linear.out_features, linear.qweight)])
+            streamed, fmt = copies.for_kernels(linear.qweight, linear.fmt)
+            if fmt == linear.fmt:  # a plain copy (or none): it serves every reader
+                linear.qweight = streamed
+            linear.kernel = NativeLinear(engine(), linear.in_features, [(fmt, linear.out_features, streamed)])
             return "native"
     if linear.fmt in TORCH_DEQUANT_FORMATS:
         if on_cpu:
@@ -122,7 +124,7 @@ def _fuse(linears: tuple[nn.Module, ...], engine: Callable) -> None:
     """One native call for linears that read the same input, when all run natively on the CPU."""
     if len(linears) < 2 or not all(isinstance(m, QuantLinear) and isinstance(m.kernel, NativeLinear) for m in linears):
         return
-    call = NativeLinear(engine(), linears[0].in_features, [(m.fmt, m.out_features, m.qweight) for m in linears])
+    call = NativeLinear(engine(), linears[0].in_features, [part for m in linears for part in m.kernel.weights])
     linears[0].fused = FusedLinears(call, linears)
 
 

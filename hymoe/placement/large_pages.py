@@ -9,6 +9,10 @@ step 17.0 -> 16.0 ms on a Qwen3-shaped Q4_K file (2.9 GB) just written; on files
 large, 1.006-1.018 of the mapping's (docs/dense.md). llama.cpp computes such a file from anonymous
 memory too: it repacks Q4_K into its own buffers at load.
 
+Where the kernels in use stream a format faster in a layout of their own (Q4_K regrouped for the
+AVX512 kernels: csrc/regroup.cpp), `for_kernels` writes the copy in that layout, with or without
+large pages; the file's blocks stay what every other reader sees.
+
 `--mmap` keeps the mapping (no copy: the page cache's pages, shared with other processes). A copy
 that would leave less than HEADROOM of the machine's available memory is not made, and that is
 said once.
@@ -18,6 +22,8 @@ from __future__ import annotations
 import torch
 
 from hymoe.errors import say_once
+from hymoe.experts import regroup
+from hymoe.quant.formats import GROUP_BYTES
 from hymoe.host_memory import LARGE_PAGE, PAGE, copy_into, host_bytes, host_copy, large_pages_offered
 from hymoe.kv.sizing import free_bytes
 
@@ -55,15 +61,47 @@ class LargePageCopies:
         self.copied += nbytes
         return host_copy(t) if nbytes > SHARED_UP_TO else self._shared_copy(t)
 
-    def _shared_copy(self, t: torch.Tensor) -> torch.Tensor:
-        """t's bytes in the current arena (a new one when they do not fit), from a page boundary."""
+    def for_kernels(self, t: torch.Tensor, fmt: str, matrices: int = 1) -> tuple[torch.Tensor, str]:
+        """(bytes, format) the native kernels stream for weight t of `matrices` matrices in fmt: a copy
+        regrouped into their layout where the kernels in use have one (regroup.regroups) and each matrix
+        is whole groups, else self(t) in fmt."""
         nbytes = t.numel() * t.element_size()
+        if not self.is_on or t.device.type != "cpu" or not regroup.regroups(fmt) or \
+                nbytes % (matrices * GROUP_BYTES) or nbytes > self.left:
+            return self(t), fmt
+        self.left -= nbytes
+        self.copied += nbytes
+        out = self._space(nbytes, GROUP_BYTES)
+        return out.view(t.shape), regroup.regroup(t, fmt, out)
+
+    def _space(self, nbytes: int, align: int = PAGE) -> torch.Tensor:
+        """nbytes of host_bytes memory at a multiple of align: their own mapping when large, else in the
+        current arena (a new one when they do not fit), from a page boundary."""
+        if nbytes > SHARED_UP_TO:
+            whole = host_bytes(nbytes + align)
+            at = -whole.data_ptr() % align
+            return whole[at:at + nbytes]
         at = -(-self.used // PAGE) * PAGE
+        if self.arena is not None:
+            at += -(self.arena.data_ptr() + at) % align
         if self.arena is None or at + nbytes > ARENA:
-            self.arena, at = host_bytes(ARENA), 0
+            self.arena = host_bytes(ARENA)
+            at = -self.arena.data_ptr() % align
         self.used = at + nbytes
-        return copy_into(self.arena[at:self.used], t)
+        return self.arena[at:self.used]
+
+    def _shared_copy(self, t: torch.Tensor) -> torch.Tensor:
+        return copy_into(self._space(t.numel() * t.element_size()), t)
 
 
-def no_copies(t: torch.Tensor) -> torch.Tensor:
-    return t
+class NoCopies:
+    """copies(t) -> t, and for_kernels(t, fmt) -> (t, fmt): the kernels stream the given bytes."""
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def for_kernels(self, t: torch.Tensor, fmt: str, matrices: int = 1) -> tuple[torch.Tensor, str]:
+        return t, fmt
+
+
+no_copies = NoCopies()

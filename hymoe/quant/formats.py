@@ -19,6 +19,26 @@ NATIVE_FORMATS = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K", 
                   "IQ3_XXS", "IQ3_S", "IQ1_M")
 
 
+# hymoe's own layouts of a GGUF format, never in a file: the native kernels' ids for them (csrc/common.h)
+# and the format whose blocks they hold. Q4_K_G4: Q4_K regrouped at load for the AVX512 kernels
+# (placement/large_pages.py, csrc/regroup.cpp)
+LAYOUTS = {"Q4_K_G4": (36, "Q4_K")}
+GROUP_BYTES = 576  # Q4_K_G4's groups: 4 blocks, at addresses that are multiples of it
+
+
+def native_id(name: str) -> int:
+    """The native kernels' number for a format or layout (csrc/common.h Fmt)."""
+    return LAYOUTS[name][0] if name in LAYOUTS else int(qtype(name))
+
+
+def check_groups(weight: torch.Tensor, fmt: str, matrices: int = 1) -> None:
+    """A regrouped weight's matrices must be whole groups at multiples of 576 bytes (csrc/common.h)."""
+    each = weight.numel() * weight.element_size() // max(matrices, 1)
+    if fmt in LAYOUTS and (weight.data_ptr() % GROUP_BYTES or each % GROUP_BYTES):
+        raise HymoeError(f"a {fmt} weight's matrices must be whole groups of {GROUP_BYTES} bytes at multiples of "
+                         f"{GROUP_BYTES}; got {each} bytes a matrix at address {weight.data_ptr():#x}")
+
+
 def qtype(name: str) -> GGMLQuantizationType:
     try:
         return GGMLQuantizationType[name.upper()]
@@ -52,7 +72,7 @@ def is_decodable(name: str) -> bool:
 
 
 def row_bytes(name: str, n: int) -> int:
-    block, nbytes = GGML_QUANT_SIZES[qtype(name)]
+    block, nbytes = GGML_QUANT_SIZES[qtype(LAYOUTS[name][1] if name in LAYOUTS else name)]
     if n % block:
         raise HymoeError(f"a row of {n} values does not split into {name} blocks of {block}")
     return n // block * nbytes
