@@ -26,6 +26,9 @@ def test_the_layout_is_the_described_one():
     w = random_weights("Q4_K", 8, 768, seed=1)  # 24 blocks: 6 groups
     assert torch.equal(_regrouped(w), regroup_q4_k(w))
     assert not torch.equal(regroup_q4_k(w), w)
+    in_place = aligned_bytes(w.numel()).view(w.shape)
+    in_place.copy_(w)
+    assert regroup.regroup(in_place, "Q4_K", in_place) == "Q4_K_G4" and torch.equal(in_place, regroup_q4_k(w))
 
 
 @pytest.mark.parametrize("rows,n", [(12, 256), (8, 768), (6, 2048), (32, 512)])

@@ -55,14 +55,16 @@ __attribute__((visibility("default"))) int hymoe_regroups(int fmt) {
 }
 
 // src: `bytes` of Q4_K blocks, whole groups of 4 (a multiple of 576) -> dst (dst_bytes long) in
-// Q4_K_G4, dst at a multiple of 576 (the groups' addresses are part of the layout). Returns
-// Q4_K_G4, or -1 (another format) or -4 (null, sizes or alignment).
+// Q4_K_G4, dst at a multiple of 576 (the groups' addresses are part of the layout); dst may be src
+// (each group is read whole before it is written). Returns Q4_K_G4, or -1 (another format) or -4
+// (null, sizes or alignment).
 __attribute__((visibility("default"))) int hymoe_regroup(int fmt, const uint8_t* src, int64_t bytes, uint8_t* dst,
                                                          int64_t dst_bytes) {
     if (fmt != Q4_K) return -1;
     if (!src || !dst || bytes < 0 || bytes % kG4Bytes || dst_bytes < bytes || (uintptr_t)dst % kG4Bytes) return -4;
+    uint8_t s[kG4Bytes];
     for (int64_t g = 0; g < bytes; g += kG4Bytes) {
-        const uint8_t* s = src + g;
+        memcpy(s, src + g, kG4Bytes);
         uint8_t* d = dst + g;
         for (int k = 0; k < 4; k++) {
             const uint8_t* b = s + k * sizeof(BlockQ4_K);
