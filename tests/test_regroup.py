@@ -111,3 +111,23 @@ def test_regrouping_follows_the_kernels_in_use():
     assert not regroup.regroups("Q5_K") and not regroup.regroups("Q8_0")
     with native.tuned(regroup_q4_k=0):
         assert not regroup.regroups("Q4_K")
+
+
+def test_a_linear_is_regrouped_only_where_its_blocks_stay_at_no_cost():
+    # a view of a larger mapping (a GGUF file's) keeps the file's blocks for every other reader and the
+    # kernel streams a regrouped copy; an encoded weight (its own bytes) would be held twice: copied plain
+    from hymoe.layers.linear import QuantLinear
+    from hymoe.placement.kernels import _kernel_for
+    from hymoe.placement.large_pages import LargePageCopies
+
+    engine = native.NativeEngine(1, is_async=False)
+    w = random_weights("Q4_K", 8, 512, seed=9)
+    mapping = torch.cat([w.reshape(-1), torch.zeros(4096, dtype=torch.uint8)])
+    for qweight, is_view in ((mapping[:w.numel()].view(w.shape), True), (w.clone(), False)):
+        linear = QuantLinear(512, 8, "Q4_K", qweight)
+        assert _kernel_for(linear, lambda: engine, copies=LargePageCopies(True)) == "native"
+        fmt, _, streamed = linear.kernel.weights[0]
+        assert fmt == ("Q4_K_G4" if is_view and regroup.regroups("Q4_K") else "Q4_K")
+        assert linear.qweight is (qweight if fmt == "Q4_K_G4" else streamed) and torch.equal(linear.qweight, w)
+        x = torch.randn(3, 512, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(linear(x), native.rows("Q4_K", w, x))
