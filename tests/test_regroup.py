@@ -114,8 +114,9 @@ def test_regrouping_follows_the_kernels_in_use():
 
 
 def test_a_linear_is_regrouped_only_where_its_blocks_stay_at_no_cost():
-    # a view of a larger mapping (a GGUF file's) keeps the file's blocks for every other reader and the
-    # kernel streams a regrouped copy; an encoded weight (its own bytes) would be held twice: copied plain
+    # a view of a file's mapping keeps the file's blocks for every other reader and the kernel streams
+    # a regrouped copy; an encoded weight (its own bytes: --dense-format, FP8 experts re-quantized,
+    # test_fp8.py) would be held twice: copied plain
     from hymoe.layers.linear import QuantLinear
     from hymoe.placement.kernels import _kernel_for
     from hymoe.placement.large_pages import LargePageCopies
@@ -125,9 +126,19 @@ def test_a_linear_is_regrouped_only_where_its_blocks_stay_at_no_cost():
     mapping = torch.cat([w.reshape(-1), torch.zeros(4096, dtype=torch.uint8)])
     for qweight, is_view in ((mapping[:w.numel()].view(w.shape), True), (w.clone(), False)):
         linear = QuantLinear(512, 8, "Q4_K", qweight)
+        linear.is_mapped = is_view  # as models/assemble.py marks a view of a GGUF's mapping
         assert _kernel_for(linear, lambda: engine, copies=LargePageCopies(True)) == "native"
         fmt, _, streamed = linear.kernel.weights[0]
         assert fmt == ("Q4_K_G4" if is_view and regroup.regroups("Q4_K") else "Q4_K")
         assert linear.qweight is (qweight if fmt == "Q4_K_G4" else streamed) and torch.equal(linear.qweight, w)
         x = torch.randn(3, 512, generator=torch.Generator().manual_seed(1))
         assert torch.equal(linear(x), native.rows("Q4_K", w, x))
+
+
+def test_a_gguf_sources_views_are_told_from_its_copies(gguf_model):
+    from hymoe.loader.gguf_file import GGUFModelFile
+
+    _, path = gguf_model("qwen3_moe", "Q4_K")
+    f = GGUFModelFile(path)
+    t = next(iter(f.tensors.values())).data
+    assert f.maps(t) and f.maps(t[16:]) and not f.maps(t.clone())

@@ -93,8 +93,8 @@ def cold_layers(engine, shape: str, fmt: str, backend: str = "native", max_gb: f
                                        up.view(torch.bfloat16).view(allocated, inter, hidden),
                                        down.view(torch.bfloat16).view(allocated, hidden, inter)))
         else:  # what a load streams: Q4_K regrouped for the AVX512 kernels (large_pages.py)
-            streamed = [copies.for_kernels(w, fmt, allocated) if regroup.regroups(fmt) else (w, fmt)
-                        for w in (gate, up, down)]
+            streamed = [copies.for_kernels(w, fmt, allocated, is_mapped=True) if regroup.regroups(fmt) else (w, fmt)
+                        for w in (gate, up, down)]  # is_mapped: nothing keeps the random blocks but the copy
             layers.append(native.NativeExperts(engine, *(w for w, _ in streamed), tuple(f for _, f in streamed),
                                                hidden, inter))
     return layers, allocated, per_expert

@@ -21,6 +21,7 @@ def _tile(raw: torch.Tensor, fmt: str, rows: int, n: int) -> torch.Tensor:
 
 class DequantExperts(ExpertBackend):
     label = "dequant"
+    is_mapped = False  # views of a file's mapping (models/assemble.py): placement may keep them at no cost
 
     def __init__(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, formats: tuple[str, str, str],
                  hidden: int, inter: int):

@@ -36,6 +36,8 @@ def dequantize_rows(raw: torch.Tensor, fmt: str, n: int, dtype: torch.dtype) -> 
 class QuantLinear(nn.Module):
     """y = x W^T (+ b) with W [out, in] stored as `qweight`, uint8 [out, row_bytes] in format `fmt`."""
 
+    is_mapped = False  # qweight views a file's mapping (models/assemble.py): kept at no memory cost
+
     def __init__(self, in_features: int, out_features: int, fmt: str, qweight: torch.Tensor,
                  bias: torch.Tensor | None = None):
         super().__init__()
@@ -77,6 +79,8 @@ class QuantLinear(nn.Module):
 
 class QuantEmbedding(nn.Module):
     """Token embeddings kept in a GGUF block format: only the rows looked up are dequantized."""
+
+    is_mapped = False  # as QuantLinear's
 
     def __init__(self, num_embeddings: int, embedding_dim: int, fmt: str, qweight: torch.Tensor,
                  dtype: torch.dtype):

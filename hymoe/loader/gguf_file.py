@@ -145,6 +145,7 @@ class GGUFFile:
         with warnings.catch_warnings():  # torch warns that the buffer is not writable: it is not, by design
             warnings.simplefilter("ignore", UserWarning)
             data = torch.frombuffer(self._map, dtype=torch.uint8) if size else None
+        self.base = data.data_ptr() if data is not None else None  # the mapping's address: maps() below
         for name, ne, t, offset in infos:
             if offset % align:
                 raise HymoeError(f"{self.path}: tensor {name} starts at offset {offset}, "
@@ -198,6 +199,10 @@ class GGUFModelFile:
         expected = first.metadata.get("split.tensors.count")
         if expected is not None and expected != len(self.tensors):
             raise HymoeError(f"{path}: the parts hold {len(self.tensors)} tensors, the metadata says {str(expected)[:40]}")
+
+    def maps(self, t: torch.Tensor) -> bool:
+        """Whether t views one of the parts' read-only mappings (not a copy made from it)."""
+        return t.untyped_storage().data_ptr() in {p.base for p in self.parts}
 
     def get(self, key: str, default=None):
         return self.metadata.get(key, default)

@@ -47,6 +47,11 @@ class GGUFSource:
         except HymoeError:
             return False
 
+    def maps(self, t: torch.Tensor) -> bool:
+        """Whether t (from raw or packed_experts) views the file's mapping rather than a copy: placement
+        may then keep it for other readers at no memory cost (large_pages.for_kernels)."""
+        return self.file.maps(t)
+
     def label(self, hf_name: str) -> str:
         return f"{self.names.gguf(hf_name)} in {self.file.path}"
 

@@ -52,9 +52,9 @@ def _quantized(model: Decoder, source: TensorSource, name: str, dtype: torch.dty
         label = source.label(model.checkpoint_name(name)) if hasattr(source, "label") else name
         raise HymoeError(f"tensor {label} holds {raw.shape[0]} rows of {raw.shape[1]} bytes, the model's config "
                          f"says {rows} rows of {n} {fmt} values")
-    if isinstance(module, nn.Embedding):
-        return QuantEmbedding(rows, n, fmt, raw, dtype)
-    return QuantLinear(n, rows, fmt, raw)
+    quant = QuantEmbedding(rows, n, fmt, raw, dtype) if isinstance(module, nn.Embedding) else QuantLinear(n, rows, fmt, raw)
+    quant.is_mapped = hasattr(source, "maps") and source.maps(raw)
+    return quant
 
 
 def _swap(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -99,7 +99,9 @@ def _stack_experts(model: Decoder, source: TensorSource, prefix: str, dtype: tor
     if hasattr(source, "packed_experts"):  # GGUF: the file's blocks, left in place for placement
         raw, formats = source.packed_experts(model.stacked_expert_names(prefix))
         kind = getattr(source, "experts_type", DequantExperts)  # a synthetic source brings its own
-        return kind(*raw, formats, model.cfg.hidden_size, model.cfg.moe_intermediate_size)
+        experts = kind(*raw, formats, model.cfg.hidden_size, model.cfg.moe_intermediate_size)
+        experts.is_mapped = hasattr(source, "maps") and all(source.maps(t) for t in raw)
+        return experts
     return TorchExperts(*(stacked_projection(model, source, prefix, w, dtype, device) for w in range(3)))
 
 
@@ -142,5 +144,6 @@ def _tie(model: Decoder) -> None:
     embed = model.embed_tokens
     if isinstance(embed, QuantEmbedding):  # the head reads the embedding's blocks
         model.lm_head = QuantLinear(embed.embedding_dim, embed.num_embeddings, embed.fmt, embed.qweight)
+        model.lm_head.is_mapped = embed.is_mapped
     else:
         model.lm_head.weight = embed.weight

@@ -215,7 +215,7 @@ def _native(engine, experts: DequantExperts, copies, cfg) -> native.NativeExpert
     """A file's experts on the native kernels, from the bytes copies gives them (regrouped where the
     kernels stream a layout of their own faster: large_pages.py); the file's blocks stay stored."""
     weights = (experts.gate, experts.up, experts.down)
-    streamed = [copies.for_kernels(w, f, w.shape[0]) for w, f in zip(weights, experts.formats)]
+    streamed = [copies.for_kernels(w, f, w.shape[0], experts.is_mapped) for w, f in zip(weights, experts.formats)]
     formats = tuple(f for _, f in streamed)
     stored = experts.stored_weights() if formats != tuple(experts.formats) else None
     return native.NativeExperts(engine, *(w for w, _ in streamed), formats, cfg.hidden_size,

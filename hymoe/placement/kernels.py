@@ -107,11 +107,7 @@ def _kernel_for(linear: QuantLinear, engine: Callable, gpu_kernel: str = "auto",
                  "other Q4_K dense weights are dequantized at each call")
     if on_cpu and linear.fmt in NATIVE_FORMATS and native.library() is not None:
         if linear.fmt in FLOAT_DTYPES or linear.in_features % 32 == 0:
-            # regrouped only where the blocks kept for every other reader cost no memory: a view of a
-            # file's mapping (an encoded --dense-format weight would be held twice)
-            w = linear.qweight
-            is_view = w.untyped_storage().nbytes() > w.numel() * w.element_size()
-            streamed, fmt = copies.for_kernels(w, linear.fmt) if is_view else (copies(w), linear.fmt)
+            streamed, fmt = copies.for_kernels(linear.qweight, linear.fmt, is_mapped=linear.is_mapped)
             if fmt == linear.fmt:  # a plain copy (or none): it serves every reader
                 linear.qweight = streamed
             linear.kernel = NativeLinear(engine(), linear.in_features, [(fmt, linear.out_features, streamed)])

@@ -61,12 +61,15 @@ class LargePageCopies:
         self.copied += nbytes
         return host_copy(t) if nbytes > SHARED_UP_TO else self._shared_copy(t)
 
-    def for_kernels(self, t: torch.Tensor, fmt: str, matrices: int = 1) -> tuple[torch.Tensor, str]:
+    def for_kernels(self, t: torch.Tensor, fmt: str, matrices: int = 1, is_mapped: bool = False) \
+            -> tuple[torch.Tensor, str]:
         """(bytes, format) the native kernels stream for weight t of `matrices` matrices in fmt: a copy
-        regrouped into their layout where the kernels in use have one (regroup.regroups) and each matrix
-        is whole groups, else self(t) in fmt."""
+        regrouped into their layout where the kernels in use have one (regroup.regroups), each matrix
+        is whole groups and t is_mapped (a view of a file's mapping, whose blocks the caller then keeps
+        for every other reader at no memory cost: weights encoded at load would be held twice), else
+        self(t) in fmt."""
         nbytes = t.numel() * t.element_size()
-        if not self.is_on or t.device.type != "cpu" or not regroup.regroups(fmt) or \
+        if not self.is_on or not is_mapped or t.device.type != "cpu" or not regroup.regroups(fmt) or \
                 nbytes % (matrices * GROUP_BYTES) or nbytes > self.left:
             return self(t), fmt
         self.left -= nbytes
@@ -102,7 +105,8 @@ class NoCopies:
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
         return t
 
-    def for_kernels(self, t: torch.Tensor, fmt: str, matrices: int = 1) -> tuple[torch.Tensor, str]:
+    def for_kernels(self, t: torch.Tensor, fmt: str, matrices: int = 1, is_mapped: bool = False) \
+            -> tuple[torch.Tensor, str]:
         return t, fmt
 
 
