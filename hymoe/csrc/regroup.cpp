@@ -65,13 +65,13 @@ __attribute__((visibility("default"))) int hymoe_regroup(int fmt, const uint8_t*
     uint8_t s[kG4Bytes];
     for (int64_t g = 0; g < bytes; g += kG4Bytes) {
         memcpy(s, src + g, kG4Bytes);
-        uint8_t* d = dst + g;
-        for (int k = 0; k < 4; k++) {
-            const uint8_t* b = s + k * sizeof(BlockQ4_K);
-            memcpy(d + 16 * k, b, 16);
-            for (int j = 0; j < 4; j++) {  // X: the pieces 2j, Y: 2j + 1
-                memcpy(d + 64 + 128 * k + 16 * j, b + 16 + 32 * j, 16);
-                memcpy(d + 128 + 128 * k + 16 * j, b + 32 + 32 * j, 16);
+        for (int k = 0; k < 4; k++) {  // block k: its head and codes where common.h's g4_ helpers find them
+            const uint8_t *b = s + k * sizeof(BlockQ4_K), *at = dst + g + k * sizeof(BlockQ4_K);
+            uint8_t* xy = (uint8_t*)g4_codes(at);
+            memcpy((uint8_t*)g4_head(at), b, 16);
+            for (int j = 0; j < 4; j++) {  // X: the pieces 2j, Y: 2j + 1 (ungroup_block's inverse)
+                memcpy(xy + 16 * j, b + 16 + 32 * j, 16);
+                memcpy(xy + 64 + 16 * j, b + 32 + 32 * j, 16);
             }
         }
     }
