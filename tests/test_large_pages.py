@@ -37,9 +37,12 @@ def _in_file(t: torch.Tensor, path) -> bool:
 
 
 @needs_native
-def test_streamed_weights_are_copies_and_mmap_keeps_the_file(gguf_model):
+@pytest.mark.parametrize("tuned", [0, 1])  # the default is the CPU's (regroup_q4_k, csrc/common.h)
+def test_streamed_weights_are_copies_and_mmap_keeps_the_file(gguf_model, tuned):
     _, path = gguf_model("qwen3_moe", "Q4_K")
-    copied = hymoe.load(path, placement="cpu", progress=False)
+    with native.tuned(regroup_q4_k=tuned):
+        copied = hymoe.load(path, placement="cpu", progress=False)
+        is_regrouped = regroup.regroups("Q4_K")
     mapped = hymoe.load(path, placement="cpu", progress=False, mmap=True)
     ours, theirs = _streamed(copied), _streamed(mapped)
     assert len(ours) == len(theirs) == 2 * (4 + 1 + 3) + 1  # q, k, v, o, router, three expert stacks a layer; head
@@ -48,7 +51,8 @@ def test_streamed_weights_are_copies_and_mmap_keeps_the_file(gguf_model):
         assert not any(_in_file(t, path) for t, f in ours if f == "Q4_K_G4" or large_pages.large_pages_offered())
     assert all(_in_file(t, path) for t, _ in theirs) and all(f != "Q4_K_G4" for _, f in theirs)
     # the AVX512 kernels stream Q4_K regrouped (as many as are whole groups: here every one)
-    assert all(regrouped[i] == (f == "Q4_K" and regroup.regroups("Q4_K")) for i, (_, f) in enumerate(theirs))
+    assert all(regrouped[i] == (f == "Q4_K" and is_regrouped) for i, (_, f) in enumerate(theirs))
+    assert is_regrouped == (tuned == 1 and "avx512" in native.isa_name())
     assert all(torch.equal(a, regroup_q4_k(b) if f == "Q4_K_G4" else b) for (a, f), (b, _) in zip(ours, theirs))
     assert torch.equal(copied.logits(PROMPT), mapped.logits(PROMPT))
 

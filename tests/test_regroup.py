@@ -107,10 +107,31 @@ def test_regrouping_follows_the_kernels_in_use():
         assert not regroup.regroups("Q4_K")  # no kernels of its own there: the file's layout streams faster
     finally:
         native.set_isa("avx512")
-    assert regroup.regroups("Q4_K") == ("avx512" in native.isa_name())
-    assert not regroup.regroups("Q5_K") and not regroup.regroups("Q8_0")
+    with native.tuned(regroup_q4_k=1):
+        assert regroup.regroups("Q4_K") == ("avx512" in native.isa_name())
+        assert not regroup.regroups("Q5_K") and not regroup.regroups("Q8_0")
     with native.tuned(regroup_q4_k=0):
         assert not regroup.regroups("Q4_K")
+
+
+def _splits_512() -> bool:
+    """Whether this CPU runs 512-bit instructions as two halves (AMD family 25, Zen 4, with AVX512), read
+    from /proc/cpuinfo: a reference apart from the kernels' CPUID check."""
+    try:
+        info = open("/proc/cpuinfo").read().split("\n\n")[0]
+    except OSError:
+        pytest.skip("no /proc/cpuinfo")
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    return fields.get("vendor_id") == "AuthenticAMD" and fields.get("cpu family") == "25" \
+        and "avx512f" in fields.get("flags", "").split() and "avx512" in native.isa_name()
+
+
+def test_regrouping_is_on_by_default_only_where_it_was_measured_to_pay():
+    # Zen 4 (512-bit halves, a compute-bound kernel): decode 0.962-0.998 of the file's layout; Zen 5:
+    # 1.010-1.055 (csrc/common.h, docs/dense.md). The attention's 256-bit path follows the same test.
+    assert native.bench_tune("regroup_q4_k") == native.bench_tune("attn_ymm") == int(_splits_512())
+    assert regroup.regroups("Q4_K") == _splits_512()
 
 
 def test_a_linear_is_regrouped_only_where_its_blocks_stay_at_no_cost():

@@ -362,8 +362,11 @@ struct Tuning {
     // as Q5_K (Zen 4: 16.1 -> 14.7 cycles a block in cache; decode steps 0.994 on a quiet bus)
     int kq4_lanes = 1;
     // Q4_K weights the AVX512 kernels stream regrouped at load (Q4_K_G4, regroup.cpp; read when a
-    // model is placed, so an A/B loads it twice)
-    int regroup_q4_k = 1;
+    // model is placed, so an A/B loads it twice), where the CPU splits 512-bit instructions: the
+    // one-token kernel is compute-bound there. Decode steps, the file loaded both ways in one process
+    // (docs/dense.md): Zen 4 0.962-0.998; Zen 5 (full-width units) 1.010-1.055, its expert stage 4-7%
+    // slower although the kernel computes 8% faster in cache there too (cause not found)
+    int regroup_q4_k = detect_split_512();
     // Decode attention on AVX512: 8-float vectors instead of 16 (kernels_avx512_attn.cpp), where the
     // CPU runs 512-bit instructions as two 256-bit halves (detect_split_512)
     int attn_ymm = detect_split_512();

@@ -49,7 +49,7 @@ const RowsFn portable::rows_q4_k_g4 = ungrouped_rows;
 extern "C" {
 
 // 1 where regrouping `fmt` pays: the table in use has Q4_K_G4 kernels of its own (AVX512), and
-// Tuning::regroup_q4_k is on; else 0.
+// Tuning::regroup_q4_k is on (by default where the CPU splits 512-bit instructions: common.h); else 0.
 __attribute__((visibility("default"))) int hymoe_regroups(int fmt) {
     return fmt == Q4_K && g_tuning.regroup_q4_k && kernels().rows[Q4_K_G4][0].fn != ungrouped_rows;
 }

@@ -1,4 +1,5 @@
-"""Q4_K regrouped at load for the AVX512 kernels (Q4_K_G4: csrc/regroup.cpp, csrc/common.h);
+"""Q4_K regrouped at load for the AVX512 kernels on CPUs that split 512-bit instructions (Q4_K_G4:
+csrc/regroup.cpp; Tuning::regroup_q4_k in csrc/common.h says where it pays);
 placement/large_pages.py writes the copies the kernels stream."""
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ large, 1.006-1.018 of the mapping's (docs/dense.md). llama.cpp computes such a f
 memory too: it repacks Q4_K into its own buffers at load.
 
 Where the kernels in use stream a format faster in a layout of their own (Q4_K regrouped for the
-AVX512 kernels: csrc/regroup.cpp), `for_kernels` writes the copy in that layout, with or without
+AVX512 kernels on Zen 4: csrc/regroup.cpp), `for_kernels` writes the copy in that layout, with or without
 large pages; the file's blocks stay what every other reader sees.
 
 `--mmap` keeps the mapping (no copy: the page cache's pages, shared with other processes). A copy
