@@ -162,6 +162,25 @@ def test_thread_ranges_give_the_shared_counters_bits(threads, tokens, k):
     assert torch.equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize("formats", [("Q4_K", "Q6_K", "Q8_0"), ("BF16", "BF16", "BF16"), ("Q4_0", "Q5_K", "F32")])
+@pytest.mark.parametrize("threads, k", [(1, 4), (2, 8), (2, 4)])
+def test_one_token_as_whole_experts_gives_the_phased_bits(isa, formats, threads, k):
+    """At one token, a unit an expert whole (gate, up, h and down: Tuning::moe_one_phase, where each
+    thread has 4 experts or more) then the experts' rows added in order: the same bits as the four
+    phases, and within the bound of the reference."""
+    raw, ref = layer(formats, seed=7)
+    backend = native.NativeExperts(native.NativeEngine(threads, is_async=False), *raw, formats, H, I)
+    x = torch.randn(1, H, generator=torch.Generator().manual_seed(k))
+    ids, w = routing(1, k, 5)
+    outs = []
+    for one_phase in (1, 0):  # one phase first: a row it missed would hold no earlier result
+        with native.tuned(moe_one_phase=one_phase):
+            outs.append(run(backend, x, ids, w).clone())
+    want = run(ref, x, ids, w)
+    assert ((outs[0] - want).abs().max() / want.abs().max()).item() < max(BOUND[f] for f in formats)
+    assert torch.equal(outs[0], outs[1])
+
+
 def test_submit_returns_before_sync_and_bad_ids_are_refused(engine):
     raw, _ = layer(("Q8_0",) * 3)
     backend = native.NativeExperts(engine, *raw, ("Q8_0",) * 3, H, I)

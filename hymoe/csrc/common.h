@@ -378,6 +378,10 @@ struct Tuning {
     // The MoE job's gate/up and down units the same way (one node): 0.970 on a quiet bus, 0.997
     // on a busy one (decode steps, after linear_by_thread)
     int moe_by_thread = 1;
+    // The MoE job at one token as one phase of whole experts, where each thread has 4 or more
+    // (Job::run_one_token in moe.cpp). Zen 5, decode steps alternating in one process: 0.973 (probe
+    // 53 GB/s, expert stage 6.36-6.53 -> 6.23 ms) and 0.983 (probe 52, 7.92-7.97 -> 7.74)
+    int moe_one_phase = 1;
 };
 extern Tuning g_tuning;
 

@@ -258,7 +258,7 @@ __attribute__((visibility("default"))) int hymoe_bench_tune(const char* name, in
         {"attn_chunks", &Tuning::attn_chunks},         {"attn_ahead", &Tuning::attn_ahead},
         {"attn_call_rows", &Tuning::attn_call_rows},  {"kq45_groups", &Tuning::kq45_groups}, {"kq4_lanes", &Tuning::kq4_lanes},
         {"attn_ymm", &Tuning::attn_ymm},   {"attn_to_l2", &Tuning::attn_to_l2}, {"linear_by_thread", &Tuning::linear_by_thread}, {"moe_by_thread", &Tuning::moe_by_thread},
-        {"regroup_q4_k", &Tuning::regroup_q4_k},
+        {"regroup_q4_k", &Tuning::regroup_q4_k}, {"moe_one_phase", &Tuning::moe_one_phase},
     };
     for (const auto& f : kFields) {
         if (strcmp(f.name, name) != 0) continue;

@@ -3,7 +3,8 @@
 //   out[t] = sum_k w[t,k] * down_e(silu(gate_e x_t) * up_e x_t),  e = ids[t,k]
 // in four phases on the pool: quantise x; gate/up rows per (expert, row chunk); silu*up and
 // quantise; down rows per row chunk of H across all experts (each chunk owns its slice of out,
-// so there are no races and the sum order is fixed whatever the thread count).
+// so there are no races and the sum order is fixed whatever the thread count). At one token with 4
+// or more experts a thread, one phase of whole experts instead (Job::run_one_token), the same sum.
 #include <math.h>
 
 #include <algorithm>
@@ -103,6 +104,7 @@ struct Job {
     std::vector<float> xr;                    // x rounded to bf16 per token (BF16 gate or up)
     std::vector<const void*> x_ptr, h_ptr;    // per pair: what the kernels read
     std::vector<float> g, u;                  // [pairs, I]
+    std::vector<float> d;                     // [experts, H]: each expert's down rows (run_one_token)
     std::vector<std::vector<float>> scratch;  // per thread
 
     // Rows per work unit for enough units to share: about 16 per thread over `parts` independent
@@ -111,6 +113,53 @@ struct Job {
         int r = rows / std::max(1, 16 * threads / std::max(1, parts));
         r = std::max(4, std::min(64, r));
         return (r + 3) / 4 * 4;
+    }
+
+    // h = silu(g) * u for pair p (g[p] overwritten), as the down projection's kernels read it
+    void make_h(int p, bool h_float, size_t hb) {
+        const int I = a.inter;
+        float* gp = g.data() + (size_t)p * I;
+        kt->silu_mul(gp, u.data() + (size_t)p * I, I);
+        if (a.fmt_down == BF16) round_to_bf16(gp, gp, I);
+        if (h_float) {
+            h_ptr[p] = gp;
+        } else {
+            kt->quantize(gp, I, hq.data() + p * hb);
+            h_ptr[p] = hq.data() + p * hb;
+        }
+    }
+
+    // One token (decode), at least 4 experts a thread: a unit is one expert whole, its gate and up
+    // rows, h, and its down rows into a row of d of its own, so no thread waits for the other between
+    // the projections (phases 0 to 3 cost three barriers a layer, where a thread done early leaves its
+    // share of the bus unused). The experts' rows are added into out in their order after the phase:
+    // the phased path's sum, bit for bit (its down units start at multiples of 4 rows, as here at 0).
+    void run_one_token(Pool& pool, const void* const* gate_x, const void* const* up_x) {
+        const int H = a.hidden, I = a.inter, ne = (int)experts.size();
+        const size_t gate_rb = row_bytes(a.fmt_gate, H), up_rb = row_bytes(a.fmt_up, H);
+        const size_t down_rb = row_bytes(a.fmt_down, I), hb = kt->act_bytes(I);
+        const bool h_float = fmt_is_float(a.fmt_down);
+        h_ptr.resize(ne);
+        d.resize((size_t)ne * H);
+        auto gate_of = [&](int ei) { return ei < ne ? a.gate + experts[ei] * a.gate_stride : nullptr; };
+        pool.parallel_for(ne, [&](int ei, int) {
+            const int e = experts[ei], p = pair_start[ei];  // one pair an expert at one token
+            const uint8_t* uw = a.up + e * a.up_stride;
+            const uint8_t* dw = a.down + e * a.down_stride;
+            RangeHint& hint = range_hint();
+            hint.next = uw;
+            run_rows(*kt, a.fmt_gate, gate_of(ei), gate_rb, I, gate_x + p, 1, H, g.data() + (size_t)p * I, I);
+            hint.next = dw;
+            run_rows(*kt, a.fmt_up, uw, up_rb, I, up_x + p, 1, H, u.data() + (size_t)p * I, I);
+            make_h(p, h_float, hb);
+            hint.next = gate_of(pool.next_unit());
+            run_rows(*kt, a.fmt_down, dw, down_rb, H, &h_ptr[p], 1, I, d.data() + (size_t)ei * H, H);
+        }, nullptr, g_tuning.moe_by_thread != 0);
+        for (int ei = 0; ei < ne; ei++) {
+            const float w = pair_weight[pair_start[ei]];
+            const float* s = d.data() + (size_t)ei * H;
+            for (int r = 0; r < H; r++) a.out[r] += w * s[r];
+        }
     }
 
     void run(Pool& pool) {
@@ -128,11 +177,15 @@ struct Job {
         scratch.resize(pool.size());
 
         // phase 0: zero out, quantise each token once (shared by all its experts)
-        pool.parallel_for(T, [&](int t, int) {
+        auto prepare = [&](int t, int) {
             memset(a.out + (size_t)t * H, 0, (size_t)H * 4);
             if (x_quant) kt->quantize(a.x + (size_t)t * H, H, xq.data() + t * xb);
             if (x_round) round_to_bf16(a.x + (size_t)t * H, xr.data() + (size_t)t * H, H);
-        });
+        };
+        const bool is_one_phase = T == 1 && g_tuning.moe_one_phase && pool.nodes() == 1 &&
+                                  (int)experts.size() >= 4 * pool.size();
+        if (is_one_phase) prepare(0, 0);
+        else pool.parallel_for(T, prepare);
         // per pair and matrix: x itself (F32, F16), x in bf16 (BF16) or the quantised row
         std::vector<const void*> xf_ptr(P), xr_ptr(P), xq_ptr(P);
         for (int p = 0; p < P; p++) {
@@ -144,6 +197,7 @@ struct Job {
         auto x_for = [&](int fmt) { return fmt == BF16 ? xr_ptr.data() : fmt_is_float(fmt) ? xf_ptr.data() : xq_ptr.data(); };
         const void* const* gate_x = x_for(a.fmt_gate);
         const void* const* up_x = x_for(a.fmt_up);
+        if (is_one_phase) return run_one_token(pool, gate_x, up_x);
 
         // Units by node where there are several (NodeChunks), else one contiguous range a thread
         // (Pool::parallel_for's by_thread, Tuning::moe_by_thread)
@@ -192,18 +246,7 @@ struct Job {
 
         // phase 2: h = silu(g) * u, quantised for the down projection
         h_ptr.resize(P);
-        pool.parallel_for(P, [&](int p, int) {
-            float* gp = g.data() + (size_t)p * I;
-            const float* up = u.data() + (size_t)p * I;
-            kt->silu_mul(gp, up, I);
-            if (a.fmt_down == BF16) round_to_bf16(gp, gp, I);
-            if (h_float) {
-                h_ptr[p] = gp;
-            } else {
-                kt->quantize(gp, I, hq.data() + p * hb);
-                h_ptr[p] = hq.data() + p * hb;
-            }
-        });
+        pool.parallel_for(P, [&](int p, int) { make_h(p, h_float, hb); });
 
         // phase 3: down rows, unit = chunk of H rows across all experts; weighted sum into out
         const int most3 = is_blocked ? kRowsSmall : g_tuning.down_rows;
