@@ -127,11 +127,15 @@ def _splits_512() -> bool:
         and "avx512f" in fields.get("flags", "").split() and "avx512" in native.isa_name()
 
 
-def test_regrouping_is_on_by_default_only_where_it_was_measured_to_pay():
+def test_groups_and_regrouping_are_on_by_default_only_where_they_were_measured_to_pay():
     # Zen 4 (512-bit halves, a compute-bound kernel): decode 0.962-0.998 of the file's layout; Zen 5:
     # 1.010-1.055 (csrc/common.h, docs/dense.md). The attention's 256-bit path follows the same test.
     assert native.bench_tune("regroup_q4_k") == native.bench_tune("attn_ymm") == int(_splits_512())
     assert regroup.regroups("Q4_K") == _splits_512()
+    # Q4_K/Q5_K blocks 4 at a time at one token: not on AVX512 at full width (Zen 5: decode 1.06-1.11
+    # of the per-row kernel's); AVX2's pairs and Zen 4's groups stay
+    is_full_512 = "avx512" in native.isa_name() and not _splits_512()
+    assert native.bench_tune("kq45_groups") == int(not is_full_512)
 
 
 def test_a_linear_is_regrouped_only_where_its_blocks_stay_at_no_cost():

@@ -323,6 +323,8 @@ void quantize_k_portable(const float* x, int n, void* act);  // only its per-256
 // 1 where the CPU has AVX512 and runs its 512-bit instructions as two 256-bit halves (AMD family 25:
 // Zen 4), else 0 (cpu.cpp)
 int detect_split_512();
+// 1 where the CPU has AVX512 with 512-bit wide units (Zen 5, Intel), else 0 (cpu.cpp)
+int detect_full_512();
 
 // The values that fit the kernels to a machine, as production runs them (measured on Zen 4). Only
 // benchmarks change them (hymoe_bench_tune: `hymoe bench experts --tune name=value`), to compare
@@ -356,8 +358,10 @@ struct Tuning {
     // (heads x positions floats) stay in L2
     int attn_call_rows = 1024;
     // Q4_K and Q5_K at one token: blocks in groups of 4 (kq45_groups.h; on AVX2 pairs, qk45_pairs in
-    // kernels_avx2.cpp); 0 takes the per-row kernels
-    int kq45_groups = 1;
+    // kernels_avx2.cpp); 0 takes the per-row kernels. Not where AVX512's units are full width: Zen 5
+    // decode steps alternating in one process, groups against rows 1.06 and 1.11 (every weight stage
+    // ~10% slower; the groups compute faster in cache but stream slower, docs/dense.md)
+    int kq45_groups = !detect_full_512();
     // Q4_K's groups on the activations' lanes copy (lanes_dot in kq45_groups.h); 0: the paired copy,
     // as Q5_K (Zen 4: 16.1 -> 14.7 cycles a block in cache; decode steps 0.994 on a quiet bus)
     int kq4_lanes = 1;

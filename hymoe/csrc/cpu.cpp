@@ -42,6 +42,8 @@ int detect_split_512() {
     const unsigned family = ((a >> 8) & 0xf) + ((a >> 8 & 0xf) == 0xf ? (a >> 20) & 0xff : 0);
     return amd && family == 25;
 }
+
+int detect_full_512() { return detect_isa() == 2 && !detect_split_512(); }
 #elif defined(__aarch64__)
 #include <sys/auxv.h>
 #ifndef HWCAP_ASIMDDP
@@ -51,8 +53,10 @@ int detect_split_512() {
 int detect_isa() { return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) ? 1 : 0; }
 bool detect_avx512_bf16() { return false; }
 int detect_split_512() { return 0; }
+int detect_full_512() { return 0; }
 #else
 int detect_isa() { return 0; }
 bool detect_avx512_bf16() { return false; }
 int detect_split_512() { return 0; }
+int detect_full_512() { return 0; }
 #endif

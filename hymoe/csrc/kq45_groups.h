@@ -15,7 +15,7 @@
 // (repeated_units, common.h), so a group starting at any unit reads its 4 contiguously, and the
 // row's sum is stored when its last block is done. Decode steps on Zen 4 (docs/dense.md): 7-9%
 // faster than the per-row kernel where the bus is quiet, 3-5% slower where it is busy (cause not
-// found).
+// found). On Zen 5 6-11% slower: off by default where AVX512's units are full width (common.h).
 #pragma once
 
 namespace {
