@@ -181,6 +181,19 @@ def test_one_token_as_whole_experts_gives_the_phased_bits(isa, formats, threads,
     assert torch.equal(outs[0], outs[1])
 
 
+def test_one_token_naming_an_expert_twice_takes_both_pairs():
+    """A caller may give one token the same expert twice: each pair counts (the one-phase path takes
+    only tokens whose experts are distinct)."""
+    formats = ("Q4_K", "Q6_K", "Q8_0")
+    raw, ref = layer(formats, seed=8)
+    backend = native.NativeExperts(native.NativeEngine(2, is_async=False), *raw, formats, H, I)
+    x = torch.randn(1, H, generator=torch.Generator().manual_seed(2))
+    ids = torch.tensor([[3, 1, 3, 0, 5, 7, 2, 8, 9]])  # 8 experts for 2 threads, one of them twice
+    w = torch.rand(1, 9, generator=torch.Generator().manual_seed(3))
+    got, want = run(backend, x, ids, w).clone(), run(ref, x, ids, w)
+    assert ((got - want).abs().max() / want.abs().max()).item() < 0.04
+
+
 def test_submit_returns_before_sync_and_bad_ids_are_refused(engine):
     raw, _ = layer(("Q8_0",) * 3)
     backend = native.NativeExperts(engine, *raw, ("Q8_0",) * 3, H, I)

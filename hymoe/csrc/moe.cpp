@@ -143,7 +143,7 @@ struct Job {
         d.resize((size_t)ne * H);
         auto gate_of = [&](int ei) { return ei < ne ? a.gate + experts[ei] * a.gate_stride : nullptr; };
         pool.parallel_for(ne, [&](int ei, int) {
-            const int e = experts[ei], p = pair_start[ei];  // one pair an expert at one token
+            const int e = experts[ei], p = pair_start[ei];  // each expert's one pair
             const uint8_t* uw = a.up + e * a.up_stride;
             const uint8_t* dw = a.down + e * a.down_stride;
             RangeHint& hint = range_hint();
@@ -182,8 +182,9 @@ struct Job {
             if (x_quant) kt->quantize(a.x + (size_t)t * H, H, xq.data() + t * xb);
             if (x_round) round_to_bf16(a.x + (size_t)t * H, xr.data() + (size_t)t * H, H);
         };
+        // one token whose k experts are distinct (a caller may name one twice: then the phases)
         const bool is_one_phase = T == 1 && g_tuning.moe_one_phase && pool.nodes() == 1 &&
-                                  (int)experts.size() >= 4 * pool.size();
+                                  (int)experts.size() == P && P >= 4 * pool.size();
         if (is_one_phase) prepare(0, 0);
         else pool.parallel_for(T, prepare);
         // per pair and matrix: x itself (F32, F16), x in bf16 (BF16) or the quantised row
