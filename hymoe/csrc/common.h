@@ -326,7 +326,8 @@ int detect_split_512();
 // 1 where the CPU has AVX512 with 512-bit wide units (Zen 5, Intel), else 0 (cpu.cpp)
 int detect_full_512();
 
-// The values that fit the kernels to a machine, as production runs them (measured on Zen 4). Only
+// The values that fit the kernels to a machine, as production runs them (measured on Zen 4 unless a
+// value says otherwise; those that differ by CPU follow detect_split_512 / detect_full_512). Only
 // benchmarks change them (hymoe_bench_tune: `hymoe bench experts --tune name=value`), to compare
 // values in one process; dispatch.cpp holds the instance.
 struct Tuning {
