@@ -116,17 +116,23 @@ struct Job {
     }
 
     // h = silu(g) * u for pair p (g[p] overwritten), as the down projection's kernels read it
-    void make_h(int p, bool h_float, size_t hb) {
+    void make_h(int p) {
         const int I = a.inter;
         float* gp = g.data() + (size_t)p * I;
         kt->silu_mul(gp, u.data() + (size_t)p * I, I);
         if (a.fmt_down == BF16) round_to_bf16(gp, gp, I);
-        if (h_float) {
+        if (fmt_is_float(a.fmt_down)) {
             h_ptr[p] = gp;
         } else {
+            const size_t hb = kt->act_bytes(I);
             kt->quantize(gp, I, hq.data() + p * hb);
             h_ptr[p] = hq.data() + p * hb;
         }
+    }
+
+    // o[0 .. n) += w * s[0 .. n): one expert's down rows into the output, in both paths (the same sum)
+    static void add_scaled(float* o, float w, const float* s, int n) {
+        for (int r = 0; r < n; r++) o[r] += w * s[r];
     }
 
     // One token (decode), at least 4 experts a thread: a unit is one expert whole, its gate and up
@@ -137,8 +143,7 @@ struct Job {
     void run_one_token(Pool& pool, const void* const* gate_x, const void* const* up_x) {
         const int H = a.hidden, I = a.inter, ne = (int)experts.size();
         const size_t gate_rb = row_bytes(a.fmt_gate, H), up_rb = row_bytes(a.fmt_up, H);
-        const size_t down_rb = row_bytes(a.fmt_down, I), hb = kt->act_bytes(I);
-        const bool h_float = fmt_is_float(a.fmt_down);
+        const size_t down_rb = row_bytes(a.fmt_down, I);
         h_ptr.resize(ne);
         d.resize((size_t)ne * H);
         auto gate_of = [&](int ei) { return ei < ne ? a.gate + experts[ei] * a.gate_stride : nullptr; };
@@ -151,15 +156,11 @@ struct Job {
             run_rows(*kt, a.fmt_gate, gate_of(ei), gate_rb, I, gate_x + p, 1, H, g.data() + (size_t)p * I, I);
             hint.next = dw;
             run_rows(*kt, a.fmt_up, uw, up_rb, I, up_x + p, 1, H, u.data() + (size_t)p * I, I);
-            make_h(p, h_float, hb);
+            make_h(p);
             hint.next = gate_of(pool.next_unit());
             run_rows(*kt, a.fmt_down, dw, down_rb, H, &h_ptr[p], 1, I, d.data() + (size_t)ei * H, H);
         }, nullptr, g_tuning.moe_by_thread != 0);
-        for (int ei = 0; ei < ne; ei++) {
-            const float w = pair_weight[pair_start[ei]];
-            const float* s = d.data() + (size_t)ei * H;
-            for (int r = 0; r < H; r++) a.out[r] += w * s[r];
-        }
+        for (int ei = 0; ei < ne; ei++) add_scaled(a.out, pair_weight[pair_start[ei]], d.data() + (size_t)ei * H, H);
     }
 
     void run(Pool& pool) {
@@ -247,7 +248,7 @@ struct Job {
 
         // phase 2: h = silu(g) * u, quantised for the down projection
         h_ptr.resize(P);
-        pool.parallel_for(P, [&](int p, int) { make_h(p, h_float, hb); });
+        pool.parallel_for(P, [&](int p, int) { make_h(p); });
 
         // phase 3: down rows, unit = chunk of H rows across all experts; weighted sum into out
         const int most3 = is_blocked ? kRowsSmall : g_tuning.down_rows;
@@ -275,10 +276,7 @@ struct Job {
                     run_rows(*kt, a.fmt_down, dw, down_rb, nr, &h_ptr[p0 + tb], nt, I, tmp.data(), r3);
                     for (int j = 0; j < nt; j++) {
                         int p = p0 + tb + j;
-                        float w = pair_weight[p];
-                        float* o = a.out + (size_t)pair_token[p] * H + r0;
-                        const float* s = tmp.data() + (size_t)j * r3;
-                        for (int r = 0; r < nr; r++) o[r] += w * s[r];
+                        add_scaled(a.out + (size_t)pair_token[p] * H + r0, pair_weight[p], tmp.data() + (size_t)j * r3, nr);
                     }
                 }
             }
